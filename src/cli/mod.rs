@@ -1,0 +1,69 @@
+//! The command line: one `Parser`, one `match`, one module per subcommand.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub mod proxy;
+pub mod sandbox;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chaperone",
+    version,
+    about = "Least-privilege access to Kubernetes for MCP servers",
+    long_about = "chaperone sits between an MCP server (or any Kubernetes client) and the API server: \
+                  it resolves every request exactly as the API server would, forwards it with its own \
+                  credential, and answers refusals with Kubernetes Status errors."
+)]
+pub struct Cli {
+    /// Log filter, in tracing's env-filter syntax (e.g. `info`, `chaperone=debug`).
+    #[arg(long, global = true, env = "CHAPERONE_LOG", default_value = "info")]
+    pub log: String,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy from a config file.
+    Proxy(proxy::Args),
+    /// Run an in-memory Kubernetes API server with sample objects, optionally with
+    /// chaperone in front of it.
+    Sandbox(sandbox::Args),
+}
+
+impl Cli {
+    /// Logs go to stderr so stdout stays for command output.
+    pub fn init_tracing(&self) -> anyhow::Result<()> {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| anyhow::anyhow!("invalid --log filter {:?}: {e}", self.log))?;
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Proxy(args) => proxy::run(args).await,
+        Command::Sandbox(args) => sandbox::run(args).await,
+    }
+}
+
+/// The real process environment, for code that takes an `env` lookup.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}

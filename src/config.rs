@@ -1,0 +1,354 @@
+//! Every configuration type of the proxy, its defaults, and its validation.
+//!
+//! The file is strict YAML: an unknown or misspelled key stops startup with the file,
+//! line and column at fault. Values are checked once here so later stages never
+//! re-check them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Where the API listeners bind when the config names none: loopback, both families.
+pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:6443", "[::1]:6443"];
+/// The admin listener (`/healthz`, `/readyz`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Bound on dialling the API server, so a dead upstream answers 503 instead of hanging.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on waiting for the API server's response headers (watches answer headers at once).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on a client's TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long graceful shutdown waits for open requests (watches, exec) before closing them.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The service-account mount the kubelet gives the proxy container.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("invalid config file {path}{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: LineHint,
+        message: String,
+    },
+}
+
+/// " at line N" when the offending value can be found in the file, else nothing.
+#[derive(Debug, Default)]
+pub struct LineHint(Option<usize>);
+
+impl std::fmt::Display for LineHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, " at line {n}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The proxy's whole configuration (`chaperone proxy --config FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// API listeners. Loopback addresses only: the proxy never serves the pod IP.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// The serving certificate and key (PEM), reloaded when they change on disk.
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub upstream: Upstream,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Admin {
+    /// Plain-HTTP `/healthz` and `/readyz`. The injector sets the pod IP's port here so
+    /// the kubelet can probe it; it never serves the Kubernetes API.
+    pub listen: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: DEFAULT_ADMIN_LISTEN
+                .parse()
+                .expect("the default admin address parses"),
+        }
+    }
+}
+
+/// How the proxy reaches the real API server. Exactly one of `inCluster` and
+/// `kubeconfig`; with neither, `inCluster` with its defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Upstream {
+    pub in_cluster: Option<InCluster>,
+    pub kubeconfig: Option<KubeconfigSource>,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    pub response_timeout: Duration,
+    #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            in_cluster: None,
+            kubeconfig: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// In-cluster: the proxy's own service account, dialling the API server by service IP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InCluster {
+    /// Defaults to the proxy container's `KUBERNETES_SERVICE_HOST` (the injector leaves
+    /// the proxy's env untouched; only app containers are pointed at loopback).
+    pub host: Option<String>,
+    /// Defaults to `KUBERNETES_SERVICE_PORT`.
+    pub port: Option<u16>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A kubeconfig file and context (`chaperone local`, the sandbox, and off-cluster runs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeconfigSource {
+    /// Defaults to `$KUBECONFIG`, then `~/.kube/config`.
+    pub path: Option<PathBuf>,
+    /// Defaults to the file's `current-context`.
+    pub context: Option<String>,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    DEFAULT_LISTEN
+        .iter()
+        .map(|a| a.parse().expect("the default listen addresses parse"))
+        .collect()
+}
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+fn default_response_timeout() -> Duration {
+    DEFAULT_RESPONSE_TIMEOUT
+}
+fn default_handshake_timeout() -> Duration {
+    DEFAULT_HANDSHAKE_TIMEOUT
+}
+fn default_shutdown_grace() -> Duration {
+    DEFAULT_SHUTDOWN_GRACE
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
+        // An empty file is an empty mapping: all defaults.
+        let config: Config = if text.trim().is_empty() {
+            serde_yaml::from_str("{}")
+        } else {
+            serde_yaml::from_str(text)
+        }
+        .map_err(|source| Error::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), Error> {
+        let invalid = |needle: &str, message: String| Error::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, needle),
+            message,
+        };
+        if self.listen.is_empty() {
+            return Err(invalid(
+                "listen",
+                "listen: at least one loopback address is required".into(),
+            ));
+        }
+        for addr in &self.listen {
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    &addr.ip().to_string(),
+                    format!(
+                        "listen: {addr} is not a loopback address; the API port is served on \
+                         127.0.0.1 and ::1 only, never on the pod IP"
+                    ),
+                ));
+            }
+        }
+        if self.upstream.in_cluster.is_some() && self.upstream.kubeconfig.is_some() {
+            return Err(invalid(
+                "kubeconfig",
+                "upstream: set one of inCluster and kubeconfig, not both".into(),
+            ));
+        }
+        if self.upstream.connect_timeout.is_zero() {
+            return Err(invalid(
+                "connectTimeout",
+                "upstream.connectTimeout: must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line of the first occurrence of `needle`, for error messages.
+fn line_of(text: &str, needle: &str) -> LineHint {
+    LineHint(text.lines().position(|l| l.contains(needle)).map(|i| i + 1))
+}
+
+/// Parses durations written as `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {t:?}: write e.g. 500ms, 5s, 2m or 1h"
+            ))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(Path::new("chaperone.yaml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_loopback_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let cases = [
+            // (config text, words the error must contain)
+            (
+                "listen: [127.0.0.1:6443]\nlisen: x\n",
+                vec!["chaperone.yaml", "lisen", "line 2"],
+            ),
+            (
+                "upstream:\n  conectTimeout: 5s\n",
+                vec!["conectTimeout", "line 2"],
+            ),
+            (
+                "listen: [\"0.0.0.0:6443\"]\n",
+                vec!["0.0.0.0:6443", "loopback", "line 1"],
+            ),
+            (
+                "listen: [\"10.0.0.7:443\"]\n",
+                vec!["10.0.0.7:443", "not a loopback"],
+            ),
+            ("listen: []\n", vec!["at least one"]),
+            (
+                "upstream:\n  connectTimeout: 5 parsecs\n",
+                vec!["invalid duration", "line 2"],
+            ),
+            (
+                "upstream:\n  inCluster: {}\n  kubeconfig: {}\n",
+                vec!["not both", "line 3"],
+            ),
+            ("tls:\n  certFile: a\n", vec!["keyFile"]),
+        ];
+        for (text, words) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            for w in words {
+                assert!(err.contains(w), "{text:?}: {err:?} lacks {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_any_loopback_port_including_443() {
+        let c = parse("listen: [\"127.0.0.1:443\", \"[::1]:6443\", \"127.0.0.2:8443\"]\n").unwrap();
+        assert_eq!(c.listen.len(), 3);
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("500ms", Some(Duration::from_millis(500))),
+            ("5s", Some(Duration::from_secs(5))),
+            ("5", Some(Duration::from_secs(5))),
+            ("2m", Some(Duration::from_secs(120))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("5x", None),
+            ("", None),
+            ("-1s", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), want, "{text}");
+        }
+    }
+}

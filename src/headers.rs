@@ -1,0 +1,281 @@
+//! Decides which of the caller's headers may go upstream, and in what form.
+//!
+//! The caller's credentials never leave the proxy, impersonation is refused outright,
+//! and content negotiation is narrowed to JSON so every response can be inspected.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::status::Status;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("impersonation is not allowed through chaperone: the request carries the {0} header")]
+    Impersonation(String),
+    #[error(
+        "chaperone needs JSON responses so it can inspect them, but the request accepts only {0:?}; \
+         accept application/json"
+    )]
+    NotAcceptable(String),
+    #[error("the Accept header is not valid text")]
+    BadAccept,
+}
+
+impl Error {
+    pub fn status(&self) -> Status {
+        match self {
+            Error::Impersonation(_) => Status::forbidden(self.to_string()),
+            Error::NotAcceptable(_) => Status::not_acceptable(self.to_string()),
+            Error::BadAccept => Status::bad_request(self.to_string()),
+        }
+    }
+}
+
+/// Refuses a request that tries to act as someone else (`Impersonate-User`,
+/// `Impersonate-Group`, `Impersonate-Uid`, `Impersonate-Extra-*`): the proxy forwards
+/// with its own credential, so impersonation would borrow the proxy's rights.
+pub fn check_impersonation(headers: &HeaderMap) -> Result<(), Error> {
+    match headers
+        .keys()
+        .find(|name| name.as_str().starts_with("impersonate-"))
+    {
+        Some(name) => Err(Error::Impersonation(name.as_str().to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// Narrows an `Accept` header to the JSON forms it lists.
+///
+/// Accepted inputs, as real clients send them:
+/// - absent or empty: `application/json`
+/// - `application/json` with any parameters (`as=Table;v=v1;g=meta.k8s.io`,
+///   `as=PartialObjectMetadataList`, `g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList`,
+///   `stream=watch`): kept as written, in order
+/// - `application/vnd.kubernetes.protobuf`, YAML, CBOR and other types: dropped when a
+///   JSON form is also listed (client-go sends `protobuf, application/json`)
+/// - `*/*` or `application/*` (Node sends `*/*`): `application/json`
+///
+/// A list with no JSON form and no wildcard (a protobuf-only client) is refused: the
+/// response could not be inspected.
+pub fn narrow_accept(accept: Option<&HeaderValue>) -> Result<HeaderValue, Error> {
+    const JSON: HeaderValue = HeaderValue::from_static("application/json");
+    let Some(value) = accept else {
+        return Ok(JSON);
+    };
+    let text = value.to_str().map_err(|_| Error::BadAccept)?;
+    if text.trim().is_empty() {
+        return Ok(JSON);
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let mut wildcard = false;
+    for range in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        let essence = range.split(';').next().unwrap_or("").trim();
+        if essence.eq_ignore_ascii_case("application/json") {
+            kept.push(range);
+        } else if essence == "*/*" || essence.eq_ignore_ascii_case("application/*") {
+            wildcard = true;
+        }
+    }
+    if kept.is_empty() {
+        return if wildcard {
+            Ok(JSON)
+        } else {
+            Err(Error::NotAcceptable(text.to_owned()))
+        };
+    }
+    HeaderValue::from_str(&kept.join(",")).map_err(|_| Error::BadAccept)
+}
+
+/// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus the
+/// credentials and encodings the proxy replaces.
+const DROPPED: [HeaderName; 8] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::ACCEPT_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::COOKIE,
+];
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding` and, unless this
+/// is a connection upgrade being tunnelled, `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Rewrites the caller's headers into the headers sent upstream: hop-by-hop and
+/// credential headers removed, `Accept` narrowed to JSON, `Accept-Encoding` dropped so
+/// the API server answers uncompressed. The proxy's own credential is added by
+/// `upstream`.
+pub fn prepare_upstream(headers: &mut HeaderMap, upgrade: bool) -> Result<(), Error> {
+    check_impersonation(headers)?;
+    let accept = narrow_accept(headers.get(header::ACCEPT))?;
+    strip_hop_by_hop(headers, upgrade);
+    for name in DROPPED {
+        headers.remove(name);
+    }
+    headers.insert(header::ACCEPT, accept);
+    Ok(())
+}
+
+/// Whether the request asks to switch protocols (exec, attach and port-forward over
+/// WebSocket or SPDY).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_is_narrowed_to_json() {
+        let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        let discovery = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        let cases: &[(Option<&str>, Result<&str, ()>)] = &[
+            // absent, empty and wildcards: JSON
+            (None, Ok("application/json")),
+            (Some(""), Ok("application/json")),
+            (Some("*/*"), Ok("application/json")),
+            (Some("application/*"), Ok("application/json")),
+            // JSON forms are kept as written, parameters included
+            (Some("application/json"), Ok("application/json")),
+            (Some(table), Ok(table)),
+            (Some(discovery), Ok(discovery)),
+            (
+                Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"),
+                Ok("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"),
+            ),
+            (Some("application/json, */*"), Ok("application/json")),
+            (Some("Application/JSON"), Ok("Application/JSON")),
+            // client-go: protobuf first, JSON second
+            (
+                Some("application/vnd.kubernetes.protobuf, application/json"),
+                Ok("application/json"),
+            ),
+            (
+                Some("application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1;g=meta.k8s.io"),
+                Ok("application/json;as=Table;v=v1;g=meta.k8s.io"),
+            ),
+            (Some("application/yaml, application/json"), Ok("application/json")),
+            (Some("application/vnd.kubernetes.protobuf, */*"), Ok("application/json")),
+            // nothing we can inspect
+            (Some("application/vnd.kubernetes.protobuf"), Err(())),
+            (Some("application/vnd.kubernetes.protobuf;stream=watch"), Err(())),
+            (Some("application/yaml"), Err(())),
+            (Some("application/cbor"), Err(())),
+            (Some("text/plain"), Err(())),
+        ];
+        for (input, want) in cases {
+            let value = input.map(HeaderValue::from_static);
+            let got = narrow_accept(value.as_ref());
+            match want {
+                Ok(w) => assert_eq!(
+                    got.as_ref().ok().and_then(|v| v.to_str().ok()),
+                    Some(*w),
+                    "{input:?}"
+                ),
+                Err(()) => assert!(
+                    matches!(got, Err(Error::NotAcceptable(_))),
+                    "{input:?}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn impersonation_headers_are_refused() {
+        for name in [
+            "impersonate-user",
+            "Impersonate-Group",
+            "impersonate-uid",
+            "impersonate-extra-scopes",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("admin"),
+            );
+            let err = prepare_upstream(&mut h, false).unwrap_err();
+            assert_eq!(err.status().code, 403, "{name}");
+            assert!(
+                err.to_string().contains(&name.to_ascii_lowercase()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_encodings_and_hop_by_hop_never_go_upstream() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer caller-token"),
+            ("proxy-authorization", "Basic x"),
+            ("accept-encoding", "gzip"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("host", "kubernetes.default.svc"),
+            ("user-agent", "kubectl/v1.32.0"),
+            ("content-type", "application/vnd.kubernetes.protobuf"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        prepare_upstream(&mut h, false).unwrap();
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "content-type", "user-agent"]);
+    }
+
+    #[test]
+    fn upgrade_headers_survive_for_tunnels() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("v5.channel.k8s.io"),
+        );
+        assert!(is_upgrade(&h));
+        prepare_upstream(&mut h, true).unwrap();
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "Upgrade");
+        assert!(h.contains_key("sec-websocket-protocol"));
+    }
+}

@@ -1,0 +1,385 @@
+//! Reads the cluster and credentials of one kubeconfig context, and writes the small
+//! kubeconfigs chaperone hands to clients.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read kubeconfig {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid kubeconfig {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("kubeconfig {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("failed to decode {field} in kubeconfig {path}: not valid base64")]
+    Base64 { path: PathBuf, field: &'static str },
+}
+
+/// What chaperone needs of one context: where the API server is and how to prove who we are.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub server: String,
+    pub ca_pem: Option<Vec<u8>>,
+    pub tls_server_name: Option<String>,
+    pub credential: Credential,
+}
+
+#[derive(Clone)]
+pub enum Credential {
+    None,
+    Token(String),
+    TokenFile(PathBuf),
+    ClientCert { cert_pem: Vec<u8>, key_pem: Vec<u8> },
+}
+
+impl std::fmt::Debug for Credential {
+    // Never print a token or a key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::None => f.write_str("None"),
+            Credential::Token(_) => f.write_str("Token(<redacted>)"),
+            Credential::TokenFile(p) => write!(f, "TokenFile({})", p.display()),
+            Credential::ClientCert { .. } => f.write_str("ClientCert(<redacted>)"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Kubeconfig {
+    #[serde(default)]
+    pub clusters: Vec<Named<Cluster>>,
+    #[serde(default)]
+    pub users: Vec<Named<User>>,
+    #[serde(default)]
+    pub contexts: Vec<Named<Context>>,
+    #[serde(default)]
+    pub current_context: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Named<T> {
+    pub name: String,
+    #[serde(flatten)]
+    pub item: T,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct Cluster {
+    pub cluster: ClusterFields,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterFields {
+    pub server: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_authority: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_authority_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct User {
+    pub user: UserFields,
+}
+
+#[derive(Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UserFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(rename = "tokenFile", skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<serde_yaml::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_provider: Option<serde_yaml::Value>,
+}
+
+impl std::fmt::Debug for UserFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserFields").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct Context {
+    pub context: ContextFields,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct ContextFields {
+    pub cluster: String,
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// The default kubeconfig path: the first file of `$KUBECONFIG`, else `~/.kube/config`.
+pub fn default_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(list) = env("KUBECONFIG") {
+        if let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()) {
+            return Some(first);
+        }
+    }
+    env("HOME").map(|home| Path::new(&home).join(".kube").join("config"))
+}
+
+/// Loads `path` and resolves `context` (or the current context).
+pub fn resolve(path: &Path, context: Option<&str>) -> Result<Resolved, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let config: Kubeconfig = serde_yaml::from_str(&text).map_err(|source| Error::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |message: String| Error::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let name = context.unwrap_or(&config.current_context);
+    if name.is_empty() {
+        return Err(invalid(
+            "no context given and no current-context set".into(),
+        ));
+    }
+    let ctx = config
+        .contexts
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| invalid(format!("context {name:?} not found")))?;
+    let cluster = &config
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.item.context.cluster)
+        .ok_or_else(|| invalid(format!("cluster {:?} not found", ctx.item.context.cluster)))?
+        .item
+        .cluster;
+    let user = config
+        .users
+        .iter()
+        .find(|u| u.name == ctx.item.context.user)
+        .map(|u| &u.item.user);
+    if cluster.insecure_skip_tls_verify {
+        return Err(invalid(format!(
+            "cluster {:?} sets insecure-skip-tls-verify; chaperone always verifies the API server",
+            ctx.item.context.cluster
+        )));
+    }
+    let data_or_file = |data: &Option<String>,
+                        file: &Option<PathBuf>,
+                        field: &'static str|
+     -> Result<Option<Vec<u8>>, Error> {
+        if let Some(d) = data {
+            return decode_base64(d).map(Some).ok_or_else(|| Error::Base64 {
+                path: path.to_owned(),
+                field,
+            });
+        }
+        match file {
+            Some(f) => {
+                let f = base.join(f);
+                std::fs::read(&f)
+                    .map(Some)
+                    .map_err(|source| Error::Read { path: f, source })
+            }
+            None => Ok(None),
+        }
+    };
+    let ca_pem = data_or_file(
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+        "certificate-authority-data",
+    )?;
+    let credential = match user {
+        None => Credential::None,
+        Some(u) if u.exec.is_some() || u.auth_provider.is_some() => {
+            return Err(invalid(format!(
+                "user {:?} uses an exec or auth-provider plugin, which chaperone does not run; \
+                 use a token, tokenFile or client certificate",
+                ctx.item.context.user
+            )))
+        }
+        Some(u) => {
+            let cert = data_or_file(
+                &u.client_certificate_data,
+                &u.client_certificate,
+                "client-certificate-data",
+            )?;
+            let key = data_or_file(&u.client_key_data, &u.client_key, "client-key-data")?;
+            match (cert, key, &u.token, &u.token_file) {
+                (Some(cert_pem), Some(key_pem), _, _) => {
+                    Credential::ClientCert { cert_pem, key_pem }
+                }
+                (Some(_), None, _, _) | (None, Some(_), _, _) => {
+                    return Err(invalid(
+                        "a client certificate needs both certificate and key".into(),
+                    ))
+                }
+                (None, None, Some(t), _) => Credential::Token(t.clone()),
+                (None, None, None, Some(f)) => Credential::TokenFile(base.join(f)),
+                (None, None, None, None) => Credential::None,
+            }
+        }
+    };
+    Ok(Resolved {
+        server: cluster.server.trim_end_matches('/').to_owned(),
+        ca_pem,
+        tls_server_name: cluster.tls_server_name.clone(),
+        credential,
+    })
+}
+
+/// A single-context kubeconfig for `server`, trusting `ca_pem`, authenticating with `token`.
+pub fn render(
+    name: &str,
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+    namespace: Option<&str>,
+) -> String {
+    let config = Kubeconfig {
+        clusters: vec![Named {
+            name: name.into(),
+            item: Cluster {
+                cluster: ClusterFields {
+                    server: server.into(),
+                    certificate_authority_data: Some(encode_base64(ca_pem.as_bytes())),
+                    ..Default::default()
+                },
+            },
+        }],
+        users: vec![Named {
+            name: name.into(),
+            item: User {
+                user: UserFields {
+                    token: Some(token.into()),
+                    ..Default::default()
+                },
+            },
+        }],
+        contexts: vec![Named {
+            name: name.into(),
+            item: Context {
+                context: ContextFields {
+                    cluster: name.into(),
+                    user: name.into(),
+                    namespace: namespace.map(Into::into),
+                },
+            },
+        }],
+        current_context: name.into(),
+    };
+    let body = serde_yaml::to_string(&config).expect("a kubeconfig always serialises");
+    format!("apiVersion: v1\nkind: Config\n{body}")
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn encode_base64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64, padding optional, whitespace ignored.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        if c == b'=' {
+            break;
+        }
+        let v = B64.iter().position(|&b| b == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            let e = encode_base64(s.as_bytes());
+            assert_eq!(decode_base64(&e).unwrap(), s.as_bytes(), "{s}");
+        }
+        assert_eq!(encode_base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(encode_base64(b"fo"), "Zm8=");
+        assert!(decode_base64("!!").is_none());
+    }
+
+    #[test]
+    fn renders_and_resolves_a_context() {
+        let dir = std::env::temp_dir().join(format!("chaperone-kc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config");
+        std::fs::write(
+            &path,
+            render(
+                "sbx",
+                "https://127.0.0.1:1234",
+                "PEM",
+                "tok",
+                Some("default"),
+            ),
+        )
+        .unwrap();
+        let r = resolve(&path, None).unwrap();
+        assert_eq!(r.server, "https://127.0.0.1:1234");
+        assert_eq!(r.ca_pem.as_deref(), Some(&b"PEM"[..]));
+        assert!(matches!(r.credential, Credential::Token(ref t) if t == "tok"));
+        assert!(!format!("{:?}", r.credential).contains("tok"));
+        let err = resolve(&path, Some("nope")).unwrap_err().to_string();
+        assert!(err.contains("context \"nope\" not found"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

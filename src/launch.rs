@@ -1,0 +1,168 @@
+//! Starts a configured proxy or sandbox on its listeners and hands back a handle to
+//! stop it: shared by the CLI and the tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, Ready};
+use crate::config::{self, Config};
+use crate::pipeline::Proxy;
+use crate::sandbox::Sandbox;
+use crate::server::{self, Handler, Shutdown};
+use crate::tls::{self, ReloadingCert};
+use crate::upstream::{self, Upstream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the config has no tls section: set tls.certFile and tls.keyFile")]
+    NoTls,
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+    #[error(transparent)]
+    Server(#[from] server::Error),
+}
+
+/// A running server: its bound addresses and the means to stop it.
+pub struct Running {
+    /// The API (or sandbox) addresses actually bound, in config order.
+    pub addrs: Vec<SocketAddr>,
+    /// The admin address, for a proxy.
+    pub admin: Option<SocketAddr>,
+    pub ready: Ready,
+    shutdown: Shutdown,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets open requests finish within the grace period, and returns
+    /// when every listener has closed.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Returns when any listener task ends (it should not, before `stop`).
+    pub async fn wait(&mut self) {
+        self.tasks.join_next().await;
+    }
+}
+
+/// Starts the proxy described by `config`; `env` reads the process environment.
+pub async fn proxy(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Running, Error> {
+    let tls_cfg = config.tls.as_ref().ok_or(Error::NoTls)?;
+    let cert = Arc::new(ReloadingCert::load(&tls_cfg.cert_file, &tls_cfg.key_file)?);
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(cert)?));
+    let upstream = Upstream::from_config(&config.upstream, env)?;
+    tracing::info!(server = upstream.server(), "upstream configured");
+    let proxy = Proxy::new(upstream);
+    let handler: Handler = Arc::new(move |req, peer| {
+        let proxy = proxy.clone();
+        Box::pin(async move { proxy.handle(req, peer).await })
+    });
+    let mut running = start(
+        &config.listen,
+        Some((acceptor, tls_cfg.handshake_timeout)),
+        handler,
+        config.upstream.shutdown_grace,
+    )
+    .await?;
+
+    let ready = running.ready.clone();
+    let admin_handler: Handler = Arc::new(move |req, _| {
+        let rsp = admin::respond(&req, &ready);
+        Box::pin(async move { rsp })
+    });
+    let admin_listener = server::bind(&[config.admin.listen]).await?;
+    for listener in admin_listener {
+        running.admin = listener.local_addr().ok();
+        running.tasks.spawn(server::serve(
+            listener,
+            None,
+            admin_handler.clone(),
+            running.shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+    }
+    running.ready.set();
+    tracing::info!(listen = ?running.addrs, admin = ?running.admin, "chaperone proxy serving");
+    Ok(running)
+}
+
+/// Starts the in-memory API server on `addrs` with the given serving certificate.
+pub async fn sandbox(
+    sandbox: Sandbox,
+    addrs: &[SocketAddr],
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Running, Error> {
+    let cert = Arc::new(ReloadingCert::load(cert_file, key_file)?);
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(cert)?));
+    let handler: Handler = Arc::new(move |req, _| {
+        let sandbox = sandbox.clone();
+        Box::pin(async move { sandbox.handle(req).await })
+    });
+    let running = start(
+        addrs,
+        Some((acceptor, config::DEFAULT_HANDSHAKE_TIMEOUT)),
+        handler,
+        Duration::from_secs(1),
+    )
+    .await?;
+    running.ready.set();
+    Ok(running)
+}
+
+async fn start(
+    addrs: &[SocketAddr],
+    tls: Option<(TlsAcceptor, Duration)>,
+    handler: Handler,
+    grace: Duration,
+) -> Result<Running, Error> {
+    let listeners = server::bind(addrs).await?;
+    let shutdown = Shutdown::default();
+    let mut tasks = JoinSet::new();
+    let mut bound = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            bound.push(addr);
+        }
+        tasks.spawn(server::serve(
+            listener,
+            tls.clone(),
+            handler.clone(),
+            shutdown.clone(),
+            grace,
+        ));
+    }
+    Ok(Running {
+        addrs: bound,
+        admin: None,
+        ready: Ready::default(),
+        shutdown,
+        tasks,
+    })
+}
+
+/// Writes `contents` to `path` readable by the owner only (keys, tokens, kubeconfigs).
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    Ok(path.to_owned())
+}

@@ -1,0 +1,19 @@
+//! chaperone: a least-privilege sidecar between an MCP server and the Kubernetes API.
+//!
+//! Modules are listed in the order a request meets them; `pipeline` joins them.
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod headers;
+pub mod kubeconfig;
+pub mod launch;
+pub mod pipeline;
+pub mod pki;
+pub mod request_info;
+pub mod sandbox;
+pub mod server;
+pub mod status;
+pub mod tls;
+pub mod upstream;

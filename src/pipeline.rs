@@ -1,0 +1,125 @@
+//! The request path, top to bottom: what every request through chaperone goes through.
+//!
+//! ```text
+//! resolve   request_info: method + path + query -> the API server's request attributes
+//! screen    headers: refuse impersonation, narrow Accept to JSON, drop caller credentials
+//! forward   upstream: the proxy's own credential, streamed both ways, upgrades tunnelled
+//! ```
+//! Authentication, policy, approval, masking and audit join this path in their own
+//! stages as they land; each is one call below, in request order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tracing::{field, Instrument};
+
+use crate::body::Body;
+use crate::headers;
+use crate::request_info;
+use crate::status::Status;
+use crate::upstream::{self, Upstream};
+
+/// Every way a request can fail inside chaperone; each maps to exactly one Status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Resolve(#[from] request_info::Error),
+    #[error("chaperone does not forward {0} requests")]
+    Method(Method),
+    #[error(transparent)]
+    Headers(#[from] headers::Error),
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+}
+
+impl Error {
+    pub fn status(&self) -> Status {
+        match self {
+            Error::Resolve(e) => {
+                Status::bad_request(format!("chaperone refused the request path: {e}"))
+            }
+            Error::Method(_) => Status::method_not_allowed(self.to_string()),
+            Error::Headers(e) => e.status(),
+            Error::Upstream(e) => e.status(),
+        }
+    }
+}
+
+/// The proxy: one instance serves every listener.
+#[derive(Clone)]
+pub struct Proxy {
+    upstream: Arc<Upstream>,
+}
+
+impl Proxy {
+    pub fn new(upstream: Upstream) -> Proxy {
+        Proxy {
+            upstream: Arc::new(upstream),
+        }
+    }
+
+    /// Serves one request; errors become Kubernetes `Status` responses here and only here.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let span = tracing::info_span!(
+            "request",
+            method = %req.method(),
+            %peer,
+            verb = field::Empty,
+            resource = field::Empty,
+            namespace = field::Empty,
+            name = field::Empty,
+            status = field::Empty,
+        );
+        let rsp = match self.serve(req).instrument(span.clone()).await {
+            Ok(rsp) => rsp,
+            Err(error) => {
+                let status = error.status();
+                tracing::info!(parent: &span, code = status.code, reason = status.reason, %error, "refused");
+                status.into_response()
+            }
+        };
+        span.record("status", rsp.status().as_u16());
+        rsp
+    }
+
+    async fn serve(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        let info = tracing::info_span!("resolve")
+            .in_scope(|| request_info::resolve(req.method(), req.uri()))?;
+        let span = tracing::Span::current();
+        span.record("verb", info.verb.as_str());
+        span.record("resource", info.resource.as_str());
+        span.record("namespace", info.namespace.as_str());
+        span.record("name", info.name.as_str());
+        if !is_forwarded_method(req.method()) {
+            return Err(Error::Method(req.method().clone()));
+        }
+
+        let upgrade = headers::is_upgrade(req.headers());
+        tracing::info_span!("screen")
+            .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade))?;
+
+        // The path authorised above is exactly the path forwarded: the normalised form,
+        // re-encoded once, never the caller's raw bytes.
+        let path = info.forward_path_and_query(req.uri());
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let req = req.map(|b| b.map_err(Into::into).boxed());
+        let rsp = self
+            .upstream
+            .forward(req, &path, downstream_upgrade)
+            .instrument(tracing::info_span!("forward"))
+            .await?;
+        Ok(rsp)
+    }
+}
+
+/// The methods the Kubernetes API uses. Anything else (CONNECT, TRACE, ...) has no
+/// Kubernetes meaning and is refused rather than guessed at.
+fn is_forwarded_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}

@@ -1,0 +1,140 @@
+//! The Kubernetes `Status` object: the one shape every error chaperone returns takes.
+//!
+//! Clients print it as `Error from server (<Reason>): <message>`, and an LLM reading a
+//! tool result sees exactly why a request was refused.
+
+use bytes::Bytes;
+
+use crate::body::{self, Body};
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+/// `meta/v1` `Status` with `status: Failure`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    pub metadata: Empty,
+    pub status: &'static str,
+    pub message: String,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Details>,
+    pub code: u16,
+}
+
+/// `metadata: {}` as the API server writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Empty {}
+
+/// `StatusDetails`: what the error was about.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Details {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+}
+
+impl Status {
+    /// A failure with the given HTTP code, `reason` (a `metav1.StatusReason`) and message.
+    pub fn failure(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Status {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Empty {},
+            status: "Failure",
+            message: message.into(),
+            reason,
+            details: None,
+            code: code.as_u16(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::FORBIDDEN, "Forbidden", message)
+    }
+
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", message)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
+    }
+
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::GATEWAY_TIMEOUT, "Timeout", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+
+    pub fn with_details(mut self, details: Details) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn code(&self) -> StatusCode {
+        StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The JSON bytes of this Status.
+    pub fn to_bytes(&self) -> Bytes {
+        // Serialising plain strings and integers cannot fail.
+        Bytes::from(serde_json::to_vec(self).expect("a Status always serialises"))
+    }
+
+    /// A complete HTTP response carrying this Status as JSON.
+    pub fn into_response(self) -> Response<Body> {
+        let mut rsp = Response::new(body::full(self.to_bytes()));
+        *rsp.status_mut() = self.code();
+        rsp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        rsp
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.reason, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_like_the_api_server() {
+        let s = Status::forbidden("no");
+        let v: serde_json::Value = serde_json::from_slice(&s.to_bytes()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                "message":"no","reason":"Forbidden","code":403})
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! TLS for both sides: the serving certificate (reloaded when its files change on
+//! disk) and the client configuration used to dial the API server.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no PEM certificate found in {0}")]
+    NoCertificate(String),
+    #[error("no PEM private key found in {0}")]
+    NoKey(String),
+    #[error("unusable private key in {path}: {source}")]
+    Key {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("invalid CA certificate in {path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("failed to build TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The crypto provider every TLS configuration in chaperone uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses PEM certificates; `origin` names the source in errors.
+pub fn certs_from_pem(pem: &[u8], origin: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+        .filter_map(|c| c.ok())
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::NoCertificate(origin.to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Parses the first PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn key_from_pem(pem: &[u8], origin: &str) -> Result<PrivateKeyDer<'static>, Error> {
+    match rustls_pemfile::private_key(&mut &pem[..]) {
+        Ok(Some(key)) => Ok(key),
+        _ => Err(Error::NoKey(origin.to_owned())),
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A serving certificate read from a cert and a key file, re-read on the next handshake
+/// after either file changes. Kubelet swaps mounted Secrets atomically; if a reload
+/// fails (say, a half-written pair during a manual copy), the last good pair keeps
+/// serving and the failure is logged.
+pub struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    state: Mutex<Loaded>,
+}
+
+struct Loaded {
+    stamp: Stamp,
+    key: Arc<CertifiedKey>,
+}
+
+/// What we compare to notice a change: modification times and sizes of both files.
+type Stamp = Option<[(SystemTime, u64); 2]>;
+
+impl ReloadingCert {
+    /// Loads the pair now; a missing or broken pair at start is an error.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<ReloadingCert, Error> {
+        let stamp = stamp(cert_file, key_file);
+        let key = load_pair(cert_file, key_file)?;
+        Ok(ReloadingCert {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            state: Mutex::new(Loaded { stamp, key }),
+        })
+    }
+
+    /// The current pair, reloaded first if the files changed since it was loaded.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = stamp(&self.cert_file, &self.key_file);
+        if now.is_some() && now != state.stamp {
+            match load_pair(&self.cert_file, &self.key_file) {
+                Ok(key) => {
+                    tracing::info!(cert = %self.cert_file.display(), "reloaded serving certificate");
+                    *state = Loaded { stamp: now, key };
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "keeping the previous serving certificate");
+                    // Remember the stamp so a broken pair is not re-parsed every handshake.
+                    state.stamp = now;
+                }
+            }
+        }
+        state.key.clone()
+    }
+}
+
+impl fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn stamp(cert: &Path, key: &Path) -> Stamp {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, Error> {
+    let certs = certs_from_pem(
+        &read("certificate file", cert_file)?,
+        &cert_file.display().to_string(),
+    )?;
+    let key_origin = key_file.display().to_string();
+    let key = key_from_pem(&read("key file", key_file)?, &key_origin)?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| Error::Key {
+            path: key_origin,
+            source,
+        })?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+}
+
+/// The server configuration for the API listeners: HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(cert: Arc<ReloadingCert>) -> Result<rustls::ServerConfig, Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A client identity for mutual TLS to the API server.
+pub struct ClientIdentity {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// The client configuration for dialling the API server: trusts exactly `ca_pem`.
+pub fn client_config(
+    ca_pem: &[u8],
+    ca_origin: &str,
+    identity: Option<ClientIdentity>,
+) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs_from_pem(ca_pem, ca_origin)? {
+        roots.add(cert).map_err(|source| Error::Ca {
+            path: ca_origin.to_owned(),
+            source,
+        })?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match identity {
+        Some(id) => builder.with_client_auth_cert(id.certs, id.key)?,
+        None => builder.with_no_client_auth(),
+    })
+}

@@ -1,0 +1,370 @@
+//! Forwards an authorised request to the real API server with the proxy's own
+//! credential, streaming bodies both ways and tunnelling connection upgrades.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::Instrument;
+
+use crate::body::Body;
+use crate::config;
+use crate::headers;
+use crate::kubeconfig::{self, Credential};
+use crate::status::Status;
+use crate::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("in-cluster upstream: {0} is not set and upstream.inCluster.{1} is not configured")]
+    MissingEnv(&'static str, &'static str),
+    #[error("invalid upstream server address {0:?}")]
+    BadServer(String),
+    #[error("upstream server {0:?} is not https; chaperone only speaks TLS to the API server")]
+    NotHttps(String),
+    #[error("failed to read the upstream CA file {path}: {source}")]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the upstream kubeconfig context has no certificate-authority; chaperone will not trust the system roots for the API server")]
+    NoCa,
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error("failed to read the proxy's token file {path}: {source}")]
+    ReadToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the proxy's token file {0} is empty")]
+    EmptyToken(PathBuf),
+    #[error("the API server at {server} is unreachable: {source}")]
+    Unreachable {
+        server: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("the API server at {server} did not answer within {timeout:?}")]
+    Timeout { server: String, timeout: Duration },
+    #[error("failed to build the upstream request: {0}")]
+    Request(#[from] http::Error),
+}
+
+impl Error {
+    pub fn status(&self) -> Status {
+        match self {
+            Error::Unreachable { .. } | Error::ReadToken { .. } | Error::EmptyToken(_) => {
+                Status::service_unavailable(self.to_string())
+            }
+            Error::Timeout { .. } => Status::timeout(self.to_string()),
+            _ => Status::internal(self.to_string()),
+        }
+    }
+}
+
+/// The proxy's own bearer credential, if it uses one (client certificates live in the
+/// TLS configuration instead).
+enum Bearer {
+    None,
+    Static(HeaderValue),
+    /// Re-read when the file changes: the kubelet rotates projected tokens in place.
+    File(TokenFile),
+}
+
+struct TokenFile {
+    path: PathBuf,
+    cached: Mutex<Option<((SystemTime, u64), HeaderValue)>>,
+}
+
+impl TokenFile {
+    fn new(path: PathBuf) -> Result<TokenFile, Error> {
+        let file = TokenFile {
+            path,
+            cached: Mutex::new(None),
+        };
+        file.header()?;
+        Ok(file)
+    }
+
+    /// The `Authorization` value for the token now on disk.
+    fn header(&self) -> Result<HeaderValue, Error> {
+        let read_err = |source| Error::ReadToken {
+            path: self.path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&self.path).map_err(read_err)?;
+        let stamp = (meta.modified().map_err(read_err)?, meta.len());
+        let mut cached = match self.cached.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((seen, value)) = cached.as_ref() {
+            if *seen == stamp {
+                return Ok(value.clone());
+            }
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(read_err)?;
+        let value = bearer(text.trim()).ok_or_else(|| Error::EmptyToken(self.path.clone()))?;
+        *cached = Some((stamp, value.clone()));
+        Ok(value)
+    }
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    if token.is_empty() {
+        return None;
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A pooled client to one API server.
+pub struct Upstream {
+    server: String,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// HTTP/2 when the server offers it by ALPN, else HTTP/1.1.
+    client: HttpsClient,
+    /// HTTP/1.1 only: `Upgrade` does not exist in HTTP/2.
+    upgrade_client: HttpsClient,
+    bearer: Bearer,
+    response_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Builds the client from the config; `env` reads the proxy's environment
+    /// (`KUBERNETES_SERVICE_HOST`/`PORT`, `KUBECONFIG`, `HOME`).
+    pub fn from_config(
+        cfg: &config::Upstream,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Upstream, Error> {
+        let (server, ca_pem, ca_origin, tls_server_name, credential) = match &cfg.kubeconfig {
+            Some(kc) => {
+                let path = kc
+                    .path
+                    .clone()
+                    .or_else(|| kubeconfig::default_path(env))
+                    .ok_or(Error::MissingEnv("KUBECONFIG", "kubeconfig.path"))?;
+                let r = kubeconfig::resolve(&path, kc.context.as_deref())?;
+                let ca = r.ca_pem.ok_or(Error::NoCa)?;
+                (
+                    r.server,
+                    ca,
+                    path.display().to_string(),
+                    r.tls_server_name,
+                    r.credential,
+                )
+            }
+            None => {
+                let ic = cfg.in_cluster.clone().unwrap_or_default();
+                let host = match ic.host {
+                    Some(h) => h,
+                    None => env("KUBERNETES_SERVICE_HOST")
+                        .ok_or(Error::MissingEnv("KUBERNETES_SERVICE_HOST", "host"))?,
+                };
+                let port = match ic.port {
+                    Some(p) => p.to_string(),
+                    None => env("KUBERNETES_SERVICE_PORT")
+                        .ok_or(Error::MissingEnv("KUBERNETES_SERVICE_PORT", "port"))?,
+                };
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                let ca_file = ic.ca_file.unwrap_or_else(|| config::DEFAULT_CA_FILE.into());
+                let ca = std::fs::read(&ca_file).map_err(|source| Error::ReadCa {
+                    path: ca_file.clone(),
+                    source,
+                })?;
+                let token = ic
+                    .token_file
+                    .unwrap_or_else(|| config::DEFAULT_TOKEN_FILE.into());
+                (
+                    format!("https://{host}:{port}"),
+                    ca,
+                    ca_file.display().to_string(),
+                    None,
+                    Credential::TokenFile(token),
+                )
+            }
+        };
+        Self::new(
+            &server,
+            &ca_pem,
+            &ca_origin,
+            tls_server_name,
+            credential,
+            cfg.connect_timeout,
+            cfg.response_timeout,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        server: &str,
+        ca_pem: &[u8],
+        ca_origin: &str,
+        tls_server_name: Option<String>,
+        credential: Credential,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Upstream, Error> {
+        let uri: Uri = server
+            .parse()
+            .map_err(|_| Error::BadServer(server.into()))?;
+        if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return Err(Error::NotHttps(server.into()));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| Error::BadServer(server.into()))?;
+        let (identity, bearer) = match credential {
+            Credential::None => (None, Bearer::None),
+            Credential::Token(t) => (None, bearer(&t).map_or(Bearer::None, Bearer::Static)),
+            Credential::TokenFile(p) => (None, Bearer::File(TokenFile::new(p)?)),
+            Credential::ClientCert { cert_pem, key_pem } => (
+                Some(tls::ClientIdentity {
+                    certs: tls::certs_from_pem(&cert_pem, "client-certificate")?,
+                    key: tls::key_from_pem(&key_pem, "client-key")?,
+                }),
+                Bearer::None,
+            ),
+        };
+        let tls_config = tls::client_config(ca_pem, ca_origin, identity)?;
+        let connector = |http2: bool| -> Result<HttpsConnector<HttpConnector>, Error> {
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_connect_timeout(Some(connect_timeout));
+            http.set_nodelay(true);
+            let mut builder = HttpsConnectorBuilder::new()
+                .with_tls_config(tls_config.clone())
+                .https_only();
+            if let Some(name) = &tls_server_name {
+                let name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| Error::BadServer(name.clone()))?;
+                builder = builder.with_server_name_resolver(FixedServerNameResolver::new(name));
+            }
+            Ok(if http2 {
+                builder.enable_http1().enable_http2().wrap_connector(http)
+            } else {
+                builder.enable_http1().wrap_connector(http)
+            })
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector(true)?);
+        let upgrade_client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector(false)?);
+        Ok(Upstream {
+            server: server.to_owned(),
+            scheme: http::uri::Scheme::HTTPS,
+            authority,
+            client,
+            upgrade_client,
+            bearer,
+            response_timeout,
+        })
+    }
+
+    /// The API server's address, for logs and errors.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Sends `req` (headers already prepared by `headers::prepare_upstream`) to
+    /// `path_and_query` on the API server with the proxy's credential. With
+    /// `downstream_upgrade`, a `101 Switching Protocols` answer is tunnelled: bytes are
+    /// copied both ways until either side closes.
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        path_and_query: &str,
+        downstream_upgrade: Option<OnUpgrade>,
+    ) -> Result<Response<Body>, Error> {
+        *req.uri_mut() = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()?;
+        *req.version_mut() = http::Version::HTTP_11;
+        let auth = match &self.bearer {
+            Bearer::None => None,
+            Bearer::Static(v) => Some(v.clone()),
+            Bearer::File(f) => Some(f.header()?),
+        };
+        if let Some(auth) = auth {
+            req.headers_mut().insert(header::AUTHORIZATION, auth);
+        }
+        let client = if downstream_upgrade.is_some() {
+            &self.upgrade_client
+        } else {
+            &self.client
+        };
+        let mut rsp = match tokio::time::timeout(self.response_timeout, client.request(req)).await {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    server: self.server.clone(),
+                    timeout: self.response_timeout,
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(Error::Unreachable {
+                    server: self.server.clone(),
+                    source,
+                })
+            }
+            Ok(Ok(rsp)) => rsp,
+        };
+        let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(downstream)) = (switching, downstream_upgrade) {
+            let upstream = hyper::upgrade::on(&mut rsp);
+            tokio::spawn(tunnel(downstream, upstream).instrument(tracing::info_span!("tunnel")));
+        }
+        headers::strip_hop_by_hop(rsp.headers_mut(), switching);
+        Ok(rsp.map(|b| b.map_err(Into::into).boxed()))
+    }
+}
+
+/// Copies bytes both ways between the caller and the API server after a 101.
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::warn!(%error, "connection upgrade failed");
+            return;
+        }
+    };
+    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        Ok((to_server, to_client)) => {
+            tracing::debug!(to_server, to_client, "tunnel closed")
+        }
+        Err(error) => tracing::debug!(%error, "tunnel ended with an error"),
+    }
+}
