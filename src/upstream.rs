@@ -1,8 +1,11 @@
 //! Forwards an authorised request to the real API server with the proxy's own
 //! credential, streaming bodies both ways and tunnelling connection upgrades.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderValue};
@@ -15,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::Instrument;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::config;
 use crate::headers;
 use crate::kubeconfig::{self, Credential};
@@ -131,7 +134,41 @@ fn bearer(token: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+type HttpsClient = Client<Dial<HttpsConnector<HttpConnector>>, Body>;
+
+/// Bounds the whole dial, TCP connect and TLS handshake together, so an API server
+/// that accepts but never answers is reported as unreachable instead of waited on.
+#[derive(Clone)]
+struct Dial<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for Dial<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let dial = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, dial).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(format!("no TLS connection within {timeout:?}").into()),
+            }
+        })
+    }
+}
 
 /// A pooled client to one API server.
 pub struct Upstream {
@@ -256,7 +293,7 @@ impl Upstream {
             ),
         };
         let tls_config = tls::client_config(ca_pem, ca_origin, identity)?;
-        let connector = |http2: bool| -> Result<HttpsConnector<HttpConnector>, Error> {
+        let connector = |http2: bool| -> Result<Dial<HttpsConnector<HttpConnector>>, Error> {
             let mut http = HttpConnector::new();
             http.enforce_http(false);
             http.set_connect_timeout(Some(connect_timeout));
@@ -269,10 +306,14 @@ impl Upstream {
                     .map_err(|_| Error::BadServer(name.clone()))?;
                 builder = builder.with_server_name_resolver(FixedServerNameResolver::new(name));
             }
-            Ok(if http2 {
+            let inner = if http2 {
                 builder.enable_http1().enable_http2().wrap_connector(http)
             } else {
                 builder.enable_http1().wrap_connector(http)
+            };
+            Ok(Dial {
+                inner,
+                timeout: connect_timeout,
             })
         };
         let client = Client::builder(TokioExecutor::new())
