@@ -5,6 +5,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::request_info::RequestInfo;
 use crate::status::Status;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -130,18 +131,37 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Whether chaperone must be able to read the response to this request, and so must
+/// narrow `Accept` to JSON. Everything but the OpenAPI schema documents: those hold no
+/// object data, and kubectl fetches `/openapi/v2` only as protobuf (it cannot validate
+/// `apply` without it).
+pub fn must_inspect(info: &RequestInfo) -> bool {
+    info.is_resource_request
+        || !(info.path == "/openapi/v2" || info.path.starts_with("/openapi/v3"))
+}
+
 /// Rewrites the caller's headers into the headers sent upstream: hop-by-hop and
-/// credential headers removed, `Accept` narrowed to JSON, `Accept-Encoding` dropped so
-/// the API server answers uncompressed. The proxy's own credential is added by
-/// `upstream`.
-pub fn prepare_upstream(headers: &mut HeaderMap, upgrade: bool) -> Result<(), Error> {
+/// credential headers removed, `Accept` narrowed to JSON when `inspect`,
+/// `Accept-Encoding` dropped so the API server answers uncompressed. The proxy's own
+/// credential is added by `upstream`.
+pub fn prepare_upstream(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    inspect: bool,
+) -> Result<(), Error> {
     check_impersonation(headers)?;
-    let accept = narrow_accept(headers.get(header::ACCEPT))?;
+    let accept = if inspect {
+        Some(narrow_accept(headers.get(header::ACCEPT))?)
+    } else {
+        None
+    };
     strip_hop_by_hop(headers, upgrade);
     for name in DROPPED {
         headers.remove(name);
     }
-    headers.insert(header::ACCEPT, accept);
+    if let Some(accept) = accept {
+        headers.insert(header::ACCEPT, accept);
+    }
     Ok(())
 }
 
@@ -217,6 +237,39 @@ mod tests {
     }
 
     #[test]
+    fn only_openapi_schemas_skip_inspection() {
+        let cases = [
+            ("GET", "/openapi/v2", false),
+            ("GET", "/openapi/v3", false),
+            ("GET", "/openapi/v3/api/v1", false),
+            ("GET", "/openapi/v2x", true),
+            ("GET", "/api/v1/namespaces/default/secrets", true),
+            ("GET", "/api/v1/namespaces/openapi/v2", true),
+            ("GET", "/version", true),
+            ("GET", "/apis", true),
+        ];
+        for (method, path, want) in cases {
+            let info =
+                crate::request_info::resolve(&method.parse().unwrap(), &path.parse().unwrap())
+                    .unwrap();
+            assert_eq!(must_inspect(&info), want, "{path}");
+        }
+        // An OpenAPI fetch keeps its protobuf Accept; impersonation is refused regardless.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+        );
+        prepare_upstream(&mut h, false, false).unwrap();
+        assert_eq!(
+            h.get(header::ACCEPT).unwrap(),
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+        );
+        h.insert("impersonate-user", HeaderValue::from_static("x"));
+        assert!(prepare_upstream(&mut h, false, false).is_err());
+    }
+
+    #[test]
     fn impersonation_headers_are_refused() {
         for name in [
             "impersonate-user",
@@ -229,7 +282,7 @@ mod tests {
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
                 HeaderValue::from_static("admin"),
             );
-            let err = prepare_upstream(&mut h, false).unwrap_err();
+            let err = prepare_upstream(&mut h, false, true).unwrap_err();
             assert_eq!(err.status().code, 403, "{name}");
             assert!(
                 err.to_string().contains(&name.to_ascii_lowercase()),
@@ -257,7 +310,7 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        prepare_upstream(&mut h, false).unwrap();
+        prepare_upstream(&mut h, false, true).unwrap();
         let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         names.sort();
         assert_eq!(names, ["accept", "content-type", "user-agent"]);
@@ -273,7 +326,7 @@ mod tests {
             HeaderValue::from_static("v5.channel.k8s.io"),
         );
         assert!(is_upgrade(&h));
-        prepare_upstream(&mut h, true).unwrap();
+        prepare_upstream(&mut h, true, true).unwrap();
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "Upgrade");
         assert!(h.contains_key("sec-websocket-protocol"));

@@ -98,8 +98,9 @@ impl Proxy {
         }
 
         let upgrade = headers::is_upgrade(req.headers());
+        let inspect = headers::must_inspect(&info);
         tracing::info_span!("screen")
-            .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade))?;
+            .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
 
         // The path authorised above is exactly the path forwarded: the normalised form,
         // re-encoded once, never the caller's raw bytes.

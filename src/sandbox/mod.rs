@@ -1,21 +1,271 @@
-//! TEMPORARY STUB — replaced by the real sandbox.
+//! An in-memory Kubernetes API server for tests, demos and trying policies without a cluster.
+//!
+//! [`Sandbox::handle`] serves one HTTP request the way kube-apiserver would, closely
+//! enough that unmodified clients (kubectl, client-go, kube-rs, the Python client) work
+//! against it: discovery, CRUD with resourceVersion semantics, patches, selectors,
+//! pagination, watches, server-side Table printing, pod logs, exec over WebSocket,
+//! CustomResourceDefinitions and access reviews (which always allow). Errors are
+//! `Status` objects with the real server's reasons and messages.
+//!
+//! What it does not do: authentication or authorization (every request is allowed and
+//! the `Authorization` header is only recorded), admission, schema validation, garbage
+//! collection, SPDY, port-forward and attach. Responses are always JSON; protobuf
+//! request bodies (kubectl 1.32+ sends them from `kubectl create <kind>`) are decoded
+//! for the common core, apps and RBAC kinds and refused with 415 otherwise. OpenAPI:
+//! `/openapi/v2` is a minimal, schema-less protobuf document (enough for kubectl's
+//! client-side validation to pass), `/openapi/v3` is 404.
+//! Controllers and the kubelet are simulated instantly: pods are Running and Ready,
+//! deployments report their replicas available, CRDs are Established.
+//!
+//! Serve it with hyper's `serve_connection_with_upgrades` so exec can upgrade.
+
+mod defaults;
+mod discovery;
+mod exec;
+mod handler;
+mod logs;
+mod patch;
+mod protobuf;
+mod registry;
+mod rest;
+mod selector;
+mod status;
+mod store;
+mod table;
+mod util;
+mod watch;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use status::ApiError;
+use store::Store;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
-#[derive(Clone, Default)]
-pub struct Sandbox;
+
+/// The default seed: namespaces `default`, `kube-system`, `team-a` and a few workloads.
+const DEFAULT_SEED: &str = include_str!("seed.yaml");
+
+/// How many Authorization values are remembered (oldest dropped first).
+const MAX_SEEN: usize = 100_000;
+
+/// Errors loading a seed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("bad")]
-    Bad,
+    #[error("the seed is not valid YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("seed document {index}: expected an object with apiVersion, kind and metadata.name")]
+    NotAnObject { index: usize },
+    #[error(
+        "seed document {index}: the sandbox serves no kind {kind:?} in apiVersion {api_version:?}"
+    )]
+    UnknownKind {
+        index: usize,
+        api_version: String,
+        kind: String,
+    },
+    #[error("seed document {index} ({kind} {name:?}): {message}")]
+    Rejected {
+        index: usize,
+        kind: String,
+        name: String,
+        message: String,
+    },
 }
+
+struct Inner {
+    store: Arc<Store>,
+    seen_authorizations: Mutex<Vec<Option<String>>>,
+    last_headers: Mutex<Option<http::HeaderMap>>,
+}
+
+/// An in-memory Kubernetes API server; clones share the same state.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("resource_version", &self.inner.store.resource_version())
+            .finish()
+    }
+}
+
+/// Seed objects in a usable order: CRDs, then namespaces, then the rest, each with its
+/// document index for error messages. `kind: List` documents are flattened.
+fn seed_objects(text: &str) -> Result<Vec<(usize, Value)>, Error> {
+    let mut out = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc)?;
+        match value {
+            Value::Null => {}
+            Value::Object(_)
+                if value
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.ends_with("List")) =>
+            {
+                let items = value
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                out.extend(items.into_iter().map(|i| (index, i)));
+            }
+            Value::Object(_) => out.push((index, value)),
+            _ => return Err(Error::NotAnObject { index }),
+        }
+    }
+    let rank = |v: &Value| match v.get("kind").and_then(Value::as_str) {
+        Some("CustomResourceDefinition") => 0,
+        Some("Namespace") => 1,
+        _ => 2,
+    };
+    out.sort_by_key(|(i, v)| (rank(v), *i));
+    Ok(out)
+}
+
 impl Sandbox {
-    pub fn from_yaml(_t: &str) -> Result<Sandbox, Error> {
-        Ok(Sandbox)
+    fn empty() -> Sandbox {
+        Sandbox {
+            inner: Arc::new(Inner {
+                store: Arc::new(Store::new()),
+                seen_authorizations: Mutex::new(Vec::new()),
+                last_headers: Mutex::new(None),
+            }),
+        }
     }
+
+    /// Seeds from YAML text: a multi-document stream and/or a `kind: List` of objects.
+    ///
+    /// Namespaced objects without a namespace go to `default`; namespaces an object
+    /// names are created if the seed does not define them. A given `status` and
+    /// `creationTimestamp` are kept.
+    pub fn from_yaml(text: &str) -> Result<Sandbox, Error> {
+        let sandbox = Sandbox::empty();
+        let store = &sandbox.inner.store;
+        let ns_def = store
+            .find("", "v1", "namespaces")
+            .ok_or_else(|| Error::UnknownKind {
+                index: 0,
+                api_version: "v1".into(),
+                kind: "Namespace".into(),
+            })?;
+        for (index, obj) in seed_objects(text)? {
+            let s = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            let (api_version, kind) = (s("apiVersion"), s("kind"));
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if name.is_empty() {
+                return Err(Error::NotAnObject { index });
+            }
+            let def = store
+                .find_kind(&api_version, &kind)
+                .ok_or_else(|| Error::UnknownKind {
+                    index,
+                    api_version: api_version.clone(),
+                    kind: kind.clone(),
+                })?;
+            let mut obj = obj;
+            if def.namespaced {
+                let ns = obj
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default")
+                    .to_string();
+                obj["metadata"]["namespace"] = json!(ns);
+                if store.get(&ns_def, "", &ns).is_none() {
+                    let created =
+                        store.create(&ns_def, json!({"metadata": {"name": ns}}), false, false);
+                    created.map_err(|e| rejected(index, &kind, &name, &e))?;
+                }
+            }
+            store
+                .create(&def, obj, false, true)
+                .map_err(|e| rejected(index, &kind, &name, &e))?;
+        }
+        store.reset_history();
+        Ok(sandbox)
+    }
+
+    /// The sandbox seeded with the built-in `seed.yaml`.
     pub fn with_default_seed() -> Sandbox {
-        Sandbox
+        // The embedded seed is tested below; failing to load it is a build defect.
+        Sandbox::from_yaml(DEFAULT_SEED).expect("the embedded seed.yaml loads")
     }
-    pub async fn handle(&self, _req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
-        http::Response::new(crate::body::full("{}"))
+
+    /// Serves one request. Never panics; errors are Kubernetes Status objects.
+    pub async fn handle(&self, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
+        self.record(req.headers());
+        let store = self.inner.store.clone();
+        AssertUnwindSafe(handler::handle(store, req))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                ApiError::internal("the sandbox failed to serve this request (a bug: it panicked)")
+                    .into_response()
+            })
+    }
+
+    fn record(&self, headers: &http::HeaderMap) {
+        let auth = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        {
+            let mut seen = self
+                .inner
+                .seen_authorizations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if seen.len() >= MAX_SEEN {
+                seen.remove(0);
+            }
+            seen.push(auth);
+        }
+        *self
+            .inner
+            .last_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(headers.clone());
+    }
+
+    /// Every Authorization header value the sandbox has seen, in order (None when absent) — tests assert the caller's token never arrives.
+    pub fn seen_authorizations(&self) -> Vec<Option<String>> {
+        self.inner
+            .seen_authorizations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Request headers of the last request (tests check what a proxy forwarded: Accept, Accept-Encoding, Impersonate-*).
+    pub fn last_request_headers(&self) -> Option<http::HeaderMap> {
+        self.inner
+            .last_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
+
+fn rejected(index: usize, kind: &str, name: &str, e: &ApiError) -> Error {
+    Error::Rejected {
+        index,
+        kind: kind.to_string(),
+        name: name.to_string(),
+        message: e.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

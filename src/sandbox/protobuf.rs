@@ -1,0 +1,389 @@
+//! A small decoder for Kubernetes protobuf request bodies.
+//!
+//! kubectl 1.32+ sends protobuf (not JSON) from its typed clients, e.g. `kubectl create
+//! configmap|secret|namespace|serviceaccount|deployment|service|role|rolebinding|...`,
+//! and client-go never falls back to JSON for those. Responses stay JSON (kubectl
+//! accepts it). This decodes the `k8s\0` envelope (`runtime.Unknown`) and the objects
+//! those commands build, following the field numbers of k8s.io/api's
+//! `generated.proto`. Fields outside the schema below are skipped. Like Go's JSON
+//! `omitempty`, empty strings, zero numbers, `false` and empty objects are dropped
+//! (gogo-protobuf writes them all).
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde_json::{json, Map, Value};
+
+use super::util;
+
+/// `Message: number name type, ...`; types: `s` string, `b` bytes (base64 in JSON),
+/// `i` integer, `bool`, `Time`, `IntOrString`, `Quantity`, a message name, `[]T`
+/// repeated, `map<T>` a string-keyed map.
+const SCHEMA: &str = "
+Unknown: 1 typeMeta TypeMeta, 2 raw b
+TypeMeta: 1 apiVersion s, 2 kind s
+ObjectMeta: 1 name s, 2 generateName s, 3 namespace s, 5 uid s, 6 resourceVersion s, 7 generation i, 8 creationTimestamp Time, 11 labels map<s>, 12 annotations map<s>, 13 ownerReferences []OwnerReference, 14 finalizers []s
+OwnerReference: 1 kind s, 3 name s, 4 uid s, 5 apiVersion s, 6 controller bool, 7 blockOwnerDeletion bool
+LabelSelector: 1 matchLabels map<s>, 2 matchExpressions []LabelSelectorRequirement
+LabelSelectorRequirement: 1 key s, 2 operator s, 3 values []s
+ConfigMap: 1 metadata ObjectMeta, 2 data map<s>, 3 binaryData map<b>, 4 immutable bool
+Secret: 1 metadata ObjectMeta, 2 data map<b>, 3 type s, 4 stringData map<s>, 5 immutable bool
+Namespace: 1 metadata ObjectMeta, 2 spec NamespaceSpec
+NamespaceSpec: 1 finalizers []s
+ServiceAccount: 1 metadata ObjectMeta, 2 secrets []ObjectReference, 3 imagePullSecrets []LocalObjectReference, 4 automountServiceAccountToken bool
+ObjectReference: 1 kind s, 2 namespace s, 3 name s, 4 uid s, 5 apiVersion s, 6 resourceVersion s, 7 fieldPath s
+LocalObjectReference: 1 name s
+Pod: 1 metadata ObjectMeta, 2 spec PodSpec
+PodTemplateSpec: 1 metadata ObjectMeta, 2 spec PodSpec
+PodSpec: 2 containers []Container, 3 restartPolicy s, 4 terminationGracePeriodSeconds i, 6 dnsPolicy s, 7 nodeSelector map<s>, 8 serviceAccountName s, 10 nodeName s, 15 imagePullSecrets []LocalObjectReference, 19 schedulerName s, 20 initContainers []Container
+Container: 1 name s, 2 image s, 3 command []s, 4 args []s, 5 workingDir s, 6 ports []ContainerPort, 7 env []EnvVar, 8 resources ResourceRequirements, 9 volumeMounts []VolumeMount, 13 terminationMessagePath s, 14 imagePullPolicy s, 16 stdin bool, 17 stdinOnce bool, 18 tty bool, 20 terminationMessagePolicy s
+ContainerPort: 1 name s, 2 hostPort i, 3 containerPort i, 4 protocol s, 5 hostIP s
+EnvVar: 1 name s, 2 value s
+ResourceRequirements: 1 limits map<Quantity>, 2 requests map<Quantity>
+VolumeMount: 1 name s, 2 readOnly bool, 3 mountPath s, 4 subPath s
+Service: 1 metadata ObjectMeta, 2 spec ServiceSpec
+ServiceSpec: 1 ports []ServicePort, 2 selector map<s>, 3 clusterIP s, 4 type s, 5 externalIPs []s, 7 sessionAffinity s, 10 externalName s, 18 clusterIPs []s
+ServicePort: 1 name s, 2 protocol s, 3 port i, 4 targetPort IntOrString, 5 nodePort i, 6 appProtocol s
+Deployment: 1 metadata ObjectMeta, 2 spec DeploymentSpec
+DeploymentSpec: 1 replicas i, 2 selector LabelSelector, 3 template PodTemplateSpec, 4 strategy DeploymentStrategy, 5 minReadySeconds i, 6 revisionHistoryLimit i, 7 paused bool, 9 progressDeadlineSeconds i
+DeploymentStrategy: 1 type s, 2 rollingUpdate RollingUpdateDeployment
+RollingUpdateDeployment: 1 maxUnavailable IntOrString, 2 maxSurge IntOrString
+Role: 1 metadata ObjectMeta, 2 rules []PolicyRule
+ClusterRole: 1 metadata ObjectMeta, 2 rules []PolicyRule
+PolicyRule: 1 verbs []s, 2 apiGroups []s, 3 resources []s, 4 resourceNames []s, 5 nonResourceURLs []s
+RoleBinding: 1 metadata ObjectMeta, 2 subjects []Subject, 3 roleRef RoleRef
+ClusterRoleBinding: 1 metadata ObjectMeta, 2 subjects []Subject, 3 roleRef RoleRef
+Subject: 1 kind s, 2 apiGroup s, 3 name s, 4 namespace s
+RoleRef: 1 apiGroup s, 2 kind s, 3 name s
+";
+
+/// Kinds a request body may carry (the top-level messages above).
+const TOP_LEVEL: [&str; 11] = [
+    "ConfigMap",
+    "Secret",
+    "Namespace",
+    "ServiceAccount",
+    "Pod",
+    "Service",
+    "Deployment",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+];
+
+/// Nesting bound: Kubernetes objects are far shallower; this stops hostile input.
+const MAX_DEPTH: usize = 32;
+
+struct Field {
+    name: &'static str,
+    ty: &'static str,
+    repeated: bool,
+}
+
+type Schema = HashMap<&'static str, HashMap<u32, Field>>;
+
+fn schema() -> &'static Schema {
+    static SCHEMA_MAP: OnceLock<Schema> = OnceLock::new();
+    SCHEMA_MAP.get_or_init(|| {
+        let mut out = HashMap::new();
+        for line in SCHEMA.lines().filter(|l| !l.trim().is_empty()) {
+            let Some((msg, fields)) = line.split_once(':') else {
+                continue;
+            };
+            let mut map = HashMap::new();
+            for f in fields.split(',') {
+                let parts: Vec<&'static str> = f.split_whitespace().collect();
+                if let [num, name, ty] = parts[..] {
+                    if let Ok(n) = num.parse::<u32>() {
+                        let (ty, repeated) =
+                            ty.strip_prefix("[]").map_or((ty, false), |t| (t, true));
+                        map.insert(n, Field { name, ty, repeated });
+                    }
+                }
+            }
+            out.insert(msg.trim(), map);
+        }
+        out
+    })
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or("truncated varint")?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = usize::try_from(self.varint()?).map_err(|_| "length overflows")?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or("truncated field")?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn skip(&mut self, wire: u64) -> Result<(), String> {
+        match wire {
+            0 => self.varint().map(drop),
+            1 => self.advance(8),
+            2 => self.bytes().map(drop),
+            5 => self.advance(4),
+            w => Err(format!("unsupported wire type {w}")),
+        }
+    }
+
+    fn advance(&mut self, n: usize) -> Result<(), String> {
+        if self.pos + n > self.buf.len() {
+            return Err("truncated field".into());
+        }
+        self.pos += n;
+        Ok(())
+    }
+}
+
+/// Decodes one field value of type `ty`; `None` means "leave the field out".
+fn value(ty: &str, wire: u64, r: &mut Reader<'_>, depth: usize) -> Result<Option<Value>, String> {
+    let want = |w: u64| {
+        if wire == w {
+            Ok(())
+        } else {
+            Err(format!("field of type {ty} has wire type {wire}"))
+        }
+    };
+    Ok(Some(match ty {
+        "s" => {
+            want(2)?;
+            json!(String::from_utf8_lossy(r.bytes()?))
+        }
+        "b" => {
+            want(2)?;
+            json!(util::base64_encode(r.bytes()?))
+        }
+        // int32 fields are sign-extended to 64 bits on the wire.
+        "i" => {
+            want(0)?;
+            json!(r.varint()? as i64)
+        }
+        "bool" => {
+            want(0)?;
+            json!(r.varint()? != 0)
+        }
+        "Time" => {
+            want(2)?;
+            let inner = message("Time", r.bytes()?, depth + 1)?;
+            match inner.get("seconds").and_then(Value::as_i64) {
+                Some(s) if s != 0 => json!(util::rfc3339(s)),
+                _ => return Ok(None),
+            }
+        }
+        "IntOrString" => {
+            want(2)?;
+            let inner = message("IntOrString", r.bytes()?, depth + 1)?;
+            if inner.get("type").and_then(Value::as_i64) == Some(1) {
+                inner.get("strVal").cloned().unwrap_or(json!(""))
+            } else {
+                inner.get("intVal").cloned().unwrap_or(json!(0))
+            }
+        }
+        "Quantity" => {
+            want(2)?;
+            message("Quantity", r.bytes()?, depth + 1)?
+                .get("string")
+                .cloned()
+                .unwrap_or(json!("0"))
+        }
+        _ => {
+            want(2)?;
+            json!(message(ty, r.bytes()?, depth + 1)?)
+        }
+    }))
+}
+
+/// The helper messages that are not in the schema text.
+fn builtin_fields(msg: &str, n: u32) -> Option<(&'static str, &'static str)> {
+    Some(match (msg, n) {
+        ("Time", 1) => ("seconds", "i"),
+        ("Time", 2) => ("nanos", "i"),
+        ("IntOrString", 1) => ("type", "i"),
+        ("IntOrString", 2) => ("intVal", "i"),
+        ("IntOrString", 3) => ("strVal", "s"),
+        ("Quantity", 1) => ("string", "s"),
+        _ => return None,
+    })
+}
+
+fn message(msg: &str, buf: &[u8], depth: usize) -> Result<Value, String> {
+    if depth > MAX_DEPTH {
+        return Err("message nested too deeply".into());
+    }
+    let fields = schema().get(msg);
+    let mut out = Map::new();
+    let mut r = Reader { buf, pos: 0 };
+    while r.pos < buf.len() {
+        let key = r.varint()?;
+        let (n, wire) = (
+            u32::try_from(key >> 3).map_err(|_| "bad field number")?,
+            key & 7,
+        );
+        let (name, ty, repeated) = match (fields.and_then(|f| f.get(&n)), builtin_fields(msg, n)) {
+            (Some(f), _) => (f.name, f.ty, f.repeated),
+            (None, Some((name, ty))) => (name, ty, false),
+            (None, None) => {
+                r.skip(wire)?;
+                continue;
+            }
+        };
+        if let Some(inner) = ty.strip_prefix("map<").and_then(|t| t.strip_suffix('>')) {
+            if wire != 2 {
+                return Err(format!("map field {name} has wire type {wire}"));
+            }
+            let mut entry = Reader {
+                buf: r.bytes()?,
+                pos: 0,
+            };
+            let (mut k, mut v) = (String::new(), None);
+            while entry.pos < entry.buf.len() {
+                let ekey = entry.varint()?;
+                match ekey >> 3 {
+                    1 => k = String::from_utf8_lossy(entry.bytes()?).into_owned(),
+                    2 => v = value(inner, ekey & 7, &mut entry, depth)?,
+                    _ => entry.skip(ekey & 7)?,
+                }
+            }
+            let map = out.entry(name).or_insert_with(|| json!({}));
+            map[k] = v.unwrap_or_else(|| {
+                if inner == "s" || inner == "b" {
+                    json!("")
+                } else {
+                    Value::Null
+                }
+            });
+            continue;
+        }
+        let Some(v) = value(ty, wire, &mut r, depth)? else {
+            continue;
+        };
+        if repeated {
+            if let Value::Array(a) = out.entry(name).or_insert_with(|| json!([])) {
+                a.push(v);
+            }
+        } else if !omit(name, &v) {
+            out.insert(name.to_string(), v);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Go's `omitempty`, roughly: what gogo-protobuf writes for unset non-pointer fields.
+fn omit(name: &str, v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.is_empty(),
+        Value::Bool(b) => !b,
+        // A 0 replica count is a real value (it is a pointer in Go).
+        Value::Number(n) => n.as_i64() == Some(0) && name != "replicas",
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    }
+}
+
+/// Decodes a `k8s\0`-prefixed protobuf body into the JSON object it stands for.
+pub(crate) fn decode(body: &[u8]) -> Result<Value, String> {
+    let raw = body
+        .strip_prefix(b"k8s\0")
+        .ok_or("the body lacks the k8s protobuf envelope")?;
+    let unknown = message("Unknown", raw, 0)?;
+    let s = |p: &str| {
+        unknown
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (api_version, kind) = (s("/typeMeta/apiVersion"), s("/typeMeta/kind"));
+    if !TOP_LEVEL.contains(&kind.as_str()) {
+        return Err(format!(
+            "the sandbox decodes protobuf only for {}; not {kind:?} (send JSON instead)",
+            TOP_LEVEL.join(", ")
+        ));
+    }
+    let payload = util::base64_decode(&s("/raw")).ok_or("bad raw payload")?;
+    let mut obj = message(&kind, &payload, 0)?;
+    obj["apiVersion"] = json!(api_version);
+    obj["kind"] = json!(kind);
+    Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(n: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![((n << 3) | 2) as u8, bytes.len() as u8];
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn map_entry(n: u32, k: &str, v: &[u8]) -> Vec<u8> {
+        field(n, &[field(1, k.as_bytes()), field(2, v)].concat())
+    }
+
+    #[test]
+    fn decodes_a_configmap_like_kubectl_create() {
+        // ObjectMeta{name: "made", generateName: "", creationTimestamp: {}} as gogo writes it.
+        let meta = [field(1, b"made"), field(2, b""), field(8, b"")].concat();
+        let cm = [
+            field(1, &meta),
+            map_entry(2, "x", b"y"),
+            map_entry(3, "bin", b"\x00\x01"),
+        ]
+        .concat();
+        let type_meta = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
+        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &cm)].concat();
+        let v = decode(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "made"},
+                   "data": {"x": "y"}, "binaryData": {"bin": "AAE="}})
+        );
+    }
+
+    #[test]
+    fn decodes_nested_lists_and_int_or_string() {
+        // Service{spec: {ports: [{port: 80, targetPort: intVal 8080}], type: "ClusterIP"}}
+        let target = [vec![0x10, 0x90, 0x3f]].concat(); // field 2 varint 8080
+        let port = [vec![0x18, 80], field(4, &target)].concat();
+        let spec = [field(1, &port), field(4, b"ClusterIP")].concat();
+        let svc = [field(1, &field(1, b"s")), field(2, &spec)].concat();
+        let v = message("Service", &svc, 0).unwrap();
+        assert_eq!(
+            v["spec"]["ports"],
+            json!([{"port": 80, "targetPort": 8080}])
+        );
+        assert_eq!(v["spec"]["type"], "ClusterIP");
+        assert!(
+            decode(b"k8s\0\x0a\x02\x12\x00").is_err(),
+            "unknown kinds are refused"
+        );
+        assert!(
+            message("ConfigMap", &[0x0a, 0x05, 0x01], 0).is_err(),
+            "truncated input is an error"
+        );
+    }
+}

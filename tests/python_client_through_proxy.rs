@@ -1,0 +1,52 @@
+//! The official Python client, configured as inside a pod, works through chaperone
+//! unchanged: list, get, create, patch, watch, and API errors.
+
+mod support;
+
+use support::{ok, python_path, run, sandbox};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_in_cluster_client_lists_gets_and_watches() {
+    let env = sandbox().with_proxy().start().await;
+    let token = env.dir.path().join("token");
+    std::fs::write(&token, &env.started.caller_token).unwrap();
+    let addr = env.started.proxy.as_ref().unwrap().addrs[0];
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/python_client.py"
+    );
+    let mut cmd = tokio::process::Command::new(python_path());
+    cmd.arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(&token)
+        .arg(&env.started.ca_file)
+        .env_remove("KUBECONFIG")
+        .env("HOME", env.dir.path());
+    let out: serde_json::Value = serde_json::from_str(&ok(&run(cmd).await)).unwrap();
+
+    let namespaces = out["namespaces"].as_array().unwrap();
+    assert!(namespaces.iter().any(|n| n == "default"), "{out}");
+    assert!(!out["pods"].as_array().unwrap().is_empty(), "{out}");
+    assert_eq!(out["read_back"], serde_json::json!({"k": "v"}));
+    let watch = out["watch"].as_array().unwrap();
+    assert_eq!(
+        watch.last().unwrap(),
+        &serde_json::json!(["MODIFIED", "from-python", {"k": "v2"}]),
+        "{out}"
+    );
+    assert_eq!(
+        out["missing"],
+        serde_json::json!({"status": 404, "reason": "NotFound"})
+    );
+
+    // Whatever the client sent, the API server saw only the proxy's credential.
+    let want = format!("Bearer {}", env.started.upstream_token);
+    assert!(env
+        .started
+        .sandbox
+        .seen_authorizations()
+        .iter()
+        .all(|a| a.as_deref() == Some(want.as_str())));
+    env.stop().await;
+}

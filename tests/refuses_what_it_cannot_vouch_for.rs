@@ -1,0 +1,210 @@
+//! Requests chaperone cannot forward safely are refused with a Kubernetes Status that
+//! says why, and never reach the API server.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use chaperone::body;
+use http::Request;
+use support::sandbox;
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// (what, method, path, headers, code, reason, words in the message)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u16,
+    &'static str,
+    &'static str,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_status_objects_and_never_reach_the_api_server() {
+    let env = sandbox().with_proxy().start().await;
+    let client = env.client(false);
+    let base = env.proxy_url();
+    let cases: &[Case] = &[
+        (
+            "impersonate user",
+            "GET",
+            PODS,
+            &[("Impersonate-User", "admin")],
+            403,
+            "Forbidden",
+            "impersonate-user",
+        ),
+        (
+            "impersonate group",
+            "GET",
+            PODS,
+            &[("Impersonate-Group", "system:masters")],
+            403,
+            "Forbidden",
+            "impersonate-group",
+        ),
+        (
+            "impersonate extra",
+            "GET",
+            PODS,
+            &[("Impersonate-Extra-Scopes", "x")],
+            403,
+            "Forbidden",
+            "impersonate-extra-scopes",
+        ),
+        (
+            "protobuf only",
+            "GET",
+            PODS,
+            &[("Accept", "application/vnd.kubernetes.protobuf")],
+            406,
+            "NotAcceptable",
+            "accept application/json",
+        ),
+        (
+            "yaml only",
+            "GET",
+            PODS,
+            &[("Accept", "application/yaml")],
+            406,
+            "NotAcceptable",
+            "application/yaml",
+        ),
+        (
+            "encoded slash",
+            "GET",
+            "/api/v1/namespaces/default/pods/a%2Fb",
+            &[],
+            400,
+            "BadRequest",
+            "encoded slash",
+        ),
+        (
+            "climbs above root",
+            "GET",
+            "/../api/v1/pods",
+            &[],
+            400,
+            "BadRequest",
+            "refused the request path",
+        ),
+        (
+            "bad escape",
+            "GET",
+            "/api/v1/namespaces/default/pods/%zz",
+            &[],
+            400,
+            "BadRequest",
+            "refused the request path",
+        ),
+        (
+            "unknown method",
+            "OPTIONS",
+            PODS,
+            &[],
+            405,
+            "MethodNotAllowed",
+            "OPTIONS",
+        ),
+    ];
+    for (what, method, path, headers, code, reason, words) in cases {
+        let seen_before = env.started.sandbox.seen_authorizations().len();
+        let mut req = Request::builder()
+            .method(*method)
+            .uri(format!("{base}{path}"));
+        for (k, v) in *headers {
+            req = req.header(*k, *v);
+        }
+        let reply = client.send(req.body(body::empty()).unwrap()).await;
+        assert_eq!(reply.status.as_u16(), *code, "{what}: {:?}", reply.body);
+        let status = reply.json();
+        assert_eq!(status["kind"], "Status", "{what}");
+        assert_eq!(status["apiVersion"], "v1", "{what}");
+        assert_eq!(status["status"], "Failure", "{what}");
+        assert_eq!(status["code"], *code, "{what}");
+        assert_eq!(status["reason"], *reason, "{what}");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(words),
+            "{what}: {message:?} lacks {words:?}"
+        );
+        assert_eq!(
+            env.started.sandbox.seen_authorizations().len(),
+            seen_before,
+            "{what}: the refused request reached the API server"
+        );
+    }
+    env.stop().await;
+}
+
+/// A config pointing the proxy at `server` with a throwaway token.
+fn proxy_config(
+    dir: &std::path::Path,
+    server: &str,
+    ca_pem: &str,
+    extra: &str,
+) -> chaperone::config::Config {
+    let kc = dir.join("upstream.kubeconfig");
+    std::fs::write(
+        &kc,
+        chaperone::kubeconfig::render("up", server, ca_pem, "t", None),
+    )
+    .unwrap();
+    let text = format!(
+        "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\ntls:\n  certFile: {dir}/sandbox/tls.crt\n  keyFile: {dir}/sandbox/tls.key\nupstream:\n  kubeconfig: {{path: {kc}}}\n{extra}",
+        dir = dir.display(),
+        kc = kc.display(),
+    );
+    chaperone::config::Config::parse(std::path::Path::new("test.yaml"), &text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_api_server_gives_503_not_a_hang() {
+    // The sandbox provides the CA and certificates; the upstream points elsewhere.
+    let env = sandbox().start().await;
+    let ca = String::from_utf8(env.ca_pem()).unwrap();
+
+    // A port nothing listens on: refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    // A listener that accepts and then says nothing: only the dial timeout ends it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+
+    for (what, addr) in [("closed port", closed_addr), ("silent server", silent_addr)] {
+        let config = proxy_config(
+            env.dir.path(),
+            &format!("https://{addr}"),
+            &ca,
+            "  connectTimeout: 1s\n  responseTimeout: 30s\n",
+        );
+        let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+        let client = env.client(false);
+        let started = Instant::now();
+        let reply = client
+            .get(&format!("https://{}{PODS}", proxy.addrs[0]), &[])
+            .await;
+        let took = started.elapsed();
+        assert_eq!(reply.status.as_u16(), 503, "{what}: {:?}", reply.body);
+        let status = reply.json();
+        assert_eq!(status["reason"], "ServiceUnavailable", "{what}");
+        assert!(
+            status["message"].as_str().unwrap().contains("unreachable"),
+            "{what}: {status}"
+        );
+        // The connect timeout is 1s; the answer must come well before the 30s response bound.
+        assert!(took < Duration::from_secs(10), "{what}: took {took:?}");
+        proxy.stop().await;
+    }
+    env.stop().await;
+}

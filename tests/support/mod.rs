@@ -1,0 +1,280 @@
+//! Shared setup for the integration tests: a sandbox API server on loopback with
+//! chaperone in front of it, and real clients pointed at either.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chaperone::body::{self, Body};
+use chaperone::cli::sandbox::{self, Started};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnectorBuilder;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+/// Every client command and request in the tests is bounded by this.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running sandbox, optionally with chaperone in front, in a private temp dir.
+pub struct Env {
+    pub started: Started,
+    pub dir: tempfile::TempDir,
+}
+
+/// Builder for a test environment: `sandbox().with_proxy().start().await`.
+pub struct EnvBuilder {
+    proxy_config: Option<String>,
+    seed: Option<String>,
+}
+
+pub fn sandbox() -> EnvBuilder {
+    EnvBuilder {
+        proxy_config: None,
+        seed: None,
+    }
+}
+
+impl EnvBuilder {
+    /// Chaperone in front of the sandbox, on ephemeral loopback ports.
+    pub fn with_proxy(self) -> Self {
+        self.with_proxy_config("")
+    }
+
+    /// Chaperone with extra config YAML appended (its `listen`/`admin` are ephemeral).
+    pub fn with_proxy_config(mut self, extra: &str) -> Self {
+        self.proxy_config = Some(format!(
+            "listen: [\"127.0.0.1:0\"]\nadmin:\n  listen: 127.0.0.1:0\n{extra}"
+        ));
+        self
+    }
+
+    pub fn seed(mut self, yaml: &str) -> Self {
+        self.seed = Some(yaml.to_owned());
+        self
+    }
+
+    pub async fn start(self) -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let with_proxy = self.proxy_config.map(|text| {
+            let path = dir.path().join("chaperone.yaml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        });
+        let seed = self.seed.map(|text| {
+            let path = dir.path().join("seed.yaml");
+            std::fs::write(&path, text).expect("write seed");
+            path
+        });
+        let args = sandbox::Args {
+            with_proxy,
+            seed,
+            dir: dir.path().join("sandbox"),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+        };
+        let started = sandbox::start(&args, &|name| match name {
+            // The proxy gets no ambient config from the machine running the tests.
+            "HOME" => Some("/nonexistent".into()),
+            _ => None,
+        })
+        .await
+        .expect("sandbox starts");
+        Env { started, dir }
+    }
+}
+
+impl Env {
+    pub fn sandbox_url(&self) -> String {
+        format!("https://{}", self.started.api.addrs[0])
+    }
+
+    pub fn proxy_url(&self) -> String {
+        let proxy = self.started.proxy.as_ref().expect("started with a proxy");
+        format!("https://{}", proxy.addrs[0])
+    }
+
+    pub fn proxy_kubeconfig(&self) -> &Path {
+        self.started
+            .proxy_kubeconfig
+            .as_deref()
+            .expect("started with a proxy")
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.started.ca_file).expect("read CA")
+    }
+
+    /// Runs kubectl through chaperone with the proxy kubeconfig.
+    pub async fn kubectl(&self, args: &[&str]) -> Output {
+        run(self.kubectl_cmd(self.proxy_kubeconfig(), args)).await
+    }
+
+    /// Runs kubectl through chaperone, feeding `input` on stdin (`apply -f -`, `exec -i`).
+    pub async fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        run_with_stdin(self.kubectl_cmd(self.proxy_kubeconfig(), args), input).await
+    }
+
+    /// Runs kubectl straight at the sandbox, bypassing chaperone (to set up or compare).
+    pub async fn kubectl_direct(&self, args: &[&str]) -> Output {
+        run(self.kubectl_cmd(&self.started.kubeconfig, args)).await
+    }
+
+    /// A kubectl command with a clean environment: only PATH, a private HOME and the
+    /// given kubeconfig.
+    pub fn kubectl_cmd(&self, kubeconfig: &Path, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(kubectl_path());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("KUBECONFIG", kubeconfig);
+        cmd
+    }
+
+    /// An HTTPS client (HTTP/2 by ALPN when `http2`) trusting the sandbox CA.
+    pub fn client(&self, http2: bool) -> TestClient {
+        let tls =
+            chaperone::tls::client_config(&self.ca_pem(), "test CA", None).expect("client TLS");
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only();
+        let connector = if http2 {
+            builder.enable_http2().build()
+        } else {
+            builder.enable_http1().build()
+        };
+        TestClient {
+            inner: Client::builder(TokioExecutor::new())
+                .http2_only(http2)
+                .build(connector),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.started.stop().await;
+    }
+}
+
+/// The kubectl under test: `$CHAPERONE_KUBECTL` (set by `.ci/test`), else `kubectl`.
+pub fn kubectl_path() -> PathBuf {
+    std::env::var_os("CHAPERONE_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+/// The Python with the `kubernetes` package: `$CHAPERONE_PYTHON` (set by `.ci/test`),
+/// else `python3`.
+pub fn python_path() -> PathBuf {
+    std::env::var_os("CHAPERONE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// Runs a client command to completion within `CLIENT_TIMEOUT`.
+pub async fn run(mut cmd: tokio::process::Command) -> Output {
+    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+    let program = format!("{:?}", cmd.as_std());
+    match tokio::time::timeout(CLIENT_TIMEOUT, cmd.output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            panic!("failed to run {program}: {e} (is the client installed? run .ci/test)")
+        }
+        Err(_) => panic!("{program} did not finish within {CLIENT_TIMEOUT:?}"),
+    }
+}
+
+/// Runs a client command with `input` on its stdin, within `CLIENT_TIMEOUT`.
+pub async fn run_with_stdin(mut cmd: tokio::process::Command, input: &str) -> Output {
+    use tokio::io::AsyncWriteExt;
+    cmd.kill_on_drop(true)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let program = format!("{:?}", cmd.as_std());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("failed to run {program}: {e} (is the client installed? run .ci/test)")
+    });
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(stdin);
+    match tokio::time::timeout(CLIENT_TIMEOUT, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("{program}: {e}"),
+        Err(_) => panic!("{program} did not finish within {CLIENT_TIMEOUT:?}"),
+    }
+}
+
+/// Asserts a client command succeeded and returns its stdout.
+pub fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+pub struct TestClient {
+    inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl TestClient {
+    /// Sends a GET with the given headers and reads the whole response.
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = Request::get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(body::empty()).expect("request")).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let rsp = tokio::time::timeout(CLIENT_TIMEOUT, self.inner.request(req))
+            .await
+            .expect("response within the client timeout")
+            .expect("response");
+        let (parts, body) = rsp.into_parts();
+        let body = tokio::time::timeout(CLIENT_TIMEOUT, body.collect())
+            .await
+            .expect("body within the client timeout")
+            .expect("body")
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Sends a request and returns the response with its body still streaming.
+    pub async fn open(&self, req: Request<Body>) -> http::Response<hyper::body::Incoming> {
+        tokio::time::timeout(CLIENT_TIMEOUT, self.inner.request(req))
+            .await
+            .expect("response within the client timeout")
+            .expect("response")
+    }
+}
