@@ -358,6 +358,64 @@ mod tests {
     }
 
     #[test]
+    fn resolves_credentials_of_each_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        write("ca.crt", "CA");
+        write("client.crt", "CERT");
+        write("client.key", "KEY");
+        let head = "apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nclusters:\n- name: k\n  cluster: {server: \"https://10.0.0.1:443/\", certificate-authority: ca.crt}\nusers:\n- name: u\n  user:\n";
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            (
+                "    client-certificate: client.crt\n    client-key: client.key\n",
+                Ok("ClientCert"),
+            ),
+            (
+                "    client-certificate-data: Q0VSVA==\n    client-key-data: S0VZ\n",
+                Ok("ClientCert"),
+            ),
+            ("    token: abc\n", Ok("Token")),
+            (
+                "    tokenFile: /var/run/token\n",
+                Ok("TokenFile(/var/run/token)"),
+            ),
+            ("    {}\n", Ok("None")),
+            (
+                "    client-certificate: client.crt\n",
+                Err("needs both certificate and key"),
+            ),
+            (
+                "    exec: {command: aws}\n",
+                Err("exec or auth-provider plugin"),
+            ),
+            (
+                "    client-key-data: '!!'\n    client-certificate: client.crt\n",
+                Err("not valid base64"),
+            ),
+        ];
+        for (user, want) in cases {
+            let path = write("config", &format!("{head}{user}"));
+            match (resolve(&path, None), want) {
+                (Ok(r), Ok(kind)) => {
+                    assert!(
+                        format!("{:?}", r.credential).starts_with(kind),
+                        "{user}: {:?}",
+                        r.credential
+                    );
+                    assert_eq!(r.server, "https://10.0.0.1:443");
+                    assert_eq!(r.ca_pem.as_deref(), Some(&b"CA"[..]));
+                }
+                (Err(e), Err(words)) => assert!(e.to_string().contains(words), "{user}: {e}"),
+                (got, _) => panic!("{user}: unexpected {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn renders_and_resolves_a_context() {
         let dir = std::env::temp_dir().join(format!("chaperone-kc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -124,3 +124,50 @@ fn is_forwarded_method(method: &Method) -> bool {
         Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_one_status() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (
+                Error::Resolve(request_info::Error::EncodedSlash("/a%2Fb".into())),
+                400,
+                "BadRequest",
+            ),
+            (Error::Method(Method::OPTIONS), 405, "MethodNotAllowed"),
+            (
+                Error::Headers(headers::Error::Impersonation("impersonate-user".into())),
+                403,
+                "Forbidden",
+            ),
+            (
+                Error::Headers(headers::Error::NotAcceptable("application/yaml".into())),
+                406,
+                "NotAcceptable",
+            ),
+            (Error::Headers(headers::Error::BadAccept), 400, "BadRequest"),
+            (
+                Error::Upstream(upstream::Error::Timeout {
+                    server: "https://10.0.0.1".into(),
+                    timeout: std::time::Duration::from_secs(1),
+                }),
+                504,
+                "Timeout",
+            ),
+            (
+                Error::Upstream(upstream::Error::EmptyToken("/token".into())),
+                503,
+                "ServiceUnavailable",
+            ),
+            (Error::Upstream(upstream::Error::NoCa), 500, "InternalError"),
+        ];
+        for (error, code, reason) in cases {
+            let status = error.status();
+            assert_eq!((status.code, status.reason), (code, reason), "{error}");
+            assert!(!status.message.is_empty(), "{error}");
+        }
+    }
+}
