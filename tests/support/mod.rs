@@ -167,11 +167,17 @@ pub fn kubectl_path() -> PathBuf {
 }
 
 /// The Python with the `kubernetes` package: `$CHAPERONE_PYTHON` (set by `.ci/test`),
-/// else `python3`.
+/// else the virtualenv `.ci/test` makes, else `python3`.
 pub fn python_path() -> PathBuf {
-    std::env::var_os("CHAPERONE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("python3"))
+    if let Some(p) = std::env::var_os("CHAPERONE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/cache/venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
 }
 
 /// Runs a client command to completion within `CLIENT_TIMEOUT`.
