@@ -29,6 +29,12 @@ pub struct Args {
     pub listen: SocketAddr,
 }
 
+/// The service account whose token `proxy.kubeconfig` carries (in the default seed).
+pub const CALLER_NAMESPACE: &str = "default";
+pub const CALLER_SERVICE_ACCOUNT: &str = "mcp-server";
+/// The audience of tokens meant for chaperone, which the API server itself rejects.
+pub const CALLER_AUDIENCE: &str = "chaperone";
+
 /// A started sandbox (and proxy), with the files a client needs.
 pub struct Started {
     pub sandbox: Sandbox,
@@ -40,7 +46,7 @@ pub struct Started {
     pub kubeconfig: PathBuf,
     /// Talks through chaperone, as an MCP server would.
     pub proxy_kubeconfig: Option<PathBuf>,
-    /// The token the sandbox accepts from the proxy, and the one callers present.
+    /// The token the proxy uses upstream, and the service-account token callers present.
     pub upstream_token: String,
     pub caller_token: String,
 }
@@ -121,7 +127,21 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
         ),
     )?;
 
-    let caller_token = random_token()?;
+    // The caller's token: what the kubelet would project into an MCP server's pod.
+    let caller_token = sandbox
+        .mint_service_account_token(
+            CALLER_NAMESPACE,
+            CALLER_SERVICE_ACCOUNT,
+            &[CALLER_AUDIENCE.to_owned()],
+            24 * 3600,
+            None,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "failed to mint a token for service account {CALLER_NAMESPACE}/{CALLER_SERVICE_ACCOUNT} \
+                 (does the seed define it?): {e}"
+            )
+        })?;
     let (proxy, proxy_kubeconfig) = match proxy_config {
         None => (None, None),
         Some(mut config) => {

@@ -23,6 +23,7 @@ mod defaults;
 mod discovery;
 mod exec;
 mod handler;
+pub mod issuer;
 mod logs;
 mod patch;
 mod protobuf;
@@ -42,7 +43,8 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use status::ApiError;
+use http::StatusCode;
+use status::{json_response, ApiError};
 use store::Store;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,6 +82,7 @@ pub enum Error {
 
 struct Inner {
     store: Arc<Store>,
+    issuer: issuer::Issuer,
     seen_authorizations: Mutex<Vec<Option<String>>>,
     last_headers: Mutex<Option<http::HeaderMap>>,
 }
@@ -137,6 +140,8 @@ impl Sandbox {
         Sandbox {
             inner: Arc::new(Inner {
                 store: Arc::new(Store::new()),
+                // A P-256 key from the system RNG; failing here means no usable RNG.
+                issuer: issuer::Issuer::generate().expect("the system RNG works"),
                 seen_authorizations: Mutex::new(Vec::new()),
                 last_headers: Mutex::new(None),
             }),
@@ -207,6 +212,10 @@ impl Sandbox {
     /// Serves one request. Never panics; errors are Kubernetes Status objects.
     pub async fn handle(&self, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
         self.record(req.headers());
+        let req = match self.serve_issuer(req).await {
+            Ok(rsp) => return rsp,
+            Err(req) => req,
+        };
         let store = self.inner.store.clone();
         AssertUnwindSafe(handler::handle(store, req))
             .catch_unwind()
@@ -215,6 +224,127 @@ impl Sandbox {
                 ApiError::internal("the sandbox failed to serve this request (a bug: it panicked)")
                     .into_response()
             })
+    }
+
+    /// The service-account issuer's endpoints: OIDC discovery, the JWKS and the
+    /// TokenRequest subresource. Any other request is handed back.
+    async fn serve_issuer(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Result<http::Response<Body>, http::Request<hyper::body::Incoming>> {
+        let path = req.uri().path().to_owned();
+        let get = req.method() == http::Method::GET;
+        match (get, path.as_str()) {
+            (true, "/.well-known/openid-configuration") => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &self.inner.issuer.discovery(),
+                ))
+            }
+            (true, "/openid/v1/jwks") => {
+                return Ok(json_response(StatusCode::OK, &self.inner.issuer.jwks()))
+            }
+            _ => {}
+        }
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"] = parts.as_slice()
+        else {
+            return Err(req);
+        };
+        if req.method() != http::Method::POST {
+            return Ok(ApiError::method_not_allowed().into_response());
+        }
+        let (ns, name) = (ns.to_string(), name.to_string());
+        let body = match handler::read_body(req).await {
+            Ok(b) => b,
+            Err(e) => return Ok(e.into_response()),
+        };
+        let request: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(
+                    ApiError::bad_request(format!("invalid TokenRequest: {e}")).into_response()
+                )
+            }
+        };
+        let audiences: Vec<String> = request
+            .pointer("/spec/audiences")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .filter(|a: &Vec<String>| !a.is_empty())
+            .unwrap_or_else(|| vec![issuer::ISSUER.to_owned()]);
+        let ttl = request
+            .pointer("/spec/expirationSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(3600);
+        let bound = request.pointer("/spec/boundObjectRef");
+        let pod = bound.and_then(|b| Some((b.get("name")?.as_str()?, b.get("uid")?.as_str()?)));
+        let minted = self.mint(&ns, &name, &audiences, ttl, pod);
+        Ok(match minted {
+            Ok(token) => {
+                let mut out = request.clone();
+                out["kind"] = json!("TokenRequest");
+                out["apiVersion"] = json!("authentication.k8s.io/v1");
+                out["metadata"] = json!({"name": name, "namespace": ns});
+                out["status"] = json!({
+                    "token": token,
+                    "expirationTimestamp": util::rfc3339(util::now_unix() + ttl),
+                });
+                json_response(StatusCode::CREATED, &out)
+            }
+            Err(e) => e.into_response(),
+        })
+    }
+
+    /// Mints a projected-token-shaped JWT for an existing service account, signed by
+    /// the sandbox cluster's issuer ([`issuer::ISSUER`], keys at `/openid/v1/jwks`).
+    /// The lifetime is clamped to 10 minutes .. 48 hours, as the API server does.
+    pub fn mint_service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[String],
+        ttl_seconds: i64,
+        pod: Option<(&str, &str)>,
+    ) -> Result<String, String> {
+        self.mint(namespace, service_account, audiences, ttl_seconds, pod)
+            .map_err(|e| e.message)
+    }
+
+    fn mint(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[String],
+        ttl_seconds: i64,
+        pod: Option<(&str, &str)>,
+    ) -> Result<String, ApiError> {
+        let store = &self.inner.store;
+        let def = store
+            .find("", "v1", "serviceaccounts")
+            .ok_or_else(|| ApiError::internal("no serviceaccounts resource"))?;
+        let account = store
+            .get(&def, namespace, service_account)
+            .ok_or_else(|| ApiError::not_found("", "serviceaccounts", service_account))?;
+        let uid = account
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        self.inner
+            .issuer
+            .mint(&issuer::TokenSpec {
+                namespace,
+                service_account,
+                service_account_uid: uid,
+                audiences,
+                ttl_seconds: ttl_seconds.clamp(600, 48 * 3600),
+                pod,
+            })
+            .map_err(ApiError::internal)
     }
 
     fn record(&self, headers: &http::HeaderMap) {

@@ -132,7 +132,7 @@ pub(crate) fn builtins() -> Vec<ResourceDef> {
             .subs(&["exec", "log", "status"])
             .in_all(),
         d("", "secrets", "Secret", true, &[]),
-        d("", "serviceaccounts", "ServiceAccount", true, &["sa"]),
+        d("", "serviceaccounts", "ServiceAccount", true, &["sa"]).subs(&["token"]),
         d("", "services", "Service", true, &["svc"])
             .subs(&["status"])
             .in_all(),

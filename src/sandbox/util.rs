@@ -1,7 +1,9 @@
-//! Small self-contained helpers: RFC 3339 time, Kubernetes-style ages, base64 and
-//! random identifiers. Written by hand because the sandbox may only depend on the
-//! main crate's dependency set (no `time`, `base64` or `rand`).
+//! Small helpers: RFC 3339 time, Kubernetes-style ages, lenient base64 and random
+//! identifiers (unique, not secret: nothing here needs a CSPRNG).
 
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -146,52 +148,29 @@ pub(crate) fn age_of(obj: &serde_json::Value) -> String {
         .map_or_else(|| "<unknown>".into(), |t| human_duration(now_unix() - t))
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Base64 that accepts what Kubernetes clients write: either alphabet, padded or not.
+const LENIENT: [GeneralPurpose; 2] = [
+    GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    ),
+    GeneralPurpose::new(
+        &alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    ),
+];
 
 /// Standard padded base64, as Kubernetes uses for `Secret.data`.
 pub(crate) fn base64_encode(input: &[u8]) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 /// Decodes standard or URL-safe base64, padded or not; `None` on invalid input.
 pub(crate) fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in input
-        .bytes()
-        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
-    {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    let compact: String = input.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    LENIENT
+        .iter()
+        .find_map(|engine| engine.decode(&compact).ok())
 }
 
 static RNG_STATE: AtomicU64 = AtomicU64::new(0);
