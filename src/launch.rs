@@ -65,9 +65,9 @@ pub async fn proxy(
     let upstream = Upstream::from_config(&config.upstream, env)?;
     tracing::info!(server = upstream.server(), "upstream configured");
     let proxy = Proxy::new(upstream);
-    let handler: Handler = Arc::new(move |req, peer| {
+    let handler: Handler = Arc::new(move |req, conn| {
         let proxy = proxy.clone();
-        Box::pin(async move { proxy.handle(req, peer).await })
+        Box::pin(async move { proxy.handle(req, conn).await })
     });
     let mut running = start(
         &config.listen,

@@ -8,7 +8,6 @@
 //! Authentication, policy, approval, masking and audit join this path in their own
 //! stages as they land; each is one call below, in request order.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
@@ -19,6 +18,7 @@ use tracing::{field, Instrument};
 use crate::body::Body;
 use crate::headers;
 use crate::request_info;
+use crate::server::Conn;
 use crate::status::Status;
 use crate::upstream::{self, Upstream};
 
@@ -62,11 +62,11 @@ impl Proxy {
     }
 
     /// Serves one request; errors become Kubernetes `Status` responses here and only here.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let span = tracing::info_span!(
             "request",
             method = %req.method(),
-            %peer,
+            peer = %conn.peer,
             verb = field::Empty,
             resource = field::Empty,
             namespace = field::Empty,

@@ -32,9 +32,17 @@ pub enum Error {
     },
 }
 
+/// What is known of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The client presented a TLS client certificate (never trusted; see `tls`).
+    pub client_cert: bool,
+}
+
 /// What serves each request: the proxy pipeline, the sandbox, or the admin endpoints.
 pub type Handler = Arc<
-    dyn Fn(Request<Incoming>, SocketAddr) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+    dyn Fn(Request<Incoming>, Conn) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
         + Send
         + Sync,
 >;
@@ -102,10 +110,12 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handler(req, peer).await) }
-                });
+                let service = move |conn: Conn| {
+                    service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handler(req, conn).await) }
+                    })
+                };
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -133,10 +143,13 @@ pub async fn serve(
                                     return;
                                 }
                             };
+                            let client_cert = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                            let service = service(Conn { peer, client_cert });
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(conn.into_owned()).await
                         }
                         None => {
+                            let service = service(Conn { peer, client_cert: false });
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(conn.into_owned()).await
                         }
