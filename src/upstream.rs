@@ -63,6 +63,10 @@ pub enum Error {
     Timeout { server: String, timeout: Duration },
     #[error("failed to build the upstream request: {0}")]
     Request(#[from] http::Error),
+    #[error("the API server answered {code} to GET {path}")]
+    UnexpectedStatus { path: String, code: StatusCode },
+    #[error("failed to read the API server's answer to GET {path}: {message}")]
+    Body { path: String, message: String },
 }
 
 impl Error {
@@ -72,6 +76,9 @@ impl Error {
                 Status::service_unavailable(self.to_string())
             }
             Error::Timeout { .. } => Status::timeout(self.to_string()),
+            Error::UnexpectedStatus { .. } | Error::Body { .. } => {
+                Status::service_unavailable(self.to_string())
+            }
             _ => Status::internal(self.to_string()),
         }
     }
@@ -389,6 +396,35 @@ impl Upstream {
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
         Ok(rsp.map(|b| b.map_err(Into::into).boxed()))
+    }
+}
+
+/// The most chaperone reads of a response it fetches for itself (a JWKS, a discovery
+/// document).
+const MAX_OWN_BODY: usize = 1 << 20;
+
+impl Upstream {
+    /// Fetches `path` from the API server for the proxy itself (never for a caller),
+    /// with the proxy's credential: e.g. the cluster's `/openid/v1/jwks`.
+    pub async fn get(&self, path: &str) -> Result<bytes::Bytes, Error> {
+        let req = Request::get(path)
+            .header(header::ACCEPT, "application/json")
+            .body(crate::body::empty())?;
+        let rsp = self.forward(req, path, None).await?;
+        if !rsp.status().is_success() {
+            return Err(Error::UnexpectedStatus {
+                path: path.to_owned(),
+                code: rsp.status(),
+            });
+        }
+        http_body_util::Limited::new(rsp.into_body(), MAX_OWN_BODY)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| Error::Body {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
     }
 }
 
