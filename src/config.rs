@@ -25,6 +25,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The service-account mount the kubelet gives the proxy container.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// Audit recording rotation: size of one file and how many old files are kept.
+pub const DEFAULT_AUDIT_MAX_SIZE: u64 = 100 << 20;
+pub const DEFAULT_AUDIT_MAX_FILES: u32 = 5;
+/// Audit events that may wait for the sinks before `overflow` applies.
+pub const DEFAULT_AUDIT_QUEUE: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -74,6 +79,53 @@ pub struct Config {
     pub admin: Admin,
     #[serde(default)]
     pub upstream: Upstream,
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+/// The audit trail: every request, one `audit.k8s.io/v1` event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Audit {
+    /// The JSONL recording (what `chaperone replay` reads). Unset or `-`: standard
+    /// output, where the pod's log collection picks it up.
+    pub file: Option<PathBuf>,
+    #[serde(default = "default_audit_max_size", deserialize_with = "byte_size")]
+    pub max_size: u64,
+    #[serde(default = "default_audit_max_files")]
+    pub max_files: u32,
+    #[serde(default)]
+    pub fsync: crate::audit::Fsync,
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+    #[serde(default)]
+    pub overflow: crate::audit::Overflow,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            file: None,
+            max_size: DEFAULT_AUDIT_MAX_SIZE,
+            max_files: DEFAULT_AUDIT_MAX_FILES,
+            fsync: Default::default(),
+            queue: DEFAULT_AUDIT_QUEUE,
+            overflow: Default::default(),
+        }
+    }
+}
+
+impl Audit {
+    pub fn settings(&self) -> crate::audit::Settings {
+        crate::audit::Settings {
+            file: Some(self.file.clone().unwrap_or_else(|| "-".into())),
+            max_size: self.max_size,
+            max_files: self.max_files,
+            fsync: self.fsync,
+            queue: self.queue,
+            overflow: self.overflow,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +223,15 @@ fn default_handshake_timeout() -> Duration {
 fn default_shutdown_grace() -> Duration {
     DEFAULT_SHUTDOWN_GRACE
 }
+fn default_audit_max_size() -> u64 {
+    DEFAULT_AUDIT_MAX_SIZE
+}
+fn default_audit_max_files() -> u32 {
+    DEFAULT_AUDIT_MAX_FILES
+}
+fn default_audit_queue() -> usize {
+    DEFAULT_AUDIT_QUEUE
+}
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -257,6 +318,42 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
+/// Parses sizes written as `1048576`, `512Ki`, `100Mi`, `1Gi` (or `KB`/`MB`/`GB`, powers of 1000).
+pub fn parse_byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "KB" | "k" => 1_000,
+        "MB" | "M" => 1_000_000,
+        "GB" | "G" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(n) => Ok(n),
+        Raw::Text(t) => parse_byte_size(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {t:?}: write e.g. 512Ki, 100Mi or 1Gi"
+            ))
+        }),
+    }
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -320,6 +417,18 @@ mod tests {
                 vec!["not both", "line 3"],
             ),
             ("tls:\n  certFile: a\n", vec!["keyFile"]),
+            (
+                "audit:\n  maxSize: 10 parsecs\n",
+                vec!["invalid size", "line 2"],
+            ),
+            (
+                "audit:\n  overflow: shrug\n",
+                vec!["unknown variant", "block", "drop"],
+            ),
+            (
+                "audit:\n  fsync: sometimes\n",
+                vec!["unknown variant", "interval"],
+            ),
         ];
         for (text, words) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -333,6 +442,23 @@ mod tests {
     fn accepts_any_loopback_port_including_443() {
         let c = parse("listen: [\"127.0.0.1:443\", \"[::1]:6443\", \"127.0.0.2:8443\"]\n").unwrap();
         assert_eq!(c.listen.len(), 3);
+    }
+
+    #[test]
+    fn byte_sizes() {
+        let cases = [
+            ("1048576", Some(1 << 20)),
+            ("512Ki", Some(512 << 10)),
+            ("100Mi", Some(100 << 20)),
+            ("1Gi", Some(1 << 30)),
+            ("10MB", Some(10_000_000)),
+            ("10 Mi", Some(10 << 20)),
+            ("10Xi", None),
+            ("Mi", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_byte_size(text), want, "{text}");
+        }
     }
 
     #[test]

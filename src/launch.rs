@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Ready};
+use crate::audit::{self, Recorder};
 use crate::config::{self, Config};
 use crate::pipeline::Proxy;
 use crate::sandbox::Sandbox;
@@ -27,6 +28,8 @@ pub enum Error {
     Upstream(#[from] upstream::Error),
     #[error(transparent)]
     Server(#[from] server::Error),
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
 }
 
 /// A running server: its bound addresses and the means to stop it.
@@ -36,6 +39,8 @@ pub struct Running {
     /// The admin address, for a proxy.
     pub admin: Option<SocketAddr>,
     pub ready: Ready,
+    /// The proxy's audit recorder, drained on stop within the grace period.
+    audit: Option<(Arc<Recorder>, Duration)>,
     shutdown: Shutdown,
     tasks: JoinSet<()>,
 }
@@ -46,6 +51,9 @@ impl Running {
     pub async fn stop(mut self) {
         self.shutdown.trigger();
         while self.tasks.join_next().await.is_some() {}
+        if let Some((audit, grace)) = self.audit.take() {
+            audit.close(grace).await;
+        }
     }
 
     /// Returns when any listener task ends (it should not, before `stop`).
@@ -62,9 +70,10 @@ pub async fn proxy(
     let tls_cfg = config.tls.as_ref().ok_or(Error::NoTls)?;
     let cert = Arc::new(ReloadingCert::load(&tls_cfg.cert_file, &tls_cfg.key_file)?);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(cert)?));
-    let upstream = Upstream::from_config(&config.upstream, env)?;
+    let upstream = Arc::new(Upstream::from_config(&config.upstream, env)?);
     tracing::info!(server = upstream.server(), "upstream configured");
-    let proxy = Proxy::new(upstream);
+    let audit = Arc::new(Recorder::start(&config.audit.settings())?);
+    let proxy = Proxy::new(upstream, audit.clone());
     let handler: Handler = Arc::new(move |req, conn| {
         let proxy = proxy.clone();
         Box::pin(async move { proxy.handle(req, conn).await })
@@ -93,6 +102,7 @@ pub async fn proxy(
             Duration::from_secs(1),
         ));
     }
+    running.audit = Some((audit, config.upstream.shutdown_grace));
     running.ready.set();
     tracing::info!(listen = ?running.addrs, admin = ?running.admin, "chaperone proxy serving");
     Ok(running)
@@ -148,6 +158,7 @@ async fn start(
         addrs: bound,
         admin: None,
         ready: Ready::default(),
+        audit: None,
         shutdown,
         tasks,
     })

@@ -4,9 +4,10 @@
 //! resolve   request_info: method + path + query -> the API server's request attributes
 //! screen    headers: refuse impersonation, narrow Accept to JSON, drop caller credentials
 //! forward   upstream: the proxy's own credential, streamed both ways, upgrades tunnelled
+//! record    audit: one event per request, whatever happened, when its response ends
 //! ```
-//! Authentication, policy, approval, masking and audit join this path in their own
-//! stages as they land; each is one call below, in request order.
+//! Authentication, policy, approval and masking join this path in their own stages as
+//! they land; each is one call below, in request order.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{field, Instrument};
 
+use crate::audit::{self, event::annotation, event::Stage, Recorder, Trail};
 use crate::body::Body;
 use crate::headers;
 use crate::request_info;
@@ -52,42 +54,77 @@ impl Error {
 #[derive(Clone)]
 pub struct Proxy {
     upstream: Arc<Upstream>,
+    audit: Arc<Recorder>,
 }
 
+/// The header carrying the audit ID, so the cluster's own audit log and chaperone's
+/// name the same request alike.
+const AUDIT_ID: &str = "audit-id";
+
 impl Proxy {
-    pub fn new(upstream: Upstream) -> Proxy {
-        Proxy {
-            upstream: Arc::new(upstream),
-        }
+    pub fn new(upstream: Arc<Upstream>, audit: Arc<Recorder>) -> Proxy {
+        Proxy { upstream, audit }
     }
 
-    /// Serves one request; errors become Kubernetes `Status` responses here and only here.
+    /// Serves one request; errors become Kubernetes `Status` responses here and only
+    /// here, and every request, served or refused, is recorded.
     pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        let mut trail = Trail::start(req.method(), req.uri(), req.headers(), conn.peer);
+        let audit_id = trail.audit_id.clone();
         let span = tracing::info_span!(
             "request",
             method = %req.method(),
             peer = %conn.peer,
+            audit_id = %trail.audit_id,
             verb = field::Empty,
             resource = field::Empty,
             namespace = field::Empty,
             name = field::Empty,
             status = field::Empty,
         );
-        let rsp = match self.serve(req).instrument(span.clone()).await {
-            Ok(rsp) => rsp,
+        let outcome = self.serve(req, &mut trail).instrument(span.clone()).await;
+        let mut rsp = match outcome {
+            Ok((rsp, streaming)) => {
+                let code = rsp.status().as_u16();
+                if streaming {
+                    // A watch or exec may run for hours: be on record from its start.
+                    self.audit
+                        .record(trail.event(Stage::ResponseStarted, code, None))
+                        .await;
+                }
+                let audit = self.audit.clone();
+                rsp.map(|body| audit::on_complete(body, audit, trail, code))
+            }
             Err(error) => {
                 let status = error.status();
                 tracing::info!(parent: &span, code = status.code, reason = status.reason, %error, "refused");
+                trail.note(
+                    annotation::DECISION,
+                    if status.code >= 500 { "error" } else { "deny" },
+                );
+                trail.note(annotation::REASON, status.message.clone());
+                self.audit
+                    .record(trail.event(Stage::ResponseComplete, status.code, Some(&status)))
+                    .await;
                 status.into_response()
             }
         };
         span.record("status", rsp.status().as_u16());
+        if let Ok(id) = http::HeaderValue::from_str(&audit_id) {
+            rsp.headers_mut().insert(AUDIT_ID, id);
+        }
         rsp
     }
 
-    async fn serve(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    /// The stages; returns the response and whether its body is a long-running stream.
+    async fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        trail: &mut Trail,
+    ) -> Result<(Response<Body>, bool), Error> {
         let info = tracing::info_span!("resolve")
             .in_scope(|| request_info::resolve(req.method(), req.uri()))?;
+        trail.info(&info);
         let span = tracing::Span::current();
         span.record("verb", info.verb.as_str());
         span.record("resource", info.resource.as_str());
@@ -101,6 +138,10 @@ impl Proxy {
         let inspect = headers::must_inspect(&info);
         tracing::info_span!("screen")
             .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
+        if let Ok(id) = http::HeaderValue::from_str(&trail.audit_id) {
+            req.headers_mut().insert(AUDIT_ID, id);
+        }
+        let streaming = upgrade || info.verb == "watch" || is_follow(&info, req.uri());
 
         // The path authorised above is exactly the path forwarded: the normalised form,
         // re-encoded once, never the caller's raw bytes.
@@ -112,8 +153,16 @@ impl Proxy {
             .forward(req, &path, downstream_upgrade)
             .instrument(tracing::info_span!("forward"))
             .await?;
-        Ok(rsp)
+        Ok((rsp, streaming))
     }
+}
+
+/// `pods/log?follow=true`: a stream that ends when the container does.
+fn is_follow(info: &request_info::RequestInfo, uri: &http::Uri) -> bool {
+    info.subresource == "log"
+        && uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "follow=true" || p == "follow=1"))
 }
 
 /// The methods the Kubernetes API uses. Anything else (CONNECT, TRACE, ...) has no

@@ -46,6 +46,8 @@ pub struct Started {
     pub kubeconfig: PathBuf,
     /// Talks through chaperone, as an MCP server would.
     pub proxy_kubeconfig: Option<PathBuf>,
+    /// The proxy's audit recording (`--with-proxy` only).
+    pub audit_file: Option<PathBuf>,
     /// The token the proxy uses upstream, and the service-account token callers present.
     pub upstream_token: String,
     pub caller_token: String,
@@ -69,6 +71,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("  kubeconfig        {}", kc.display());
         if let Some(admin) = proxy.admin {
             println!("  health            http://{admin}/readyz");
+        }
+        if let Some(audit) = &started.audit_file {
+            println!("  audit trail       {}", audit.display());
         }
         println!();
         println!("try:  KUBECONFIG={} kubectl get pods -A", kc.display());
@@ -142,14 +147,17 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
                  (does the seed define it?): {e}"
             )
         })?;
-    let (proxy, proxy_kubeconfig) = match proxy_config {
-        None => (None, None),
+    let (proxy, proxy_kubeconfig, audit_file) = match proxy_config {
+        None => (None, None, None),
         Some(mut config) => {
             config.upstream.in_cluster = None;
             config.upstream.kubeconfig = Some(KubeconfigSource {
                 path: Some(kubeconfig.clone()),
                 context: None,
             });
+            if config.audit.file.is_none() {
+                config.audit.file = Some(dir.join("audit.jsonl"));
+            }
             if config.tls.is_none() {
                 config.tls = Some(Tls {
                     cert_file: cert_file.clone(),
@@ -168,7 +176,7 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
                     Some("default"),
                 ),
             )?;
-            (Some(proxy), Some(kc))
+            (Some(proxy), Some(kc), config.audit.file.clone())
         }
     };
     Ok(Started {
@@ -178,6 +186,7 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
         ca_file,
         kubeconfig,
         proxy_kubeconfig,
+        audit_file,
         upstream_token,
         caller_token,
     })

@@ -1,0 +1,178 @@
+//! The audit event: Kubernetes `audit.k8s.io/v1` `Event`, so tools that read the API
+//! server's audit log read chaperone's too, with chaperone's decision in `annotations`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Annotation keys chaperone adds to every event.
+pub mod annotation {
+    pub const DECISION: &str = "chaperone.dev/decision";
+    pub const RULE: &str = "chaperone.dev/rule";
+    pub const REASON: &str = "chaperone.dev/reason";
+    pub const MASKED_FIELDS: &str = "chaperone.dev/masked-fields";
+    pub const MODE: &str = "chaperone.dev/mode";
+    pub const ISSUER: &str = "chaperone.dev/issuer";
+    pub const POD: &str = "chaperone.dev/pod";
+    pub const TRACE_ID: &str = "chaperone.dev/trace-id";
+    pub const LATENCY_MS: &str = "chaperone.dev/latency-ms";
+    pub const ERROR: &str = "chaperone.dev/error";
+}
+
+/// `audit.k8s.io/v1` `Event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub kind: String,
+    pub api_version: String,
+    pub level: Level,
+    #[serde(rename = "auditID")]
+    pub audit_id: String,
+    pub stage: Stage,
+    #[serde(rename = "requestURI")]
+    pub request_uri: String,
+    pub verb: String,
+    pub user: User,
+    #[serde(rename = "sourceIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_ref: Option<ObjectRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_status: Option<ResponseStatus>,
+    /// RFC 3339 with microseconds, as the API server writes them.
+    pub request_received_timestamp: String,
+    pub stage_timestamp: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Level {
+    #[default]
+    Metadata,
+    Request,
+    RequestResponse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    /// Headers sent, body still streaming (watches, logs, exec): emitted at once so a
+    /// long-running request is on record while it runs.
+    ResponseStarted,
+    ResponseComplete,
+    Panic,
+}
+
+/// `authentication/v1` `UserInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct User {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_group: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+}
+
+/// The `Status` summary the API server records: the code always, the rest on failure.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResponseStatus {
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub code: u16,
+}
+
+/// RFC 3339 UTC with microseconds: `2026-11-25T13:40:00.123456Z`.
+pub fn timestamp(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_look_like_the_api_servers() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_764_078_000_123_456_789).unwrap();
+        assert_eq!(timestamp(t), "2025-11-25T13:40:00.123456Z");
+    }
+
+    #[test]
+    fn serialises_with_kubernetes_field_names() {
+        let event = Event {
+            kind: "Event".into(),
+            api_version: "audit.k8s.io/v1".into(),
+            level: Level::Metadata,
+            audit_id: "id".into(),
+            stage: Stage::ResponseComplete,
+            request_uri: "/api/v1/pods".into(),
+            verb: "list".into(),
+            user: User::default(),
+            source_ips: vec!["127.0.0.1".into()],
+            user_agent: String::new(),
+            object_ref: Some(ObjectRef {
+                resource: "pods".into(),
+                api_version: "v1".into(),
+                ..Default::default()
+            }),
+            response_status: Some(ResponseStatus {
+                code: 200,
+                ..Default::default()
+            }),
+            request_received_timestamp: "t0".into(),
+            stage_timestamp: "t1".into(),
+            annotations: BTreeMap::new(),
+        };
+        let v = serde_json::to_value(&event).unwrap();
+        for key in [
+            "auditID",
+            "requestURI",
+            "sourceIPs",
+            "objectRef",
+            "responseStatus",
+            "requestReceivedTimestamp",
+            "stageTimestamp",
+        ] {
+            assert!(v.get(key).is_some(), "{key} in {v}");
+        }
+        assert_eq!(v["objectRef"]["apiVersion"], "v1");
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, event);
+    }
+}

@@ -1,0 +1,560 @@
+//! Records every request — allowed, refused or failed — as an audit event in the shape
+//! of Kubernetes `audit.k8s.io/v1` `Event`, delivered through a bounded queue to the
+//! configured sinks.
+//!
+//! A request's [`Trail`] is started when it arrives and filled in by each stage. Its
+//! event is recorded when the response is complete: for a streamed body (a watch, a
+//! log follow, an exec session) that is when the stream ends, so the event carries the
+//! final masked-field count; such requests are also recorded at `ResponseStarted`, so
+//! a long-running request is on record while it runs.
+//!
+//! Past the queue's bound, the configured [`Overflow`] decides: `block` makes requests
+//! wait for room (fail closed: nothing goes unrecorded), `drop` discards the event and
+//! counts it.
+
+pub mod event;
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap};
+use http_body::{Body as _, Frame, SizeHint};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::body::{Body, BoxError};
+use crate::request_info::RequestInfo;
+use crate::status::Status;
+use event::{annotation, Event, Level, ObjectRef, ResponseStatus, Stage, User};
+
+pub use file::Fsync;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to open the audit recording {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What happens to an event when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Overflow {
+    /// Requests wait until their event has room: nothing is lost, requests slow down.
+    #[default]
+    Block,
+    /// The event is discarded and counted in `chaperone_audit_events_dropped_total`.
+    Drop,
+}
+
+/// Where events go and how they get there.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The JSONL recording; `-` writes events to standard output.
+    pub file: Option<PathBuf>,
+    pub max_size: u64,
+    pub max_files: u32,
+    pub fsync: Fsync,
+    pub queue: usize,
+    pub overflow: Overflow,
+}
+
+/// Counters the admin port exports.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub recorded: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed_writes: AtomicU64,
+}
+
+/// The sending side of the audit queue, shared by every request.
+pub struct Recorder {
+    tx: mpsc::Sender<Event>,
+    overflow: Overflow,
+    pub counters: Arc<Counters>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("overflow", &self.overflow)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Sink {
+    Stdout,
+    File(file::Recording),
+}
+
+impl Recorder {
+    /// Opens the sinks and starts the writer task.
+    pub fn start(settings: &Settings) -> Result<Recorder, Error> {
+        let sink = match &settings.file {
+            None => None,
+            Some(p) if p.as_os_str() == "-" => Some(Sink::Stdout),
+            Some(path) => Some(Sink::File(
+                file::Recording::open(path, settings.max_size, settings.max_files, settings.fsync)
+                    .map_err(|source| Error::Open {
+                        path: path.clone(),
+                        source,
+                    })?,
+            )),
+        };
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let counters = Arc::new(Counters::default());
+        let writer = tokio::spawn(write_events(rx, sink, counters.clone()));
+        Ok(Recorder {
+            tx,
+            overflow: settings.overflow,
+            counters,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Queues one event, waiting for room or dropping it as configured.
+    pub async fn record(&self, event: Event) {
+        match self.overflow {
+            Overflow::Block => {
+                if self.tx.send(event).await.is_err() {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Overflow::Drop => self.try_record(event),
+        }
+    }
+
+    fn try_record(&self, event: Event) {
+        if self.tx.try_send(event).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records from a context that cannot wait (a body being dropped).
+    fn record_detached(self: &Arc<Self>, event: Event) {
+        match self.overflow {
+            Overflow::Drop => self.try_record(event),
+            Overflow::Block => match self.tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.record(event).await });
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        }
+    }
+
+    /// Events waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Stops taking events and waits up to `grace` for the queue to drain to the sinks.
+    pub async fn close(&self, grace: Duration) {
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            // The writer ends when every sender is gone; senders live in in-flight
+            // requests too, so bound the wait instead of relying on that.
+            let drained = async {
+                while self.queued() > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            if tokio::time::timeout(grace, drained).await.is_err() {
+                tracing::warn!(
+                    queued = self.queued(),
+                    "audit queue not drained within the grace period"
+                );
+            }
+            writer.abort();
+        }
+    }
+}
+
+async fn write_events(
+    mut rx: mpsc::Receiver<Event>,
+    mut sink: Option<Sink>,
+    counters: Arc<Counters>,
+) {
+    use std::io::Write;
+    while let Some(event) = rx.recv().await {
+        let result = match &mut sink {
+            None => Ok(()),
+            Some(Sink::Stdout) => serde_json::to_vec(&event)
+                .map_err(std::io::Error::other)
+                .and_then(|mut line| {
+                    line.push(b'\n');
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&line).and_then(|()| out.flush())
+                }),
+            Some(Sink::File(rec)) => rec.write(&event),
+        };
+        match result {
+            Ok(()) => {
+                counters.recorded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                counters.failed_writes.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, audit_id = %event.audit_id, "failed to write an audit event");
+            }
+        }
+        if rx.is_empty() {
+            if let Some(Sink::File(rec)) = &mut sink {
+                let _ = rec.sync();
+            }
+        }
+    }
+}
+
+/// What is known of one request so far; each stage adds to it.
+#[derive(Debug, Clone)]
+pub struct Trail {
+    pub audit_id: String,
+    received: time::OffsetDateTime,
+    started: Instant,
+    request_uri: String,
+    verb: String,
+    source_ip: String,
+    user_agent: String,
+    user: User,
+    object_ref: Option<ObjectRef>,
+    level: Level,
+    annotations: BTreeMap<String, String>,
+    masked: Arc<AtomicU64>,
+}
+
+impl Trail {
+    /// Starts the trail of a request as it arrives.
+    pub fn start(
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Trail {
+        Trail {
+            audit_id: new_audit_id(),
+            received: time::OffsetDateTime::now_utc(),
+            started: Instant::now(),
+            request_uri: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+            // Until the request is resolved, the verb is the method, as for
+            // non-resource requests.
+            verb: method.as_str().to_ascii_lowercase(),
+            source_ip: peer.ip().to_string(),
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            user: User::default(),
+            object_ref: None,
+            level: Level::Metadata,
+            annotations: BTreeMap::new(),
+            masked: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The authenticated caller.
+    pub fn who(
+        &mut self,
+        user: &str,
+        uid: &str,
+        groups: &[String],
+        extra: &BTreeMap<String, Vec<String>>,
+        issuer: &str,
+    ) {
+        self.user = User {
+            username: user.to_owned(),
+            uid: uid.to_owned(),
+            groups: groups.to_vec(),
+            extra: extra.clone(),
+        };
+        self.note(annotation::ISSUER, issuer);
+        let pod = extra
+            .get("authentication.kubernetes.io/pod-name")
+            .and_then(|v| v.first());
+        if let Some(pod) = pod {
+            self.note(annotation::POD, pod);
+        }
+    }
+
+    /// What the request does.
+    pub fn info(&mut self, info: &RequestInfo) {
+        self.verb = info.verb.clone();
+        self.request_uri = match self.request_uri.split_once('?') {
+            Some((_, query)) => format!("{}?{query}", info.path),
+            None => info.path.clone(),
+        };
+        if info.is_resource_request {
+            self.object_ref = Some(ObjectRef {
+                resource: info.resource.clone(),
+                namespace: info.namespace.clone(),
+                name: info.name.clone(),
+                api_group: info.api_group.clone(),
+                api_version: info.api_version.clone(),
+                subresource: info.subresource.clone(),
+            });
+        }
+    }
+
+    /// Adds an annotation (decision, rule, reason, ...).
+    pub fn note(&mut self, key: &str, value: impl Into<String>) {
+        self.annotations.insert(key.to_owned(), value.into());
+    }
+
+    pub fn set_level(&mut self, level: Level) {
+        self.level = level;
+    }
+
+    /// The counter the masker adds to; its total goes into the event.
+    pub fn masked_counter(&self) -> Arc<AtomicU64> {
+        self.masked.clone()
+    }
+
+    /// The event for `stage` with the response's code (and Status, for failures).
+    pub fn event(&self, stage: Stage, code: u16, status: Option<&Status>) -> Event {
+        let mut annotations = self.annotations.clone();
+        annotations.insert(
+            annotation::MASKED_FIELDS.to_owned(),
+            self.masked.load(Ordering::Relaxed).to_string(),
+        );
+        annotations.insert(
+            annotation::LATENCY_MS.to_owned(),
+            format!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+        );
+        let response_status = Some(match status {
+            Some(s) => ResponseStatus {
+                metadata: BTreeMap::new(),
+                status: s.status.to_owned(),
+                message: s.message.clone(),
+                reason: s.reason.to_owned(),
+                code: s.code,
+            },
+            None => ResponseStatus {
+                code,
+                ..Default::default()
+            },
+        });
+        Event {
+            kind: "Event".into(),
+            api_version: "audit.k8s.io/v1".into(),
+            level: self.level,
+            audit_id: self.audit_id.clone(),
+            stage,
+            request_uri: self.request_uri.clone(),
+            verb: self.verb.clone(),
+            user: self.user.clone(),
+            source_ips: vec![self.source_ip.clone()],
+            user_agent: self.user_agent.clone(),
+            object_ref: self.object_ref.clone(),
+            response_status,
+            request_received_timestamp: event::timestamp(self.received),
+            stage_timestamp: event::timestamp(time::OffsetDateTime::now_utc()),
+            annotations,
+        }
+    }
+}
+
+/// A random UUID (version 4), as the API server's audit IDs are.
+fn new_audit_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    // The system RNG does not fail on Linux; a zero ID would still be recorded.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Wraps a response body so the request's event is recorded when the body ends —
+/// completely, with an error, or because the client went away.
+pub fn on_complete(body: Body, recorder: Arc<Recorder>, trail: Trail, code: u16) -> Body {
+    Body::new(Completion {
+        inner: body,
+        pending: Some((recorder, trail, code)),
+    })
+}
+
+struct Completion {
+    inner: Body,
+    pending: Option<(Arc<Recorder>, Trail, u16)>,
+}
+
+impl Completion {
+    fn finish(&mut self, error: Option<String>) {
+        if let Some((recorder, mut trail, code)) = self.pending.take() {
+            if let Some(e) = error {
+                trail.note(annotation::ERROR, e);
+            }
+            recorder.record_detached(trail.event(Stage::ResponseComplete, code, None));
+        }
+    }
+}
+
+impl http_body::Body for Completion {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(None),
+            Poll::Ready(Some(Err(e))) => {
+                let message = e.to_string();
+                self.finish(Some(message));
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if self.pending.is_some() && !self.inner.is_end_stream() {
+            self.finish(Some(
+                "the client closed the connection before the response ended".into(),
+            ));
+        } else {
+            self.finish(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn settings(file: Option<PathBuf>, queue: usize, overflow: Overflow) -> Settings {
+        Settings {
+            file,
+            max_size: 1 << 20,
+            max_files: 1,
+            fsync: Fsync::Never,
+            queue,
+            overflow,
+        }
+    }
+
+    fn trail() -> Trail {
+        let uri: http::Uri = "/api/v1/namespaces/default/pods?limit=5".parse().unwrap();
+        let mut t = Trail::start(
+            &http::Method::GET,
+            &uri,
+            &HeaderMap::new(),
+            "127.0.0.1:5555".parse().unwrap(),
+        );
+        let info = crate::request_info::resolve(&http::Method::GET, &uri).unwrap();
+        t.info(&info);
+        t
+    }
+
+    #[tokio::test]
+    async fn events_reach_the_recording_when_the_body_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let recorder =
+            Arc::new(Recorder::start(&settings(Some(path.clone()), 16, Overflow::Block)).unwrap());
+        let t = trail();
+        t.masked_counter().fetch_add(3, Ordering::Relaxed);
+        let body = on_complete(crate::body::full("{}"), recorder.clone(), t.clone(), 200);
+        body.collect().await.unwrap();
+        recorder.close(Duration::from_secs(5)).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let event: Event = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(event.audit_id, t.audit_id);
+        assert_eq!(event.verb, "list");
+        assert_eq!(event.stage, Stage::ResponseComplete);
+        assert_eq!(event.request_uri, "/api/v1/namespaces/default/pods?limit=5");
+        assert_eq!(event.object_ref.unwrap().resource, "pods");
+        assert_eq!(event.annotations[annotation::MASKED_FIELDS], "3");
+        assert_eq!(event.response_status.unwrap().code, 200);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_is_still_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let recorder =
+            Arc::new(Recorder::start(&settings(Some(path.clone()), 16, Overflow::Block)).unwrap());
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        drop(on_complete(
+            Body::new(stream),
+            recorder.clone(),
+            trail(),
+            200,
+        ));
+        recorder.close(Duration::from_secs(5)).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("closed the connection"), "{text}");
+    }
+
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
+    async fn drop_overflow_counts_what_it_discards() {
+        // No sink and a queue of one: the writer may take one, the rest overflow.
+        let recorder = Recorder::start(&settings(None, 1, Overflow::Drop)).unwrap();
+        for _ in 0..50 {
+            recorder
+                .record(trail().event(Stage::ResponseComplete, 200, None))
+                .await;
+        }
+        let c = &recorder.counters;
+        let (recorded, dropped) = (
+            c.recorded.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed),
+        );
+        assert!(dropped > 0, "recorded {recorded}, dropped {dropped}");
+        assert!(recorded + dropped <= 50);
+    }
+
+    #[test]
+    fn audit_ids_are_uuid_v4() {
+        let id = new_audit_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_audit_id());
+    }
+}

@@ -1,0 +1,189 @@
+//! Every request through chaperone — served, refused, failed upstream, streamed — is
+//! recorded as one `audit.k8s.io/v1` event, and the caller, chaperone and the API
+//! server agree on its audit ID.
+
+mod support;
+
+use std::time::Duration;
+
+use chaperone::audit::event::{Event, Stage};
+use chaperone::body;
+use http::Request;
+use http_body_util::BodyExt;
+use support::{sandbox, Env};
+
+/// (path, headers, code, verb, decision annotation)
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u16,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// The recorded events, waiting (bounded) until `n` are there.
+async fn events(env: &Env, n: usize) -> Vec<Event> {
+    let path = env.started.audit_file.clone().expect("proxy audit file");
+    let read = || -> Vec<Event> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is an audit event"))
+            .collect()
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let got = read();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fewer than {n} audit events: {:#?}", read()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_refused_and_failed_requests_are_each_recorded() {
+    let env = sandbox().with_proxy().start().await;
+    let client = env.client(false);
+    let base = env.proxy_url();
+    let cases: &[Case] = &[
+        (
+            "/api/v1/namespaces/default/pods?limit=5",
+            &[],
+            200,
+            "list",
+            None,
+        ),
+        (
+            "/api/v1/namespaces/default/pods/nginx",
+            &[],
+            200,
+            "get",
+            None,
+        ),
+        (
+            "/api/v1/namespaces/default/pods/missing",
+            &[],
+            404,
+            "get",
+            None,
+        ),
+        (
+            "/api/v1/namespaces/default/pods",
+            &[("Impersonate-User", "admin")],
+            403,
+            "list",
+            Some("deny"),
+        ),
+        (
+            "/api/v1/namespaces/default/pods",
+            &[("Accept", "application/yaml")],
+            406,
+            "list",
+            Some("deny"),
+        ),
+        (
+            "/api/v1/namespaces/default/pods/a%2Fb",
+            &[],
+            400,
+            "get",
+            Some("deny"),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (path, headers, code, _, _) in cases {
+        let mut h: Vec<(&str, &str)> = headers.to_vec();
+        h.push(("User-Agent", "records-every-request/1.0"));
+        let reply = client.get(&format!("{base}{path}"), &h).await;
+        assert_eq!(reply.status.as_u16(), *code, "{path}");
+        let id = reply
+            .headers
+            .get("audit-id")
+            .expect("Audit-Id on every response");
+        ids.push(id.to_str().unwrap().to_owned());
+    }
+    let recorded = events(&env, cases.len()).await;
+    for ((path, _, code, verb, decision), id) in cases.iter().zip(&ids) {
+        let event = recorded
+            .iter()
+            .find(|e| &e.audit_id == id)
+            .unwrap_or_else(|| panic!("{path}: no event with audit ID {id}"));
+        assert_eq!(event.stage, Stage::ResponseComplete, "{path}");
+        assert_eq!(event.verb, *verb, "{path}");
+        assert_eq!(
+            event.response_status.as_ref().unwrap().code,
+            *code,
+            "{path}"
+        );
+        assert_eq!(event.user_agent, "records-every-request/1.0", "{path}");
+        assert_eq!(event.source_ips, ["127.0.0.1"], "{path}");
+        assert_eq!(
+            event
+                .annotations
+                .get("chaperone.dev/decision")
+                .map(String::as_str),
+            *decision,
+            "{path}"
+        );
+    }
+    let get = recorded.iter().find(|e| e.audit_id == ids[1]).unwrap();
+    let object = get.object_ref.as_ref().unwrap();
+    assert_eq!(
+        (
+            object.resource.as_str(),
+            object.namespace.as_str(),
+            object.name.as_str()
+        ),
+        ("pods", "default", "nginx")
+    );
+
+    // The API server was told the same audit ID for the requests it saw.
+    let seen = env.started.sandbox.last_request_headers().unwrap();
+    let upstream_id = seen.get("audit-id").expect("Audit-ID forwarded upstream");
+    assert_eq!(upstream_id.to_str().unwrap(), ids[2]);
+
+    // Nothing secret in the recording: neither token appears.
+    let text = std::fs::read_to_string(env.started.audit_file.as_ref().unwrap()).unwrap();
+    assert!(!text.contains(&env.started.upstream_token));
+    assert!(!text.contains(&env.started.caller_token));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_is_recorded_when_it_starts_and_when_it_ends() {
+    let env = sandbox().with_proxy().start().await;
+    let client = env.client(true);
+    let watch = Request::get(format!(
+        "{}/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1",
+        env.proxy_url()
+    ))
+    .body(body::empty())
+    .unwrap();
+    let rsp = client.open(watch).await;
+    let id = rsp
+        .headers()
+        .get("audit-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let started = events(&env, 1).await;
+    assert_eq!(started[0].audit_id, id);
+    assert_eq!(started[0].stage, Stage::ResponseStarted);
+    // The sandbox ends the watch after timeoutSeconds; reading to the end completes it.
+    tokio::time::timeout(Duration::from_secs(10), rsp.into_body().collect())
+        .await
+        .expect("the watch ends")
+        .unwrap();
+    let all = events(&env, 2).await;
+    let complete = all
+        .iter()
+        .find(|e| e.stage == Stage::ResponseComplete)
+        .unwrap();
+    assert_eq!(complete.audit_id, id);
+    assert_eq!(complete.verb, "watch");
+    env.stop().await;
+}
