@@ -246,6 +246,14 @@ impl Trail {
         headers: &HeaderMap,
         peer: SocketAddr,
     ) -> Trail {
+        let mut annotations = BTreeMap::new();
+        if let Some(trace) = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(trace_id)
+        {
+            annotations.insert(annotation::TRACE_ID.to_owned(), trace.to_owned());
+        }
         Trail {
             audit_id: new_audit_id(),
             received: time::OffsetDateTime::now_utc(),
@@ -265,7 +273,7 @@ impl Trail {
             user: User::default(),
             object_ref: None,
             level: Level::Metadata,
-            annotations: BTreeMap::new(),
+            annotations,
             masked: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -369,6 +377,25 @@ impl Trail {
             annotations,
         }
     }
+}
+
+/// The trace ID of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), if it
+/// is well formed and not all zeros.
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some(trace)
 }
 
 /// A random UUID (version 4), as the API server's audit IDs are.
@@ -548,6 +575,44 @@ mod tests {
         );
         assert!(dropped > 0, "recorded {recorded}, dropped {dropped}");
         assert!(recorded + dropped <= 50);
+    }
+
+    #[test]
+    fn trace_ids_come_from_well_formed_traceparents() {
+        let cases = [
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                None,
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+                None,
+            ),
+            ("garbage", None),
+        ];
+        for (header, want) in cases {
+            assert_eq!(trace_id(header), want, "{header}");
+        }
     }
 
     #[test]

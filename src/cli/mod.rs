@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod proxy;
+pub mod replay;
 pub mod sandbox;
 
 #[derive(Debug, Parser)]
@@ -38,6 +39,8 @@ pub enum Command {
     /// Run an in-memory Kubernetes API server with sample objects, optionally with
     /// chaperone in front of it.
     Sandbox(sandbox::Args),
+    /// Show recorded requests as a timeline.
+    Replay(replay::Args),
 }
 
 impl Cli {
@@ -60,6 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Proxy(args) => proxy::run(args).await,
         Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
     }
 }
 

@@ -154,8 +154,11 @@ impl Env {
         }
     }
 
-    pub async fn stop(self) {
+    /// Stops the servers (draining the audit queue); the returned temp dir keeps
+    /// their files until it is dropped.
+    pub async fn stop(self) -> tempfile::TempDir {
         self.started.stop().await;
+        self.dir
     }
 }
 
