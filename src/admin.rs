@@ -1,11 +1,14 @@
-//! The admin endpoints: `/healthz` (the process is alive) and `/readyz` (it can serve).
+//! The admin endpoints: `/healthz` (the process is alive), `/readyz` (it can serve,
+//! with the reason when it cannot) and `/metrics` (Prometheus text).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::audit::Recorder;
 use crate::body::{self, Body};
+use crate::metrics::{Gauges, Metrics};
 
 /// Readiness, flipped once every API listener is bound and serving.
 #[derive(Debug, Clone, Default)]
@@ -21,28 +24,82 @@ impl Ready {
     }
 }
 
-/// Answers one admin request.
-pub fn respond<B>(req: &Request<B>, ready: &Ready) -> Response<Body> {
-    let (code, text) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/healthz" | "/livez") => (StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") if ready.is_ready() => (StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the API listeners are not serving yet\n",
-        ),
-        (_, "/healthz" | "/livez" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "not found: try /healthz or /readyz\n",
-        ),
-    };
-    let mut rsp = Response::new(body::full(text));
-    *rsp.status_mut() = code;
-    rsp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    rsp
+/// A readiness check: `Some(reason)` while its part cannot serve (no keys yet, ...).
+pub type Check = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// What the admin port reports on.
+#[derive(Clone, Default)]
+pub struct Admin {
+    pub ready: Ready,
+    pub metrics: Arc<Metrics>,
+    pub audit: Option<Arc<Recorder>>,
+    pub checks: Vec<Check>,
+}
+
+impl Admin {
+    /// Why the proxy is not ready, if it is not.
+    fn not_ready(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.ready.is_ready() {
+            reasons.push("the API listeners are not serving yet".to_owned());
+        }
+        reasons.extend(self.checks.iter().filter_map(|c| c()));
+        reasons
+    }
+
+    fn gauges(&self) -> Gauges {
+        let mut g = Gauges::default();
+        if let Some(a) = &self.audit {
+            g.audit_queue_depth = a.queued() as u64;
+            g.audit_events_dropped = a.counters.dropped.load(Ordering::Relaxed);
+            g.audit_write_failures = a.counters.failed_writes.load(Ordering::Relaxed);
+        }
+        g
+    }
+
+    /// Answers one admin request.
+    pub fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
+        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+        let (code, text, kind) = match req.uri().path() {
+            "/healthz" | "/livez" if get => (
+                StatusCode::OK,
+                "ok\n".to_owned(),
+                "text/plain; charset=utf-8",
+            ),
+            "/readyz" if get => match self.not_ready().as_slice() {
+                [] => (
+                    StatusCode::OK,
+                    "ok\n".to_owned(),
+                    "text/plain; charset=utf-8",
+                ),
+                reasons => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", reasons.join("; ")),
+                    "text/plain; charset=utf-8",
+                ),
+            },
+            "/metrics" if get => (
+                StatusCode::OK,
+                self.metrics.render(self.gauges()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            "/healthz" | "/livez" | "/readyz" | "/metrics" => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET\n".to_owned(),
+                "text/plain; charset=utf-8",
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz, /readyz or /metrics\n".to_owned(),
+                "text/plain; charset=utf-8",
+            ),
+        };
+        let mut rsp = Response::new(body::full(text));
+        *rsp.status_mut() = code;
+        rsp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+        rsp
+    }
 }
 
 #[cfg(test)]
@@ -50,24 +107,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_health_and_readiness() {
-        let ready = Ready::default();
+    fn answers_health_readiness_and_metrics() {
+        let mut admin = Admin::default();
         let get = |path: &str| Request::get(path).body(()).unwrap();
-        let cases = [
-            ("/healthz", false, 200),
-            ("/readyz", false, 503),
-            ("/readyz", true, 200),
-            ("/metrics/nope", true, 404),
-        ];
-        for (path, is_ready, code) in cases {
-            if is_ready {
-                ready.set();
-            }
-            assert_eq!(
-                respond(&get(path), &ready).status().as_u16(),
-                code,
-                "{path} ready={is_ready}"
-            );
-        }
+        let body = |r: Response<Body>| {
+            futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(r.into_body()))
+                .unwrap()
+                .unwrap()
+                .to_bytes()
+        };
+        assert_eq!(admin.respond(&get("/healthz")).status(), 200);
+        let not_yet = admin.respond(&get("/readyz"));
+        assert_eq!(not_yet.status(), 503);
+        assert!(String::from_utf8_lossy(&body(not_yet)).contains("listeners are not serving"));
+
+        admin.ready.set();
+        assert_eq!(admin.respond(&get("/readyz")).status(), 200);
+        admin.checks.push(Arc::new(|| {
+            Some("no keys yet for issuer https://idp".to_owned())
+        }));
+        let keys = admin.respond(&get("/readyz"));
+        assert_eq!(keys.status(), 503);
+        assert!(String::from_utf8_lossy(&body(keys)).contains("no keys yet"));
+
+        let metrics = admin.respond(&get("/metrics"));
+        assert_eq!(metrics.status(), 200);
+        assert!(String::from_utf8_lossy(&body(metrics))
+            .contains("# TYPE chaperone_requests_total counter"));
+        assert_eq!(admin.respond(&get("/nope")).status(), 404);
+        let post = Request::post("/metrics").body(()).unwrap();
+        assert_eq!(admin.respond(&post).status(), 405);
     }
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::{self, Ready};
+use crate::admin::{Admin, Ready};
 use crate::audit::{self, Recorder};
 use crate::config::{self, Config};
+use crate::metrics::Metrics;
 use crate::pipeline::Proxy;
 use crate::sandbox::Sandbox;
 use crate::server::{self, Handler, Shutdown};
@@ -73,7 +74,8 @@ pub async fn proxy(
     let upstream = Arc::new(Upstream::from_config(&config.upstream, env)?);
     tracing::info!(server = upstream.server(), "upstream configured");
     let audit = Arc::new(Recorder::start(&config.audit.settings())?);
-    let proxy = Proxy::new(upstream, audit.clone());
+    let metrics = Arc::new(Metrics::default());
+    let proxy = Proxy::new(upstream, audit.clone(), metrics.clone());
     let handler: Handler = Arc::new(move |req, conn| {
         let proxy = proxy.clone();
         Box::pin(async move { proxy.handle(req, conn).await })
@@ -86,9 +88,14 @@ pub async fn proxy(
     )
     .await?;
 
-    let ready = running.ready.clone();
+    let admin = Admin {
+        ready: running.ready.clone(),
+        metrics,
+        audit: Some(audit.clone()),
+        checks: Vec::new(),
+    };
     let admin_handler: Handler = Arc::new(move |req, _| {
-        let rsp = admin::respond(&req, &ready);
+        let rsp = admin.respond(&req);
         Box::pin(async move { rsp })
     });
     let admin_listener = server::bind(&[config.admin.listen]).await?;

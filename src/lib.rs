@@ -10,6 +10,7 @@ pub mod config;
 pub mod headers;
 pub mod kubeconfig;
 pub mod launch;
+pub mod metrics;
 pub mod pipeline;
 pub mod pki;
 pub mod request_info;

@@ -19,6 +19,7 @@ use tracing::{field, Instrument};
 use crate::audit::{self, event::annotation, event::Stage, Recorder, Trail};
 use crate::body::Body;
 use crate::headers;
+use crate::metrics::Metrics;
 use crate::request_info;
 use crate::server::Conn;
 use crate::status::Status;
@@ -55,6 +56,7 @@ impl Error {
 pub struct Proxy {
     upstream: Arc<Upstream>,
     audit: Arc<Recorder>,
+    metrics: Arc<Metrics>,
 }
 
 /// The header carrying the audit ID, so the cluster's own audit log and chaperone's
@@ -62,8 +64,12 @@ pub struct Proxy {
 const AUDIT_ID: &str = "audit-id";
 
 impl Proxy {
-    pub fn new(upstream: Arc<Upstream>, audit: Arc<Recorder>) -> Proxy {
-        Proxy { upstream, audit }
+    pub fn new(upstream: Arc<Upstream>, audit: Arc<Recorder>, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            upstream,
+            audit,
+            metrics,
+        }
     }
 
     /// Serves one request; errors become Kubernetes `Status` responses here and only
@@ -86,6 +92,13 @@ impl Proxy {
         let mut rsp = match outcome {
             Ok((rsp, streaming)) => {
                 let code = rsp.status().as_u16();
+                self.metrics.request(
+                    trail.decision(),
+                    trail.verb(),
+                    &trail.resource(),
+                    code,
+                    trail.elapsed(),
+                );
                 if streaming {
                     // A watch or exec may run for hours: be on record from its start.
                     self.audit
@@ -93,7 +106,9 @@ impl Proxy {
                         .await;
                 }
                 let audit = self.audit.clone();
-                rsp.map(|body| audit::on_complete(body, audit, trail, code))
+                let metrics = self.metrics.clone();
+                let on_masked: audit::OnMasked = Box::new(move |n| metrics.masked(n));
+                rsp.map(|body| audit::on_complete(body, audit, trail, code, on_masked))
             }
             Err(error) => {
                 let status = error.status();
@@ -103,6 +118,13 @@ impl Proxy {
                     if status.code >= 500 { "error" } else { "deny" },
                 );
                 trail.note(annotation::REASON, status.message.clone());
+                self.metrics.request(
+                    trail.decision(),
+                    trail.verb(),
+                    &trail.resource(),
+                    status.code,
+                    trail.elapsed(),
+                );
                 self.audit
                     .record(trail.event(Stage::ResponseComplete, status.code, Some(&status)))
                     .await;

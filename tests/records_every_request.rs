@@ -145,6 +145,19 @@ async fn served_refused_and_failed_requests_are_each_recorded() {
     let upstream_id = seen.get("audit-id").expect("Audit-ID forwarded upstream");
     assert_eq!(upstream_id.to_str().unwrap(), ids[2]);
 
+    // The admin port counts the same requests.
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let (code, metrics) = support::http_get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "chaperone_requests_total{decision=\"allow\",verb=\"list\",resource=\"pods\",code=\"200\"} 1",
+        "chaperone_requests_total{decision=\"allow\",verb=\"get\",resource=\"pods\",code=\"404\"} 1",
+        "chaperone_requests_total{decision=\"deny\",verb=\"list\",resource=\"pods\",code=\"403\"} 1",
+        "chaperone_requests_total{decision=\"deny\",verb=\"list\",resource=\"pods\",code=\"406\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line} in\n{metrics}");
+    }
+
     // Nothing secret in the recording: neither token appears.
     let text = std::fs::read_to_string(env.started.audit_file.as_ref().unwrap()).unwrap();
     assert!(!text.contains(&env.started.upstream_token));

@@ -330,6 +330,30 @@ impl Trail {
         self.level = level;
     }
 
+    /// The decision recorded so far: `allow` for a request no stage refused.
+    pub fn decision(&self) -> &str {
+        self.annotations
+            .get(annotation::DECISION)
+            .map_or("allow", String::as_str)
+    }
+
+    pub fn verb(&self) -> &str {
+        &self.verb
+    }
+
+    /// The resource (with its subresource), or `""` for non-resource requests.
+    pub fn resource(&self) -> String {
+        match &self.object_ref {
+            Some(o) if o.subresource.is_empty() => o.resource.clone(),
+            Some(o) => format!("{}/{}", o.resource, o.subresource),
+            None => String::new(),
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The counter the masker adds to; its total goes into the event.
     pub fn masked_counter(&self) -> Arc<AtomicU64> {
         self.masked.clone()
@@ -417,26 +441,36 @@ fn new_audit_id() -> String {
     )
 }
 
+/// Called with the masked-field total when a response completes (for metrics).
+pub type OnMasked = Box<dyn FnOnce(u64) + Send + Sync>;
+
 /// Wraps a response body so the request's event is recorded when the body ends —
 /// completely, with an error, or because the client went away.
-pub fn on_complete(body: Body, recorder: Arc<Recorder>, trail: Trail, code: u16) -> Body {
+pub fn on_complete(
+    body: Body,
+    recorder: Arc<Recorder>,
+    trail: Trail,
+    code: u16,
+    on_masked: OnMasked,
+) -> Body {
     Body::new(Completion {
         inner: body,
-        pending: Some((recorder, trail, code)),
+        pending: Some((recorder, trail, code, on_masked)),
     })
 }
 
 struct Completion {
     inner: Body,
-    pending: Option<(Arc<Recorder>, Trail, u16)>,
+    pending: Option<(Arc<Recorder>, Trail, u16, OnMasked)>,
 }
 
 impl Completion {
     fn finish(&mut self, error: Option<String>) {
-        if let Some((recorder, mut trail, code)) = self.pending.take() {
+        if let Some((recorder, mut trail, code, on_masked)) = self.pending.take() {
             if let Some(e) = error {
                 trail.note(annotation::ERROR, e);
             }
+            on_masked(trail.masked.load(Ordering::Relaxed));
             recorder.record_detached(trail.event(Stage::ResponseComplete, code, None));
         }
     }
@@ -520,7 +554,13 @@ mod tests {
             Arc::new(Recorder::start(&settings(Some(path.clone()), 16, Overflow::Block)).unwrap());
         let t = trail();
         t.masked_counter().fetch_add(3, Ordering::Relaxed);
-        let body = on_complete(crate::body::full("{}"), recorder.clone(), t.clone(), 200);
+        let body = on_complete(
+            crate::body::full("{}"),
+            recorder.clone(),
+            t.clone(),
+            200,
+            Box::new(|_| {}),
+        );
         body.collect().await.unwrap();
         recorder.close(Duration::from_secs(5)).await;
         let text = std::fs::read_to_string(&path).unwrap();
@@ -547,6 +587,7 @@ mod tests {
             recorder.clone(),
             trail(),
             200,
+            Box::new(|_| {}),
         ));
         recorder.close(Duration::from_secs(5)).await;
         let text = std::fs::read_to_string(&path).unwrap();
