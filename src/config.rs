@@ -81,6 +81,9 @@ pub struct Config {
     pub upstream: Upstream,
     #[serde(default)]
     pub audit: Audit,
+    /// Who may call: trusted token issuers. At least one is required.
+    #[serde(default)]
+    pub identity: crate::identity::config::Identity,
 }
 
 /// The audit trail: every request, one `audit.k8s.io/v1` event.
@@ -168,6 +171,23 @@ pub struct Upstream {
     pub response_timeout: Duration,
     #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// Whose identity the API server sees.
+    #[serde(default)]
+    pub identity: UpstreamIdentity,
+}
+
+/// Whose identity requests carry upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpstreamIdentity {
+    /// The proxy's own credential; cluster RBAC sees the proxy's service account.
+    #[default]
+    Proxy,
+    /// The proxy's credential plus `Impersonate-*` headers for the authenticated
+    /// caller, so cluster RBAC and the cluster's audit log see the caller. The proxy's
+    /// service account then needs `impersonate` on users, groups, serviceaccounts and
+    /// uids (and `userextras/*`).
+    Impersonate,
 }
 
 impl Default for Upstream {
@@ -175,6 +195,7 @@ impl Default for Upstream {
         Upstream {
             in_cluster: None,
             kubeconfig: None,
+            identity: UpstreamIdentity::Proxy,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -288,6 +309,18 @@ impl Config {
                 "upstream: set one of inCluster and kubeconfig, not both".into(),
             ));
         }
+        if self.identity.issuers.is_empty() {
+            return Err(invalid(
+                "identity",
+                "identity.issuers: list at least one trusted token issuer; chaperone \
+                 authenticates every caller (for in-cluster service-account tokens: \
+                 `identity: {issuers: [{cluster: true, audiences: [chaperone]}]}`)"
+                    .into(),
+            ));
+        }
+        if let Err(e) = self.identity.validate() {
+            return Err(invalid(e.field, e.message));
+        }
         if self.upstream.connect_timeout.is_zero() {
             return Err(invalid(
                 "connectTimeout",
@@ -354,7 +387,7 @@ fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -375,12 +408,38 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 mod tests {
     use super::*;
 
+    /// The smallest valid identity section, appended so line numbers stay put.
+    const IDENTITY: &str = "identity:\n  issuers: [{cluster: true, audiences: [chaperone]}]\n";
+
     fn parse(text: &str) -> Result<Config, Error> {
-        Config::parse(Path::new("chaperone.yaml"), text)
+        Config::parse(Path::new("chaperone.yaml"), &format!("{text}{IDENTITY}"))
     }
 
     #[test]
-    fn empty_file_gives_loopback_defaults() {
+    fn identity_is_required_and_validated() {
+        let cases = [
+            ("", "at least one trusted token issuer"),
+            ("identity: {issuers: []}\n", "at least one trusted token issuer"),
+            (
+                "identity:\n  issuers:\n  - issuer: https://idp\n    audiences: [a]\n    jwksUrl: http://idp/keys\n",
+                "line 5",
+            ),
+            (
+                "identity:\n  issuers:\n  - issuer: https://idp\n    audiences: [a]\n    discovery: true\n    algorithms: [HS256]\n",
+                "HS256",
+            ),
+            ("identity:\n  issuers:\n  - audiences: [a]\n    discovery: true\n", "issuer: must not be empty"),
+        ];
+        for (text, words) in cases {
+            let err = Config::parse(Path::new("c.yaml"), text)
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(words), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_minimal_file_gives_loopback_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT);

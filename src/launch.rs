@@ -12,12 +12,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{Admin, Ready};
 use crate::audit::{self, Recorder};
 use crate::config::{self, Config};
+use crate::identity::{self, Authenticator};
 use crate::metrics::Metrics;
 use crate::pipeline::Proxy;
 use crate::sandbox::Sandbox;
 use crate::server::{self, Handler, Shutdown};
 use crate::tls::{self, ReloadingCert};
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, ClusterKeys, Upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,6 +32,13 @@ pub enum Error {
     Server(#[from] server::Error),
     #[error(transparent)]
     Audit(#[from] audit::Error),
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
+    #[error(
+        "identity.issuers[{index}]: no issuer set, and none could be read from the proxy's \
+         token {token_file}; set `issuer:` to the cluster's --service-account-issuer"
+    )]
+    ClusterIssuer { index: usize, token_file: PathBuf },
 }
 
 /// A running server: its bound addresses and the means to stop it.
@@ -73,9 +81,18 @@ pub async fn proxy(
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(cert)?));
     let upstream = Arc::new(Upstream::from_config(&config.upstream, env)?);
     tracing::info!(server = upstream.server(), "upstream configured");
+    let identity = cluster_issuer_named(config)?;
+    let authenticator =
+        Authenticator::new(&identity, Some(Arc::new(ClusterKeys(upstream.clone()))))?;
     let audit = Arc::new(Recorder::start(&config.audit.settings())?);
     let metrics = Arc::new(Metrics::default());
-    let proxy = Proxy::new(upstream, audit.clone(), metrics.clone());
+    let proxy = Proxy::new(
+        upstream,
+        authenticator.clone(),
+        config.upstream.identity,
+        audit.clone(),
+        metrics.clone(),
+    );
     let handler: Handler = Arc::new(move |req, conn| {
         let proxy = proxy.clone();
         Box::pin(async move { proxy.handle(req, conn).await })
@@ -92,7 +109,7 @@ pub async fn proxy(
         ready: running.ready.clone(),
         metrics,
         audit: Some(audit.clone()),
-        checks: Vec::new(),
+        checks: vec![Arc::new(move || authenticator.not_ready())],
     };
     let admin_handler: Handler = Arc::new(move |req, _| {
         let rsp = admin.respond(&req);
@@ -113,6 +130,32 @@ pub async fn proxy(
     running.ready.set();
     tracing::info!(listen = ?running.addrs, admin = ?running.admin, "chaperone proxy serving");
     Ok(running)
+}
+
+/// The identity config with every `cluster: true` issuer named: one left unnamed takes
+/// the `iss` of the proxy's own mounted service-account token.
+fn cluster_issuer_named(config: &Config) -> Result<identity::config::Identity, Error> {
+    let mut identity = config.identity.clone();
+    for (i, issuer) in identity.issuers.iter_mut().enumerate() {
+        if !issuer.cluster || !issuer.issuer.is_empty() {
+            continue;
+        }
+        let token_file = config
+            .upstream
+            .in_cluster
+            .as_ref()
+            .and_then(|ic| ic.token_file.clone())
+            .unwrap_or_else(|| config::DEFAULT_TOKEN_FILE.into());
+        let named = std::fs::read_to_string(&token_file)
+            .ok()
+            .and_then(|t| upstream::unverified_issuer(&t));
+        issuer.issuer = named.ok_or_else(|| Error::ClusterIssuer {
+            index: i,
+            token_file: token_file.clone(),
+        })?;
+        tracing::info!(issuer = %issuer.issuer, "cluster issuer read from the proxy's token");
+    }
+    Ok(identity)
 }
 
 /// Starts the in-memory API server on `addrs` with the given serving certificate.

@@ -8,6 +8,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod headers;
+pub mod identity;
 pub mod kubeconfig;
 pub mod launch;
 pub mod metrics;

@@ -2,12 +2,17 @@
 //!
 //! ```text
 //! resolve   request_info: method + path + query -> the API server's request attributes
+//! authenticate  identity: the bearer token -> the caller (Subject)
 //! screen    headers: refuse impersonation, narrow Accept to JSON, drop caller credentials
 //! forward   upstream: the proxy's own credential, streamed both ways, upgrades tunnelled
 //! record    audit: one event per request, whatever happened, when its response ends
 //! ```
-//! Authentication, policy, approval and masking join this path in their own stages as
-//! they land; each is one call below, in request order.
+//! Policy, approval and masking join this path in their own stages as they land; each
+//! is one call below, in request order.
+//!
+//! Resolution comes before authentication, as in the API server's filter chain: it
+//! reads nothing but the request line, and the audit record of a refused caller then
+//! says what was attempted.
 
 use std::sync::Arc;
 
@@ -18,7 +23,9 @@ use tracing::{field, Instrument};
 
 use crate::audit::{self, event::annotation, event::Stage, Recorder, Trail};
 use crate::body::Body;
+use crate::config::UpstreamIdentity;
 use crate::headers;
+use crate::identity::{self, Authenticator};
 use crate::metrics::Metrics;
 use crate::request_info;
 use crate::server::Conn;
@@ -33,6 +40,8 @@ pub enum Error {
     #[error("chaperone does not forward {0} requests")]
     Method(Method),
     #[error(transparent)]
+    Identity(#[from] identity::Error),
+    #[error(transparent)]
     Headers(#[from] headers::Error),
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
@@ -45,6 +54,7 @@ impl Error {
                 Status::bad_request(format!("chaperone refused the request path: {e}"))
             }
             Error::Method(_) => Status::method_not_allowed(self.to_string()),
+            Error::Identity(e) => e.status(),
             Error::Headers(e) => e.status(),
             Error::Upstream(e) => e.status(),
         }
@@ -55,6 +65,8 @@ impl Error {
 #[derive(Clone)]
 pub struct Proxy {
     upstream: Arc<Upstream>,
+    identity: Authenticator,
+    upstream_identity: UpstreamIdentity,
     audit: Arc<Recorder>,
     metrics: Arc<Metrics>,
 }
@@ -64,9 +76,17 @@ pub struct Proxy {
 const AUDIT_ID: &str = "audit-id";
 
 impl Proxy {
-    pub fn new(upstream: Arc<Upstream>, audit: Arc<Recorder>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        identity: Authenticator,
+        upstream_identity: UpstreamIdentity,
+        audit: Arc<Recorder>,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
         Proxy {
             upstream,
+            identity,
+            upstream_identity,
             audit,
             metrics,
         }
@@ -82,13 +102,17 @@ impl Proxy {
             method = %req.method(),
             peer = %conn.peer,
             audit_id = %trail.audit_id,
+            user = field::Empty,
             verb = field::Empty,
             resource = field::Empty,
             namespace = field::Empty,
             name = field::Empty,
             status = field::Empty,
         );
-        let outcome = self.serve(req, &mut trail).instrument(span.clone()).await;
+        let outcome = self
+            .serve(req, conn, &mut trail)
+            .instrument(span.clone())
+            .await;
         let mut rsp = match outcome {
             Ok((rsp, streaming)) => {
                 let code = rsp.status().as_u16();
@@ -142,11 +166,27 @@ impl Proxy {
     async fn serve(
         &self,
         mut req: Request<Incoming>,
+        conn: Conn,
         trail: &mut Trail,
     ) -> Result<(Response<Body>, bool), Error> {
         let info = tracing::info_span!("resolve")
             .in_scope(|| request_info::resolve(req.method(), req.uri()))?;
         trail.info(&info);
+
+        let who = match self
+            .identity
+            .authenticate(req.headers(), conn.client_cert)
+            .await
+        {
+            Ok(who) => who,
+            Err(e) => {
+                self.metrics.token_verification(e.kind());
+                return Err(e.into());
+            }
+        };
+        self.metrics.token_verification("ok");
+        trail.who(&who.user, &who.uid, &who.groups, &who.extra, &who.issuer);
+        tracing::Span::current().record("user", who.user.as_str());
         let span = tracing::Span::current();
         span.record("verb", info.verb.as_str());
         span.record("resource", info.resource.as_str());
@@ -160,6 +200,15 @@ impl Proxy {
         let inspect = headers::must_inspect(&info);
         tracing::info_span!("screen")
             .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
+        if self.upstream_identity == UpstreamIdentity::Impersonate {
+            headers::impersonate(
+                req.headers_mut(),
+                &who.user,
+                &who.groups,
+                &who.uid,
+                &who.extra,
+            )?;
+        }
         if let Ok(id) = http::HeaderValue::from_str(&trail.audit_id) {
             req.headers_mut().insert(AUDIT_ID, id);
         }
@@ -169,7 +218,10 @@ impl Proxy {
         // re-encoded once, never the caller's raw bytes.
         let path = info.forward_path_and_query(req.uri());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let req = req.map(|b| b.map_err(Into::into).boxed());
+        let req = req.map(|b| {
+            b.map_err(|e| -> crate::body::BoxError { Box::new(e) })
+                .boxed()
+        });
         let rsp = self
             .upstream
             .forward(req, &path, downstream_upgrade)

@@ -395,7 +395,7 @@ impl Upstream {
             tokio::spawn(tunnel(downstream, upstream).instrument(tracing::info_span!("tunnel")));
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
-        Ok(rsp.map(|b| b.map_err(Into::into).boxed()))
+        Ok(rsp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()))
     }
 }
 
@@ -417,15 +417,53 @@ impl Upstream {
                 code: rsp.status(),
             });
         }
-        http_body_util::Limited::new(rsp.into_body(), MAX_OWN_BODY)
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .map_err(|e| Error::Body {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })
+        let body_err = |message: String| Error::Body {
+            path: path.to_owned(),
+            message,
+        };
+        // Read frame by frame with our own bound (http-body-util's `Limited` trips a
+        // higher-ranked lifetime limitation in boxed futures).
+        let mut body = rsp.into_body();
+        let mut out = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| body_err(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                if out.len() + data.len() > MAX_OWN_BODY {
+                    return Err(body_err(format!("larger than {MAX_OWN_BODY} bytes")));
+                }
+                out.extend_from_slice(data);
+            }
+        }
+        Ok(out.freeze())
     }
+}
+
+/// The cluster's service-account signing keys, read through the proxy's own
+/// upstream credential (the `system:service-account-issuer-discovery` ClusterRole
+/// grants `GET /openid/v1/jwks`).
+pub struct ClusterKeys(pub std::sync::Arc<Upstream>);
+
+impl crate::identity::ClusterJwks for ClusterKeys {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<bytes::Bytes, String>> + Send + '_>> {
+        Box::pin(async move {
+            self.0
+                .get("/openid/v1/jwks")
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The `iss` claim of a JWT, read without verifying it. Only for the proxy's own
+/// mounted service-account token, to learn which issuer this cluster uses.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
 }
 
 /// Copies bytes both ways between the caller and the API server after a 101.

@@ -140,6 +140,15 @@ async fn refusals_are_status_objects_and_never_reach_the_api_server() {
     env.stop().await;
 }
 
+/// Trust the sandbox's service-account tokens through a JWKS file, so callers are
+/// authenticated even when the upstream (which would serve the keys) is down.
+fn jwks_file_identity(dir: &std::path::Path) -> String {
+    format!(
+        "identity:\n  issuers:\n  - issuer: https://kubernetes.default.svc.cluster.local\n    audiences: [chaperone]\n    jwksFile: {}\n",
+        dir.join("jwks.json").display()
+    )
+}
+
 /// A config pointing the proxy at `server` with a throwaway token.
 fn proxy_config(
     dir: &std::path::Path,
@@ -154,9 +163,10 @@ fn proxy_config(
     )
     .unwrap();
     let text = format!(
-        "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\ntls:\n  certFile: {dir}/sandbox/tls.crt\n  keyFile: {dir}/sandbox/tls.key\nupstream:\n  kubeconfig: {{path: {kc}}}\n{extra}",
+        "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\ntls:\n  certFile: {dir}/sandbox/tls.crt\n  keyFile: {dir}/sandbox/tls.key\nupstream:\n  kubeconfig: {{path: {kc}}}\n{extra}{identity}",
         dir = dir.display(),
         kc = kc.display(),
+        identity = jwks_file_identity(dir),
     );
     chaperone::config::Config::parse(std::path::Path::new("test.yaml"), &text).unwrap()
 }
@@ -166,6 +176,11 @@ async fn unreachable_api_server_gives_503_not_a_hang() {
     // The sandbox provides the CA and certificates; the upstream points elsewhere.
     let env = sandbox().start().await;
     let ca = String::from_utf8(env.ca_pem()).unwrap();
+    std::fs::write(
+        env.dir.path().join("jwks.json"),
+        env.started.sandbox.jwks().to_string(),
+    )
+    .unwrap();
 
     // A port nothing listens on: refused at once.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -27,8 +27,9 @@ async fn new_connections_get_the_rotated_certificate() {
     let text = format!(
         "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\n\
          tls: {{certFile: {d}/tls.crt, keyFile: {d}/tls.key}}\n\
-         upstream: {{kubeconfig: {{path: {kc}}}}}\n",
-        d = dir.display()
+         upstream: {{kubeconfig: {{path: {kc}}}}}\n{identity}",
+        d = dir.display(),
+        identity = support::SANDBOX_IDENTITY,
     );
     let config = chaperone::config::Config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
     let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();

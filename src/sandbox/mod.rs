@@ -300,6 +300,11 @@ impl Sandbox {
         })
     }
 
+    /// The service-account issuer's public keys (`GET /openid/v1/jwks`).
+    pub fn jwks(&self) -> Value {
+        self.inner.issuer.jwks()
+    }
+
     /// Mints a projected-token-shaped JWT for an existing service account, signed by
     /// the sandbox cluster's issuer ([`issuer::ISSUER`], keys at `/openid/v1/jwks`).
     /// The lifetime is clamped to 10 minutes .. 48 hours, as the API server does.

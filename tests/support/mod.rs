@@ -2,6 +2,9 @@
 //! chaperone in front of it, and real clients pointed at either.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod identity;
+pub mod oidc;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -30,6 +33,9 @@ pub struct EnvBuilder {
     seed: Option<String>,
 }
 
+/// Trust the sandbox cluster's service-account tokens (audience `chaperone`).
+pub const SANDBOX_IDENTITY: &str = "identity:\n  issuers:\n  - issuer: https://kubernetes.default.svc.cluster.local\n    audiences: [chaperone]\n    cluster: true\n";
+
 pub fn sandbox() -> EnvBuilder {
     EnvBuilder {
         proxy_config: None,
@@ -43,10 +49,17 @@ impl EnvBuilder {
         self.with_proxy_config("")
     }
 
-    /// Chaperone with extra config YAML appended (its `listen`/`admin` are ephemeral).
+    /// Chaperone with extra config YAML appended (its `listen`/`admin` are ephemeral,
+    /// and it trusts the sandbox's service-account issuer unless `extra` sets
+    /// `identity`).
     pub fn with_proxy_config(mut self, extra: &str) -> Self {
+        let identity = if extra.starts_with("identity:") || extra.contains("\nidentity:") {
+            ""
+        } else {
+            SANDBOX_IDENTITY
+        };
         self.proxy_config = Some(format!(
-            "listen: [\"127.0.0.1:0\"]\nadmin:\n  listen: 127.0.0.1:0\n{extra}"
+            "listen: [\"127.0.0.1:0\"]\nadmin:\n  listen: 127.0.0.1:0\n{identity}{extra}"
         ));
         self
     }
@@ -81,6 +94,18 @@ impl EnvBuilder {
         })
         .await
         .expect("sandbox starts");
+        if let Some(admin) = started.proxy.as_ref().and_then(|p| p.admin) {
+            // Ready means the issuer's keys are fetched: tests then see only their own
+            // requests reach the sandbox.
+            let ready = async {
+                while http_get(admin, "/readyz").await.0 != 200 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(CLIENT_TIMEOUT, ready)
+                .await
+                .expect("the proxy becomes ready");
+        }
         Env { started, dir }
     }
 }
@@ -133,8 +158,16 @@ impl Env {
         cmd
     }
 
-    /// An HTTPS client (HTTP/2 by ALPN when `http2`) trusting the sandbox CA.
+    /// An HTTPS client (HTTP/2 when `http2`) trusting the sandbox CA, that presents
+    /// the caller's service-account token unless a request sets `Authorization`.
     pub fn client(&self, http2: bool) -> TestClient {
+        let mut client = self.anonymous_client(http2);
+        client.token = Some(self.started.caller_token.clone());
+        client
+    }
+
+    /// As [`Env::client`], with no credential of its own.
+    pub fn anonymous_client(&self, http2: bool) -> TestClient {
         let tls =
             chaperone::tls::client_config(&self.ca_pem(), "test CA", None).expect("client TLS");
         let mut http = HttpConnector::new();
@@ -151,6 +184,7 @@ impl Env {
             inner: Client::builder(TokioExecutor::new())
                 .http2_only(http2)
                 .build(connector),
+            token: None,
         }
     }
 
@@ -234,6 +268,7 @@ pub fn ok(out: &Output) -> String {
 
 pub struct TestClient {
     inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    token: Option<String>,
 }
 
 /// A response read to the end.
@@ -252,6 +287,16 @@ impl Reply {
 }
 
 impl TestClient {
+    fn authorize(&self, mut req: Request<Body>) -> Request<Body> {
+        if let Some(token) = &self.token {
+            if !req.headers().contains_key("authorization") {
+                let value = format!("Bearer {token}").parse().expect("a header value");
+                req.headers_mut().insert("authorization", value);
+            }
+        }
+        req
+    }
+
     /// Sends a GET with the given headers and reads the whole response.
     pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
         let mut req = Request::get(url);
@@ -262,6 +307,7 @@ impl TestClient {
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {
+        let req = self.authorize(req);
         let rsp = tokio::time::timeout(CLIENT_TIMEOUT, self.inner.request(req))
             .await
             .expect("response within the client timeout")
@@ -281,6 +327,7 @@ impl TestClient {
 
     /// Sends a request and returns the response with its body still streaming.
     pub async fn open(&self, req: Request<Body>) -> http::Response<hyper::body::Incoming> {
+        let req = self.authorize(req);
         tokio::time::timeout(CLIENT_TIMEOUT, self.inner.request(req))
             .await
             .expect("response within the client timeout")

@@ -1,0 +1,167 @@
+//! Every caller is authenticated from its bearer token before anything is forwarded:
+//! the sandbox cluster's service-account tokens get through, anything else gets a 401
+//! Status naming the reason; in `impersonate` mode the API server sees the caller.
+
+mod support;
+
+use chaperone::pki::Authority;
+use support::{ok, sandbox};
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_a_valid_token_get_401_naming_the_reason() {
+    let env = sandbox().with_proxy().start().await;
+    let url = format!("{}{PODS}", env.proxy_url());
+    let client = env.anonymous_client(false);
+    let caller = env.started.caller_token.clone();
+    let other_audience = env
+        .started
+        .sandbox
+        .mint_service_account_token(
+            "default",
+            "mcp-server",
+            &["kubernetes".to_owned()],
+            600,
+            None,
+        )
+        .unwrap();
+    // Flip one character of the signature.
+    let mut tampered = caller.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let cases: &[(&str, Option<String>, &str)] = &[
+        ("no token", None, "no bearer token"),
+        (
+            "not a JWT",
+            Some("Bearer let-me-in".into()),
+            "malformed token",
+        ),
+        (
+            "basic auth",
+            Some("Basic YWRtaW46YWRtaW4=".into()),
+            "no bearer token",
+        ),
+        (
+            "tampered",
+            Some(format!("Bearer {tampered}")),
+            "signature is invalid",
+        ),
+        (
+            "wrong audience",
+            Some(format!("Bearer {other_audience}")),
+            "audience",
+        ),
+    ];
+    let seen_before = env.started.sandbox.seen_authorizations().len();
+    for (what, auth, words) in cases {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let reply = client.get(&url, &headers).await;
+        assert_eq!(reply.status.as_u16(), 401, "{what}: {:?}", reply.body);
+        let status = reply.json();
+        assert_eq!(status["reason"], "Unauthorized", "{what}");
+        let message = status["message"].as_str().unwrap();
+        assert!(message.contains(words), "{what}: {message}");
+        assert!(!message.contains(&caller), "{what}: the token is echoed");
+    }
+    assert_eq!(
+        env.started.sandbox.seen_authorizations().len(),
+        seen_before,
+        "nothing reached the API server"
+    );
+
+    // kubectl with a token chaperone does not accept says what it says for any 401.
+    let no_token = chaperone::kubeconfig::render(
+        "anon",
+        &env.proxy_url(),
+        &String::from_utf8(env.ca_pem()).unwrap(),
+        "not-a-jwt",
+        None,
+    );
+    let kc = env.dir.path().join("anonymous.kubeconfig");
+    std::fs::write(&kc, no_token).unwrap();
+    let out = support::run(env.kubectl_cmd(&kc, &["get", "--raw", PODS])).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("You must be logged in to the server (malformed token"),
+        "{stderr}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_told_that_only_bearer_tokens_count() {
+    let env = sandbox().with_proxy().start().await;
+    let ca = Authority::generate("someone else's CA", 1).unwrap();
+    let leaf = ca.issue_server(&["client"], 1).unwrap();
+    let identity = chaperone::tls::ClientIdentity {
+        certs: chaperone::tls::certs_from_pem(leaf.cert_pem.as_bytes(), "cert").unwrap(),
+        key: chaperone::tls::key_from_pem(leaf.key_pem.as_bytes(), "key").unwrap(),
+    };
+    let tls = chaperone::tls::client_config(&env.ca_pem(), "ca", Some(identity)).unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, chaperone::body::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let req = http::Request::get(format!("{}{PODS}", env.proxy_url()))
+        .body(chaperone::body::empty())
+        .unwrap();
+    let rsp = tokio::time::timeout(support::CLIENT_TIMEOUT, client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rsp.status(), 401);
+    let body = http_body_util::BodyExt::collect(rsp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let message = String::from_utf8_lossy(&body);
+    assert!(
+        message.contains("client certificate was presented instead of a bearer token"),
+        "{message}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonate_mode_shows_the_caller_to_the_api_server() {
+    let env = sandbox()
+        .with_proxy_config("upstream:\n  identity: impersonate\n")
+        .start()
+        .await;
+    let names = ok(&env.kubectl(&["get", "pods", "-o", "name"]).await);
+    assert!(names.contains("pod/nginx"), "{names}");
+    let seen = env.started.sandbox.last_request_headers().unwrap();
+    let all = |name: &str| -> Vec<String> {
+        seen.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        all("impersonate-user"),
+        ["system:serviceaccount:default:mcp-server"]
+    );
+    let groups = all("impersonate-group");
+    for g in [
+        "system:serviceaccounts",
+        "system:serviceaccounts:default",
+        "system:authenticated",
+    ] {
+        assert!(groups.iter().any(|x| x == g), "{groups:?} lacks {g}");
+    }
+    assert_eq!(all("impersonate-uid").len(), 1, "the service account's uid");
+    // The credential is still the proxy's own, never the caller's.
+    assert_eq!(
+        all("authorization"),
+        [format!("Bearer {}", env.started.upstream_token)]
+    );
+    env.stop().await;
+}
