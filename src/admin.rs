@@ -33,7 +33,13 @@ pub struct Admin {
     pub ready: Ready,
     pub metrics: Arc<Metrics>,
     pub audit: Option<Arc<Recorder>>,
+    /// Each may make the proxy not ready.
     pub checks: Vec<Check>,
+    /// Shown on `/readyz` without making it fail (a policy reload that failed while
+    /// the previous policy stays in force).
+    pub notes: Vec<Check>,
+    /// (policies put in force, failed policy loads).
+    pub policy_counts: Option<Arc<dyn Fn() -> (u64, u64) + Send + Sync>>,
 }
 
 impl Admin {
@@ -54,6 +60,9 @@ impl Admin {
             g.audit_events_dropped = a.counters.dropped.load(Ordering::Relaxed);
             g.audit_write_failures = a.counters.failed_writes.load(Ordering::Relaxed);
         }
+        if let Some(counts) = &self.policy_counts {
+            (g.policy_reloads, g.policy_reload_failures) = counts();
+        }
         g
     }
 
@@ -67,11 +76,13 @@ impl Admin {
                 "text/plain; charset=utf-8",
             ),
             "/readyz" if get => match self.not_ready().as_slice() {
-                [] => (
-                    StatusCode::OK,
-                    "ok\n".to_owned(),
-                    "text/plain; charset=utf-8",
-                ),
+                [] => {
+                    let mut text = "ok\n".to_owned();
+                    for note in self.notes.iter().filter_map(|n| n()) {
+                        text.push_str(&format!("warning: {note}\n"));
+                    }
+                    (StatusCode::OK, text, "text/plain; charset=utf-8")
+                }
                 reasons => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {}\n", reasons.join("; ")),

@@ -84,6 +84,19 @@ pub struct Config {
     /// Who may call: trusted token issuers. At least one is required.
     #[serde(default)]
     pub identity: crate::identity::config::Identity,
+    /// What callers may do. Without it every request is refused, saying so.
+    pub policy: Option<PolicySource>,
+}
+
+/// Where the policy comes from: a file (the mounted policy ConfigMap's key), re-read
+/// when it changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySource {
+    /// A relative path is taken from the config file's directory.
+    pub file: PathBuf,
+    #[serde(default = "default_policy_interval", deserialize_with = "duration")]
+    pub reload_interval: Duration,
 }
 
 /// The audit trail: every request, one `audit.k8s.io/v1` event.
@@ -244,6 +257,9 @@ fn default_handshake_timeout() -> Duration {
 fn default_shutdown_grace() -> Duration {
     DEFAULT_SHUTDOWN_GRACE
 }
+fn default_policy_interval() -> Duration {
+    crate::policy::DEFAULT_INTERVAL
+}
 fn default_audit_max_size() -> u64 {
     DEFAULT_AUDIT_MAX_SIZE
 }
@@ -267,7 +283,7 @@ impl Config {
     /// Parses and validates config text; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         // An empty file is an empty mapping: all defaults.
-        let config: Config = if text.trim().is_empty() {
+        let mut config: Config = if text.trim().is_empty() {
             serde_yaml::from_str("{}")
         } else {
             serde_yaml::from_str(text)
@@ -277,6 +293,12 @@ impl Config {
             source,
         })?;
         config.validate(path, text)?;
+        if let Some(policy) = &mut config.policy {
+            if policy.file.is_relative() {
+                let base = path.parent().unwrap_or(Path::new(""));
+                policy.file = base.join(&policy.file);
+            }
+        }
         Ok(config)
     }
 

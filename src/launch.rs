@@ -15,6 +15,7 @@ use crate::config::{self, Config};
 use crate::identity::{self, Authenticator};
 use crate::metrics::Metrics;
 use crate::pipeline::Proxy;
+use crate::policy::{self, Policies};
 use crate::sandbox::Sandbox;
 use crate::server::{self, Handler, Shutdown};
 use crate::tls::{self, ReloadingCert};
@@ -84,11 +85,33 @@ pub async fn proxy(
     let identity = cluster_issuer_named(config)?;
     let authenticator =
         Authenticator::new(&identity, Some(Arc::new(ClusterKeys(upstream.clone()))))?;
+    let policies = Arc::new(match &config.policy {
+        Some(source) => {
+            let watched = policy::Watched::open(&source.file);
+            match (watched.current(), watched.last_error()) {
+                (Some(p), _) => {
+                    tracing::info!(policy = p.name(), file = %source.file.display(), "policy loaded")
+                }
+                (None, why) => {
+                    tracing::error!(file = %source.file.display(), error = why.as_deref().unwrap_or("not read"),
+                    "no policy loaded: every request is refused until a valid policy appears")
+                }
+            }
+            // The task ends when the last `Watched` clone is dropped with the proxy.
+            watched.spawn(source.reload_interval);
+            Policies::Watched(watched)
+        }
+        None => {
+            tracing::error!("the config names no policy file: every request is refused");
+            Policies::Unconfigured
+        }
+    });
     let audit = Arc::new(Recorder::start(&config.audit.settings())?);
     let metrics = Arc::new(Metrics::default());
     let proxy = Proxy::new(
         upstream,
         authenticator.clone(),
+        policies.clone(),
         config.upstream.identity,
         audit.clone(),
         metrics.clone(),
@@ -109,7 +132,18 @@ pub async fn proxy(
         ready: running.ready.clone(),
         metrics,
         audit: Some(audit.clone()),
-        checks: vec![Arc::new(move || authenticator.not_ready())],
+        checks: vec![Arc::new(move || authenticator.not_ready()), {
+            let p = policies.clone();
+            Arc::new(move || p.not_ready())
+        }],
+        notes: vec![{
+            let p = policies.clone();
+            Arc::new(move || p.warning())
+        }],
+        policy_counts: {
+            let p = policies.clone();
+            Some(Arc::new(move || p.counts()))
+        },
     };
     let admin_handler: Handler = Arc::new(move |req, _| {
         let rsp = admin.respond(&req);

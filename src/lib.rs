@@ -14,6 +14,7 @@ pub mod launch;
 pub mod metrics;
 pub mod pipeline;
 pub mod pki;
+pub mod policy;
 pub mod request_info;
 pub mod sandbox;
 pub mod server;

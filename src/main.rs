@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(chaperone::cli::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // `{:#}` prints the whole cause chain on one line: "reading X: no such file".
             eprintln!("chaperone: {error:#}");

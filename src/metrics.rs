@@ -103,7 +103,6 @@ pub struct Metrics {
     latency: Histogram,
     masked_fields: AtomicU64,
     token_verifications: Family,
-    policy_reloads: Family,
 }
 
 /// Values read at scrape time from their owners.
@@ -113,6 +112,8 @@ pub struct Gauges {
     pub audit_events_dropped: u64,
     pub audit_write_failures: u64,
     pub approvals_pending: u64,
+    pub policy_reloads: u64,
+    pub policy_reload_failures: u64,
 }
 
 impl Metrics {
@@ -140,11 +141,6 @@ impl Metrics {
         self.token_verifications.add(&[result], 1);
     }
 
-    /// A policy (re)load: `ok` or `error`.
-    pub fn policy_reload(&self, result: &str) {
-        self.policy_reloads.add(&[result], 1);
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::with_capacity(4096);
@@ -170,11 +166,10 @@ impl Metrics {
             "Bearer token verifications, by result.",
             &["result"],
         );
-        self.policy_reloads.render(
-            &mut out,
-            "chaperone_policy_reloads_total",
-            "Policy loads and reloads, by result.",
-            &["result"],
+        let _ = writeln!(
+            out,
+            "# HELP chaperone_policy_reloads_total Policy loads and reloads, by result.\n# TYPE chaperone_policy_reloads_total counter\nchaperone_policy_reloads_total{{result=\"ok\"}} {}\nchaperone_policy_reloads_total{{result=\"error\"}} {}",
+            gauges.policy_reloads, gauges.policy_reload_failures
         );
         for (name, kind, help, value) in [
             (
@@ -224,9 +219,9 @@ mod tests {
         m.masked(3);
         m.token_verification("ok");
         m.token_verification("expired");
-        m.policy_reload("error");
         let text = m.render(Gauges {
             audit_queue_depth: 2,
+            policy_reload_failures: 1,
             ..Default::default()
         });
         for line in [

@@ -3,12 +3,13 @@
 //! ```text
 //! resolve   request_info: method + path + query -> the API server's request attributes
 //! authenticate  identity: the bearer token -> the caller (Subject)
+//! authorize policy: caller + attributes -> allow, deny or approve, naming the rule
 //! screen    headers: refuse impersonation, narrow Accept to JSON, drop caller credentials
 //! forward   upstream: the proxy's own credential, streamed both ways, upgrades tunnelled
 //! record    audit: one event per request, whatever happened, when its response ends
 //! ```
-//! Policy, approval and masking join this path in their own stages as they land; each
-//! is one call below, in request order.
+//! Approval and masking join this path in their own stages as they land; each is one
+//! call below, in request order.
 //!
 //! Resolution comes before authentication, as in the API server's filter chain: it
 //! reads nothing but the request line, and the audit record of a refused caller then
@@ -27,6 +28,7 @@ use crate::config::UpstreamIdentity;
 use crate::headers;
 use crate::identity::{self, Authenticator};
 use crate::metrics::Metrics;
+use crate::policy::{self, Policies};
 use crate::request_info;
 use crate::server::Conn;
 use crate::status::Status;
@@ -41,6 +43,8 @@ pub enum Error {
     Method(Method),
     #[error(transparent)]
     Identity(#[from] identity::Error),
+    #[error("{0}")]
+    Denied(Box<policy::Decision>),
     #[error(transparent)]
     Headers(#[from] headers::Error),
     #[error(transparent)]
@@ -55,6 +59,7 @@ impl Error {
             }
             Error::Method(_) => Status::method_not_allowed(self.to_string()),
             Error::Identity(e) => e.status(),
+            Error::Denied(decision) => decision.status(),
             Error::Headers(e) => e.status(),
             Error::Upstream(e) => e.status(),
         }
@@ -66,6 +71,7 @@ impl Error {
 pub struct Proxy {
     upstream: Arc<Upstream>,
     identity: Authenticator,
+    policy: Arc<Policies>,
     upstream_identity: UpstreamIdentity,
     audit: Arc<Recorder>,
     metrics: Arc<Metrics>,
@@ -79,6 +85,7 @@ impl Proxy {
     pub fn new(
         upstream: Arc<Upstream>,
         identity: Authenticator,
+        policy: Arc<Policies>,
         upstream_identity: UpstreamIdentity,
         audit: Arc<Recorder>,
         metrics: Arc<Metrics>,
@@ -86,6 +93,7 @@ impl Proxy {
         Proxy {
             upstream,
             identity,
+            policy,
             upstream_identity,
             audit,
             metrics,
@@ -137,11 +145,14 @@ impl Proxy {
             Err(error) => {
                 let status = error.status();
                 tracing::info!(parent: &span, code = status.code, reason = status.reason, %error, "refused");
-                trail.note(
-                    annotation::DECISION,
-                    if status.code >= 500 { "error" } else { "deny" },
-                );
-                trail.note(annotation::REASON, status.message.clone());
+                // A policy denial's own words are on the trail already.
+                if !matches!(error, Error::Denied(_)) {
+                    trail.note(
+                        annotation::DECISION,
+                        if status.code >= 500 { "error" } else { "deny" },
+                    );
+                    trail.note(annotation::REASON, status.message.clone());
+                }
                 self.metrics.request(
                     trail.decision(),
                     trail.verb(),
@@ -187,6 +198,23 @@ impl Proxy {
         self.metrics.token_verification("ok");
         trail.who(&who.user, &who.uid, &who.groups, &who.extra, &who.issuer);
         tracing::Span::current().record("user", who.user.as_str());
+
+        let decision = tracing::info_span!("authorize")
+            .in_scope(|| self.policy.authorize(&who, &info, req.uri().query()));
+        trail.note(annotation::DECISION, decision.applied().as_str());
+        trail.note(annotation::RULE, decision.rule());
+        trail.note(annotation::REASON, decision.to_string());
+        trail.note(
+            annotation::MODE,
+            if decision.enforced() {
+                "enforce"
+            } else {
+                "audit"
+            },
+        );
+        if !decision.is_allowed() {
+            return Err(Error::Denied(Box::new(decision)));
+        }
         let span = tracing::Span::current();
         span.record("verb", info.verb.as_str());
         span.record("resource", info.resource.as_str());

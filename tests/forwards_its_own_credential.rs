@@ -52,9 +52,10 @@ async fn in_cluster_token_rotated_on_disk_is_used_on_the_next_request() {
     let text = format!(
         "listen: [\"127.0.0.1:0\", \"[::1]:0\"]\nadmin: {{listen: 127.0.0.1:0}}\n\
          tls: {{certFile: {d}/sandbox/tls.crt, keyFile: {d}/sandbox/tls.key}}\n\
-         upstream:\n  inCluster:\n    tokenFile: {d}/token\n    caFile: {d}/sandbox/ca.crt\n{identity}",
+         upstream:\n  inCluster:\n    tokenFile: {d}/token\n    caFile: {d}/sandbox/ca.crt\n{identity}{policy}",
         d = dir.display(),
         identity = support::SANDBOX_IDENTITY,
+        policy = env.policy_config(),
     );
     let config = chaperone::config::Config::parse(Path::new("test.yaml"), &text).unwrap();
     let port = sandbox_addr.port().to_string();

@@ -163,10 +163,11 @@ fn proxy_config(
     )
     .unwrap();
     let text = format!(
-        "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\ntls:\n  certFile: {dir}/sandbox/tls.crt\n  keyFile: {dir}/sandbox/tls.key\nupstream:\n  kubeconfig: {{path: {kc}}}\n{extra}{identity}",
+        "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\ntls:\n  certFile: {dir}/sandbox/tls.crt\n  keyFile: {dir}/sandbox/tls.key\nupstream:\n  kubeconfig: {{path: {kc}}}\n{extra}{identity}policy: {{file: {policy}}}\n",
         dir = dir.display(),
         kc = kc.display(),
         identity = jwks_file_identity(dir),
+        policy = dir.join("policy.yaml").display(),
     );
     chaperone::config::Config::parse(std::path::Path::new("test.yaml"), &text).unwrap()
 }
@@ -181,6 +182,11 @@ async fn unreachable_api_server_gives_503_not_a_hang() {
         env.started.sandbox.jwks().to_string(),
     )
     .unwrap();
+    // Through a JWKS file the token is an ordinary OIDC token, its subject prefixed
+    // with the issuer: let anyone through, the upstream is what is under test.
+    let anyone =
+        support::ALLOW_ALL.replace("serviceAccounts: [default/mcp-server]", "users: [\"*\"]");
+    std::fs::write(env.policy_file(), anyone).unwrap();
 
     // A port nothing listens on: refused at once.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

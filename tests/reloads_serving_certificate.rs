@@ -27,9 +27,10 @@ async fn new_connections_get_the_rotated_certificate() {
     let text = format!(
         "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\n\
          tls: {{certFile: {d}/tls.crt, keyFile: {d}/tls.key}}\n\
-         upstream: {{kubeconfig: {{path: {kc}}}}}\n{identity}",
+         upstream: {{kubeconfig: {{path: {kc}}}}}\n{identity}{policy}",
         d = dir.display(),
         identity = support::SANDBOX_IDENTITY,
+        policy = env.policy_config(),
     );
     let config = chaperone::config::Config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
     let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod policy;
 pub mod proxy;
 pub mod replay;
 pub mod sandbox;
@@ -41,6 +42,8 @@ pub enum Command {
     Sandbox(sandbox::Args),
     /// Show recorded requests as a timeline.
     Replay(replay::Args),
+    /// Check, explain and test policies.
+    Policy(policy::Args),
 }
 
 impl Cli {
@@ -59,11 +62,14 @@ impl Cli {
     }
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the subcommand; its exit code (0 on success, the subcommand's own otherwise).
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
-        Command::Proxy(args) => proxy::run(args).await,
-        Command::Sandbox(args) => sandbox::run(args).await,
-        Command::Replay(args) => replay::run(args).await,
+        Command::Proxy(args) => proxy::run(args).await.map(|()| ok),
+        Command::Sandbox(args) => sandbox::run(args).await.map(|()| ok),
+        Command::Replay(args) => replay::run(args).await.map(|()| ok),
+        Command::Policy(args) => policy::run(args).await,
     }
 }
 

@@ -47,7 +47,7 @@ pub use claims::{
 };
 
 /// An authenticated caller, as the API server would see the same token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subject {
     pub user: String,
     pub groups: Vec<String>,

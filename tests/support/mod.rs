@@ -27,11 +27,47 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
+impl Env {
+    /// The policy file the proxy watches.
+    pub fn policy_file(&self) -> PathBuf {
+        self.dir.path().join("policy.yaml")
+    }
+
+    /// A config line naming the test's policy file, for proxies a test starts itself.
+    pub fn policy_config(&self) -> String {
+        format!(
+            "policy: {{file: {}, reloadInterval: 50ms}}\n",
+            self.policy_file().display()
+        )
+    }
+}
+
 /// Builder for a test environment: `sandbox().with_proxy().start().await`.
 pub struct EnvBuilder {
     proxy_config: Option<String>,
     seed: Option<String>,
+    policy: String,
 }
+
+/// The tests' default policy: the sandbox's caller may do anything (each test of a
+/// refusal brings its own policy).
+pub const ALLOW_ALL: &str = "apiVersion: chaperone.dev/v1alpha1
+kind: Policy
+metadata: {name: tests-allow-all}
+spec:
+  rules:
+  - name: anything
+    subjects: {serviceAccounts: [default/mcp-server]}
+    apiGroups: [\"*\"]
+    resources: [\"*\"]
+    verbs: [\"*\"]
+    action: allow
+  - name: any-path
+    subjects: {serviceAccounts: [default/mcp-server]}
+    nonResourceURLs: [\"*\"]
+    verbs: [get]
+    action: allow
+";
 
 /// Trust the sandbox cluster's service-account tokens (audience `chaperone`).
 pub const SANDBOX_IDENTITY: &str = "identity:\n  issuers:\n  - issuer: https://kubernetes.default.svc.cluster.local\n    audiences: [chaperone]\n    cluster: true\n";
@@ -40,6 +76,7 @@ pub fn sandbox() -> EnvBuilder {
     EnvBuilder {
         proxy_config: None,
         seed: None,
+        policy: ALLOW_ALL.to_owned(),
     }
 }
 
@@ -53,14 +90,27 @@ impl EnvBuilder {
     /// and it trusts the sandbox's service-account issuer unless `extra` sets
     /// `identity`).
     pub fn with_proxy_config(mut self, extra: &str) -> Self {
-        let identity = if extra.starts_with("identity:") || extra.contains("\nidentity:") {
+        let has = |key: &str| extra.starts_with(key) || extra.contains(&format!("\n{key}"));
+        let policy = if has("policy:") {
+            ""
+        } else {
+            "policy: {file: policy.yaml, reloadInterval: 50ms}\n"
+        };
+        let identity = if has("identity:") {
             ""
         } else {
             SANDBOX_IDENTITY
         };
         self.proxy_config = Some(format!(
-            "listen: [\"127.0.0.1:0\"]\nadmin:\n  listen: 127.0.0.1:0\n{identity}{extra}"
+            "listen: [\"127.0.0.1:0\"]\nadmin:\n  listen: 127.0.0.1:0\n{policy}{identity}{extra}"
         ));
+        self
+    }
+
+    /// The policy the proxy starts with (`policy.yaml` in the test's dir, reloaded
+    /// every 50ms).
+    pub fn policy(mut self, yaml: &str) -> Self {
+        self.policy = yaml.to_owned();
         self
     }
 
@@ -69,8 +119,19 @@ impl EnvBuilder {
         self
     }
 
+    /// Starts and waits until the proxy is ready.
     pub async fn start(self) -> Env {
+        self.launch(true).await
+    }
+
+    /// Starts without waiting for readiness (a proxy that cannot become ready).
+    pub async fn start_unready(self) -> Env {
+        self.launch(false).await
+    }
+
+    async fn launch(self, wait_ready: bool) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("policy.yaml"), &self.policy).expect("write policy");
         let with_proxy = self.proxy_config.map(|text| {
             let path = dir.path().join("chaperone.yaml");
             std::fs::write(&path, text).expect("write config");
@@ -94,7 +155,12 @@ impl EnvBuilder {
         })
         .await
         .expect("sandbox starts");
-        if let Some(admin) = started.proxy.as_ref().and_then(|p| p.admin) {
+        if let Some(admin) = started
+            .proxy
+            .as_ref()
+            .and_then(|p| p.admin)
+            .filter(|_| wait_ready)
+        {
             // Ready means the issuer's keys are fetched: tests then see only their own
             // requests reach the sandbox.
             let ready = async {

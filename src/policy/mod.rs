@@ -1,0 +1,195 @@
+//! Decides, from a locally mounted policy, whether a caller may make a request: allow, deny,
+//! or hold for approval.
+//!
+//! A policy (`apiVersion: chaperone.dev/v1alpha1`, `kind: Policy`; the language is described
+//! in `policies/README.md`) binds subjects to request matches with RBAC `PolicyRule`
+//! semantics, plus namespaces and exec commands. The flow:
+//!
+//! * [`parse`] / [`load`]: strict YAML parsing (unknown fields, bad verbs, impossible matches
+//!   are [`Error`]s naming file, line, column and field), compilation into an indexed
+//!   [`Policy`], and lint [`Warning`]s (rules that never match, shadowed rules, broad grants).
+//! * [`authorize`]: built-in denials, then the most restrictive matching rule (deny > approve
+//!   > allow), then built-in discovery reads, then default deny; see [`Decision`].
+//! * [`Watched`]: the current policy of a file, reloaded when the file (or the ConfigMap
+//!   symlink it sits behind) changes, keeping the last good policy on a bad edit.
+
+mod cases;
+mod compile;
+mod eval;
+mod lint;
+mod locate;
+mod matching;
+pub mod model;
+mod reload;
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use cases::{Case, Outcome};
+pub use compile::{Policy, RuleMeta};
+pub use eval::{
+    authorize, Decision, AUDIT_MODE, BUILTIN_RULES, CHAPERONE_RESOURCES, DEFAULT_DENY, DISCOVERY,
+    IMPERSONATE, NO_POLICY,
+};
+pub use lint::Warning;
+pub use reload::{Watched, DEFAULT_INTERVAL};
+
+/// The proxy's policy: a watched file, or none configured (then every request is
+/// refused, saying so).
+#[derive(Debug, Clone)]
+pub enum Policies {
+    Watched(Watched),
+    Unconfigured,
+}
+
+impl Policies {
+    /// Decides one request with the policy in force.
+    pub fn authorize(
+        &self,
+        who: &crate::identity::Subject,
+        info: &crate::request_info::RequestInfo,
+        query: Option<&str>,
+    ) -> Decision {
+        match self {
+            Policies::Watched(w) => w.authorize(who, info, query),
+            Policies::Unconfigured => {
+                Decision::no_policy(info, Some("the proxy config has no `policy.file`".into()))
+            }
+        }
+    }
+
+    /// Why the proxy cannot serve as configured (for `/readyz`): no policy in force.
+    pub fn not_ready(&self) -> Option<String> {
+        match self {
+            Policies::Unconfigured => Some("no policy configured (policy.file)".to_owned()),
+            Policies::Watched(w) if w.current().is_none() => Some(format!(
+                "no policy loaded from {}: {}",
+                w.path().display(),
+                w.last_error().unwrap_or_else(|| "not read yet".to_owned())
+            )),
+            Policies::Watched(_) => None,
+        }
+    }
+
+    /// A problem that does not stop serving: the last reload failed, the previous
+    /// policy stays in force.
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            Policies::Watched(w) if w.current().is_some() => w
+                .last_error()
+                .map(|e| format!("policy reload failed, the previous policy stays in force: {e}")),
+            _ => None,
+        }
+    }
+
+    /// (policies put in force, failed loads), for metrics.
+    pub fn counts(&self) -> (u64, u64) {
+        match self {
+            Policies::Watched(w) => (w.reloads(), w.failures()),
+            Policies::Unconfigured => (0, 0),
+        }
+    }
+}
+
+/// What a rule (and a decision) does with a request. Ordered by restrictiveness, so that
+/// `max` picks the winner: allow < approve < deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Approve,
+    Deny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Approve => "approve",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a decision is carried out (`enforce`) or only reported (`audit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        })
+    }
+}
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read policy file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `message` starts with the field's path, e.g. `spec.rules[2].verbs[0]: unknown verb`.
+    #[error("{origin}:{line}:{column}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Parses, validates, compiles and lints a policy. `origin` names it in errors and warnings
+/// (a file path, usually).
+pub fn parse(text: &str, origin: &str) -> Result<(Policy, Vec<Warning>)> {
+    let doc: model::Document = serde_yaml::from_str(text).map_err(|e| yaml_error(&e, origin))?;
+    let policy = compile::compile(doc, text, origin)?;
+    let warnings = lint::lint(&policy);
+    Ok((policy, warnings))
+}
+
+/// Reads and [`parse`]s a policy file.
+pub fn load(path: &Path) -> Result<(Policy, Vec<Warning>)> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// serde_yaml says `path: message at line L column C`; the position moves to the front.
+fn yaml_error(e: &serde_yaml::Error, origin: &str) -> Error {
+    let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let text = e.to_string();
+    let message = match text.rfind(" at line ") {
+        Some(i) if e.location().is_some() => text[..i].to_owned(),
+        _ => text,
+    };
+    Error::Invalid {
+        origin: origin.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,452 @@
+//! Table tests of the policy engine: precedence, audit mode, built-ins, commands, decisions'
+//! words. RBAC matching, errors and lint, and reload have their own files below.
+
+use super::*;
+use crate::identity::Subject;
+use crate::request_info::RequestInfo;
+
+mod errors;
+mod rbac;
+mod reload;
+
+pub(super) const HEADER: &str =
+    "apiVersion: chaperone.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: test\nspec:\n";
+
+/// A policy from the YAML of `spec` (indented by two spaces).
+pub(super) fn policy(spec: &str) -> Policy {
+    let text = format!("{HEADER}{spec}");
+    match parse(&text, "test.yaml") {
+        Ok((policy, _)) => policy,
+        Err(e) => panic!("{e}\n{text}"),
+    }
+}
+
+pub(super) fn who(user: &str, groups: &[&str]) -> Subject {
+    Subject {
+        user: user.into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        ..Subject::default()
+    }
+}
+
+/// A resource request: verb, group, `resource[/subresource]`, namespace, name.
+pub(super) fn res(
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> RequestInfo {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    RequestInfo {
+        is_resource_request: true,
+        verb: verb.into(),
+        api_group: group.into(),
+        resource: resource.into(),
+        subresource: subresource.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        ..RequestInfo::default()
+    }
+}
+
+pub(super) fn non(verb: &str, path: &str) -> RequestInfo {
+    RequestInfo {
+        verb: verb.into(),
+        path: path.into(),
+        ..RequestInfo::default()
+    }
+}
+
+/// `(action, rule)` of the reported verdict.
+fn decide(p: &Policy, who: &Subject, info: &RequestInfo, query: Option<&str>) -> (Action, String) {
+    let d = authorize(p, who, info, query);
+    (d.action(), d.rule().to_owned())
+}
+
+const PRECEDENCE: &str = r#"
+  rules:
+  - name: dev-read
+    subjects: {groups: [dev]}
+    apiGroups: ["", apps]
+    resources: ["*"]
+    verbs: [get, list, watch]
+    namespaces: [team-*]
+    action: allow
+  - name: dev-write
+    subjects: {groups: [dev]}
+    apiGroups: [apps]
+    resources: [deployments, deployments/scale]
+    verbs: ["*"]
+    namespaces: [team-*]
+    action: allow
+  - name: approve-deletes
+    subjects: {groups: ["*"]}
+    apiGroups: ["*"]
+    resources: ["*"]
+    verbs: [delete, deletecollection]
+    action: approve
+    approval: {hold: 2m, approvers: 2, breakGlassGroups: [sre]}
+  - name: no-secrets
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [secrets]
+    verbs: ["*"]
+    action: deny
+  - name: no-secrets-again
+    subjects: {groups: [dev]}
+    apiGroups: [""]
+    resources: [secrets]
+    verbs: [get]
+    action: deny
+  - name: bob-reads-config
+    subjects: {users: [bob], serviceAccounts: [ci/deployer]}
+    apiGroups: [""]
+    resources: [configmaps]
+    resourceNames: [app-config]
+    verbs: [get, update]
+    namespaces: [default, <cluster>]
+    action: allow
+"#;
+
+#[test]
+fn the_most_restrictive_rule_wins() {
+    let p = policy(PRECEDENCE);
+    let dev = who("alice", &["dev"]);
+    let bob = who("bob", &[]);
+    let sa = who("system:serviceaccount:ci:deployer", &[]);
+    let mallory = who("mallory", &[]);
+    #[rustfmt::skip]
+    let cases: Vec<(&Subject, RequestInfo, Action, &str)> = vec![
+        // allows, by namespace glob
+        (&dev, res("get", "", "pods", "team-a", "web"), Action::Allow, "dev-read"),
+        (&dev, res("list", "apps", "deployments", "team-b", ""), Action::Allow, "dev-read"),
+        (&dev, res("patch", "apps", "deployments", "team-b", "web"), Action::Allow, "dev-write"),
+        (&dev, res("update", "apps", "deployments/scale", "team-b", "web"), Action::Allow, "dev-write"),
+        // outside the glob, or across namespaces: default deny
+        (&dev, res("get", "", "pods", "default", "web"), Action::Deny, DEFAULT_DENY),
+        (&dev, res("list", "", "pods", "", ""), Action::Deny, DEFAULT_DENY),
+        (&dev, res("update", "apps", "deployments/status", "team-b", "web"), Action::Deny, DEFAULT_DENY),
+        // approve beats allow
+        (&dev, res("delete", "apps", "deployments", "team-a", "web"), Action::Approve, "approve-deletes"),
+        (&bob, res("delete", "", "pods", "x", "web"), Action::Approve, "approve-deletes"),
+        // deny beats allow and approve; the first deny in the file is named
+        (&dev, res("get", "", "secrets", "team-a", "db"), Action::Deny, "no-secrets"),
+        (&dev, res("delete", "", "secrets", "team-a", "db"), Action::Deny, "no-secrets"),
+        (&bob, res("list", "", "secrets", "", ""), Action::Deny, "no-secrets"),
+        // resourceNames, service accounts and <cluster>
+        (&bob, res("get", "", "configmaps", "default", "app-config"), Action::Allow, "bob-reads-config"),
+        (&bob, res("get", "", "configmaps", "", "app-config"), Action::Allow, "bob-reads-config"),
+        (&bob, res("get", "", "configmaps", "default", "other"), Action::Deny, DEFAULT_DENY),
+        (&bob, res("get", "", "configmaps", "kube-system", "app-config"), Action::Deny, DEFAULT_DENY),
+        (&bob, res("list", "", "configmaps", "default", ""), Action::Deny, DEFAULT_DENY),
+        (&sa, res("update", "", "configmaps", "default", "app-config"), Action::Allow, "bob-reads-config"),
+        (&mallory, res("get", "", "configmaps", "default", "app-config"), Action::Deny, DEFAULT_DENY),
+    ];
+    for (who, info, action, rule) in cases {
+        assert_eq!(
+            decide(&p, who, &info, None),
+            (action, rule.to_owned()),
+            "{who:?} {info:?}"
+        );
+    }
+    let d = authorize(&p, &dev, &res("delete", "", "pods", "team-a", "web"), None);
+    let approval = d.approval().expect("approve decision carries its settings");
+    assert_eq!(approval.hold.0, std::time::Duration::from_secs(120));
+    assert_eq!(approval.grant.0, model::DEFAULT_GRANT);
+    assert_eq!(approval.approvers.get(), 2);
+    assert_eq!(approval.break_glass_groups[0].0, "sre");
+}
+
+#[test]
+fn audit_mode_reports_without_enforcing() {
+    let p = policy(
+        r#"
+  rules:
+  - name: read
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [pods, secrets]
+    verbs: [get]
+    action: allow
+  - name: trial-deny-secrets
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [secrets]
+    verbs: [get]
+    action: deny
+    mode: audit
+  - name: trial-approve-configmaps
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [configmaps]
+    verbs: [get]
+    action: approve
+    mode: audit
+"#,
+    );
+    let u = who("u", &[]);
+    // An audit-mode deny over an allow: reported, not enforced.
+    let d = authorize(&p, &u, &res("get", "", "secrets", "ns", "s"), None);
+    assert_eq!(
+        (d.action(), d.rule(), d.enforced()),
+        (Action::Deny, "trial-deny-secrets", false)
+    );
+    assert_eq!((d.applied(), d.applied_rule()), (Action::Allow, "read"));
+    assert_eq!(
+        d.to_string(),
+        "[audit mode, not enforced] rule \"trial-deny-secrets\" denies get on secrets \"s\" in namespace ns; \
+         applied instead: rule \"read\" allows get on secrets \"s\" in namespace ns"
+    );
+    // An audit-mode rule never lifts the default deny.
+    let d = authorize(&p, &u, &res("get", "", "configmaps", "ns", "c"), None);
+    assert_eq!(
+        (d.action(), d.rule(), d.enforced(), d.applied()),
+        (Action::Deny, DEFAULT_DENY, true, Action::Deny)
+    );
+    // Enforced rules alone: plain.
+    let d = authorize(&p, &u, &res("get", "", "pods", "ns", "p"), None);
+    assert_eq!(
+        (d.action(), d.enforced(), d.applied()),
+        (Action::Allow, true, Action::Allow)
+    );
+
+    // A whole policy in audit mode: everything proceeds, and says what would have happened.
+    let p = policy("  mode: audit\n  rules:\n  - name: deny-pods\n    subjects: {users: [\"*\"]}\n    apiGroups: [\"\"]\n    resources: [pods]\n    verbs: [\"*\"]\n    action: deny\n  - name: enforced-deny\n    subjects: {users: [\"*\"]}\n    apiGroups: [\"\"]\n    resources: [nodes]\n    verbs: [\"*\"]\n    action: deny\n    mode: enforce\n");
+    let d = authorize(&p, &u, &res("get", "", "pods", "ns", "p"), None);
+    assert_eq!(
+        (d.action(), d.rule(), d.enforced(), d.applied()),
+        (Action::Deny, "deny-pods", false, Action::Allow)
+    );
+    assert_eq!(d.applied_rule(), AUDIT_MODE);
+    let d = authorize(&p, &u, &res("get", "", "services", "ns", "p"), None);
+    assert_eq!(
+        (d.action(), d.rule(), d.enforced(), d.applied()),
+        (Action::Deny, DEFAULT_DENY, false, Action::Allow)
+    );
+    assert!(d.to_string().ends_with("; the request proceeds"), "{d}");
+    let d = authorize(&p, &u, &res("get", "", "nodes", "", "n"), None);
+    assert_eq!(
+        (d.action(), d.enforced(), d.applied()),
+        (Action::Deny, true, Action::Deny)
+    );
+}
+
+#[test]
+fn builtins() {
+    let allow_all = r#"
+  rules:
+  - name: everything
+    subjects: {users: ["*"]}
+    apiGroups: ["*"]
+    resources: ["*"]
+    verbs: ["*"]
+    action: allow
+  - name: all-urls
+    subjects: {users: ["*"]}
+    nonResourceURLs: ["*"]
+    verbs: ["*"]
+    action: allow
+"#;
+    let p = policy(allow_all);
+    let u = who("u", &[]);
+    #[rustfmt::skip]
+    let cases = [
+        (res("get", "chaperone.dev", "accessrequests", "ns", "x"), Action::Deny, CHAPERONE_RESOURCES),
+        (res("update", "chaperone.dev", "accessrequests/status", "ns", "x"), Action::Deny, CHAPERONE_RESOURCES),
+        (res("list", "sub.chaperone.dev", "things", "", ""), Action::Deny, CHAPERONE_RESOURCES),
+        (res("impersonate", "", "users", "", "admin"), Action::Deny, IMPERSONATE),
+        (res("impersonate", "", "serviceaccounts", "ns", "x"), Action::Deny, IMPERSONATE),
+        (res("get", "", "pods", "ns", "x"), Action::Allow, "everything"),
+        (non("get", "/apis"), Action::Allow, "all-urls"),
+    ];
+    for (info, action, rule) in cases {
+        assert_eq!(
+            decide(&p, &u, &info, None),
+            (action, rule.to_owned()),
+            "{info:?}"
+        );
+    }
+
+    // Discovery without rules; not with other verbs or paths; a rule may deny it.
+    let p = policy("  rules: []\n");
+    #[rustfmt::skip]
+    let cases = [
+        ("/api", true), ("/api/", true), ("/api/v1", true), ("/apis", true), ("/apis/apps", true),
+        ("/apis/apps/v1", true), ("/apis/chaperone.dev/v1alpha1", true), ("/version", true),
+        ("/version/", true), ("/openapi/v2", true), ("/openapi/v3/apis/apps/v1", true),
+        ("/openapi", false), ("/version/x", false), ("/healthz", false), ("/", false), ("/metrics", false),
+    ];
+    for (path, allowed) in cases {
+        let want = if allowed {
+            (Action::Allow, DISCOVERY)
+        } else {
+            (Action::Deny, DEFAULT_DENY)
+        };
+        assert_eq!(
+            decide(&p, &u, &non("get", path), None),
+            (want.0, want.1.to_owned()),
+            "{path}"
+        );
+    }
+    assert_eq!(decide(&p, &u, &non("post", "/apis"), None).0, Action::Deny);
+    let p = policy("  rules:\n  - name: no-openapi\n    subjects: {users: [\"*\"]}\n    nonResourceURLs: [/openapi/*]\n    verbs: [get]\n    action: deny\n");
+    assert_eq!(
+        decide(&p, &u, &non("get", "/openapi/v2"), None),
+        (Action::Deny, "no-openapi".into())
+    );
+    assert_eq!(
+        decide(&p, &u, &non("get", "/apis"), None),
+        (Action::Allow, DISCOVERY.into())
+    );
+}
+
+#[test]
+fn exec_commands() {
+    let p = policy(
+        r#"
+  rules:
+  - name: diagnostics
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [pods/exec]
+    verbs: [get, create]
+    commands:
+    - [ps, "**"]
+    - [ls, "*"]
+    - [cat, /etc/os-release]
+    - [cat, /etc/*.conf]
+    action: allow
+"#,
+    );
+    let u = who("u", &[]);
+    let exec = res("create", "", "pods/exec", "ns", "web");
+    #[rustfmt::skip]
+    let cases = [
+        ("command=ps", Action::Allow),
+        ("command=ps&command=aux&container=app&stdout=true", Action::Allow),
+        ("command=ls&command=%2Ftmp", Action::Allow),
+        ("command=ls", Action::Deny),
+        ("command=ls&command=a&command=b", Action::Deny),
+        ("command=cat&command=%2Fetc%2Fos-release", Action::Allow),
+        ("command=cat&command=/etc/resolv.conf", Action::Allow),
+        ("command=cat&command=/etc/../var/run/secrets/kubernetes.io/serviceaccount/token", Action::Deny),
+        ("command=cat&command=/etc/shadow", Action::Deny),
+        ("command=sh", Action::Deny),
+        ("command=%2Fbin%2Fsh&command=-c&command=ps", Action::Deny),
+        ("command=sh&command=-c&command=ps", Action::Deny),
+        ("", Action::Deny),
+    ];
+    for (query, want) in cases {
+        assert_eq!(decide(&p, &u, &exec, Some(query)).0, want, "{query}");
+    }
+    // Commands do not widen the rule to other subresources.
+    assert_eq!(
+        decide(
+            &p,
+            &u,
+            &res("create", "", "pods/attach", "ns", "web"),
+            Some("command=ps")
+        )
+        .0,
+        Action::Deny
+    );
+}
+
+#[test]
+fn decisions_explain_themselves() {
+    let p = policy(PRECEDENCE);
+    let dev = who("alice", &["dev"]);
+    let d = authorize(&p, &dev, &res("get", "", "secrets", "default", ""), None);
+    assert_eq!(
+        d.reason().to_string(),
+        "rule \"no-secrets\" denies get on secrets in namespace default"
+    );
+    let s = d.status();
+    assert_eq!((s.code, s.reason), (403, "Forbidden"));
+    assert_eq!(
+        s.message,
+        "forbidden by chaperone policy \"test\": rule \"no-secrets\" denies get on secrets in namespace default"
+    );
+    let d = authorize(
+        &p,
+        &dev,
+        &res("delete", "apps", "deployments", "team-a", "web"),
+        None,
+    );
+    assert_eq!(
+        d.status().message,
+        "approval required: rule \"approve-deletes\" requires approval for delete on deployments.apps \"web\" in namespace team-a; \
+         chaperone cannot hold requests for approval yet, so the request is refused"
+    );
+    let d = authorize(&p, &dev, &res("list", "", "nodes", "", ""), None);
+    assert_eq!(
+        d.reason().to_string(),
+        "no rule allows list on nodes cluster-wide"
+    );
+    let d = authorize(&p, &dev, &non("get", "/healthz"), None);
+    assert_eq!(d.reason().to_string(), "no rule allows get on /healthz");
+    let d = Decision::no_policy(
+        &res("get", "", "pods", "a", "b"),
+        Some("failed to read policy file /p: gone".into()),
+    );
+    assert_eq!((d.action(), d.rule()), (Action::Deny, NO_POLICY));
+    assert_eq!(
+        d.status().message,
+        "forbidden by chaperone: no policy is loaded, so every request is denied (get on pods \"b\" in namespace a): \
+         failed to read policy file /p: gone"
+    );
+    let long = "x".repeat(1000);
+    let d = authorize(&p, &dev, &res("get", "", "pods", &long, &long), None);
+    assert!(d.reason().to_string().len() < 300);
+}
+
+#[test]
+fn embedded_tests_run() {
+    let text = format!(
+        "{HEADER}{}tests:\n{}",
+        "  rules:\n  - name: read-pods\n    subjects: {groups: [dev]}\n    apiGroups: [\"\"]\n    resources: [pods]\n    verbs: [get]\n    action: allow\n  - name: exec-ps\n    subjects: {groups: [dev]}\n    apiGroups: [\"\"]\n    resources: [pods/exec]\n    verbs: [get, create]\n    commands: [[ps]]\n    action: allow\n",
+        r#"
+- name: dev reads pods
+  subject: {user: a, groups: [dev]}
+  request: {verb: get, resource: pods, namespace: x, name: p}
+  expect: allow
+  rule: read-pods
+- name: dev execs ps
+  subject: {user: a, groups: [dev]}
+  request: {verb: create, resource: pods/exec, namespace: x, name: p, command: [ps]}
+  expect: allow
+- name: dev cannot exec sh
+  subject: {user: a, groups: [dev]}
+  request: {verb: create, resource: pods, subresource: exec, namespace: x, name: p, command: [sh]}
+  expect: deny
+  rule: builtin:default-deny
+- name: discovery by path
+  subject: {serviceAccount: ns/sa}
+  request: GET /apis/apps/v1
+  expect: allow
+  rule: builtin:discovery
+- name: this one fails
+  subject: {user: a, groups: [dev]}
+  request: "GET /api/v1/namespaces/x/pods/p/exec?command=ps"
+  expect: deny
+"#
+    );
+    let (p, _) = parse(&text, "t.yaml").expect("parses");
+    let results: Vec<(String, bool, usize)> = p
+        .run_tests()
+        .into_iter()
+        .map(|o| (o.name, o.passed, o.line))
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("dev reads pods".into(), true, 22),
+            ("dev execs ps".into(), true, 27),
+            ("dev cannot exec sh".into(), true, 31),
+            ("discovery by path".into(), true, 36),
+            // GET on exec (websocket) is verb get: allowed, not the expected deny.
+            ("this one fails".into(), false, 41),
+        ]
+    );
+}

@@ -1,0 +1,222 @@
+//! The policy decides: allowed requests go through, denied ones get a 403 naming the
+//! rule, approve-rules refuse saying approval is needed (until approvals land), audit
+//! mode only records, and a policy edited on disk takes effect without a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{ok, sandbox, Env};
+
+const SANDBOX_POLICY: &str = include_str!("../policies/sandbox.yaml");
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_is_allowed_denied_and_held_as_the_policy_says() {
+    let env = sandbox().policy(SANDBOX_POLICY).with_proxy().start().await;
+
+    let pods = ok(&env.kubectl(&["get", "pods"]).await);
+    assert!(pods.contains("nginx"), "{pods}");
+    let all = ok(&env.kubectl(&["get", "pods", "-A"]).await);
+    assert!(
+        all.contains("kube-system"),
+        "lists across namespaces: {all}"
+    );
+    assert_eq!(
+        ok(&env.kubectl(&["exec", "nginx", "--", "echo", "hi"]).await).trim(),
+        "hi"
+    );
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["delete", "pod", "nginx"],
+            "Error from server (Forbidden): forbidden by chaperone policy \"sandbox-mcp-server\": rule \"no-pod-deletes\" denies delete on pods \"nginx\" in namespace default",
+        ),
+        (&["exec", "nginx", "--", "sh", "-c", "id"], "no rule allows"),
+        (&["get", "configmaps", "-n", "kube-system"], "rule \"hands-off-kube-system\" denies list on configmaps"),
+        (
+            &["create", "rolebinding", "agent-admin", "--clusterrole=admin", "--user=agent"],
+            "approval required: rule \"rbac-needs-approval\"",
+        ),
+    ];
+    for (args, words) in cases {
+        let out = env.kubectl(args).await;
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
+    }
+    // The pod is still there.
+    ok(&env.kubectl(&["get", "pod", "nginx"]).await);
+
+    // The audit trail names the rule of each decision.
+    let _dir = env.stop().await;
+    let audit = std::fs::read_to_string(_dir.path().join("sandbox/audit.jsonl")).unwrap();
+    let rule_of = |verb: &str, resource: &str| -> Vec<String> {
+        audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["annotations"]["chaperone.dev/decision"].as_str().unwrap(),
+                    e["annotations"]["chaperone.dev/rule"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(rule_of("delete", "pods"), ["deny no-pod-deletes"]);
+    assert_eq!(
+        rule_of("create", "rolebindings"),
+        ["approve rbac-needs-approval"]
+    );
+}
+
+const DENY_CONFIGMAPS: &str = "apiVersion: chaperone.dev/v1alpha1
+kind: Policy
+metadata: {name: v1}
+spec:
+  rules:
+  - name: pods-only
+    subjects: {serviceAccounts: [default/mcp-server]}
+    apiGroups: [\"\"]
+    resources: [pods]
+    verbs: [list]
+    action: allow
+";
+
+/// Swaps the policy like the kubelet updates a ConfigMap volume: a new timestamped
+/// directory, then an atomic rename of the `..data` symlink.
+fn swap_configmap(dir: &std::path::Path, generation: u32, text: &str) {
+    let data = dir.join(format!("..2026_11_25_{generation}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("policy.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(data.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+async fn wait_for(env: &Env, path: &str, code: u16) {
+    let client = env.client(false);
+    let url = format!("{}{path}", env.proxy_url());
+    let reached = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if client.get(&url, &[]).await.status.as_u16() == code {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "{path} never answered {code}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_swapped_in_a_configmap_volume_takes_effect_and_a_bad_one_is_kept_out() {
+    let mount = tempfile::tempdir().unwrap();
+    swap_configmap(mount.path(), 1, DENY_CONFIGMAPS);
+    std::os::unix::fs::symlink("..data/policy.yaml", mount.path().join("policy.yaml")).unwrap();
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "policy: {{file: {}, reloadInterval: 50ms}}\n",
+            mount.path().join("policy.yaml").display()
+        ))
+        .start()
+        .await;
+    let configmaps = "/api/v1/namespaces/default/configmaps";
+    wait_for(&env, configmaps, 403).await;
+
+    swap_configmap(
+        mount.path(),
+        2,
+        &DENY_CONFIGMAPS.replace("[pods]", "[pods, configmaps]"),
+    );
+    wait_for(&env, configmaps, 200).await;
+
+    // A broken edit: the last good policy stays, and /readyz says why.
+    swap_configmap(mount.path(), 3, "apiVersion: chaperone.dev/v1alpha1\nkind: Policy\nspec: {rules: [{name: x, verbz: [get]}]}\n");
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let warned = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (code, body) = support::http_get(admin, "/readyz").await;
+            if body.contains("policy reload failed") {
+                return (code, body);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .expect("/readyz reports the failed reload");
+    assert_eq!(warned.0, 200, "still ready: {}", warned.1);
+    assert!(warned.1.contains("verbz"), "{}", warned.1);
+    wait_for(&env, configmaps, 200).await;
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("chaperone_policy_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_policy_everything_is_refused_until_one_appears() {
+    let env = sandbox()
+        .with_proxy_config("policy: {file: absent/policy.yaml, reloadInterval: 50ms}\n")
+        .start_unready()
+        .await;
+    let client = env.client(false);
+    let reply = client
+        .get(
+            &format!("{}/api/v1/namespaces/default/pods", env.proxy_url()),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 403);
+    let message = reply.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("no policy is loaded"), "{message}");
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let (code, body) = support::http_get(admin, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("no policy loaded"), "{body}");
+
+    std::fs::create_dir_all(env.dir.path().join("absent")).unwrap();
+    std::fs::write(
+        env.dir.path().join("absent/policy.yaml"),
+        support::ALLOW_ALL,
+    )
+    .unwrap();
+    wait_for(&env, "/api/v1/namespaces/default/pods", 200).await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_records_what_it_would_deny_and_lets_it_through() {
+    let audit_policy = DENY_CONFIGMAPS.replace("spec:\n", "spec:\n  mode: audit\n");
+    let env = sandbox().policy(&audit_policy).with_proxy().start().await;
+    let reply = env
+        .client(false)
+        .get(
+            &format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url()),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    let dir = env.stop().await;
+    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
+    let event: serde_json::Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["objectRef"]["resource"] == "configmaps")
+        .unwrap();
+    let notes = &event["annotations"];
+    assert_eq!(notes["chaperone.dev/decision"], "allow");
+    assert_eq!(notes["chaperone.dev/mode"], "audit");
+    let reason = notes["chaperone.dev/reason"].as_str().unwrap();
+    assert!(
+        reason.contains("audit mode, not enforced") && reason.contains("no rule allows"),
+        "{reason}"
+    );
+}

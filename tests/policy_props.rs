@@ -1,0 +1,409 @@
+//! Properties of evaluation on random policies and requests: the indexed engine agrees with a
+//! naive linear scan written from the documented semantics, and a deny rule never loosens.
+
+use chaperone::identity::Subject;
+use chaperone::policy::{self, Action};
+use chaperone::request_info::RequestInfo;
+use proptest::prelude::*;
+use proptest::sample::{select, subsequence};
+
+/// A generated rule, kept as data for the reference implementation.
+#[derive(Debug, Clone)]
+struct Rule {
+    users: Vec<&'static str>,
+    groups: Vec<&'static str>,
+    api_groups: Vec<&'static str>,
+    resources: Vec<&'static str>,
+    urls: Vec<&'static str>,
+    names: Vec<&'static str>,
+    namespaces: Option<Vec<&'static str>>,
+    commands: Option<Vec<Vec<&'static str>>>,
+    verbs: Vec<&'static str>,
+    action: Action,
+    mode: Option<policy::Mode>,
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    who: Subject,
+    info: RequestInfo,
+    query: Option<&'static str>,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    select(vec![Action::Allow, Action::Approve, Action::Deny])
+}
+
+fn mode() -> impl Strategy<Value = Option<policy::Mode>> {
+    select(vec![
+        None,
+        None,
+        Some(policy::Mode::Enforce),
+        Some(policy::Mode::Audit),
+    ])
+}
+
+fn some<T: Clone + std::fmt::Debug + 'static>(pool: Vec<T>) -> impl Strategy<Value = Vec<T>> {
+    let n = pool.len();
+    subsequence(pool, 1..=n)
+}
+
+fn rule() -> impl Strategy<Value = Rule> {
+    let subjects = (
+        subsequence(vec!["alice", "bob", "*"], 0..=2),
+        subsequence(vec!["dev", "ops", "*"], 0..=2),
+    )
+        .prop_filter("a subject", |(u, g)| !u.is_empty() || !g.is_empty());
+    let resources = (
+        some(vec!["", "apps", "*"]),
+        some(vec![
+            "pods",
+            "pods/exec",
+            "pods/log",
+            "secrets",
+            "deployments",
+            "deployments/scale",
+            "*",
+            "*/scale",
+        ]),
+        subsequence(vec!["a", "b"], 0..=2),
+        prop::option::of(some(vec!["default", "team-*", "team-a", "<cluster>", "*"])),
+        some(vec!["get", "list", "create", "delete", "*"]),
+        prop::bool::weighted(0.2),
+    );
+    let urls = (
+        some(vec!["/healthz", "/api", "/logs/*", "*"]),
+        some(vec!["get", "post", "*"]),
+    );
+    (
+        subjects,
+        prop::bool::weighted(0.2),
+        resources,
+        urls,
+        action(),
+        mode(),
+    )
+        .prop_map(
+            |(
+                (users, groups),
+                non_resource,
+                (api_groups, resources, names, namespaces, mut verbs, exec),
+                (urls, url_verbs),
+                action,
+                mode,
+            )| {
+                let mut r = Rule {
+                    users,
+                    groups,
+                    api_groups,
+                    resources,
+                    urls: vec![],
+                    names,
+                    namespaces,
+                    commands: None,
+                    verbs: url_verbs,
+                    action,
+                    mode,
+                };
+                if non_resource {
+                    r.urls = urls;
+                    r.api_groups.clear();
+                    r.resources.clear();
+                    r.names.clear();
+                    r.namespaces = None;
+                    return r;
+                }
+                if !r.names.is_empty() && !verbs.iter().any(|v| *v != "create") {
+                    verbs.push("get");
+                }
+                r.verbs = verbs;
+                if exec {
+                    r.api_groups = vec![""];
+                    r.resources = vec!["pods/exec"];
+                    r.commands = Some(vec![vec!["ps", "**"], vec!["ls"]]);
+                }
+                r
+            },
+        )
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    let who = (
+        select(vec!["alice", "bob", "carol"]),
+        subsequence(vec!["dev", "ops", "qa"], 0..=3),
+    );
+    let resource = (
+        select(vec![
+            "get",
+            "list",
+            "create",
+            "delete",
+            "watch",
+            "impersonate",
+            "",
+        ]),
+        select(vec!["", "apps", "batch"]),
+        select(vec!["pods", "secrets", "deployments", "nodes"]),
+        select(vec!["", "", "exec", "log", "scale", "status"]),
+        select(vec!["", "default", "team-a", "team-b", "prod"]),
+        select(vec!["", "a", "b", "c"]),
+    );
+    let non = (
+        select(vec!["get", "post"]),
+        select(vec![
+            "/healthz",
+            "/api",
+            "/logs/x",
+            "/metrics",
+            "/apis/apps",
+        ]),
+    );
+    let query = select(vec![
+        None,
+        Some("command=ps&command=aux"),
+        Some("command=sh"),
+        Some("command=ls"),
+    ]);
+    (who, prop::bool::weighted(0.8), resource, non, query).prop_map(
+        |((user, groups), is_resource, r, n, query)| {
+            let info = if is_resource {
+                RequestInfo {
+                    is_resource_request: true,
+                    verb: r.0.into(),
+                    api_group: r.1.into(),
+                    resource: r.2.into(),
+                    subresource: r.3.into(),
+                    namespace: r.4.into(),
+                    name: r.5.into(),
+                    ..RequestInfo::default()
+                }
+            } else {
+                RequestInfo {
+                    verb: n.0.into(),
+                    path: n.1.into(),
+                    ..RequestInfo::default()
+                }
+            };
+            let who = Subject {
+                user: user.into(),
+                groups: groups.into_iter().map(str::to_owned).collect(),
+                ..Subject::default()
+            };
+            Request { who, info, query }
+        },
+    )
+}
+
+fn yaml(policy_mode: policy::Mode, rules: &[Rule]) -> String {
+    let list = |v: &[&str]| serde_json::to_string(v).expect("json");
+    let mut out = format!("apiVersion: chaperone.dev/v1alpha1\nkind: Policy\nmetadata: {{name: random}}\nspec:\n  mode: {policy_mode}\n  rules:\n");
+    for (i, r) in rules.iter().enumerate() {
+        out += &format!("  - name: r{i}\n    subjects: {{users: {}, groups: {}}}\n    verbs: {}\n    action: {}\n", list(&r.users), list(&r.groups), list(&r.verbs), r.action);
+        if !r.urls.is_empty() {
+            out += &format!("    nonResourceURLs: {}\n", list(&r.urls));
+        } else {
+            out += &format!(
+                "    apiGroups: {}\n    resources: {}\n",
+                list(&r.api_groups),
+                list(&r.resources)
+            );
+        }
+        if !r.names.is_empty() {
+            out += &format!("    resourceNames: {}\n", list(&r.names));
+        }
+        if let Some(ns) = &r.namespaces {
+            out += &format!("    namespaces: {}\n", list(ns));
+        }
+        if let Some(commands) = &r.commands {
+            out += &format!(
+                "    commands: {}\n",
+                serde_json::to_string(commands).expect("json")
+            );
+        }
+        if let Some(m) = r.mode {
+            out += &format!("    mode: {m}\n");
+        }
+    }
+    out
+}
+
+/// The reference: every rule checked in turn, straight from the documented semantics.
+fn matches(r: &Rule, q: &Request) -> bool {
+    let who = &q.who;
+    let info = &q.info;
+    let subject = r.users.iter().any(|u| *u == "*" || *u == who.user)
+        || r.groups
+            .iter()
+            .any(|g| *g == "*" || who.groups.iter().any(|wg| wg == g));
+    let verb = r.verbs.iter().any(|v| *v == "*" || *v == info.verb);
+    if !subject || !verb {
+        return false;
+    }
+    if !info.is_resource_request {
+        return r.urls.iter().any(|u| {
+            *u == "*"
+                || *u == info.path
+                || u.strip_suffix('*')
+                    .is_some_and(|p| info.path.starts_with(p))
+        });
+    }
+    if !r.urls.is_empty() {
+        return false;
+    }
+    let combined = if info.subresource.is_empty() {
+        info.resource.clone()
+    } else {
+        format!("{}/{}", info.resource, info.subresource)
+    };
+    let group = r
+        .api_groups
+        .iter()
+        .any(|g| *g == "*" || *g == info.api_group);
+    let resource = r.resources.iter().any(|x| {
+        *x == "*"
+            || *x == combined
+            || (!info.subresource.is_empty() && *x == format!("*/{}", info.subresource))
+    });
+    let name = r.names.is_empty() || r.names.contains(&info.name.as_str());
+    let ns = &info.namespace;
+    let namespace = r.namespaces.as_ref().is_none_or(|list| {
+        list.iter().any(|p| match *p {
+            "*" => true,
+            "<cluster>" => ns.is_empty(),
+            "team-*" => ns.starts_with("team-"),
+            exact => exact == ns,
+        })
+    });
+    let argv: Vec<&str> = q
+        .query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("command="))
+        .collect();
+    let command = r.commands.as_ref().is_none_or(|patterns| {
+        patterns.iter().any(|p| match p.last() {
+            Some(&"**") => {
+                argv.len() >= p.len() - 1 && argv.iter().zip(&p[..p.len() - 1]).all(|(a, b)| a == b)
+            }
+            _ => argv.len() == p.len() && argv.iter().zip(p).all(|(a, b)| a == b),
+        })
+    });
+    group && resource && name && namespace && command
+}
+
+/// (reported action, reported rule, enforced, applied action, applied rule)
+type Outcome = (Action, String, bool, Action, String);
+
+fn reference(policy_mode: policy::Mode, rules: &[Rule], q: &Request) -> Outcome {
+    if q.info.verb == "impersonate" {
+        return (
+            Action::Deny,
+            policy::IMPERSONATE.into(),
+            true,
+            Action::Deny,
+            policy::IMPERSONATE.into(),
+        );
+    }
+    let best = |mode: policy::Mode| {
+        let mut best: Option<(Action, usize)> = None;
+        for (i, r) in rules.iter().enumerate() {
+            if r.mode.unwrap_or(policy_mode) == mode
+                && matches(r, q)
+                && best.is_none_or(|(a, _)| r.action > a)
+            {
+                best = Some((r.action, i));
+            }
+        }
+        best.map(|(a, i)| (a, format!("r{i}")))
+    };
+    let discovery = !q.info.is_resource_request
+        && q.info.verb == "get"
+        && ["/api", "/apis/apps"].contains(&q.info.path.as_str());
+    let enforced = best(policy::Mode::Enforce)
+        .or_else(|| discovery.then(|| (Action::Allow, policy::DISCOVERY.to_owned())));
+    let audited = best(policy::Mode::Audit);
+    match (enforced, audited) {
+        (Some(e), Some(a)) if a.0 > e.0 => (a.0, a.1, false, e.0, e.1),
+        (Some(e), _) => (e.0, e.1.clone(), true, e.0, e.1),
+        (None, _) if policy_mode == policy::Mode::Enforce => (
+            Action::Deny,
+            policy::DEFAULT_DENY.into(),
+            true,
+            Action::Deny,
+            policy::DEFAULT_DENY.into(),
+        ),
+        (None, a) => {
+            let (action, rule) = a.unwrap_or((Action::Deny, policy::DEFAULT_DENY.into()));
+            (
+                action,
+                rule,
+                false,
+                Action::Allow,
+                policy::AUDIT_MODE.into(),
+            )
+        }
+    }
+}
+
+fn engine(p: &policy::Policy, q: &Request) -> Outcome {
+    let d = policy::authorize(p, &q.who, &q.info, q.query);
+    (
+        d.action(),
+        d.rule().to_owned(),
+        d.enforced(),
+        d.applied(),
+        d.applied_rule().to_owned(),
+    )
+}
+
+fn compiled(policy_mode: policy::Mode, rules: &[Rule]) -> policy::Policy {
+    let text = yaml(policy_mode, rules);
+    match policy::parse(&text, "random.yaml") {
+        Ok((p, _)) => p,
+        Err(e) => panic!("{e}\n{text}"),
+    }
+}
+
+fn policy_mode() -> impl Strategy<Value = policy::Mode> {
+    select(vec![
+        policy::Mode::Enforce,
+        policy::Mode::Enforce,
+        policy::Mode::Audit,
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn index_agrees_with_a_linear_scan(
+        policy_mode in policy_mode(),
+        rules in prop::collection::vec(rule(), 0..12),
+        requests in prop::collection::vec(request(), 1..16),
+    ) {
+        let p = compiled(policy_mode, &rules);
+        for q in &requests {
+            prop_assert_eq!(engine(&p, q), reference(policy_mode, &rules, q), "{:?}", q);
+        }
+    }
+
+    #[test]
+    fn a_deny_rule_never_loosens(
+        policy_mode in policy_mode(),
+        rules in prop::collection::vec(rule(), 0..10),
+        mut deny in rule(),
+        at in any::<prop::sample::Index>(),
+        requests in prop::collection::vec(request(), 1..16),
+    ) {
+        deny.action = Action::Deny;
+        let before = compiled(policy_mode, &rules);
+        let mut more = rules.clone();
+        more.insert(at.index(rules.len() + 1), deny);
+        let after = compiled(policy_mode, &more);
+        for q in &requests {
+            let (was, now) = (engine(&before, q), engine(&after, q));
+            prop_assert!(now.3 >= was.3, "applied {:?} became {:?} for {:?}", was, now, q);
+            prop_assert!(was.3 != Action::Deny || now.3 == Action::Deny);
+        }
+    }
+}
