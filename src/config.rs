@@ -116,6 +116,21 @@ pub struct Audit {
     pub queue: usize,
     #[serde(default)]
     pub overflow: crate::audit::Overflow,
+    /// An OpenTelemetry Collector (OTLP/gRPC) receiving a span and a log record per
+    /// request.
+    pub otlp: Option<Otlp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Otlp {
+    /// `http://otel-collector.observability:4317`, or `https://...` with `caFile`.
+    pub endpoint: String,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_otlp_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_otlp_batch")]
+    pub batch: usize,
 }
 
 impl Default for Audit {
@@ -127,12 +142,33 @@ impl Default for Audit {
             fsync: Default::default(),
             queue: DEFAULT_AUDIT_QUEUE,
             overflow: Default::default(),
+            otlp: None,
         }
     }
 }
 
 impl Audit {
-    pub fn settings(&self) -> crate::audit::Settings {
+    /// The recorder's settings; `env` supplies the pod identity (downward API env) for
+    /// the OTLP resource.
+    pub fn settings(&self, env: &dyn Fn(&str) -> Option<String>) -> crate::audit::Settings {
+        let mut resource = vec![
+            ("service.name".to_owned(), "chaperone".to_owned()),
+            (
+                "service.version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ),
+        ];
+        for (var, attribute) in [
+            ("POD_NAME", "k8s.pod.name"),
+            ("POD_NAMESPACE", "k8s.namespace.name"),
+            ("POD_UID", "k8s.pod.uid"),
+            ("NODE_NAME", "k8s.node.name"),
+            ("SERVICE_ACCOUNT", "k8s.serviceaccount.name"),
+        ] {
+            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+                resource.push((attribute.to_owned(), value));
+            }
+        }
         crate::audit::Settings {
             file: Some(self.file.clone().unwrap_or_else(|| "-".into())),
             max_size: self.max_size,
@@ -140,6 +176,13 @@ impl Audit {
             fsync: self.fsync,
             queue: self.queue,
             overflow: self.overflow,
+            otlp: self.otlp.as_ref().map(|o| crate::audit::otlp::Settings {
+                endpoint: o.endpoint.clone(),
+                ca_file: o.ca_file.clone(),
+                timeout: o.timeout,
+                batch: o.batch,
+                resource,
+            }),
         }
     }
 }
@@ -268,6 +311,12 @@ fn default_audit_max_files() -> u32 {
 }
 fn default_audit_queue() -> usize {
     DEFAULT_AUDIT_QUEUE
+}
+fn default_otlp_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_otlp_batch() -> usize {
+    512
 }
 
 impl Config {

@@ -106,7 +106,7 @@ pub async fn proxy(
             Policies::Unconfigured
         }
     });
-    let audit = Arc::new(Recorder::start(&config.audit.settings())?);
+    let audit = Arc::new(Recorder::start(&config.audit.settings(env))?);
     let metrics = Arc::new(Metrics::default());
     let proxy = Proxy::new(
         upstream,

@@ -240,6 +240,9 @@ impl Proxy {
         if let Ok(id) = http::HeaderValue::from_str(&trail.audit_id) {
             req.headers_mut().insert(AUDIT_ID, id);
         }
+        if let Ok(tp) = http::HeaderValue::from_str(&trail.traceparent()) {
+            req.headers_mut().insert("traceparent", tp);
+        }
         let streaming = upgrade || info.verb == "watch" || is_follow(&info, req.uri());
 
         // The path authorised above is exactly the path forwarded: the normalised form,

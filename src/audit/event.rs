@@ -17,6 +17,9 @@ pub mod annotation {
     pub const TRACE_ID: &str = "chaperone.dev/trace-id";
     pub const LATENCY_MS: &str = "chaperone.dev/latency-ms";
     pub const ERROR: &str = "chaperone.dev/error";
+    pub const SPAN_ID: &str = "chaperone.dev/span-id";
+    pub const PARENT_SPAN_ID: &str = "chaperone.dev/parent-span-id";
+    pub const METHOD: &str = "chaperone.dev/method";
 }
 
 /// `audit.k8s.io/v1` `Event`.

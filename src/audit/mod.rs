@@ -14,6 +14,7 @@
 
 pub mod event;
 pub mod file;
+pub mod otlp;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Otlp(#[from] otlp::Error),
 }
 
 /// What happens to an event when the queue is full.
@@ -68,6 +71,8 @@ pub struct Settings {
     pub fsync: Fsync,
     pub queue: usize,
     pub overflow: Overflow,
+    /// An OpenTelemetry Collector to ship spans and log records to.
+    pub otlp: Option<otlp::Settings>,
 }
 
 /// Counters the admin port exports.
@@ -76,19 +81,25 @@ pub struct Counters {
     pub recorded: AtomicU64,
     pub dropped: AtomicU64,
     pub failed_writes: AtomicU64,
+    /// Events accepted by the OTLP collector.
+    pub exported: AtomicU64,
+    /// Events in a batch being exported (retried while the collector is down).
+    pub in_flight: AtomicU64,
 }
 
-/// The sending side of the audit queue, shared by every request.
+/// The sending side of the audit queues (one per sink), shared by every request.
 pub struct Recorder {
-    tx: mpsc::Sender<Event>,
+    sinks: Vec<mpsc::Sender<Arc<Event>>>,
     overflow: Overflow,
     pub counters: Arc<Counters>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
+            .field("sinks", &self.sinks.len())
             .field("overflow", &self.overflow)
             .finish_non_exhaustive()
     }
@@ -100,9 +111,14 @@ enum Sink {
 }
 
 impl Recorder {
-    /// Opens the sinks and starts the writer task.
+    /// Opens the sinks and starts one writer task per sink, each behind its own
+    /// bounded queue, so a collector outage does not hold up the local recording.
     pub fn start(settings: &Settings) -> Result<Recorder, Error> {
-        let sink = match &settings.file {
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut sinks = Vec::new();
+        let mut writers = Vec::new();
+        let local = match &settings.file {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(Sink::Stdout),
             Some(path) => Some(Sink::File(
@@ -113,96 +129,104 @@ impl Recorder {
                     })?,
             )),
         };
-        let (tx, rx) = mpsc::channel(settings.queue.max(1));
-        let counters = Arc::new(Counters::default());
-        let writer = tokio::spawn(write_events(rx, sink, counters.clone()));
+        if let Some(sink) = local {
+            let (tx, rx) = mpsc::channel(settings.queue.max(1));
+            sinks.push(tx);
+            writers.push(tokio::spawn(write_events(rx, sink, counters.clone())));
+        }
+        if let Some(otlp) = &settings.otlp {
+            let exporter = otlp::Exporter::new(otlp)?;
+            let (tx, rx) = mpsc::channel(settings.queue.max(1));
+            sinks.push(tx);
+            writers.push(tokio::spawn(export_events(
+                rx,
+                exporter,
+                otlp.batch.max(1),
+                counters.clone(),
+                stop_rx,
+            )));
+        }
         Ok(Recorder {
-            tx,
+            sinks,
             overflow: settings.overflow,
             counters,
-            writer: Mutex::new(Some(writer)),
+            writers: Mutex::new(writers),
+            stop,
         })
     }
 
-    /// Queues one event, waiting for room or dropping it as configured.
+    /// Queues one event for every sink, waiting for room or dropping it as configured.
     pub async fn record(&self, event: Event) {
-        match self.overflow {
-            Overflow::Block => {
-                if self.tx.send(event).await.is_err() {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+        let event = Arc::new(event);
+        for sink in &self.sinks {
+            let sent = match self.overflow {
+                Overflow::Block => sink.send(event.clone()).await.is_ok(),
+                Overflow::Drop => sink.try_send(event.clone()).is_ok(),
+            };
+            if !sent {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            Overflow::Drop => self.try_record(event),
-        }
-    }
-
-    fn try_record(&self, event: Event) {
-        if self.tx.try_send(event).is_err() {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Records from a context that cannot wait (a body being dropped).
     fn record_detached(self: &Arc<Self>, event: Event) {
-        match self.overflow {
-            Overflow::Drop => self.try_record(event),
-            Overflow::Block => match self.tx.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(event)) => {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.record(event).await });
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            },
+        let full = self.sinks.iter().any(|s| s.capacity() == 0);
+        if self.overflow == Overflow::Block && full {
+            let me = self.clone();
+            tokio::spawn(async move { me.record(event).await });
+            return;
+        }
+        let event = Arc::new(event);
+        for sink in &self.sinks {
+            if sink.try_send(event.clone()).is_err() {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Events waiting in the queue.
+    /// Events waiting in the fullest queue.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.sinks
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .max()
+            .unwrap_or(0)
     }
 
-    /// Stops taking events and waits up to `grace` for the queue to drain to the sinks.
+    /// Waits up to `grace` for the queues to drain to the sinks, then stops the writers.
     pub async fn close(&self, grace: Duration) {
-        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(writer) = writer {
-            // The writer ends when every sender is gone; senders live in in-flight
-            // requests too, so bound the wait instead of relying on that.
-            let drained = async {
-                while self.queued() > 0 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            };
-            if tokio::time::timeout(grace, drained).await.is_err() {
-                tracing::warn!(
-                    queued = self.queued(),
-                    "audit queue not drained within the grace period"
-                );
+        let drained = async {
+            while self.queued() > 0 || self.counters.in_flight.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            writer.abort();
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(
+                queued = self.queued(),
+                "audit queue not drained within the grace period"
+            );
+        }
+        self.stop.send_replace(true);
+        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in writers {
+            w.abort();
         }
     }
 }
 
-async fn write_events(
-    mut rx: mpsc::Receiver<Event>,
-    mut sink: Option<Sink>,
-    counters: Arc<Counters>,
-) {
+async fn write_events(mut rx: mpsc::Receiver<Arc<Event>>, mut sink: Sink, counters: Arc<Counters>) {
     use std::io::Write;
     while let Some(event) = rx.recv().await {
         let result = match &mut sink {
-            None => Ok(()),
-            Some(Sink::Stdout) => serde_json::to_vec(&event)
+            Sink::Stdout => serde_json::to_vec(&*event)
                 .map_err(std::io::Error::other)
                 .and_then(|mut line| {
                     line.push(b'\n');
                     let mut out = std::io::stdout().lock();
                     out.write_all(&line).and_then(|()| out.flush())
                 }),
-            Some(Sink::File(rec)) => rec.write(&event),
+            Sink::File(rec) => rec.write(&event),
         };
         match result {
             Ok(()) => {
@@ -214,10 +238,47 @@ async fn write_events(
             }
         }
         if rx.is_empty() {
-            if let Some(Sink::File(rec)) = &mut sink {
+            if let Sink::File(rec) = &mut sink {
                 let _ = rec.sync();
             }
         }
+    }
+}
+
+/// Takes up to `batch` events at a time and exports them, holding a batch until the
+/// collector accepts it.
+async fn export_events(
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    mut exporter: otlp::Exporter,
+    batch: usize,
+    counters: Arc<Counters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut events = Vec::with_capacity(batch);
+    while let Some(first) = rx.recv().await {
+        events.push(first);
+        while events.len() < batch {
+            match rx.try_recv() {
+                Ok(e) => events.push(e),
+                Err(_) => break,
+            }
+        }
+        counters
+            .in_flight
+            .store(events.len() as u64, Ordering::Relaxed);
+        let exported = exporter.export(&events, &mut stop).await;
+        counters.in_flight.store(0, Ordering::Relaxed);
+        if exported {
+            counters
+                .exported
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+        } else {
+            counters
+                .dropped
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        events.clear();
     }
 }
 
@@ -246,14 +307,24 @@ impl Trail {
         headers: &HeaderMap,
         peer: SocketAddr,
     ) -> Trail {
-        let mut annotations = BTreeMap::new();
-        if let Some(trace) = headers
+        // Continue the caller's W3C trace when it sent one; start one otherwise. This
+        // request is a span of its own, the parent of what goes upstream.
+        let parent = headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .and_then(trace_id)
-        {
-            annotations.insert(annotation::TRACE_ID.to_owned(), trace.to_owned());
+            .and_then(parse_traceparent);
+        let (trace, parent_span, flags) = match parent {
+            Some((t, p, f)) => (t.to_owned(), Some(p.to_owned()), f.to_owned()),
+            None => (random_hex(16), None, "01".to_owned()),
+        };
+        let mut annotations = BTreeMap::new();
+        annotations.insert(annotation::TRACE_ID.to_owned(), trace);
+        annotations.insert(annotation::SPAN_ID.to_owned(), random_hex(8));
+        if let Some(p) = parent_span {
+            annotations.insert(annotation::PARENT_SPAN_ID.to_owned(), p);
         }
+        annotations.insert("chaperone.dev/trace-flags".to_owned(), flags);
+        annotations.insert(annotation::METHOD.to_owned(), method.as_str().to_owned());
         Trail {
             audit_id: new_audit_id(),
             received: time::OffsetDateTime::now_utc(),
@@ -328,6 +399,23 @@ impl Trail {
 
     pub fn set_level(&mut self, level: Level) {
         self.level = level;
+    }
+
+    /// The W3C `traceparent` to send upstream: this request's trace, with this
+    /// request's span as the parent of the API server's work.
+    pub fn traceparent(&self) -> String {
+        let note = |k: &str| {
+            self.annotations
+                .get(k)
+                .map(String::as_str)
+                .unwrap_or_default()
+        };
+        format!(
+            "00-{}-{}-{}",
+            note(annotation::TRACE_ID),
+            note(annotation::SPAN_ID),
+            note("chaperone.dev/trace-flags")
+        )
     }
 
     /// The decision recorded so far: `allow` for a request no stage refused.
@@ -405,7 +493,13 @@ impl Trail {
 
 /// The trace ID of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), if it
 /// is well formed and not all zeros.
+#[cfg(test)]
 fn trace_id(traceparent: &str) -> Option<&str> {
+    parse_traceparent(traceparent).map(|(trace, _, _)| trace)
+}
+
+/// A `traceparent`'s (trace id, parent span id, flags), if well formed.
+fn parse_traceparent(traceparent: &str) -> Option<(&str, &str, &str)> {
     let mut parts = traceparent.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -419,7 +513,15 @@ fn trace_id(traceparent: &str) -> Option<&str> {
         && hex(flags, 2)
         && trace.bytes().any(|b| b != b'0')
         && parent.bytes().any(|b| b != b'0');
-    valid.then_some(trace)
+    valid.then_some((trace, parent, flags))
+}
+
+/// `n` random bytes as lowercase hex (trace and span IDs).
+fn random_hex(n: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; n];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A random UUID (version 4), as the API server's audit IDs are.
@@ -530,6 +632,7 @@ mod tests {
             fsync: Fsync::Never,
             queue,
             overflow,
+            otlp: None,
         }
     }
 
@@ -602,8 +705,17 @@ mod tests {
 
     #[tokio::test]
     async fn drop_overflow_counts_what_it_discards() {
-        // No sink and a queue of one: the writer may take one, the rest overflow.
-        let recorder = Recorder::start(&settings(None, 1, Overflow::Drop)).unwrap();
+        // A collector that is not there and a queue of one: the exporter holds one
+        // event, the queue one more, the rest overflow.
+        let mut s = settings(None, 1, Overflow::Drop);
+        s.otlp = Some(otlp::Settings {
+            endpoint: "http://127.0.0.1:1".into(),
+            ca_file: None,
+            timeout: Duration::from_secs(1),
+            batch: 1,
+            resource: vec![],
+        });
+        let recorder = Recorder::start(&s).unwrap();
         for _ in 0..50 {
             recorder
                 .record(trail().event(Stage::ResponseComplete, 200, None))
