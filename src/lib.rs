@@ -11,6 +11,7 @@ pub mod headers;
 pub mod identity;
 pub mod kubeconfig;
 pub mod launch;
+pub mod mask;
 pub mod metrics;
 pub mod pipeline;
 pub mod pki;

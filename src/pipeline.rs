@@ -6,10 +6,11 @@
 //! authorize policy: caller + attributes -> allow, deny or approve, naming the rule
 //! screen    headers: refuse impersonation, narrow Accept to JSON, drop caller credentials
 //! forward   upstream: the proxy's own credential, streamed both ways, upgrades tunnelled
+//! mask      mask: Secret values and policy-named fields rewritten as the body streams
 //! record    audit: one event per request, whatever happened, when its response ends
 //! ```
-//! Approval and masking join this path in their own stages as they land; each is one
-//! call below, in request order.
+//!
+//! Approval joins this path in its own stage (after authorize) when it lands.
 //!
 //! Resolution comes before authentication, as in the API server's filter chain: it
 //! reads nothing but the request line, and the audit record of a refused caller then
@@ -27,6 +28,7 @@ use crate::body::Body;
 use crate::config::UpstreamIdentity;
 use crate::headers;
 use crate::identity::{self, Authenticator};
+use crate::mask;
 use crate::metrics::Metrics;
 use crate::policy::{self, Policies};
 use crate::request_info;
@@ -48,6 +50,8 @@ pub enum Error {
     #[error(transparent)]
     Headers(#[from] headers::Error),
     #[error(transparent)]
+    Mask(#[from] mask::Error),
+    #[error(transparent)]
     Upstream(#[from] upstream::Error),
 }
 
@@ -61,6 +65,7 @@ impl Error {
             Error::Identity(e) => e.status(),
             Error::Denied(decision) => decision.status(),
             Error::Headers(e) => e.status(),
+            Error::Mask(e) => e.status(),
             Error::Upstream(e) => e.status(),
         }
     }
@@ -258,7 +263,28 @@ impl Proxy {
             .forward(req, &path, downstream_upgrade)
             .instrument(tracing::info_span!("forward"))
             .await?;
-        Ok((rsp, streaming))
+
+        // Secrets never leave in clear: the body is masked as it streams back, or
+        // refused when it cannot be inspected.
+        let target = mask::Target {
+            resource: &info.resource,
+            subresource: &info.subresource,
+            namespace: &info.namespace,
+            name: &info.name,
+            is_watch: info.verb == "watch",
+            api_group: &info.api_group,
+        };
+        let plan = tracing::info_span!("mask")
+            .in_scope(|| self.policy.masker().plan(&target, rsp.headers()));
+        let (mut parts, body) = rsp.into_parts();
+        let body = match plan {
+            mask::Plan::Refuse(e) => return Err(Error::Mask(e)),
+            plan => {
+                plan.fix_headers(&mut parts.headers);
+                mask::apply(body, plan, trail.masked_counter())
+            }
+        };
+        Ok((Response::from_parts(parts, body), streaming))
     }
 }
 

@@ -26,9 +26,16 @@ pub struct Policy {
     pub(crate) index: Index,
     pub(crate) cases: Vec<Case>,
     pub(crate) masking: Vec<model::Masking>,
+    /// `masking` compiled for the masking stage, with the built-in Secret rules.
+    pub(crate) masker: crate::mask::Masker,
 }
 
 impl Policy {
+    /// The compiled masking rules of this policy (the built-in ones included).
+    pub fn masker(&self) -> &crate::mask::Masker {
+        &self.masker
+    }
+
     /// `metadata.name`.
     pub fn name(&self) -> &str {
         &self.name
@@ -371,6 +378,18 @@ pub(crate) fn compile(doc: model::Document, text: &str, origin: &str) -> Result<
             super::cases::compile_case(&fault, i, case, &names, line)
         })
         .collect::<Result<_, _>>()?;
+    let masker = crate::mask::Masker::compile(&mask_rules(&doc.spec.masking)).map_err(|e| {
+        let line = text
+            .lines()
+            .position(|l| l.trim_start().starts_with("masking:"))
+            .map_or(1, |i| i + 1);
+        Error::Invalid {
+            origin: origin.to_owned(),
+            line,
+            column: 1,
+            message: format!("spec.masking: {e}"),
+        }
+    })?;
     Ok(Policy {
         name: doc.metadata.name.0.into(),
         origin: origin.into(),
@@ -379,7 +398,46 @@ pub(crate) fn compile(doc: model::Document, text: &str, origin: &str) -> Result<
         index,
         cases,
         masking: doc.spec.masking,
+        masker,
     })
+}
+
+/// `spec.masking` as the masking stage's rules.
+fn mask_rules(masking: &[model::Masking]) -> Vec<crate::mask::Rule> {
+    use model::Detector;
+    masking
+        .iter()
+        .map(|m| crate::mask::Rule {
+            // `secrets.v1/status`-style forms name the plain resource for masking.
+            resources: m
+                .resources
+                .iter()
+                .map(|r| r.0.split(['.', '/']).next().unwrap_or_default().to_owned())
+                .collect(),
+            namespaces: m.namespaces.iter().map(|n| n.0.clone()).collect(),
+            names: m.names.iter().map(|n| n.0.clone()).collect(),
+            fields: m.fields.iter().map(|f| f.0.clone()).collect(),
+            key_regex: m.key_regex.as_ref().map(|r| r.0.clone()),
+            name_regex: m.name_regex.as_ref().map(|r| r.0.clone()),
+            detectors: m
+                .detectors
+                .iter()
+                .map(|d| {
+                    match d {
+                        Detector::PemPrivateKey => "pem-private-key",
+                        Detector::Jwt => "jwt",
+                        Detector::AwsAccessKey => "aws-access-key",
+                        Detector::GithubToken => "github-token",
+                        Detector::SlackToken => "slack-token",
+                        Detector::PasswordPair => "password-pair",
+                        Detector::BearerToken => "bearer-token",
+                    }
+                    .to_owned()
+                })
+                .collect(),
+            patterns: m.patterns.iter().map(|p| p.0.clone()).collect(),
+        })
+        .collect()
 }
 
 pub(crate) fn rule_path(i: usize, field: Option<&str>) -> Vec<Step<'_>> {

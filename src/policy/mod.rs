@@ -83,6 +83,17 @@ impl Policies {
         }
     }
 
+    /// The masking rules in force: the policy's, or the built-in ones alone.
+    pub fn masker(&self) -> crate::mask::Masker {
+        match self {
+            Policies::Watched(w) => match w.current() {
+                Some(p) => p.masker().clone(),
+                None => crate::mask::Masker::builtin(),
+            },
+            Policies::Unconfigured => crate::mask::Masker::builtin(),
+        }
+    }
+
     /// (policies put in force, failed loads), for metrics.
     pub fn counts(&self) -> (u64, u64) {
         match self {

@@ -46,7 +46,14 @@ fn line(pod: &Value, container: &str, i: u64, timestamps: bool) -> String {
             .to_string()
     };
     let (ns, name) = (s("/metadata/namespace"), s("/metadata/name"));
-    let text = format!("[{container}] {ns}/{name}: sandbox log line {i}\n");
+    // A pod may script what its log says (to try masking): annotation
+    // `sandbox.chaperone.dev/log` replaces the text of line 2.
+    let scripted = s("/metadata/annotations/sandbox.chaperone.dev~1log");
+    let text = if i == 2 && !scripted.is_empty() {
+        format!("[{container}] {ns}/{name}: {scripted}\n")
+    } else {
+        format!("[{container}] {ns}/{name}: sandbox log line {i}\n")
+    };
     if !timestamps {
         return text;
     }

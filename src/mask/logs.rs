@@ -1,0 +1,189 @@
+//! Line masking for pod logs (`pods/log`, `follow=true` included).
+//!
+//! Each line leaves as soon as its `\n` arrives; a last line without one is masked at the
+//! end of the body. Secrets found by the scanners are replaced by [`MARKER`] in place, so
+//! the rest of the line stays readable. A line longer than [`MAX_LINE`] is cut (after the
+//! last blank of its second half, if any, so that a token is rarely split) and each piece is
+//! masked on its own: memory stays bounded even for a log without newlines.
+//!
+//! A PEM private key spans lines: from a line where a `BEGIN .. PRIVATE KEY` starts without
+//! its `END`, whole lines are masked until the line with the `END` marker (at most
+//! [`PEM_MAX_LINES`] lines, so that a stray header cannot hide the rest of a log).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use memchr::memchr;
+use regex::bytes::Regex;
+
+use super::detect::Scanner;
+use super::stream::Transform;
+use super::{Error, MARKER};
+
+/// Longest line masked as one piece.
+pub const MAX_LINE: usize = 1 << 20;
+/// Most lines masked after a PEM header without its `END` (an 8192-bit RSA key is ~100).
+pub const PEM_MAX_LINES: u32 = 512;
+
+/// What a log response is masked with.
+#[derive(Debug, Clone)]
+pub(crate) struct LineRules {
+    pub scanners: Vec<Arc<Scanner>>,
+    pub pem_end: Arc<Regex>,
+}
+
+pub(crate) struct LineStream {
+    rules: LineRules,
+    buf: Vec<u8>,
+    /// `buf[..pos]` holds no `\n`.
+    pos: usize,
+    /// Lines still to mask whole inside an open PEM block.
+    pem_lines: u32,
+    ranges: Vec<Range<usize>>,
+}
+
+impl LineStream {
+    pub(crate) fn new(rules: LineRules) -> LineStream {
+        LineStream {
+            rules,
+            buf: Vec::new(),
+            pos: 0,
+            pem_lines: 0,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Masks one line (with or without its terminator) into `out`.
+    fn line(&mut self, start: usize, end: usize, out: &mut BytesMut) -> u64 {
+        let line = &self.buf[start..end];
+        let text_len =
+            line.len() - usize::from(line.ends_with(b"\n")) - usize::from(line.ends_with(b"\r\n"));
+        let text = &line[..text_len];
+        self.ranges.clear();
+        let mut masked = 0;
+        let mut from = 0;
+        if self.pem_lines > 0 {
+            match self.rules.pem_end.find(text) {
+                Some(m) => {
+                    self.pem_lines = 0;
+                    self.ranges.push(0..m.end());
+                    from = m.end();
+                }
+                None => {
+                    self.pem_lines -= 1;
+                    if !text.is_empty() {
+                        self.ranges.push(0..text.len());
+                    }
+                    from = text.len();
+                }
+            }
+        }
+        let before = self.ranges.len();
+        let mut open = false;
+        for s in &self.rules.scanners {
+            let n = self.ranges.len();
+            open |= s.find(&text[from..], &mut self.ranges);
+            for r in &mut self.ranges[n..] {
+                *r = r.start + from..r.end + from;
+            }
+        }
+        if open {
+            self.pem_lines = PEM_MAX_LINES;
+        }
+        // Secrets found anew count once each (a PEM block counts on its first line).
+        masked += merge(&mut self.ranges[before..]) as u64;
+        let total = merge(&mut self.ranges);
+        let mut last = 0;
+        for r in &self.ranges[..total] {
+            out.extend_from_slice(&line[last..r.start]);
+            out.extend_from_slice(MARKER.as_bytes());
+            last = r.end;
+        }
+        out.extend_from_slice(&line[last..]);
+        masked
+    }
+}
+
+/// Sorts and merges overlapping ranges in place; returns how many remain (at the front).
+fn merge(ranges: &mut [Range<usize>]) -> usize {
+    if ranges.is_empty() {
+        return 0;
+    }
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut w = 0;
+    for i in 1..ranges.len() {
+        if ranges[i].start <= ranges[w].end {
+            ranges[w].end = ranges[w].end.max(ranges[i].end);
+        } else {
+            w += 1;
+            ranges[w] = ranges[i].clone();
+        }
+    }
+    w + 1
+}
+
+/// Where to cut a line of `MAX_LINE` bytes: after its last blank in the second half.
+fn cut(piece: &[u8]) -> usize {
+    let half = piece.len() / 2;
+    piece[half..]
+        .iter()
+        .rposition(|&b| matches!(b, b' ' | b'\t' | b',' | b';'))
+        .map_or(piece.len(), |p| half + p + 1)
+}
+
+impl Transform for LineStream {
+    fn push(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<u64, Error> {
+        self.buf.extend_from_slice(chunk);
+        let mut start = 0;
+        let mut masked = 0;
+        loop {
+            match memchr(b'\n', &self.buf[self.pos..]) {
+                Some(p) => {
+                    let end = self.pos + p + 1;
+                    masked += self.line(start, end, out);
+                    start = end;
+                    self.pos = end;
+                }
+                None if self.buf.len() - start >= MAX_LINE => {
+                    let end = start + cut(&self.buf[start..start + MAX_LINE]);
+                    masked += self.line(start, end, out);
+                    start = end;
+                    self.pos = end;
+                }
+                None => break,
+            }
+        }
+        self.buf.drain(..start);
+        self.pos = self.buf.len();
+        Ok(masked)
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) -> Result<u64, Error> {
+        if self.buf.is_empty() {
+            return Ok(0);
+        }
+        let masked = self.line(0, self.buf.len(), out);
+        self.buf.clear();
+        self.pos = 0;
+        Ok(masked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges() {
+        let mut r = vec![5..8, 0..2, 1..3, 7..9, 10..11];
+        let n = merge(&mut r);
+        assert_eq!(&r[..n], [0..3, 5..9, 10..11]);
+    }
+
+    #[test]
+    fn cuts_after_blanks() {
+        assert_eq!(cut(b"aaaa bbbb"), 5);
+        assert_eq!(cut(b"a bbbbbbbb"), 10);
+    }
+}

@@ -1,0 +1,371 @@
+//! Masks secrets in API responses as they stream to the MCP server.
+//!
+//! # What is masked
+//!
+//! * Always: a Secret's `data` values become `base64(MARKER)` (still valid base64, so
+//!   client-go, kube-rs and the Python client decode the object), its `stringData` values
+//!   and its `kubectl.kubernetes.io/last-applied-configuration` annotation (the manifest in
+//!   clear) become [`MARKER`]. That covers service-account-token Secrets (all their data).
+//!   Rules add masking; they never remove the built-in one.
+//! * By [`Rule`]: fields by path (see `rules.rs` for the syntax), narrowed by `key_regex`
+//!   and `name_regex`, in objects of the rule's resources, namespaces and names; when a rule
+//!   masks fields of an object, the object's last-applied annotation is masked too (it
+//!   repeats them). Detectors and patterns of a rule look at every string value of the
+//!   objects it applies to; any match masks the whole value. Keys are never changed.
+//! * Pod logs: every line goes through **all built-in detectors** (a log is free text that
+//!   any program writes: the safer default) plus the detectors and patterns of the rules
+//!   that apply to the pod; only the matches are replaced.
+//!
+//! Objects are found wherever a response holds them: the object itself, List `items` (also
+//! `kind: List` and `PartialObjectMetadataList`), watch events (`object`), Table `rows`
+//! (`object`, full or `PartialObjectMetadata`). An object is matched as its own `kind`'s
+//! resource *and* as the requested resource, so a `SecretList` item (which has no `kind`),
+//! the metadata of a Secret and a Secret inside a `kind: List` are all Secrets.
+//!
+//! # Which responses ([`Masker::plan`])
+//!
+//! * Pass through: non-resource requests (discovery, `/version`, `/openapi`), the streaming
+//!   subresources `exec`, `attach`, `portforward` and `proxy` (not API objects: the policy
+//!   must decide whether to allow them), and built-in resources (core group, groups without
+//!   a dot or ending in `.k8s.io`) that are not `secrets` and that no rule names.
+//! * Masked: `secrets`, every resource a rule names (`*`: all), and custom or aggregated
+//!   resources (they may return anything, `kind: List` included). `pods/log` is masked by
+//!   line when `text/*`.
+//! * Refused: a response to mask that cannot be inspected — not JSON (protobuf, CBOR, YAML),
+//!   or with a `Content-Encoding` — so it is never passed in clear. A JSON error `Status` is
+//!   masked like any object (it holds none, so it passes unchanged).
+//!
+//! # How
+//!
+//! The body is transformed as it streams (`stream.rs`): each object (a List item, a Table
+//! row, a watch event, or a single object) is buffered alone, up to [`MAX_UNIT`] bytes,
+//! tokenized to a tape of spans (`scan.rs`), matched in any key order, and only the selected
+//! string values are rewritten. Bytes outside those values are copied unchanged, so a
+//! response in which nothing matches leaves byte for byte as it came. Invalid JSON, an
+//! object over the limit or a body cut short end the stream with an error, and nothing of
+//! the offending unit is sent.
+//!
+//! # Limits (fail closed unless said otherwise)
+//!
+//! * A unit is at most [`MAX_UNIT`] bytes (etcd caps objects at 1.5 MiB); a log line is
+//!   masked in pieces of at most [`MAX_LINE`] bytes, so a secret straddling a cut of a
+//!   longer line could escape its detector (cuts fall after a blank when there is one).
+//! * When a List too large to hold is streamed, its envelope fields before `items` are
+//!   masked before the fields after it are read: if its `kind` is not among them, every rule
+//!   applies to that envelope part. Field paths that go *through* a top-level `items` or
+//!   `rows` array do not reach the streamed elements (they are read as List items).
+//! * Keys are never masked, only string values; Table `cells` are masked only by
+//!   detectors and patterns (a printer column of a custom resource can show any field).
+//! * The caller must drop `Content-Length` of a rewritten response ([`Plan::fix_headers`])
+//!   and should ask the upstream for JSON (an `Accept` of protobuf gets a refusal).
+
+mod detect;
+mod logs;
+mod rules;
+mod scan;
+mod stream;
+mod unit;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use http::{header, HeaderMap, StatusCode};
+use http_body_util::BodyExt;
+use regex::bytes::Regex;
+
+use crate::body::Body;
+use crate::status::Status;
+
+pub use detect::DETECTORS;
+pub use logs::MAX_LINE;
+pub use stream::MAX_UNIT;
+
+use detect::Scanner;
+use logs::{LineRules, LineStream};
+use rules::Compiled;
+use stream::{JsonStream, Masked};
+use unit::Context;
+
+/// What masked plain strings become; Secret `data` values become its base64.
+pub const MARKER: &str = "chaperone:masked";
+
+/// One masking rule as the policy states it (an entry of `spec.masking`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rule {
+    /// Plain resource names (`configmaps`, `pods`), or `*` for any.
+    pub resources: Vec<String>,
+    /// Namespace globs (`team-*`); empty = any.
+    pub namespaces: Vec<String>,
+    /// Object name globs; empty = any.
+    pub names: Vec<String>,
+    /// Field paths: `data.*`, `spec.containers[*].env[*].value`, `metadata.annotations.*`.
+    pub fields: Vec<String>,
+    /// Masks only the keys of the last `*` of a path that match.
+    pub key_regex: Option<String>,
+    /// Masks only the elements of the last `[*]` of a path whose `name` matches.
+    pub name_regex: Option<String>,
+    /// Built-in detectors by name (see [`DETECTORS`]).
+    pub detectors: Vec<String>,
+    /// User regexes for string values and log lines; a group named `secret` narrows what
+    /// a log line loses.
+    pub patterns: Vec<String>,
+}
+
+/// Why a response cannot be masked, or why rules do not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("masking rule {rule}: {field}: {reason}")]
+    Rule {
+        rule: usize,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("chaperone masks secrets in this response and cannot inspect content type {content_type:?}: request application/json")]
+    Uninspectable { content_type: String },
+    #[error(
+        "chaperone masks secrets in this response and cannot inspect content encoding {encoding:?}"
+    )]
+    Encoding { encoding: String },
+    #[error("upstream sent invalid JSON at byte {offset}: {reason}")]
+    InvalidJson { offset: u64, reason: &'static str },
+    #[error("an object of more than {limit} bytes cannot be masked")]
+    TooLarge { limit: usize },
+    #[error("JSON nested more than {limit} levels deep cannot be masked")]
+    TooDeep { limit: usize },
+}
+
+impl Error {
+    /// The `Status` a client is told.
+    pub fn status(&self) -> Status {
+        let msg = self.to_string();
+        match self {
+            Error::Rule { .. } => Status::internal(msg),
+            Error::Uninspectable { .. } | Error::Encoding { .. } => Status::not_acceptable(msg),
+            Error::InvalidJson { .. } | Error::TooLarge { .. } | Error::TooDeep { .. } => {
+                Status::failure(StatusCode::BAD_GATEWAY, "InternalError", msg)
+            }
+        }
+    }
+
+    /// Makes an offset relative to a unit relative to the stream.
+    pub(crate) fn shifted(self, by: u64) -> Error {
+        match self {
+            Error::InvalidJson { offset, reason } => Error::InvalidJson {
+                offset: offset + by,
+                reason,
+            },
+            e => e,
+        }
+    }
+}
+
+/// The request a response answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub is_watch: bool,
+    pub api_group: &'a str,
+}
+
+/// What to do with one response body.
+#[derive(Debug)]
+pub enum Plan {
+    /// Nothing in it to mask: send it as it is.
+    PassThrough,
+    /// JSON objects (or a watch stream of events) to mask.
+    MaskJson(JsonPlan),
+    /// Plain-text log lines to mask.
+    MaskLines(LinePlan),
+    /// It must be masked and cannot be: answer this error's [`Error::status`] instead.
+    Refuse(Error),
+}
+
+/// A [`Plan::MaskJson`]: cheap to build (an `Arc` and the request's names).
+#[derive(Debug, Clone)]
+pub struct JsonPlan {
+    inner: Arc<Inner>,
+    ctx: Context,
+    watch: bool,
+}
+
+/// A [`Plan::MaskLines`].
+#[derive(Debug, Clone)]
+pub struct LinePlan {
+    rules: LineRules,
+}
+
+impl Plan {
+    /// Whether the body will be rewritten.
+    pub fn rewrites(&self) -> bool {
+        matches!(self, Plan::MaskJson(_) | Plan::MaskLines(_))
+    }
+
+    /// Adjusts the response headers to a rewritten body: its length changes.
+    pub fn fix_headers(&self, headers: &mut HeaderMap) {
+        if self.rewrites() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+}
+
+/// Compiled masking rules; cheap to share behind an `Arc`, or to clone.
+#[derive(Debug, Clone)]
+pub struct Masker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    secrets: Compiled,
+    rules: Vec<Compiled>,
+    /// Built-in detectors, for logs.
+    log_default: Arc<Scanner>,
+    pem_end: Arc<Regex>,
+}
+
+impl Inner {
+    /// The built-in Secret rule, then the policy's rules.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Compiled> {
+        std::iter::once(&self.secrets).chain(&self.rules)
+    }
+}
+
+/// Subresources whose bodies are not API objects.
+const OPAQUE_SUBRESOURCES: [&str; 4] = ["exec", "attach", "portforward", "proxy"];
+
+impl Masker {
+    /// Compiles the policy's rules; an error names the rule (by index) and the field.
+    /// The built-in rules alone (Secrets), for when no policy is in force.
+    pub fn builtin() -> Masker {
+        // Compiling no user rules only compiles the built-in ones, which are fixed.
+        Masker::compile(&[]).expect("the built-in masking rules compile")
+    }
+
+    pub fn compile(rules: &[Rule]) -> Result<Masker, Error> {
+        let rules = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Compiled::new(i, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let internal = |e| Error::Rule {
+            rule: usize::MAX,
+            field: "detectors",
+            reason: format!("built-in detectors: {e:?}"),
+        };
+        let log_default = Arc::new(Scanner::builtins().map_err(internal)?);
+        let pem_end =
+            Regex::new(detect::PEM_END).map_err(|e| internal(detect::ScanError::Pattern(0, e)))?;
+        Ok(Masker {
+            inner: Arc::new(Inner {
+                secrets: Compiled::secrets(),
+                rules,
+                log_default,
+                pem_end: Arc::new(pem_end),
+            }),
+        })
+    }
+
+    /// Decides what to do with one response (see the module docs for the rules).
+    pub fn plan(&self, target: &Target<'_>, headers: &HeaderMap) -> Plan {
+        if target.resource.is_empty() || OPAQUE_SUBRESOURCES.contains(&target.subresource) {
+            return Plan::PassThrough;
+        }
+        let media = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
+        let params: Vec<&str> = media
+            .as_deref()
+            .unwrap_or("")
+            .split(';')
+            .map(str::trim)
+            .collect();
+        let essence = params[0];
+        let json = essence == "application/json" || essence.ends_with("+json");
+        let logs = target.resource == "pods" && target.subresource == "log";
+        if !logs && !self.needs_json(target) {
+            return Plan::PassThrough;
+        }
+        if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
+            let enc = String::from_utf8_lossy(enc.as_bytes())
+                .trim()
+                .to_ascii_lowercase();
+            if !enc.is_empty() && enc != "identity" {
+                return Plan::Refuse(Error::Encoding { encoding: enc });
+            }
+        }
+        if logs && (essence.starts_with("text/") || media.is_none()) {
+            return Plan::MaskLines(self.line_plan(target));
+        }
+        // No Content-Type: an empty body (HEAD, 204) passes the JSON check; anything else
+        // fails it, closed.
+        if json || media.is_none() {
+            return Plan::MaskJson(JsonPlan {
+                inner: self.inner.clone(),
+                ctx: Context {
+                    resource: target.resource.to_string(),
+                    namespace: target.namespace.to_string(),
+                    name: target.name.to_string(),
+                },
+                watch: target.is_watch || params.contains(&"stream=watch"),
+            });
+        }
+        Plan::Refuse(Error::Uninspectable {
+            content_type: media.unwrap_or_default(),
+        })
+    }
+
+    /// Whether a (non-log) response to `target` may hold something to mask.
+    fn needs_json(&self, target: &Target<'_>) -> bool {
+        let g = target.api_group;
+        let builtin = g.is_empty() || !g.contains('.') || g.ends_with(".k8s.io");
+        !builtin
+            || target.resource == "secrets"
+            || self
+                .inner
+                .rules
+                .iter()
+                .any(|r| r.names_resource(target.resource))
+    }
+
+    fn line_plan(&self, target: &Target<'_>) -> LinePlan {
+        let mut scanners = vec![self.inner.log_default.clone()];
+        let (ns, name) = (target.namespace.as_bytes(), target.name.as_bytes());
+        for rule in &self.inner.rules {
+            if let Some(s) = &rule.scanner {
+                if rule.applies(&["pods"], ns, name) {
+                    scanners.push(s.clone());
+                }
+            }
+        }
+        LinePlan {
+            rules: LineRules {
+                scanners,
+                pem_end: self.inner.pem_end.clone(),
+            },
+        }
+    }
+}
+
+/// Wraps `body` per `plan`; `count` accumulates the number of values masked (for the audit
+/// record; never the values). A `Refuse` plan yields its error at once: the caller should
+/// have answered the error's `Status` instead, and nothing is passed in clear.
+pub fn apply(body: Body, plan: Plan, count: Arc<AtomicU64>) -> Body {
+    match plan {
+        Plan::PassThrough => body,
+        Plan::MaskJson(p) => {
+            Masked::new(body, JsonStream::new(p.inner, p.ctx, p.watch), count).boxed()
+        }
+        Plan::MaskLines(p) => Masked::new(body, LineStream::new(p.rules), count).boxed(),
+        Plan::Refuse(e) => {
+            let err: crate::body::BoxError = Box::new(e);
+            let frames = [Err::<http_body::Frame<bytes::Bytes>, _>(err)];
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! JSON responses: objects, Lists, watch streams, Tables, metadata, invalid input.
+
+use bytes::BytesMut;
+use serde_json::json;
+
+use super::super::stream::{JsonStream, Transform};
+use super::super::unit::Context;
+use super::*;
+
+const JSON: &str = "application/json";
+
+fn check_masked_secret(v: &Value) {
+    assert_eq!(v["data"]["password"], B64);
+    assert_eq!(v["data"]["user"], B64);
+    let ann = &v["metadata"]["annotations"];
+    assert_eq!(
+        ann["kubectl.kubernetes.io/last-applied-configuration"],
+        MARKER
+    );
+    assert_eq!(ann["owner"], "team-a");
+    assert_eq!(v["type"], "Opaque");
+}
+
+#[tokio::test]
+async fn secret_get() {
+    let input = serde_json::to_vec(&secret("s1")).unwrap();
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, &input)
+        .await
+        .unwrap();
+    check_masked_secret(&value(&out));
+    assert_eq!(n, 3);
+    assert!(!String::from_utf8_lossy(&out).contains("aHVudGVyMg"));
+}
+
+#[tokio::test]
+async fn secret_with_sorted_keys_and_string_data() {
+    // serde_json's map (the sandbox) writes keys sorted: `data` before `kind`.
+    let mut s = secret("s1");
+    s["stringData"] = json!({"token": "plain-text"});
+    let sorted: std::collections::BTreeMap<String, Value> = serde_json::from_value(s).unwrap();
+    let input = serde_json::to_vec_pretty(&sorted).unwrap();
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, &input)
+        .await
+        .unwrap();
+    let v = value(&out);
+    check_masked_secret(&v);
+    assert_eq!(v["stringData"]["token"], MARKER);
+    assert_eq!(n, 4);
+}
+
+#[tokio::test]
+async fn service_account_token_secret() {
+    let input = serde_json::to_vec(&json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "sa-token", "annotations": {"kubernetes.io/service-account.name": "sa"}},
+        "data": {"token": "ZXlKaGJHY2lPaUpT", "ca.crt": "LS0tLS1CRUdJTg==", "namespace": "ZGVmYXVsdA=="}
+    }))
+    .unwrap();
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, &input)
+        .await
+        .unwrap();
+    let v = value(&out);
+    for k in ["token", "ca.crt", "namespace"] {
+        assert_eq!(v["data"][k], B64);
+    }
+    assert_eq!(
+        v["metadata"]["annotations"]["kubernetes.io/service-account.name"],
+        "sa"
+    );
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn secret_list_items_without_kind() {
+    let mut items = Vec::new();
+    for i in 0..5 {
+        let mut s = secret(&format!("s{i}"));
+        s.as_object_mut().unwrap().remove("kind");
+        items.push(s);
+    }
+    let list = json!({"kind": "SecretList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": "42"}, "items": items});
+    let input = serde_json::to_vec(&list).unwrap();
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, &input)
+        .await
+        .unwrap();
+    let v = value(&out);
+    assert_eq!(v["metadata"]["resourceVersion"], "42");
+    for item in v["items"].as_array().unwrap() {
+        check_masked_secret(item);
+    }
+    assert_eq!(n, 15);
+    // Envelope kind after the items (sorted keys), and an empty list.
+    let sorted = br#"{"apiVersion":"v1","items":[],"kind":"SecretList","metadata":{}}"#;
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, sorted)
+        .await
+        .unwrap();
+    assert_eq!((out.as_slice(), n), (&sorted[..], 0));
+}
+
+fn watch_stream() -> Vec<u8> {
+    let mut input = Vec::new();
+    for (i, ty) in ["ADDED", "MODIFIED", "DELETED"].iter().enumerate() {
+        let ev = json!({"type": ty, "object": secret(&format!("s{i}"))});
+        input.extend_from_slice(&serde_json::to_vec(&ev).unwrap());
+        input.push(b'\n');
+    }
+    input.extend_from_slice(
+        br#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"too old","code":410}}"#,
+    );
+    input.push(b'\n');
+    input
+}
+
+#[tokio::test]
+async fn watch_events_split_at_every_byte() {
+    let input = watch_stream();
+    let t = Target {
+        is_watch: true,
+        ..target("secrets")
+    };
+    let m = defaults();
+    let (whole, n) = run(&m, &t, JSON, &input).await.unwrap();
+    assert_eq!(n, 9);
+    let lines: Vec<&[u8]> = whole
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for l in &lines[..3] {
+        check_masked_secret(&value(l)["object"]);
+    }
+    assert_eq!(value(lines[3])["object"]["code"], 410);
+    for k in 0..=input.len() {
+        let pieces = vec![input[..k].to_vec(), input[k..].to_vec()];
+        let split = run_chunks(&m, &t, JSON, pieces).await.unwrap();
+        assert_eq!(split, (whole.clone(), 9), "split at {k}");
+    }
+}
+
+#[test]
+fn watch_events_leave_as_soon_as_complete() {
+    let m = defaults();
+    let ctx = Context {
+        resource: "secrets".into(),
+        namespace: String::new(),
+        name: String::new(),
+    };
+    let mut s = JsonStream::new(m.inner.clone(), ctx, true);
+    let input = watch_stream();
+    let first_end = input.iter().position(|&b| b == b'\n').unwrap();
+    let mut out = BytesMut::new();
+    s.push(&input[..first_end], &mut out).unwrap();
+    check_masked_secret(&value(&out)["object"]);
+    // Only the event in flight is held.
+    out.clear();
+    s.push(&input[first_end..first_end + 10], &mut out).unwrap();
+    assert_eq!(&out[..], b"\n");
+}
+
+#[tokio::test]
+async fn table_of_secrets_with_objects() {
+    let partial = |name: &str| {
+        let mut m = secret(name)["metadata"].clone();
+        m.as_object_mut().unwrap().remove("namespace");
+        json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": m})
+    };
+    for object in [secret("a"), partial("a")] {
+        let table = json!({
+            "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "7"},
+            "columnDefinitions": [{"name": "Name", "type": "string", "format": "name", "description": "n", "priority": 0}],
+            "rows": [{"cells": ["a", "Opaque", 2, "5d"], "object": object}]
+        });
+        let input = serde_json::to_vec(&table).unwrap();
+        let (out, _) = run(&defaults(), &target("secrets"), JSON, &input)
+            .await
+            .unwrap();
+        let v = value(&out);
+        let obj = &v["rows"][0]["object"];
+        let ann = &obj["metadata"]["annotations"];
+        assert_eq!(
+            ann["kubectl.kubernetes.io/last-applied-configuration"],
+            MARKER
+        );
+        assert_eq!(ann["owner"], "team-a");
+        if obj["kind"] == "Secret" {
+            check_masked_secret(obj);
+        }
+        assert_eq!(v["rows"][0]["cells"], json!(["a", "Opaque", 2, "5d"]));
+        assert_eq!(v["columnDefinitions"], table["columnDefinitions"]);
+    }
+}
+
+#[tokio::test]
+async fn partial_object_metadata_list() {
+    let items: Vec<Value> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": secret(n)["metadata"].clone()})
+        })
+        .collect();
+    let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+        "metadata": {}, "items": items});
+    let input = serde_json::to_vec(&list).unwrap();
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, &input)
+        .await
+        .unwrap();
+    let v = value(&out);
+    for item in v["items"].as_array().unwrap() {
+        let ann = &item["metadata"]["annotations"];
+        assert_eq!(
+            ann["kubectl.kubernetes.io/last-applied-configuration"],
+            MARKER
+        );
+    }
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn kind_list_is_decided_per_item() {
+    let m = Masker::compile(&[Rule {
+        resources: vec!["configmaps".into()],
+        fields: vec!["data.*".into()],
+        key_regex: Some("(?i)password".into()),
+        ..Rule::default()
+    }])
+    .unwrap();
+    let cm = json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c"},
+        "data": {"db_password": "hunter2", "url": "db:5432"}});
+    let list = json!({"kind": "List", "apiVersion": "v1", "metadata": {},
+        "items": [secret("s"), cm, {"kind": "Pod", "metadata": {"name": "p"}, "spec": {}}]});
+    let input = serde_json::to_vec(&list).unwrap();
+    // An aggregated API may answer a `kind: List` for anything.
+    let t = Target {
+        api_group: "bundles.example.com",
+        ..target("bundles")
+    };
+    let (out, n) = run(&m, &t, JSON, &input).await.unwrap();
+    let v = value(&out);
+    check_masked_secret(&v["items"][0]);
+    assert_eq!(
+        v["items"][1]["data"],
+        json!({"db_password": MARKER, "url": "db:5432"})
+    );
+    assert_eq!(v["items"][2], list["items"][2]);
+    assert_eq!(n, 4);
+}
+
+#[tokio::test]
+async fn configmap_key_regex_and_last_applied() {
+    let m = Masker::compile(&[Rule {
+        resources: vec!["configmaps".into()],
+        namespaces: vec!["team-*".into()],
+        fields: vec!["data.*".into()],
+        key_regex: Some("(?i)pass|token|secret|key".into()),
+        ..Rule::default()
+    }])
+    .unwrap();
+    let cm = |ns: &str| {
+        json!({"kind": "ConfigMap", "apiVersion": "v1",
+            "metadata": {"name": "c", "namespace": ns, "annotations":
+                {"kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"API_KEY\":\"k\"}}"}},
+            "data": {"API_KEY": "abc", "LOG_LEVEL": "debug", "dbPass": "x", "esc\u{3c}Token": "y"}})
+    };
+    let input = serde_json::to_vec(&cm("team-a")).unwrap();
+    let (out, n) = run(&m, &target("configmaps"), JSON, &input).await.unwrap();
+    let v = value(&out);
+    assert_eq!(
+        v["data"],
+        json!({"API_KEY": MARKER, "LOG_LEVEL": "debug", "dbPass": MARKER, "esc<Token": MARKER})
+    );
+    assert_eq!(
+        v["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
+        MARKER
+    );
+    assert_eq!(n, 4);
+    // Another namespace: untouched, byte for byte.
+    let other = serde_json::to_vec(&cm("prod")).unwrap();
+    let (out, n) = run(&m, &target("configmaps"), JSON, &other).await.unwrap();
+    assert_eq!((out, n), (other, 0));
+}
+
+#[tokio::test]
+async fn env_name_regex_with_name_after_value() {
+    let m = Masker::compile(&[Rule {
+        resources: vec!["pods".into()],
+        fields: vec!["spec.containers[*].env[*].value".into()],
+        name_regex: Some("(?i)pass|token|secret|key".into()),
+        ..Rule::default()
+    }])
+    .unwrap();
+    // `value` before `name`, as a sorted-key writer puts them.
+    let input = br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"env":[{"value":"s3cret","name":"DB_PASSWORD"},{"value":"info","name":"LOG_LEVEL"},{"name":"API_TOKEN","valueFrom":{"secretKeyRef":{"name":"t","key":"k"}}}],"name":"app"}],"initContainers":[{"name":"i","env":[{"name":"PASSWORD","value":"x"}]}]}}"#;
+    let (out, n) = run(&m, &target("pods"), JSON, input).await.unwrap();
+    let v = value(&out);
+    let env = &v["spec"]["containers"][0]["env"];
+    assert_eq!(env[0], json!({"value": MARKER, "name": "DB_PASSWORD"}));
+    assert_eq!(env[1]["value"], "info");
+    assert_eq!(env[2]["valueFrom"]["secretKeyRef"]["name"], "t");
+    // Only the paths given: initContainers were not named.
+    assert_eq!(v["spec"]["initContainers"][0]["env"][0]["value"], "x");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn detectors_and_patterns_in_values() {
+    let m = Masker::compile(&[
+        Rule {
+            resources: vec!["*".into()],
+            detectors: vec!["jwt".into(), "aws-access-key".into()],
+            ..Rule::default()
+        },
+        Rule {
+            resources: vec!["widgets".into()],
+            patterns: vec![r"internal-[0-9]+".into()],
+            ..Rule::default()
+        },
+    ])
+    .unwrap();
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    let w = json!({"kind": "Widget", "metadata": {"name": "w"},
+        "spec": {"auth": format!("Bearer {jwt}"), "key": "AKIAIOSFODNN7EXAMPLE", "host": "internal-42",
+                 "note": "plain", "list": ["a", "AKIAIOSFODNN7EXAMPLE"], "n": 5}});
+    let input = serde_json::to_vec(&w).unwrap();
+    let t = Target {
+        api_group: "example.com",
+        ..target("widgets")
+    };
+    let (out, n) = run(&m, &t, JSON, &input).await.unwrap();
+    let v = value(&out);
+    assert_eq!(
+        v["spec"],
+        json!({"auth": MARKER, "key": MARKER, "host": MARKER, "note": "plain",
+               "list": ["a", MARKER], "n": 5})
+    );
+    assert_eq!(n, 4);
+    // A JSON-escaped secret is decoded before matching.
+    let escaped = br#"{"kind":"Widget","spec":{"k":"\u0041KIAIOSFODNN7EXAMPLE"}}"#;
+    let (out, n) = run(&m, &t, JSON, escaped).await.unwrap();
+    assert_eq!(value(&out)["spec"]["k"], MARKER);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn nothing_matches_leaves_identical_bytes() {
+    let m = Masker::compile(&[Rule {
+        resources: vec!["pods".into()],
+        fields: vec!["spec.containers[*].env[*].value".into()],
+        name_regex: Some("(?i)password".into()),
+        detectors: vec!["jwt".into()],
+        ..Rule::default()
+    }])
+    .unwrap();
+    let input = br#" {"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[ {"metadata":{"name":"a","labels":{"x":"\u00e9\"q"}},"spec":{"containers":[{"name":"c","env":[{"name":"HOME","value":"/root"}]}]},"status":{"phase":"Running","n":-1.5e3,"ok":true,"z":null}} , {"metadata":{"name":"b"},"spec":{}} ] , "x":[1,2]} "#;
+    let (out, n) = run(&m, &target("pods"), JSON, input).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(input)
+    );
+    assert_eq!(n, 0);
+    let (out, _) = run(&m, &target("pods"), JSON, b"").await.unwrap();
+    assert!(out.is_empty());
+}
+
+#[tokio::test]
+async fn envelope_prefix_and_suffix_are_masked_too() {
+    // An object with a root `items` array is streamed as an envelope; fields around the
+    // array are still masked (here: a Secret-like custom object, fail closed).
+    let input = br#"{"data":{"a":"eA=="},"items":[{"data":{"b":"eQ=="}}],"kind":"Secret","stringData":{"c":"z"}}"#;
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, input)
+        .await
+        .unwrap();
+    let v = value(&out);
+    assert_eq!(v["data"]["a"], B64);
+    assert_eq!(v["items"][0]["data"]["b"], B64);
+    assert_eq!(v["stringData"]["c"], MARKER);
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn streamed_envelope_prefix_fails_closed() {
+    // `kind` after the array: when the envelope is streamed, the prefix is masked before the
+    // kind is known, so every rule applies to it; whole, the kind decides.
+    let m = Masker::compile(&[Rule {
+        resources: vec!["widgets".into()],
+        fields: vec!["spec.password".into()],
+        ..Rule::default()
+    }])
+    .unwrap();
+    let input = br#"{"spec":{"password":"p"},"items":[{"kind":"Gadget","spec":{"password":"q"}}],"kind":"Widget"}"#;
+    let t = Target {
+        api_group: "example.com",
+        ..target("gadgets")
+    };
+    for sizes in [&[1usize][..], &[input.len()]] {
+        let (out, n) = run_chunks(&m, &t, JSON, chunks(input, sizes))
+            .await
+            .unwrap();
+        let v = value(&out);
+        assert_eq!(v["spec"]["password"], MARKER, "{sizes:?}");
+        assert_eq!(v["items"][0]["spec"]["password"], "q");
+        assert_eq!(n, 1);
+    }
+}
+
+#[tokio::test]
+async fn invalid_json_ends_the_stream() {
+    let t = target("secrets");
+    let m = defaults();
+    for bad in [
+        &br#"{"kind":"Secret","data":{"a":"eA=="}"#[..], // cut short
+        br#"{"kind":"Secret",}"#,
+        br#"{"items":[{"data":{"a":"eA=="}},]}"#,
+        br#"{"items":[{"data":{"a":"eA=="}} {"b":1}]}"#,
+        br#"{"items":[{"a":1}],"kind":}"#,
+        br#"{"items":[{"a":1]]}"#,
+        br#"{"a":1} {"b":2}"#, // two values outside a watch
+        b"{\"a\":\"\x01\"}",
+        b"{\"a\":\"\xff\"}",
+        b"nul",
+        b"[1,2",
+        b"}",
+    ] {
+        let err = run(&m, &t, JSON, bad).await.unwrap_err();
+        assert!(err.contains("JSON") || err.contains("value"), "{err}");
+        // Nothing of the unit in error is sent before the error.
+        let plan = m.plan(&t, &headers(JSON));
+        let mut body = apply(body_of(vec![bad.to_vec()]), plan, Arc::default());
+        let mut sent = Vec::new();
+        while let Some(Ok(f)) = body.frame().await {
+            sent.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..]));
+        }
+        assert!(!String::from_utf8_lossy(&sent).contains("eA=="), "{sent:?}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_object_is_refused() {
+    let big = format!(
+        r#"{{"kind":"Secret","data":{{"a":"{}"}}}}"#,
+        "x".repeat(MAX_UNIT)
+    );
+    let err = run_chunks(
+        &defaults(),
+        &target("secrets"),
+        JSON,
+        chunks(big.as_bytes(), &[1 << 16]),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("more than"), "{err}");
+}
+
+#[tokio::test]
+async fn lists_larger_than_the_unit_limit_stream_in_any_chunking() {
+    let item = serde_json::to_vec(&secret("s")).unwrap();
+    let n = MAX_UNIT / item.len() * 2 + 3;
+    let mut input = br#"{"kind":"SecretList","metadata":{},"items":["#.to_vec();
+    for i in 0..n {
+        if i > 0 {
+            input.push(b',');
+        }
+        input.extend_from_slice(&item);
+    }
+    input.extend_from_slice(b"]}");
+    let t = target("secrets");
+    for sizes in [&[input.len()][..], &[1 << 16], &[MAX_UNIT + 5, 3]] {
+        let (out, masked) = run_chunks(&defaults(), &t, JSON, chunks(&input, sizes))
+            .await
+            .unwrap();
+        assert_eq!(masked, 3 * n as u64, "{sizes:?}");
+        let v = value(&out);
+        assert_eq!(v["items"].as_array().unwrap().len(), n);
+        check_masked_secret(&v["items"][n - 1]);
+    }
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through() {
+    let frames = vec![
+        Ok(Frame::data(Bytes::from_static(b"{\"items\":["))),
+        Err::<Frame<Bytes>, BoxError>("connection reset".into()),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    let plan = defaults().plan(&target("secrets"), &headers(JSON));
+    let err = collect(apply(body, plan, Arc::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err, "connection reset");
+}

@@ -1,0 +1,252 @@
+//! Masks one *unit*: a complete JSON value held in memory (an item of a List, a Table row, a
+//! watch event, or a whole single-object response).
+//!
+//! The unit is tokenized to a tape ([`super::scan`]); then its *object nodes* are found:
+//! the unit itself if it is an object, and recursively the elements of a node's `items` and
+//! `rows` arrays and its `object` member (a watch event's or a Table row's object). Each node
+//! is classified by its own `kind` *and* by the requested resource (both, so that a
+//! `SecretList` item without `kind`, a `PartialObjectMetadata` of a Secret or a Secret in a
+//! `kind: List` are all treated as Secrets — when in doubt, mask), and by its
+//! `metadata.namespace`/`metadata.name` (falling back to the request's). The rules that
+//! apply select string tokens by path; scanners (detectors, patterns) of the rules that
+//! apply look at every string value of the node, outside nested nodes, which get their own
+//! rules. Finally only the selected tokens are rewritten; everything else is copied.
+
+use std::borrow::Cow;
+
+use bytes::BytesMut;
+
+use super::rules::{kind_to_resource, Compiled, Repl};
+use super::scan::{self, Kind, Tok};
+use super::{Error, Inner};
+
+/// The quoted replacements, as they are written into JSON.
+const MARKER_JSON: &[u8] = b"\"chaperone:masked\"";
+const BASE64_JSON: &[u8] = b"\"Y2hhcGVyb25lOm1hc2tlZA==\"";
+
+/// Scratch space reused from unit to unit, so that steady state allocates nothing.
+#[derive(Default)]
+pub(crate) struct Units {
+    tape: Vec<Tok>,
+    stack: Vec<u32>,
+    nodes: Vec<usize>,
+    edits: Vec<(u32, Repl)>,
+    scratch: Vec<u8>,
+    /// The last `kind` seen and the resource guessed from it.
+    kind: (Vec<u8>, String),
+}
+
+/// Which part of a unit is written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Whole,
+    /// An envelope up to its streamed array, closed with `]}`: written whole.
+    Prefix,
+    /// Only from this offset (an envelope's suffix, checked with its prefix).
+    From(usize),
+}
+
+/// What a response's objects are matched against.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Units {
+    /// Validates and masks `unit`, and writes the result for the `part` of it to `out`;
+    /// returns the number of values masked there. Error offsets are relative to `unit`.
+    pub(crate) fn mask(
+        &mut self,
+        inner: &Inner,
+        ctx: &Context,
+        unit: &[u8],
+        part: Part,
+        out: &mut BytesMut,
+    ) -> Result<u64, Error> {
+        scan::tokenize(unit, &mut self.tape, &mut self.stack)?;
+        Ok(self.rewrite(inner, ctx, unit, part, out))
+    }
+
+    /// Masks the value at the start of `src` if it is complete there, valid and at most
+    /// `limit` bytes: returns its length and the values masked. Otherwise `None`, and nothing
+    /// is written: the caller buffers the value and calls [`Units::mask`] once it is whole.
+    pub(crate) fn try_mask_prefix(
+        &mut self,
+        inner: &Inner,
+        ctx: &Context,
+        src: &[u8],
+        limit: usize,
+        out: &mut BytesMut,
+    ) -> Option<(usize, u64)> {
+        let end = scan::tokenize_prefix(src, &mut self.tape, &mut self.stack, false).ok()?;
+        if end > limit {
+            return None;
+        }
+        Some((end, self.rewrite(inner, ctx, &src[..end], Part::Whole, out)))
+    }
+
+    /// Applies the rules to the tokenized `unit`.
+    fn rewrite(
+        &mut self,
+        inner: &Inner,
+        ctx: &Context,
+        unit: &[u8],
+        part: Part,
+        out: &mut BytesMut,
+    ) -> u64 {
+        self.edits.clear();
+        let emit_from = match part {
+            Part::From(i) => i,
+            Part::Whole | Part::Prefix => 0,
+        };
+        self.find_nodes(unit);
+        for n in 0..self.nodes.len() {
+            self.mask_node(inner, ctx, unit, n, n == 0 && part == Part::Prefix);
+        }
+        self.edits
+            .retain(|&(t, _)| self.tape[t as usize].start as usize >= emit_from);
+        if self.edits.is_empty() {
+            out.extend_from_slice(&unit[emit_from..]);
+            return 0;
+        }
+        // A token selected twice keeps the stronger replacement: base64 for Secret data, so
+        // that clients can still decode it.
+        self.edits
+            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        self.edits.dedup_by_key(|e| e.0);
+        let mut last = emit_from;
+        for &(t, repl) in &self.edits {
+            let t = &self.tape[t as usize];
+            out.extend_from_slice(&unit[last..t.start as usize]);
+            out.extend_from_slice(match repl {
+                Repl::Marker => MARKER_JSON,
+                Repl::Base64 => BASE64_JSON,
+            });
+            last = t.end as usize;
+        }
+        out.extend_from_slice(&unit[last..]);
+        self.edits.len() as u64
+    }
+
+    /// Fills `nodes` with the token indices of the unit's object nodes, parents first.
+    fn find_nodes(&mut self, src: &[u8]) {
+        self.nodes.clear();
+        let tape = &self.tape;
+        if tape.first().map(|t| t.kind) != Some(Kind::Object) {
+            return;
+        }
+        self.nodes.push(0);
+        let mut i = 0;
+        while i < self.nodes.len() {
+            let node = self.nodes[i];
+            i += 1;
+            for (k, v) in scan::members(tape, node) {
+                let key = scan::content(src, &tape[k], &mut self.scratch);
+                match (key, tape[v].kind) {
+                    (b"items" | b"rows", Kind::Array) => self
+                        .nodes
+                        .extend(scan::elements(tape, v).filter(|&e| tape[e].kind == Kind::Object)),
+                    (b"object", Kind::Object) => self.nodes.push(v),
+                    _ => {}
+                }
+            }
+        }
+        // Nodes in document order: scanning a node skips its child nodes in one pass.
+        self.nodes.sort_unstable();
+    }
+
+    /// Masks node `n`; `open` says it is an envelope's prefix, whose `kind` may come later.
+    fn mask_node(&mut self, inner: &Inner, ctx: &Context, src: &[u8], n: usize, open: bool) {
+        let node = self.nodes[n];
+        let tape = &self.tape;
+        let string = |t: Option<usize>| t.filter(|&t| tape[t].kind == Kind::Str);
+        let meta =
+            scan::member(src, tape, node, b"metadata").filter(|&m| tape[m].kind == Kind::Object);
+        let field = |key: &[u8]| string(meta.and_then(|m| scan::member(src, tape, m, key)));
+        let namespace = match field(b"namespace") {
+            Some(t) => owned_content(src, &tape[t]),
+            None => Cow::Borrowed(ctx.namespace.as_bytes()),
+        };
+        let name = match field(b"name") {
+            Some(t) => owned_content(src, &tape[t]),
+            None => Cow::Borrowed(ctx.name.as_bytes()),
+        };
+        if let Some(k) = string(scan::member(src, tape, node, b"kind")) {
+            let kind = owned_content(src, &tape[k]);
+            // Most nodes of a response share a kind: guess its resource once.
+            if self.kind.0 != *kind {
+                self.kind = (kind.to_vec(), kind_to_resource(&kind));
+            }
+        } else {
+            self.kind.0.clear();
+            self.kind.1.clear();
+        }
+        // An envelope prefix without its `kind` could be anything: every rule applies.
+        let any = open && self.kind.1.is_empty();
+        let resources = [ctx.resource.as_str(), self.kind.1.as_str()];
+
+        let edits = &mut self.edits;
+        let mut scanners: Vec<&Compiled> = Vec::new();
+        for rule in inner.all() {
+            if !(any || rule.applies(&resources, &namespace, &name)) {
+                continue;
+            }
+            rule.select(src, tape, node, &mut |t, repl| edits.push((t as u32, repl)));
+            if rule.scanner.is_some() {
+                scanners.push(rule);
+            }
+        }
+        if scanners.is_empty() {
+            return;
+        }
+        // Every string value of this node, skipping nested nodes (they follow in `nodes`,
+        // in document order, and get their own rules).
+        let end = tape[node].next as usize;
+        let mut children = self.nodes[n + 1..].iter().copied().peekable();
+        let mut i = node + 1;
+        while i < end {
+            while children.next_if(|&c| c < i).is_some() {}
+            if children.next_if_eq(&i).is_some() {
+                i = tape[i].next as usize;
+                continue;
+            }
+            if tape[i].kind == Kind::Str {
+                let value = scan::content(src, &tape[i], &mut self.scratch);
+                let hit = scanners
+                    .iter()
+                    .filter_map(|r| r.scanner.as_ref())
+                    .any(|s| s.is_match(value));
+                if hit {
+                    edits.push((i as u32, Repl::Marker));
+                }
+            }
+            i += 1;
+        }
+    }
+}
+
+/// The content of a string token, borrowed unless it had to be decoded.
+fn owned_content<'a>(src: &'a [u8], t: &Tok) -> Cow<'a, [u8]> {
+    if t.escaped {
+        Cow::Owned(scan::content(src, t, &mut Vec::new()).to_vec())
+    } else {
+        Cow::Borrowed(scan::raw(src, t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    #[test]
+    fn replacements_are_the_marker() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(super::super::MARKER);
+        assert_eq!(super::BASE64_JSON, format!("\"{b64}\"").as_bytes());
+        assert_eq!(
+            super::MARKER_JSON,
+            format!("\"{}\"", super::super::MARKER).as_bytes()
+        );
+    }
+}

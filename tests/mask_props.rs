@@ -1,0 +1,280 @@
+//! Properties of the masking transform over generated JSON and logs, fed in random chunks.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use chaperone::body::{Body, BoxError};
+use chaperone::mask::{apply, Masker, Rule, Target, DETECTORS, MARKER};
+use http::{header, HeaderMap, HeaderValue};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use proptest::prelude::*;
+use serde_json::{Map, Value};
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 500,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Keys that steer the masker (object nodes, Secret fields, env), mixed with random ones.
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            "data", "stringData", "items", "rows", "object", "metadata", "annotations", "name",
+            "namespace", "env", "value", "spec", "cells", "type",
+            "kubectl.kubernetes.io/last-applied-configuration",
+        ])
+        .prop_map(str::to_string),
+        2 => "[a-zA-Z<>&\"\\\\é]{0,6}",
+    ]
+}
+
+fn string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[ -~]{0,12}",
+        "[a-z0-9é\n\t\"\\\\\u{2028}😀]{0,8}",
+        Just("AKIAIOSFODNN7EXAMPLE".to_string()),
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(Value::from),
+        string().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((key(), inner), 0..6).prop_map(|kv| {
+                let mut m = Map::new();
+                for (k, v) in kv {
+                    m.insert(k, v);
+                }
+                Value::Object(m)
+            }),
+            prop::sample::select(vec!["Secret", "ConfigMap", "Pod", "List", "Table"])
+                .prop_map(|k| serde_json::json!({ "kind": k })),
+        ]
+    })
+}
+
+/// A body of `input` cut at the given (sorted, deduplicated) offsets.
+fn body(input: &[u8], cuts: &[usize]) -> Body {
+    let mut pieces = Vec::new();
+    let mut last = 0;
+    let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (input.len() + 1)).collect();
+    cuts.sort_unstable();
+    for c in cuts.into_iter().chain([input.len()]) {
+        if c > last {
+            pieces.push(Ok::<_, BoxError>(Frame::data(Bytes::copy_from_slice(
+                &input[last..c],
+            ))));
+            last = c;
+        }
+    }
+    StreamBody::new(futures_util::stream::iter(pieces)).boxed()
+}
+
+fn mask(
+    m: &Masker,
+    t: &Target<'_>,
+    content_type: &str,
+    input: &[u8],
+    cuts: &[usize],
+) -> Result<Vec<u8>, String> {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap(),
+    );
+    let plan = m.plan(t, &h);
+    let out = apply(body(input, cuts), plan, Arc::new(AtomicU64::new(0)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let collected = out.collect().await.map_err(|e| e.to_string())?;
+        Ok(collected.to_bytes().to_vec())
+    })
+}
+
+/// Same structure: only string values may differ.
+fn same_shape(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(_), Value::String(_)) => true,
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_shape(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_shape(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Compiled once: regex compilation dominates a case otherwise.
+static EVERYTHING: LazyLock<Masker> = LazyLock::new(everything);
+static DEFAULTS: LazyLock<Masker> = LazyLock::new(|| Masker::compile(&[]).unwrap());
+
+fn everything() -> Masker {
+    Masker::compile(&[
+        Rule {
+            resources: vec!["*".into()],
+            detectors: DETECTORS.iter().map(|s| s.to_string()).collect(),
+            ..Rule::default()
+        },
+        Rule {
+            resources: vec!["configmaps".into(), "widgets".into()],
+            fields: vec![
+                "data.*".into(),
+                "spec.env[*].value".into(),
+                "metadata.annotations".into(),
+            ],
+            key_regex: Some("a".into()),
+            name_regex: Some("(?i)key".into()),
+            ..Rule::default()
+        },
+    ])
+    .unwrap()
+}
+
+fn widgets() -> Target<'static> {
+    Target {
+        resource: "widgets",
+        api_group: "example.com",
+        ..Target::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn output_is_valid_json_of_the_same_shape(
+        v in json_value(),
+        pretty in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let input = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+        for resource in ["secrets", "widgets"] {
+            let t = Target { resource, ..widgets() };
+            let out = mask(&EVERYTHING, &t, "application/json", &input, &cuts).unwrap();
+            // Compare with the input as parsed (floats do not round-trip exactly).
+            let (v, w): (Value, Value) = (serde_json::from_slice(&input).unwrap(), serde_json::from_slice(&out).unwrap());
+            prop_assert!(same_shape(&v, &w), "{} -> {}", v, w);
+        }
+    }
+
+    #[test]
+    fn watch_streams_keep_their_shape(
+        events in prop::collection::vec(json_value(), 0..5),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let mut input = Vec::new();
+        let events: Vec<Value> = events.iter().map(|e| serde_json::from_slice(&serde_json::to_vec(e).unwrap()).unwrap()).collect();
+        for e in &events {
+            input.extend(serde_json::to_vec(&serde_json::json!({"type": "ADDED", "object": e})).unwrap());
+            input.push(b'\n');
+        }
+        let t = Target { resource: "secrets", is_watch: true, ..Target::default() };
+        let out = mask(&EVERYTHING, &t, "application/json", &input, &cuts).unwrap();
+        let outs: Vec<Value> = serde_json::Deserializer::from_slice(&out)
+            .into_iter::<Value>()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        prop_assert_eq!(outs.len(), events.len());
+        for (e, o) in events.iter().zip(&outs) {
+            let event = serde_json::json!({"type": "ADDED", "object": e});
+            prop_assert!(same_shape(&event, o), "{} -> {}", event, o);
+        }
+    }
+
+    #[test]
+    fn nothing_to_mask_leaves_identical_bytes(
+        v in json_value(),
+        pretty in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let input = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+        // Only the built-in Secret rule, on a custom resource: nothing of a Secret applies
+        // unless a node says `kind: Secret`.
+        prop_assume!(!input.windows(8).any(|w| w.eq_ignore_ascii_case(b"\"secret\"")));
+        let out = mask(&DEFAULTS, &widgets(), "application/json", &input, &cuts).unwrap();
+        prop_assert_eq!(out, input);
+    }
+
+    #[test]
+    fn detected_secrets_never_leave_json(
+        v in json_value(),
+        secret in prop_oneof![
+            "AKIA[A-Z0-9]{16}",
+            "ghp_[A-Za-z0-9]{36}",
+            "xoxb-[0-9]{12}-[A-Za-z0-9]{12}",
+            "eyJ[A-Za-z0-9_-]{10,20}\\.eyJ[A-Za-z0-9_-]{10,20}\\.[A-Za-z0-9_-]{10,20}",
+        ],
+        around in "[ a-z]{0,6}",
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let doc = serde_json::json!({"kind": "Widget", "spec": {"x": v, "y": format!("{around} {secret} {around}")}});
+        let input = serde_json::to_vec(&doc).unwrap();
+        let out = mask(&EVERYTHING, &widgets(), "application/json", &input, &cuts).unwrap();
+        prop_assert!(!String::from_utf8_lossy(&out).contains(&secret));
+    }
+
+    #[test]
+    fn secret_data_never_leaves(
+        values in prop::collection::vec("[A-Za-z0-9+/]{16,40}", 1..6),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+        sorted in any::<bool>(),
+    ) {
+        let items: Vec<Value> = values.iter().enumerate().map(|(i, v)| {
+            serde_json::json!({"metadata": {"name": format!("s{i}")}, "data": {"k": v}, "type": "Opaque"})
+        }).collect();
+        let list = serde_json::json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": items});
+        let mut input = serde_json::to_vec(&list).unwrap();
+        if sorted {
+            // Envelope keys after the items, as a sorted-key writer puts them.
+            let m: std::collections::BTreeMap<String, Value> = serde_json::from_value(list).unwrap();
+            input = serde_json::to_vec(&m).unwrap();
+        }
+        let t = Target { resource: "secrets", ..Target::default() };
+        let out = mask(&DEFAULTS, &t, "application/json", &input, &cuts).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        for v in &values {
+            prop_assert!(!text.contains(v.as_str()));
+        }
+    }
+
+    #[test]
+    fn detected_secrets_never_leave_logs(
+        lines in prop::collection::vec("[ -~]{0,40}", 0..6),
+        secret in prop_oneof![
+            "AKIA[A-Z0-9]{16}",
+            "ghp_[A-Za-z0-9]{36}",
+            "xoxp-[0-9]{10}-[A-Za-z0-9]{10}",
+            "eyJ[A-Za-z0-9_-]{10,20}\\.eyJ[A-Za-z0-9_-]{10,20}\\.[A-Za-z0-9_-]{10,20}",
+        ],
+        at in any::<usize>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let mut lines = lines;
+        let at = at % (lines.len() + 1);
+        lines.insert(at, format!("token {secret} end"));
+        let input = lines.join("\n");
+        let t = Target { resource: "pods", subresource: "log", ..Target::default() };
+        let out = mask(&DEFAULTS, &t, "text/plain", input.as_bytes(), &cuts).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        prop_assert!(!text.contains(&secret));
+        prop_assert!(text.contains(MARKER));
+        prop_assert_eq!(text.matches('\n').count(), input.matches('\n').count());
+    }
+}
