@@ -487,6 +487,21 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_configs_parse() {
+        for name in ["in-cluster.yaml", "sandbox.yaml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("manifests/config")
+                .join(name);
+            let config = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(config.policy.is_some(), "{name} names a policy");
+            assert!(
+                !config.identity.issuers.is_empty(),
+                "{name} trusts an issuer"
+            );
+        }
+    }
+
+    #[test]
     fn identity_is_required_and_validated() {
         let cases = [
             ("", "at least one trusted token issuer"),

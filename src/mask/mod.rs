@@ -51,8 +51,9 @@
 //!   masked in pieces of at most [`MAX_LINE`] bytes, so a secret straddling a cut of a
 //!   longer line could escape its detector (cuts fall after a blank when there is one).
 //! * When a List too large to hold is streamed, its envelope fields before `items` are
-//!   masked before the fields after it are read: if its `kind` is not among them, every rule
-//!   applies to that envelope part. Field paths that go *through* a top-level `items` or
+//!   masked before the fields after it are read: if its `kind` is not among them, every
+//!   policy rule applies to that envelope part (the built-in Secret rule goes by the
+//!   requested resource: a List's own fields are list metadata). Field paths that go *through* a top-level `items` or
 //!   `rows` array do not reach the streamed elements (they are read as List items).
 //! * Keys are never masked, only string values; Table `cells` are masked only by
 //!   detectors and patterns (a printer column of a custom resource can show any field).

@@ -183,14 +183,18 @@ impl Units {
             self.kind.0.clear();
             self.kind.1.clear();
         }
-        // An envelope prefix without its `kind` could be anything: every rule applies.
+        // An envelope prefix without its `kind` could be anything a policy names: every
+        // policy rule applies to it (fail closed). The built-in Secret rule still goes
+        // by the requested resource: a Secret is never streamed as an envelope, and
+        // a List's own fields hold list metadata, not Secret data.
         let any = open && self.kind.1.is_empty();
         let resources = [ctx.resource.as_str(), self.kind.1.as_str()];
 
         let edits = &mut self.edits;
         let mut scanners: Vec<&Compiled> = Vec::new();
         for rule in inner.all() {
-            if !(any || rule.applies(&resources, &namespace, &name)) {
+            let fallback = any && !std::ptr::eq(rule, &inner.secrets);
+            if !(fallback || rule.applies(&resources, &namespace, &name)) {
                 continue;
             }
             rule.select(src, tape, node, &mut |t, repl| edits.push((t as u32, repl)));

@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# One image, two binaries: `chaperone` (the proxy and CLI; the entrypoint, which the
+# injected sidecar runs as `chaperone proxy --config ...`) and `chaperone-injector`
+# (the webhook Deployment overrides the command).
+#
+#   docker build -t ghcr.io/chaperone-dev/chaperone:0.1.0 .
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Only what the build reads, so edits to docs, manifests or tests keep the layer cache.
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY benches benches
+COPY injector injector
+# Cache mounts keep the registry and target dir between builds; the binaries are copied
+# out of the cached target dir, which is not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p chaperone -p chaperone-injector --bins \
+    && mkdir -p /out \
+    && cp target/release/chaperone target/release/chaperone-injector /out/
+
+# glibc and libgcc (for the Rust std runtime), CA certificates, no shell; uid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/chaperone /out/chaperone-injector /usr/local/bin/
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/chaperone"]

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Renders the three kustomizations under manifests/ and validates every object offline
+# against the Kubernetes OpenAPI schemas (strict: unknown fields are errors), then checks
+# a sample AccessRequest against the CRD's own schema.
+#
+# Needs kubectl (for its built-in kustomize) and kubernetes-validate from PyPI:
+#   python3 -m venv .ci/cache/kv && .ci/cache/kv/bin/pip install 'kubernetes-validate==1.37.0'
+#   KUBERNETES_VALIDATE_VENV=.ci/cache/kv injector/tests/manifests.sh
+# Environment: CHAPERONE_KUBECTL (default: kubectl on PATH), KUBERNETES_VALIDATE_VENV
+# (default: kubernetes-validate and python3 on PATH), K8S_VERSION (default 1.33.0).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+kubectl=${CHAPERONE_KUBECTL:-kubectl}
+if [[ -n "${KUBERNETES_VALIDATE_VENV:-}" ]]; then
+  validate="$KUBERNETES_VALIDATE_VENV/bin/kubernetes-validate"
+  python="$KUBERNETES_VALIDATE_VENV/bin/python"
+else
+  validate=kubernetes-validate
+  python=python3
+fi
+version=${K8S_VERSION:-1.33.0}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+for k in base observability examples/mcp; do
+  file="$out/${k//\//-}.yaml"
+  echo "--- kustomize manifests/$k"
+  # examples/mcp takes its policy from policies/, outside its own directory.
+  "$kubectl" kustomize --load-restrictor LoadRestrictionsNone "manifests/$k" >"$file"
+  echo "--- validate manifests/$k against Kubernetes $version ($(grep -c '^kind:' "$file") objects)"
+  "$validate" --kubernetes-version "$version" --strict --quiet "$file"
+done
+
+echo "--- AccessRequest sample against the CRD schema"
+"$python" - "$out/base.yaml" injector/tests/fixtures/accessrequest.yaml <<'PY'
+import sys, yaml, jsonschema
+crd = next(d for d in yaml.safe_load_all(open(sys.argv[1]))
+           if d and d["kind"] == "CustomResourceDefinition")
+version = next(v for v in crd["spec"]["versions"] if v["storage"])
+schema = version["schema"]["openAPIV3Schema"]
+
+def strict(s):
+    # Structural schemas prune unknown fields; treat them as errors here, and drop the
+    # Kubernetes extensions jsonschema does not know.
+    s = {k: v for k, v in s.items() if not k.startswith("x-kubernetes-")}
+    if s.get("type") == "object" and "properties" in s:
+        s.setdefault("additionalProperties", False)
+        s["properties"] = {k: strict(v) for k, v in s["properties"].items()}
+    if "items" in s:
+        s["items"] = strict(s["items"])
+    return s
+
+sample = yaml.safe_load(open(sys.argv[2]))
+jsonschema.validate(sample, strict(schema), format_checker=jsonschema.FormatChecker())
+bad = dict(sample, status=dict(sample["status"], phase="Maybe"))
+try:
+    jsonschema.validate(bad, strict(schema))
+    sys.exit("the CRD schema accepted phase: Maybe")
+except jsonschema.ValidationError:
+    pass
+print("AccessRequest sample valid; a bad phase is rejected")
+PY
+echo "--- manifests ok"
