@@ -85,6 +85,8 @@ pub struct Counters {
     pub exported: AtomicU64,
     /// Events in a batch being exported (retried while the collector is down).
     pub in_flight: AtomicU64,
+    /// Events of ended responses not yet in the queue.
+    pub queuing: AtomicU64,
 }
 
 /// The sending side of the audit queues (one per sink), shared by every request.
@@ -169,22 +171,6 @@ impl Recorder {
         }
     }
 
-    /// Records from a context that cannot wait (a body being dropped).
-    fn record_detached(self: &Arc<Self>, event: Event) {
-        let full = self.sinks.iter().any(|s| s.capacity() == 0);
-        if self.overflow == Overflow::Block && full {
-            let me = self.clone();
-            tokio::spawn(async move { me.record(event).await });
-            return;
-        }
-        let event = Arc::new(event);
-        for sink in &self.sinks {
-            if sink.try_send(event.clone()).is_err() {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
     /// Events waiting in the fullest queue.
     pub fn queued(&self) -> usize {
         self.sinks
@@ -197,7 +183,10 @@ impl Recorder {
     /// Waits up to `grace` for the queues to drain to the sinks, then stops the writers.
     pub async fn close(&self, grace: Duration) {
         let drained = async {
-            while self.queued() > 0 || self.counters.in_flight.load(Ordering::Relaxed) > 0 {
+            while self.queued() > 0
+                || self.counters.in_flight.load(Ordering::Relaxed) > 0
+                || self.counters.queuing.load(Ordering::Relaxed) > 0
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
@@ -558,23 +547,43 @@ pub fn on_complete(
     Body::new(Completion {
         inner: body,
         pending: Some((recorder, trail, code, on_masked)),
+        recording: None,
     })
 }
 
 struct Completion {
     inner: Body,
     pending: Option<(Arc<Recorder>, Trail, u16, OnMasked)>,
+    /// The event being queued as the body ends, and what to return once it is: the
+    /// last frame waits for the queue, so with `overflow: block` a full queue holds the
+    /// response back (its last data frame included, since with a Content-Length the
+    /// client needs no end-of-stream) instead of growing without bound.
+    recording: Option<(Mutex<Recording>, After)>,
 }
 
+/// What a body yields once its event is queued.
+enum After {
+    End,
+    Error(BoxError),
+    Frame(Frame<Bytes>),
+}
+
+type Recording = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 impl Completion {
-    fn finish(&mut self, error: Option<String>) {
-        if let Some((recorder, mut trail, code, on_masked)) = self.pending.take() {
-            if let Some(e) = error {
-                trail.note(annotation::ERROR, e);
-            }
-            on_masked(trail.masked.load(Ordering::Relaxed));
-            recorder.record_detached(trail.event(Stage::ResponseComplete, code, None));
+    /// The event for the ended body, as a future that queues it.
+    fn record(&mut self, error: Option<String>) -> Option<Recording> {
+        let (recorder, mut trail, code, on_masked) = self.pending.take()?;
+        if let Some(e) = error {
+            trail.note(annotation::ERROR, e);
         }
+        on_masked(trail.masked.load(Ordering::Relaxed));
+        let event = trail.event(Stage::ResponseComplete, code, None);
+        recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
+        Some(Box::pin(async move {
+            recorder.record(event).await;
+            recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
+        }))
     }
 }
 
@@ -586,20 +595,40 @@ impl http_body::Body for Completion {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finish(None),
-            Poll::Ready(Some(Err(e))) => {
-                let message = e.to_string();
-                self.finish(Some(message));
+        loop {
+            if let Some((recording, _)) = &mut self.recording {
+                let fut = recording.get_mut().unwrap_or_else(|e| e.into_inner());
+                if fut.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                return Poll::Ready(match self.recording.take().map(|(_, after)| after) {
+                    Some(After::Frame(f)) => Some(Ok(f)),
+                    Some(After::Error(e)) => Some(Err(e)),
+                    Some(After::End) | None => None,
+                });
             }
-            _ => {}
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(None) => match self.record(None) {
+                    Some(fut) => self.recording = Some((Mutex::new(fut), After::End)),
+                    None => return Poll::Ready(None),
+                },
+                Poll::Ready(Some(Err(e))) => match self.record(Some(e.to_string())) {
+                    Some(fut) => self.recording = Some((Mutex::new(fut), After::Error(e))),
+                    None => return Poll::Ready(Some(Err(e))),
+                },
+                Poll::Ready(Some(Ok(frame))) if self.inner.is_end_stream() => {
+                    match self.record(None) {
+                        Some(fut) => self.recording = Some((Mutex::new(fut), After::Frame(frame))),
+                        None => return Poll::Ready(Some(Ok(frame))),
+                    }
+                }
+                other => return other,
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.recording.is_none() && self.pending.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -609,12 +638,22 @@ impl http_body::Body for Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if self.pending.is_some() && !self.inner.is_end_stream() {
-            self.finish(Some(
-                "the client closed the connection before the response ended".into(),
-            ));
-        } else {
-            self.finish(None);
+        // The client is gone: nothing can wait any more, so the event is queued from a
+        // task of its own.
+        let fut = match self.recording.take() {
+            Some((recording, _)) => Some(recording.into_inner().unwrap_or_else(|e| e.into_inner())),
+            None if self.pending.is_some() => {
+                let why = (!self.inner.is_end_stream()).then(|| {
+                    "the client closed the connection before the response ended".to_owned()
+                });
+                self.record(why)
+            }
+            None => None,
+        };
+        if let Some(fut) = fut {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(fut);
+            }
         }
     }
 }

@@ -1,0 +1,317 @@
+//! Each request reaches an OpenTelemetry Collector (a real OTLP/gRPC receiver here) as
+//! a span continuing the caller's trace and a log record carrying the audit event;
+//! a collector outage loses nothing within the queue's bound, and past it `drop`
+//! counts what it discards.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use support::sandbox;
+
+/// What the collector received.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+    logs: Arc<Mutex<Vec<LogRecord>>>,
+    resources: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        for rs in request.into_inner().resource_spans {
+            if let Some(r) = &rs.resource {
+                self.resources.lock().unwrap().push(attrs(&r.attributes));
+            }
+            for ss in rs.scope_spans {
+                self.spans.lock().unwrap().extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        for rl in request.into_inner().resource_logs {
+            for sl in rl.scope_logs {
+                self.logs.lock().unwrap().extend(sl.log_records);
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                Some(any_value::Value::IntValue(i)) => i.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Serves the collector on `listener` until the returned handle is aborted.
+fn serve(listener: std::net::TcpListener) -> (Collector, tokio::task::JoinHandle<()>) {
+    let collector = Collector::default();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let c = collector.clone();
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(c.clone()))
+            .add_service(LogsServiceServer::new(c))
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    (collector, task)
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_log_records_continue_the_callers_trace() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (collector, server) = serve(listener);
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "audit:\n  otlp: {{endpoint: \"http://127.0.0.1:{port}\", batch: 1}}\n"
+        ))
+        .start()
+        .await;
+    let client = env.client(false);
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    let ok = client
+        .get(
+            &format!("{}/api/v1/namespaces/default/pods", env.proxy_url()),
+            &[("traceparent", &traceparent)],
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    let upstream = env.started.sandbox.last_request_headers().unwrap();
+    let denied = client
+        .get(
+            &format!("{}/api/v1/namespaces/default/pods", env.proxy_url()),
+            &[("traceparent", &traceparent), ("Impersonate-User", "admin")],
+        )
+        .await;
+    assert_eq!(denied.status, 403);
+
+    wait_for("two spans and two log records", || {
+        collector.spans.lock().unwrap().len() >= 2 && collector.logs.lock().unwrap().len() >= 2
+    })
+    .await;
+    let spans = collector.spans.lock().unwrap().clone();
+    let by_code = |code: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                attrs(&s.attributes)
+                    .get("http.response.status_code")
+                    .map(String::as_str)
+                    == Some(code)
+            })
+            .unwrap_or_else(|| panic!("no span with code {code}"))
+            .clone()
+    };
+    let served = by_code("200");
+    assert_eq!(hex(&served.trace_id), TRACE);
+    assert_eq!(hex(&served.parent_span_id), PARENT);
+    assert_eq!(served.name, "list pods");
+    let a = attrs(&served.attributes);
+    assert_eq!(a["http.request.method"], "GET");
+    assert_eq!(a["url.path"], "/api/v1/namespaces/default/pods");
+    assert_eq!(a["user.name"], "system:serviceaccount:default:mcp-server");
+    assert_eq!(a["k8s.namespace.name"], "default");
+    assert_eq!(a["chaperone.decision"], "allow");
+    assert!(
+        served.end_time_unix_nano >= served.start_time_unix_nano && served.start_time_unix_nano > 0
+    );
+
+    // The API server was handed this span as the parent of its work.
+    let sent = upstream
+        .get("traceparent")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sent, format!("00-{TRACE}-{}-01", hex(&served.span_id)));
+
+    let refused = attrs(&by_code("403").attributes);
+    assert_eq!(refused["chaperone.decision"], "deny");
+
+    // Each log record's body is the audit event itself.
+    let logs = collector.logs.lock().unwrap().clone();
+    let bodies: Vec<serde_json::Value> = logs
+        .iter()
+        .map(|l| match l.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => serde_json::from_str(s).unwrap(),
+            other => panic!("log body {other:?}"),
+        })
+        .collect();
+    assert!(bodies
+        .iter()
+        .all(|b| b["kind"] == "Event" && b["apiVersion"] == "audit.k8s.io/v1"));
+    assert!(bodies.iter().any(|b| b["responseStatus"]["code"] == 403));
+    assert!(logs.iter().all(|l| hex(&l.trace_id) == TRACE));
+    let resource = collector.resources.lock().unwrap()[0].clone();
+    assert_eq!(resource["service.name"], "chaperone");
+    env.stop().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_outage_loses_nothing_within_the_bound() {
+    // A port with nothing behind it yet.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "audit:\n  otlp: {{endpoint: \"http://{addr}\", batch: 2, timeout: 1s}}\n"
+        ))
+        .start()
+        .await;
+    let client = env.client(false);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let reply = client
+            .get(
+                &format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url()),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            reply.status, 200,
+            "requests are served while the collector is down"
+        );
+        ids.push(reply.headers["audit-id"].to_str().unwrap().to_owned());
+    }
+    // The collector comes up on that address.
+    let (collector, server) = serve(std::net::TcpListener::bind(addr).unwrap());
+    wait_for("all five events", || {
+        let logs = collector.logs.lock().unwrap();
+        ids.iter().all(|id| {
+            logs.iter()
+                .any(|l| attrs(&l.attributes).get("chaperone.audit_id") == Some(id))
+        })
+    })
+    .await;
+    env.stop().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_bound_drop_counts_what_it_discards() {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "audit:\n  queue: 1\n  overflow: drop\n  otlp: {{endpoint: \"http://{addr}\", batch: 1, timeout: 1s}}\nupstream:\n  shutdownGrace: 1s\n"
+        ))
+        .start()
+        .await;
+    let client = env.client(false);
+    for _ in 0..10 {
+        let reply = client
+            .get(
+                &format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url()),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chaperone_audit_events_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(dropped >= 5, "dropped {dropped}:\n{metrics}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "audit:\n  queue: 1\n  overflow: block\n  otlp: {{endpoint: \"http://{addr}\", batch: 1, timeout: 1s}}\n"
+        ))
+        .start()
+        .await;
+    let url = format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url());
+    // One event is held by the exporter, one fits the queue; the third request waits.
+    let client = env.client(false);
+    for _ in 0..2 {
+        assert_eq!(client.get(&url, &[]).await.status, 200);
+    }
+    let client = Arc::new(client);
+    let third = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.get(&url, &[]).await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "the request went through with its audit event unqueued"
+    );
+    let (_collector, server) = serve(std::net::TcpListener::bind(addr).unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(30), third)
+        .await
+        .expect("released")
+        .unwrap();
+    assert_eq!(status, 200);
+    env.stop().await;
+    server.abort();
+}
