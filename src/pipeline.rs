@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{field, Instrument};
 
-use crate::audit::{self, event::annotation, event::Stage, Recorder, Trail};
+use crate::audit::{self, event::annotation, event::Level, event::Stage, Recorder, Trail};
 use crate::body::Body;
 use crate::config::UpstreamIdentity;
 use crate::headers;
@@ -209,6 +209,7 @@ impl Proxy {
         trail.note(annotation::DECISION, decision.applied().as_str());
         trail.note(annotation::RULE, decision.rule());
         trail.note(annotation::REASON, decision.to_string());
+        trail.set_level(decision.audit_level());
         trail.note(
             annotation::MODE,
             if decision.enforced() {
@@ -254,10 +255,17 @@ impl Proxy {
         // re-encoded once, never the caller's raw bytes.
         let path = info.forward_path_and_query(req.uri());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let req = req.map(|b| {
+        let request_kind = content_type(req.headers());
+        let mut req = req.map(|b| {
             b.map_err(|e| -> crate::body::BoxError { Box::new(e) })
                 .boxed()
         });
+        if trail.level() >= Level::Request && !upgrade {
+            let body = std::mem::replace(req.body_mut(), crate::body::empty());
+            let (body, captured) = audit::capture::tee(body, &request_kind);
+            *req.body_mut() = body;
+            trail.capture_request(captured);
+        }
         let rsp = self
             .upstream
             .forward(req, &path, downstream_upgrade)
@@ -284,8 +292,25 @@ impl Proxy {
                 mask::apply(body, plan, trail.masked_counter())
             }
         };
+        // The record keeps what the caller got: the masked body.
+        let body = if trail.level() >= Level::RequestResponse {
+            let kind = content_type(&parts.headers);
+            let (body, captured) = audit::capture::tee(body, &kind);
+            trail.capture_response(captured);
+            body
+        } else {
+            body
+        };
         Ok((Response::from_parts(parts, body), streaming))
     }
+}
+
+fn content_type(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// `pods/log?follow=true`: a stream that ends when the container does.

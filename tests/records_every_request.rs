@@ -200,3 +200,84 @@ async fn a_watch_is_recorded_when_it_starts_and_when_it_ends() {
     assert_eq!(complete.verb, "watch");
     env.stop().await;
 }
+
+const RECORD_BODIES: &str = "apiVersion: chaperone.dev/v1alpha1
+kind: Policy
+metadata: {name: bodies}
+spec:
+  auditLevel: Metadata
+  rules:
+  # The deciding rule sets the level: among allow rules, the first that matches.
+  - name: record-configmaps-and-secrets
+    subjects: {serviceAccounts: [default/mcp-server]}
+    apiGroups: [\"\"]
+    resources: [configmaps, secrets]
+    verbs: [\"*\"]
+    action: allow
+    auditLevel: RequestResponse
+  - name: anything
+    subjects: {serviceAccounts: [default/mcp-server]}
+    apiGroups: [\"*\"]
+    resources: [\"*\"]
+    verbs: [\"*\"]
+    action: allow
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_can_record_bodies_and_they_are_the_masked_ones() {
+    let env = sandbox().policy(RECORD_BODIES).with_proxy().start().await;
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: recorded, namespace: default}\ndata: {k: v}\n";
+    support::ok(&env.kubectl_stdin(&["create", "-f", "-"], cm).await);
+    support::ok(
+        &env.kubectl(&["get", "secret", "db-credentials", "-o", "name"])
+            .await,
+    );
+    support::ok(&env.kubectl(&["get", "pods", "-o", "name"]).await);
+    let dir = env.stop().await;
+    let audit = dir.path().join("sandbox/audit.jsonl");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let events: Vec<Event> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |verb: &str, resource: &str| {
+        events
+            .iter()
+            .find(|e| {
+                e.verb == verb
+                    && e.object_ref
+                        .as_ref()
+                        .is_some_and(|o| o.resource == resource)
+            })
+            .unwrap_or_else(|| panic!("no {verb} {resource}"))
+    };
+    let create = find("create", "configmaps");
+    assert_eq!(
+        create.level,
+        chaperone::audit::event::Level::RequestResponse
+    );
+    assert_eq!(create.request_object.as_ref().unwrap()["data"]["k"], "v");
+    assert_eq!(
+        create.response_object.as_ref().unwrap()["metadata"]["name"],
+        "recorded"
+    );
+    let secret = find("get", "secrets");
+    let recorded = secret.response_object.as_ref().unwrap().to_string();
+    assert!(
+        recorded.contains("Y2hhcGVyb25lOm1hc2tlZA==") && !recorded.contains("czNjcjN0LXBhc3N3MHJk"),
+        "{recorded}"
+    );
+    // Other rules keep the default level: no bodies.
+    let pods = find("list", "pods");
+    assert!(pods.request_object.is_none() && pods.response_object.is_none());
+    // `replay --bodies` shows them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chaperone"))
+        .args(["replay", "--bodies", audit.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let timeline = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        timeline.contains("    request: {") && timeline.contains("\"recorded\""),
+        "{timeline}"
+    );
+}

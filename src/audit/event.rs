@@ -44,6 +44,12 @@ pub struct Event {
     pub object_ref: Option<ObjectRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_status: Option<ResponseStatus>,
+    /// The request body, at level `Request` and above (JSON bodies within the cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_object: Option<serde_json::Value>,
+    /// The response body as the caller got it (masked), at level `RequestResponse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_object: Option<serde_json::Value>,
     /// RFC 3339 with microseconds, as the API server writes them.
     pub request_received_timestamp: String,
     pub stage_timestamp: String,
@@ -51,7 +57,8 @@ pub struct Event {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// How much of a request is recorded, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub enum Level {
     #[default]
     Metadata,
@@ -158,6 +165,8 @@ mod tests {
                 code: 200,
                 ..Default::default()
             }),
+            request_object: None,
+            response_object: None,
             request_received_timestamp: "t0".into(),
             stage_timestamp: "t1".into(),
             annotations: BTreeMap::new(),

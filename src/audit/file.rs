@@ -140,6 +140,8 @@ mod tests {
             user_agent: String::new(),
             object_ref: None,
             response_status: None,
+            request_object: None,
+            response_object: None,
             request_received_timestamp: "t".into(),
             stage_timestamp: "t".into(),
             annotations: Default::default(),

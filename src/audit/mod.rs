@@ -12,6 +12,7 @@
 //! wait for room (fail closed: nothing goes unrecorded), `drop` discards the event and
 //! counts it.
 
+pub mod capture;
 pub mod event;
 pub mod file;
 pub mod otlp;
@@ -286,6 +287,8 @@ pub struct Trail {
     level: Level,
     annotations: BTreeMap<String, String>,
     masked: Arc<AtomicU64>,
+    request_body: Option<capture::Capture>,
+    response_body: Option<capture::Capture>,
 }
 
 impl Trail {
@@ -335,6 +338,8 @@ impl Trail {
             level: Level::Metadata,
             annotations,
             masked: Arc::new(AtomicU64::new(0)),
+            request_body: None,
+            response_body: None,
         }
     }
 
@@ -390,6 +395,20 @@ impl Trail {
         self.level = level;
     }
 
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Keeps the request body for the record (level `Request` and above).
+    pub fn capture_request(&mut self, body: capture::Capture) {
+        self.request_body = Some(body);
+    }
+
+    /// Keeps the (masked) response body for the record (level `RequestResponse`).
+    pub fn capture_response(&mut self, body: capture::Capture) {
+        self.response_body = Some(body);
+    }
+
     /// The W3C `traceparent` to send upstream: this request's trace, with this
     /// request's span as the parent of the API server's work.
     pub fn traceparent(&self) -> String {
@@ -443,6 +462,19 @@ impl Trail {
             annotation::MASKED_FIELDS.to_owned(),
             self.masked.load(Ordering::Relaxed).to_string(),
         );
+        let mut body = |captured: &Option<capture::Capture>, note: &str| match captured
+            .as_ref()
+            .map(|c| c.recorded())
+        {
+            Some(capture::Recorded::Object(v)) => Some(v),
+            Some(capture::Recorded::Omitted(why)) => {
+                annotations.insert(note.to_owned(), why);
+                None
+            }
+            None => None,
+        };
+        let request_object = body(&self.request_body, "chaperone.dev/request-body");
+        let response_object = body(&self.response_body, "chaperone.dev/response-body");
         annotations.insert(
             annotation::LATENCY_MS.to_owned(),
             format!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
@@ -473,6 +505,8 @@ impl Trail {
             user_agent: self.user_agent.clone(),
             object_ref: self.object_ref.clone(),
             response_status,
+            request_object,
+            response_object,
             request_received_timestamp: event::timestamp(self.received),
             stage_timestamp: event::timestamp(time::OffsetDateTime::now_utc()),
             annotations,

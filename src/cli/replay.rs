@@ -194,12 +194,18 @@ fn emit(
             Format::Text => {
                 writeln!(out, "{}", row(e))?;
                 if args.bodies {
-                    for (key, label) in [
-                        ("chaperone.dev/request-body", "request"),
-                        ("chaperone.dev/response-body", "response"),
+                    for (object, key, label) in [
+                        (&e.request_object, "chaperone.dev/request-body", "request"),
+                        (
+                            &e.response_object,
+                            "chaperone.dev/response-body",
+                            "response",
+                        ),
                     ] {
-                        if let Some(b) = e.annotations.get(key) {
-                            writeln!(out, "    {label}: {b}")?;
+                        match (object, e.annotations.get(key)) {
+                            (Some(v), _) => writeln!(out, "    {label}: {v}")?,
+                            (None, Some(why)) => writeln!(out, "    {label}: ({why})")?,
+                            (None, None) => {}
                         }
                     }
                 }

@@ -77,6 +77,8 @@ pub struct RuleMeta {
     pub mode: Mode,
     /// For `approve` rules: the rule's `approval`, or the defaults.
     pub approval: Option<model::Approval>,
+    /// The rule's `auditLevel`, or else the policy's.
+    pub audit_level: crate::audit::event::Level,
 }
 
 /// One compiled rule.
@@ -317,6 +319,7 @@ pub(crate) fn dotted(path: &[Step<'_>]) -> String {
 pub(crate) fn compile(doc: model::Document, text: &str, origin: &str) -> Result<Policy, Error> {
     let fault = Fault { text, origin };
     let mode = doc.spec.mode;
+    let audit_level = doc.spec.audit_level;
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, rule) in doc.spec.rules.iter().enumerate() {
         if let Some(first) = seen.insert(rule.name.0.as_str(), i) {
@@ -365,7 +368,12 @@ pub(crate) fn compile(doc: model::Document, text: &str, origin: &str) -> Result<
                 .or_default()
                 .insert(id, &rule);
         }
-        rules.push(build_rule(rule, mode, lines.get(i).copied().unwrap_or(1)));
+        rules.push(build_rule(
+            rule,
+            mode,
+            audit_level,
+            lines.get(i).copied().unwrap_or(1),
+        ));
     }
     let names: HashSet<&str> = rules.iter().map(|r| r.meta.name.as_str()).collect();
     let case_lines = item_lines(text, &[Step::Key("tests")]);
@@ -446,7 +454,12 @@ pub(crate) fn rule_path(i: usize, field: Option<&str>) -> Vec<Step<'_>> {
     path
 }
 
-fn build_rule(rule: model::Rule, mode: Mode, line: usize) -> Rule {
+fn build_rule(
+    rule: model::Rule,
+    mode: Mode,
+    audit_level: crate::audit::event::Level,
+    line: usize,
+) -> Rule {
     let approval =
         (rule.action == Action::Approve).then(|| rule.approval.clone().unwrap_or_default());
     let meta = RuleMeta {
@@ -455,6 +468,7 @@ fn build_rule(rule: model::Rule, mode: Mode, line: usize) -> Rule {
         action: rule.action,
         mode: rule.mode.unwrap_or(mode),
         approval,
+        audit_level: rule.audit_level.unwrap_or(audit_level),
     };
     let commands = rule
         .commands

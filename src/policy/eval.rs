@@ -129,6 +129,15 @@ impl Decision {
         }
     }
 
+    /// How much the audit record keeps: the deciding rule's `auditLevel` (built-in
+    /// decisions: `Metadata`).
+    pub fn audit_level(&self) -> crate::audit::event::Level {
+        match &self.reported.source {
+            Source::Rule(meta) => meta.audit_level,
+            Source::Builtin(_) => crate::audit::event::Level::Metadata,
+        }
+    }
+
     /// The deciding rule's `description`, if it has one.
     pub fn description(&self) -> Option<&str> {
         match &self.reported.source {

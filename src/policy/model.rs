@@ -60,6 +60,11 @@ pub struct Metadata {
 pub struct Spec {
     #[serde(default)]
     pub mode: Mode,
+    /// How much of a request the audit record keeps when its rule says nothing:
+    /// `Metadata` (default), `Request` (+ the request body) or `RequestResponse`
+    /// (+ the masked response body), as in a Kubernetes audit policy.
+    #[serde(default)]
+    pub audit_level: crate::audit::event::Level,
     #[serde(default)]
     pub rules: Vec<Rule>,
     #[serde(default)]
@@ -93,6 +98,9 @@ pub struct Rule {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub approval: Option<Approval>,
+    /// The audit level of requests this rule decides; default: `spec.auditLevel`.
+    #[serde(default)]
+    pub audit_level: Option<crate::audit::event::Level>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

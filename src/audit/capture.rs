@@ -1,0 +1,149 @@
+//! Keeps a copy of a body for the audit record (levels `Request` and
+//! `RequestResponse`), up to a cap, while the body streams on unchanged.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+
+use crate::body::{Body, BoxError};
+
+/// The most of one body an audit event keeps.
+pub const MAX_RECORDED_BODY: usize = 64 * 1024;
+
+/// What was seen of a body.
+#[derive(Debug, Default)]
+struct Seen {
+    kept: BytesMut,
+    total: usize,
+}
+
+/// The shared copy, read when the event is made.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    seen: Arc<Mutex<Seen>>,
+    content_type: String,
+}
+
+/// What the record says about a captured body.
+pub enum Recorded {
+    /// The body as JSON.
+    Object(serde_json::Value),
+    /// Why it is not in the record (too large, not JSON, empty).
+    Omitted(String),
+}
+
+impl Capture {
+    pub fn recorded(&self) -> Recorded {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.total == 0 {
+            return Recorded::Omitted("empty".into());
+        }
+        if seen.total > MAX_RECORDED_BODY {
+            return Recorded::Omitted(format!(
+                "not recorded: {} bytes, over the {MAX_RECORDED_BODY}-byte cap",
+                seen.total
+            ));
+        }
+        match serde_json::from_slice(&seen.kept) {
+            Ok(v) => Recorded::Object(v),
+            Err(_) => Recorded::Omitted(format!(
+                "not recorded: {} bytes of {}",
+                seen.total,
+                if self.content_type.is_empty() {
+                    "unknown content"
+                } else {
+                    &self.content_type
+                }
+            )),
+        }
+    }
+}
+
+/// Wraps `body` so its bytes are copied (up to the cap) into the returned capture.
+pub fn tee(body: Body, content_type: &str) -> (Body, Capture) {
+    let capture = Capture {
+        seen: Arc::new(Mutex::new(Seen::default())),
+        content_type: content_type.to_owned(),
+    };
+    let body = Body::new(Tee {
+        inner: body,
+        seen: capture.seen.clone(),
+    });
+    (body, capture)
+}
+
+struct Tee {
+    inner: Body,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl http_body::Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.total += data.len();
+                let room = MAX_RECORDED_BODY.saturating_sub(seen.kept.len());
+                let take = room.min(data.len());
+                seen.kept.extend_from_slice(&data[..take]);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn keeps_json_within_the_cap_and_says_why_otherwise() {
+        let cases: Vec<(Vec<u8>, &str, Result<serde_json::Value, &str>)> = vec![
+            (
+                br#"{"kind":"ConfigMap"}"#.to_vec(),
+                "application/json",
+                Ok(serde_json::json!({"kind": "ConfigMap"})),
+            ),
+            (
+                vec![0x6b, 0x38, 0x73, 0x00],
+                "application/vnd.kubernetes.protobuf",
+                Err("4 bytes of application/vnd.kubernetes.protobuf"),
+            ),
+            (Vec::new(), "application/json", Err("empty")),
+            (
+                vec![b' '; MAX_RECORDED_BODY + 1],
+                "application/json",
+                Err("over the 65536-byte cap"),
+            ),
+        ];
+        for (bytes, kind, want) in cases {
+            let (body, capture) = tee(crate::body::full(bytes.clone()), kind);
+            let passed = body.collect().await.unwrap().to_bytes();
+            assert_eq!(passed, bytes, "the body passes unchanged");
+            match (capture.recorded(), want) {
+                (Recorded::Object(v), Ok(w)) => assert_eq!(v, w),
+                (Recorded::Omitted(why), Err(w)) => assert!(why.contains(w), "{why}"),
+                (_, w) => panic!("unexpected for {kind}: wanted {w:?}"),
+            }
+        }
+    }
+}
