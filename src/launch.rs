@@ -108,6 +108,7 @@ pub async fn proxy(
     });
     let audit = Arc::new(Recorder::start(&config.audit.settings(env))?);
     let metrics = Arc::new(Metrics::default());
+    let upstream_for_admin = upstream.clone();
     let proxy = Proxy::new(
         upstream,
         authenticator.clone(),
@@ -136,10 +137,16 @@ pub async fn proxy(
             let p = policies.clone();
             Arc::new(move || p.not_ready())
         }],
-        notes: vec![{
-            let p = policies.clone();
-            Arc::new(move || p.warning())
-        }],
+        notes: vec![
+            {
+                let p = policies.clone();
+                Arc::new(move || p.warning())
+            },
+            {
+                let u = upstream_for_admin.clone();
+                Arc::new(move || u.unreachable().map(|why| format!("upstream: {why}")))
+            },
+        ],
         policy_counts: {
             let p = policies.clone();
             Some(Arc::new(move || p.counts()))

@@ -188,6 +188,8 @@ pub struct Upstream {
     upgrade_client: HttpsClient,
     bearer: Bearer,
     response_timeout: Duration,
+    /// The last failure to reach the API server, until a request gets through again.
+    last_failure: Mutex<Option<(std::time::SystemTime, String)>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -337,7 +339,30 @@ impl Upstream {
             upgrade_client,
             bearer,
             response_timeout,
+            last_failure: Mutex::new(None),
         })
+    }
+
+    /// Why the API server could not be reached, while that is still the case (for
+    /// `/readyz`).
+    pub fn unreachable(&self) -> Option<String> {
+        let last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref().map(|(at, why)| {
+            let ago = at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+            format!("{why} ({ago}s ago)")
+        })
+    }
+
+    fn note_failure(&self, error: &Error) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::SystemTime::now(), error.to_string()));
+    }
+
+    fn note_success(&self) {
+        let mut last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some() {
+            *last = None;
+        }
     }
 
     /// The API server's address, for logs and errors.
@@ -382,13 +407,16 @@ impl Upstream {
                 })
             }
             Ok(Err(source)) => {
-                return Err(Error::Unreachable {
+                let error = Error::Unreachable {
                     server: self.server.clone(),
                     source,
-                })
+                };
+                self.note_failure(&error);
+                return Err(error);
             }
             Ok(Ok(rsp)) => rsp,
         };
+        self.note_success();
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(downstream)) = (switching, downstream_upgrade) {
             let upstream = hyper::upgrade::on(&mut rsp);

@@ -225,6 +225,13 @@ async fn unreachable_api_server_gives_503_not_a_hang() {
         );
         // The connect timeout is 1s; the answer must come well before the 30s response bound.
         assert!(took < Duration::from_secs(10), "{what}: took {took:?}");
+        // /readyz reports it, without taking the proxy out of service.
+        let (code, body) = support::http_get(proxy.admin.unwrap(), "/readyz").await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("warning: upstream: the API server at") && body.contains("unreachable"),
+            "{what}: {body}"
+        );
         proxy.stop().await;
     }
     env.stop().await;
