@@ -86,6 +86,20 @@ pub struct Config {
     pub identity: crate::identity::config::Identity,
     /// What callers may do. Without it every request is refused, saying so.
     pub policy: Option<PolicySource>,
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Where `approve` decisions wait for a reviewer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Approval {
+    /// The namespace of the AccessRequests; default: the pod's own (`POD_NAMESPACE`
+    /// from the downward API), else `default`.
+    pub namespace: Option<String>,
+    /// How often a held request looks for the decision.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub poll: Option<Duration>,
 }
 
 /// Where the policy comes from: a file (the mounted policy ConfigMap's key), re-read
@@ -420,6 +434,10 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n.checked_mul(3600).map(Duration::from_secs),
         _ => None,
     }
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// Parses sizes written as `1048576`, `512Ki`, `100Mi`, `1Gi` (or `KB`/`MB`/`GB`, powers of 1000).

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{Admin, Ready};
+use crate::approval::Approvals;
 use crate::audit::{self, Recorder};
 use crate::config::{self, Config};
 use crate::identity::{self, Authenticator};
@@ -109,10 +110,21 @@ pub async fn proxy(
     let audit = Arc::new(Recorder::start(&config.audit.settings(env))?);
     let metrics = Arc::new(Metrics::default());
     let upstream_for_admin = upstream.clone();
+    let approvals = Arc::new(Approvals::new(
+        upstream.clone(),
+        config
+            .approval
+            .namespace
+            .clone()
+            .or_else(|| env("POD_NAMESPACE"))
+            .unwrap_or_else(|| "default".to_owned()),
+        config.approval.poll.unwrap_or(Duration::from_millis(500)),
+    ));
     let proxy = Proxy::new(
         upstream,
         authenticator.clone(),
         policies.clone(),
+        approvals,
         config.upstream.identity,
         audit.clone(),
         metrics.clone(),

@@ -3,6 +3,7 @@
 //! Modules are listed in the order a request meets them; `pipeline` joins them.
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod body;
 pub mod cli;

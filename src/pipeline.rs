@@ -4,13 +4,15 @@
 //! resolve   request_info: method + path + query -> the API server's request attributes
 //! authenticate  identity: the bearer token -> the caller (Subject)
 //! authorize policy: caller + attributes -> allow, deny or approve, naming the rule
+//! approve   approval: an AccessRequest a human approves or denies, for a bounded time
 //! screen    headers: refuse impersonation, narrow Accept to JSON, drop caller credentials
 //! forward   upstream: the proxy's own credential, streamed both ways, upgrades tunnelled
 //! mask      mask: Secret values and policy-named fields rewritten as the body streams
 //! record    audit: one event per request, whatever happened, when its response ends
 //! ```
 //!
-//! Approval joins this path in its own stage (after authorize) when it lands.
+//! An `approve` decision holds the request in `approval` (between authorize and
+//! screen) until a reviewer decides.
 //!
 //! Resolution comes before authentication, as in the API server's filter chain: it
 //! reads nothing but the request line, and the audit record of a refused caller then
@@ -23,6 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{field, Instrument};
 
+use crate::approval::{self, Approvals};
 use crate::audit::{self, event::annotation, event::Level, event::Stage, Recorder, Trail};
 use crate::body::Body;
 use crate::config::UpstreamIdentity;
@@ -52,6 +55,8 @@ pub enum Error {
     #[error(transparent)]
     Mask(#[from] mask::Error),
     #[error(transparent)]
+    Approval(#[from] approval::Error),
+    #[error(transparent)]
     Upstream(#[from] upstream::Error),
 }
 
@@ -66,6 +71,7 @@ impl Error {
             Error::Denied(decision) => decision.status(),
             Error::Headers(e) => e.status(),
             Error::Mask(e) => e.status(),
+            Error::Approval(e) => e.status(),
             Error::Upstream(e) => e.status(),
         }
     }
@@ -77,6 +83,7 @@ pub struct Proxy {
     upstream: Arc<Upstream>,
     identity: Authenticator,
     policy: Arc<Policies>,
+    approvals: Arc<Approvals>,
     upstream_identity: UpstreamIdentity,
     audit: Arc<Recorder>,
     metrics: Arc<Metrics>,
@@ -91,6 +98,7 @@ impl Proxy {
         upstream: Arc<Upstream>,
         identity: Authenticator,
         policy: Arc<Policies>,
+        approvals: Arc<Approvals>,
         upstream_identity: UpstreamIdentity,
         audit: Arc<Recorder>,
         metrics: Arc<Metrics>,
@@ -99,6 +107,7 @@ impl Proxy {
             upstream,
             identity,
             policy,
+            approvals,
             upstream_identity,
             audit,
             metrics,
@@ -150,13 +159,26 @@ impl Proxy {
             Err(error) => {
                 let status = error.status();
                 tracing::info!(parent: &span, code = status.code, reason = status.reason, %error, "refused");
-                // A policy denial's own words are on the trail already.
-                if !matches!(error, Error::Denied(_)) {
-                    trail.note(
-                        annotation::DECISION,
-                        if status.code >= 500 { "error" } else { "deny" },
-                    );
-                    trail.note(annotation::REASON, status.message.clone());
+                // A policy's decision is on the trail already; an approval that did
+                // not come says why next to it.
+                match &error {
+                    Error::Denied(_) => {}
+                    Error::Approval(e) => {
+                        let outcome = match e {
+                            approval::Error::Denied { .. } => "denied",
+                            approval::Error::Pending { .. } => "pending",
+                            _ => "unavailable",
+                        };
+                        trail.note("chaperone.dev/approval", outcome);
+                        trail.note(annotation::REASON, status.message.clone());
+                    }
+                    _ => {
+                        trail.note(
+                            annotation::DECISION,
+                            if status.code >= 500 { "error" } else { "deny" },
+                        );
+                        trail.note(annotation::REASON, status.message.clone());
+                    }
                 }
                 self.metrics.request(
                     trail.decision(),
@@ -218,8 +240,16 @@ impl Proxy {
                 "audit"
             },
         );
-        if !decision.is_allowed() {
-            return Err(Error::Denied(Box::new(decision)));
+        match decision.applied() {
+            policy::Action::Allow => {}
+            policy::Action::Deny => return Err(Error::Denied(Box::new(decision))),
+            policy::Action::Approve => {
+                self.approvals
+                    .approve(&who, &info, req.uri().query(), &decision)
+                    .instrument(tracing::info_span!("approve"))
+                    .await?;
+                trail.note("chaperone.dev/approval", "approved");
+            }
         }
         let span = tracing::Span::current();
         span.record("verb", info.verb.as_str());

@@ -435,16 +435,37 @@ impl Upstream {
     /// Fetches `path` from the API server for the proxy itself (never for a caller),
     /// with the proxy's credential: e.g. the cluster's `/openid/v1/jwks`.
     pub async fn get(&self, path: &str) -> Result<bytes::Bytes, Error> {
-        let req = Request::get(path)
-            .header(header::ACCEPT, "application/json")
-            .body(crate::body::empty())?;
-        let rsp = self.forward(req, path, None).await?;
-        if !rsp.status().is_success() {
+        let (code, body) = self.call(http::Method::GET, path, None).await?;
+        if !code.is_success() {
             return Err(Error::UnexpectedStatus {
                 path: path.to_owned(),
-                code: rsp.status(),
+                code,
             });
         }
+        Ok(body)
+    }
+
+    /// Sends one JSON request for the proxy itself (`body`: content type and bytes)
+    /// and reads the whole answer, whatever its code.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, bytes::Bytes), Error> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::ACCEPT, "application/json");
+        let body = match body {
+            Some((kind, bytes)) => {
+                req = req.header(header::CONTENT_TYPE, kind);
+                crate::body::full(bytes)
+            }
+            None => crate::body::empty(),
+        };
+        let rsp = self.forward(req.body(body)?, path, None).await?;
+        let code = rsp.status();
         let body_err = |message: String| Error::Body {
             path: path.to_owned(),
             message,
@@ -462,7 +483,7 @@ impl Upstream {
                 out.extend_from_slice(data);
             }
         }
-        Ok(out.freeze())
+        Ok((code, out.freeze()))
     }
 }
 

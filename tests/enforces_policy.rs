@@ -16,7 +16,17 @@ fn stderr(out: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_is_allowed_denied_and_held_as_the_policy_says() {
-    let env = sandbox().policy(SANDBOX_POLICY).with_proxy().start().await;
+    // A short hold: nobody approves here.
+    let policy = SANDBOX_POLICY.replacen(
+        "    action: approve\n",
+        "    action: approve\n    approval: {hold: 1s}\n",
+        1,
+    );
+    let env = sandbox()
+        .policy(&policy)
+        .with_proxy_config("approval: {poll: 50ms}\n")
+        .start()
+        .await;
 
     let pods = ok(&env.kubectl(&["get", "pods"]).await);
     assert!(pods.contains("nginx"), "{pods}");
@@ -39,7 +49,7 @@ async fn kubectl_is_allowed_denied_and_held_as_the_policy_says() {
         (&["get", "configmaps", "-n", "kube-system"], "rule \"hands-off-kube-system\" denies list on configmaps"),
         (
             &["create", "rolebinding", "agent-admin", "--clusterrole=admin", "--user=agent"],
-            "approval required: rule \"rbac-needs-approval\"",
+            "approval pending: rule \"rbac-needs-approval\"",
         ),
     ];
     for (args, words) in cases {

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub mod policy;
 pub mod proxy;
 pub mod replay;
+pub mod review;
 pub mod sandbox;
 
 #[derive(Debug, Parser)]
@@ -44,6 +45,12 @@ pub enum Command {
     Replay(replay::Args),
     /// Check, explain and test policies.
     Policy(policy::Args),
+    /// Approve a request held for approval (an AccessRequest).
+    Approve(review::DecideArgs),
+    /// Deny a request held for approval, with a reason the requester sees.
+    Deny(review::DecideArgs),
+    /// List the requests held for approval.
+    Requests(review::ListArgs),
 }
 
 impl Cli {
@@ -70,6 +77,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Sandbox(args) => sandbox::run(args).await.map(|()| ok),
         Command::Replay(args) => replay::run(args).await.map(|()| ok),
         Command::Policy(args) => policy::run(args).await,
+        Command::Approve(args) => review::decide(args, true).await.map(|()| ok),
+        Command::Deny(args) => review::decide(args, false).await.map(|()| ok),
+        Command::Requests(args) => review::list(args).await.map(|()| ok),
     }
 }
 

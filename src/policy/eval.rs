@@ -163,7 +163,7 @@ impl Decision {
         let reason = Reason(verdict, &self.target);
         let mut message = match (verdict.action, &self.policy) {
             (Action::Approve, _) => format!(
-                "approval required: {reason}; chaperone cannot hold requests for approval yet, so the request is refused"
+                "approval required: {reason}; the request needs a reviewer's approval (an AccessRequest)"
             ),
             (_, Some(policy)) => format!("forbidden by chaperone policy {policy:?}: {reason}"),
             (_, None) => format!("forbidden by chaperone: {reason}"),

@@ -377,7 +377,7 @@ fn decisions_explain_themselves() {
     assert_eq!(
         d.status().message,
         "approval required: rule \"approve-deletes\" requires approval for delete on deployments.apps \"web\" in namespace team-a; \
-         chaperone cannot hold requests for approval yet, so the request is refused"
+         the request needs a reviewer's approval (an AccessRequest)"
     );
     let d = authorize(&p, &dev, &res("list", "", "nodes", "", ""), None);
     assert_eq!(

@@ -53,6 +53,9 @@ pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
 /// The default seed: namespaces `default`, `kube-system`, `team-a` and a few workloads.
 const DEFAULT_SEED: &str = include_str!("seed.yaml");
 
+/// chaperone's own CRD, so approvals work against the sandbox as in a cluster.
+const ACCESS_REQUEST_CRD: &str = include_str!("../../manifests/base/crd-accessrequests.yaml");
+
 /// How many Authorization values are remembered (oldest dropped first).
 const MAX_SEEN: usize = 100_000;
 
@@ -206,7 +209,8 @@ impl Sandbox {
     /// The sandbox seeded with the built-in `seed.yaml`.
     pub fn with_default_seed() -> Sandbox {
         // The embedded seed is tested below; failing to load it is a build defect.
-        Sandbox::from_yaml(DEFAULT_SEED).expect("the embedded seed.yaml loads")
+        Sandbox::from_yaml(&format!("{DEFAULT_SEED}\n---\n{ACCESS_REQUEST_CRD}"))
+            .expect("the embedded seed.yaml loads")
     }
 
     /// Serves one request. Never panics; errors are Kubernetes Status objects.

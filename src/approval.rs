@@ -1,0 +1,397 @@
+//! Holds a request that a policy rule sends for approval until a human decides, for
+//! a bounded time.
+//!
+//! The request becomes an `AccessRequest` (`chaperone.dev/v1alpha1`) in the proxy's
+//! own namespace, created and read with the proxy's credential. Identical requests
+//! from the same caller share one object (its name is a hash of both). A reviewer
+//! decides by writing its `status` (`chaperone approve|deny`, RBAC on
+//! `accessrequests/status` deciding who may); callers can never do so themselves,
+//! since the policy denies them every `chaperone.dev` resource. Once approved, the
+//! same request from the same caller passes until the grant ends.
+//!
+//! The decision is read by polling the object every `poll` interval for the rule's
+//! `hold`; an unreachable API server fails closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::identity::Subject;
+use crate::policy::Decision;
+use crate::request_info::RequestInfo;
+use crate::status::Status;
+use crate::upstream::{self, Upstream};
+
+/// The API path of AccessRequests in a namespace.
+fn collection(namespace: &str) -> String {
+    format!("/apis/chaperone.dev/v1alpha1/namespaces/{namespace}/accessrequests")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("denied by {by}: {reason} (AccessRequest {namespace}/{name})")]
+    Denied {
+        name: String,
+        namespace: String,
+        by: String,
+        reason: String,
+    },
+    #[error(
+        "approval pending: rule {rule:?} needs a reviewer and AccessRequest {namespace}/{name} \
+         was not decided within {hold:?}; a reviewer can run \
+         `kubectl chaperone approve {name} -n {namespace}`, then retry (the approval holds for {grant:?})"
+    )]
+    Pending {
+        name: String,
+        namespace: String,
+        rule: String,
+        hold: Duration,
+        grant: Duration,
+    },
+    #[error("approvals are unavailable, so the request is refused: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+}
+
+impl Error {
+    pub fn status(&self) -> Status {
+        match self {
+            Error::Denied { .. } | Error::Pending { .. } => Status::forbidden(self.to_string()),
+            Error::Unavailable(_) | Error::Upstream(_) => {
+                Status::service_unavailable(self.to_string())
+            }
+        }
+    }
+}
+
+/// The approval stage: where AccessRequests go and the grants given so far.
+pub struct Approvals {
+    upstream: Arc<Upstream>,
+    namespace: String,
+    poll: Duration,
+    /// Request key -> end of its grant.
+    grants: Mutex<HashMap<String, Instant>>,
+}
+
+impl Approvals {
+    pub fn new(upstream: Arc<Upstream>, namespace: String, poll: Duration) -> Approvals {
+        Approvals {
+            upstream,
+            namespace,
+            poll,
+            grants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns once the request is approved (now or by an earlier grant); an error
+    /// when it is denied, not decided within the hold, or approvals cannot be reached.
+    pub async fn approve(
+        &self,
+        who: &Subject,
+        info: &RequestInfo,
+        query: Option<&str>,
+        decision: &Decision,
+    ) -> Result<(), Error> {
+        let settings = decision.approval().cloned().unwrap_or_default();
+        let (hold, grant) = (settings.hold.0, settings.grant.0);
+        if who
+            .groups
+            .iter()
+            .any(|g| settings.skip_groups.iter().any(|s| &s.0 == g))
+        {
+            return Ok(());
+        }
+        let commands = commands(query);
+        let key = request_key(who, info, &commands);
+        if self.granted(&key) {
+            return Ok(());
+        }
+        let name = object_name(info, &key);
+        let path = format!("{}/{name}", collection(&self.namespace));
+        let deadline = Instant::now() + hold;
+        let mut created = false;
+        loop {
+            let (code, body) = self.upstream.call(Method::GET, &path, None).await?;
+            match code {
+                StatusCode::NOT_FOUND if !created => {
+                    let object = access_request(&name, who, info, &commands, decision, hold);
+                    let bytes = serde_json::to_vec(&object)
+                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+                    let (code, body) = self
+                        .upstream
+                        .call(
+                            Method::POST,
+                            &collection(&self.namespace),
+                            Some(("application/json", bytes)),
+                        )
+                        .await?;
+                    // 409: a concurrent identical request created it first.
+                    if !(code.is_success() || code == StatusCode::CONFLICT) {
+                        return Err(Error::Unavailable(format!(
+                            "creating AccessRequest {}/{name} got {code}: {}",
+                            self.namespace,
+                            String::from_utf8_lossy(&body)
+                        )));
+                    }
+                    created = true;
+                    tracing::info!(access_request = %name, rule = decision.rule(), "held for approval");
+                    continue;
+                }
+                code if code.is_success() => {
+                    let object: Value = serde_json::from_slice(&body)
+                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+                    let status = &object["status"];
+                    match status["phase"].as_str().unwrap_or("Pending") {
+                        "Approved" => {
+                            let until = grant_end(status, grant);
+                            if until > Instant::now() {
+                                self.grant(key, until);
+                                return Ok(());
+                            }
+                            // An old grant has run out: ask again.
+                            self.remove(&path).await?;
+                            created = false;
+                            continue;
+                        }
+                        "Denied" => {
+                            return Err(Error::Denied {
+                                name,
+                                namespace: self.namespace.clone(),
+                                by: status["decidedBy"]
+                                    .as_str()
+                                    .unwrap_or("a reviewer")
+                                    .to_owned(),
+                                reason: status["reason"]
+                                    .as_str()
+                                    .unwrap_or("no reason given")
+                                    .to_owned(),
+                            })
+                        }
+                        "Expired" => {
+                            self.remove(&path).await?;
+                            created = false;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                code => {
+                    return Err(Error::Unavailable(format!(
+                        "reading AccessRequest {}/{name} got {code}: {}",
+                        self.namespace,
+                        String::from_utf8_lossy(&body)
+                    )))
+                }
+            }
+            if Instant::now() + self.poll > deadline {
+                return Err(Error::Pending {
+                    name,
+                    namespace: self.namespace.clone(),
+                    rule: decision.rule().to_owned(),
+                    hold,
+                    grant,
+                });
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    fn granted(&self, key: &str) -> bool {
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        grants.retain(|_, until| *until > now);
+        grants.contains_key(key)
+    }
+
+    fn grant(&self, key: String, until: Instant) {
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, until);
+    }
+
+    async fn remove(&self, path: &str) -> Result<(), Error> {
+        self.upstream.call(Method::DELETE, path, None).await?;
+        Ok(())
+    }
+}
+
+/// When an approval's grant ends: `status.grantUntil`, else `grant` after the decision.
+fn grant_end(status: &Value, grant: Duration) -> Instant {
+    let parse = |field: &str| {
+        status[field].as_str().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let until = parse("grantUntil").unwrap_or_else(|| parse("decidedAt").unwrap_or(now) + grant);
+    let left = (until - now).max(time::Duration::ZERO);
+    Instant::now() + Duration::try_from(left).unwrap_or_default()
+}
+
+/// The `command` query parameters of an exec, in order.
+fn commands(query: Option<&str>) -> Vec<String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.strip_prefix("command="))
+        .map(|c| {
+            percent_encoding::percent_decode_str(&c.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// Identifies "the same request from the same caller".
+fn request_key(who: &Subject, info: &RequestInfo, commands: &[String]) -> String {
+    let mut text = String::new();
+    for part in [
+        who.user.as_str(),
+        info.verb.as_str(),
+        info.api_group.as_str(),
+        info.resource.as_str(),
+        info.subresource.as_str(),
+        info.namespace.as_str(),
+        info.name.as_str(),
+        info.path.as_str(),
+    ] {
+        text.push_str(part);
+        text.push('\0');
+    }
+    for c in commands {
+        text.push_str(c);
+        text.push('\0');
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A DNS-1123 name that says what is asked: `create-rolebindings-1a2b3c4d5e6f7a8b`.
+fn object_name(info: &RequestInfo, key: &str) -> String {
+    let what = if info.resource.is_empty() {
+        "path"
+    } else {
+        info.resource.as_str()
+    };
+    let clean: String = format!("{}-{what}", info.verb)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{clean}-{key}")
+}
+
+fn access_request(
+    name: &str,
+    who: &Subject,
+    info: &RequestInfo,
+    commands: &[String],
+    decision: &Decision,
+    hold: Duration,
+) -> Value {
+    let expires = time::OffsetDateTime::from(SystemTime::now() + hold);
+    let pod = who
+        .extra
+        .get(crate::identity::EXTRA_POD_NAME)
+        .and_then(|p| p.first())
+        .cloned()
+        .unwrap_or_default();
+    json!({
+        "apiVersion": "chaperone.dev/v1alpha1",
+        "kind": "AccessRequest",
+        "metadata": {"name": name, "labels": {"chaperone.dev/rule": sanitize_label(decision.rule())}},
+        "spec": {
+            "requester": {"user": who.user, "groups": who.groups, "pod": pod},
+            "request": {
+                "verb": info.verb,
+                "apiGroup": info.api_group,
+                "resource": info.resource,
+                "subresource": info.subresource,
+                "namespace": info.namespace,
+                "name": info.name,
+                "command": commands,
+            },
+            "rule": decision.rule(),
+            "reason": decision.reason().to_string(),
+            "expiresAt": crate::audit::event::timestamp(expires),
+        },
+    })
+}
+
+fn sanitize_label(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect::<String>()
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels_and_keys_tell_requests_apart() {
+        let get = |m: &str, p: &str| {
+            crate::request_info::resolve(&m.parse().unwrap(), &p.parse().unwrap()).unwrap()
+        };
+        let who = Subject {
+            user: "system:serviceaccount:default:mcp".into(),
+            ..Default::default()
+        };
+        let a = get(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+        );
+        let b = get(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings",
+        );
+        let (ka, kb) = (request_key(&who, &a, &[]), request_key(&who, &b, &[]));
+        assert_ne!(ka, kb);
+        assert_eq!(ka, request_key(&who, &a, &[]));
+        let other = Subject {
+            user: "alice".into(),
+            ..Default::default()
+        };
+        assert_ne!(ka, request_key(&other, &a, &[]));
+        let name = object_name(&a, &ka);
+        assert!(name.starts_with("create-rolebindings-"), "{name}");
+        assert!(
+            name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+        assert_eq!(
+            commands(Some("command=echo&command=hello+world&stdout=true")),
+            ["echo", "hello world"]
+        );
+        assert_eq!(
+            sanitize_label("builtin:default-deny"),
+            "builtin-default-deny"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! `chaperone approve|deny|requests`: a reviewer's side of just-in-time approvals.
+//!
+//! They act with the reviewer's own kubeconfig: Kubernetes RBAC on
+//! `accessrequests/status` decides who may approve, and the cluster's audit log
+//! records who did. Also usable as `kubectl chaperone ...` (install the binary as
+//! `kubectl-chaperone`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::config::{self, KubeconfigSource};
+use crate::upstream::Upstream;
+
+/// Who is asking: the reviewer's kubeconfig.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Access {
+    /// The kubeconfig to use (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: current-context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The namespace of the AccessRequests (the MCP server pod's namespace).
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecideArgs {
+    /// The AccessRequest's name, as the refused request's message gives it.
+    pub name: String,
+    /// Why (required to deny; recorded on the AccessRequest).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// How long the approval holds for the same request (approve only).
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub grant: Duration,
+    #[command(flatten)]
+    pub access: Access,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub access: Access,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?}: write e.g. 15m or 1h"))
+}
+
+fn client(access: &Access) -> anyhow::Result<Upstream> {
+    let upstream = config::Upstream {
+        kubeconfig: Some(KubeconfigSource {
+            path: access.kubeconfig.clone(),
+            context: access.context.clone(),
+        }),
+        ..Default::default()
+    };
+    Ok(Upstream::from_config(&upstream, &super::process_env)?)
+}
+
+fn path(namespace: &str, name: &str) -> String {
+    format!("/apis/chaperone.dev/v1alpha1/namespaces/{namespace}/accessrequests/{name}")
+}
+
+async fn get(api: &Upstream, namespace: &str, name: &str) -> anyhow::Result<Value> {
+    let (code, body) = api.call(Method::GET, &path(namespace, name), None).await?;
+    if code == StatusCode::NOT_FOUND {
+        bail!("AccessRequest {namespace}/{name} not found (is -n the MCP server's namespace?)");
+    }
+    if !code.is_success() {
+        bail!(
+            "reading AccessRequest {namespace}/{name}: {code}: {}",
+            message(&body)
+        );
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// The message of a Status body, or the body.
+fn message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
+/// The reviewer's user name, as the API server sees it.
+async fn whoami(api: &Upstream) -> String {
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    let asked = api
+        .call(
+            Method::POST,
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            Some(("application/json", review.to_string().into_bytes())),
+        )
+        .await;
+    asked
+        .ok()
+        .and_then(|(_, body)| serde_json::from_slice::<Value>(&body).ok())
+        .and_then(|v| {
+            v.pointer("/status/userInfo/username")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Approves (`approve == true`) or denies an AccessRequest.
+pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
+    let (ns, name) = (&args.access.namespace, &args.name);
+    if !approve && args.reason.as_deref().unwrap_or("").is_empty() {
+        bail!("deny needs --reason: the requester sees it");
+    }
+    let api = client(&args.access)?;
+    let object = get(&api, ns, name).await?;
+    let phase = object
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
+    if phase != "Pending" {
+        bail!("AccessRequest {ns}/{name} is already {phase}");
+    }
+    let reviewer = whoami(&api).await;
+    let requester = object
+        .pointer("/spec/requester/user")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if reviewer == requester {
+        bail!("{reviewer} requested {name}: a requester can never approve its own request");
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let mut status = json!({
+        "phase": if approve { "Approved" } else { "Denied" },
+        "decidedBy": reviewer,
+        "decidedAt": crate::audit::event::timestamp(now),
+        "reason": args.reason.clone().unwrap_or_default(),
+        "approvals": [{"user": reviewer}],
+    });
+    if approve {
+        let until = now + time::Duration::try_from(args.grant).context("--grant is too long")?;
+        status["grantUntil"] = json!(crate::audit::event::timestamp(until));
+    }
+    let patch = json!({ "status": status }).to_string().into_bytes();
+    let (code, body) = api
+        .call(
+            Method::PATCH,
+            &format!("{}/status", path(ns, name)),
+            Some(("application/merge-patch+json", patch)),
+        )
+        .await?;
+    if !code.is_success() {
+        bail!(
+            "updating AccessRequest {ns}/{name}: {code}: {}",
+            message(&body)
+        );
+    }
+    let request = &object["spec"]["request"];
+    println!(
+        "accessrequest/{name} {} by {reviewer}: {requester} may {} {}{}",
+        if approve { "approved" } else { "denied" },
+        request["verb"].as_str().unwrap_or_default(),
+        request["resource"].as_str().unwrap_or_default(),
+        if approve {
+            format!(" for {:?}", args.grant)
+        } else {
+            String::new()
+        },
+    );
+    Ok(())
+}
+
+/// Lists AccessRequests: name, phase, requester, what, rule.
+pub async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let api = client(&args.access)?;
+    let ns = &args.access.namespace;
+    let path = format!("/apis/chaperone.dev/v1alpha1/namespaces/{ns}/accessrequests");
+    let (code, body) = api.call(Method::GET, &path, None).await?;
+    if !code.is_success() {
+        bail!("listing AccessRequests in {ns}: {code}: {}", message(&body));
+    }
+    let list: Value = serde_json::from_slice(&body)?;
+    println!(
+        "{:<44} {:<9} {:<44} {:<32} RULE",
+        "NAME", "PHASE", "REQUESTER", "REQUEST"
+    );
+    for item in list["items"].as_array().into_iter().flatten() {
+        let s = |p: &str| {
+            item.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let what = format!(
+            "{} {}/{}",
+            s("/spec/request/verb"),
+            s("/spec/request/namespace"),
+            s("/spec/request/resource")
+        );
+        let phase = item
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("Pending");
+        println!(
+            "{:<44} {:<9} {:<44} {:<32} {}",
+            s("/metadata/name"),
+            phase,
+            s("/spec/requester/user"),
+            what,
+            s("/spec/rule")
+        );
+    }
+    Ok(())
+}

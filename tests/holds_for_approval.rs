@@ -1,0 +1,198 @@
+//! A request an `approve` rule holds waits for a human: approved in time it goes
+//! through (and the same request passes for the grant's duration), denied it gets the
+//! reviewer's reason, undecided it gets a 403 naming the AccessRequest and the
+//! command to approve it; the requester can never approve itself.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{ok, sandbox, Env};
+
+const SANDBOX_POLICY: &str = include_str!("../policies/sandbox.yaml");
+
+fn policy_with_hold(hold: &str) -> String {
+    SANDBOX_POLICY.replacen(
+        "    action: approve\n",
+        &format!("    action: approve\n    approval: {{hold: {hold}, grant: 10m}}\n"),
+        1,
+    )
+}
+
+async fn start(hold: &str) -> Env {
+    sandbox()
+        .policy(&policy_with_hold(hold))
+        .with_proxy_config("approval: {poll: 50ms}\n")
+        .start()
+        .await
+}
+
+/// `chaperone <args>` as a reviewer, with the sandbox's own kubeconfig.
+fn reviewer(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_chaperone"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&env.started.kubeconfig)
+        .output()
+        .expect("chaperone runs")
+}
+
+/// The name of the (first) AccessRequest, once the held request has created it.
+async fn held_request(env: &Env) -> String {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let out = reviewer(env, &["requests"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some(line) = text.lines().nth(1) {
+                return line.split_whitespace().next().unwrap().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    found.expect("an AccessRequest appears")
+}
+
+const CREATE: [&str; 5] = [
+    "create",
+    "rolebinding",
+    "agent-admin",
+    "--clusterrole=admin",
+    "--user=agent",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
+    let env = start("30s").await;
+    let held = tokio::spawn({
+        let cmd = env.kubectl_cmd(env.proxy_kubeconfig(), &CREATE);
+        support::run(cmd)
+    });
+    let name = held_request(&env).await;
+    assert!(name.starts_with("create-rolebindings-"), "{name}");
+    assert!(!held.is_finished(), "the request waits for the reviewer");
+    let approved = reviewer(
+        &env,
+        &["approve", &name, "--reason", "reviewed the binding"],
+    );
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let out = tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("agent-admin created"),
+        "{out:?}"
+    );
+
+    // The same request again: the grant lets it through at once, to the API server
+    // (which now says it exists).
+    let again = env.kubectl(&CREATE).await;
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("\"agent-admin\" already exists"),
+        "{stderr}"
+    );
+
+    // The record: approved, with the rule.
+    let dir = env.stop().await;
+    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"chaperone.dev/approval\":\"approved\"")),
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_request_gets_the_reviewers_reason() {
+    let env = start("30s").await;
+    let held = tokio::spawn(support::run(
+        env.kubectl_cmd(env.proxy_kubeconfig(), &CREATE),
+    ));
+    let name = held_request(&env).await;
+    let refused = reviewer(&env, &["deny", &name]);
+    assert!(!refused.status.success(), "deny needs a reason");
+    let denied = reviewer(
+        &env,
+        &["deny", &name, "--reason", "no admin bindings for agents"],
+    );
+    assert!(
+        denied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let out = tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "denied by sandbox-user: no admin bindings for agents (AccessRequest default/"
+        ),
+        "{stderr}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_request_says_how_to_approve_it_and_passes_once_approved() {
+    let env = start("1s").await;
+    let out = env.kubectl(&CREATE).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("approval pending: rule \"rbac-needs-approval\""),
+        "{stderr}"
+    );
+    let name = held_request(&env).await;
+    assert!(
+        stderr.contains(&format!("kubectl chaperone approve {name} -n default")),
+        "{stderr}"
+    );
+    let approved = reviewer(&env, &["approve", &name]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let retried = ok(&env.kubectl(&CREATE).await);
+    assert!(retried.contains("agent-admin created"), "{retried}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requester_cannot_touch_access_requests() {
+    let env = start("1s").await;
+    let _ = env.kubectl(&CREATE).await;
+    let name = held_request(&env).await;
+    let patch = r#"{"status":{"phase":"Approved"}}"#;
+    let out = env
+        .kubectl(&[
+            "patch",
+            "accessrequests.chaperone.dev",
+            &name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Forbidden")
+            && stderr.contains("chaperone.dev resources are never available through chaperone"),
+        "{stderr}"
+    );
+    let listed = reviewer(&env, &["requests"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(" Pending "),
+        "still pending"
+    );
+    env.stop().await;
+}
