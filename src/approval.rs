@@ -327,6 +327,7 @@ fn access_request(
             },
             "rule": decision.rule(),
             "reason": decision.reason().to_string(),
+            "approvers": decision.approval().map_or(1, |a| a.approvers.get()),
             "expiresAt": crate::audit::event::timestamp(expires),
         },
     })

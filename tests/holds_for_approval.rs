@@ -196,3 +196,42 @@ async fn the_requester_cannot_touch_access_requests() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_approvers_means_two_different_reviewers() {
+    let policy = SANDBOX_POLICY.replacen(
+        "    action: approve\n",
+        "    action: approve\n    approval: {hold: 1s, approvers: 2}\n",
+        1,
+    );
+    let env = sandbox()
+        .policy(&policy)
+        .with_proxy_config("approval: {poll: 50ms}\n")
+        .start()
+        .await;
+    let _ = env.kubectl(&CREATE).await;
+    let name = held_request(&env).await;
+    let first = reviewer(&env, &["approve", &name]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("approval 1 of 2"),
+        "{first:?}"
+    );
+    let again = reviewer(&env, &["approve", &name]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("has already approved"),
+        "{again:?}"
+    );
+    // Still held: one approval is not enough.
+    let out = env.kubectl(&CREATE).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("approval pending"),
+        "{out:?}"
+    );
+    env.stop().await;
+}

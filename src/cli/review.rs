@@ -135,14 +135,34 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
         bail!("{reviewer} requested {name}: a requester can never approve its own request");
     }
     let now = time::OffsetDateTime::now_utc();
-    let mut status = json!({
-        "phase": if approve { "Approved" } else { "Denied" },
-        "decidedBy": reviewer,
-        "decidedAt": crate::audit::event::timestamp(now),
-        "reason": args.reason.clone().unwrap_or_default(),
-        "approvals": [{"user": reviewer}],
-    });
+    let at = crate::audit::event::timestamp(now);
+    // Distinct approvals so far; a rule may need several reviewers.
+    let mut approvals: Vec<Value> = object
+        .pointer("/status/approvals")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if approve && approvals.iter().any(|a| a["user"] == reviewer.as_str()) {
+        bail!("{reviewer} has already approved {name}: another reviewer must approve it");
+    }
+    let needed = object
+        .pointer("/spec/approvers")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
     if approve {
+        approvals.push(
+            json!({"user": reviewer, "at": at, "reason": args.reason.clone().unwrap_or_default()}),
+        );
+    }
+    let decided = !approve || approvals.len() as u64 >= needed;
+    let mut status = json!({ "approvals": approvals });
+    if decided {
+        status["phase"] = json!(if approve { "Approved" } else { "Denied" });
+        status["decidedBy"] = json!(reviewer);
+        status["decidedAt"] = json!(at);
+        status["reason"] = json!(args.reason.clone().unwrap_or_default());
+    }
+    if approve && decided {
         let until = now + time::Duration::try_from(args.grant).context("--grant is too long")?;
         status["grantUntil"] = json!(crate::audit::event::timestamp(until));
     }
@@ -161,6 +181,13 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
         );
     }
     let request = &object["spec"]["request"];
+    if !decided {
+        println!(
+            "accessrequest/{name}: approval {} of {needed} recorded for {reviewer}; it waits for another reviewer",
+            approvals.len()
+        );
+        return Ok(());
+    }
     println!(
         "accessrequest/{name} {} by {reviewer}: {requester} may {} {}{}",
         if approve { "approved" } else { "denied" },
