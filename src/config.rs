@@ -100,6 +100,9 @@ pub struct Approval {
     /// How often a held request looks for the decision.
     #[serde(default, deserialize_with = "optional_duration")]
     pub poll: Option<Duration>,
+    /// Webhooks told about each new AccessRequest.
+    #[serde(default)]
+    pub notify: Vec<crate::approval::notify::Webhook>,
 }
 
 /// Where the policy comes from: a file (the mounted policy ConfigMap's key), re-read

@@ -36,6 +36,8 @@ pub enum Error {
     Audit(#[from] audit::Error),
     #[error(transparent)]
     Identity(#[from] identity::Error),
+    #[error("approval.notify: {0}")]
+    Notify(#[from] crate::approval::notify::Error),
     #[error(
         "identity.issuers[{index}]: no issuer set, and none could be read from the proxy's \
          token {token_file}; set `issuer:` to the cluster's --service-account-issuer"
@@ -119,6 +121,7 @@ pub async fn proxy(
             .or_else(|| env("POD_NAMESPACE"))
             .unwrap_or_else(|| "default".to_owned()),
         config.approval.poll.unwrap_or(Duration::from_millis(500)),
+        crate::approval::notify::Notifier::new(&config.approval.notify)?,
     ));
     let proxy = Proxy::new(
         upstream,

@@ -235,3 +235,98 @@ async fn two_approvers_means_two_different_reviewers() {
     );
     env.stop().await;
 }
+
+/// A webhook receiver on loopback: records each POST (path, body); the first POST to
+/// `/flaky` fails with 500 to exercise the retry.
+async fn webhook_receiver() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let flaky_failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (record, flaky_failed) = (record.clone(), flaky_failed.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (record, flaky_failed) = (record.clone(), flaky_failed.clone());
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            if path == "/flaky"
+                                && !flaky_failed.swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
+                                let mut rsp = http::Response::new(chaperone::body::empty());
+                                *rsp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                                return Ok::<_, std::convert::Infallible>(rsp);
+                            }
+                            record
+                                .lock()
+                                .unwrap()
+                                .push((path, String::from_utf8_lossy(&body).into_owned()));
+                            Ok(http::Response::new(chaperone::body::empty()))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviewers_are_notified_by_webhook_with_the_command_to_approve() {
+    let (addr, seen) = webhook_receiver().await;
+    let env = sandbox()
+        .policy(&policy_with_hold("1s"))
+        .with_proxy_config(&format!(
+            "approval:\n  poll: 50ms\n  notify:\n  - url: http://{addr}/flaky\n  - url: http://{addr}/slack\n    format: slack\n"
+        ))
+        .start()
+        .await;
+    let _ = env.kubectl(&CREATE).await;
+    let name = held_request(&env).await;
+    let delivered = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if seen.lock().unwrap().len() >= 2 {
+                return seen.lock().unwrap().clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both webhooks were called");
+    let generic = &delivered
+        .iter()
+        .find(|(p, _)| p == "/flaky")
+        .expect("the generic one, after a retry")
+        .1;
+    let notice: serde_json::Value = serde_json::from_str(generic).unwrap();
+    assert_eq!(notice["kind"], "AccessRequestCreated");
+    assert_eq!(
+        notice["requester"]["user"],
+        "system:serviceaccount:default:mcp-server"
+    );
+    assert_eq!(notice["request"]["resource"], "rolebindings");
+    assert_eq!(
+        notice["approve"],
+        format!("kubectl chaperone approve {name} -n default")
+    );
+    let slack = &delivered.iter().find(|(p, _)| p == "/slack").unwrap().1;
+    let text = serde_json::from_str::<serde_json::Value>(slack).unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.contains("wants to *create* rolebindings in default") && text.contains(&name),
+        "{text}"
+    );
+    env.stop().await;
+}

@@ -12,6 +12,8 @@
 //! The decision is read by polling the object every `poll` interval for the rule's
 //! `hold`; an unreachable API server fails closed.
 
+pub mod notify;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -73,16 +75,23 @@ pub struct Approvals {
     upstream: Arc<Upstream>,
     namespace: String,
     poll: Duration,
+    notifier: notify::Notifier,
     /// Request key -> end of its grant.
     grants: Mutex<HashMap<String, Instant>>,
 }
 
 impl Approvals {
-    pub fn new(upstream: Arc<Upstream>, namespace: String, poll: Duration) -> Approvals {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        namespace: String,
+        poll: Duration,
+        notifier: notify::Notifier,
+    ) -> Approvals {
         Approvals {
             upstream,
             namespace,
             poll,
+            notifier,
             grants: Mutex::new(HashMap::new()),
         }
     }
@@ -139,6 +148,18 @@ impl Approvals {
                     }
                     created = true;
                     tracing::info!(access_request = %name, rule = decision.rule(), "held for approval");
+                    if code.is_success() {
+                        let ns = &self.namespace;
+                        let mut notice = object["spec"].clone();
+                        notice["kind"] = json!("AccessRequestCreated");
+                        notice["accessRequest"] = json!({"namespace": ns, "name": name});
+                        notice["approve"] =
+                            json!(format!("kubectl chaperone approve {name} -n {ns}"));
+                        notice["deny"] = json!(format!(
+                            "kubectl chaperone deny {name} -n {ns} --reason '...'"
+                        ));
+                        self.notifier.notify(&notice);
+                    }
                     continue;
                 }
                 code if code.is_success() => {

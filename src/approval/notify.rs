@@ -1,0 +1,167 @@
+//! Tells reviewers that a request waits: a POST to each configured webhook when an
+//! AccessRequest is created, as a generic JSON document or a Slack-compatible
+//! message. Retried with backoff; a notification that never arrives changes nothing
+//! about the request, which stays held and is refused when its hold ends.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Attempts per notification, with doubling delays from `FIRST_RETRY`.
+const ATTEMPTS: u32 = 5;
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the system CA bundle is looked for (Slack, public endpoints).
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// One webhook, as configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Webhook {
+    /// `https://...` (or `http://` inside the cluster).
+    pub url: String,
+    #[serde(default)]
+    pub format: Format,
+    /// PEM CA for an https URL; the system bundle otherwise.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Format {
+    /// `{"kind": "AccessRequestCreated", ...}` with every detail.
+    #[default]
+    Generic,
+    /// `{"text": "..."}` for Slack incoming webhooks (and Mattermost, Teams connectors).
+    Slack,
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("notification webhook {url}: {message}")]
+pub struct Error {
+    url: String,
+    message: String,
+}
+
+/// The configured webhooks, ready to post to.
+pub struct Notifier {
+    targets: Vec<(Webhook, http::Uri, HttpClient)>,
+}
+
+impl Notifier {
+    pub fn new(webhooks: &[Webhook]) -> Result<Notifier, Error> {
+        let mut targets = Vec::new();
+        for hook in webhooks {
+            let err = |message: String| Error {
+                url: hook.url.clone(),
+                message,
+            };
+            let uri: http::Uri = hook
+                .url
+                .parse()
+                .map_err(|e| err(format!("invalid URL: {e}")))?;
+            let (pem, origin) = match &hook.ca_file {
+                Some(p) => (
+                    std::fs::read(p).map_err(|e| err(format!("cannot read caFile: {e}")))?,
+                    p.display().to_string(),
+                ),
+                None => SYSTEM_CA_BUNDLES
+                    .iter()
+                    .find_map(|p| std::fs::read(p).ok().map(|pem| (pem, (*p).to_owned())))
+                    .unwrap_or_default(),
+            };
+            let tls = if pem.is_empty() {
+                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| err(e.to_string()))?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            } else {
+                crate::tls::client_config(&pem, &origin, None).map_err(|e| err(e.to_string()))?
+            };
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_connect_timeout(Some(TIMEOUT));
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http);
+            targets.push((
+                hook.clone(),
+                uri,
+                Client::builder(TokioExecutor::new()).build(https),
+            ));
+        }
+        Ok(Notifier { targets })
+    }
+
+    /// Posts `notice` to every webhook, each in a task of its own.
+    pub fn notify(&self, notice: &Value) {
+        for (hook, uri, client) in &self.targets {
+            let body = match hook.format {
+                Format::Generic => notice.to_string(),
+                Format::Slack => json!({ "text": slack_text(notice) }).to_string(),
+            };
+            let (uri, client, url) = (uri.clone(), client.clone(), hook.url.clone());
+            tokio::spawn(async move {
+                let mut delay = FIRST_RETRY;
+                for attempt in 1..=ATTEMPTS {
+                    let req = Request::post(uri.clone())
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(Bytes::from(body.clone())));
+                    let sent = match req {
+                        Ok(req) => tokio::time::timeout(TIMEOUT, client.request(req)).await,
+                        Err(_) => return,
+                    };
+                    match sent {
+                        Ok(Ok(rsp)) if rsp.status().is_success() => return,
+                        Ok(Ok(rsp)) => {
+                            tracing::warn!(%url, attempt, code = %rsp.status(), "notification refused")
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(%url, attempt, %error, "notification failed")
+                        }
+                        Err(_) => tracing::warn!(%url, attempt, "notification timed out"),
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                tracing::error!(%url, "notification not delivered; the request stays held until its hold ends");
+            });
+        }
+    }
+}
+
+/// One line a human reads in a chat channel.
+fn slack_text(n: &Value) -> String {
+    let s = |p: &str| n.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let target = match (s("/request/namespace"), s("/request/name")) {
+        ("", "") => s("/request/resource").to_owned(),
+        ("", name) => format!("{} {name}", s("/request/resource")),
+        (ns, "") => format!("{} in {ns}", s("/request/resource")),
+        (ns, name) => format!("{} {name} in {ns}", s("/request/resource")),
+    };
+    format!(
+        ":lock: *{}* wants to *{}* {} (rule `{}`).\nApprove: `{}`\nDeny: `{}`",
+        s("/requester/user"),
+        s("/request/verb"),
+        target,
+        s("/rule"),
+        s("/approve"),
+        s("/deny"),
+    )
+}
