@@ -244,11 +244,29 @@ impl Proxy {
             policy::Action::Allow => {}
             policy::Action::Deny => return Err(Error::Denied(Box::new(decision))),
             policy::Action::Approve => {
-                self.approvals
+                let outcome = self
+                    .approvals
                     .approve(&who, &info, req.uri().query(), &decision)
                     .instrument(tracing::info_span!("approve"))
                     .await?;
-                trail.note("chaperone.dev/approval", "approved");
+                match outcome {
+                    approval::Outcome::Approved { name, by } => {
+                        trail.note(
+                            "chaperone.dev/approval",
+                            format!("approved by {by} ({name})"),
+                        );
+                    }
+                    approval::Outcome::Granted => {
+                        trail.note("chaperone.dev/approval", "granted earlier")
+                    }
+                    approval::Outcome::Skipped => {
+                        trail.note("chaperone.dev/approval", "skipped (skipGroups)")
+                    }
+                    approval::Outcome::BreakGlass { by, reason } => {
+                        trail.note("chaperone.dev/approval", format!("break-glass by {by}"));
+                        trail.note("chaperone.dev/break-glass", reason);
+                    }
+                }
             }
         }
         let span = tracing::Span::current();

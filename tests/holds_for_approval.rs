@@ -101,10 +101,13 @@ async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
     // The record: approved, with the rule.
     let dir = env.stop().await;
     let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
-    assert!(
+    let noted = |what: &str| {
         audit
             .lines()
-            .any(|l| l.contains("\"chaperone.dev/approval\":\"approved\"")),
+            .any(|l| l.contains(&format!("\"chaperone.dev/approval\":\"{what}")))
+    };
+    assert!(
+        noted("approved by sandbox-user") && noted("granted earlier"),
         "{audit}"
     );
 }
@@ -327,6 +330,86 @@ async fn reviewers_are_notified_by_webhook_with_the_command_to_approve() {
     assert!(
         text.contains("wants to *create* rolebindings in default") && text.contains(&name),
         "{text}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_needs_the_group_and_a_reason_and_is_flagged_and_notified() {
+    let (addr, seen) = webhook_receiver().await;
+    // The sandbox says every reviewer is in system:authenticated.
+    let policy = SANDBOX_POLICY.replacen(
+        "    action: approve\n",
+        "    action: approve\n    approval: {hold: 1s, breakGlassGroups: [system:authenticated]}\n",
+        1,
+    );
+    let env = sandbox()
+        .policy(&policy)
+        .with_proxy_config(&format!(
+            "approval:\n  poll: 50ms\n  notify:\n  - url: http://{addr}/hook\n"
+        ))
+        .start()
+        .await;
+    let _ = env.kubectl(&CREATE).await;
+    let name = held_request(&env).await;
+    let no_reason = reviewer(&env, &["approve", &name, "--break-glass"]);
+    assert!(
+        String::from_utf8_lossy(&no_reason.stderr).contains("--break-glass needs --reason"),
+        "{no_reason:?}"
+    );
+    let used = reviewer(
+        &env,
+        &[
+            "approve",
+            &name,
+            "--break-glass",
+            "--reason",
+            "prod is down",
+        ],
+    );
+    assert!(
+        used.status.success(),
+        "{}",
+        String::from_utf8_lossy(&used.stderr)
+    );
+    ok(&env.kubectl(&CREATE).await);
+    let notified = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some((_, body)) = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, b)| b.contains("AccessRequestBreakGlass"))
+            {
+                return body.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("reviewers hear of the break-glass");
+    assert!(notified.contains("prod is down"), "{notified}");
+    let dir = env.stop().await;
+    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"chaperone.dev/break-glass\":\"prod is down\""),
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_is_refused_when_the_rule_allows_none() {
+    let env = start("1s").await;
+    let _ = env.kubectl(&CREATE).await;
+    let name = held_request(&env).await;
+    let refused = reviewer(
+        &env,
+        &["approve", &name, "--break-glass", "--reason", "hurry"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the rule has none"),
+        "{refused:?}"
     );
     env.stop().await;
 }

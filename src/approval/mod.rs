@@ -70,6 +70,19 @@ impl Error {
     }
 }
 
+/// How a held request came to go through; recorded in its audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reviewer (or enough of them) approved it now.
+    Approved { name: String, by: String },
+    /// An earlier approval of the same request still holds.
+    Granted,
+    /// The caller is in one of the rule's `skipGroups`.
+    Skipped,
+    /// The requester approved its own request as a break-glass group member.
+    BreakGlass { by: String, reason: String },
+}
+
 /// The approval stage: where AccessRequests go and the grants given so far.
 pub struct Approvals {
     upstream: Arc<Upstream>,
@@ -104,7 +117,7 @@ impl Approvals {
         info: &RequestInfo,
         query: Option<&str>,
         decision: &Decision,
-    ) -> Result<(), Error> {
+    ) -> Result<Outcome, Error> {
         let settings = decision.approval().cloned().unwrap_or_default();
         let (hold, grant) = (settings.hold.0, settings.grant.0);
         if who
@@ -112,12 +125,12 @@ impl Approvals {
             .iter()
             .any(|g| settings.skip_groups.iter().any(|s| &s.0 == g))
         {
-            return Ok(());
+            return Ok(Outcome::Skipped);
         }
         let commands = commands(query);
         let key = request_key(who, info, &commands);
         if self.granted(&key) {
-            return Ok(());
+            return Ok(Outcome::Granted);
         }
         let name = object_name(info, &key);
         let path = format!("{}/{name}", collection(&self.namespace));
@@ -171,7 +184,39 @@ impl Approvals {
                             let until = grant_end(status, grant);
                             if until > Instant::now() {
                                 self.grant(key, until);
-                                return Ok(());
+                                if status["breakGlass"].as_bool() == Some(true) {
+                                    // Always visible: flagged and told to the reviewers.
+                                    tracing::warn!(access_request = %name, by = status["decidedBy"].as_str().unwrap_or_default(),
+                                        reason = status["reason"].as_str().unwrap_or_default(), "break-glass approval used");
+                                    let ns = &self.namespace;
+                                    let mut notice = object["spec"].clone();
+                                    notice["kind"] = json!("AccessRequestBreakGlass");
+                                    notice["accessRequest"] =
+                                        json!({"namespace": ns, "name": name});
+                                    notice["decidedBy"] = status["decidedBy"].clone();
+                                    notice["reason"] = status["reason"].clone();
+                                    notice["approve"] = json!(format!(
+                                        "(approved by break-glass: {})",
+                                        status["reason"].as_str().unwrap_or_default()
+                                    ));
+                                    notice["deny"] =
+                                        json!(format!("kubectl chaperone requests -n {ns}"));
+                                    self.notifier.notify(&notice);
+                                    return Ok(Outcome::BreakGlass {
+                                        by: status["decidedBy"]
+                                            .as_str()
+                                            .unwrap_or_default()
+                                            .to_owned(),
+                                        reason: status["reason"]
+                                            .as_str()
+                                            .unwrap_or_default()
+                                            .to_owned(),
+                                    });
+                                }
+                                return Ok(Outcome::Approved {
+                                    name,
+                                    by: status["decidedBy"].as_str().unwrap_or_default().to_owned(),
+                                });
                             }
                             // An old grant has run out: ask again.
                             self.remove(&path).await?;
@@ -349,6 +394,10 @@ fn access_request(
             "rule": decision.rule(),
             "reason": decision.reason().to_string(),
             "approvers": decision.approval().map_or(1, |a| a.approvers.get()),
+            "breakGlassGroups": decision
+                .approval()
+                .map(|a| a.break_glass_groups.iter().map(|g| g.0.clone()).collect::<Vec<_>>())
+                .unwrap_or_default(),
             "expiresAt": crate::audit::event::timestamp(expires),
         },
     })

@@ -36,6 +36,10 @@ pub struct DecideArgs {
     /// Why (required to deny; recorded on the AccessRequest).
     #[arg(long)]
     pub reason: Option<String>,
+    /// Approve your own request as a member of one of the rule's break-glass groups
+    /// (needs --reason; always flagged in the audit record and notified).
+    #[arg(long)]
+    pub break_glass: bool,
     /// How long the approval holds for the same request (approve only).
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub grant: Duration,
@@ -90,8 +94,8 @@ fn message(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
-/// The reviewer's user name, as the API server sees it.
-async fn whoami(api: &Upstream) -> String {
+/// The reviewer's user name and groups, as the API server sees them.
+async fn whoami(api: &Upstream) -> (String, Vec<String>) {
     let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
     let asked = api
         .call(
@@ -100,15 +104,22 @@ async fn whoami(api: &Upstream) -> String {
             Some(("application/json", review.to_string().into_bytes())),
         )
         .await;
-    asked
+    let info = asked
         .ok()
         .and_then(|(_, body)| serde_json::from_slice::<Value>(&body).ok())
-        .and_then(|v| {
-            v.pointer("/status/userInfo/username")
-                .and_then(Value::as_str)
+        .and_then(|v| v.pointer("/status/userInfo").cloned())
+        .unwrap_or_default();
+    let user = info["username"].as_str().unwrap_or("unknown").to_owned();
+    let groups = info["groups"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter_map(Value::as_str)
                 .map(str::to_owned)
+                .collect()
         })
-        .unwrap_or_else(|| "unknown".to_owned())
+        .unwrap_or_default();
+    (user, groups)
 }
 
 /// Approves (`approve == true`) or denies an AccessRequest.
@@ -126,13 +137,36 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
     if phase != "Pending" {
         bail!("AccessRequest {ns}/{name} is already {phase}");
     }
-    let reviewer = whoami(&api).await;
+    let (reviewer, groups) = whoami(&api).await;
     let requester = object
         .pointer("/spec/requester/user")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if reviewer == requester {
-        bail!("{reviewer} requested {name}: a requester can never approve its own request");
+    let break_glass_groups: Vec<&str> = object
+        .pointer("/spec/breakGlassGroups")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if args.break_glass {
+        if !approve {
+            bail!("--break-glass approves; it does not deny");
+        }
+        if args.reason.as_deref().unwrap_or("").is_empty() {
+            bail!("--break-glass needs --reason: it is recorded and sent to every reviewer");
+        }
+        if !groups
+            .iter()
+            .any(|g| break_glass_groups.contains(&g.as_str()))
+        {
+            let allowed = if break_glass_groups.is_empty() {
+                "the rule has none".to_owned()
+            } else {
+                break_glass_groups.join(", ")
+            };
+            bail!("{reviewer} is in none of the rule's break-glass groups ({allowed})");
+        }
+    } else if reviewer == requester {
+        bail!("{reviewer} requested {name}: a requester can never approve its own request (see --break-glass)");
     }
     let now = time::OffsetDateTime::now_utc();
     let at = crate::audit::event::timestamp(now);
@@ -154,8 +188,11 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
             json!({"user": reviewer, "at": at, "reason": args.reason.clone().unwrap_or_default()}),
         );
     }
-    let decided = !approve || approvals.len() as u64 >= needed;
+    let decided = !approve || args.break_glass || approvals.len() as u64 >= needed;
     let mut status = json!({ "approvals": approvals });
+    if args.break_glass {
+        status["breakGlass"] = json!(true);
+    }
     if decided {
         status["phase"] = json!(if approve { "Approved" } else { "Denied" });
         status["decidedBy"] = json!(reviewer);
