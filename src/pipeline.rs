@@ -210,6 +210,14 @@ impl Proxy {
         let info = tracing::info_span!("resolve")
             .in_scope(|| request_info::resolve(req.method(), req.uri()))?;
         trail.info(&info);
+        let span = tracing::Span::current();
+        span.record("verb", info.verb.as_str());
+        span.record("resource", info.resource.as_str());
+        span.record("namespace", info.namespace.as_str());
+        span.record("name", info.name.as_str());
+        if !is_forwarded_method(req.method()) {
+            return Err(Error::Method(req.method().clone()));
+        }
 
         let who = match self
             .identity
@@ -269,15 +277,6 @@ impl Proxy {
                 }
             }
         }
-        let span = tracing::Span::current();
-        span.record("verb", info.verb.as_str());
-        span.record("resource", info.resource.as_str());
-        span.record("namespace", info.namespace.as_str());
-        span.record("name", info.name.as_str());
-        if !is_forwarded_method(req.method()) {
-            return Err(Error::Method(req.method().clone()));
-        }
-
         let upgrade = headers::is_upgrade(req.headers());
         let inspect = headers::must_inspect(&info);
         tracing::info_span!("screen")
