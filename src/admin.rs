@@ -40,6 +40,8 @@ pub struct Admin {
     pub notes: Vec<Check>,
     /// (policies put in force, failed policy loads).
     pub policy_counts: Option<Arc<dyn Fn() -> (u64, u64) + Send + Sync>>,
+    /// Requests held for approval now.
+    pub approvals_pending: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl Admin {
@@ -59,6 +61,9 @@ impl Admin {
             g.audit_queue_depth = a.queued() as u64;
             g.audit_events_dropped = a.counters.dropped.load(Ordering::Relaxed);
             g.audit_write_failures = a.counters.failed_writes.load(Ordering::Relaxed);
+        }
+        if let Some(pending) = &self.approvals_pending {
+            g.approvals_pending = pending();
         }
         if let Some(counts) = &self.policy_counts {
             (g.policy_reloads, g.policy_reload_failures) = counts();

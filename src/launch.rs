@@ -123,6 +123,7 @@ pub async fn proxy(
         config.approval.poll.unwrap_or(Duration::from_millis(500)),
         crate::approval::notify::Notifier::new(&config.approval.notify)?,
     ));
+    let approvals_for_admin = approvals.clone();
     let proxy = Proxy::new(
         upstream,
         authenticator.clone(),
@@ -165,6 +166,10 @@ pub async fn proxy(
         policy_counts: {
             let p = policies.clone();
             Some(Arc::new(move || p.counts()))
+        },
+        approvals_pending: {
+            let a = approvals_for_admin;
+            Some(Arc::new(move || a.waiting()))
         },
     };
     let admin_handler: Handler = Arc::new(move |req, _| {

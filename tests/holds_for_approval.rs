@@ -44,7 +44,7 @@ async fn held_request(env: &Env) -> String {
             let out = reviewer(env, &["requests"]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if let Some(line) = text.lines().nth(1) {
-                return line.split_whitespace().next().unwrap().to_owned();
+                return line.split_whitespace().nth(1).unwrap().to_owned();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -71,6 +71,14 @@ async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
     let name = held_request(&env).await;
     assert!(name.starts_with("create-rolebindings-"), "{name}");
     assert!(!held.is_finished(), "the request waits for the reviewer");
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "chaperone_approvals_pending 1"),
+        "{metrics}"
+    );
     let approved = reviewer(
         &env,
         &["approve", &name, "--reason", "reviewed the binding"],
@@ -411,5 +419,37 @@ async fn break_glass_is_refused_when_the_rule_allows_none() {
         String::from_utf8_lossy(&refused.stderr).contains("the rule has none"),
         "{refused:?}"
     );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_held_requests_share_one_access_request_and_a_dead_webhook_approves_nothing() {
+    // A webhook nobody listens on: notifications fail, the requests stay held.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let env = sandbox()
+        .policy(&policy_with_hold("2s"))
+        .with_proxy_config(&format!(
+            "approval:\n  poll: 50ms\n  notify:\n  - url: http://{dead}/hook\n"
+        ))
+        .start()
+        .await;
+    let (a, b) = tokio::join!(env.kubectl(&CREATE), env.kubectl(&CREATE));
+    for out in [a, b] {
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("approval pending"),
+            "{out:?}"
+        );
+    }
+    let listed = reviewer(&env, &["requests", "-A"]);
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert_eq!(
+        text.lines().count(),
+        2,
+        "one AccessRequest for both:\n{text}"
+    );
+    assert!(text.contains(" Pending "), "{text}");
     env.stop().await;
 }

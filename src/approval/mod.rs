@@ -89,6 +89,8 @@ pub struct Approvals {
     namespace: String,
     poll: Duration,
     notifier: notify::Notifier,
+    /// Requests waiting for a decision right now (a metric).
+    waiting: std::sync::atomic::AtomicU64,
     /// Request key -> end of its grant.
     grants: Mutex<HashMap<String, Instant>>,
 }
@@ -105,6 +107,7 @@ impl Approvals {
             namespace,
             poll,
             notifier,
+            waiting: std::sync::atomic::AtomicU64::new(0),
             grants: Mutex::new(HashMap::new()),
         }
     }
@@ -136,6 +139,7 @@ impl Approvals {
         let path = format!("{}/{name}", collection(&self.namespace));
         let deadline = Instant::now() + hold;
         let mut created = false;
+        let _waiting = Waiting::new(&self.waiting);
         loop {
             let (code, body) = self.upstream.call(Method::GET, &path, None).await?;
             match code {
@@ -266,6 +270,11 @@ impl Approvals {
         }
     }
 
+    /// How many requests wait for a reviewer now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn granted(&self, key: &str) -> bool {
         let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -283,6 +292,22 @@ impl Approvals {
     async fn remove(&self, path: &str) -> Result<(), Error> {
         self.upstream.call(Method::DELETE, path, None).await?;
         Ok(())
+    }
+}
+
+/// Counts a held request while it waits.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicU64) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -41,7 +41,7 @@ pub struct DecideArgs {
     #[arg(long)]
     pub break_glass: bool,
     /// How long the approval holds for the same request (approve only).
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, visible_alias = "for", value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub grant: Duration,
     #[command(flatten)]
     pub access: Access,
@@ -49,6 +49,9 @@ pub struct DecideArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
+    /// Every namespace.
+    #[arg(long, short = 'A')]
+    pub all_namespaces: bool,
     #[command(flatten)]
     pub access: Access,
 }
@@ -243,15 +246,19 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
 pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let api = client(&args.access)?;
     let ns = &args.access.namespace;
-    let path = format!("/apis/chaperone.dev/v1alpha1/namespaces/{ns}/accessrequests");
+    let path = if args.all_namespaces {
+        "/apis/chaperone.dev/v1alpha1/accessrequests".to_owned()
+    } else {
+        format!("/apis/chaperone.dev/v1alpha1/namespaces/{ns}/accessrequests")
+    };
     let (code, body) = api.call(Method::GET, &path, None).await?;
     if !code.is_success() {
         bail!("listing AccessRequests in {ns}: {code}: {}", message(&body));
     }
     let list: Value = serde_json::from_slice(&body)?;
     println!(
-        "{:<44} {:<9} {:<44} {:<32} RULE",
-        "NAME", "PHASE", "REQUESTER", "REQUEST"
+        "{:<16} {:<44} {:<9} {:<44} {:<32} RULE",
+        "NAMESPACE", "NAME", "PHASE", "REQUESTER", "REQUEST"
     );
     for item in list["items"].as_array().into_iter().flatten() {
         let s = |p: &str| {
@@ -271,7 +278,8 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
             .and_then(Value::as_str)
             .unwrap_or("Pending");
         println!(
-            "{:<44} {:<9} {:<44} {:<32} {}",
+            "{:<16} {:<44} {:<9} {:<44} {:<32} {}",
+            s("/metadata/namespace"),
             s("/metadata/name"),
             phase,
             s("/spec/requester/user"),
