@@ -14,8 +14,11 @@ pub mod sandbox;
     version,
     about = "Least-privilege access to Kubernetes for MCP servers",
     long_about = "chaperone sits between an MCP server (or any Kubernetes client) and the API server: \
-                  it resolves every request exactly as the API server would, forwards it with its own \
-                  credential, and answers refusals with Kubernetes Status errors."
+                  it authenticates the caller's token, resolves every request exactly as the API server \
+                  would, decides it from a policy (allow, deny, or hold for a reviewer's approval), \
+                  forwards it with its own credential, masks secrets in what comes back, and records \
+                  every request as an audit event. Refusals are Kubernetes Status errors.\n\n\
+                  Also usable as the kubectl plugin `kubectl chaperone` (install it as kubectl-chaperone)."
 )]
 pub struct Cli {
     /// Log filter, in tracing's env-filter syntax (e.g. `info`, `chaperone=debug`).
