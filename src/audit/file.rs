@@ -34,6 +34,10 @@ pub struct Recording {
     file: BufWriter<File>,
     size: u64,
     last_sync: Instant,
+    /// Written since the last sync.
+    dirty: bool,
+    /// A regular file (not `/dev/null` or a pipe): only those rotate and sync.
+    regular: bool,
 }
 
 impl Recording {
@@ -49,7 +53,8 @@ impl Recording {
             std::fs::create_dir_all(dir)?;
         }
         let file = open_append(path)?;
-        let size = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let (size, regular) = (meta.len(), meta.is_file());
         Ok(Recording {
             path: path.to_owned(),
             max_size,
@@ -58,6 +63,8 @@ impl Recording {
             file: BufWriter::new(file),
             size,
             last_sync: Instant::now(),
+            dirty: false,
+            regular,
         })
     }
 
@@ -65,30 +72,41 @@ impl Recording {
     pub fn write(&mut self, event: &Event) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        if self.size > 0 && self.size + line.len() as u64 > self.max_size {
+        if self.regular && self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
         }
         self.file.write_all(&line)?;
         self.size += line.len() as u64;
         // Every event reaches the OS at once, so a reader (`replay --follow`) sees it.
         self.file.flush()?;
+        self.dirty = true;
         match self.fsync {
-            Fsync::Always => self.file.get_ref().sync_data()?,
-            Fsync::Interval if self.last_sync.elapsed() >= SYNC_INTERVAL => {
-                self.file.get_ref().sync_data()?;
-                self.last_sync = Instant::now();
-            }
+            Fsync::Always => self.sync()?,
+            Fsync::Interval if self.last_sync.elapsed() >= SYNC_INTERVAL => self.sync()?,
             _ => {}
         }
         Ok(())
     }
 
-    /// Flushes and syncs what has been written (on shutdown).
+    /// With `fsync: interval`, syncs what was written if the last sync is a second
+    /// old: the writer calls this on a one-second tick, so a quiet spell after a
+    /// burst does not leave events unsynced.
+    pub fn sync_due(&mut self) -> std::io::Result<()> {
+        if self.dirty && self.fsync == Fsync::Interval && self.last_sync.elapsed() >= SYNC_INTERVAL
+        {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and syncs what has been written (per `fsync`, and on shutdown).
     pub fn sync(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        if self.fsync != Fsync::Never {
+        if self.fsync != Fsync::Never && self.regular && self.dirty {
             self.file.get_ref().sync_data()?;
         }
+        self.dirty = false;
+        self.last_sync = Instant::now();
         Ok(())
     }
 
@@ -107,6 +125,7 @@ impl Recording {
         }
         self.file = BufWriter::new(open_append(&self.path)?);
         self.size = 0;
+        self.dirty = false;
         Ok(())
     }
 }

@@ -135,7 +135,12 @@ impl Recorder {
         if let Some(sink) = local {
             let (tx, rx) = mpsc::channel(settings.queue.max(1));
             sinks.push(tx);
-            writers.push(tokio::spawn(write_events(rx, sink, counters.clone())));
+            writers.push(tokio::spawn(write_events(
+                rx,
+                sink,
+                counters.clone(),
+                stop_rx.clone(),
+            )));
         }
         if let Some(otlp) = &settings.otlp {
             let exporter = otlp::Exporter::new(otlp)?;
@@ -197,17 +202,49 @@ impl Recorder {
                 "audit queue not drained within the grace period"
             );
         }
+        // Writers sync and end on the stop signal; one that does not (an exporter
+        // retrying a dead collector) is ended after a short wait.
         self.stop.send_replace(true);
         let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
-        for w in writers {
-            w.abort();
+        for mut w in writers {
+            if tokio::time::timeout(Duration::from_secs(1), &mut w)
+                .await
+                .is_err()
+            {
+                w.abort();
+            }
         }
     }
 }
 
-async fn write_events(mut rx: mpsc::Receiver<Arc<Event>>, mut sink: Sink, counters: Arc<Counters>) {
+async fn write_events(
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    mut sink: Sink,
+    counters: Arc<Counters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     use std::io::Write;
-    while let Some(event) = rx.recv().await {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => event,
+            _ = tick.tick() => {
+                if let Sink::File(rec) = &mut sink {
+                    if let Err(error) = rec.sync_due() {
+                        tracing::error!(%error, "failed to sync the audit recording");
+                    }
+                }
+                continue;
+            }
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(event) = event else {
+            if let Sink::File(rec) = &mut sink {
+                let _ = rec.sync();
+            }
+            return;
+        };
         let result = match &mut sink {
             Sink::Stdout => serde_json::to_vec(&*event)
                 .map_err(std::io::Error::other)
@@ -225,11 +262,6 @@ async fn write_events(mut rx: mpsc::Receiver<Arc<Event>>, mut sink: Sink, counte
             Err(error) => {
                 counters.failed_writes.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%error, audit_id = %event.audit_id, "failed to write an audit event");
-            }
-        }
-        if rx.is_empty() {
-            if let Sink::File(rec) = &mut sink {
-                let _ = rec.sync();
             }
         }
     }

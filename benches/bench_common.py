@@ -1,0 +1,390 @@
+"""Shared harness for the process-level benchmarks (mask_memory.py, audit_cost.py).
+
+Python 3 standard library plus /usr/bin/openssl and the chaperone release binary.
+Everything listens on 127.0.0.1 only, lives in one temporary directory, and every
+process started here is stopped by `Procs.stop_all()` (the scripts call it in `finally`).
+
+What it provides:
+
+* `Pki`: a CA, server certificates for IP:127.0.0.1, an EC P-256 (ES256) token key,
+  its JWKS file and ES256 JWTs, all made with the openssl CLI.
+* `write_proxy_config()`: a `chaperone proxy` config trusting that key as the issuer
+  `https://bench.local` (audience `chaperone`) through `jwksFile`, an upstream kubeconfig,
+  a policy and an audit section.
+* `Procs`: starts processes in their own process group and kills them on exit.
+* `proc_status()`: VmRSS / VmHWM of a pid, in KiB.
+"""
+
+import base64
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+OPENSSL = "/usr/bin/openssl"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_BINARY = os.path.join(REPO, "target", "release", "chaperone")
+
+ISSUER = "https://bench.local"
+AUDIENCE = "chaperone"
+SUBJECT = "bench"
+KID = "bench-es256"
+
+MASK_MARKER_B64 = base64.b64encode(b"chaperone:masked").decode()  # Y2hhcGVyb25lOm1hc2tlZA==
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def free_port():
+    """A port that was free on 127.0.0.1 a moment ago (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def openssl(*args, input=None):
+    return subprocess.run(
+        [OPENSSL, *args], input=input, check=True, capture_output=True, timeout=60
+    ).stdout
+
+
+def _der_len(data, i):
+    """Reads a DER length at data[i]; returns (length, index after it)."""
+    first = data[i]
+    if first < 0x80:
+        return first, i + 1
+    n = first & 0x7F
+    return int.from_bytes(data[i + 1:i + 1 + n], "big"), i + 1 + n
+
+
+def ecdsa_der_to_raw(der, size=32):
+    """ECDSA-Sig-Value (SEQUENCE { INTEGER r, INTEGER s }) -> r || s, as JWS wants."""
+    if der[0] != 0x30:
+        raise ValueError("not a DER SEQUENCE")
+    _, i = _der_len(der, 1)
+    out = b""
+    for _ in range(2):
+        if der[i] != 0x02:
+            raise ValueError("not a DER INTEGER")
+        n, i = _der_len(der, i + 1)
+        value = der[i:i + n].lstrip(b"\x00")
+        i += n
+        out += value.rjust(size, b"\x00")
+    return out
+
+
+class Pki:
+    """A CA, server certificates, and the ES256 key tokens are signed with."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.ca_crt = os.path.join(directory, "ca.crt")
+        self.ca_key = os.path.join(directory, "ca.key")
+        self.token_key = os.path.join(directory, "token.key")
+        self.jwks = os.path.join(directory, "jwks.json")
+        openssl(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", self.ca_key, "-out", self.ca_crt, "-days", "2",
+            "-subj", "/CN=chaperone bench CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-out", self.token_key)
+        spki = openssl("pkey", "-in", self.token_key, "-pubout", "-outform", "DER")
+        point = spki[-65:]  # the uncompressed point 04 || x || y ends the SPKI
+        if point[0] != 0x04:
+            raise RuntimeError("unexpected EC public key encoding")
+        self.jwk = {
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": KID,
+            "x": b64url(point[1:33]), "y": b64url(point[33:65]),
+        }
+        with open(self.jwks, "w") as f:
+            json.dump({"keys": [self.jwk]}, f)
+
+    def server_cert(self, name):
+        """Issues <name>.crt / <name>.key for IP:127.0.0.1 and localhost."""
+        crt = os.path.join(self.dir, name + ".crt")
+        key = os.path.join(self.dir, name + ".key")
+        openssl(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", crt, "-days", "2",
+            "-subj", "/CN=" + name, "-CA", self.ca_crt, "-CAkey", self.ca_key,
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext", "basicConstraints=critical,CA:FALSE",
+            "-addext", "keyUsage=critical,digitalSignature",
+            "-addext", "extendedKeyUsage=serverAuth",
+        )
+        return crt, key
+
+    def token(self, lifetime=3 * 3600):
+        """An ES256 JWT from ISSUER for AUDIENCE, subject SUBJECT."""
+        now = int(time.time())
+        header = {"alg": "ES256", "typ": "JWT", "kid": KID}
+        claims = {"iss": ISSUER, "aud": [AUDIENCE], "sub": SUBJECT,
+                  "iat": now, "nbf": now - 5, "exp": now + lifetime}
+        signing_input = (
+            b64url(json.dumps(header, separators=(",", ":")).encode()) + "."
+            + b64url(json.dumps(claims, separators=(",", ":")).encode())
+        )
+        der = openssl("dgst", "-sha256", "-sign", self.token_key, input=signing_input.encode())
+        return signing_input + "." + b64url(ecdsa_der_to_raw(der))
+
+
+def write_kubeconfig(path, server, ca_crt, token):
+    """A single-context kubeconfig (JSON is YAML) for the upstream."""
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "bench",
+        "clusters": [{"name": "upstream", "cluster": {
+            "server": server, "certificate-authority": ca_crt}}],
+        "users": [{"name": "proxy", "user": {"token": token}}],
+        "contexts": [{"name": "bench", "context": {"cluster": "upstream", "user": "proxy"}}],
+    }
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def write_policy(path, name, rules):
+    """A policy (JSON is YAML); rules: [(rule name, resource, [verbs])] for every user."""
+    doc = {
+        "apiVersion": "chaperone.dev/v1alpha1", "kind": "Policy",
+        "metadata": {"name": name},
+        "spec": {"rules": [
+            {"name": rule, "subjects": {"users": ["*"]}, "apiGroups": [""],
+             "resources": [resource], "verbs": verbs, "namespaces": ["default"],
+             "action": "allow"}
+            for rule, resource, verbs in rules
+        ]},
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+def check_policy(binary, path):
+    out = subprocess.run([binary, "policy", "check", path], capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"chaperone policy check {path} failed:\n{out.stdout}{out.stderr}")
+
+
+def write_proxy_config(path, *, listen, admin, cert, key, jwks, policy, kubeconfig, audit):
+    """A `chaperone proxy` config; `audit` is the audit section as a dict."""
+    config = {
+        "listen": [f"127.0.0.1:{listen}"],
+        "tls": {"certFile": cert, "keyFile": key},
+        "admin": {"listen": f"127.0.0.1:{admin}"},
+        "identity": {"issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE],
+                                  "jwksFile": jwks}]},
+        "policy": {"file": policy},
+        "upstream": {"kubeconfig": {"path": kubeconfig}},
+        "audit": audit,
+    }
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
+
+
+class CpuWatch:
+    """CPU time of the whole machine vs. this script and its reaped children, over a run.
+
+    The machine is shared (2 cores): `others` is the CPU time that processes not started
+    by the benchmark used meanwhile; when it is large the figures are skewed. Read it
+    after every child has been stopped and reaped (`Procs.stop_all()`).
+    """
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        return time.monotonic(), _machine_busy(), _own_cpu()
+
+    def summary(self):
+        t0, busy0, ours0 = self.start
+        t1, busy1, ours1 = self._sample()
+        busy, ours = busy1 - busy0, ours1 - ours0
+        cores = os.cpu_count() or 1
+        return (f"{t1 - t0:.1f} s wall; {busy:.1f} CPU-s busy of {cores * (t1 - t0):.1f} ({cores} cores):"
+                f" the benchmark's processes {ours:.1f}, others {max(busy - ours, 0):.1f}")
+
+
+def _machine_busy():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest is counted in user)
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _group_cpu(pgids):
+    """CPU seconds used so far by the live processes of the given process groups."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2:].split()  # fields[0] is field 3, state
+        if int(fields[2]) in pgids:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu():
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class OthersCpu:
+    """Context manager: CPU seconds used by processes foreign to the benchmark meanwhile.
+
+    Ours are this script, its reaped children (wrk) and the process groups of `procs`.
+    """
+
+    def __init__(self, procs):
+        self.procs = procs
+        self.others = None
+
+    def _sample(self):
+        pgids = {p.pid for p in self.procs.procs}
+        return _machine_busy(), _group_cpu(pgids) + _own_cpu()
+
+    def __enter__(self):
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc):
+        busy, ours = self._sample()
+        self.others = max(0.0, (busy - self.start[0]) - (ours - self.start[1]))
+        return False
+
+
+def proc_status(pid):
+    """{'VmRSS': KiB, 'VmHWM': KiB} from /proc/<pid>/status."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            field, _, value = line.partition(":")
+            if field in ("VmRSS", "VmHWM"):
+                out[field] = int(value.split()[0])
+    return out
+
+
+def wait_http(url, timeout=30.0, proc=None):
+    """Waits until `url` (plain HTTP) answers 200."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s: {last}")
+
+
+def wait_tcp(port, timeout=30.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"127.0.0.1:{port} not listening after {timeout}s")
+
+
+def scrape_metric(admin_port, prefix):
+    """Sum of the /metrics samples whose line starts with `prefix`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def stop_on_signals():
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so the `finally` that stops the processes runs."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
+class Procs:
+    """Processes started for a run, each in its own process group, stopped on exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, argv, **kwargs):
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc, timeout=10.0):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=timeout)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self):
+        for proc in reversed(list(self.procs)):
+            try:
+                self.stop(proc)
+            except Exception as e:  # keep stopping the others
+                log(f"could not stop pid {proc.pid}: {e}")
+
+
+def describe_binary(binary):
+    """The binary's build time and the repository's HEAD (the work tree may differ)."""
+    built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.stat(binary).st_mtime))
+    try:
+        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        head = "?"
+    return f"{binary} built {built}, repository HEAD {head or '?'}"
+
+
+def copy_binary(binary, directory):
+    """Runs a private copy, so a concurrent `cargo build` cannot swap it mid-run."""
+    if not os.access(binary, os.X_OK):
+        raise SystemExit(f"{binary} not found: build it with `cargo build --release --bin chaperone`")
+    dest = os.path.join(directory, "chaperone")
+    shutil.copy2(binary, dest)
+    return dest
