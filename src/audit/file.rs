@@ -68,8 +68,15 @@ impl Recording {
         })
     }
 
-    /// Appends one event as a line.
+    /// Appends one event as a line, flushed to the OS at once.
     pub fn write(&mut self, event: &Event) -> std::io::Result<()> {
+        self.append(event)?;
+        self.flush()
+    }
+
+    /// Appends one event to the buffer; [`Recording::flush`] hands it to the OS. The
+    /// writer appends everything waiting in its queue, then flushes once.
+    pub fn append(&mut self, event: &Event) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
         line.push(b'\n');
         if self.regular && self.size > 0 && self.size + line.len() as u64 > self.max_size {
@@ -77,9 +84,14 @@ impl Recording {
         }
         self.file.write_all(&line)?;
         self.size += line.len() as u64;
-        // Every event reaches the OS at once, so a reader (`replay --follow`) sees it.
-        self.file.flush()?;
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Hands what was appended to the OS (so `replay --follow` sees it) and syncs as the
+    /// fsync policy says.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
         match self.fsync {
             Fsync::Always => self.sync()?,
             Fsync::Interval if self.last_sync.elapsed() >= SYNC_INTERVAL => self.sync()?,

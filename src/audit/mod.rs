@@ -239,33 +239,64 @@ async fn write_events(
             }
             _ = stop.wait_for(|s| *s) => None,
         };
-        let Some(event) = event else {
+        let Some(first) = event else {
             if let Sink::File(rec) = &mut sink {
                 let _ = rec.sync();
             }
             return;
         };
-        let result = match &mut sink {
-            Sink::Stdout => serde_json::to_vec(&*event)
-                .map_err(std::io::Error::other)
-                .and_then(|mut line| {
-                    line.push(b'\n');
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&line).and_then(|()| out.flush())
-                }),
-            Sink::File(rec) => rec.write(&event),
-        };
-        match result {
-            Ok(()) => {
-                counters.recorded.fetch_add(1, Ordering::Relaxed);
+        // Everything already waiting goes out with one write to the OS.
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
             }
-            Err(error) => {
-                counters.failed_writes.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, audit_id = %event.audit_id, "failed to write an audit event");
+        }
+        let mut failed = None;
+        for event in &batch {
+            let result = match &mut sink {
+                Sink::Stdout => serde_json::to_vec(&**event)
+                    .map_err(std::io::Error::other)
+                    .and_then(|mut line| {
+                        line.push(b'\n');
+                        std::io::stdout().lock().write_all(&line)
+                    }),
+                Sink::File(rec) => rec.append(event),
+            };
+            if let Err(error) = result {
+                failed = Some((error, event.audit_id.clone()));
+                break;
+            }
+        }
+        let flushed = match &mut sink {
+            Sink::Stdout => std::io::stdout().lock().flush(),
+            Sink::File(rec) => rec.flush(),
+        };
+        match (failed, flushed) {
+            (None, Ok(())) => {
+                counters
+                    .recorded
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            (Some((error, audit_id)), _) => {
+                counters
+                    .failed_writes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(%error, %audit_id, events = batch.len(), "failed to write audit events");
+            }
+            (None, Err(error)) => {
+                counters
+                    .failed_writes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(%error, events = batch.len(), "failed to write audit events");
             }
         }
     }
 }
+
+/// The most events one write to the recording carries.
+const WRITE_BATCH: usize = 256;
 
 /// Takes up to `batch` events at a time and exports them, holding a batch until the
 /// collector accepts it.
