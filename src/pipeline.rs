@@ -4,15 +4,15 @@
 //! resolve   request_info: method + path + query -> the API server's request attributes
 //! authenticate  identity: the bearer token -> the caller (Subject)
 //! authorize policy: caller + attributes -> allow, deny or approve, naming the rule
-//! approve   approval: an AccessRequest a human approves or denies, for a bounded time
 //! screen    headers: refuse impersonation, narrow Accept to JSON, drop caller credentials
+//! approve   approval: an AccessRequest a human approves or denies, for a bounded time
 //! forward   upstream: the proxy's own credential, streamed both ways, upgrades tunnelled
 //! mask      mask: Secret values and policy-named fields rewritten as the body streams
 //! record    audit: one event per request, whatever happened, when its response ends
 //! ```
 //!
-//! An `approve` decision holds the request in `approval` (between authorize and
-//! screen) until a reviewer decides.
+//! An `approve` decision holds the request in `approval` (after screening, so a request
+//! that would be refused anyway never reaches a reviewer) until a reviewer decides.
 //!
 //! Resolution comes before authentication, as in the API server's filter chain: it
 //! reads nothing but the request line, and the audit record of a refused caller then
@@ -248,9 +248,18 @@ impl Proxy {
                 "audit"
             },
         );
+        if decision.applied() == policy::Action::Deny {
+            return Err(Error::Denied(Box::new(decision)));
+        }
+
+        let upgrade = headers::is_upgrade(req.headers());
+        let inspect = headers::must_inspect(&info);
+        tracing::info_span!("screen")
+            .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
+        // Held only once the request is known to be forwardable: a request screening
+        // would refuse never bothers a reviewer.
         match decision.applied() {
-            policy::Action::Allow => {}
-            policy::Action::Deny => return Err(Error::Denied(Box::new(decision))),
+            policy::Action::Allow | policy::Action::Deny => {}
             policy::Action::Approve => {
                 let outcome = self
                     .approvals
@@ -277,10 +286,6 @@ impl Proxy {
                 }
             }
         }
-        let upgrade = headers::is_upgrade(req.headers());
-        let inspect = headers::must_inspect(&info);
-        tracing::info_span!("screen")
-            .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
         if self.upstream_identity == UpstreamIdentity::Impersonate {
             headers::impersonate(
                 req.headers_mut(),
