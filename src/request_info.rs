@@ -433,7 +433,7 @@ fn list_options(query: &str) -> ListOptions {
 
 /// Go's `url.ParseQuery`: `&`-separated pairs, `key` alone meaning an empty value; pairs that
 /// contain `;` or an invalid escape are dropped (Go records an error that `URL.Query` ignores).
-fn go_query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>, Cow<'_, [u8]>)> {
+pub(crate) fn go_query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>, Cow<'_, [u8]>)> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty() && !pair.contains(';'))

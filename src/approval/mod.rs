@@ -326,15 +326,9 @@ fn grant_end(status: &Value, grant: Duration) -> Instant {
 
 /// The `command` query parameters of an exec, in order.
 fn commands(query: Option<&str>) -> Vec<String> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|p| p.strip_prefix("command="))
-        .map(|c| {
-            percent_encoding::percent_decode_str(&c.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+    // The same reading of the query the policy matched the command with.
+    crate::policy::command_args(query.unwrap_or_default())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
         .collect()
 }
 

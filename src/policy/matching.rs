@@ -182,45 +182,9 @@ pub fn argv_matches(pattern: &[Arg], query: Option<&str>) -> bool {
 /// The `command` values of a query as the API server reads them (Go's `url.ParseQuery`):
 /// `&`-separated pairs, `+` is a space, and pairs containing `;` or a bad escape are dropped.
 pub fn command_args(query: &str) -> impl Iterator<Item = Cow<'_, [u8]>> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !pair.contains(';'))
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = unescape(key)?;
-            let value = unescape(value)?;
-            (&*key == b"command").then_some(value)
-        })
-}
-
-/// Go's `url.QueryUnescape`; `None` on an invalid escape.
-fn unescape(s: &str) -> Option<Cow<'_, [u8]>> {
-    let bytes = s.as_bytes();
-    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
-        return Some(Cow::Borrowed(bytes));
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                let hi = hex(*bytes.get(i + 1)?)?;
-                let lo = hex(*bytes.get(i + 2)?)?;
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Some(Cow::Owned(out))
+    crate::request_info::go_query_pairs(query)
+        .filter(|(key, _)| &**key == b"command")
+        .map(|(_, value)| value)
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub use eval::{
     IMPERSONATE, NO_POLICY,
 };
 pub use lint::Warning;
+pub use matching::command_args;
 pub use reload::{Watched, DEFAULT_INTERVAL};
 
 /// The proxy's policy: a watched file, or none configured (then every request is
