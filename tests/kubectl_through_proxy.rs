@@ -207,12 +207,6 @@ exec "$KUBECTL" get configmaps,pods -o name"#;
     let names = ok(&run(cmd).await);
     assert!(names.contains("pod/"), "{names}");
 
-    let want = format!("Bearer {}", env.started.upstream_token);
-    assert!(env
-        .started
-        .sandbox
-        .seen_authorizations()
-        .iter()
-        .all(|a| a.as_deref() == Some(want.as_str())));
+    env.assert_api_server_saw_only_the_proxy_token();
     env.stop().await;
 }

@@ -41,12 +41,6 @@ async fn python_in_cluster_client_lists_gets_and_watches() {
     );
 
     // Whatever the client sent, the API server saw only the proxy's credential.
-    let want = format!("Bearer {}", env.started.upstream_token);
-    assert!(env
-        .started
-        .sandbox
-        .seen_authorizations()
-        .iter()
-        .all(|a| a.as_deref() == Some(want.as_str())));
+    env.assert_api_server_saw_only_the_proxy_token();
     env.stop().await;
 }

@@ -33,6 +33,17 @@ impl Env {
         self.dir.path().join("policy.yaml")
     }
 
+    /// Every request the API server saw carried the proxy's own token (never the
+    /// caller's, never none).
+    pub fn assert_api_server_saw_only_the_proxy_token(&self) {
+        let want = format!("Bearer {}", self.started.upstream_token);
+        let seen = self.started.sandbox.seen_authorizations();
+        assert!(!seen.is_empty(), "the API server saw no request");
+        for auth in seen {
+            assert_eq!(auth.as_deref(), Some(want.as_str()));
+        }
+    }
+
     /// A config line naming the test's policy file, for proxies a test starts itself.
     pub fn policy_config(&self) -> String {
         format!(
