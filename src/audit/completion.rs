@@ -1,0 +1,139 @@
+//! Records a request's event when its response body ends.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+
+use super::event::{annotation, Stage};
+use super::{Recorder, Trail};
+use crate::body::{Body, BoxError};
+
+/// Called with the masked-field total when a response completes (for metrics).
+pub type OnMasked = Box<dyn FnOnce(u64) + Send + Sync>;
+
+/// Wraps a response body so the request's event is recorded when the body ends —
+/// completely, with an error, or because the client went away.
+pub fn on_complete(
+    body: Body,
+    recorder: Arc<Recorder>,
+    trail: Trail,
+    code: u16,
+    on_masked: OnMasked,
+) -> Body {
+    Body::new(Completion {
+        inner: body,
+        pending: Some((recorder, trail, code, on_masked)),
+        recording: None,
+    })
+}
+
+struct Completion {
+    inner: Body,
+    pending: Option<(Arc<Recorder>, Trail, u16, OnMasked)>,
+    /// The event being queued as the body ends, and what to return once it is: the
+    /// last frame waits for the queue, so with `overflow: block` a full queue holds the
+    /// response back (its last data frame included, since with a Content-Length the
+    /// client needs no end-of-stream) instead of growing without bound.
+    recording: Option<(Mutex<Recording>, After)>,
+}
+
+/// What a body yields once its event is queued.
+enum After {
+    End,
+    Error(BoxError),
+    Frame(Frame<Bytes>),
+}
+
+type Recording = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Completion {
+    /// The event for the ended body, as a future that queues it.
+    fn record(&mut self, error: Option<String>) -> Option<Recording> {
+        let (recorder, mut trail, code, on_masked) = self.pending.take()?;
+        if let Some(e) = error {
+            trail.note(annotation::ERROR, e);
+        }
+        on_masked(trail.masked_counter().load(Ordering::Relaxed));
+        let event = trail.event(Stage::ResponseComplete, code, None);
+        recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
+        Some(Box::pin(async move {
+            recorder.record(event).await;
+            recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
+        }))
+    }
+}
+
+impl http_body::Body for Completion {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some((recording, _)) = &mut self.recording {
+                let fut = recording.get_mut().unwrap_or_else(|e| e.into_inner());
+                if fut.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                return Poll::Ready(match self.recording.take().map(|(_, after)| after) {
+                    Some(After::Frame(f)) => Some(Ok(f)),
+                    Some(After::Error(e)) => Some(Err(e)),
+                    Some(After::End) | None => None,
+                });
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(None) => match self.record(None) {
+                    Some(fut) => self.recording = Some((Mutex::new(fut), After::End)),
+                    None => return Poll::Ready(None),
+                },
+                Poll::Ready(Some(Err(e))) => match self.record(Some(e.to_string())) {
+                    Some(fut) => self.recording = Some((Mutex::new(fut), After::Error(e))),
+                    None => return Poll::Ready(Some(Err(e))),
+                },
+                Poll::Ready(Some(Ok(frame))) if self.inner.is_end_stream() => {
+                    match self.record(None) {
+                        Some(fut) => self.recording = Some((Mutex::new(fut), After::Frame(frame))),
+                        None => return Poll::Ready(Some(Ok(frame))),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recording.is_none() && self.pending.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        // The client is gone: nothing can wait any more, so the event is queued from a
+        // task of its own.
+        let fut = match self.recording.take() {
+            Some((recording, _)) => Some(recording.into_inner().unwrap_or_else(|e| e.into_inner())),
+            None if self.pending.is_some() => {
+                let why = (!self.inner.is_end_stream()).then(|| {
+                    "the client closed the connection before the response ended".to_owned()
+                });
+                self.record(why)
+            }
+            None => None,
+        };
+        if let Some(fut) = fut {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(fut);
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! A request's trail: what each stage learns, turned into its audit event.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderMap};
+
+use super::event::{annotation, Event, Level, ObjectRef, ResponseStatus, Stage, User};
+use super::{capture, event};
+use crate::request_info::RequestInfo;
+use crate::status::Status;
+
+/// What is known of one request so far; each stage adds to it.
+#[derive(Debug, Clone)]
+pub struct Trail {
+    pub audit_id: String,
+    received: time::OffsetDateTime,
+    started: Instant,
+    request_uri: String,
+    verb: String,
+    source_ip: String,
+    user_agent: String,
+    user: User,
+    object_ref: Option<ObjectRef>,
+    level: Level,
+    annotations: BTreeMap<String, String>,
+    masked: Arc<AtomicU64>,
+    request_body: Option<capture::Capture>,
+    response_body: Option<capture::Capture>,
+}
+
+impl Trail {
+    /// Starts the trail of a request as it arrives.
+    pub fn start(
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Trail {
+        // Continue the caller's W3C trace when it sent one; start one otherwise. This
+        // request is a span of its own, the parent of what goes upstream.
+        let parent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent);
+        let (trace, parent_span, flags) = match parent {
+            Some((t, p, f)) => (t.to_owned(), Some(p.to_owned()), f.to_owned()),
+            None => (random_hex(16), None, "01".to_owned()),
+        };
+        let mut annotations = BTreeMap::new();
+        annotations.insert(annotation::TRACE_ID.to_owned(), trace);
+        annotations.insert(annotation::SPAN_ID.to_owned(), random_hex(8));
+        if let Some(p) = parent_span {
+            annotations.insert(annotation::PARENT_SPAN_ID.to_owned(), p);
+        }
+        annotations.insert("chaperone.dev/trace-flags".to_owned(), flags);
+        annotations.insert(annotation::METHOD.to_owned(), method.as_str().to_owned());
+        Trail {
+            audit_id: new_audit_id(),
+            received: time::OffsetDateTime::now_utc(),
+            started: Instant::now(),
+            request_uri: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+            // Until the request is resolved, the verb is the method, as for
+            // non-resource requests.
+            verb: method.as_str().to_ascii_lowercase(),
+            source_ip: peer.ip().to_string(),
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            user: User::default(),
+            object_ref: None,
+            level: Level::Metadata,
+            annotations,
+            masked: Arc::new(AtomicU64::new(0)),
+            request_body: None,
+            response_body: None,
+        }
+    }
+
+    /// The authenticated caller.
+    pub fn who(
+        &mut self,
+        user: &str,
+        uid: &str,
+        groups: &[String],
+        extra: &BTreeMap<String, Vec<String>>,
+        issuer: &str,
+    ) {
+        self.user = User {
+            username: user.to_owned(),
+            uid: uid.to_owned(),
+            groups: groups.to_vec(),
+            extra: extra.clone(),
+        };
+        self.note(annotation::ISSUER, issuer);
+        let pod = extra
+            .get("authentication.kubernetes.io/pod-name")
+            .and_then(|v| v.first());
+        if let Some(pod) = pod {
+            self.note(annotation::POD, pod);
+        }
+    }
+
+    /// What the request does.
+    pub fn info(&mut self, info: &RequestInfo) {
+        self.verb = info.verb.clone();
+        self.request_uri = match self.request_uri.split_once('?') {
+            Some((_, query)) => format!("{}?{query}", info.path),
+            None => info.path.clone(),
+        };
+        if info.is_resource_request {
+            self.object_ref = Some(ObjectRef {
+                resource: info.resource.clone(),
+                namespace: info.namespace.clone(),
+                name: info.name.clone(),
+                api_group: info.api_group.clone(),
+                api_version: info.api_version.clone(),
+                subresource: info.subresource.clone(),
+            });
+        }
+    }
+
+    /// Adds an annotation (decision, rule, reason, ...).
+    pub fn note(&mut self, key: &str, value: impl Into<String>) {
+        self.annotations.insert(key.to_owned(), value.into());
+    }
+
+    pub fn set_level(&mut self, level: Level) {
+        self.level = level;
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Keeps the request body for the record (level `Request` and above).
+    pub fn capture_request(&mut self, body: capture::Capture) {
+        self.request_body = Some(body);
+    }
+
+    /// Keeps the (masked) response body for the record (level `RequestResponse`).
+    pub fn capture_response(&mut self, body: capture::Capture) {
+        self.response_body = Some(body);
+    }
+
+    /// The W3C `traceparent` to send upstream: this request's trace, with this
+    /// request's span as the parent of the API server's work.
+    pub fn traceparent(&self) -> String {
+        let note = |k: &str| {
+            self.annotations
+                .get(k)
+                .map(String::as_str)
+                .unwrap_or_default()
+        };
+        format!(
+            "00-{}-{}-{}",
+            note(annotation::TRACE_ID),
+            note(annotation::SPAN_ID),
+            note("chaperone.dev/trace-flags")
+        )
+    }
+
+    /// The decision recorded so far: `allow` for a request no stage refused.
+    pub fn decision(&self) -> &str {
+        self.annotations
+            .get(annotation::DECISION)
+            .map_or("allow", String::as_str)
+    }
+
+    pub fn verb(&self) -> &str {
+        &self.verb
+    }
+
+    /// The resource (with its subresource), or `""` for non-resource requests.
+    pub fn resource(&self) -> String {
+        match &self.object_ref {
+            Some(o) if o.subresource.is_empty() => o.resource.clone(),
+            Some(o) => format!("{}/{}", o.resource, o.subresource),
+            None => String::new(),
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The counter the masker adds to; its total goes into the event.
+    pub fn masked_counter(&self) -> Arc<AtomicU64> {
+        self.masked.clone()
+    }
+
+    /// The event for `stage` with the response's code (and Status, for failures).
+    pub fn event(&self, stage: Stage, code: u16, status: Option<&Status>) -> Event {
+        let mut annotations = self.annotations.clone();
+        annotations.insert(
+            annotation::MASKED_FIELDS.to_owned(),
+            self.masked.load(Ordering::Relaxed).to_string(),
+        );
+        let mut body = |captured: &Option<capture::Capture>, note: &str| match captured
+            .as_ref()
+            .map(|c| c.recorded())
+        {
+            Some(capture::Recorded::Object(v)) => Some(v),
+            Some(capture::Recorded::Omitted(why)) => {
+                annotations.insert(note.to_owned(), why);
+                None
+            }
+            None => None,
+        };
+        let request_object = body(&self.request_body, "chaperone.dev/request-body");
+        let response_object = body(&self.response_body, "chaperone.dev/response-body");
+        annotations.insert(
+            annotation::LATENCY_MS.to_owned(),
+            format!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+        );
+        let response_status = Some(match status {
+            Some(s) => ResponseStatus {
+                metadata: BTreeMap::new(),
+                status: s.status.to_owned(),
+                message: s.message.clone(),
+                reason: s.reason.to_owned(),
+                code: s.code,
+            },
+            None => ResponseStatus {
+                code,
+                ..Default::default()
+            },
+        });
+        Event {
+            kind: "Event".into(),
+            api_version: "audit.k8s.io/v1".into(),
+            level: self.level,
+            audit_id: self.audit_id.clone(),
+            stage,
+            request_uri: self.request_uri.clone(),
+            verb: self.verb.clone(),
+            user: self.user.clone(),
+            source_ips: vec![self.source_ip.clone()],
+            user_agent: self.user_agent.clone(),
+            object_ref: self.object_ref.clone(),
+            response_status,
+            request_object,
+            response_object,
+            request_received_timestamp: event::timestamp(self.received),
+            stage_timestamp: event::timestamp(time::OffsetDateTime::now_utc()),
+            annotations,
+        }
+    }
+}
+
+/// The trace ID of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), if it
+/// is well formed and not all zeros.
+#[cfg(test)]
+fn trace_id(traceparent: &str) -> Option<&str> {
+    parse_traceparent(traceparent).map(|(trace, _, _)| trace)
+}
+
+/// A `traceparent`'s (trace id, parent span id, flags), if well formed.
+fn parse_traceparent(traceparent: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some((trace, parent, flags))
+}
+
+/// `n` random bytes as lowercase hex (trace and span IDs).
+fn random_hex(n: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; n];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A random UUID (version 4), as the API server's audit IDs are.
+fn new_audit_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    // The system RNG does not fail on Linux; a zero ID would still be recorded.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_from_well_formed_traceparents() {
+        let cases = [
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                None,
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+                None,
+            ),
+            ("garbage", None),
+        ];
+        for (header, want) in cases {
+            assert_eq!(trace_id(header), want, "{header}");
+        }
+    }
+
+    #[test]
+    fn audit_ids_are_uuid_v4() {
+        let id = new_audit_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_audit_id());
+    }
+}
