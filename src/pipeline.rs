@@ -19,6 +19,7 @@
 //! says what was attempted.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
@@ -26,7 +27,8 @@ use hyper::body::Incoming;
 use tracing::{field, Instrument};
 
 use crate::approval::{self, Approvals};
-use crate::audit::{self, event::annotation, event::Level, event::Stage, Recorder, Trail};
+use crate::audit::event::{annotation, Level, Stage, Step};
+use crate::audit::{self, Recorder, Trail};
 use crate::body::Body;
 use crate::config::UpstreamIdentity;
 use crate::headers;
@@ -219,11 +221,13 @@ impl Proxy {
             return Err(Error::Method(req.method().clone()));
         }
 
-        let who = match self
+        let since = Instant::now();
+        let who = self
             .identity
             .authenticate(req.headers(), conn.client_cert)
-            .await
-        {
+            .await;
+        trail.stage(Step::Authenticate, since, who.is_err());
+        let who = match who {
             Ok(who) => who,
             Err(e) => {
                 self.metrics.token_verification(e.kind());
@@ -234,8 +238,14 @@ impl Proxy {
         trail.who(&who.user, &who.uid, &who.groups, &who.extra, &who.issuer);
         tracing::Span::current().record("user", who.user.as_str());
 
+        let since = Instant::now();
         let decision = tracing::info_span!("authorize")
             .in_scope(|| self.policy.authorize(&who, &info, req.uri().query()));
+        trail.stage(
+            Step::Authorize,
+            since,
+            decision.applied() == policy::Action::Deny,
+        );
         trail.note(annotation::DECISION, decision.applied().as_str());
         trail.note(annotation::RULE, decision.rule());
         trail.note(annotation::REASON, decision.to_string());
@@ -261,11 +271,14 @@ impl Proxy {
         match decision.applied() {
             policy::Action::Allow | policy::Action::Deny => {}
             policy::Action::Approve => {
+                let since = Instant::now();
                 let outcome = self
                     .approvals
                     .approve(&who, &info, req.uri().query(), &decision)
                     .instrument(tracing::info_span!("approve"))
-                    .await?;
+                    .await;
+                trail.stage(Step::Approve, since, outcome.is_err());
+                let outcome = outcome?;
                 match outcome {
                     approval::Outcome::Approved { name, by } => {
                         trail.note(
@@ -318,11 +331,18 @@ impl Proxy {
             *req.body_mut() = body;
             trail.capture_request(captured);
         }
+        let since = Instant::now();
         let rsp = self
             .upstream
             .forward(req, &path, downstream_upgrade)
             .instrument(tracing::info_span!("forward"))
-            .await?;
+            .await;
+        trail.stage(
+            Step::Upstream,
+            since,
+            rsp.as_ref().map_or(true, |r| r.status().is_server_error()),
+        );
+        let rsp = rsp?;
 
         // Secrets never leave in clear: the body is masked as it streams back, or
         // refused when it cannot be inspected.

@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::{span, Span};
 use support::sandbox;
 
 /// What the collector received.
@@ -143,8 +143,10 @@ async fn spans_and_log_records_continue_the_callers_trace() {
         .await;
     assert_eq!(denied.status, 403);
 
-    wait_for("two spans and two log records", || {
-        collector.spans.lock().unwrap().len() >= 2 && collector.logs.lock().unwrap().len() >= 2
+    // Each request is a server span with its stages as children: the served one
+    // authenticate, authorize and upstream; the refused one authenticate and authorize.
+    wait_for("two requests' spans and two log records", || {
+        collector.spans.lock().unwrap().len() >= 7 && collector.logs.lock().unwrap().len() >= 2
     })
     .await;
     let spans = collector.spans.lock().unwrap().clone();
@@ -174,14 +176,32 @@ async fn spans_and_log_records_continue_the_callers_trace() {
         served.end_time_unix_nano >= served.start_time_unix_nano && served.start_time_unix_nano > 0
     );
 
-    // The API server was handed this span as the parent of its work.
+    // Its stages are its children, in order, inside it; the API server was handed the
+    // `upstream` stage's span as the parent of its work.
+    let children: Vec<_> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == served.span_id)
+        .collect();
+    let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["authenticate", "authorize", "upstream"]);
+    for (child, next) in children.iter().zip(children.iter().skip(1)) {
+        assert_eq!(child.trace_id, served.trace_id);
+        assert!(child.start_time_unix_nano >= served.start_time_unix_nano);
+        assert!(child.end_time_unix_nano <= next.start_time_unix_nano);
+    }
+    let to_api_server = children[2];
+    assert_eq!(to_api_server.kind, span::SpanKind::Client as i32);
+    assert!(to_api_server.end_time_unix_nano <= served.end_time_unix_nano);
     let sent = upstream
         .get("traceparent")
         .unwrap()
         .to_str()
         .unwrap()
         .to_owned();
-    assert_eq!(sent, format!("00-{TRACE}-{}-01", hex(&served.span_id)));
+    assert_eq!(
+        sent,
+        format!("00-{TRACE}-{}-01", hex(&to_api_server.span_id))
+    );
 
     let refused = attrs(&by_code("403").attributes);
     assert_eq!(refused["chaperone.decision"], "deny");

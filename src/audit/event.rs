@@ -55,6 +55,43 @@ pub struct Event {
     pub stage_timestamp: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// How long each stage took, as child spans of the request's span in OTLP. Not
+    /// part of `audit.k8s.io/v1`, so never in the JSONL recording.
+    #[serde(skip)]
+    pub stages: Vec<StageSpan>,
+}
+
+/// The stages of the request path that get a span of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Authenticate,
+    Authorize,
+    Approve,
+    /// From sending the request to the API server until its response headers.
+    Upstream,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Authenticate => "authenticate",
+            Step::Authorize => "authorize",
+            Step::Approve => "approve",
+            Step::Upstream => "upstream",
+        }
+    }
+}
+
+/// One stage of the request path (authenticate, authorize, approve, upstream) as a
+/// span: its own ID, and when it started and ended (Unix nanoseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSpan {
+    pub step: Step,
+    pub span_id: String,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    /// Whether it failed (the request was refused or failed in this stage).
+    pub failed: bool,
 }
 
 /// How much of a request is recorded, in increasing order.
@@ -170,6 +207,7 @@ mod tests {
             request_received_timestamp: "t0".into(),
             stage_timestamp: "t1".into(),
             annotations: BTreeMap::new(),
+            stages: Vec::new(),
         };
         let v = serde_json::to_value(&event).unwrap();
         for key in [

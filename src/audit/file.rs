@@ -176,6 +176,7 @@ mod tests {
             request_received_timestamp: "t".into(),
             stage_timestamp: "t".into(),
             annotations: Default::default(),
+            stages: Vec::new(),
         }
     }
 

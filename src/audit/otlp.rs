@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::event::{annotation, Event, Stage};
+use super::event::{annotation, Event, Stage, Step};
 
 /// How an OTLP sink reaches its collector.
 #[derive(Debug, Clone)]
@@ -149,7 +149,7 @@ impl Exporter {
         let spans = events
             .iter()
             .filter(|e| e.stage != Stage::ResponseStarted)
-            .map(|e| span(e))
+            .flat_map(|e| std::iter::once(span(e)).chain(stage_spans(e)))
             .collect();
         let records = events.iter().map(|e| log_record(e)).collect();
         (
@@ -308,6 +308,44 @@ fn span(e: &Event) -> Span {
         status: Some(status),
         ..Default::default()
     }
+}
+
+/// The request's stages as its child spans: where the time went (the proxy's own work,
+/// a reviewer's, the API server's) and which stage refused it.
+fn stage_spans(e: &Event) -> impl Iterator<Item = Span> + '_ {
+    let note = |k: &str| e.annotations.get(k).map(String::as_str).unwrap_or("");
+    let trace_id = hex_bytes(note(annotation::TRACE_ID));
+    let parent = hex_bytes(note(annotation::SPAN_ID));
+    e.stages.iter().map(move |s| {
+        let mut attributes = vec![kv("chaperone.stage", s.step.name())];
+        let kind = if s.step == Step::Upstream {
+            if let Some(method) = note_method(e) {
+                attributes.push(kv("http.request.method", method));
+            }
+            span::SpanKind::Client
+        } else {
+            span::SpanKind::Internal
+        };
+        Span {
+            trace_id: trace_id.clone(),
+            span_id: hex_bytes(&s.span_id),
+            parent_span_id: parent.clone(),
+            name: s.step.name().to_owned(),
+            kind: kind as i32,
+            start_time_unix_nano: s.start_unix_nanos,
+            end_time_unix_nano: s.end_unix_nanos,
+            attributes,
+            status: Some(if s.failed {
+                Status {
+                    code: status::StatusCode::Error as i32,
+                    message: String::new(),
+                }
+            } else {
+                Status::default()
+            }),
+            ..Default::default()
+        }
+    })
 }
 
 fn log_record(e: &Event) -> LogRecord {

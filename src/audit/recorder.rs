@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::event::Event;
 use super::{file, otlp};
 
-pub use super::file::Fsync;
+use super::file::Fsync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderMap};
 
-use super::event::{annotation, Event, Level, ObjectRef, ResponseStatus, Stage, User};
+use super::event::{
+    annotation, Event, Level, ObjectRef, ResponseStatus, Stage, StageSpan, Step, User,
+};
 use super::{capture, event};
 use crate::request_info::RequestInfo;
 use crate::status::Status;
@@ -30,6 +32,10 @@ pub struct Trail {
     masked: Arc<AtomicU64>,
     request_body: Option<capture::Capture>,
     response_body: Option<capture::Capture>,
+    stages: Vec<StageSpan>,
+    /// The span ID of the `upstream` stage, chosen up front: the API server's work is
+    /// its child (the `traceparent` sent upstream names it).
+    upstream_span: String,
 }
 
 impl Trail {
@@ -81,6 +87,8 @@ impl Trail {
             masked: Arc::new(AtomicU64::new(0)),
             request_body: None,
             response_body: None,
+            stages: Vec::new(),
+            upstream_span: random_hex(8),
         }
     }
 
@@ -150,8 +158,30 @@ impl Trail {
         self.response_body = Some(body);
     }
 
-    /// The W3C `traceparent` to send upstream: this request's trace, with this
-    /// request's span as the parent of the API server's work.
+    /// Records that `step` ran from `since` until now (`failed`: and refused or
+    /// failed the request); it becomes a child span of the request's in OTLP.
+    pub fn stage(&mut self, step: Step, since: Instant, failed: bool) {
+        let nanos = |at: Instant| {
+            let offset = at.saturating_duration_since(self.started);
+            let at = self.received + offset;
+            u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0)
+        };
+        let span_id = if step == Step::Upstream {
+            self.upstream_span.clone()
+        } else {
+            random_hex(8)
+        };
+        self.stages.push(StageSpan {
+            step,
+            span_id,
+            start_unix_nanos: nanos(since),
+            end_unix_nanos: nanos(Instant::now()),
+            failed,
+        });
+    }
+
+    /// The W3C `traceparent` to send upstream: this request's trace, with the
+    /// `upstream` stage's span as the parent of the API server's work.
     pub fn traceparent(&self) -> String {
         let note = |k: &str| {
             self.annotations
@@ -162,7 +192,7 @@ impl Trail {
         format!(
             "00-{}-{}-{}",
             note(annotation::TRACE_ID),
-            note(annotation::SPAN_ID),
+            self.upstream_span,
             note("chaperone.dev/trace-flags")
         )
     }
@@ -251,6 +281,7 @@ impl Trail {
             request_received_timestamp: event::timestamp(self.received),
             stage_timestamp: event::timestamp(time::OffsetDateTime::now_utc()),
             annotations,
+            stages: self.stages.clone(),
         }
     }
 }
