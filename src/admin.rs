@@ -42,6 +42,8 @@ pub struct Admin {
     pub policy_counts: Option<Arc<dyn Fn() -> (u64, u64) + Send + Sync>>,
     /// Requests held for approval now.
     pub approvals_pending: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// Whether the watch of AccessRequests is in sync (1) or not started or broken (0).
+    pub approvals_watch: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl Admin {
@@ -64,6 +66,9 @@ impl Admin {
         }
         if let Some(pending) = &self.approvals_pending {
             g.approvals_pending = pending();
+        }
+        if let Some(watch) = &self.approvals_watch {
+            g.approvals_watch_synced = watch();
         }
         if let Some(counts) = &self.policy_counts {
             (g.policy_reloads, g.policy_reload_failures) = counts();

@@ -168,8 +168,12 @@ pub async fn proxy(
             Some(Arc::new(move || p.counts()))
         },
         approvals_pending: {
-            let a = approvals_for_admin;
+            let a = approvals_for_admin.clone();
             Some(Arc::new(move || a.waiting()))
+        },
+        approvals_watch: {
+            let a = approvals_for_admin;
+            Some(Arc::new(move || u64::from(a.watch_synced())))
         },
     };
     let admin_handler: Handler = Arc::new(move |req, _| {

@@ -112,6 +112,7 @@ pub struct Gauges {
     pub audit_events_dropped: u64,
     pub audit_write_failures: u64,
     pub approvals_pending: u64,
+    pub approvals_watch_synced: u64,
     pub policy_reloads: u64,
     pub policy_reload_failures: u64,
 }
@@ -195,6 +196,12 @@ impl Metrics {
                 "gauge",
                 "Requests held for a human's approval.",
                 gauges.approvals_pending,
+            ),
+            (
+                "chaperone_approvals_watch_synced",
+                "gauge",
+                "1 while the watch of AccessRequests is in sync with the API server (started by the first held request).",
+                gauges.approvals_watch_synced,
             ),
         ] {
             let _ = writeln!(

@@ -171,7 +171,7 @@ impl Proxy {
                             approval::Error::Pending { .. } => "pending",
                             _ => "unavailable",
                         };
-                        trail.note("chaperone.dev/approval", outcome);
+                        trail.note(annotation::APPROVAL, outcome);
                         trail.note(annotation::REASON, status.message.clone());
                     }
                     _ => {
@@ -273,28 +273,26 @@ impl Proxy {
             policy::Action::Approve => {
                 let since = Instant::now();
                 let outcome = self
-                    .approvals
-                    .approve(&who, &info, req.uri().query(), &decision)
+                    .hold_for_approval(&who, &info, req.uri().query(), &decision, trail)
                     .instrument(tracing::info_span!("approve"))
                     .await;
                 trail.stage(Step::Approve, since, outcome.is_err());
-                let outcome = outcome?;
-                match outcome {
+                match outcome? {
                     approval::Outcome::Approved { name, by } => {
-                        trail.note(
-                            "chaperone.dev/approval",
-                            format!("approved by {by} ({name})"),
-                        );
+                        trail.note(annotation::APPROVAL, format!("approved by {by}"));
+                        trail.note(annotation::ACCESS_REQUEST, name);
                     }
-                    approval::Outcome::Granted => {
-                        trail.note("chaperone.dev/approval", "granted earlier")
+                    approval::Outcome::Granted { name } => {
+                        trail.note(annotation::APPROVAL, "granted earlier");
+                        trail.note(annotation::ACCESS_REQUEST, name);
                     }
                     approval::Outcome::Skipped => {
-                        trail.note("chaperone.dev/approval", "skipped (skipGroups)")
+                        trail.note(annotation::APPROVAL, "skipped (skipGroups)")
                     }
-                    approval::Outcome::BreakGlass { by, reason } => {
-                        trail.note("chaperone.dev/approval", format!("break-glass by {by}"));
-                        trail.note("chaperone.dev/break-glass", reason);
+                    approval::Outcome::BreakGlass { name, by, reason } => {
+                        trail.note(annotation::APPROVAL, format!("break-glass by {by}"));
+                        trail.note(annotation::ACCESS_REQUEST, name);
+                        trail.note(annotation::BREAK_GLASS, reason);
                     }
                 }
             }
@@ -374,6 +372,32 @@ impl Proxy {
             body
         };
         Ok((Response::from_parts(parts, body), streaming))
+    }
+}
+
+impl Proxy {
+    /// The approval stage: an answer at once (a grant, a skip group), or the request is
+    /// held — on record as held, naming its AccessRequest, before the wait — until a
+    /// reviewer decides or the hold ends.
+    async fn hold_for_approval(
+        &self,
+        who: &identity::Subject,
+        info: &request_info::RequestInfo,
+        query: Option<&str>,
+        decision: &policy::Decision,
+        trail: &mut Trail,
+    ) -> Result<approval::Outcome, approval::Error> {
+        match self.approvals.request(who, info, query, decision).await? {
+            approval::Hold::Ready(outcome) => Ok(outcome),
+            approval::Hold::Held(held) => {
+                trail.note(annotation::APPROVAL, "held");
+                trail.note(annotation::ACCESS_REQUEST, held.name.clone());
+                self.audit
+                    .record(trail.event(Stage::RequestReceived, 0, None))
+                    .await;
+                self.approvals.wait(held).await
+            }
+        }
     }
 }
 

@@ -487,6 +487,39 @@ impl Upstream {
     }
 }
 
+/// The upstream as a `tower` service, so kube-rs (the approvals' watcher) reaches the
+/// API server through the proxy's own credential, connection pool and timeouts.
+#[derive(Clone)]
+pub struct Service(pub std::sync::Arc<Upstream>);
+
+impl tower_service::Service<Request<kube::client::Body>> for Service {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<kube::client::Body>) -> Self::Future {
+        let upstream = self.0.clone();
+        Box::pin(async move {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+            // kube-rs sends small JSON bodies (its body type is not `Sync`, ours is).
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map_err(|e| Error::Body {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let req = Request::from_parts(parts, crate::body::full(body.to_bytes()));
+            upstream.forward(req, &path, None).await
+        })
+    }
+}
+
 /// The cluster's service-account signing keys, read through the proxy's own
 /// upstream credential (the `system:service-account-issuer-discovery` ClusterRole
 /// grants `GET /openid/v1/jwks`).

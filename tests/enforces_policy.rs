@@ -60,7 +60,8 @@ async fn kubectl_is_allowed_denied_and_held_as_the_policy_says() {
     // The pod is still there.
     ok(&env.kubectl(&["get", "pod", "nginx"]).await);
 
-    // The audit trail names the rule of each decision.
+    // The audit trail names the rule of each decision (in the complete event; a held
+    // request also has its `RequestReceived` one, see holds_for_approval).
     let _dir = env.stop().await;
     let audit = std::fs::read_to_string(_dir.path().join("sandbox/audit.jsonl")).unwrap();
     let rule_of = |verb: &str, resource: &str| -> Vec<String> {
@@ -68,6 +69,7 @@ async fn kubectl_is_allowed_denied_and_held_as_the_policy_says() {
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .filter(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
+            .filter(|e| e["stage"] == "ResponseComplete")
             .map(|e| {
                 format!(
                     "{} {}",

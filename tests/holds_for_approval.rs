@@ -11,18 +11,24 @@ use support::{ok, sandbox, Env};
 
 const SANDBOX_POLICY: &str = include_str!("../policies/sandbox.yaml");
 
-fn policy_with_hold(hold: &str) -> String {
+fn policy_with(hold: &str, grant: &str) -> String {
     SANDBOX_POLICY.replacen(
         "    action: approve\n",
-        &format!("    action: approve\n    approval: {{hold: {hold}, grant: 10m}}\n"),
+        &format!("    action: approve\n    approval: {{hold: {hold}, grant: {grant}}}\n"),
         1,
     )
 }
 
+fn policy_with_hold(hold: &str) -> String {
+    policy_with(hold, "10m")
+}
+
+/// The proxy re-reads an AccessRequest every `poll` only while its watch is broken;
+/// at one hour, a decision that arrives within a test came through the watch.
 async fn start(hold: &str) -> Env {
     sandbox()
         .policy(&policy_with_hold(hold))
-        .with_proxy_config("approval: {poll: 50ms}\n")
+        .with_proxy_config("approval: {poll: 1h}\n")
         .start()
         .await
 }
@@ -96,6 +102,14 @@ async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
         String::from_utf8_lossy(&out.stdout).contains("agent-admin created"),
         "{out:?}"
     );
+    // The decision came through the watch (the proxy re-reads only while it is broken).
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "chaperone_approvals_watch_synced 1"),
+        "{metrics}"
+    );
 
     // The same request again: the grant lets it through at once, to the API server
     // (which now says it exists).
@@ -106,18 +120,79 @@ async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
         "{stderr}"
     );
 
-    // The record: approved, with the rule.
+    // The record: held (before the wait), approved and forwarded, then granted; each
+    // names the AccessRequest.
     let dir = env.stop().await;
     let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
-    let noted = |what: &str| {
-        audit
-            .lines()
-            .any(|l| l.contains(&format!("\"chaperone.dev/approval\":\"{what}")))
-    };
-    assert!(
-        noted("approved by sandbox-user") && noted("granted earlier"),
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["annotations"]["chaperone.dev/access-request"] == name)
+        .collect();
+    let steps: Vec<(&str, &str, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["stage"].as_str().unwrap(),
+                e["annotations"]["chaperone.dev/approval"].as_str().unwrap(),
+                e["responseStatus"]["code"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("RequestReceived", "held", 0),
+            ("ResponseComplete", "approved by sandbox-user", 201),
+            ("ResponseComplete", "granted earlier", 409),
+        ],
         "{audit}"
     );
+    assert_eq!(events[0]["auditID"], events[1]["auditID"]);
+    assert_eq!(
+        events[1]["annotations"]["chaperone.dev/rule"],
+        "rbac-needs-approval"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_covers_retries_until_it_ends_then_the_request_is_held_again() {
+    let env = sandbox()
+        .policy(&policy_with("1s", "3s"))
+        .with_proxy_config("approval: {poll: 1h}\n")
+        .start()
+        .await;
+    let create = env.kubectl(&CREATE).await;
+    assert!(
+        String::from_utf8_lossy(&create.stderr).contains("approval pending"),
+        "{create:?}"
+    );
+    let name = held_request(&env).await;
+    let approved = reviewer(&env, &["approve", &name, "--for", "3s"]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let started = std::time::Instant::now();
+    // Within the grant: forwarded, so created.
+    let created = ok(&env.kubectl(&CREATE).await);
+    assert!(created.contains("agent-admin created"), "{created}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the test machine is too slow to check the grant"
+    );
+    // After it: held again (not forwarded: the API server would say it exists), with a
+    // new AccessRequest of the same name.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = env.kubectl(&CREATE).await;
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert!(
+        stderr.contains("approval pending") && stderr.contains(&name),
+        "{stderr}"
+    );
+    env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,5 +526,43 @@ async fn identical_held_requests_share_one_access_request_and_a_dead_webhook_app
         "one AccessRequest for both:\n{text}"
     );
     assert!(text.contains(" Pending "), "{text}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_that_cannot_be_requested_refuse_the_request() {
+    // An API server without the AccessRequest CRD: the watch and the create fail.
+    let env = sandbox()
+        .seed(include_str!("../src/sandbox/seed.yaml"))
+        .policy(&policy_with_hold("30s"))
+        .with_proxy_config("approval: {poll: 50ms}\n")
+        .start()
+        .await;
+    let out = env.kubectl(&CREATE).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "approvals are unavailable, so the request is refused: \
+             creating AccessRequest default/create-rolebindings-"
+        ) && stderr.contains("got 404 Not Found"),
+        "{stderr}"
+    );
+    // Nothing was forwarded.
+    let direct = env
+        .kubectl_direct(&["get", "rolebinding", "agent-admin"])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("NotFound"),
+        "{direct:?}"
+    );
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "chaperone_approvals_watch_synced 0"),
+        "{metrics}"
+    );
     env.stop().await;
 }

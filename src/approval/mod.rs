@@ -9,10 +9,13 @@
 //! since the policy denies them every `chaperone.dev` resource. Once approved, the
 //! same request from the same caller passes until the grant ends.
 //!
-//! The decision is read by polling the object every `poll` interval for the rule's
-//! `hold`; an unreachable API server fails closed.
+//! Waiters learn the decision from one kube-rs watch of the namespace's AccessRequests
+//! (through the proxy's own upstream), for the rule's `hold`. While that watch is
+//! broken they read their object directly every `poll`; if that fails too, the request
+//! is refused (503): an unreachable API server never lets a request through.
 
 pub mod notify;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,24 +78,53 @@ impl Error {
 pub enum Outcome {
     /// A reviewer (or enough of them) approved it now.
     Approved { name: String, by: String },
-    /// An earlier approval of the same request still holds.
-    Granted,
+    /// An earlier approval of the same request (AccessRequest `name`) still holds.
+    Granted { name: String },
     /// The caller is in one of the rule's `skipGroups`.
     Skipped,
     /// The requester approved its own request as a break-glass group member.
-    BreakGlass { by: String, reason: String },
+    BreakGlass {
+        name: String,
+        by: String,
+        reason: String,
+    },
+}
+
+/// What [`Approvals::request`] found: an answer now, or a request to wait for.
+#[derive(Debug)]
+pub enum Hold {
+    Ready(Outcome),
+    Held(Held),
+}
+
+/// A request held for review: its AccessRequest exists (created now or shared with an
+/// identical request), and [`Approvals::wait`] waits for its decision.
+#[derive(Debug)]
+pub struct Held {
+    /// The AccessRequest's name.
+    pub name: String,
+    key: String,
+    /// The object to create again if the old one expired or was deleted.
+    object: Value,
+    rule: String,
+    hold: Duration,
+    grant: Duration,
+    deadline: Instant,
 }
 
 /// The approval stage: where AccessRequests go and the grants given so far.
 pub struct Approvals {
     upstream: Arc<Upstream>,
     namespace: String,
+    /// How often a waiter re-reads its AccessRequest while the watch is broken.
     poll: Duration,
     notifier: notify::Notifier,
+    /// Started by the first held request, then shared by all.
+    watch: tokio::sync::OnceCell<watch::Watch>,
     /// Requests waiting for a decision right now (a metric).
     waiting: std::sync::atomic::AtomicU64,
-    /// Request key -> end of its grant.
-    grants: Mutex<HashMap<String, Instant>>,
+    /// Request key -> end of its grant and the AccessRequest that granted it.
+    grants: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl Approvals {
@@ -107,125 +139,81 @@ impl Approvals {
             namespace,
             poll,
             notifier,
+            watch: tokio::sync::OnceCell::new(),
             waiting: std::sync::atomic::AtomicU64::new(0),
             grants: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Returns once the request is approved (now or by an earlier grant); an error
-    /// when it is denied, not decided within the hold, or approvals cannot be reached.
-    pub async fn approve(
+    /// Answers at once when the caller skips review or holds a grant; otherwise makes
+    /// sure an AccessRequest for the request exists (notifying reviewers when it is
+    /// new) and returns it to wait for.
+    pub async fn request(
         &self,
         who: &Subject,
         info: &RequestInfo,
         query: Option<&str>,
         decision: &Decision,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Hold, Error> {
         let settings = decision.approval().cloned().unwrap_or_default();
-        let (hold, grant) = (settings.hold.0, settings.grant.0);
         if who
             .groups
             .iter()
             .any(|g| settings.skip_groups.iter().any(|s| &s.0 == g))
         {
-            return Ok(Outcome::Skipped);
+            return Ok(Hold::Ready(Outcome::Skipped));
         }
         let commands = commands(query);
         let key = request_key(who, info, &commands);
-        if self.granted(&key) {
-            return Ok(Outcome::Granted);
+        if let Some(name) = self.granted(&key) {
+            return Ok(Hold::Ready(Outcome::Granted { name }));
         }
         let name = object_name(info, &key);
-        let path = format!("{}/{name}", collection(&self.namespace));
-        let deadline = Instant::now() + hold;
-        let mut created = false;
+        let (hold, grant) = (settings.hold.0, settings.grant.0);
+        let held = Held {
+            object: access_request(&name, who, info, &commands, decision, hold),
+            name,
+            key,
+            rule: decision.rule().to_owned(),
+            hold,
+            grant,
+            deadline: Instant::now() + hold,
+        };
+        if self.read(&held.name).await?.is_none() {
+            self.create(&held).await?;
+        }
+        Ok(Hold::Held(held))
+    }
+
+    /// Waits for the decision on a held request, until its hold ends.
+    pub async fn wait(&self, held: Held) -> Result<Outcome, Error> {
         let _waiting = Waiting::new(&self.waiting);
+        let watch = self.watch().await;
+        let mut changed = watch.subscribe();
+        let name = held.name.clone();
+        let path = format!("{}/{name}", collection(&self.namespace));
+        // The object this waiter removed, until the watch sees it gone.
+        let mut removed: Option<Value> = None;
         loop {
-            let (code, body) = self.upstream.call(Method::GET, &path, None).await?;
-            match code {
-                StatusCode::NOT_FOUND if !created => {
-                    let object = access_request(&name, who, info, &commands, decision, hold);
-                    let bytes = serde_json::to_vec(&object)
-                        .map_err(|e| Error::Unavailable(e.to_string()))?;
-                    let (code, body) = self
-                        .upstream
-                        .call(
-                            Method::POST,
-                            &collection(&self.namespace),
-                            Some(("application/json", bytes)),
-                        )
-                        .await?;
-                    // 409: a concurrent identical request created it first.
-                    if !(code.is_success() || code == StatusCode::CONFLICT) {
-                        return Err(Error::Unavailable(format!(
-                            "creating AccessRequest {}/{name} got {code}: {}",
-                            self.namespace,
-                            String::from_utf8_lossy(&body)
-                        )));
-                    }
-                    created = true;
-                    tracing::info!(access_request = %name, rule = decision.rule(), "held for approval");
-                    if code.is_success() {
-                        let ns = &self.namespace;
-                        let mut notice = object["spec"].clone();
-                        notice["kind"] = json!("AccessRequestCreated");
-                        notice["accessRequest"] = json!({"namespace": ns, "name": name});
-                        notice["approve"] =
-                            json!(format!("kubectl chaperone approve {name} -n {ns}"));
-                        notice["deny"] = json!(format!(
-                            "kubectl chaperone deny {name} -n {ns} --reason '...'"
-                        ));
-                        self.notifier.notify(&notice);
-                    }
-                    continue;
-                }
-                code if code.is_success() => {
-                    let object: Value = serde_json::from_slice(&body)
-                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+            let current = self
+                .read(&name)
+                .await?
+                .filter(|o| removed.as_ref() != Some(&o["metadata"]["uid"]));
+            match current {
+                // Created and not seen yet, or removed by someone: wait.
+                None => {}
+                Some(object) => {
                     let status = &object["status"];
                     match status["phase"].as_str().unwrap_or("Pending") {
                         "Approved" => {
-                            let until = grant_end(status, grant);
+                            let until = grant_end(status, held.grant);
                             if until > Instant::now() {
-                                self.grant(key, until);
-                                if status["breakGlass"].as_bool() == Some(true) {
-                                    // Always visible: flagged and told to the reviewers.
-                                    tracing::warn!(access_request = %name, by = status["decidedBy"].as_str().unwrap_or_default(),
-                                        reason = status["reason"].as_str().unwrap_or_default(), "break-glass approval used");
-                                    let ns = &self.namespace;
-                                    let mut notice = object["spec"].clone();
-                                    notice["kind"] = json!("AccessRequestBreakGlass");
-                                    notice["accessRequest"] =
-                                        json!({"namespace": ns, "name": name});
-                                    notice["decidedBy"] = status["decidedBy"].clone();
-                                    notice["reason"] = status["reason"].clone();
-                                    notice["approve"] = json!(format!(
-                                        "(approved by break-glass: {})",
-                                        status["reason"].as_str().unwrap_or_default()
-                                    ));
-                                    notice["deny"] =
-                                        json!(format!("kubectl chaperone requests -n {ns}"));
-                                    self.notifier.notify(&notice);
-                                    return Ok(Outcome::BreakGlass {
-                                        by: status["decidedBy"]
-                                            .as_str()
-                                            .unwrap_or_default()
-                                            .to_owned(),
-                                        reason: status["reason"]
-                                            .as_str()
-                                            .unwrap_or_default()
-                                            .to_owned(),
-                                    });
-                                }
-                                return Ok(Outcome::Approved {
-                                    name,
-                                    by: status["decidedBy"].as_str().unwrap_or_default().to_owned(),
-                                });
+                                return Ok(self.approved(&held, &object, until));
                             }
                             // An old grant has run out: ask again.
                             self.remove(&path).await?;
-                            created = false;
-                            continue;
+                            removed = Some(object["metadata"]["uid"].clone());
+                            self.create(&held).await?;
                         }
                         "Denied" => {
                             return Err(Error::Denied {
@@ -243,31 +231,146 @@ impl Approvals {
                         }
                         "Expired" => {
                             self.remove(&path).await?;
-                            created = false;
-                            continue;
+                            removed = Some(object["metadata"]["uid"].clone());
+                            self.create(&held).await?;
                         }
                         _ => {}
                     }
                 }
-                code => {
-                    return Err(Error::Unavailable(format!(
-                        "reading AccessRequest {}/{name} got {code}: {}",
-                        self.namespace,
-                        String::from_utf8_lossy(&body)
-                    )))
-                }
             }
-            if Instant::now() + self.poll > deadline {
+            let now = Instant::now();
+            if now >= held.deadline {
                 return Err(Error::Pending {
                     name,
                     namespace: self.namespace.clone(),
-                    rule: decision.rule().to_owned(),
-                    hold,
-                    grant,
+                    rule: held.rule,
+                    hold: held.hold,
+                    grant: held.grant,
                 });
             }
-            tokio::time::sleep(self.poll).await;
+            // Woken by the watch; while it is broken, re-read every `poll`.
+            let next = if watch.health().is_ok() {
+                held.deadline
+            } else {
+                (now + self.poll).min(held.deadline)
+            };
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
         }
+    }
+
+    /// Records the grant of an approved request and says how it was approved.
+    fn approved(&self, held: &Held, object: &Value, until: Instant) -> Outcome {
+        let status = &object["status"];
+        let text = |field: &str| status[field].as_str().unwrap_or_default().to_owned();
+        self.grant(held.key.clone(), until, held.name.clone());
+        if status["breakGlass"].as_bool() != Some(true) {
+            return Outcome::Approved {
+                name: held.name.clone(),
+                by: text("decidedBy"),
+            };
+        }
+        // Always visible: flagged and told to the reviewers.
+        tracing::warn!(access_request = %held.name, by = %text("decidedBy"), reason = %text("reason"),
+            "break-glass approval used");
+        let ns = &self.namespace;
+        let mut notice = object["spec"].clone();
+        notice["kind"] = json!("AccessRequestBreakGlass");
+        notice["accessRequest"] = json!({"namespace": ns, "name": held.name});
+        notice["decidedBy"] = status["decidedBy"].clone();
+        notice["reason"] = status["reason"].clone();
+        notice["approve"] = json!(format!("(approved by break-glass: {})", text("reason")));
+        notice["deny"] = json!(format!("kubectl chaperone requests -n {ns}"));
+        self.notifier.notify(&notice);
+        Outcome::BreakGlass {
+            name: held.name.clone(),
+            by: text("decidedBy"),
+            reason: text("reason"),
+        }
+    }
+
+    /// The watch, started on first use.
+    async fn watch(&self) -> &watch::Watch {
+        self.watch
+            .get_or_init(|| async { watch::Watch::start(self.upstream.clone(), &self.namespace) })
+            .await
+    }
+
+    /// The AccessRequest `name`: as the watch last saw it when the watch is in sync,
+    /// else read directly; neither possible fails closed.
+    async fn read(&self, name: &str) -> Result<Option<Value>, Error> {
+        let watch = self.watch().await;
+        let broken = match watch.health() {
+            Ok(()) => return Ok(watch.get(name)),
+            Err(why) => why,
+        };
+        let path = format!("{}/{name}", collection(&self.namespace));
+        let unavailable = |what: String| {
+            Error::Unavailable(format!(
+                "reading AccessRequest {}/{name} {what} (and its watch: {broken})",
+                self.namespace
+            ))
+        };
+        let (code, body) = self
+            .upstream
+            .call(Method::GET, &path, None)
+            .await
+            .map_err(|e| unavailable(format!("failed: {e}")))?;
+        match code {
+            StatusCode::NOT_FOUND => Ok(None),
+            code if code.is_success() => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| unavailable(format!("gave a body that is not JSON: {e}"))),
+            code => Err(unavailable(format!(
+                "got {code}: {}",
+                String::from_utf8_lossy(&body)
+            ))),
+        }
+    }
+
+    /// Creates the held request's AccessRequest and tells the reviewers; an identical
+    /// request that created it first (409) is as good.
+    async fn create(&self, held: &Held) -> Result<(), Error> {
+        let (ns, name) = (&self.namespace, &held.name);
+        let bytes =
+            serde_json::to_vec(&held.object).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let (code, body) = self
+            .upstream
+            .call(
+                Method::POST,
+                &collection(ns),
+                Some(("application/json", bytes)),
+            )
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!("creating AccessRequest {ns}/{name} failed: {e}"))
+            })?;
+        if code == StatusCode::CONFLICT {
+            return Ok(());
+        }
+        if !code.is_success() {
+            return Err(Error::Unavailable(format!(
+                "creating AccessRequest {ns}/{name} got {code}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        tracing::info!(access_request = %name, rule = %held.rule, "held for approval");
+        let mut notice = held.object["spec"].clone();
+        notice["kind"] = json!("AccessRequestCreated");
+        notice["accessRequest"] = json!({"namespace": ns, "name": name});
+        notice["approve"] = json!(format!("kubectl chaperone approve {name} -n {ns}"));
+        notice["deny"] = json!(format!(
+            "kubectl chaperone deny {name} -n {ns} --reason '...'"
+        ));
+        self.notifier.notify(&notice);
+        Ok(())
+    }
+
+    /// Whether the watch of AccessRequests runs and is in sync.
+    pub fn watch_synced(&self) -> bool {
+        self.watch.get().is_some_and(|w| w.health().is_ok())
     }
 
     /// How many requests wait for a reviewer now.
@@ -275,18 +378,19 @@ impl Approvals {
         self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn granted(&self, key: &str) -> bool {
+    /// The AccessRequest whose grant covers `key`, while it lasts.
+    fn granted(&self, key: &str) -> Option<String> {
         let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        grants.retain(|_, until| *until > now);
-        grants.contains_key(key)
+        grants.retain(|_, (until, _)| *until > now);
+        grants.get(key).map(|(_, name)| name.clone())
     }
 
-    fn grant(&self, key: String, until: Instant) {
+    fn grant(&self, key: String, until: Instant, name: String) {
         self.grants
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, until);
+            .insert(key, (until, name));
     }
 
     async fn remove(&self, path: &str) -> Result<(), Error> {

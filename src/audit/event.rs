@@ -20,6 +20,11 @@ pub mod annotation {
     pub const SPAN_ID: &str = "chaperone.dev/span-id";
     pub const PARENT_SPAN_ID: &str = "chaperone.dev/parent-span-id";
     pub const METHOD: &str = "chaperone.dev/method";
+    /// How an `approve` rule's review went: held, approved by ..., denied, pending.
+    pub const APPROVAL: &str = "chaperone.dev/approval";
+    /// The AccessRequest that holds (or held, or granted) the request.
+    pub const ACCESS_REQUEST: &str = "chaperone.dev/access-request";
+    pub const BREAK_GLASS: &str = "chaperone.dev/break-glass";
 }
 
 /// `audit.k8s.io/v1` `Event`.
@@ -105,6 +110,8 @@ pub enum Level {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stage {
+    /// Recorded before the response exists: a request held for a reviewer's approval.
+    RequestReceived,
     /// Headers sent, body still streaming (watches, logs, exec): emitted at once so a
     /// long-running request is on record while it runs.
     ResponseStarted,

@@ -148,7 +148,9 @@ impl Exporter {
         });
         let spans = events
             .iter()
-            .filter(|e| e.stage != Stage::ResponseStarted)
+            // One span per request, when it is complete; the events recorded while it
+            // ran (held for approval, response started) are log records only.
+            .filter(|e| e.stage == Stage::ResponseComplete || e.stage == Stage::Panic)
             .flat_map(|e| std::iter::once(span(e)).chain(stage_spans(e)))
             .collect();
         let records = events.iter().map(|e| log_record(e)).collect();

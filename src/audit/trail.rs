@@ -250,7 +250,7 @@ impl Trail {
             annotation::LATENCY_MS.to_owned(),
             format!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
         );
-        let response_status = Some(match status {
+        let response_status = (stage != Stage::RequestReceived).then(|| match status {
             Some(s) => ResponseStatus {
                 metadata: BTreeMap::new(),
                 status: s.status.to_owned(),

@@ -318,6 +318,7 @@ fn row(e: &Event) -> String {
     };
     let verb = match e.stage {
         Stage::ResponseStarted => format!("{} (started)", e.verb),
+        Stage::RequestReceived => format!("{} (held)", e.verb),
         _ => e.verb.clone(),
     };
     let code = e
