@@ -43,6 +43,30 @@ fn reviewer(env: &Env, args: &[&str]) -> std::process::Output {
         .expect("chaperone runs")
 }
 
+/// `kubectl chaperone <args>`: the binary as a kubectl plugin (`kubectl-chaperone` on
+/// the PATH), with the sandbox's own kubeconfig.
+fn kubectl_plugin(env: &Env, args: &[&str]) -> std::process::Output {
+    let bin = env.started.kubeconfig.parent().unwrap().join("plugin-bin");
+    let plugin = bin.join("kubectl-chaperone");
+    if !plugin.exists() {
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_chaperone"), &plugin).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::process::Command::new(support::kubectl_path())
+        .arg("chaperone")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&env.started.kubeconfig)
+        .env("PATH", path)
+        .output()
+        .expect("kubectl runs")
+}
+
 /// The name of the (first) AccessRequest, once the held request has created it.
 async fn held_request(env: &Env) -> String {
     let found = tokio::time::timeout(Duration::from_secs(20), async {
@@ -202,9 +226,15 @@ async fn a_denied_request_gets_the_reviewers_reason() {
         env.kubectl_cmd(env.proxy_kubeconfig(), &CREATE),
     ));
     let name = held_request(&env).await;
-    let refused = reviewer(&env, &["deny", &name]);
+    // As a kubectl plugin, this time.
+    let refused = kubectl_plugin(&env, &["deny", &name]);
     assert!(!refused.status.success(), "deny needs a reason");
-    let denied = reviewer(
+    let listed = String::from_utf8_lossy(&kubectl_plugin(&env, &["requests"]).stdout).into_owned();
+    assert!(
+        listed.contains(&name) && listed.contains("Pending"),
+        "{listed}"
+    );
+    let denied = kubectl_plugin(
         &env,
         &["deny", &name, "--reason", "no admin bindings for agents"],
     );
