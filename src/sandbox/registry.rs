@@ -162,6 +162,13 @@ pub(crate) fn builtins() -> Vec<ResourceDef> {
         ),
         d("rbac.authorization.k8s.io", "roles", "Role", true, &[]),
         d(
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "MutatingWebhookConfiguration",
+            false,
+            &[],
+        ),
+        d(
             "apiextensions.k8s.io",
             "customresourcedefinitions",
             "CustomResourceDefinition",
