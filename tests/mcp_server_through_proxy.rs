@@ -9,8 +9,6 @@ mod support;
 #[path = "clients/mcp.rs"]
 mod mcp;
 
-use std::path::PathBuf;
-
 use mcp::McpServer;
 use serde_json::{json, Value};
 use support::sandbox;
@@ -37,33 +35,6 @@ subjects:
   name: agent
 ";
 
-/// The Go binary of the npm package `kubernetes-mcp-server` (from its platform
-/// package): `$CHAPERONE_MCP_SERVER` (set by `.ci/test`), else where `.ci/test`
-/// installs it.
-fn mcp_server_path() -> PathBuf {
-    let platform = if cfg!(target_arch = "aarch64") {
-        "linux-arm64"
-    } else {
-        "linux-amd64"
-    };
-    let (path, from) = match std::env::var_os("CHAPERONE_MCP_SERVER") {
-        Some(path) => (PathBuf::from(path), "$CHAPERONE_MCP_SERVER"),
-        None => (
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
-                ".ci/cache/npm/node_modules/kubernetes-mcp-server-{platform}/bin/kubernetes-mcp-server-{platform}"
-            )),
-            "the default path ($CHAPERONE_MCP_SERVER is unset)",
-        ),
-    };
-    assert!(
-        path.is_file(),
-        "kubernetes-mcp-server not found at {} ({from}): run .ci/test, which installs the npm \
-         package kubernetes-mcp-server into .ci/cache/npm and sets $CHAPERONE_MCP_SERVER",
-        path.display()
-    );
-    path
-}
-
 fn events(audit: &str) -> Vec<Value> {
     audit
         .lines()
@@ -89,7 +60,7 @@ fn decisions(events: &[Value], verb: &str, resource: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_mcp_server_lists_reads_masked_and_is_refused_through_the_proxy() {
-    let program = mcp_server_path();
+    let program = mcp::server_path();
     // The sandbox policy, with RBAC changes held for one second instead of a minute.
     let policy = SANDBOX_POLICY.replacen(
         "    action: approve\n",

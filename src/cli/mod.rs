@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod local;
 pub mod policy;
 pub mod proxy;
 pub mod replay;
@@ -46,6 +47,9 @@ pub enum Command {
     Sandbox(sandbox::Args),
     /// Show recorded requests as a timeline.
     Replay(replay::Args),
+    /// Desktop mode: run the proxy on this machine in front of a kubeconfig context,
+    /// and write a kubeconfig for a local MCP server that points at it.
+    Local(local::Args),
     /// Check, explain and test policies.
     Policy(policy::Args),
     /// Approve a request held for approval (an AccessRequest).
@@ -78,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Proxy(args) => proxy::run(args).await.map(|()| ok),
         Command::Sandbox(args) => sandbox::run(args).await.map(|()| ok),
+        Command::Local(args) => local::run(args).await.map(|()| ok),
         Command::Replay(args) => replay::run(args).await.map(|()| ok),
         Command::Policy(args) => policy::run(args).await,
         Command::Approve(args) => review::decide(args, true).await.map(|()| ok),

@@ -101,9 +101,15 @@ impl Issuer {
             "kubernetes.io": k8s,
             "sub": format!("system:serviceaccount:{}:{}", spec.namespace, spec.service_account),
         });
+        self.sign(&claims)
+    }
+
+    /// Any claims, signed ES256 with this issuer's key (`chaperone local` issues the
+    /// MCP server's token with it).
+    pub fn sign(&self, claims: &Value) -> Result<String, String> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key)
+        jsonwebtoken::encode(&header, claims, &self.key)
             .map_err(|e| format!("failed to sign a token: {e}"))
     }
 }

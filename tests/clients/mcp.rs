@@ -15,6 +15,33 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The protocol revision the client asks for.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 
+/// The Go binary of the npm package `kubernetes-mcp-server` (from its platform
+/// package): `$CHAPERONE_MCP_SERVER` (set by `.ci/test`), else where `.ci/test`
+/// installs it.
+pub fn server_path() -> PathBuf {
+    let platform = if cfg!(target_arch = "aarch64") {
+        "linux-arm64"
+    } else {
+        "linux-amd64"
+    };
+    let (path, from) = match std::env::var_os("CHAPERONE_MCP_SERVER") {
+        Some(path) => (PathBuf::from(path), "$CHAPERONE_MCP_SERVER"),
+        None => (
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+                ".ci/cache/npm/node_modules/kubernetes-mcp-server-{platform}/bin/kubernetes-mcp-server-{platform}"
+            )),
+            "the default path ($CHAPERONE_MCP_SERVER is unset)",
+        ),
+    };
+    assert!(
+        path.is_file(),
+        "kubernetes-mcp-server not found at {} ({from}): run .ci/test, which installs the npm \
+         package kubernetes-mcp-server into .ci/cache/npm and sets $CHAPERONE_MCP_SERVER",
+        path.display()
+    );
+    path
+}
+
 /// A running MCP server on stdio; killed when dropped.
 pub struct McpServer {
     child: Child,

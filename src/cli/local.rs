@@ -1,0 +1,301 @@
+//! `chaperone local`: desktop mode. The proxy runs on the laptop in front of one of the
+//! user's kubeconfig contexts, whose credential stays with chaperone; the MCP server
+//! gets a kubeconfig of its own that points at the proxy, with a token chaperone issued
+//! for this run and a CA generated for this run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::launch::{self, write_private, Running};
+use crate::sandbox::issuer::Issuer;
+use crate::{kubeconfig, pki, server};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The kubeconfig context to reach the cluster with (default: the current context).
+    /// Its credential is used by chaperone only; the MCP server never sees it.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The kubeconfig holding that context (default: $KUBECONFIG's first file, else
+    /// ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The policy deciding the MCP server's requests (reloaded when the file changes).
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Where the proxy listens (loopback only; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7444")]
+    pub listen: SocketAddr,
+    /// The admin port (`/readyz`, `/metrics`); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub admin: SocketAddr,
+    /// Where to write the CA, the MCP server's kubeconfig, the config and the audit
+    /// trail (default: ~/.chaperone/local/<context>).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The user name the MCP server's token carries: what the policy's `users` match
+    /// and the audit trail records.
+    #[arg(long, value_name = "NAME", default_value = "mcp-agent")]
+    pub user: String,
+    /// Groups the token carries (repeatable), for the policy's `groups`.
+    #[arg(long = "group", value_name = "GROUP", default_values_t = vec!["chaperone:local".to_owned()])]
+    pub groups: Vec<String>,
+    /// How long the MCP server's token and the serving certificate are valid, in
+    /// hours. Restart `chaperone local` to get fresh ones (the kubeconfig path stays).
+    #[arg(long, value_name = "HOURS", default_value_t = 12)]
+    pub valid_hours: u32,
+    /// Where held requests' AccessRequests are created (the cluster needs the CRD).
+    #[arg(long, value_name = "NS", default_value = "default")]
+    pub approval_namespace: String,
+}
+
+/// The issuer name in the tokens `chaperone local` issues.
+fn issuer_name(context: &str) -> String {
+    format!("https://chaperone.local/{context}")
+}
+
+/// What `start` made: the running proxy and the files a user needs.
+pub struct Started {
+    pub proxy: Running,
+    pub dir: PathBuf,
+    pub context: String,
+    pub server: String,
+    /// For the MCP server.
+    pub mcp_kubeconfig: PathBuf,
+    pub audit_file: PathBuf,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = start(&args, &super::process_env).await?;
+    print!("{}", instructions(&args, &started));
+    server::signal().await;
+    started.proxy.stop().await;
+    Ok(())
+}
+
+/// Resolves the context, writes the run's CA, certificate, token issuer keys, proxy
+/// config and MCP kubeconfig into the directory, and starts the proxy.
+pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Started> {
+    let kubeconfig_path = match &args.kubeconfig {
+        Some(p) => p.clone(),
+        None => kubeconfig::default_path(env)
+            .context("no kubeconfig: pass --kubeconfig, or set KUBECONFIG or HOME")?,
+    };
+    let kubeconfig_path = absolute(&kubeconfig_path)?;
+    // Fails early, naming the file and context, if the context cannot be used (an
+    // unknown name, an exec plugin, no server).
+    let resolved = kubeconfig::resolve(&kubeconfig_path, args.context.as_deref())?;
+    let context = match &args.context {
+        Some(c) => c.clone(),
+        None => current_context(&kubeconfig_path)?,
+    };
+    let policy = absolute(&args.policy)?;
+    if !policy.is_file() {
+        anyhow::bail!("the policy file {} does not exist", policy.display());
+    }
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            let home = env("HOME").context("no HOME: pass --dir")?;
+            Path::new(&home)
+                .join(".chaperone/local")
+                .join(sanitize(&context))
+        }
+    };
+    create_private_dir(&dir)?;
+    let dir = absolute(&dir)?;
+
+    // This run's CA and serving certificate, valid for as long as the token.
+    let days = i64::from(args.valid_hours.div_ceil(24).max(1));
+    let ca = pki::Authority::generate("chaperone local CA", days)?;
+    let leaf = ca.issue_server(&["127.0.0.1", "::1", "localhost"], days)?;
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &ca.cert_pem)
+        .with_context(|| format!("failed to write {}", ca_file.display()))?;
+    let cert_file = dir.join("tls.crt");
+    std::fs::write(&cert_file, &leaf.cert_pem)
+        .with_context(|| format!("failed to write {}", cert_file.display()))?;
+    write_private(&dir.join("tls.key"), &leaf.key_pem)
+        .with_context(|| format!("failed to write {}", dir.join("tls.key").display()))?;
+
+    // This run's token issuer: its public key is the only one the proxy trusts.
+    let issuer = Issuer::generate().map_err(anyhow::Error::msg)?;
+    let jwks_file = dir.join("jwks.json");
+    std::fs::write(&jwks_file, issuer.jwks().to_string())
+        .with_context(|| format!("failed to write {}", jwks_file.display()))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = issuer
+        .sign(&json!({
+            "iss": issuer_name(&context),
+            "sub": args.user,
+            "aud": ["chaperone"],
+            "groups": args.groups,
+            "iat": now,
+            "nbf": now,
+            "exp": now + i64::from(args.valid_hours) * 3600,
+        }))
+        .map_err(anyhow::Error::msg)?;
+
+    let audit_file = dir.join("audit.jsonl");
+    let config_file = dir.join("chaperone.yaml");
+    let config_text = proxy_config(args, &context, &kubeconfig_path, &policy, &dir);
+    std::fs::write(&config_file, &config_text)
+        .with_context(|| format!("failed to write {}", config_file.display()))?;
+    let config = Config::parse(&config_file, &config_text)?;
+
+    let proxy = launch::proxy(&config, env).await?;
+    let mcp_kubeconfig = write_private(
+        &dir.join("mcp.kubeconfig"),
+        &kubeconfig::render(
+            &format!("chaperone-{}", sanitize(&context)),
+            &format!("https://{}", proxy.addrs[0]),
+            &ca.cert_pem,
+            &token,
+            None,
+        ),
+    )
+    .with_context(|| format!("failed to write {}", dir.join("mcp.kubeconfig").display()))?;
+    Ok(Started {
+        proxy,
+        dir,
+        context,
+        server: resolved.server,
+        mcp_kubeconfig,
+        audit_file,
+    })
+}
+
+/// The proxy config of this run, written beside the other files for the user to read.
+fn proxy_config(
+    args: &Args,
+    context: &str,
+    kubeconfig_path: &Path,
+    policy: &Path,
+    dir: &Path,
+) -> String {
+    let q = |p: &Path| json!(p.display().to_string()).to_string();
+    let s = |v: &str| json!(v).to_string();
+    format!(
+        "# Written by `chaperone local`; rewritten at every start.\n\
+         listen: [{listen}]\n\
+         admin: {{listen: {admin}}}\n\
+         tls: {{certFile: {cert}, keyFile: {key}}}\n\
+         upstream:\n  kubeconfig: {{path: {kubeconfig}, context: {context}}}\n\
+         identity:\n  issuers:\n    # This run's own issuer: the token in mcp.kubeconfig.\n\
+         \x20   - issuer: {issuer}\n      audiences: [chaperone]\n      jwksFile: {jwks}\n\
+         \x20     usernamePrefix: \"-\"\n      groupsClaim: groups\n      groupsPrefix: \"-\"\n\
+         policy: {{file: {policy}}}\n\
+         audit: {{file: {audit}}}\n\
+         approval: {{namespace: {ns}}}\n",
+        listen = s(&args.listen.to_string()),
+        admin = s(&args.admin.to_string()),
+        cert = q(&dir.join("tls.crt")),
+        key = q(&dir.join("tls.key")),
+        kubeconfig = q(kubeconfig_path),
+        context = s(context),
+        issuer = s(&issuer_name(context)),
+        jwks = q(&dir.join("jwks.json")),
+        policy = q(policy),
+        audit = q(&dir.join("audit.jsonl")),
+        ns = s(&args.approval_namespace),
+    )
+}
+
+/// What to tell the user: where things are, and what to paste into an MCP client.
+fn instructions(args: &Args, started: &Started) -> String {
+    let kc = started.mcp_kubeconfig.display();
+    // Written out by hand to keep the order people expect ("command" before "args").
+    let mcp = format!(
+        "{{\n  \"mcpServers\": {{\n    \"kubernetes\": {{\n      \"command\": \"npx\",\n      \
+         \"args\": [\"-y\", \"kubernetes-mcp-server@latest\", \"--kubeconfig\", {}]\n    }}\n  }}\n}}",
+        json!(kc.to_string())
+    );
+    let mut out = format!(
+        "chaperone local: context {:?} ({}) through https://{}\n\
+         \x20 MCP server kubeconfig  {kc}\n\
+         \x20   as user {:?}, groups {:?}; valid {} h (restart for a fresh one)\n\
+         \x20 policy                 {}\n\
+         \x20 audit trail            {}   (chaperone replay {} --follow)\n",
+        started.context,
+        started.server,
+        started.proxy.addrs[0],
+        args.user,
+        args.groups,
+        args.valid_hours,
+        args.policy.display(),
+        started.audit_file.display(),
+        started.audit_file.display(),
+    );
+    if let Some(admin) = started.proxy.admin {
+        out.push_str(&format!("  health                 http://{admin}/readyz\n"));
+    }
+    out.push_str(&format!(
+        "\nAdd this to your MCP client's config (e.g. claude_desktop_config.json):\n{}\n\
+         Any other MCP server or client: KUBECONFIG={kc}\n\
+         Stop with Ctrl-C.\n",
+        mcp
+    ));
+    out
+}
+
+/// The kubeconfig's `current-context`.
+fn current_context(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
+    value
+        .get("current-context")
+        .and_then(serde_yaml::Value::as_str)
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no current-context: pass --context", path.display()))
+}
+
+/// A context name as one path segment.
+fn sanitize(context: &str) -> String {
+    context
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))
+}
+
+/// The directory holds a private key and a token: readable by the user only.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("failed to create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("failed to restrict {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_names_become_one_path_segment() {
+        assert_eq!(
+            sanitize("arn:aws:eks:eu-west-1:123:cluster/prod"),
+            "arn_aws_eks_eu-west-1_123_cluster_prod"
+        );
+        assert_eq!(sanitize("kind-dev"), "kind-dev");
+    }
+}
