@@ -1,6 +1,8 @@
 //! A minimal MCP client for the tests: JSON-RPC 2.0 over a child's stdio, one JSON
 //! message per line (the MCP stdio transport), every read bounded by a timeout.
 
+#![allow(dead_code)] // each test binary uses a different part of this module
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
