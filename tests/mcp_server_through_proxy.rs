@@ -1,8 +1,9 @@
 //! kubernetes-mcp-server, unmodified and driven over MCP (JSON-RPC on its stdio),
 //! works through chaperone with the sandbox policy: what the policy allows, denies or
 //! holds for a reviewer comes back to the agent as tool results it can read, Secrets
-//! come back masked, and the audit trail has an event for every call, attributed to
-//! the MCP server's service account.
+//! come back masked, a held change goes through once a reviewer approves it from
+//! another process, and every call is on record three ways: the audit JSONL, spans and
+//! log records at an OpenTelemetry collector, and `chaperone replay`'s timeline.
 
 mod support;
 
@@ -11,7 +12,7 @@ mod mcp;
 
 use mcp::McpServer;
 use serde_json::{json, Value};
-use support::sandbox;
+use support::{otlp, sandbox};
 
 const SANDBOX_POLICY: &str = include_str!("../policies/sandbox.yaml");
 
@@ -59,19 +60,18 @@ fn decisions(events: &[Value], verb: &str, resource: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubernetes_mcp_server_lists_reads_masked_and_is_refused_through_the_proxy() {
+async fn kubernetes_mcp_server_session_is_decided_approved_masked_and_recorded() {
     let program = mcp::server_path();
-    // The sandbox policy, with RBAC changes held for one second instead of a minute.
-    let policy = SANDBOX_POLICY.replacen(
-        "    action: approve\n",
-        "    action: approve\n    approval: {hold: 1s}\n",
-        1,
-    );
-    assert_ne!(
-        policy, SANDBOX_POLICY,
-        "the sandbox policy has an approve rule"
-    );
-    let env = sandbox().policy(&policy).with_proxy().start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let otlp_port = listener.local_addr().unwrap().port();
+    let (collector, collector_task) = otlp::serve(listener);
+    let env = sandbox()
+        .policy(SANDBOX_POLICY)
+        .with_proxy_config(&format!(
+            "audit:\n  otlp: {{endpoint: \"http://127.0.0.1:{otlp_port}\", batch: 1}}\n"
+        ))
+        .start()
+        .await;
     let audit_file = env.started.audit_file.clone().expect("an audit file");
 
     let home = env.dir.path().join("mcp-home");
@@ -150,21 +150,25 @@ async fn kubernetes_mcp_server_lists_reads_masked_and_is_refused_through_the_pro
         "{delete:#?}"
     );
 
-    // 4. Held: RBAC changes wait for a reviewer. Nobody approves here, so once the
-    // (shortened) hold is over the tool gets chaperone's 403 naming the rule and the
-    // AccessRequest a reviewer would approve.
+    // 4. Held: RBAC changes wait for a reviewer. A reviewer, in another process with
+    // their own kubeconfig, approves while the tool call waits; the call then completes.
+    let reviewer = approve_when_held(&env);
     let bind = server
         .call_tool(
             "resources_create_or_update",
             json!({"resource": ROLEBINDING}),
         )
         .await;
-    assert!(bind.is_error, "{bind:#?}");
-    assert!(
-        bind.text.contains(
-            "approval pending: rule \"rbac-needs-approval\" needs a reviewer and AccessRequest"
-        ),
-        "{bind:#?}"
+    let access_request = reviewer.await.unwrap();
+    assert!(!bind.is_error, "{bind:#?}");
+    assert!(bind.text.contains("agent-admin"), "{bind:#?}");
+    let created = support::ok(
+        &env.kubectl_direct(&["get", "rolebinding", "agent-admin", "-o", "name"])
+            .await,
+    );
+    assert_eq!(
+        created.trim(),
+        "rolebinding.rbac.authorization.k8s.io/agent-admin"
     );
 
     let server_log = server.log();
@@ -194,4 +198,129 @@ async fn kubernetes_mcp_server_lists_reads_masked_and_is_refused_through_the_pro
             "{event}"
         );
     }
+    // The approved change: held, then forwarded, both naming the AccessRequest.
+    let approval: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["annotations"]["chaperone.dev/access-request"] == access_request.as_str())
+        .map(|e| {
+            (
+                e["stage"].as_str().unwrap(),
+                e["annotations"]["chaperone.dev/approval"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        approval,
+        [
+            ("RequestReceived", "held"),
+            ("ResponseComplete", "approved by sandbox-user")
+        ],
+        "{audit}"
+    );
+
+    // The collector got a span and a log record for every call.
+    let spans = collector.spans.lock().unwrap().clone();
+    let span_of = |name: &str, decision: &str| {
+        spans.iter().find(|s| {
+            let a = otlp::attrs(&s.attributes);
+            s.name == name && a.get("chaperone.decision").map(String::as_str) == Some(decision)
+        })
+    };
+    for (name, decision) in [
+        ("list pods", "allow"),
+        ("get secrets", "allow"),
+        ("delete pods", "deny"),
+        ("patch rolebindings", "approve"),
+    ] {
+        let span = span_of(name, decision)
+            .unwrap_or_else(|| panic!("no span {name:?} with decision {decision}"));
+        let a = otlp::attrs(&span.attributes);
+        assert_eq!(a["user.name"], "system:serviceaccount:default:mcp-server");
+        // Every span has its stages; the approved one waited in `approve`.
+        let stages: Vec<&str> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == span.span_id)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(stages.contains(&"authorize"), "{name}: {stages:?}");
+        if decision == "approve" {
+            assert!(stages.contains(&"approve"), "{name}: {stages:?}");
+        }
+    }
+    let masked = span_of("get secrets", "allow").unwrap();
+    assert_ne!(
+        otlp::attrs(&masked.attributes)["chaperone.masked_fields"],
+        "0"
+    );
+    let logs = collector.logs.lock().unwrap().len();
+    assert!(
+        logs >= events.len(),
+        "{logs} log records for {} events",
+        events.len()
+    );
+    collector_task.abort();
+
+    // And `chaperone replay` tells the session as a timeline.
+    let replay = support::ok(
+        &std::process::Command::new(env!("CARGO_BIN_EXE_chaperone"))
+            .arg("replay")
+            .arg(&audit_file)
+            .output()
+            .unwrap(),
+    );
+    // Columns: time, user, verb, resource, decision, rule, code, latency, masked.
+    let rows: Vec<String> = replay
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for row in [
+        "list default/pods allow read-workloads 200",
+        "get default/secrets db-credentials allow read-workloads 200",
+        "delete default/pods nginx deny no-pod-deletes 403",
+        "patch (held) default/rolebindings.rbac.authorization.k8s.io agent-admin approve rbac-needs-approval",
+        "patch default/rolebindings.rbac.authorization.k8s.io agent-admin approve rbac-needs-approval 201",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.contains(row)),
+            "no {row:?} in the replay:\n{replay}"
+        );
+    }
+}
+
+/// Waits (in the background) for the request held for approval to show up in
+/// `chaperone requests`, approves it as the sandbox's admin user, and returns its name.
+fn approve_when_held(env: &support::Env) -> tokio::task::JoinHandle<String> {
+    let kubeconfig = env.started.kubeconfig.clone();
+    let chaperone = |args: &[&str], kubeconfig: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chaperone"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .output()
+            .expect("chaperone runs")
+    };
+    tokio::spawn(async move {
+        let name = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let out = chaperone(&["requests"], &kubeconfig);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if let Some(line) = text.lines().nth(1) {
+                    return line.split_whitespace().nth(1).unwrap().to_owned();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the change is held for approval");
+        let approved = chaperone(
+            &["approve", &name, "--reason", "the agent needs it"],
+            &kubeconfig,
+        );
+        assert!(
+            approved.status.success(),
+            "{}",
+            String::from_utf8_lossy(&approved.stderr)
+        );
+        name
+    })
 }

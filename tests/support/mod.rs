@@ -4,6 +4,7 @@
 
 pub mod identity;
 pub mod oidc;
+pub mod otlp;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
