@@ -152,7 +152,7 @@ async fn kubernetes_mcp_server_session_is_decided_approved_masked_and_recorded()
 
     // 4. Held: RBAC changes wait for a reviewer. A reviewer, in another process with
     // their own kubeconfig, approves while the tool call waits; the call then completes.
-    let reviewer = approve_when_held(&env);
+    let reviewer = support::approve_when_held(&env);
     let bind = server
         .call_tool(
             "resources_create_or_update",
@@ -285,42 +285,4 @@ async fn kubernetes_mcp_server_session_is_decided_approved_masked_and_recorded()
             "no {row:?} in the replay:\n{replay}"
         );
     }
-}
-
-/// Waits (in the background) for the request held for approval to show up in
-/// `chaperone requests`, approves it as the sandbox's admin user, and returns its name.
-fn approve_when_held(env: &support::Env) -> tokio::task::JoinHandle<String> {
-    let kubeconfig = env.started.kubeconfig.clone();
-    let chaperone = |args: &[&str], kubeconfig: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_chaperone"))
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .output()
-            .expect("chaperone runs")
-    };
-    tokio::spawn(async move {
-        let name = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            loop {
-                let out = chaperone(&["requests"], &kubeconfig);
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                if let Some(line) = text.lines().nth(1) {
-                    return line.split_whitespace().nth(1).unwrap().to_owned();
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .expect("the change is held for approval");
-        let approved = chaperone(
-            &["approve", &name, "--reason", "the agent needs it"],
-            &kubeconfig,
-        );
-        assert!(
-            approved.status.success(),
-            "{}",
-            String::from_utf8_lossy(&approved.stderr)
-        );
-        name
-    })
 }

@@ -436,3 +436,41 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .expect("a status code");
     (code, body.to_owned())
 }
+
+/// Waits (in the background) for the request held for approval to show up in
+/// `chaperone requests`, approves it as the sandbox's admin user, and returns its name.
+pub fn approve_when_held(env: &Env) -> tokio::task::JoinHandle<String> {
+    let kubeconfig = env.started.kubeconfig.clone();
+    // Async: the sandbox and proxy run on this runtime, and a worker blocked waiting
+    // for a child that talks to them could hold up the very task serving it.
+    let chaperone = |args: &[&str], kubeconfig: &std::path::Path| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chaperone"));
+        cmd.args(args).arg("--kubeconfig").arg(kubeconfig);
+        run(cmd)
+    };
+    tokio::spawn(async move {
+        let name = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let out = chaperone(&["requests"], &kubeconfig).await;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if let Some(line) = text.lines().nth(1) {
+                    return line.split_whitespace().nth(1).unwrap().to_owned();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the change is held for approval");
+        let approved = chaperone(
+            &["approve", &name, "--reason", "the agent needs it"],
+            &kubeconfig,
+        )
+        .await;
+        assert!(
+            approved.status.success(),
+            "{}",
+            String::from_utf8_lossy(&approved.stderr)
+        );
+        name
+    })
+}
