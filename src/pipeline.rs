@@ -3,6 +3,7 @@
 //! ```text
 //! resolve   request_info: method + path + query -> the API server's request attributes
 //! authenticate  identity: the bearer token -> the caller (Subject)
+//! self-review   `kubectl auth can-i`/`whoami`: answered from the policy and the caller
 //! authorize policy: caller + attributes -> allow, deny or approve, naming the rule
 //! screen    headers: refuse impersonation, narrow Accept to JSON, drop caller credentials
 //! approve   approval: an AccessRequest a human approves or denies, for a bounded time
@@ -37,6 +38,7 @@ use crate::mask;
 use crate::metrics::Metrics;
 use crate::policy::{self, Policies};
 use crate::request_info;
+use crate::self_review;
 use crate::server::Conn;
 use crate::status::Status;
 use crate::upstream::{self, Upstream};
@@ -60,6 +62,8 @@ pub enum Error {
     Approval(#[from] approval::Error),
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
+    #[error(transparent)]
+    SelfReview(#[from] self_review::Error),
 }
 
 impl Error {
@@ -75,6 +79,7 @@ impl Error {
             Error::Mask(e) => e.status(),
             Error::Approval(e) => e.status(),
             Error::Upstream(e) => e.status(),
+            Error::SelfReview(e) => e.status(),
         }
     }
 }
@@ -237,6 +242,22 @@ impl Proxy {
         self.metrics.token_verification("ok");
         trail.who(&who.user, &who.uid, &who.groups, &who.extra, &who.issuer);
         tracing::Span::current().record("user", who.user.as_str());
+
+        // `kubectl auth can-i` and `whoami` are about the caller, not the proxy's
+        // credential: answered here from the policy and the identity, never forwarded.
+        if let Some(review) = self_review::Review::of(&info) {
+            let kind = content_type(req.headers());
+            let answer =
+                self_review::answer(review, &info, &kind, req.into_body(), &who, &self.policy)
+                    .await?;
+            trail.note(annotation::DECISION, "allow");
+            trail.note(annotation::RULE, self_review::RULE);
+            trail.note(
+                annotation::REASON,
+                format!("answered by chaperone, not forwarded: {}", answer.summary),
+            );
+            return Ok((answer.response, false));
+        }
 
         let since = Instant::now();
         let decision = tracing::info_span!("authorize")

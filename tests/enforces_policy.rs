@@ -232,3 +232,73 @@ async fn audit_mode_records_what_it_would_deny_and_lets_it_through() {
         "{reason}"
     );
 }
+
+/// `kubectl auth can-i` and `whoami` are about the caller: chaperone answers them from
+/// its policy and the caller's identity. Forwarded, the API server would answer for the
+/// proxy's own credential (the sandbox's admin, who may do anything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
+    let env = sandbox().policy(SANDBOX_POLICY).with_proxy().start().await;
+    let can_i = |args: &'static [&'static str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let cmd = env.kubectl_cmd(env.proxy_kubeconfig(), &all);
+        async move {
+            let out = support::run(cmd).await;
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    };
+    assert_eq!(can_i(&["list", "pods"]).await, "yes");
+    assert_eq!(
+        can_i(&["delete", "pods"]).await,
+        "no - rule \"no-pod-deletes\" denies delete on pods in namespace default"
+    );
+    assert_eq!(
+        can_i(&["create", "rolebindings"]).await,
+        "no - chaperone holds this request for a reviewer's approval (rule \"rbac-needs-approval\")"
+    );
+    assert!(can_i(&["get", "secrets", "-n", "kube-system"])
+        .await
+        .starts_with("no - rule \"hands-off-kube-system\""));
+    // The proxy's credential could; the caller cannot.
+    assert_eq!(
+        String::from_utf8_lossy(
+            &env.kubectl_direct(&["auth", "can-i", "delete", "pods"])
+                .await
+                .stdout
+        )
+        .trim(),
+        "yes"
+    );
+
+    let whoami = ok(&env.kubectl(&["auth", "whoami", "-o", "json"]).await);
+    let review: serde_json::Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!(
+        review["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:mcp-server"
+    );
+
+    // On record as answered by chaperone.
+    let dir = env.stop().await;
+    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
+    let answered: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["annotations"]["chaperone.dev/rule"] == "builtin:self-review")
+        .map(|e| {
+            e["annotations"]["chaperone.dev/reason"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        answered.contains(
+            &"answered by chaperone, not forwarded: can-i delete pods in default: no".to_owned()
+        ),
+        "{answered:?}"
+    );
+    assert!(answered
+        .iter()
+        .any(|a| a.ends_with("whoami: system:serviceaccount:default:mcp-server")));
+}

@@ -14,7 +14,8 @@ use super::registry::ResourceDef;
 use super::status::{json_response, text_response, ApiError};
 use super::store::Store;
 use super::table::{self, Output};
-use super::{discovery, exec, logs, protobuf, rest, watch, Body};
+use super::{discovery, exec, logs, rest, watch, Body};
+use crate::protobuf;
 
 /// The largest request body accepted (the real server's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;

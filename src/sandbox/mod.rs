@@ -26,7 +26,6 @@ mod handler;
 pub mod issuer;
 mod logs;
 mod patch;
-mod protobuf;
 mod registry;
 mod rest;
 mod selector;

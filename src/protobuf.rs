@@ -1,8 +1,9 @@
 //! A small decoder for Kubernetes protobuf request bodies.
 //!
 //! kubectl 1.32+ sends protobuf (not JSON) from its typed clients, e.g. `kubectl create
-//! configmap|secret|namespace|serviceaccount|deployment|service|role|rolebinding|...`,
-//! and client-go never falls back to JSON for those. Responses stay JSON (kubectl
+//! configmap|secret|namespace|serviceaccount|deployment|service|role|rolebinding|...`
+//! and `kubectl auth can-i|whoami`, and client-go never falls back to JSON for those.
+//! The sandbox decodes the objects it stores; the proxy, the self reviews it answers. Responses stay JSON (kubectl
 //! accepts it). This decodes the `k8s\0` envelope (`runtime.Unknown`) and the objects
 //! those commands build, following the field numbers of k8s.io/api's
 //! `generated.proto`. Fields outside the schema below are skipped. Like Go's JSON
@@ -14,7 +15,7 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
 
-use super::util;
+use base64::Engine as _;
 
 /// `Message: number name type, ...`; types: `s` string, `b` bytes (base64 in JSON),
 /// `i` integer, `bool`, `Time`, `IntOrString`, `Quantity`, a message name, `[]T`
@@ -55,10 +56,15 @@ RoleBinding: 1 metadata ObjectMeta, 2 subjects []Subject, 3 roleRef RoleRef
 ClusterRoleBinding: 1 metadata ObjectMeta, 2 subjects []Subject, 3 roleRef RoleRef
 Subject: 1 kind s, 2 apiGroup s, 3 name s, 4 namespace s
 RoleRef: 1 apiGroup s, 2 kind s, 3 name s
+SelfSubjectAccessReview: 1 metadata ObjectMeta, 2 spec SelfSubjectAccessReviewSpec
+SelfSubjectAccessReviewSpec: 1 resourceAttributes ResourceAttributes, 2 nonResourceAttributes NonResourceAttributes
+ResourceAttributes: 1 namespace s, 2 verb s, 3 group s, 4 version s, 5 resource s, 6 subresource s, 7 name s
+NonResourceAttributes: 1 path s, 2 verb s
+SelfSubjectReview: 1 metadata ObjectMeta
 ";
 
 /// Kinds a request body may carry (the top-level messages above).
-const TOP_LEVEL: [&str; 11] = [
+const TOP_LEVEL: [&str; 13] = [
     "ConfigMap",
     "Secret",
     "Namespace",
@@ -70,6 +76,8 @@ const TOP_LEVEL: [&str; 11] = [
     "ClusterRole",
     "RoleBinding",
     "ClusterRoleBinding",
+    "SelfSubjectAccessReview",
+    "SelfSubjectReview",
 ];
 
 /// Nesting bound: Kubernetes objects are far shallower; this stops hostile input.
@@ -174,7 +182,7 @@ fn value(ty: &str, wire: u64, r: &mut Reader<'_>, depth: usize) -> Result<Option
         }
         "b" => {
             want(2)?;
-            json!(util::base64_encode(r.bytes()?))
+            json!(base64::engine::general_purpose::STANDARD.encode(r.bytes()?))
         }
         // int32 fields are sign-extended to 64 bits on the wire.
         "i" => {
@@ -189,7 +197,12 @@ fn value(ty: &str, wire: u64, r: &mut Reader<'_>, depth: usize) -> Result<Option
             want(2)?;
             let inner = message("Time", r.bytes()?, depth + 1)?;
             match inner.get("seconds").and_then(Value::as_i64) {
-                Some(s) if s != 0 => json!(util::rfc3339(s)),
+                Some(s) if s != 0 => json!(time::OffsetDateTime::from_unix_timestamp(s)
+                    .ok()
+                    .and_then(|t| t
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .ok())
+                    .unwrap_or_default()),
                 _ => return Ok(None),
             }
         }
@@ -319,11 +332,13 @@ pub(crate) fn decode(body: &[u8]) -> Result<Value, String> {
     let (api_version, kind) = (s("/typeMeta/apiVersion"), s("/typeMeta/kind"));
     if !TOP_LEVEL.contains(&kind.as_str()) {
         return Err(format!(
-            "the sandbox decodes protobuf only for {}; not {kind:?} (send JSON instead)",
+            "chaperone decodes protobuf only for {}; not {kind:?} (send JSON instead)",
             TOP_LEVEL.join(", ")
         ));
     }
-    let payload = util::base64_decode(&s("/raw")).ok_or("bad raw payload")?;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(s("/raw"))
+        .map_err(|_| "bad raw payload")?;
     let mut obj = message(&kind, &payload, 0)?;
     obj["apiVersion"] = json!(api_version);
     obj["kind"] = json!(kind);
