@@ -44,7 +44,6 @@ import http.client
 import http.server
 import json
 import os
-import re
 import shutil
 import ssl
 import subprocess
@@ -55,52 +54,9 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common as bc  # noqa: E402
 
-POD_PATH = "/api/v1/namespaces/default/pods/p"
-
-POD = {
-    "kind": "Pod", "apiVersion": "v1",
-    "metadata": {
-        "name": "p", "namespace": "default", "uid": "5f0c2a8e-3c1d-4e2b-9a7f-0d1e2f3a4b5c",
-        "resourceVersion": "123456", "creationTimestamp": "2026-11-25T10:00:00Z",
-        "labels": {"app.kubernetes.io/name": "web", "pod-template-hash": "6d4cf56db6"},
-        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-6d4cf56db6",
-                             "uid": "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d", "controller": True,
-                             "blockOwnerDeletion": True}],
-    },
-    "spec": {
-        "containers": [{
-            "name": "web", "image": "nginx:1.27", "imagePullPolicy": "IfNotPresent",
-            "ports": [{"containerPort": 80, "protocol": "TCP"}],
-            "env": [{"name": "LOG_LEVEL", "value": "info"}],
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                          "limits": {"memory": "128Mi"}},
-            "volumeMounts": [{"name": "kube-api-access-x7k2p", "readOnly": True,
-                              "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
-            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
-        }],
-        "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
-        "serviceAccountName": "default", "nodeName": "node-1", "schedulerName": "default-scheduler",
-        "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [
-            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
-    },
-    "status": {
-        "phase": "Running", "hostIP": "10.0.0.11", "podIP": "10.244.1.23", "qosClass": "Burstable",
-        "startTime": "2026-11-25T10:00:01Z",
-        "conditions": [{"type": t, "status": "True", "lastTransitionTime": "2026-11-25T10:00:05Z"}
-                       for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
-        "containerStatuses": [{"name": "web", "ready": True, "restartCount": 0, "started": True,
-                               "image": "docker.io/library/nginx:1.27",
-                               "imageID": "docker.io/library/nginx@sha256:" + "ab" * 32,
-                               "containerID": "containerd://" + "cd" * 32,
-                               "state": {"running": {"startedAt": "2026-11-25T10:00:04Z"}}}],
-    },
-}
-POD_JSON = json.dumps(POD, separators=(",", ":"))
-VERSION_JSON = json.dumps({"major": "1", "minor": "33", "gitVersion": "v1.33.0-bench"})
-UNAUTHORIZED_JSON = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                "reason": "Unauthorized", "code": 401})
-NOT_FOUND_JSON = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                             "reason": "NotFound", "code": 404})
+POD_PATH, POD, POD_JSON = bc.POD_PATH, bc.POD, bc.POD_JSON
+VERSION_JSON, UNAUTHORIZED_JSON, NOT_FOUND_JSON = bc.VERSION_JSON, bc.UNAUTHORIZED_JSON, bc.NOT_FOUND_JSON
+nginx_literal, median = bc.nginx_literal, bc.median
 
 VARIANTS = {
     "file": "audit.file: <tmp>/audit.jsonl (fsync interval, maxSize 100Mi: defaults)",
@@ -110,12 +66,6 @@ VARIANTS = {
 
 
 # --------------------------------------------------------------------------- upstreams
-
-def nginx_literal(text):
-    if any(c in text for c in "'\\$"):
-        raise ValueError("text for an nginx return must not hold ' \\ or $")
-    return "'" + text + "'"
-
 
 def start_nginx(procs, tmp, crt, key, token):
     """nginx on 127.0.0.1 (TLS, HTTP/2 and 1.1), one worker; returns its port."""
@@ -216,30 +166,8 @@ def start_python_upstream(procs, tmp, crt, key, token_file, lifetime):
 def wrk(port, token, args, duration, procs):
     """Runs wrk against https://127.0.0.1:port; returns its parsed figures, and the CPU
     seconds other processes of the machine took meanwhile (`others`)."""
-    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{duration}s",
-           "--timeout", "5s", "--latency", "-H", f"Authorization: Bearer {token}",
-           "-H", "Accept: application/json", f"https://127.0.0.1:{port}{POD_PATH}"]
-    with bc.OthersCpu(procs) as cpu:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
-
-    def grab(pattern, default=None, cast=float):
-        m = re.search(pattern, out, re.M)
-        return cast(m.group(1)) if m else default
-
-    requests = grab(r"^\s*(\d+) requests in", cast=int)
-    if requests is None:
-        raise RuntimeError(f"could not parse wrk output:\n{out}")
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": grab(r"^Requests/sec:\s+([\d.]+)"),
-        "requests": requests,
-        "non2xx": grab(r"Non-2xx or 3xx responses: (\d+)", 0, int),
-        "socket_errors": sum(int(x) for x in socket_errors.groups()) if socket_errors else 0,
-        "p50": grab(r"^\s+50%\s+(\S+)", cast=str),
-        "p99": grab(r"^\s+99%\s+(\S+)", cast=str),
-        "others": cpu.others,
-        "seconds": duration,
-    }
+    return bc.run_wrk(port, token, duration, procs, threads=args.threads,
+                      connections=args.connections)
 
 
 def get_once(port, ca, token):
@@ -278,11 +206,6 @@ def start_proxy(procs, tmp, variant, binary, pki, kubeconfig, policy):
     bc.wait_http(f"http://127.0.0.1:{admin}/readyz", proc=proc)
     return {"variant": variant, "proc": proc, "port": port, "admin": admin,
             "audit": audit_file if variant != "discard" else None, "runs": []}
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def count_lines(pattern):

@@ -1,4 +1,5 @@
-"""Shared harness for the process-level benchmarks (mask_memory.py, audit_cost.py).
+"""Shared harness for the process-level benchmarks (mask_memory.py, audit_cost.py,
+proxy_bench.py).
 
 Python 3 standard library plus /usr/bin/openssl and the chaperone release binary.
 Everything listens on 127.0.0.1 only, lives in one temporary directory, and every
@@ -13,11 +14,15 @@ What it provides:
   a policy and an audit section.
 * `Procs`: starts processes in their own process group and kills them on exit.
 * `proc_status()`: VmRSS / VmHWM of a pid, in KiB.
+* `POD` / `POD_JSON` at `POD_PATH`: the small Pod the latency and throughput runs GET, and
+  the fixed JSON bodies an nginx upstream returns (`nginx_literal()` quotes them).
+* `run_wrk()`: one bounded `wrk` run, parsed.
 """
 
 import base64
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -37,6 +42,53 @@ SUBJECT = "bench"
 KID = "bench-es256"
 
 MASK_MARKER_B64 = base64.b64encode(b"chaperone:masked").decode()  # Y2hhcGVyb25lOm1hc2tlZA==
+
+POD_PATH = "/api/v1/namespaces/default/pods/p"
+
+POD = {
+    "kind": "Pod", "apiVersion": "v1",
+    "metadata": {
+        "name": "p", "namespace": "default", "uid": "5f0c2a8e-3c1d-4e2b-9a7f-0d1e2f3a4b5c",
+        "resourceVersion": "123456", "creationTimestamp": "2026-11-25T10:00:00Z",
+        "labels": {"app.kubernetes.io/name": "web", "pod-template-hash": "6d4cf56db6"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-6d4cf56db6",
+                             "uid": "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d", "controller": True,
+                             "blockOwnerDeletion": True}],
+    },
+    "spec": {
+        "containers": [{
+            "name": "web", "image": "nginx:1.27", "imagePullPolicy": "IfNotPresent",
+            "ports": [{"containerPort": 80, "protocol": "TCP"}],
+            "env": [{"name": "LOG_LEVEL", "value": "info"}],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                          "limits": {"memory": "128Mi"}},
+            "volumeMounts": [{"name": "kube-api-access-x7k2p", "readOnly": True,
+                              "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+        }],
+        "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+        "serviceAccountName": "default", "nodeName": "node-1", "schedulerName": "default-scheduler",
+        "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
+    },
+    "status": {
+        "phase": "Running", "hostIP": "10.0.0.11", "podIP": "10.244.1.23", "qosClass": "Burstable",
+        "startTime": "2026-11-25T10:00:01Z",
+        "conditions": [{"type": t, "status": "True", "lastTransitionTime": "2026-11-25T10:00:05Z"}
+                       for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
+        "containerStatuses": [{"name": "web", "ready": True, "restartCount": 0, "started": True,
+                               "image": "docker.io/library/nginx:1.27",
+                               "imageID": "docker.io/library/nginx@sha256:" + "ab" * 32,
+                               "containerID": "containerd://" + "cd" * 32,
+                               "state": {"running": {"startedAt": "2026-11-25T10:00:04Z"}}}],
+    },
+}
+POD_JSON = json.dumps(POD, separators=(",", ":"))
+VERSION_JSON = json.dumps({"major": "1", "minor": "33", "gitVersion": "v1.33.0-bench"})
+UNAUTHORIZED_JSON = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "reason": "Unauthorized", "code": 401})
+NOT_FOUND_JSON = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                             "reason": "NotFound", "code": 404})
 
 
 def log(*args):
@@ -156,14 +208,15 @@ def write_kubeconfig(path, server, ca_crt, token):
         json.dump(config, f, indent=1)
 
 
-def write_policy(path, name, rules):
-    """A policy (JSON is YAML); rules: [(rule name, resource, [verbs])] for every user."""
+def write_policy(path, name, rules, namespaces=("default",)):
+    """A policy (JSON is YAML); rules: [(rule name, resource, [verbs])] for every user, in
+    `namespaces` (`"<cluster>"`: lists and watches across all namespaces)."""
     doc = {
         "apiVersion": "chaperone.dev/v1alpha1", "kind": "Policy",
         "metadata": {"name": name},
         "spec": {"rules": [
             {"name": rule, "subjects": {"users": ["*"]}, "apiGroups": [""],
-             "resources": [resource], "verbs": verbs, "namespaces": ["default"],
+             "resources": [resource], "verbs": verbs, "namespaces": list(namespaces),
              "action": "allow"}
             for rule, resource, verbs in rules
         ]},
@@ -193,6 +246,47 @@ def write_proxy_config(path, *, listen, admin, cert, key, jwks, policy, kubeconf
     }
     with open(path, "w") as f:
         json.dump(config, f, indent=1)
+
+
+def nginx_literal(text):
+    """`text` quoted for an nginx `return` directive."""
+    if any(c in text for c in "'\\$"):
+        raise ValueError("text for an nginx return must not hold ' \\ or $")
+    return "'" + text + "'"
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def run_wrk(port, token, duration, procs, *, threads=1, connections=16, path=POD_PATH):
+    """One `wrk` run against https://127.0.0.1:port<path>; returns its parsed figures and the
+    CPU seconds other processes of the machine took meanwhile (`others`)."""
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
+           "--timeout", "5s", "--latency", "-H", f"Authorization: Bearer {token}",
+           "-H", "Accept: application/json", f"https://127.0.0.1:{port}{path}"]
+    with OthersCpu(procs) as cpu:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+
+    def grab(pattern, default=None, cast=float):
+        m = re.search(pattern, out, re.M)
+        return cast(m.group(1)) if m else default
+
+    requests = grab(r"^\s*(\d+) requests in", cast=int)
+    if requests is None:
+        raise RuntimeError(f"could not parse wrk output:\n{out}")
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": grab(r"^Requests/sec:\s+([\d.]+)"),
+        "requests": requests,
+        "non2xx": grab(r"Non-2xx or 3xx responses: (\d+)", 0, int),
+        "socket_errors": sum(int(x) for x in socket_errors.groups()) if socket_errors else 0,
+        "p50": grab(r"^\s+50%\s+(\S+)", cast=str),
+        "p99": grab(r"^\s+99%\s+(\S+)", cast=str),
+        "others": cpu.others,
+        "seconds": duration,
+    }
 
 
 class CpuWatch:
