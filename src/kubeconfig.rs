@@ -41,7 +41,12 @@ pub enum Credential {
     None,
     Token(String),
     TokenFile(PathBuf),
-    ClientCert { cert_pem: Vec<u8>, key_pem: Vec<u8> },
+    ClientCert {
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+    },
+    /// A credential plugin (`user.exec`) that prints a token.
+    Exec(crate::exec_credential::ExecConfig),
 }
 
 impl std::fmt::Debug for Credential {
@@ -52,6 +57,7 @@ impl std::fmt::Debug for Credential {
             Credential::Token(_) => f.write_str("Token(<redacted>)"),
             Credential::TokenFile(p) => write!(f, "TokenFile({})", p.display()),
             Credential::ClientCert { .. } => f.write_str("ClientCert(<redacted>)"),
+            Credential::Exec(e) => write!(f, "Exec({})", e.command.display()),
         }
     }
 }
@@ -116,7 +122,7 @@ pub struct UserFields {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key_data: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exec: Option<serde_yaml::Value>,
+    pub exec: Option<ExecFields>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_provider: Option<serde_yaml::Value>,
 }
@@ -125,6 +131,31 @@ impl std::fmt::Debug for UserFields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserFields").finish_non_exhaustive()
     }
+}
+
+/// `user.exec`: a credential plugin.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecFields {
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<ExecEnv>>,
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provide_cluster_info: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_hint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct ExecEnv {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -221,12 +252,55 @@ pub fn resolve(path: &Path, context: Option<&str>) -> Result<Resolved, Error> {
     )?;
     let credential = match user {
         None => Credential::None,
-        Some(u) if u.exec.is_some() || u.auth_provider.is_some() => {
+        Some(u) if u.auth_provider.is_some() => {
             return Err(invalid(format!(
-                "user {:?} uses an exec or auth-provider plugin, which chaperone does not run; \
-                 use a token, tokenFile or client certificate",
+                "user {:?} uses an auth-provider plugin (removed from kubectl in 1.26), which \
+                 chaperone does not run; use an exec plugin, a token, tokenFile or client certificate",
                 ctx.item.context.user
             )))
+        }
+        Some(UserFields {
+            exec: Some(exec), ..
+        }) => {
+            if exec.interactive_mode.as_deref() == Some("Always") {
+                return Err(invalid(format!(
+                    "user {:?}'s exec plugin needs a terminal (interactiveMode: Always); \
+                     chaperone runs plugins without one",
+                    ctx.item.context.user
+                )));
+            }
+            if exec.command.is_empty() {
+                return Err(invalid(format!(
+                    "user {:?}'s exec plugin has no command",
+                    ctx.item.context.user
+                )));
+            }
+            // As client-go: a relative path with a separator is relative to the file.
+            let command = PathBuf::from(&exec.command);
+            let command = if command.is_relative() && exec.command.contains('/') {
+                base.join(command)
+            } else {
+                command
+            };
+            Credential::Exec(crate::exec_credential::ExecConfig {
+                command,
+                args: exec.args.clone(),
+                env: exec
+                    .env
+                    .iter()
+                    .flatten()
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect(),
+                api_version: if exec.api_version.is_empty() {
+                    "client.authentication.k8s.io/v1".into()
+                } else {
+                    exec.api_version.clone()
+                },
+                provide_cluster_info: exec.provide_cluster_info,
+                install_hint: exec.install_hint.clone(),
+                server: cluster.server.trim_end_matches('/').to_owned(),
+                ca_pem: ca_pem.clone(),
+            })
         }
         Some(u) => {
             let cert = data_or_file(
@@ -360,8 +434,22 @@ mod tests {
                 Err("needs both certificate and key"),
             ),
             (
-                "    exec: {command: aws}\n",
-                Err("exec or auth-provider plugin"),
+                "    exec: {command: aws, args: [eks, get-token]}\n",
+                Ok("Exec(aws)"),
+            ),
+            // A relative path with a separator is relative to the kubeconfig.
+            (
+                "    exec: {command: ./bin/token}\n",
+                Ok("Exec(DIR/./bin/token)"),
+            ),
+            (
+                "    exec: {command: kubelogin, interactiveMode: Always}\n",
+                Err("needs a terminal"),
+            ),
+            ("    exec: {command: \"\"}\n", Err("has no command")),
+            (
+                "    auth-provider: {name: gcp}\n",
+                Err("auth-provider plugin"),
             ),
             (
                 "    client-key-data: '!!'\n    client-certificate: client.crt\n",
@@ -372,8 +460,9 @@ mod tests {
             let path = write("config", &format!("{head}{user}"));
             match (resolve(&path, None), want) {
                 (Ok(r), Ok(kind)) => {
+                    let kind = kind.replace("DIR", &dir.path().display().to_string());
                     assert!(
-                        format!("{:?}", r.credential).starts_with(kind),
+                        format!("{:?}", r.credential).starts_with(&kind),
                         "{user}: {:?}",
                         r.credential
                     );

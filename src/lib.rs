@@ -8,6 +8,7 @@ pub mod audit;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod exec_credential;
 pub mod headers;
 pub mod identity;
 pub mod kubeconfig;

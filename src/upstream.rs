@@ -67,14 +67,17 @@ pub enum Error {
     UnexpectedStatus { path: String, code: StatusCode },
     #[error("failed to read the API server's answer to GET {path}: {message}")]
     Body { path: String, message: String },
+    #[error("the proxy has no credential for the API server: {0}")]
+    Exec(#[from] crate::exec_credential::Error),
 }
 
 impl Error {
     pub fn status(&self) -> Status {
         match self {
-            Error::Unreachable { .. } | Error::ReadToken { .. } | Error::EmptyToken(_) => {
-                Status::service_unavailable(self.to_string())
-            }
+            Error::Unreachable { .. }
+            | Error::ReadToken { .. }
+            | Error::EmptyToken(_)
+            | Error::Exec(_) => Status::service_unavailable(self.to_string()),
             Error::Timeout { .. } => Status::timeout(self.to_string()),
             Error::UnexpectedStatus { .. } | Error::Body { .. } => {
                 Status::service_unavailable(self.to_string())
@@ -91,6 +94,8 @@ enum Bearer {
     Static(HeaderValue),
     /// Re-read when the file changes: the kubelet rotates projected tokens in place.
     File(TokenFile),
+    /// Printed by a kubeconfig exec plugin, renewed before it expires.
+    Exec(crate::exec_credential::Plugin),
 }
 
 struct TokenFile {
@@ -293,6 +298,7 @@ impl Upstream {
             Credential::None => (None, Bearer::None),
             Credential::Token(t) => (None, bearer(&t).map_or(Bearer::None, Bearer::Static)),
             Credential::TokenFile(p) => (None, Bearer::File(TokenFile::new(p)?)),
+            Credential::Exec(e) => (None, Bearer::Exec(crate::exec_credential::Plugin::new(e))),
             Credential::ClientCert { cert_pem, key_pem } => (
                 Some(tls::ClientIdentity {
                     certs: tls::certs_from_pem(&cert_pem, "client-certificate")?,
@@ -390,6 +396,7 @@ impl Upstream {
             Bearer::None => None,
             Bearer::Static(v) => Some(v.clone()),
             Bearer::File(f) => Some(f.header()?),
+            Bearer::Exec(p) => Some(p.header().await?),
         };
         if let Some(auth) = auth {
             req.headers_mut().insert(header::AUTHORIZATION, auth);
@@ -417,6 +424,13 @@ impl Upstream {
             Ok(Ok(rsp)) => rsp,
         };
         self.note_success();
+        if rsp.status() == StatusCode::UNAUTHORIZED {
+            // The plugin's token was refused (revoked, or expired early): the next
+            // request gets a new one.
+            if let Bearer::Exec(plugin) = &self.bearer {
+                plugin.forget().await;
+            }
+        }
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(downstream)) = (switching, downstream_upgrade) {
             let upstream = hyper::upgrade::on(&mut rsp);

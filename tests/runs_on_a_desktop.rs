@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::{ok, sandbox, Env};
@@ -57,13 +58,17 @@ impl Local {
 /// Starts `chaperone local` on the sandbox's kubeconfig and reads what it prints until
 /// `Stop with Ctrl-C.`.
 fn start_local(env: &Env, extra: &[&str]) -> Local {
-    let dir = env.dir.path().join("local");
+    start_local_with(env, &env.started.kubeconfig, "local", extra)
+}
+
+fn start_local_with(env: &Env, kubeconfig: &Path, name: &str, extra: &[&str]) -> Local {
+    let dir = env.dir.path().join(name);
     let policy = env.dir.path().join("desktop-policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_chaperone"))
         .args(["local", "--context", "sandbox", "--listen", "127.0.0.1:0"])
         .arg("--kubeconfig")
-        .arg(&env.started.kubeconfig)
+        .arg(kubeconfig)
         .arg("--policy")
         .arg(&policy)
         .arg("--dir")
@@ -72,7 +77,7 @@ fn start_local(env: &Env, extra: &[&str]) -> Local {
         .env_clear()
         .env("HOME", "/nonexistent")
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(env.dir.path().join("local.stderr")).unwrap())
+        .stderr(std::fs::File::create(env.dir.path().join(format!("{name}.stderr"))).unwrap())
         .spawn()
         .expect("chaperone runs");
     let mut stdout = String::new();
@@ -88,7 +93,7 @@ fn start_local(env: &Env, extra: &[&str]) -> Local {
     assert!(
         stdout.contains("Stop with Ctrl-C."),
         "chaperone local did not start:\n{stdout}\n{}",
-        std::fs::read_to_string(env.dir.path().join("local.stderr")).unwrap_or_default()
+        std::fs::read_to_string(env.dir.path().join(format!("{name}.stderr"))).unwrap_or_default()
     );
     Local { child, stdout, dir }
 }
@@ -237,5 +242,115 @@ async fn a_context_that_cannot_be_used_is_refused_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("prod"), "{stderr}");
     assert!(!env.dir.path().join("local/mcp.kubeconfig").exists());
+    env.stop().await;
+}
+
+/// A copy of the sandbox's kubeconfig whose user gets its token from an exec plugin
+/// (as EKS, GKE and AKS contexts do): a script that counts its runs and prints an
+/// ExecCredential expiring `expires_in` seconds from now (or fails, when `fail`).
+fn exec_kubeconfig(env: &Env, expires_in: u32, fail: bool) -> (PathBuf, PathBuf) {
+    let dir = env.dir.path().join(if fail { "exec-fail" } else { "exec" });
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let runs = dir.join("runs");
+    let script = dir.join("bin/token-plugin");
+    let body = if fail {
+        "echo 'the SSO session has expired; run aws sso login' >&2\nexit 1\n".to_owned()
+    } else {
+        format!(
+            "exp=$(date -u -d '+{expires_in} seconds' +%Y-%m-%dT%H:%M:%SZ)\n\
+             printf '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\
+             \"status\":{{\"token\":\"%s\",\"expirationTimestamp\":\"%s\"}}}}' \"$TOKEN\" \"$exp\"\n"
+        )
+    };
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# chaperone runs plugins without a terminal, telling them so.\n\
+             echo \"$KUBERNETES_EXEC_INFO\" >> \"$RUNS\"\n{body}"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&env.started.kubeconfig).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    config["users"][0]["user"] = serde_yaml::to_value(json!({
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "./bin/token-plugin",
+            "env": [
+                {"name": "TOKEN", "value": env.started.upstream_token},
+                {"name": "RUNS", "value": runs.display().to_string()},
+            ],
+            "interactiveMode": "Never",
+        }
+    }))
+    .unwrap();
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    (path, runs)
+}
+
+fn runs(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_with_an_exec_plugin_works_and_its_token_is_renewed_before_expiry() {
+    let env = sandbox().start().await;
+    // Fresh for 13 s; renewed within 10 s of expiry.
+    let (kubeconfig, runs_file) = exec_kubeconfig(&env, 13, false);
+    let local = start_local_with(&env, &kubeconfig, "local-exec", &[]);
+    for _ in 0..3 {
+        let pods = ok(&kubectl(
+            &local.kubeconfig(),
+            &["get", "pods", "-n", "default"],
+        ));
+        assert!(pods.contains("nginx"), "{pods}");
+    }
+    // One run served every request so far (kubectl's discovery included)...
+    let first = runs(&runs_file);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["kind"], "ExecCredential");
+    assert_eq!(first[0]["spec"]["interactive"], false);
+    // ...until the token nears its expiry.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ok(&kubectl(
+        &local.kubeconfig(),
+        &["get", "pods", "-n", "default"],
+    ));
+    assert_eq!(runs(&runs_file).len(), 2);
+    // The plugin's token is the proxy's alone: not in the MCP server's kubeconfig.
+    let written = std::fs::read_to_string(local.kubeconfig()).unwrap();
+    assert!(!written.contains(&env.started.upstream_token));
+    drop(local);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_exec_plugin_is_a_503_quoting_it_and_nothing_is_forwarded() {
+    let env = sandbox().start().await;
+    let (kubeconfig, _) = exec_kubeconfig(&env, 0, true);
+    let local = start_local_with(&env, &kubeconfig, "local-exec-fail", &[]);
+    let out = kubectl(
+        &local.kubeconfig(),
+        &["get", "--raw", "/api/v1/namespaces/default/pods"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the proxy has no credential for the API server: the credential plugin")
+            && stderr.contains("the SSO session has expired; run aws sso login"),
+        "{stderr}"
+    );
+    // Without a credential nothing went to the API server at all.
+    assert_eq!(
+        env.started.sandbox.seen_authorizations(),
+        Vec::<Option<String>>::new()
+    );
+    drop(local);
     env.stop().await;
 }

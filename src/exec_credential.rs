@@ -1,0 +1,213 @@
+//! kubeconfig `exec` credential plugins (`client.authentication.k8s.io`): the command a
+//! context runs to get a token — `aws eks get-token`, `gke-gcloud-auth-plugin`,
+//! `kubelogin`. chaperone runs it without a terminal, keeps the token until shortly
+//! before its `expirationTimestamp`, and runs it again then, or after the API server
+//! answers 401. The token stays in memory; it is never logged.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use http::HeaderValue;
+use serde_json::{json, Value};
+
+/// How long one run of the plugin may take (a login that waits for a browser would
+/// never finish: chaperone runs plugins non-interactively).
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A token this close to its expiry is renewed before use.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// How much of the plugin's stderr an error quotes.
+const STDERR_QUOTE: usize = 400;
+
+/// One context's `user.exec`, resolved against its kubeconfig.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// As written, or joined to the kubeconfig's directory when it is a relative path.
+    pub command: PathBuf,
+    pub args: Vec<String>,
+    /// Added to chaperone's own environment, as client-go does.
+    pub env: Vec<(String, String)>,
+    pub api_version: String,
+    /// Passes the cluster (server, CA) to the plugin in `KUBERNETES_EXEC_INFO`.
+    pub provide_cluster_info: bool,
+    pub install_hint: Option<String>,
+    pub server: String,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to run the credential plugin {command}: {source}{hint}")]
+    Run {
+        command: String,
+        #[source]
+        source: std::io::Error,
+        hint: String,
+    },
+    #[error("the credential plugin {command} did not finish within {RUN_TIMEOUT:?} (chaperone runs it without a terminal: log in first)")]
+    Timeout { command: String },
+    #[error("the credential plugin {command} failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("the credential plugin {command} printed no usable ExecCredential: {message}")]
+    Output { command: String, message: String },
+}
+
+struct Cached {
+    header: HeaderValue,
+    expires: Option<SystemTime>,
+}
+
+/// A plugin and the token it last printed.
+pub struct Plugin {
+    config: ExecConfig,
+    cached: tokio::sync::Mutex<Option<Cached>>,
+}
+
+impl Plugin {
+    pub fn new(config: ExecConfig) -> Plugin {
+        Plugin {
+            config,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The `Authorization` value: the cached token while it is fresh, else a new one.
+    /// Concurrent callers wait for one run rather than each running the plugin.
+    pub async fn header(&self) -> Result<HeaderValue, Error> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref() {
+            let fresh = c
+                .expires
+                .is_none_or(|at| at > SystemTime::now() + EXPIRY_MARGIN);
+            if fresh {
+                return Ok(c.header.clone());
+            }
+        }
+        let fetched = self.run().await?;
+        let header = fetched.header.clone();
+        *cached = Some(fetched);
+        Ok(header)
+    }
+
+    /// Drops the token (the API server refused it): the next request runs the plugin.
+    pub async fn forget(&self) {
+        *self.cached.lock().await = None;
+    }
+
+    fn name(&self) -> String {
+        self.config.command.display().to_string()
+    }
+
+    async fn run(&self) -> Result<Cached, Error> {
+        let command = self.name();
+        let mut spec = json!({"interactive": false});
+        if self.config.provide_cluster_info {
+            let mut cluster = json!({"server": self.config.server});
+            if let Some(ca) = &self.config.ca_pem {
+                cluster["certificate-authority-data"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(ca));
+            }
+            spec["cluster"] = cluster;
+        }
+        let info = json!({
+            "apiVersion": self.config.api_version,
+            "kind": "ExecCredential",
+            "spec": spec,
+        });
+        let mut cmd = tokio::process::Command::new(&self.config.command);
+        cmd.args(&self.config.args)
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
+            .env("KUBERNETES_EXEC_INFO", info.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = match tokio::time::timeout(RUN_TIMEOUT, cmd.output()).await {
+            Err(_) => return Err(Error::Timeout { command }),
+            Ok(Err(source)) => {
+                let hint = self
+                    .config
+                    .install_hint
+                    .as_ref()
+                    .map(|h| format!("\n{}", h.trim()))
+                    .unwrap_or_default();
+                return Err(Error::Run {
+                    command,
+                    source,
+                    hint,
+                });
+            }
+            Ok(Ok(output)) => output,
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(Error::Failed {
+                command,
+                status: output.status.to_string(),
+                stderr: stderr.trim().chars().take(STDERR_QUOTE).collect(),
+            });
+        }
+        parse(&output.stdout).map_err(|message| Error::Output { command, message })
+    }
+}
+
+/// Reads the plugin's `ExecCredential`: its token and when it expires.
+fn parse(stdout: &[u8]) -> Result<Cached, String> {
+    let credential: Value =
+        serde_json::from_slice(stdout).map_err(|e| format!("not JSON ({e})"))?;
+    if credential["kind"] != "ExecCredential" {
+        return Err("kind is not ExecCredential".into());
+    }
+    let status = &credential["status"];
+    if status.get("clientCertificateData").is_some() {
+        return Err(
+            "it returned a client certificate; chaperone supports token plugins only".into(),
+        );
+    }
+    let token = status["token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or("status.token is missing")?;
+    let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "status.token is not a valid header value".to_owned())?;
+    header.set_sensitive(true);
+    let expires = match status["expirationTimestamp"].as_str() {
+        None => None,
+        Some(t) => Some(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map(SystemTime::from)
+                .map_err(|e| format!("status.expirationTimestamp {t:?}: {e}"))?,
+        ),
+    };
+    Ok(Cached { header, expires })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_tokens_and_refuses_what_it_cannot_use() {
+        let ok = parse(br#"{"kind":"ExecCredential","apiVersion":"client.authentication.k8s.io/v1","status":{"token":"abc","expirationTimestamp":"2030-01-01T00:00:00Z"}}"#).unwrap();
+        assert_eq!(ok.header, "Bearer abc");
+        assert!(ok.header.is_sensitive());
+        assert!(ok.expires.is_some());
+        let forever = parse(br#"{"kind":"ExecCredential","status":{"token":"abc"}}"#).unwrap();
+        assert!(forever.expires.is_none());
+        for (bad, why) in [
+            (&b"nope"[..], "not JSON"),
+            (br#"{"kind":"Other","status":{"token":"a"}}"#, "kind"),
+            (br#"{"kind":"ExecCredential","status":{}}"#, "status.token"),
+            (br#"{"kind":"ExecCredential","status":{"clientCertificateData":"x","clientKeyData":"y"}}"#, "client certificate"),
+            (br#"{"kind":"ExecCredential","status":{"token":"a","expirationTimestamp":"soon"}}"#, "expirationTimestamp"),
+        ] {
+            let err = parse(bad).err().unwrap();
+            assert!(err.contains(why), "{err}");
+            // Nothing quoted from the output could carry a token.
+            assert!(!err.contains("\"a\""), "{err}");
+        }
+    }
+}
