@@ -62,16 +62,8 @@ fn decisions(events: &[Value], verb: &str, resource: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_mcp_server_session_is_decided_approved_masked_and_recorded() {
     let program = mcp::server_path();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let otlp_port = listener.local_addr().unwrap().port();
-    let (collector, collector_task) = otlp::serve(listener);
-    let env = sandbox()
-        .policy(SANDBOX_POLICY)
-        .with_proxy_config(&format!(
-            "audit:\n  otlp: {{endpoint: \"http://127.0.0.1:{otlp_port}\", batch: 1}}\n"
-        ))
-        .start()
-        .await;
+    let (env, collector, collector_task) =
+        otlp::start_exporting(sandbox().policy(SANDBOX_POLICY)).await;
     let audit_file = env.started.audit_file.clone().expect("an audit file");
 
     let home = env.dir.path().join("mcp-home");

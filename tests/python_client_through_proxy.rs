@@ -3,26 +3,12 @@
 
 mod support;
 
-use support::{ok, python_path, run, sandbox};
+use support::{ok, run, sandbox};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_in_cluster_client_lists_gets_and_watches() {
     let env = sandbox().with_proxy().start().await;
-    let token = env.dir.path().join("token");
-    std::fs::write(&token, &env.started.caller_token).unwrap();
-    let addr = env.started.proxy.as_ref().unwrap().addrs[0];
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_client.py"
-    );
-    let mut cmd = tokio::process::Command::new(python_path());
-    cmd.arg(script)
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(&token)
-        .arg(&env.started.ca_file)
-        .env_remove("KUBECONFIG")
-        .env("HOME", env.dir.path());
+    let cmd = env.python_in_cluster("python_client.py");
     let out: serde_json::Value = serde_json::from_str(&ok(&run(cmd).await)).unwrap();
 
     let namespaces = out["namespaces"].as_array().unwrap();

@@ -9,26 +9,15 @@ mod support;
 use std::path::Path;
 
 use serde_json::Value;
-use support::{ok, otlp, python_path, run, sandbox, Env};
+use support::{ok, otlp, run, sandbox, Env};
 
 const SANDBOX_POLICY: &str = include_str!("../policies/sandbox.yaml");
 
 /// base64("chaperone:masked")
 const MASKED_B64: &str = "Y2hhcGVyb25lOm1hc2tlZA==";
 
-/// The sandbox with chaperone exporting to a collector.
 async fn start() -> (Env, otlp::Collector, tokio::task::JoinHandle<()>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (collector, task) = otlp::serve(listener);
-    let env = sandbox()
-        .policy(SANDBOX_POLICY)
-        .with_proxy_config(&format!(
-            "audit:\n  otlp: {{endpoint: \"http://127.0.0.1:{port}\", batch: 1}}\n"
-        ))
-        .start()
-        .await;
-    (env, collector, task)
+    otlp::start_exporting(sandbox().policy(SANDBOX_POLICY)).await
 }
 
 /// What every session must leave behind, once the proxy has stopped (its queues
@@ -159,21 +148,7 @@ async fn a_kubectl_session_is_decided_approved_masked_and_recorded() {
 async fn a_python_client_session_is_decided_approved_masked_and_recorded() {
     let (env, collector, task) = start().await;
     let audit_file = env.started.audit_file.clone().unwrap();
-    let token = env.dir.path().join("token");
-    std::fs::write(&token, &env.started.caller_token).unwrap();
-    let addr = env.started.proxy.as_ref().unwrap().addrs[0];
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_session.py"
-    );
-    let mut cmd = tokio::process::Command::new(python_path());
-    cmd.arg(script)
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(&token)
-        .arg(&env.started.ca_file)
-        .env_remove("KUBECONFIG")
-        .env("HOME", env.dir.path());
+    let cmd = env.python_in_cluster("python_session.py");
     let reviewer = support::approve_when_held(&env);
     let out: Value = serde_json::from_str(&ok(&run(cmd).await)).unwrap();
     reviewer.await.unwrap();

@@ -1,22 +1,16 @@
-"""Drives the official Python `kubernetes` client through chaperone, configured the
-way it configures itself inside a pod (InClusterConfigLoader), with the token and CA
-paths pointed at the test's files instead of /var/run/secrets.
+"""Drives the official Python `kubernetes` client through chaperone, configured as
+inside a pod (see in_cluster.py).
 
 Usage: python_client.py HOST PORT TOKEN_FILE CA_FILE
 Prints one JSON object describing what the client saw.
 """
 import json
-import sys
 
 from kubernetes import client, watch
-from kubernetes.config.incluster_config import InClusterConfigLoader
 
-host, port, token_file, ca_file = sys.argv[1:5]
-InClusterConfigLoader(
-    token_filename=token_file,
-    cert_filename=ca_file,
-    environ={"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port},
-).load_and_set()
+from in_cluster import load
+
+load()
 
 core = client.CoreV1Api()
 out = {}

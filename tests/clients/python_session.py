@@ -1,5 +1,5 @@
 """A short session of the official Python `kubernetes` client through chaperone,
-configured as it configures itself in a pod (InClusterConfigLoader): list pods, read a
+configured as in a pod (see in_cluster.py): list pods, read a
 Secret, try to delete a pod, create a RoleBinding (which the policy holds for a
 reviewer; the call returns once approved).
 
@@ -7,17 +7,12 @@ Usage: python_session.py HOST PORT TOKEN_FILE CA_FILE
 Prints one JSON object describing what the client saw.
 """
 import json
-import sys
 
 from kubernetes import client
-from kubernetes.config.incluster_config import InClusterConfigLoader
 
-host, port, token_file, ca_file = sys.argv[1:5]
-InClusterConfigLoader(
-    token_filename=token_file,
-    cert_filename=ca_file,
-    environ={"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port},
-).load_and_set()
+from in_cluster import load
+
+load()
 
 core = client.CoreV1Api()
 rbac = client.RbacAuthorizationV1Api()

@@ -209,6 +209,33 @@ impl Env {
         std::fs::read(&self.started.ca_file).expect("read CA")
     }
 
+    /// `python tests/clients/<script> HOST PORT TOKEN_FILE CA_FILE`: a Python client
+    /// configured as in a pod (in-cluster loader), aimed at the proxy with the caller's
+    /// token.
+    pub fn python_in_cluster(&self, script: &str) -> tokio::process::Command {
+        let token = self.dir.path().join("token");
+        std::fs::write(&token, &self.started.caller_token).expect("write token");
+        let addr = self
+            .started
+            .proxy
+            .as_ref()
+            .expect("started with a proxy")
+            .addrs[0];
+        let mut cmd = tokio::process::Command::new(python_path());
+        cmd.arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/clients")
+                .join(script),
+        )
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(&token)
+        .arg(&self.started.ca_file)
+        .env_remove("KUBECONFIG")
+        .env("HOME", self.dir.path());
+        cmd
+    }
+
     /// Runs kubectl through chaperone with the proxy kubeconfig.
     pub async fn kubectl(&self, args: &[&str]) -> Output {
         run(self.kubectl_cmd(self.proxy_kubeconfig(), args)).await

@@ -105,3 +105,19 @@ pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     .await;
     assert!(waited.is_ok(), "timed out waiting for {what}");
 }
+
+/// The sandbox with chaperone (configured by `builder`) exporting to a new collector.
+pub async fn start_exporting(
+    builder: super::EnvBuilder,
+) -> (super::Env, Collector, tokio::task::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (collector, task) = serve(listener);
+    let env = builder
+        .with_proxy_config(&format!(
+            "audit:\n  otlp: {{endpoint: \"http://127.0.0.1:{port}\", batch: 1}}\n"
+        ))
+        .start()
+        .await;
+    (env, collector, task)
+}
