@@ -126,7 +126,10 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let mut trail = Trail::start(req.method(), req.uri(), req.headers(), conn.peer);
         let audit_id = trail.audit_id.clone();
-        let span = tracing::info_span!(
+        // Debug level, like the stages' spans: at the default level a formatted span per
+        // request would cost more than authorising it. Refusals are logged at info with
+        // the request's identity in the event itself.
+        let span = tracing::debug_span!(
             "request",
             method = %req.method(),
             peer = %conn.peer,
@@ -165,7 +168,9 @@ impl Proxy {
             }
             Err(error) => {
                 let status = error.status();
-                tracing::info!(parent: &span, code = status.code, reason = status.reason, %error, "refused");
+                tracing::info!(parent: &span, audit_id = %trail.audit_id, user = trail.user(),
+                    verb = trail.verb(), resource = %trail.resource(), code = status.code,
+                    reason = status.reason, %error, "refused");
                 // A policy's decision is on the trail already; an approval that did
                 // not come says why next to it.
                 match &error {
@@ -195,7 +200,7 @@ impl Proxy {
                     trail.elapsed(),
                 );
                 self.audit
-                    .record(trail.event(Stage::ResponseComplete, status.code, Some(&status)))
+                    .record(trail.into_event(Stage::ResponseComplete, status.code, Some(&status)))
                     .await;
                 status.into_response()
             }
@@ -214,7 +219,10 @@ impl Proxy {
         conn: Conn,
         trail: &mut Trail,
     ) -> Result<(Response<Body>, bool), Error> {
-        let info = tracing::info_span!("resolve")
+        // Each stage has a debug-level span (`--log chaperone=debug`): at the default
+        // level they would cost a formatted span per stage per request. The stages'
+        // timings are in the audit event's OTLP child spans either way.
+        let info = tracing::debug_span!("resolve")
             .in_scope(|| request_info::resolve(req.method(), req.uri()))?;
         trail.info(&info);
         let span = tracing::Span::current();
@@ -260,7 +268,7 @@ impl Proxy {
         }
 
         let since = Instant::now();
-        let decision = tracing::info_span!("authorize")
+        let decision = tracing::debug_span!("authorize")
             .in_scope(|| self.policy.authorize(&who, &info, req.uri().query()));
         trail.stage(
             Step::Authorize,
@@ -285,7 +293,7 @@ impl Proxy {
 
         let upgrade = headers::is_upgrade(req.headers());
         let inspect = headers::must_inspect(&info);
-        tracing::info_span!("screen")
+        tracing::debug_span!("screen")
             .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
         // Held only once the request is known to be forwardable: a request screening
         // would refuse never bothers a reviewer.
@@ -295,7 +303,7 @@ impl Proxy {
                 let since = Instant::now();
                 let outcome = self
                     .hold_for_approval(&who, &info, req.uri().query(), &decision, trail)
-                    .instrument(tracing::info_span!("approve"))
+                    .instrument(tracing::debug_span!("approve"))
                     .await;
                 trail.stage(Step::Approve, since, outcome.is_err());
                 match outcome? {
@@ -354,7 +362,7 @@ impl Proxy {
         let rsp = self
             .upstream
             .forward(req, &path, downstream_upgrade)
-            .instrument(tracing::info_span!("forward"))
+            .instrument(tracing::debug_span!("forward"))
             .await;
         trail.stage(
             Step::Upstream,
@@ -373,7 +381,7 @@ impl Proxy {
             is_watch: info.verb == "watch",
             api_group: &info.api_group,
         };
-        let plan = tracing::info_span!("mask")
+        let plan = tracing::debug_span!("mask")
             .in_scope(|| self.policy.masker().plan(&target, rsp.headers()));
         let (mut parts, body) = rsp.into_parts();
         let body = match plan {

@@ -58,7 +58,7 @@ impl Completion {
             trail.note(annotation::ERROR, e);
         }
         on_masked(trail.masked_counter().load(Ordering::Relaxed));
-        let event = trail.event(Stage::ResponseComplete, code, None);
+        let event = trail.into_event(Stage::ResponseComplete, code, None);
         recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
         Some(Box::pin(async move {
             recorder.record(event).await;

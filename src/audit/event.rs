@@ -77,6 +77,9 @@ pub enum Step {
 }
 
 impl Step {
+    /// How many steps there are (their discriminants index per-step arrays).
+    pub const COUNT: usize = 4;
+
     pub fn name(self) -> &'static str {
         match self {
             Step::Authenticate => "authenticate",

@@ -33,9 +33,9 @@ pub struct Trail {
     request_body: Option<capture::Capture>,
     response_body: Option<capture::Capture>,
     stages: Vec<StageSpan>,
-    /// The span ID of the `upstream` stage, chosen up front: the API server's work is
-    /// its child (the `traceparent` sent upstream names it).
-    upstream_span: String,
+    /// Each stage's span ID, chosen up front: the API server's work is the child of the
+    /// `upstream` stage (the `traceparent` sent upstream names it).
+    stage_spans: [[u8; 8]; Step::COUNT],
 }
 
 impl Trail {
@@ -52,20 +52,22 @@ impl Trail {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent);
+        // Every ID this request needs, from one read of the system RNG.
+        let ids = RandomIds::new();
         let (trace, parent_span, flags) = match parent {
             Some((t, p, f)) => (t.to_owned(), Some(p.to_owned()), f.to_owned()),
-            None => (random_hex(16), None, "01".to_owned()),
+            None => (hex(&ids.trace), None, "01".to_owned()),
         };
         let mut annotations = BTreeMap::new();
         annotations.insert(annotation::TRACE_ID.to_owned(), trace);
-        annotations.insert(annotation::SPAN_ID.to_owned(), random_hex(8));
+        annotations.insert(annotation::SPAN_ID.to_owned(), hex(&ids.span));
         if let Some(p) = parent_span {
             annotations.insert(annotation::PARENT_SPAN_ID.to_owned(), p);
         }
         annotations.insert("chaperone.dev/trace-flags".to_owned(), flags);
         annotations.insert(annotation::METHOD.to_owned(), method.as_str().to_owned());
         Trail {
-            audit_id: new_audit_id(),
+            audit_id: uuid_v4(ids.audit),
             received: time::OffsetDateTime::now_utc(),
             started: Instant::now(),
             request_uri: uri
@@ -88,7 +90,7 @@ impl Trail {
             request_body: None,
             response_body: None,
             stages: Vec::new(),
-            upstream_span: random_hex(8),
+            stage_spans: ids.stages,
         }
     }
 
@@ -166,14 +168,9 @@ impl Trail {
             let at = self.received + offset;
             u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0)
         };
-        let span_id = if step == Step::Upstream {
-            self.upstream_span.clone()
-        } else {
-            random_hex(8)
-        };
         self.stages.push(StageSpan {
             step,
-            span_id,
+            span_id: hex(&self.stage_spans[step as usize]),
             start_unix_nanos: nanos(since),
             end_unix_nanos: nanos(Instant::now()),
             failed,
@@ -192,9 +189,14 @@ impl Trail {
         format!(
             "00-{}-{}-{}",
             note(annotation::TRACE_ID),
-            self.upstream_span,
+            hex(&self.stage_spans[Step::Upstream as usize]),
             note("chaperone.dev/trace-flags")
         )
+    }
+
+    /// The authenticated user, `""` before authentication.
+    pub fn user(&self) -> &str {
+        &self.user.username
     }
 
     /// The decision recorded so far: `allow` for a request no stage refused.
@@ -226,9 +228,15 @@ impl Trail {
         self.masked.clone()
     }
 
-    /// The event for `stage` with the response's code (and Status, for failures).
+    /// The event for `stage` with the response's code (and Status, for failures), while
+    /// the request goes on (held, or streaming).
     pub fn event(&self, stage: Stage, code: u16, status: Option<&Status>) -> Event {
-        let mut annotations = self.annotations.clone();
+        self.clone().into_event(stage, code, status)
+    }
+
+    /// The request's last event: the trail's contents move into it.
+    pub fn into_event(self, stage: Stage, code: u16, status: Option<&Status>) -> Event {
+        let mut annotations = self.annotations;
         annotations.insert(
             annotation::MASKED_FIELDS.to_owned(),
             self.masked.load(Ordering::Relaxed).to_string(),
@@ -267,21 +275,21 @@ impl Trail {
             kind: "Event".into(),
             api_version: "audit.k8s.io/v1".into(),
             level: self.level,
-            audit_id: self.audit_id.clone(),
+            audit_id: self.audit_id,
             stage,
-            request_uri: self.request_uri.clone(),
-            verb: self.verb.clone(),
-            user: self.user.clone(),
-            source_ips: vec![self.source_ip.clone()],
-            user_agent: self.user_agent.clone(),
-            object_ref: self.object_ref.clone(),
+            request_uri: self.request_uri,
+            verb: self.verb,
+            user: self.user,
+            source_ips: vec![self.source_ip],
+            user_agent: self.user_agent,
+            object_ref: self.object_ref,
             response_status,
             request_object,
             response_object,
             request_received_timestamp: event::timestamp(self.received),
             stage_timestamp: event::timestamp(time::OffsetDateTime::now_utc()),
             annotations,
-            stages: self.stages.clone(),
+            stages: self.stages,
         }
     }
 }
@@ -311,23 +319,55 @@ fn parse_traceparent(traceparent: &str) -> Option<(&str, &str, &str)> {
     valid.then_some((trace, parent, flags))
 }
 
-/// `n` random bytes as lowercase hex (trace and span IDs).
-fn random_hex(n: usize) -> String {
-    use ring::rand::SecureRandom;
-    let mut b = vec![0u8; n];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// The random IDs of one request: its audit ID, trace ID (when it starts a trace), span
+/// ID and its stages' span IDs.
+struct RandomIds {
+    audit: [u8; 16],
+    trace: [u8; 16],
+    span: [u8; 8],
+    stages: [[u8; 8]; Step::COUNT],
+}
+
+impl RandomIds {
+    fn new() -> RandomIds {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 40 + 8 * Step::COUNT];
+        // The system RNG does not fail on Linux; zero IDs would still be recorded.
+        let _ = ring::rand::SystemRandom::new().fill(&mut b);
+        let take = |at: usize| -> [u8; 8] {
+            let mut out = [0u8; 8];
+            out.copy_from_slice(&b[at..at + 8]);
+            out
+        };
+        let mut audit = [0u8; 16];
+        audit.copy_from_slice(&b[0..16]);
+        let mut trace = [0u8; 16];
+        trace.copy_from_slice(&b[16..32]);
+        RandomIds {
+            audit,
+            trace,
+            span: take(32),
+            stages: std::array::from_fn(|i| take(40 + 8 * i)),
+        }
+    }
+}
+
+/// Lowercase hex (trace and span IDs).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// A random UUID (version 4), as the API server's audit IDs are.
-fn new_audit_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    // The system RNG does not fail on Linux; a zero ID would still be recorded.
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+fn uuid_v4(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -382,9 +422,12 @@ mod tests {
 
     #[test]
     fn audit_ids_are_uuid_v4() {
-        let id = new_audit_id();
+        let id = uuid_v4(RandomIds::new().audit);
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
-        assert_ne!(id, new_audit_id());
+        assert_ne!(id, uuid_v4(RandomIds::new().audit));
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        let ids = RandomIds::new();
+        assert_ne!(ids.stages[0], ids.stages[1]);
     }
 }

@@ -67,6 +67,8 @@ impl Cli {
             .map_err(|e| anyhow::anyhow!("invalid --log filter {:?}: {e}", self.log))?;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            // Colours only for a terminal: a log file or collector gets plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Text => builder.init(),

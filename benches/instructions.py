@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Instructions per request through `chaperone proxy`, counted by valgrind's callgrind.
+
+Wall-clock benchmarks on this 2-core shared machine move by 20-40% from run to run;
+instruction counts do not (the same binary and inputs give the same count, whatever else
+the machine does). So this is the A/B measure for hot-path changes: build, run, compare.
+
+Setup as proxy_bench.py's `chaperone` path: the upstream is nginx over TLS + HTTP/2
+serving a 2 KB Pod; chaperone verifies an ES256 JWT against a JWKS file, applies a policy
+allowing the GET and records every request to a JSONL file. The client sends `GET
+/api/v1/namespaces/default/pods/p` over one keep-alive HTTP/1.1 TLS connection, one
+request at a time. chaperone runs under callgrind twice, with N1 and N2 requests; the
+difference of the totals divided by N2 - N1 is the cost of one request (startup, the
+TLS handshakes and shutdown cancel out). With --annotate, the functions with the most
+instructions in the N2 run are listed (their own, or with --inclusive what they call too).
+
+    cargo build --release --bin chaperone
+    python3 benches/instructions.py                  # 200 and 1200 requests
+    python3 benches/instructions.py --annotate 40
+
+Needs valgrind (apt-get install -y valgrind) and nginx (nginx-light).
+"""
+
+import argparse
+import http.client
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc  # noqa: E402
+import proxy_bench as pb  # noqa: E402
+
+
+def send(port, ca, token, n):
+    """`n` GETs on one keep-alive TLS connection; every answer must be 200."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=120)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    for _ in range(n):
+        conn.request("GET", bc.POD_PATH, headers=headers)
+        rsp = conn.getresponse()
+        rsp.read()
+        if rsp.status != 200:
+            raise SystemExit(f"chaperone answered {rsp.status}")
+    conn.close()
+
+
+def run_once(args, tmp, procs, pki, caller, kubeconfig, policy, n, tag):
+    """chaperone under callgrind serving `n` requests; returns (total Ir, out file)."""
+    d = os.path.join(tmp, f"proxy-{tag}")
+    os.makedirs(d)
+    crt, key = pki.server_cert(f"proxy-{tag}")
+    port, admin = bc.free_port(), bc.free_port()
+    config = os.path.join(d, "chaperone.yaml")
+    bc.write_proxy_config(config, listen=port, admin=admin, cert=crt, key=key, jwks=pki.jwks,
+                          policy=policy, kubeconfig=kubeconfig,
+                          audit={"file": os.path.join(d, "audit.jsonl")})
+    out = os.path.join(d, "callgrind.out")
+    log = open(os.path.join(d, "proxy.log"), "w")
+    proc = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                        args.binary, "proxy", "--config", config], stdout=log, stderr=log)
+    log.close()
+    bc.wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=120, proc=proc)
+    send(port, pki.ca_crt, caller, n)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    text = open(out).read()
+    m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+    if not m:
+        raise SystemExit(f"no totals in {out}")
+    return int(m.group(1)), out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--binary", default=bc.DEFAULT_BINARY)
+    p.add_argument("--n1", type=int, default=200)
+    p.add_argument("--n2", type=int, default=1200)
+    p.add_argument("--annotate", type=int, default=0, metavar="N",
+                   help="list the N functions with the most instructions")
+    p.add_argument("--save", metavar="FILE",
+                   help="copy the N2 run's callgrind output here (for callgrind_annotate)")
+    p.add_argument("--inclusive", action="store_true",
+                   help="with --annotate: count what functions call, too")
+    args = p.parse_args()
+    if not os.path.exists(args.binary):
+        raise SystemExit(f"{args.binary} not found: cargo build --release --bin chaperone")
+    bc.stop_on_signals()
+    procs = bc.Procs()
+    with tempfile.TemporaryDirectory(prefix="chaperone-instructions-") as tmp:
+        try:
+            measure(args, tmp, procs)
+        finally:
+            procs.stop_all()
+
+
+def measure(args, tmp, procs):
+    os.chmod(tmp, 0o711)
+    pki = bc.Pki(tmp)
+    caller = pki.token()
+    upstream_token = bc.b64url(os.urandom(24))
+    www = os.path.join(tmp, "www")
+    os.makedirs(www)
+    up_crt, up_key = pki.server_cert("upstream")
+    up_port, _ = pb.start_upstream_nginx(procs, tmp, up_crt, up_key, upstream_token, www)
+    kubeconfig = os.path.join(tmp, "upstream.kubeconfig")
+    bc.write_kubeconfig(kubeconfig, f"https://127.0.0.1:{up_port}", pki.ca_crt,
+                        upstream_token)
+    policy = os.path.join(tmp, "policy.yaml")
+    bc.write_policy(policy, "bench-instructions", [("get-pods", "pods", ["get"])])
+    i1, _ = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n1, "n1")
+    i2, out2 = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n2, "n2")
+    per = (i2 - i1) / (args.n2 - args.n1)
+    if args.save:
+        shutil.copyfile(out2, args.save)
+    print(f"chaperone proxy, GET of a 2090 B Pod over one keep-alive TLS connection, "
+          f"audit to a JSONL file; callgrind")
+    print(f"  {args.n1} requests: {i1:,} instructions; {args.n2} requests: {i2:,}")
+    print(f"  per request: {per:,.0f} instructions")
+    print(f"  {bc.describe_binary(args.binary)}")
+    if args.annotate:
+        inclusive = "yes" if args.inclusive else "no"
+        ann = subprocess.run(["callgrind_annotate", f"--inclusive={inclusive}", out2],
+                             capture_output=True, text=True).stdout
+        rows = [l for l in ann.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
+        what = "inclusive" if args.inclusive else "own"
+        print(f"  top {args.annotate} functions by {what} instructions "
+              f"({args.n2} requests, startup included):")
+        for row in rows[:args.annotate]:
+            print("   ", row.strip()[:160])
+
+
+if __name__ == "__main__":
+    main()
