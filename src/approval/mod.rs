@@ -255,7 +255,12 @@ impl Approvals {
                 (now + self.poll).min(held.deadline)
             };
             tokio::select! {
-                _ = changed.changed() => {}
+                changed = changed.changed() => {
+                    // The watcher task is gone (it never ends on its own): poll.
+                    if changed.is_err() {
+                        tokio::time::sleep_until((now + self.poll).min(held.deadline).into()).await;
+                    }
+                }
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
         }

@@ -23,7 +23,7 @@ struct Seen {
     objects: HashMap<String, Value>,
     /// Objects of a relist in progress, swapped in when it completes.
     relisting: Option<HashMap<String, Value>>,
-    /// Whether a complete list has been seen since the last error.
+    /// Whether a complete list has been seen.
     synced: bool,
     /// The last error of the watch, until it recovers.
     error: Option<String>,
@@ -103,10 +103,12 @@ impl Watch {
                             if let Some(name) = object.metadata.name {
                                 seen.objects.remove(&name);
                             }
+                            seen.error = None;
                         }
+                        // Until the next event: the watcher resumes from the last
+                        // resourceVersion, or lists again when that is too old.
                         Err(e) => {
                             tracing::warn!(%namespace, error = %e, "watching AccessRequests failed; retrying");
-                            seen.synced = false;
                             seen.error = Some(e.to_string());
                         }
                     }
