@@ -18,7 +18,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     # The repository's release profile keeps debug info for profiling benchmarks; the
-    # image does not need it (72 MB -> 15 MB for the proxy).
+    # image does not need it (72 MB -> 15 MB for the proxy). With the profile's fat LTO a
+    # cold build of both binaries takes about 6 min on 2 cores (3.7 + 2.3, measured).
     CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
     cargo build --release --locked -p chaperone -p chaperone-injector --bins \
     && mkdir -p /out \
