@@ -28,6 +28,12 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Threads serving requests. 1 runs everything on one thread, as a sidecar sharing
+    /// its pod's CPU should: no hand-offs between threads, the lowest latency. More raise
+    /// throughput under heavy load where cores are spare (benches/README.md).
+    #[arg(long, global = true, env = "CHAPERONE_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
     #[command(subcommand)]
     pub command: Command,
 }
