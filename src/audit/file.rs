@@ -68,13 +68,14 @@ impl Recording {
         })
     }
 
-    /// Appends one event as a line, flushed to the OS at once.
+    /// Appends one event as a line, flushed (and synced per `fsync`) at once.
+    #[cfg(test)]
     pub fn write(&mut self, event: &Event) -> std::io::Result<()> {
         self.append(event)?;
         self.flush()
     }
 
-    /// Appends one event to the buffer; [`Recording::flush`] hands it to the OS. The
+    /// Appends one event to the buffer; [`Recording::flush_for_sync`] hands it to the OS. The
     /// writer appends everything waiting in its queue, then flushes once.
     pub fn append(&mut self, event: &Event) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
@@ -89,7 +90,8 @@ impl Recording {
     }
 
     /// Hands what was appended to the OS (so `replay --follow` sees it) and syncs as the
-    /// fsync policy says.
+    /// fsync policy says, on this thread.
+    #[cfg(test)]
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
         match self.fsync {
@@ -100,15 +102,23 @@ impl Recording {
         Ok(())
     }
 
-    /// With `fsync: interval`, syncs what was written if the last sync is a second
-    /// old: the writer calls this on a one-second tick, so a quiet spell after a
-    /// burst does not leave events unsynced.
-    pub fn sync_due(&mut self) -> std::io::Result<()> {
-        if self.dirty && self.fsync == Fsync::Interval && self.last_sync.elapsed() >= SYNC_INTERVAL
-        {
-            self.sync()?;
+    /// Hands what was appended to the OS and, when the `fsync` policy calls for a sync
+    /// now (`always`; `interval` once a second has passed), returns a handle to sync
+    /// it with: the writer runs `sync_data` off the runtime's thread, since a sync can
+    /// take milliseconds and the proxy may run on that one thread.
+    pub fn flush_for_sync(&mut self) -> std::io::Result<Option<File>> {
+        self.file.flush()?;
+        let due = match self.fsync {
+            Fsync::Always => true,
+            Fsync::Interval => self.last_sync.elapsed() >= SYNC_INTERVAL,
+            Fsync::Never => false,
+        };
+        if !(due && self.regular && self.dirty) {
+            return Ok(None);
         }
-        Ok(())
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        self.file.get_ref().try_clone().map(Some)
     }
 
     /// Flushes and syncs what has been written (per `fsync`, and on shutdown).
@@ -208,6 +218,31 @@ mod tests {
             ["id-3", "id-4", "id-5"]
         );
         assert!(!dir.path().join("audit.jsonl.3").exists());
+    }
+
+    #[test]
+    fn asks_for_a_sync_as_the_policy_says() {
+        let dir = tempfile::tempdir().unwrap();
+        for (fsync, want) in [
+            (Fsync::Always, true),
+            (Fsync::Interval, false),
+            (Fsync::Never, false),
+        ] {
+            let path = dir.path().join(format!("{fsync:?}.jsonl"));
+            let mut rec = Recording::open(&path, 1 << 20, 1, fsync).unwrap();
+            // Nothing written: nothing to sync.
+            assert!(rec.flush_for_sync().unwrap().is_none());
+            rec.append(&event(0)).unwrap();
+            // `interval` waits for its second (the writer's tick asks again).
+            let handle = rec.flush_for_sync().unwrap();
+            assert_eq!(handle.is_some(), want, "{fsync:?}");
+            if let Some(file) = handle {
+                file.sync_data().unwrap();
+                assert!(rec.flush_for_sync().unwrap().is_none(), "synced already");
+            }
+            // Flushed to the OS either way: a reader sees the line.
+            assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        }
     }
 
     #[test]

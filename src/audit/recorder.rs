@@ -202,17 +202,19 @@ async fn write_events(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let event = tokio::select! {
-            event = rx.recv() => event,
-            _ = tick.tick() => {
-                if let Sink::File(rec) = &mut sink {
-                    if let Err(error) = rec.sync_due() {
-                        tracing::error!(%error, "failed to sync the audit recording");
-                    }
+        // `None`: the tick, a sync may be due.
+        let next = tokio::select! {
+            event = rx.recv() => Some(event),
+            _ = tick.tick() => None,
+            _ = stop.wait_for(|s| *s) => Some(None),
+        };
+        let Some(event) = next else {
+            if let Sink::File(rec) = &mut sink {
+                if let Err(error) = sync(rec.flush_for_sync()).await {
+                    tracing::error!(%error, "failed to sync the audit recording");
                 }
-                continue;
             }
-            _ = stop.wait_for(|s| *s) => None,
+            continue;
         };
         let Some(first) = event else {
             if let Sink::File(rec) = &mut sink {
@@ -246,7 +248,7 @@ async fn write_events(
         }
         let flushed = match &mut sink {
             Sink::Stdout => std::io::stdout().lock().flush(),
-            Sink::File(rec) => rec.flush(),
+            Sink::File(rec) => sync(rec.flush_for_sync()).await,
         };
         match (failed, flushed) {
             (None, Ok(())) => {
@@ -268,6 +270,17 @@ async fn write_events(
             }
         }
     }
+}
+
+/// Runs a sync the recording asked for on the blocking pool, so the runtime's thread
+/// (the only one, by default) keeps serving requests while the disk catches up.
+async fn sync(handle: std::io::Result<Option<std::fs::File>>) -> std::io::Result<()> {
+    let Some(file) = handle? else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || file.sync_data())
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// The most events one write to the recording carries.
