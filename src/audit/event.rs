@@ -77,8 +77,9 @@ pub enum Step {
 }
 
 impl Step {
-    /// How many steps there are (their discriminants index per-step arrays).
-    pub const COUNT: usize = 4;
+    /// How many steps there are (their discriminants index per-step arrays); derived
+    /// from the last variant, so adding a step cannot leave the arrays short.
+    pub const COUNT: usize = Step::Upstream as usize + 1;
 
     pub fn name(self) -> &'static str {
         match self {

@@ -72,11 +72,14 @@ impl Recording {
     #[cfg(test)]
     pub fn write(&mut self, event: &Event) -> std::io::Result<()> {
         self.append(event)?;
-        self.flush()
+        match self.flush_for_sync()? {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
     }
 
-    /// Appends one event to the buffer; [`Recording::flush_for_sync`] hands it to the OS. The
-    /// writer appends everything waiting in its queue, then flushes once.
+    /// Appends one event to the buffer; [`Recording::flush_for_sync`] hands it to the
+    /// OS. The writer appends everything waiting in its queue, then flushes once.
     pub fn append(&mut self, event: &Event) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
         line.push(b'\n');
@@ -89,23 +92,11 @@ impl Recording {
         Ok(())
     }
 
-    /// Hands what was appended to the OS (so `replay --follow` sees it) and syncs as the
-    /// fsync policy says, on this thread.
-    #[cfg(test)]
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()?;
-        match self.fsync {
-            Fsync::Always => self.sync()?,
-            Fsync::Interval if self.last_sync.elapsed() >= SYNC_INTERVAL => self.sync()?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Hands what was appended to the OS and, when the `fsync` policy calls for a sync
-    /// now (`always`; `interval` once a second has passed), returns a handle to sync
-    /// it with: the writer runs `sync_data` off the runtime's thread, since a sync can
-    /// take milliseconds and the proxy may run on that one thread.
+    /// Hands what was appended to the OS (so `replay --follow` sees it) and, when the
+    /// `fsync` policy calls for a sync now (`always`; `interval` once a second has
+    /// passed), returns a handle to sync it with: the writer runs `sync_data` off the
+    /// runtime's thread, since a sync can take milliseconds and the proxy may run on
+    /// that one thread.
     pub fn flush_for_sync(&mut self) -> std::io::Result<Option<File>> {
         self.file.flush()?;
         let due = match self.fsync {
