@@ -51,7 +51,8 @@ enum After {
 type Recording = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Completion {
-    /// The event for the ended body, as a future that queues it.
+    /// Queues the event of the ended body; when a queue is full (and `overflow:
+    /// block`), returns the future that waits for room.
     fn record(&mut self, error: Option<String>) -> Option<Recording> {
         let (recorder, mut trail, code, on_masked) = self.pending.take()?;
         if let Some(e) = error {
@@ -59,9 +60,10 @@ impl Completion {
         }
         on_masked(trail.masked_counter().load(Ordering::Relaxed));
         let event = trail.into_event(Stage::ResponseComplete, code, None);
+        let rest = recorder.try_record(event)?;
         recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
         Some(Box::pin(async move {
-            recorder.record(event).await;
+            recorder.record_rest(rest).await;
             recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
         }))
     }

@@ -1,6 +1,7 @@
 //! The audit event: Kubernetes `audit.k8s.io/v1` `Event`, so tools that read the API
 //! server's audit log read chaperone's too, with chaperone's decision in `annotations`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -31,8 +32,10 @@ pub mod annotation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
-    pub kind: String,
-    pub api_version: String,
+    /// `Event` (constants, as every event chaperone writes carries the same two).
+    pub kind: Cow<'static, str>,
+    /// `audit.k8s.io/v1`.
+    pub api_version: Cow<'static, str>,
     pub level: Level,
     #[serde(rename = "auditID")]
     pub audit_id: String,
@@ -59,12 +62,16 @@ pub struct Event {
     pub request_received_timestamp: String,
     pub stage_timestamp: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Annotations,
     /// How long each stage took, as child spans of the request's span in OTLP. Not
     /// part of `audit.k8s.io/v1`, so never in the JSONL recording.
     #[serde(skip)]
     pub stages: Vec<StageSpan>,
 }
+
+/// An event's annotations: chaperone's own keys are constants, so recording them
+/// allocates only their values.
+pub type Annotations = BTreeMap<Cow<'static, str>, String>;
 
 /// The stages of the request path that get a span of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +103,7 @@ impl Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageSpan {
     pub step: Step,
-    pub span_id: String,
+    pub span_id: [u8; 8],
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
     /// Whether it failed (the request was refused or failed in this stage).
@@ -166,19 +173,38 @@ pub struct ResponseStatus {
     pub code: u16,
 }
 
-/// RFC 3339 UTC with microseconds: `2026-11-25T13:40:00.123456Z`.
+/// RFC 3339 UTC with microseconds: `2026-11-25T13:40:00.123456Z`. Written digit by
+/// digit: two per event, and `format!` spent more on them than on authorising the
+/// request.
 pub fn timestamp(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    let mut out = String::with_capacity(27);
+    // Years before 0 or after 9999 do not occur in a clock reading; clamped, not wrapped.
+    let year = u32::try_from(t.year()).unwrap_or(0).min(9999);
+    digits(&mut out, year, 4);
+    out.push('-');
+    digits(&mut out, u32::from(u8::from(t.month())), 2);
+    out.push('-');
+    digits(&mut out, u32::from(t.day()), 2);
+    out.push('T');
+    digits(&mut out, u32::from(t.hour()), 2);
+    out.push(':');
+    digits(&mut out, u32::from(t.minute()), 2);
+    out.push(':');
+    digits(&mut out, u32::from(t.second()), 2);
+    out.push('.');
+    digits(&mut out, t.microsecond(), 6);
+    out.push('Z');
+    out
+}
+
+/// Appends `n` as exactly `width` decimal digits, zero-padded (the lowest `width`
+/// digits if `n` is longer).
+pub(crate) fn digits(out: &mut String, n: u32, width: u32) {
+    for place in (0..width).rev() {
+        let d = (n / 10u32.pow(place)) % 10;
+        out.push(char::from(b'0' + d as u8));
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +215,14 @@ mod tests {
     fn timestamps_look_like_the_api_servers() {
         let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_764_078_000_123_456_789).unwrap();
         assert_eq!(timestamp(t), "2025-11-25T13:40:00.123456Z");
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(0).unwrap();
+        assert_eq!(timestamp(t), "1970-01-01T00:00:00.000000Z");
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1798761599999999999).unwrap();
+        assert_eq!(timestamp(t), "2026-12-31T23:59:59.999999Z");
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1770084306000007000)
+            .unwrap()
+            .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+        assert_eq!(timestamp(t), "2026-02-03T02:05:06.000007Z");
     }
 
     #[test]

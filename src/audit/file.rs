@@ -25,6 +25,9 @@ pub enum Fsync {
 
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The largest line buffer kept between events.
+const LINE_KEPT: usize = 64 * 1024;
+
 /// An open recording file and its rotation state.
 pub struct Recording {
     path: PathBuf,
@@ -38,6 +41,8 @@ pub struct Recording {
     dirty: bool,
     /// A regular file (not `/dev/null` or a pipe): only those rotate and sync.
     regular: bool,
+    /// The line being written, kept for the next.
+    line: Vec<u8>,
 }
 
 impl Recording {
@@ -65,6 +70,7 @@ impl Recording {
             last_sync: Instant::now(),
             dirty: false,
             regular,
+            line: Vec::with_capacity(4096),
         })
     }
 
@@ -81,12 +87,25 @@ impl Recording {
     /// Appends one event to the buffer; [`Recording::flush_for_sync`] hands it to the
     /// OS. The writer appends everything waiting in its queue, then flushes once.
     pub fn append(&mut self, event: &Event) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+        // One line buffer for every event: serialising into a fresh Vec cost an
+        // allocation and several regrowths per request.
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        serde_json::to_writer(&mut line, event).map_err(std::io::Error::other)?;
         line.push(b'\n');
+        let written = self.write_line(&line);
+        // A large captured body does not keep its buffer for good.
+        if line.capacity() <= LINE_KEPT {
+            self.line = line;
+        }
+        written
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
         if self.regular && self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
         }
-        self.file.write_all(&line)?;
+        self.file.write_all(line)?;
         self.size += line.len() as u64;
         self.dirty = true;
         Ok(())

@@ -330,7 +330,7 @@ fn stage_spans(e: &Event) -> impl Iterator<Item = Span> + '_ {
         };
         Span {
             trace_id: trace_id.clone(),
-            span_id: hex_bytes(&s.span_id),
+            span_id: s.span_id.to_vec(),
             parent_span_id: parent.clone(),
             name: s.step.name().to_owned(),
             kind: kind as i32,

@@ -83,6 +83,12 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
+/// An event still to be queued, and the first sink that has not got it.
+pub struct Rest {
+    event: Arc<Event>,
+    from: usize,
+}
+
 enum Sink {
     Stdout,
     File(file::Recording),
@@ -140,13 +146,35 @@ impl Recorder {
 
     /// Queues one event for every sink, waiting for room or dropping it as configured.
     pub async fn record(&self, event: Event) {
+        if let Some(rest) = self.try_record(event) {
+            self.record_rest(rest).await;
+        }
+    }
+
+    /// Queues one event for every sink without waiting, as far as that goes: `None`
+    /// when it is queued everywhere (or dropped, as configured), or what is left when a
+    /// queue is full and `overflow: block` says to wait: [`Recorder::record_rest`] waits.
+    /// Most requests end here, without a future to allocate and poll.
+    pub fn try_record(&self, event: Event) -> Option<Rest> {
         let event = Arc::new(event);
-        for sink in &self.sinks {
-            let sent = match self.overflow {
-                Overflow::Block => sink.send(event.clone()).await.is_ok(),
-                Overflow::Drop => sink.try_send(event.clone()).is_ok(),
-            };
-            if !sent {
+        for (i, sink) in self.sinks.iter().enumerate() {
+            match sink.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) if self.overflow == Overflow::Block => {
+                    return Some(Rest { event, from: i });
+                }
+                Err(_) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits for room in the queues [`Recorder::try_record`] found full.
+    pub async fn record_rest(&self, rest: Rest) {
+        for sink in &self.sinks[rest.from..] {
+            if sink.send(rest.event.clone()).await.is_err() {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }

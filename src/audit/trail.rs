@@ -1,5 +1,6 @@
 //! A request's trail: what each stage learns, turned into its audit event.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderMap};
 
 use super::event::{
-    annotation, Event, Level, ObjectRef, ResponseStatus, Stage, StageSpan, Step, User,
+    annotation, Annotations, Event, Level, ObjectRef, ResponseStatus, Stage, StageSpan, Step, User,
 };
 use super::{capture, event};
 use crate::request_info::RequestInfo;
@@ -28,7 +29,7 @@ pub struct Trail {
     user: User,
     object_ref: Option<ObjectRef>,
     level: Level,
-    annotations: BTreeMap<String, String>,
+    annotations: Annotations,
     masked: Arc<AtomicU64>,
     request_body: Option<capture::Capture>,
     response_body: Option<capture::Capture>,
@@ -58,14 +59,17 @@ impl Trail {
             Some((t, p, f)) => (t.to_owned(), Some(p.to_owned()), f.to_owned()),
             None => (hex(&ids.trace), None, "01".to_owned()),
         };
-        let mut annotations = BTreeMap::new();
-        annotations.insert(annotation::TRACE_ID.to_owned(), trace);
-        annotations.insert(annotation::SPAN_ID.to_owned(), hex(&ids.span));
+        let mut annotations = Annotations::new();
+        annotations.insert(Cow::Borrowed(annotation::TRACE_ID), trace);
+        annotations.insert(Cow::Borrowed(annotation::SPAN_ID), hex(&ids.span));
         if let Some(p) = parent_span {
-            annotations.insert(annotation::PARENT_SPAN_ID.to_owned(), p);
+            annotations.insert(Cow::Borrowed(annotation::PARENT_SPAN_ID), p);
         }
-        annotations.insert("chaperone.dev/trace-flags".to_owned(), flags);
-        annotations.insert(annotation::METHOD.to_owned(), method.as_str().to_owned());
+        annotations.insert(Cow::Borrowed(TRACE_FLAGS), flags);
+        annotations.insert(
+            Cow::Borrowed(annotation::METHOD),
+            method.as_str().to_owned(),
+        );
         Trail {
             audit_id: uuid_v4(ids.audit),
             received: time::OffsetDateTime::now_utc(),
@@ -138,8 +142,8 @@ impl Trail {
     }
 
     /// Adds an annotation (decision, rule, reason, ...).
-    pub fn note(&mut self, key: &str, value: impl Into<String>) {
-        self.annotations.insert(key.to_owned(), value.into());
+    pub fn note(&mut self, key: &'static str, value: impl Into<String>) {
+        self.annotations.insert(Cow::Borrowed(key), value.into());
     }
 
     pub fn set_level(&mut self, level: Level) {
@@ -170,7 +174,7 @@ impl Trail {
         };
         self.stages.push(StageSpan {
             step,
-            span_id: hex(&self.stage_spans[step as usize]),
+            span_id: self.stage_spans[step as usize],
             start_unix_nanos: nanos(since),
             end_unix_nanos: nanos(Instant::now()),
             failed,
@@ -186,12 +190,14 @@ impl Trail {
                 .map(String::as_str)
                 .unwrap_or_default()
         };
-        format!(
-            "00-{}-{}-{}",
-            note(annotation::TRACE_ID),
-            hex(&self.stage_spans[Step::Upstream as usize]),
-            note("chaperone.dev/trace-flags")
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        out.push_str(note(annotation::TRACE_ID));
+        out.push('-');
+        push_hex(&mut out, &self.stage_spans[Step::Upstream as usize]);
+        out.push('-');
+        out.push_str(note(TRACE_FLAGS));
+        out
     }
 
     /// The authenticated user, `""` before authentication.
@@ -238,16 +244,16 @@ impl Trail {
     pub fn into_event(self, stage: Stage, code: u16, status: Option<&Status>) -> Event {
         let mut annotations = self.annotations;
         annotations.insert(
-            annotation::MASKED_FIELDS.to_owned(),
+            Cow::Borrowed(annotation::MASKED_FIELDS),
             self.masked.load(Ordering::Relaxed).to_string(),
         );
-        let mut body = |captured: &Option<capture::Capture>, note: &str| match captured
+        let mut body = |captured: &Option<capture::Capture>, note: &'static str| match captured
             .as_ref()
             .map(|c| c.recorded())
         {
             Some(capture::Recorded::Object(v)) => Some(v),
             Some(capture::Recorded::Omitted(why)) => {
-                annotations.insert(note.to_owned(), why);
+                annotations.insert(Cow::Borrowed(note), why);
                 None
             }
             None => None,
@@ -255,8 +261,8 @@ impl Trail {
         let request_object = body(&self.request_body, "chaperone.dev/request-body");
         let response_object = body(&self.response_body, "chaperone.dev/response-body");
         annotations.insert(
-            annotation::LATENCY_MS.to_owned(),
-            format!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+            Cow::Borrowed(annotation::LATENCY_MS),
+            milliseconds(self.started.elapsed()),
         );
         let response_status = (stage != Stage::RequestReceived).then(|| match status {
             Some(s) => ResponseStatus {
@@ -272,8 +278,8 @@ impl Trail {
             },
         });
         Event {
-            kind: "Event".into(),
-            api_version: "audit.k8s.io/v1".into(),
+            kind: Cow::Borrowed("Event"),
+            api_version: Cow::Borrowed("audit.k8s.io/v1"),
             level: self.level,
             audit_id: self.audit_id,
             stage,
@@ -328,12 +334,36 @@ struct RandomIds {
     stages: [[u8; 8]; Step::COUNT],
 }
 
+/// Bytes of one request's IDs.
+const ID_BYTES: usize = 40 + 8 * Step::COUNT;
+
+/// How many requests' IDs one read of the system RNG serves. The IDs are not secrets
+/// (they are written to logs and sent upstream), only unique and unguessable, so
+/// reading the RNG once per 56 requests instead of per request loses nothing; that
+/// read was a system call on every request.
+const ID_POOL: usize = 56 * ID_BYTES;
+
+thread_local! {
+    /// This thread's unused random bytes, and where the unused part starts.
+    static POOL: std::cell::RefCell<(Box<[u8; ID_POOL]>, usize)> =
+        std::cell::RefCell::new((Box::new([0u8; ID_POOL]), ID_POOL));
+}
+
 impl RandomIds {
     fn new() -> RandomIds {
-        use ring::rand::SecureRandom;
-        let mut b = [0u8; 40 + 8 * Step::COUNT];
-        // The system RNG does not fail on Linux; zero IDs would still be recorded.
-        let _ = ring::rand::SystemRandom::new().fill(&mut b);
+        let mut b = [0u8; ID_BYTES];
+        POOL.with_borrow_mut(|(pool, used)| {
+            if *used + ID_BYTES > ID_POOL {
+                use ring::rand::SecureRandom;
+                // The system RNG does not fail on Linux; zero IDs would still be recorded.
+                let _ = ring::rand::SystemRandom::new().fill(&mut pool[..]);
+                *used = 0;
+            }
+            b.copy_from_slice(&pool[*used..*used + ID_BYTES]);
+            // Handed out once: overwritten so no two requests share IDs.
+            pool[*used..*used + ID_BYTES].fill(0);
+            *used += ID_BYTES;
+        });
         let take = |at: usize| -> [u8; 8] {
             let mut out = [0u8; 8];
             out.copy_from_slice(&b[at..at + 8]);
@@ -352,30 +382,51 @@ impl RandomIds {
     }
 }
 
+/// The trace's W3C flags, kept with the annotations so the event and the
+/// `traceparent` sent upstream agree.
+const TRACE_FLAGS: &str = "chaperone.dev/trace-flags";
+
 /// Lowercase hex (trace and span IDs).
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
-    out
 }
 
 /// A random UUID (version 4), as the API server's audit IDs are.
 fn uuid_v4(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = String::with_capacity(36);
+    for (i, part) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push('-');
+        }
+        push_hex(&mut out, part);
+    }
+    out
+}
+
+/// A duration in milliseconds with three decimals (`12.345`), as the latency
+/// annotation has always been written.
+fn milliseconds(d: Duration) -> String {
+    let micros = d.as_micros();
+    let mut out = (micros / 1000).to_string();
+    out.push('.');
+    // The remainder is below 1000, so it fits the three digits exactly.
+    event::digits(&mut out, (micros % 1000) as u32, 3);
+    out
 }
 
 #[cfg(test)]
@@ -429,5 +480,40 @@ mod tests {
         assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
         let ids = RandomIds::new();
         assert_ne!(ids.stages[0], ids.stages[1]);
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+    }
+
+    #[test]
+    fn ids_stay_distinct_across_refills_of_the_pool() {
+        let per_pool = ID_POOL / ID_BYTES;
+        let ids: std::collections::HashSet<String> = (0..3 * per_pool + 7)
+            .map(|_| uuid_v4(RandomIds::new().audit))
+            .collect();
+        assert_eq!(ids.len(), 3 * per_pool + 7);
+        assert!(!ids.contains("00000000-0000-4000-8000-000000000000"));
+    }
+
+    #[test]
+    fn latency_is_milliseconds_with_three_decimals() {
+        assert_eq!(milliseconds(Duration::from_micros(12_345)), "12.345");
+        assert_eq!(milliseconds(Duration::from_micros(7)), "0.007");
+        assert_eq!(
+            milliseconds(Duration::from_nanos(2_000_999_999)),
+            "2000.999"
+        );
+    }
+
+    #[test]
+    fn traceparent_names_the_upstream_stage() {
+        let headers = HeaderMap::new();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let uri: http::Uri = "/api".parse().unwrap();
+        let trail = Trail::start(&http::Method::GET, &uri, &headers, peer);
+        let tp = trail.traceparent();
+        let (trace, parent, flags) = parse_traceparent(&tp).unwrap();
+        assert_eq!(trace, trail.annotations[annotation::TRACE_ID]);
+        assert_eq!(parent, hex(&trail.stage_spans[Step::Upstream as usize]));
+        assert_eq!(flags, "01");
     }
 }

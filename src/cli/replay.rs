@@ -269,7 +269,7 @@ fn parse_line(line: &str) -> anyhow::Result<Vec<Event>> {
         {
             event
                 .annotations
-                .entry(annotation::TRACE_ID.to_owned())
+                .entry(annotation::TRACE_ID.into())
                 .or_insert_with(|| trace.to_ascii_lowercase());
         }
         events.push(event);
