@@ -222,8 +222,10 @@ impl Proxy {
         // Each stage has a debug-level span (`--log chaperone=debug`): at the default
         // level they would cost a formatted span per stage per request. The stages'
         // timings are in the audit event's OTLP child spans either way.
-        let info = tracing::debug_span!("resolve")
-            .in_scope(|| request_info::resolve(req.method(), req.uri()))?;
+        let info = Arc::new(
+            tracing::debug_span!("resolve")
+                .in_scope(|| request_info::resolve(req.method(), req.uri()))?,
+        );
         trail.info(&info);
         let span = tracing::Span::current();
         span.record("verb", info.verb.as_str());
@@ -248,7 +250,7 @@ impl Proxy {
             }
         };
         self.metrics.token_verification("ok");
-        trail.who(&who.user, &who.uid, &who.groups, &who.extra, &who.issuer);
+        trail.who(&who);
         tracing::Span::current().record("user", who.user.as_str());
 
         // `kubectl auth can-i` and `whoami` are about the caller, not the proxy's

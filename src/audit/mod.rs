@@ -60,7 +60,7 @@ mod tests {
             "127.0.0.1:5555".parse().unwrap(),
         );
         let info = crate::request_info::resolve(&http::Method::GET, &uri).unwrap();
-        t.info(&info);
+        t.info(&std::sync::Arc::new(info));
         t
     }
 

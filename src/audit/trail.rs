@@ -13,6 +13,7 @@ use super::event::{
     annotation, Annotations, Event, Level, ObjectRef, ResponseStatus, Stage, StageSpan, Step, User,
 };
 use super::{capture, event};
+use crate::identity::Subject;
 use crate::request_info::RequestInfo;
 use crate::status::Status;
 
@@ -26,8 +27,10 @@ pub struct Trail {
     verb: String,
     source_ip: String,
     user_agent: String,
-    user: User,
-    object_ref: Option<ObjectRef>,
+    /// The caller once authenticated (shared with the token cache).
+    who: Option<Arc<Subject>>,
+    /// What the request does, once resolved.
+    info: Option<Arc<RequestInfo>>,
     level: Level,
     annotations: Annotations,
     masked: Arc<AtomicU64>,
@@ -86,8 +89,8 @@ impl Trail {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned(),
-            user: User::default(),
-            object_ref: None,
+            who: None,
+            info: None,
             level: Level::Metadata,
             annotations,
             masked: Arc::new(AtomicU64::new(0)),
@@ -99,46 +102,30 @@ impl Trail {
     }
 
     /// The authenticated caller.
-    pub fn who(
-        &mut self,
-        user: &str,
-        uid: &str,
-        groups: &[String],
-        extra: &BTreeMap<String, Vec<String>>,
-        issuer: &str,
-    ) {
-        self.user = User {
-            username: user.to_owned(),
-            uid: uid.to_owned(),
-            groups: groups.to_vec(),
-            extra: extra.clone(),
-        };
-        self.note(annotation::ISSUER, issuer);
-        let pod = extra
+    pub fn who(&mut self, who: &Arc<Subject>) {
+        self.note(annotation::ISSUER, who.issuer.as_str());
+        let pod = who
+            .extra
             .get("authentication.kubernetes.io/pod-name")
             .and_then(|v| v.first());
         if let Some(pod) = pod {
-            self.note(annotation::POD, pod);
+            self.note(annotation::POD, pod.as_str());
         }
+        self.who = Some(who.clone());
     }
 
-    /// What the request does.
-    pub fn info(&mut self, info: &RequestInfo) {
-        self.verb = info.verb.clone();
-        self.request_uri = match self.request_uri.split_once('?') {
-            Some((_, query)) => format!("{}?{query}", info.path),
-            None => info.path.clone(),
-        };
-        if info.is_resource_request {
-            self.object_ref = Some(ObjectRef {
-                resource: info.resource.clone(),
-                namespace: info.namespace.clone(),
-                name: info.name.clone(),
-                api_group: info.api_group.clone(),
-                api_version: info.api_version.clone(),
-                subresource: info.subresource.clone(),
-            });
+    /// What the request does (shared with the pipeline; its strings move into the
+    /// event at the end, when the pipeline no longer holds it).
+    pub fn info(&mut self, info: &Arc<RequestInfo>) {
+        let query = self.request_uri.split_once('?').map(|(_, q)| q);
+        let mut uri = String::with_capacity(info.path.len() + query.map_or(0, |q| q.len() + 1));
+        uri.push_str(&info.path);
+        if let Some(query) = query {
+            uri.push('?');
+            uri.push_str(query);
         }
+        self.request_uri = uri;
+        self.info = Some(info.clone());
     }
 
     /// Adds an annotation (decision, rule, reason, ...).
@@ -202,7 +189,7 @@ impl Trail {
 
     /// The authenticated user, `""` before authentication.
     pub fn user(&self) -> &str {
-        &self.user.username
+        self.who.as_ref().map_or("", |w| w.user.as_str())
     }
 
     /// The decision recorded so far: `allow` for a request no stage refused.
@@ -212,16 +199,17 @@ impl Trail {
             .map_or("allow", String::as_str)
     }
 
+    /// The verb once resolved; until then the lowercase method.
     pub fn verb(&self) -> &str {
-        &self.verb
+        self.info.as_ref().map_or(&self.verb, |i| &i.verb)
     }
 
     /// The resource (with its subresource), or `""` for non-resource requests.
-    pub fn resource(&self) -> String {
-        match &self.object_ref {
-            Some(o) if o.subresource.is_empty() => o.resource.clone(),
-            Some(o) => format!("{}/{}", o.resource, o.subresource),
-            None => String::new(),
+    pub fn resource(&self) -> Cow<'_, str> {
+        match self.info.as_deref().filter(|i| i.is_resource_request) {
+            Some(i) if i.subresource.is_empty() => Cow::Borrowed(&i.resource),
+            Some(i) => Cow::Owned(format!("{}/{}", i.resource, i.subresource)),
+            None => Cow::Borrowed(""),
         }
     }
 
@@ -277,6 +265,22 @@ impl Trail {
                 ..Default::default()
             },
         });
+        // The pipeline is done with the request's attributes by now: moved, not copied
+        // (copied only for an event while the request goes on).
+        let (verb, object_ref) = match self.info.map(Arc::unwrap_or_clone) {
+            Some(info) => {
+                let object_ref = info.is_resource_request.then_some(ObjectRef {
+                    resource: info.resource,
+                    namespace: info.namespace,
+                    name: info.name,
+                    api_group: info.api_group,
+                    api_version: info.api_version,
+                    subresource: info.subresource,
+                });
+                (info.verb, object_ref)
+            }
+            None => (self.verb, None),
+        };
         Event {
             kind: Cow::Borrowed("Event"),
             api_version: Cow::Borrowed("audit.k8s.io/v1"),
@@ -284,11 +288,16 @@ impl Trail {
             audit_id: self.audit_id,
             stage,
             request_uri: self.request_uri,
-            verb: self.verb,
-            user: self.user,
+            verb,
+            user: self.who.map_or_else(User::default, |w| User {
+                username: w.user.clone(),
+                uid: w.uid.clone(),
+                groups: w.groups.clone(),
+                extra: w.extra.clone(),
+            }),
             source_ips: vec![self.source_ip],
             user_agent: self.user_agent,
-            object_ref: self.object_ref,
+            object_ref,
             response_status,
             request_object,
             response_object,

@@ -293,7 +293,7 @@ impl Authenticator {
         &self,
         headers: &http::HeaderMap,
         tls_client_cert_presented: bool,
-    ) -> Result<Subject, Error> {
+    ) -> Result<Arc<Subject>, Error> {
         let span = tracing::debug_span!(
             "authenticate",
             issuer = Empty,
@@ -320,7 +320,9 @@ impl Authenticator {
         .await
     }
 
-    async fn authenticate_token(&self, token: &str) -> Result<Subject, Error> {
+    /// The caller, shared with the cache: a cached token costs no copy of its groups
+    /// and extra.
+    async fn authenticate_token(&self, token: &str) -> Result<Arc<Subject>, Error> {
         let inner = &*self.inner;
         let now = unix_seconds((inner.clock)());
         let digest = cache::sha256(token.as_bytes());
@@ -328,7 +330,7 @@ impl Authenticator {
             Lookup::Hit(subject) => {
                 inner.cache_hits.fetch_add(1, Ordering::Relaxed);
                 tracing::Span::current().record("cached", true);
-                return Ok((*subject).clone());
+                return Ok(subject);
             }
             Lookup::Expired { exp } => return Err(Error::Expired { exp }),
             Lookup::Miss => {}
@@ -358,9 +360,10 @@ impl Authenticator {
         let subject = issuer
             .mapping
             .subject(&parsed.claims, &issuer.policy.issuer)?;
+        let subject = Arc::new(subject);
         inner.cache.insert(
             digest,
-            Arc::new(subject.clone()),
+            subject.clone(),
             index,
             exp,
             exp.saturating_add(issuer.policy.leeway),

@@ -225,7 +225,9 @@ impl fmt::Display for Reason<'_> {
                     Action::Deny => "denies",
                     Action::Approve => "requires approval for",
                 };
-                write!(f, "rule {:?} {verb} {t}", meta.name)
+                f.write_str("rule ")?;
+                quoted(f, &meta.name)?;
+                write!(f, " {verb} {t}")
             }
             Source::Builtin(DISCOVERY) => write!(f, "discovery reads are allowed by default ({t})"),
             Source::Builtin(CHAPERONE_RESOURCES) => {
@@ -418,7 +420,8 @@ impl fmt::Display for Target {
             }
         }
         if !self.part(NAME).is_empty() {
-            write!(f, " {:?}", self.part(NAME))?;
+            f.write_str(" ")?;
+            quoted(f, self.part(NAME))?;
         }
         match self.part(NAMESPACE) {
             "" => f.write_str(" cluster-wide"),
@@ -427,8 +430,56 @@ impl fmt::Display for Target {
     }
 }
 
+/// `s` quoted as `{:?}` quotes it, without its per-character escaping for the names
+/// that need none (every Kubernetes name and nearly every rule name): the reason is
+/// written for every request.
+fn quoted(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    let plain = s
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        f.write_str("\"")?;
+        f.write_str(s)?;
+        f.write_str("\"")
+    } else {
+        write!(f, "{s:?}")
+    }
+}
+
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Target({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quoted<'a>(&'a str);
+
+    impl fmt::Display for Quoted<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            quoted(f, self.0)
+        }
+    }
+
+    #[test]
+    fn names_are_quoted_exactly_as_debug_quotes_them() {
+        for s in [
+            "",
+            "allow-reads",
+            "nginx-1",
+            "with space",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\there",
+            "new\nline",
+            "ünïcödé",
+            "\u{7f}",
+            "emoji 🚀",
+        ] {
+            assert_eq!(Quoted(s).to_string(), format!("{s:?}"), "{s}");
+        }
     }
 }

@@ -47,6 +47,7 @@ pub async fn authenticate(auth: &Authenticator, token: &str) -> Result<Subject, 
     tokio::time::timeout(TIMEOUT, auth.authenticate(&bearer(token), false))
         .await
         .expect("authenticate in time")
+        .map(|s| (*s).clone())
 }
 
 /// Asserts the refusal is a 401 with exactly `message`, and that it does not echo the token.
