@@ -91,7 +91,7 @@ impl Recording {
         // allocation and several regrowths per request.
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        serde_json::to_writer(&mut line, event).map_err(std::io::Error::other)?;
+        super::json::write_event(&mut line, event).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let written = self.write_line(&line);
         // A large captured body does not keep its buffer for good.

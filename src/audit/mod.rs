@@ -16,6 +16,7 @@ pub mod capture;
 mod completion;
 pub mod event;
 pub mod file;
+mod json;
 pub mod otlp;
 mod recorder;
 mod trail;

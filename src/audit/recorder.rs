@@ -261,12 +261,15 @@ async fn write_events(
         let mut failed = None;
         for event in &batch {
             let result = match &mut sink {
-                Sink::Stdout => serde_json::to_vec(&**event)
-                    .map_err(std::io::Error::other)
-                    .and_then(|mut line| {
-                        line.push(b'\n');
-                        std::io::stdout().lock().write_all(&line)
-                    }),
+                Sink::Stdout => {
+                    let mut line = Vec::with_capacity(2048);
+                    super::json::write_event(&mut line, event)
+                        .map_err(std::io::Error::other)
+                        .and_then(|()| {
+                            line.push(b'\n');
+                            std::io::stdout().lock().write_all(&line)
+                        })
+                }
                 Sink::File(rec) => rec.append(event),
             };
             if let Err(error) = result {
