@@ -626,7 +626,8 @@ def section_saturation(b):
     args = b.args
     b.say(f"== saturation: wrk -t{args.threads} -c{args.connections} (HTTP/1.1 over TLS), {args.runs} x"
           f" {args.duration} s per proxy alternating, 1 run direct; nginx-proxy has"
-          f" {args.proxy_workers} worker(s), chaperone its default runtime ({os.cpu_count()} threads)")
+          f" {args.proxy_workers} worker(s), chaperone"
+          f" {os.environ.get('CHAPERONE_WORKERS', '1')} thread(s) (CHAPERONE_WORKERS)")
     if not shutil.which("wrk"):
         b.failures.append("saturation: wrk not found (apt-get install -y wrk)")
         b.say("  skipped: wrk not found")
@@ -994,8 +995,8 @@ def main():
                         help="connections of oha and wrk, the same for every path (default: 16)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default: 1)")
     parser.add_argument("--proxy-workers", default=str(os.cpu_count() or 1),
-                        help="nginx-proxy's worker_processes (default: the number of cores, as"
-                             " chaperone's runtime threads)")
+                        help="nginx-proxy's worker_processes (default: the number of cores;"
+                             " chaperone runs one thread unless CHAPERONE_WORKERS is set)")
     parser.add_argument("--proxy-buffer-size",
                         help="nginx-proxy's proxy_buffer_size, the most it relays at a time when"
                              " unbuffered (default: nginx's, one page: 4k)")
