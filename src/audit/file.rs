@@ -43,6 +43,8 @@ pub struct Recording {
     regular: bool,
     /// The line being written, kept for the next.
     line: Vec<u8>,
+    /// Files rotated away whose sync is still to come.
+    rotated: Vec<File>,
 }
 
 impl Recording {
@@ -71,6 +73,7 @@ impl Recording {
             dirty: false,
             regular,
             line: Vec::with_capacity(4096),
+            rotated: Vec::new(),
         })
     }
 
@@ -78,10 +81,10 @@ impl Recording {
     #[cfg(test)]
     pub fn write(&mut self, event: &Event) -> std::io::Result<()> {
         self.append(event)?;
-        match self.flush_for_sync()? {
-            Some(file) => file.sync_data(),
-            None => Ok(()),
+        for file in self.flush_for_sync()? {
+            file.sync_data()?;
         }
+        Ok(())
     }
 
     /// Appends one event to the buffer; [`Recording::flush_for_sync`] hands it to the
@@ -111,29 +114,33 @@ impl Recording {
         Ok(())
     }
 
-    /// Hands what was appended to the OS (so `replay --follow` sees it) and, when the
-    /// `fsync` policy calls for a sync now (`always`; `interval` once a second has
-    /// passed), returns a handle to sync it with: the writer runs `sync_data` off the
-    /// runtime's thread, since a sync can take milliseconds and the proxy may run on
-    /// that one thread.
-    pub fn flush_for_sync(&mut self) -> std::io::Result<Option<File>> {
+    /// Hands what was appended to the OS (so `replay --follow` sees it) and returns the
+    /// files to sync now: files rotated away since the last call (unless `fsync:
+    /// never`), and the current one when the policy calls for it (`always`; `interval`
+    /// once a second has passed). The writer runs `sync_data` off the runtime's thread,
+    /// since a sync can take milliseconds and the proxy may run on that one thread.
+    pub fn flush_for_sync(&mut self) -> std::io::Result<Vec<File>> {
         self.file.flush()?;
+        let mut files = std::mem::take(&mut self.rotated);
         let due = match self.fsync {
             Fsync::Always => true,
             Fsync::Interval => self.last_sync.elapsed() >= SYNC_INTERVAL,
             Fsync::Never => false,
         };
-        if !(due && self.regular && self.dirty) {
-            return Ok(None);
+        if due && self.regular && self.dirty {
+            self.dirty = false;
+            self.last_sync = Instant::now();
+            files.push(self.file.get_ref().try_clone()?);
         }
-        self.dirty = false;
-        self.last_sync = Instant::now();
-        self.file.get_ref().try_clone().map(Some)
+        Ok(files)
     }
 
-    /// Flushes and syncs what has been written (per `fsync`, and on shutdown).
+    /// Flushes and syncs what has been written, here and now (on shutdown).
     pub fn sync(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
+        for file in std::mem::take(&mut self.rotated) {
+            file.sync_data()?;
+        }
         if self.fsync != Fsync::Never && self.regular && self.dirty {
             self.file.get_ref().sync_data()?;
         }
@@ -142,8 +149,14 @@ impl Recording {
         Ok(())
     }
 
+    /// Starts a new file. The old one is flushed here and synced by the writer with the
+    /// next batch (see [`Recording::flush_for_sync`]), not on the runtime's thread: a
+    /// file of `maxSize` can take a while to reach the disk.
     fn rotate(&mut self) -> std::io::Result<()> {
-        self.sync()?;
+        self.file.flush()?;
+        if self.fsync != Fsync::Never && self.dirty {
+            self.rotated.push(self.file.get_ref().try_clone()?);
+        }
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
         if self.max_files == 0 {
             std::fs::remove_file(&self.path)?;
@@ -200,6 +213,15 @@ mod tests {
         }
     }
 
+    /// The audit IDs of a recording's events, in order.
+    fn ids(p: &Path) -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Event>(l).unwrap().audit_id)
+            .collect()
+    }
+
     #[test]
     fn rotates_by_size_and_keeps_max_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -211,13 +233,6 @@ mod tests {
             rec.write(&event(n)).unwrap();
         }
         rec.sync().unwrap();
-        let ids = |p: &Path| -> Vec<String> {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Event>(l).unwrap().audit_id)
-                .collect()
-        };
         assert_eq!(ids(&path), ["id-9"]);
         assert_eq!(
             ids(&dir.path().join("audit.jsonl.1")),
@@ -231,6 +246,29 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_file_is_synced_by_the_writer_not_during_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let line_len = serde_json::to_vec(&event(0)).unwrap().len() as u64 + 1;
+        // (policy, files to sync after the batch that rotated: the old one, and the
+        // new one if `always`).
+        for (fsync, want) in [(Fsync::Always, 2), (Fsync::Interval, 1), (Fsync::Never, 0)] {
+            let path = dir.path().join(format!("rotated-{fsync:?}.jsonl"));
+            let mut rec = Recording::open(&path, line_len * 2, 1, fsync).unwrap();
+            // One batch: the third event starts a new file; the old one, written but
+            // not synced, waits for the writer.
+            for n in 0..3 {
+                rec.append(&event(n)).unwrap();
+            }
+            let files = rec.flush_for_sync().unwrap();
+            assert_eq!(files.len(), want, "{fsync:?}");
+            let rotated = PathBuf::from(format!("{}.1", path.display()));
+            assert_eq!(ids(&rotated), ["id-0", "id-1"], "{fsync:?}");
+            assert_eq!(ids(&path), ["id-2"], "{fsync:?}");
+            assert!(rec.flush_for_sync().unwrap().len() < 2, "handed out once");
+        }
+    }
+
+    #[test]
     fn asks_for_a_sync_as_the_policy_says() {
         let dir = tempfile::tempdir().unwrap();
         for (fsync, want) in [
@@ -241,14 +279,14 @@ mod tests {
             let path = dir.path().join(format!("{fsync:?}.jsonl"));
             let mut rec = Recording::open(&path, 1 << 20, 1, fsync).unwrap();
             // Nothing written: nothing to sync.
-            assert!(rec.flush_for_sync().unwrap().is_none());
+            assert!(rec.flush_for_sync().unwrap().is_empty());
             rec.append(&event(0)).unwrap();
             // `interval` waits for its second (the writer's tick asks again).
-            let handle = rec.flush_for_sync().unwrap();
-            assert_eq!(handle.is_some(), want, "{fsync:?}");
-            if let Some(file) = handle {
+            let handles = rec.flush_for_sync().unwrap();
+            assert_eq!(handles.len(), usize::from(want), "{fsync:?}");
+            for file in handles {
                 file.sync_data().unwrap();
-                assert!(rec.flush_for_sync().unwrap().is_none(), "synced already");
+                assert!(rec.flush_for_sync().unwrap().is_empty(), "synced already");
             }
             // Flushed to the OS either way: a reader sees the line.
             assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);

@@ -303,13 +303,14 @@ async fn write_events(
     }
 }
 
-/// Runs a sync the recording asked for on the blocking pool, so the runtime's thread
+/// Runs the syncs the recording asked for on the blocking pool, so the runtime's thread
 /// (the only one, by default) keeps serving requests while the disk catches up.
-async fn sync(handle: std::io::Result<Option<std::fs::File>>) -> std::io::Result<()> {
-    let Some(file) = handle? else {
+async fn sync(files: std::io::Result<Vec<std::fs::File>>) -> std::io::Result<()> {
+    let files = files?;
+    if files.is_empty() {
         return Ok(());
-    };
-    tokio::task::spawn_blocking(move || file.sync_data())
+    }
+    tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
         .await
         .map_err(std::io::Error::other)?
 }
