@@ -236,16 +236,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut at = 0;
     while at < bytes.len() {
-        // Sixteen, then eight bytes at a time while none of them needs escaping.
-        if let Some(chunk) = bytes.get(at..at + 16) {
-            let (a, b) = chunk.split_at(8);
-            let a = u64::from_le_bytes(a.try_into().unwrap_or([0; 8]));
-            let b = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-            if !needs_escape(a) && !needs_escape(b) {
-                at += 16;
-                continue;
-            }
-        }
+        // Eight bytes at a time while none of them needs escaping.
         if let Some(chunk) = bytes.get(at..at + 8) {
             let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
             if !needs_escape(word) {
