@@ -322,7 +322,13 @@ def _machine_busy():
 
 def _group_cpu(pgids):
     """CPU seconds used so far by the live processes of the given process groups."""
-    total = 0
+    return sum(_group_cpu_split(pgids))
+
+
+def _group_cpu_split(pgids):
+    """(user, system) CPU seconds used so far by the live processes of the given process
+    groups: `utime` and `stime` of /proc/PID/stat."""
+    user = system = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -333,8 +339,10 @@ def _group_cpu(pgids):
             continue
         fields = data[data.rindex(")") + 2:].split()  # fields[0] is field 3, state
         if int(fields[2]) in pgids:  # pgrp
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def _own_cpu():

@@ -501,6 +501,10 @@ class Bench:
         """CPU seconds used so far by the server answering on `path` (all its processes)."""
         return bc._group_cpu({self.server[path].pid})
 
+    def cpu_split_of(self, path):
+        """(user, system) CPU seconds used so far by the server answering on `path`."""
+        return bc._group_cpu_split({self.server[path].pid})
+
     def disturbed(self, run):
         return run["others"] > self.args.disturbed * (os.cpu_count() or 1) * run["seconds"]
 
@@ -635,10 +639,13 @@ def section_saturation(b):
     pid = b.chaperone["proc"].pid
 
     def one(p, seconds):
-        cpu0 = b.cpu_of(p)
+        user0, sys0 = b.cpu_split_of(p)
         r = bc.run_wrk(b.ports[p], b.token_for(p), seconds, b.procs, threads=args.threads,
                        connections=args.connections)
-        r["cpu_us"] = 1e6 * (b.cpu_of(p) - cpu0) / max(r["requests"], 1)
+        user1, sys1 = b.cpu_split_of(p)
+        n = max(r["requests"], 1)
+        r["user_us"], r["sys_us"] = 1e6 * (user1 - user0) / n, 1e6 * (sys1 - sys0) / n
+        r["cpu_us"] = r["user_us"] + r["sys_us"]
         if r["non2xx"] or r["socket_errors"]:
             b.failures.append(f"saturation {p}: {r['non2xx']} non-2xx, {r['socket_errors']} socket errors")
         return r
@@ -662,14 +669,17 @@ def section_saturation(b):
     def text(x):
         return f"{x['rps']:.0f}" + ("*" if b.disturbed(x) else "")
 
-    b.say(f"  {'path':<12} {'median req/s':>12} {'CPU us/req':>10}  {'runs':<28} p50 / p99 (last run)")
+    b.say(f"  {'path':<12} {'median req/s':>12} {'CPU us/req':>10} {'user/kernel':>11}"
+          f"  {'runs':<28} p50 / p99 (last run)")
     for p in PATHS:
         rs = runs[p]
         rps, cpu = bc.median([x["rps"] for x in rs]), bc.median([x["cpu_us"] for x in rs])
-        b.say(f"  {p:<12} {rps:>12.0f} {cpu:>10.1f}  {' '.join(text(x) for x in rs):<28}"
-              f" {rs[-1]['p50']} / {rs[-1]['p99']}")
+        user, kernel = bc.median([x["user_us"] for x in rs]), bc.median([x["sys_us"] for x in rs])
+        b.say(f"  {p:<12} {rps:>12.0f} {cpu:>10.1f} {f'{user:.1f}/{kernel:.1f}':>11}"
+              f"  {' '.join(text(x) for x in rs):<28} {rs[-1]['p50']} / {rs[-1]['p99']}")
     b.say("  (CPU us/req: CPU time of the server answering on the path - the upstream nginx for"
-          " direct, the proxy alone otherwise - per request, median of the runs)")
+          " direct, the proxy alone otherwise - per request, median of the runs; user/kernel:"
+          " its utime and stime, which include the loopback TCP work done on a send)")
     pairs = [c["rps"] / n["rps"] for c, n in zip(runs["chaperone"], runs["nginx-proxy"])]
     ratio = bc.median(pairs)
     b.say(f"  chaperone / nginx-proxy = {ratio:.3f} (median of the run-by-run ratios"
