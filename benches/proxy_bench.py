@@ -467,6 +467,11 @@ class RssSampler:
 
 # --------------------------------------------------------------------------- the bench
 
+# What the "CPU us/req" column of latency and saturation means.
+CPU_PER_REQUEST = ("CPU us/req: CPU time of the server answering on the path - the upstream nginx"
+                   " for direct, the proxy alone otherwise - per request, median of the runs")
+
+
 class Bench:
     """What the sections share: the temporary directory, the PKI, tokens, processes."""
 
@@ -507,6 +512,14 @@ class Bench:
 
     def disturbed(self, run):
         return run["others"] > self.args.disturbed * (os.cpu_count() or 1) * run["seconds"]
+
+    def say_disturbed(self, runs):
+        """The footnote for the runs marked * (other processes took too much CPU)."""
+        disturbed = [x for p in PATHS for x in runs[p] if self.disturbed(x)]
+        if disturbed:
+            taken = ", ".join(f"{x['others']:.1f}" for x in disturbed)
+            self.say(f"  * other processes took more than {100 * self.args.disturbed:g}% of the CPU"
+                     f" during the run ({taken} CPU-s)")
 
     def start_main(self, need_lists):
         """Upstream nginx, nginx-proxy and chaperone in front of it; chaperone's idle RSS."""
@@ -602,8 +615,7 @@ def section_latency(b):
         b.say(f"  {p:<12} {m['p50']:>8.0f} {m['p99']:>8.0f} {m['p99.9']:>9.0f} {m['rps']:>7.0f}"
               f" {cpu:>10.0f}  {per}")
 
-    b.say("  (CPU us/req: CPU time of the server answering on the path - the upstream nginx for"
-          " direct, the proxy alone otherwise - per request, median of the runs)")
+    b.say(f"  ({CPU_PER_REQUEST})")
 
     def diff(a, c):
         return "  ".join(f"{q} {med[a][q] - med[c][q]:+.0f}" for q in ("p50", "p99", "p99.9"))
@@ -616,11 +628,7 @@ def section_latency(b):
     b.say(f"  target: chaperone adds p50 < {TARGET_ADDED_P50_US} us: {a50:.0f} us"
           f" ({'met' if a50 < TARGET_ADDED_P50_US else 'NOT met'}); p99 < {TARGET_ADDED_P99_US} us:"
           f" {a99:.0f} us ({'met' if a99 < TARGET_ADDED_P99_US else 'NOT met'})")
-    disturbed = [x for p in PATHS for x in runs[p] if b.disturbed(x)]
-    if disturbed:
-        taken = ", ".join(f"{x['others']:.1f}" for x in disturbed)
-        b.say(f"  * other processes took more than {100 * args.disturbed:g}% of the CPU during the run"
-              f" ({taken} CPU-s)")
+    b.say_disturbed(runs)
     ok = {p: sum(x["ok"] for x in runs[p]) for p in PATHS}
     b.say("  responses 200: " + ", ".join(f"{p} {ok[p]}" for p in PATHS)
           + "; other statuses/errors: " + ", ".join(f"{p} {sum(x['bad'] for x in runs[p])}" for p in PATHS))
@@ -677,9 +685,8 @@ def section_saturation(b):
         user, kernel = bc.median([x["user_us"] for x in rs]), bc.median([x["sys_us"] for x in rs])
         b.say(f"  {p:<12} {rps:>12.0f} {cpu:>10.1f} {f'{user:.1f}/{kernel:.1f}':>11}"
               f"  {' '.join(text(x) for x in rs):<28} {rs[-1]['p50']} / {rs[-1]['p99']}")
-    b.say("  (CPU us/req: CPU time of the server answering on the path - the upstream nginx for"
-          " direct, the proxy alone otherwise - per request, median of the runs; user/kernel:"
-          " its utime and stime, which include the loopback TCP work done on a send)")
+    b.say(f"  ({CPU_PER_REQUEST}; user/kernel: its utime and stime, which include the loopback"
+          " TCP work done on a send)")
     pairs = [c["rps"] / n["rps"] for c, n in zip(runs["chaperone"], runs["nginx-proxy"])]
     ratio = bc.median(pairs)
     b.say(f"  chaperone / nginx-proxy = {ratio:.3f} (median of the run-by-run ratios"
@@ -692,11 +699,7 @@ def section_saturation(b):
           f" socket errors {sum(x['socket_errors'] for p in PATHS for x in runs[p])};"
           f" chaperone RSS: peak sampled {b.load_peak['sampled'] / MiB:.1f} MiB,"
           f" VmHWM {b.load_peak['hwm'] / MiB:.1f} MiB, after {b.load_peak['rss_after'] / MiB:.1f} MiB")
-    disturbed = [x for p in PATHS for x in runs[p] if b.disturbed(x)]
-    if disturbed:
-        taken = ", ".join(f"{x['others']:.1f}" for x in disturbed)
-        b.say(f"  * other processes took more than {100 * args.disturbed:g}% of the CPU during the run"
-              f" ({taken} CPU-s)")
+    b.say_disturbed(runs)
 
 
 def scan_file(path, patterns):
