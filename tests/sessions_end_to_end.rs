@@ -98,11 +98,27 @@ const CALLS: [(&str, &str, &str, u64); 4] = [
     ("create", "rolebindings", "approve", 201),
 ];
 
+/// Ends a session: stopping drains the audit queues (the returned dir keeps the files),
+/// then every call of [`CALLS`] must be on record for the MCP server's service account.
+async fn stop_and_assert_recorded(
+    env: Env,
+    collector: otlp::Collector,
+    task: tokio::task::JoinHandle<()>,
+) {
+    let audit_file = env.started.audit_file.clone().unwrap();
+    let _dir = env.stop().await;
+    assert_recorded(
+        &audit_file,
+        &collector,
+        "system:serviceaccount:default:mcp-server",
+        &CALLS,
+    );
+    task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubectl_session_is_decided_approved_masked_and_recorded() {
     let (env, collector, task) = start().await;
-    let audit_file = env.started.audit_file.clone().unwrap();
-
     let pods = ok(&env.kubectl(&["get", "pods", "-n", "default"]).await);
     assert!(pods.contains("nginx"), "{pods}");
     let password = ok(&env
@@ -133,21 +149,12 @@ async fn a_kubectl_session_is_decided_approved_masked_and_recorded() {
     reviewer.await.unwrap();
     assert!(created.contains("agent-admin created"), "{created}");
 
-    // Stopping drains the audit queues; the returned dir keeps the files.
-    let _dir = env.stop().await;
-    assert_recorded(
-        &audit_file,
-        &collector,
-        "system:serviceaccount:default:mcp-server",
-        &CALLS,
-    );
-    task.abort();
+    stop_and_assert_recorded(env, collector, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_session_is_decided_approved_masked_and_recorded() {
     let (env, collector, task) = start().await;
-    let audit_file = env.started.audit_file.clone().unwrap();
     let cmd = env.python_in_cluster("python_session.py");
     let reviewer = support::approve_when_held(&env);
     let out: Value = serde_json::from_str(&ok(&run(cmd).await)).unwrap();
@@ -167,13 +174,5 @@ async fn a_python_client_session_is_decided_approved_masked_and_recorded() {
     );
     assert_eq!(out["created"], "agent-admin");
 
-    // Stopping drains the audit queues; the returned dir keeps the files.
-    let _dir = env.stop().await;
-    assert_recorded(
-        &audit_file,
-        &collector,
-        "system:serviceaccount:default:mcp-server",
-        &CALLS,
-    );
-    task.abort();
+    stop_and_assert_recorded(env, collector, task).await;
 }
