@@ -311,10 +311,7 @@ def main():
             p["events"] = count_lines(p["audit"] + "*") if p["audit"] else None
     finally:
         procs.stop_all()
-        if args.keep:
-            bc.log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        bc.remove_or_keep(tmp, args.keep)
 
     print(f"chaperone proxy, GET {POD_PATH} ({len(POD_JSON)} B Pod) from {kind}; wrk -t{args.threads}"
           f" -c{args.connections}, {args.runs} x {args.duration} s per variant, alternating; 2 cores")

@@ -95,6 +95,14 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
+def remove_or_keep(tmp, keep):
+    """Removes a run's temporary directory, or says where it is with `--keep`."""
+    if keep:
+        log(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def free_port():
     """A port that was free on 127.0.0.1 a moment ago (the caller binds it soon after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -438,10 +438,7 @@ def main():
         procs.stop_all()
         shutil.rmtree(bin_dir, ignore_errors=True)
         for row in rows:
-            if args.keep:
-                bc.log(f"kept {row['tmp']}")
-            else:
-                shutil.rmtree(row["tmp"], ignore_errors=True)
+            bc.remove_or_keep(row["tmp"], args.keep)
 
     limit_kib = args.limit_mib * 1024
 

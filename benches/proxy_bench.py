@@ -1079,10 +1079,7 @@ def main():
             section_memory(b)
     finally:
         procs.stop_all()
-        if args.keep:
-            bc.log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        bc.remove_or_keep(tmp, args.keep)
 
     print(f"chaperone proxy vs nginx; GET of a {len(bc.POD_JSON)} B Pod, Lists, watches; all on 127.0.0.1;"
           f" {os.cpu_count()} cores shared by the load driver, nginx and the proxy")
