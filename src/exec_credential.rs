@@ -171,9 +171,8 @@ fn parse(stdout: &[u8]) -> Result<Cached, String> {
         .as_str()
         .filter(|t| !t.is_empty())
         .ok_or("status.token is missing")?;
-    let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| "status.token is not a valid header value".to_owned())?;
-    header.set_sensitive(true);
+    let header = crate::upstream::bearer(token)
+        .ok_or_else(|| "status.token is not a valid header value".to_owned())?;
     let expires = match status["expirationTimestamp"].as_str() {
         None => None,
         Some(t) => Some(

@@ -137,7 +137,9 @@ impl TokenFile {
     }
 }
 
-fn bearer(token: &str) -> Option<HeaderValue> {
+/// `Bearer <token>` as a sensitive header value (kept out of `Debug` output); `None`
+/// for an empty token or one that is not a valid header value.
+pub(crate) fn bearer(token: &str) -> Option<HeaderValue> {
     if token.is_empty() {
         return None;
     }
