@@ -13,7 +13,6 @@
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use crate::body::Body;
@@ -126,25 +125,17 @@ where
     Ok(Answer { response, summary })
 }
 
-async fn read<B>(mut body: B) -> Result<Vec<u8>, Error>
+async fn read<B>(body: B) -> Result<Bytes, Error>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    if body.size_hint().lower() > MAX_BODY as u64 {
-        return Err(Error::TooLarge);
-    }
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Error::Read(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            if out.len() + data.len() > MAX_BODY {
-                return Err(Error::TooLarge);
-            }
-            out.extend_from_slice(data);
-        }
-    }
-    Ok(out)
+    crate::body::read_limited(body, MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            crate::body::ReadError::TooLarge => Error::TooLarge,
+            crate::body::ReadError::Failed(why) => Error::Read(why),
+        })
 }
 
 /// `SelfSubjectAccessReview`: the policy's decision for the attributes in `spec`.

@@ -482,24 +482,16 @@ impl Upstream {
         };
         let rsp = self.forward(req.body(body)?, path, None).await?;
         let code = rsp.status();
-        let body_err = |message: String| Error::Body {
-            path: path.to_owned(),
-            message,
-        };
-        // Read frame by frame with our own bound (http-body-util's `Limited` trips a
-        // higher-ranked lifetime limitation in boxed futures).
-        let mut body = rsp.into_body();
-        let mut out = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| body_err(e.to_string()))?;
-            if let Some(data) = frame.data_ref() {
-                if out.len() + data.len() > MAX_OWN_BODY {
-                    return Err(body_err(format!("larger than {MAX_OWN_BODY} bytes")));
-                }
-                out.extend_from_slice(data);
-            }
-        }
-        Ok((code, out.freeze()))
+        let body = crate::body::read_limited(rsp.into_body(), MAX_OWN_BODY)
+            .await
+            .map_err(|e| Error::Body {
+                path: path.to_owned(),
+                message: match e {
+                    crate::body::ReadError::TooLarge => format!("larger than {MAX_OWN_BODY} bytes"),
+                    crate::body::ReadError::Failed(why) => why,
+                },
+            })?;
+        Ok((code, body))
     }
 }
 
