@@ -3,8 +3,8 @@
 //! kubectl 1.32+ sends protobuf (not JSON) from its typed clients, e.g. `kubectl create
 //! configmap|secret|namespace|serviceaccount|deployment|service|role|rolebinding|...`
 //! and `kubectl auth can-i|whoami`, and client-go never falls back to JSON for those.
-//! The sandbox decodes the objects it stores; the proxy, the self reviews it answers. Responses stay JSON (kubectl
-//! accepts it). This decodes the `k8s\0` envelope (`runtime.Unknown`) and the objects
+//! The sandbox decodes the objects it stores; the proxy, the self reviews it answers.
+//! Responses stay JSON (kubectl accepts it). This decodes the `k8s\0` envelope (`runtime.Unknown`) and the objects
 //! those commands build, following the field numbers of k8s.io/api's
 //! `generated.proto`. Fields outside the schema below are skipped. Like Go's JSON
 //! `omitempty`, empty strings, zero numbers, `false` and empty objects are dropped
