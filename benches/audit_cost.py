@@ -81,15 +81,7 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    default_type application/json;
+{bc.nginx_http_common(tmp, "nginx")}    default_type application/json;
     server {{
         listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {crt};

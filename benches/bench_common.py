@@ -95,6 +95,21 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
+def nginx_http_common(tmp, name):
+    """The `http` settings every nginx here shares: no access log, its temporary files
+    under `tmp/NAME-temp`, keep-alive connections that outlast any run."""
+    temp = os.path.join(tmp, f"{name}-temp")
+    return f"""    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+"""
+
+
 def remove_or_keep(tmp, keep):
     """Removes a run's temporary directory, or says where it is with `--keep`."""
     if keep:

@@ -167,19 +167,6 @@ events {{ worker_connections 4096; }}
 """
 
 
-def http_common(tmp, name):
-    temp = os.path.join(tmp, f"{name}-temp")
-    return f"""    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-"""
-
-
 def run_nginx(procs, tmp, name, text, port):
     conf = os.path.join(tmp, f"{name}.conf")
     with open(conf, "w") as f:
@@ -197,7 +184,7 @@ def start_upstream_nginx(procs, tmp, crt, key, token, www):
     port = bc.free_port()
     lit = bc.nginx_literal
     text = nginx_common(tmp, "upstream") + "worker_processes 1;\n" + f"""http {{
-{http_common(tmp, "upstream")}    default_type application/json;
+{bc.nginx_http_common(tmp, "upstream")}    default_type application/json;
     server {{
         listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {crt};
@@ -231,7 +218,7 @@ def start_nginx_proxy(procs, tmp, crt, key, ca, up_port, workers, buffer_size=No
         f"\n            proxy_buffer_size {buffer_size};\n            proxy_buffers 4 {buffer_size};"
         f"\n            proxy_busy_buffers_size {buffer_size};")
     text = nginx_common(tmp, "nginx-proxy") + f"worker_processes {workers};\n" + f"""http {{
-{http_common(tmp, "nginx-proxy")}    upstream api {{
+{bc.nginx_http_common(tmp, "nginx-proxy")}    upstream api {{
         server 127.0.0.1:{up_port};
         keepalive 64;
         keepalive_requests 100000000;
