@@ -124,7 +124,7 @@ pub async fn proxy(
         crate::approval::notify::Notifier::new(&config.approval.notify)?,
     ));
     let approvals_for_admin = approvals.clone();
-    let proxy = Proxy::new(
+    let proxy = Arc::new(Proxy::new(
         upstream,
         authenticator.clone(),
         policies.clone(),
@@ -132,11 +132,11 @@ pub async fn proxy(
         config.upstream.identity,
         audit.clone(),
         metrics.clone(),
-    );
-    let handler: Handler = Arc::new(move |req, conn| {
+    ));
+    let handler = move |req, conn| {
         let proxy = proxy.clone();
-        Box::pin(async move { proxy.handle(req, conn).await })
-    });
+        async move { proxy.handle(req, conn).await }
+    };
     let mut running = start(
         &config.listen,
         Some((acceptor, tls_cfg.handshake_timeout)),
@@ -176,10 +176,8 @@ pub async fn proxy(
             Some(Arc::new(move || u64::from(a.watch_synced())))
         },
     };
-    let admin_handler: Handler = Arc::new(move |req, _| {
-        let rsp = admin.respond(&req);
-        Box::pin(async move { rsp })
-    });
+    let admin = Arc::new(admin);
+    let admin_handler = move |req: http::Request<_>, _| std::future::ready(admin.respond(&req));
     let admin_listener = server::bind(&[config.admin.listen]).await?;
     for listener in admin_listener {
         running.admin = listener.local_addr().ok();
@@ -232,10 +230,10 @@ pub async fn sandbox(
 ) -> Result<Running, Error> {
     let cert = Arc::new(ReloadingCert::load(cert_file, key_file)?);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(cert)?));
-    let handler: Handler = Arc::new(move |req, _| {
+    let handler = move |req, _| {
         let sandbox = sandbox.clone();
-        Box::pin(async move { sandbox.handle(req).await })
-    });
+        async move { sandbox.handle(req).await }
+    };
     let running = start(
         addrs,
         Some((acceptor, config::DEFAULT_HANDSHAKE_TIMEOUT)),
@@ -250,7 +248,7 @@ pub async fn sandbox(
 async fn start(
     addrs: &[SocketAddr],
     tls: Option<(TlsAcceptor, Duration)>,
-    handler: Handler,
+    handler: impl Handler,
     grace: Duration,
 ) -> Result<Running, Error> {
     let listeners = server::bind(addrs).await?;
