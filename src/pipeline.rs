@@ -279,7 +279,7 @@ impl Proxy {
         );
         trail.note(annotation::DECISION, decision.applied().as_str());
         trail.note(annotation::RULE, decision.rule());
-        trail.note(annotation::REASON, decision.to_string());
+        trail.note(annotation::REASON, decision.to_text());
         trail.set_level(decision.audit_level());
         trail.note(
             annotation::MODE,

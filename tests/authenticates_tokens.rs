@@ -382,6 +382,7 @@ async fn maps_email_nested_groups_uid_and_extra_claims() {
             uid: "alice".into(),
             extra: oidc::extra(&[("example.com/tenant", "acme")]),
             issuer: idp.url().into(),
+            ..Subject::default()
         }
     );
 
@@ -465,6 +466,7 @@ async fn maps_a_projected_service_account_token_like_the_api_server() {
                 ),
             ]),
             issuer: CLUSTER_ISSUER.into(),
+            ..Subject::default()
         }
     );
 }

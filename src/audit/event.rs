@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,8 @@ pub struct Event {
     #[serde(rename = "requestURI")]
     pub request_uri: String,
     pub verb: String,
-    pub user: User,
+    /// Shared with the caller's cached identity: not copied per request.
+    pub user: Arc<User>,
     #[serde(rename = "sourceIPs", default, skip_serializing_if = "Vec::is_empty")]
     pub source_ips: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -235,7 +237,7 @@ mod tests {
             stage: Stage::ResponseComplete,
             request_uri: "/api/v1/pods".into(),
             verb: "list".into(),
-            user: User::default(),
+            user: Default::default(),
             source_ips: vec!["127.0.0.1".into()],
             user_agent: String::new(),
             object_ref: Some(ObjectRef {

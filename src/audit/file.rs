@@ -188,7 +188,7 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::{Level, Stage, User};
+    use crate::audit::event::{Level, Stage};
 
     fn event(n: usize) -> Event {
         Event {
@@ -199,7 +199,7 @@ mod tests {
             stage: Stage::ResponseComplete,
             request_uri: "/api/v1/pods".into(),
             verb: "list".into(),
-            user: User::default(),
+            user: Default::default(),
             source_ips: vec![],
             user_agent: String::new(),
             object_ref: None,

@@ -334,12 +334,12 @@ mod tests {
             stage: Stage::ResponseComplete,
             request_uri: "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb".into(),
             verb: "list".into(),
-            user: User {
+            user: std::sync::Arc::new(User {
                 username: "system:serviceaccount:default:mcp".into(),
                 uid: "u-1".into(),
                 groups: vec!["system:authenticated".into(), "g\"2".into()],
                 extra,
-            },
+            }),
             source_ips: vec!["127.0.0.1".into(), "::1".into()],
             user_agent: "kubectl/v1.32.4 (linux/amd64)".into(),
             object_ref: Some(ObjectRef {
@@ -382,7 +382,7 @@ mod tests {
         // Every optional member absent, every code width.
         for code in [0, 7, 42, 200, 65535] {
             let bare = Event {
-                user: User::default(),
+                user: Default::default(),
                 source_ips: vec![],
                 user_agent: String::new(),
                 object_ref: Some(ObjectRef::default()),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderMap};
 
 use super::event::{
-    annotation, Annotations, Event, Level, ObjectRef, ResponseStatus, Stage, StageSpan, Step, User,
+    annotation, Annotations, Event, Level, ObjectRef, ResponseStatus, Stage, StageSpan, Step,
 };
 use super::{capture, event};
 use crate::identity::Subject;
@@ -83,7 +83,13 @@ impl Trail {
             // Until the request is resolved, the verb is the method, as for
             // non-resource requests.
             verb: method.as_str().to_ascii_lowercase(),
-            source_ip: peer.ip().to_string(),
+            source_ip: {
+                use std::fmt::Write;
+                // The longest IPv6 text form, so the address is written without regrowing.
+                let mut ip = String::with_capacity(45);
+                let _ = write!(ip, "{}", peer.ip());
+                ip
+            },
             user_agent: headers
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
@@ -289,12 +295,7 @@ impl Trail {
             stage,
             request_uri: self.request_uri,
             verb,
-            user: self.who.map_or_else(User::default, |w| User {
-                username: w.user.clone(),
-                uid: w.uid.clone(),
-                groups: w.groups.clone(),
-                extra: w.extra.clone(),
-            }),
+            user: self.who.map_or_else(Arc::default, |w| w.audit_user()),
             source_ips: vec![self.source_ip],
             user_agent: self.user_agent,
             object_ref,

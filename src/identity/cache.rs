@@ -143,6 +143,7 @@ mod tests {
             uid: String::new(),
             extra: Default::default(),
             issuer: "i".into(),
+            audit_user: Default::default(),
         })
     }
 

@@ -177,6 +177,7 @@ impl Oidc {
             uid,
             extra,
             issuer: issuer.to_owned(),
+            audit_user: Default::default(),
         })
     }
 }
@@ -244,6 +245,7 @@ fn service_account(claims: &Map<String, Value>, issuer: &str) -> Result<Subject,
         uid: uid.to_owned(),
         extra,
         issuer: issuer.to_owned(),
+        audit_user: Default::default(),
     })
 }
 

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::task::AbortHandle;
@@ -55,6 +55,25 @@ pub struct Subject {
     pub uid: String,
     pub extra: BTreeMap<String, Vec<String>>,
     pub issuer: String,
+    /// The caller as audit events name it, built on first use and shared by the events
+    /// of every request made with the same cached token.
+    pub audit_user: OnceLock<Arc<crate::audit::event::User>>,
+}
+
+impl Subject {
+    /// The caller as an audit event's `user` (`authentication/v1` `UserInfo`).
+    pub fn audit_user(&self) -> Arc<crate::audit::event::User> {
+        self.audit_user
+            .get_or_init(|| {
+                Arc::new(crate::audit::event::User {
+                    username: self.user.clone(),
+                    uid: self.uid.clone(),
+                    groups: self.groups.clone(),
+                    extra: self.extra.clone(),
+                })
+            })
+            .clone()
+    }
 }
 
 /// The cluster's own JWKS (`GET /openid/v1/jwks`), fetched by the proxy through its

@@ -197,6 +197,17 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// The decision's [`Display`](fmt::Display) text, for the audit event's reason,
+    /// written into one allocation sized for a typical rule's reason.
+    pub fn to_text(&self) -> String {
+        use fmt::Write;
+        let mut out = String::with_capacity(160);
+        let _ = write!(out, "{self}");
+        out
+    }
+}
+
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.enforced() {

@@ -74,6 +74,7 @@ pub fn oidc_subject(idp: &TestIssuer, user: &str) -> Subject {
         uid: String::new(),
         extra: Default::default(),
         issuer: idp.url().to_owned(),
+        audit_user: Default::default(),
     }
 }
 
