@@ -257,9 +257,17 @@ impl Proxy {
         // credential: answered here from the policy and the identity, never forwarded.
         if let Some(review) = self_review::Review::of(&info) {
             let kind = content_type(req.headers());
-            let answer =
-                self_review::answer(review, &info, &kind, req.into_body(), &who, &self.policy)
-                    .await?;
+            // Boxed, as the approval wait below: rare paths' futures kept inline would be
+            // copied with every request's future.
+            let answer = Box::pin(self_review::answer(
+                review,
+                &info,
+                &kind,
+                req.into_body(),
+                &who,
+                &self.policy,
+            ))
+            .await?;
             trail.note(annotation::DECISION, "allow");
             trail.note(annotation::RULE, self_review::RULE);
             trail.note(
@@ -303,10 +311,11 @@ impl Proxy {
             policy::Action::Allow | policy::Action::Deny => {}
             policy::Action::Approve => {
                 let since = Instant::now();
-                let outcome = self
-                    .hold_for_approval(&who, &info, req.uri().query(), &decision, trail)
-                    .instrument(tracing::debug_span!("approve"))
-                    .await;
+                let outcome = Box::pin(
+                    self.hold_for_approval(&who, &info, req.uri().query(), &decision, trail)
+                        .instrument(tracing::debug_span!("approve")),
+                )
+                .await;
                 trail.stage(Step::Approve, since, outcome.is_err());
                 match outcome? {
                     approval::Outcome::Approved { name, by } => {

@@ -140,53 +140,12 @@ async fn refusals_are_status_objects_and_never_reach_the_api_server() {
     env.stop().await;
 }
 
-/// Trust the sandbox's service-account tokens through a JWKS file, so callers are
-/// authenticated even when the upstream (which would serve the keys) is down.
-fn jwks_file_identity(dir: &std::path::Path) -> String {
-    format!(
-        "identity:\n  issuers:\n  - issuer: https://kubernetes.default.svc.cluster.local\n    audiences: [chaperone]\n    jwksFile: {}\n",
-        dir.join("jwks.json").display()
-    )
-}
-
-/// A config pointing the proxy at `server` with a throwaway token.
-fn proxy_config(
-    dir: &std::path::Path,
-    server: &str,
-    ca_pem: &str,
-    extra: &str,
-) -> chaperone::config::Config {
-    let kc = dir.join("upstream.kubeconfig");
-    std::fs::write(
-        &kc,
-        chaperone::kubeconfig::render("up", server, ca_pem, "t", None),
-    )
-    .unwrap();
-    let text = format!(
-        "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\ntls:\n  certFile: {dir}/sandbox/tls.crt\n  keyFile: {dir}/sandbox/tls.key\nupstream:\n  kubeconfig: {{path: {kc}}}\n{extra}{identity}policy: {{file: {policy}}}\n",
-        dir = dir.display(),
-        kc = kc.display(),
-        identity = jwks_file_identity(dir),
-        policy = dir.join("policy.yaml").display(),
-    );
-    chaperone::config::Config::parse(std::path::Path::new("test.yaml"), &text).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_api_server_gives_503_not_a_hang() {
     // The sandbox provides the CA and certificates; the upstream points elsewhere.
     let env = sandbox().start().await;
     let ca = String::from_utf8(env.ca_pem()).unwrap();
-    std::fs::write(
-        env.dir.path().join("jwks.json"),
-        env.started.sandbox.jwks().to_string(),
-    )
-    .unwrap();
-    // Through a JWKS file the token is an ordinary OIDC token, its subject prefixed
-    // with the issuer: let anyone through, the upstream is what is under test.
-    let anyone =
-        support::ALLOW_ALL.replace("serviceAccounts: [default/mcp-server]", "users: [\"*\"]");
-    std::fs::write(env.policy_file(), anyone).unwrap();
+    env.let_anyone_in_through_a_jwks_file();
 
     // A port nothing listens on: refused at once.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -203,10 +162,11 @@ async fn unreachable_api_server_gives_503_not_a_hang() {
     });
 
     for (what, addr) in [("closed port", closed_addr), ("silent server", silent_addr)] {
-        let config = proxy_config(
+        let config = support::proxy_config(
             env.dir.path(),
             &format!("https://{addr}"),
             &ca,
+            "t",
             "  connectTimeout: 1s\n  responseTimeout: 30s\n",
         );
         let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();

@@ -30,6 +30,21 @@ pub struct Env {
 
 impl Env {
     /// The policy file the proxy watches.
+    /// For a proxy the test starts itself ([`proxy_config`]): the sandbox's keys go to
+    /// the JWKS file it trusts, and its policy lets any authenticated caller through;
+    /// the upstream is what is under test.
+    pub fn let_anyone_in_through_a_jwks_file(&self) {
+        std::fs::write(
+            self.dir.path().join("jwks.json"),
+            self.started.sandbox.jwks().to_string(),
+        )
+        .expect("write jwks.json");
+        // Through a JWKS file the token is an ordinary OIDC token, its subject
+        // prefixed with the issuer.
+        let anyone = ALLOW_ALL.replace("serviceAccounts: [default/mcp-server]", "users: [\"*\"]");
+        std::fs::write(self.policy_file(), anyone).expect("write policy");
+    }
+
     pub fn policy_file(&self) -> PathBuf {
         self.dir.path().join("policy.yaml")
     }
@@ -500,4 +515,39 @@ pub fn approve_when_held(env: &Env) -> tokio::task::JoinHandle<String> {
         );
         name
     })
+}
+
+/// Trust the sandbox's service-account tokens through a JWKS file, so callers are
+/// authenticated even when the upstream (which would serve the keys) is down.
+fn jwks_file_identity(dir: &Path) -> String {
+    format!(
+        "identity:\n  issuers:\n  - issuer: https://kubernetes.default.svc.cluster.local\n    audiences: [chaperone]\n    jwksFile: {}\n",
+        dir.join("jwks.json").display()
+    )
+}
+
+/// A config for a proxy the test starts itself, in front of `server` with `token` as
+/// its credential, serving with the sandbox's certificate (see
+/// [`Env::let_anyone_in_through_a_jwks_file`]).
+pub fn proxy_config(
+    dir: &Path,
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+    extra: &str,
+) -> chaperone::config::Config {
+    let kc = dir.join("upstream.kubeconfig");
+    std::fs::write(
+        &kc,
+        chaperone::kubeconfig::render("up", server, ca_pem, token, None),
+    )
+    .expect("write kubeconfig");
+    let text = format!(
+        "listen: [\"127.0.0.1:0\"]\nadmin: {{listen: 127.0.0.1:0}}\ntls:\n  certFile: {dir}/sandbox/tls.crt\n  keyFile: {dir}/sandbox/tls.key\nupstream:\n  kubeconfig: {{path: {kc}}}\n{extra}{identity}policy: {{file: {policy}}}\n",
+        dir = dir.display(),
+        kc = kc.display(),
+        identity = jwks_file_identity(dir),
+        policy = dir.join("policy.yaml").display(),
+    );
+    chaperone::config::Config::parse(Path::new("test.yaml"), &text).expect("config parses")
 }

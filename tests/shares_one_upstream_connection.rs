@@ -1,0 +1,191 @@
+//! Short requests share one HTTP/2 connection to the API server, as client-go's do; a
+//! connection that dies is replaced for the next request, and an API server that speaks
+//! only HTTP/1.1 is still served.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use support::sandbox;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+const POD: &str = "/api/v1/namespaces/default/pods";
+
+/// A TCP relay to `to` that counts the connections it carries and can cut them all,
+/// as a restarted API server or a dropped route would.
+struct Relay {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (count, conns) = (accepted.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        Relay {
+            addr,
+            accepted,
+            open,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Closes every relayed connection (both sockets are dropped).
+    fn cut(&self) {
+        for conn in self.open.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_share_one_connection_and_a_dead_one_is_replaced() {
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let api: SocketAddr = env
+        .sandbox_url()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let relay = Relay::start(api).await;
+    let config = support::proxy_config(
+        env.dir.path(),
+        &format!("https://{}", relay.addr),
+        &String::from_utf8(env.ca_pem()).unwrap(),
+        &env.started.upstream_token,
+        "",
+    );
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    let url = format!("https://{}{POD}", proxy.addrs[0]);
+
+    // Twenty requests, five at a time over separate client connections: one upstream
+    // connection carries them all.
+    for _ in 0..4 {
+        let replies = futures_util::future::join_all(
+            (0..5).map(|_| async { env.client(false).get(&url, &[]).await }),
+        )
+        .await;
+        for reply in replies {
+            assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+        }
+    }
+    assert_eq!(
+        relay.accepted(),
+        1,
+        "every request on one HTTP/2 connection"
+    );
+
+    // The connection dies between requests: the next request is answered, on a new one.
+    relay.cut();
+    let mut answered = None;
+    for _ in 0..50 {
+        let reply = env.client(false).get(&url, &[]).await;
+        if reply.status.as_u16() == 200 {
+            answered = Some(reply);
+            break;
+        }
+        // A request that raced the cut may fail with 503; the proxy must not stay broken.
+        assert_eq!(reply.status.as_u16(), 503, "{:?}", reply.body);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(answered.is_some(), "no request succeeded after the cut");
+    assert_eq!(relay.accepted(), 2, "one new connection after the cut");
+    env.assert_api_server_saw_only_the_proxy_token();
+    proxy.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_speaks_only_http1_is_served() {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let dir = env.dir.path().join("sandbox");
+    let certs =
+        chaperone::tls::certs_from_pem(&std::fs::read(dir.join("tls.crt")).unwrap(), "tls.crt")
+            .unwrap();
+    let key = chaperone::tls::key_from_pem(&std::fs::read(dir.join("tls.key")).unwrap(), "tls.key")
+        .unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let seen = versions.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    seen.lock().unwrap().push(req.version());
+                    let list = r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}"#;
+                    async move {
+                        http::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(bytes::Bytes::from_static(list.as_bytes())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let config = support::proxy_config(
+        env.dir.path(),
+        &format!("https://{addr}"),
+        &String::from_utf8(env.ca_pem()).unwrap(),
+        "t",
+        "",
+    );
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    let url = format!("https://{}{POD}", proxy.addrs[0]);
+    for _ in 0..3 {
+        let reply = env.client(false).get(&url, &[]).await;
+        assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+        assert_eq!(reply.json()["kind"], "PodList");
+    }
+    assert_eq!(
+        *versions.lock().unwrap(),
+        vec![http::Version::HTTP_11; 3],
+        "each request over HTTP/1.1"
+    );
+    proxy.stop().await;
+    env.stop().await;
+}
