@@ -189,7 +189,7 @@ where
 
 /// The one HTTP/2 connection to the API server that every short request shares, as
 /// client-go keeps one: each request goes straight onto it, without the pooled
-/// client's per-request checkout (a sixth of the proxy's own CPU per request at
+/// client's per-request checkout (about 5% of the proxy's CPU per request at
 /// saturation went to that). Dialled on first use and again once the server closes it;
 /// a server that does not offer HTTP/2 leaves requests to the pooled client.
 struct H2Channel {
@@ -200,6 +200,10 @@ struct H2Channel {
     sender: Mutex<Option<(u64, http2::SendRequest<Body>)>>,
     /// One dial at a time: requests that find no connection wait for the same one.
     dialing: tokio::sync::Mutex<()>,
+    /// When the last dial failed, and why: requests that waited for that dial get its
+    /// answer instead of each dialling in turn (a down API server would otherwise
+    /// make the n-th waiter wait n connect timeouts).
+    failed: Mutex<Option<(std::time::Instant, String)>>,
     /// The server chose HTTP/1.1 when offered both.
     http1_only: AtomicBool,
 }
@@ -218,10 +222,25 @@ impl H2Channel {
     }
 
     async fn connect(&self) -> Result<Option<(u64, http2::SendRequest<Body>)>, BoxError> {
+        let asked = std::time::Instant::now();
         let _one = self.dialing.lock().await;
         if let Some(live) = self.live() {
             return Ok(Some(live));
         }
+        if let Some((at, why)) = &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *at >= asked {
+                return Err(why.clone().into());
+            }
+        }
+        let dialled = self.dial_h2().await;
+        if let Err(error) = &dialled {
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((std::time::Instant::now(), error.to_string()));
+        }
+        dialled
+    }
+
+    async fn dial_h2(&self) -> Result<Option<(u64, http2::SendRequest<Body>)>, BoxError> {
         let mut dial = self.dial.clone();
         std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut dial, cx)).await?;
         let io = tower_service::Service::call(&mut dial, self.target.clone()).await?;
@@ -449,6 +468,7 @@ impl Upstream {
                 .build()?,
             sender: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(None),
             http1_only: AtomicBool::new(false),
         };
         let client = Client::builder(TokioExecutor::new())
