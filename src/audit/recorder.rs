@@ -230,6 +230,9 @@ async fn write_events(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Events in the last write: more than one means requests are arriving faster than
+    // one at a time.
+    let mut last_batch = 0;
     loop {
         // `None`: the tick, a sync may be due.
         let next = tokio::select! {
@@ -252,9 +255,9 @@ async fn write_events(
             return;
         };
         // Under load, the requests the runtime is about to finish have events too: let
-        // them run first, so that more go out with each write. When idle, the writer
-        // is back at once.
-        if rx.is_empty() {
+        // them run first, so that more go out with each write. Not when requests come
+        // one at a time: the yield would cost a turn of the event loop per request.
+        if last_batch > 1 && rx.is_empty() {
             tokio::task::yield_now().await;
         }
         // Everything already waiting goes out with one write to the OS.
@@ -309,6 +312,7 @@ async fn write_events(
         }
         // The events are on record (or counted as failed): free them now, not at the
         // next batch; the vector keeps its room.
+        last_batch = batch.len();
         batch.clear();
     }
 }
