@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Instructions per request through `chaperone proxy`, counted by valgrind's callgrind.
+"""Instructions (or allocations) per request through `chaperone proxy`, counted by valgrind.
 
 Wall-clock benchmarks on this 2-core shared machine move by 20-40% from run to run;
 instruction counts do not (the same binary and inputs give the same count, whatever else
@@ -17,12 +17,14 @@ instructions in the N2 run are listed (their own, or with --inclusive what they 
     cargo build --release --bin chaperone
     python3 benches/instructions.py                  # 200 and 1200 requests
     python3 benches/instructions.py --annotate 40
+    python3 benches/instructions.py --allocations    # heap blocks and bytes (dhat) instead
 
 Needs valgrind (apt-get install -y valgrind) and nginx (nginx-light).
 """
 
 import argparse
 import http.client
+import json
 import os
 import re
 import shutil
@@ -53,7 +55,8 @@ def send(port, ca, token, n):
 
 
 def run_once(args, tmp, procs, pki, caller, kubeconfig, policy, n, tag):
-    """chaperone under callgrind serving `n` requests; returns (total Ir, out file)."""
+    """chaperone under callgrind (or dhat) serving `n` requests; returns (total, out file):
+    instructions, or (blocks, bytes) allocated with --allocations."""
     d = os.path.join(tmp, f"proxy-{tag}")
     os.makedirs(d)
     crt, key = pki.server_cert(f"proxy-{tag}")
@@ -62,15 +65,22 @@ def run_once(args, tmp, procs, pki, caller, kubeconfig, policy, n, tag):
     bc.write_proxy_config(config, listen=port, admin=admin, cert=crt, key=key, jwks=pki.jwks,
                           policy=policy, kubeconfig=kubeconfig,
                           audit={"file": os.path.join(d, "audit.jsonl")})
-    out = os.path.join(d, "callgrind.out")
+    if args.allocations:
+        out = os.path.join(d, "dhat.json")
+        tool = ["valgrind", "--tool=dhat", f"--dhat-out-file={out}"]
+    else:
+        out = os.path.join(d, "callgrind.out")
+        tool = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     log = open(os.path.join(d, "proxy.log"), "w")
-    proc = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                        args.binary, "proxy", "--config", config], stdout=log, stderr=log)
+    proc = procs.start(tool + [args.binary, "proxy", "--config", config], stdout=log, stderr=log)
     log.close()
     bc.wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=120, proc=proc)
     send(port, pki.ca_crt, caller, n)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
+    if args.allocations:
+        points = json.load(open(out))["pps"]
+        return (sum(p["tbk"] for p in points), sum(p["tb"] for p in points)), out
     text = open(out).read()
     m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
     if not m:
@@ -89,6 +99,8 @@ def main():
                    help="copy the N2 run's callgrind output here (for callgrind_annotate)")
     p.add_argument("--inclusive", action="store_true",
                    help="with --annotate: count what functions call, too")
+    p.add_argument("--allocations", action="store_true",
+                   help="count heap allocations (valgrind's dhat) instead of instructions")
     args = p.parse_args()
     if not os.path.exists(args.binary):
         raise SystemExit(f"{args.binary} not found: cargo build --release --bin chaperone")
@@ -117,6 +129,16 @@ def measure(args, tmp, procs):
     bc.write_policy(policy, "bench-instructions", [("get-pods", "pods", ["get"])])
     i1, _ = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n1, "n1")
     i2, out2 = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n2, "n2")
+    if args.allocations:
+        n = args.n2 - args.n1
+        print(f"chaperone proxy, GET of a 2090 B Pod over one keep-alive TLS connection, "
+              f"audit to a JSONL file; dhat")
+        print(f"  {args.n1} requests: {i1[0]:,} blocks, {i1[1]:,} B; "
+              f"{args.n2} requests: {i2[0]:,} blocks, {i2[1]:,} B")
+        print(f"  per request: {(i2[0] - i1[0]) / n:,.1f} allocations, "
+              f"{(i2[1] - i1[1]) / n:,.0f} bytes")
+        print(f"  {bc.describe_binary(args.binary)}")
+        return
     per = (i2 - i1) / (args.n2 - args.n1)
     if args.save:
         shutil.copyfile(out2, args.save)
