@@ -42,7 +42,9 @@ pub struct Conn {
 /// What serves each request: the proxy pipeline, the sandbox, or the admin endpoints.
 /// A plain function of the request, not a boxed trait object: the connection keeps the
 /// future it returns in place, so serving a request allocates nothing for it (a boxed
-/// future was a 6 KB allocation and copy per proxied request).
+/// future was a 6 KB allocation and copy per proxied request). The price: hyper's slot
+/// for it is sized for the whole future and kept for the connection's life (about 8 KiB
+/// per open connection; benches/README.md).
 pub trait Handler:
     Fn(Request<Incoming>, Conn) -> Self::Answer + Clone + Send + Sync + 'static
 {
