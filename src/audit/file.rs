@@ -94,8 +94,7 @@ impl Recording {
         // allocation and several regrowths per request.
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        super::json::write_event(&mut line, event).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+        super::json::write_line(&mut line, event)?;
         let written = self.write_line(&line);
         // A large captured body does not keep its buffer for good.
         if line.capacity() <= LINE_KEPT {

@@ -9,79 +9,82 @@
 
 use std::borrow::Cow;
 
-use super::event::{Event, Level, ObjectRef, ResponseStatus, Stage, User};
+use super::event::{Annotations, Event, Level, ObjectRef, ResponseStatus, Stage, User};
 
 /// Appends `event` as one JSON object (no newline).
 pub fn write_event(out: &mut Vec<u8>, e: &Event) -> Result<(), serde_json::Error> {
-    out.extend_from_slice(b"{\"kind\":");
-    string(out, &e.kind);
-    out.extend_from_slice(b",\"apiVersion\":");
-    string(out, &e.api_version);
-    out.extend_from_slice(b",\"level\":\"");
-    out.extend_from_slice(level(e.level));
-    out.extend_from_slice(b"\",\"auditID\":");
-    string(out, &e.audit_id);
-    out.extend_from_slice(b",\"stage\":\"");
-    out.extend_from_slice(stage(e.stage));
-    out.extend_from_slice(b"\",\"requestURI\":");
-    string(out, &e.request_uri);
-    out.extend_from_slice(b",\"verb\":");
-    string(out, &e.verb);
-    out.extend_from_slice(b",\"user\":");
-    user(out, &e.user);
+    let mut fields = Fields::new(out);
+    string(fields.key(b"kind"), &e.kind);
+    string(fields.key(b"apiVersion"), &e.api_version);
+    constant(fields.key(b"level"), level(e.level));
+    string(fields.key(b"auditID"), &e.audit_id);
+    constant(fields.key(b"stage"), stage(e.stage));
+    string(fields.key(b"requestURI"), &e.request_uri);
+    string(fields.key(b"verb"), &e.verb);
+    user(fields.key(b"user"), &e.user);
     if !e.source_ips.is_empty() {
-        out.extend_from_slice(b",\"sourceIPs\":");
-        strings(out, &e.source_ips);
+        strings(fields.key(b"sourceIPs"), &e.source_ips);
     }
     if !e.user_agent.is_empty() {
-        out.extend_from_slice(b",\"userAgent\":");
-        string(out, &e.user_agent);
+        string(fields.key(b"userAgent"), &e.user_agent);
     }
     if let Some(o) = &e.object_ref {
-        out.extend_from_slice(b",\"objectRef\":");
-        object_ref(out, o);
+        object_ref(fields.key(b"objectRef"), o);
     }
     if let Some(s) = &e.response_status {
-        out.extend_from_slice(b",\"responseStatus\":");
-        response_status(out, s);
+        response_status(fields.key(b"responseStatus"), s);
     }
     if let Some(v) = &e.request_object {
-        out.extend_from_slice(b",\"requestObject\":");
-        serde_json::to_writer(&mut *out, v)?;
+        serde_json::to_writer(&mut *fields.key(b"requestObject"), v)?;
     }
     if let Some(v) = &e.response_object {
-        out.extend_from_slice(b",\"responseObject\":");
-        serde_json::to_writer(&mut *out, v)?;
+        serde_json::to_writer(&mut *fields.key(b"responseObject"), v)?;
     }
-    out.extend_from_slice(b",\"requestReceivedTimestamp\":");
-    string(out, &e.request_received_timestamp);
-    out.extend_from_slice(b",\"stageTimestamp\":");
-    string(out, &e.stage_timestamp);
+    string(
+        fields.key(b"requestReceivedTimestamp"),
+        &e.request_received_timestamp,
+    );
+    string(fields.key(b"stageTimestamp"), &e.stage_timestamp);
     if !e.annotations.is_empty() {
-        out.extend_from_slice(b",\"annotations\":");
-        out.push(b'{');
-        for (i, (k, v)) in e.annotations.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            match k {
-                // chaperone's own keys (`Trail::note` takes only `&'static str`):
-                // constants, none of which needs escaping.
-                Cow::Borrowed(k) => {
-                    debug_assert!(!k.bytes().any(|b| escape(b).is_some()), "{k}");
-                    out.push(b'"');
-                    out.extend_from_slice(k.as_bytes());
-                    out.push(b'"');
-                }
-                Cow::Owned(k) => string(out, k),
-            }
-            out.push(b':');
-            string(out, v);
+        annotations(fields.key(b"annotations"), &e.annotations);
+    }
+    fields.end();
+    Ok(())
+}
+
+/// Appends `event` as one line of a JSONL recording (its JSON object and a newline).
+pub fn write_line(out: &mut Vec<u8>, e: &Event) -> std::io::Result<()> {
+    write_event(out, e).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+fn annotations(out: &mut Vec<u8>, annotations: &Annotations) {
+    out.push(b'{');
+    for (i, (k, v)) in annotations.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        out.push(b'}');
+        match k {
+            // chaperone's own keys (`Trail::note` takes only `&'static str`):
+            // constants, none of which needs escaping.
+            Cow::Borrowed(k) => {
+                debug_assert!(!k.bytes().any(|b| escape(b).is_some()), "{k}");
+                constant(out, k.as_bytes());
+            }
+            Cow::Owned(k) => string(out, k),
+        }
+        out.push(b':');
+        string(out, v);
     }
     out.push(b'}');
-    Ok(())
+}
+
+/// Appends a constant that needs no escaping as a JSON string.
+fn constant(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    out.extend_from_slice(s);
+    out.push(b'"');
 }
 
 fn level(l: Level) -> &'static [u8] {

@@ -273,12 +273,8 @@ async fn write_events(
             let result = match &mut sink {
                 Sink::Stdout => {
                     let mut line = Vec::with_capacity(2048);
-                    super::json::write_event(&mut line, event)
-                        .map_err(std::io::Error::other)
-                        .and_then(|()| {
-                            line.push(b'\n');
-                            std::io::stdout().lock().write_all(&line)
-                        })
+                    super::json::write_line(&mut line, event)
+                        .and_then(|()| std::io::stdout().lock().write_all(&line))
                 }
                 Sink::File(rec) => rec.append(event),
             };
