@@ -122,13 +122,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in ALWAYS_HOP_BY_HOP {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -139,19 +133,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The hop-by-hop headers removed whatever `Connection` says (besides `Connection` and
+/// `Upgrade` themselves).
+const ALWAYS_HOP_BY_HOP: [&str; 5] = [
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+];
+
 /// A header that concerns one connection only; any header `Connection` names is one
 /// too, and is found through `Connection`.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    let name = name.as_str();
+    name == "connection" || name == "upgrade" || ALWAYS_HOP_BY_HOP.contains(&name)
 }
 
 /// Whether chaperone must be able to read the response to this request, and so must
