@@ -2,8 +2,10 @@
 //!
 //! Durability is the configured fsync policy: `always` syncs after every event (no
 //! event is lost on a crash, at the cost of a disk flush per request), `interval`
-//! (the default) writes every event at once and syncs at most once a second and on
-//! shutdown (a crash loses at most the last second), `never` leaves it to the OS.
+//! (the default) hands every event to the OS as it comes (under load, within a
+//! millisecond, with the others of that millisecond) and syncs at most once a second
+//! and on shutdown (a crash loses at most the last second), `never` leaves it to the
+//! OS. The writes and syncs run on the recording's own thread (`audit::disk`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -11,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-
-use super::event::Event;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,8 +25,9 @@ pub enum Fsync {
 
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The largest line buffer kept between events.
-const LINE_KEPT: usize = 64 * 1024;
+/// Bytes gathered before a write to the OS: a batch of events under load, about a
+/// kilobyte each, goes out in one `write`.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// An open recording file and its rotation state.
 pub struct Recording {
@@ -41,8 +42,6 @@ pub struct Recording {
     dirty: bool,
     /// A regular file (not `/dev/null` or a pipe): only those rotate and sync.
     regular: bool,
-    /// The line being written, kept for the next.
-    line: Vec<u8>,
     /// Files rotated away whose sync is still to come.
     rotated: Vec<File>,
 }
@@ -67,43 +66,18 @@ impl Recording {
             max_size,
             max_files,
             fsync,
-            file: BufWriter::new(file),
+            file: BufWriter::with_capacity(WRITE_BUFFER, file),
             size,
             last_sync: Instant::now(),
             dirty: false,
             regular,
-            line: Vec::with_capacity(4096),
             rotated: Vec::new(),
         })
     }
 
-    /// Appends one event as a line, flushed (and synced per `fsync`) at once.
-    #[cfg(test)]
-    pub fn write(&mut self, event: &Event) -> std::io::Result<()> {
-        self.append(event)?;
-        for file in self.flush_for_sync()? {
-            file.sync_data()?;
-        }
-        Ok(())
-    }
-
-    /// Appends one event to the buffer; [`Recording::flush_for_sync`] hands it to the
-    /// OS. The writer appends everything waiting in its queue, then flushes once.
-    pub fn append(&mut self, event: &Event) -> std::io::Result<()> {
-        // One line buffer for every event: serialising into a fresh Vec cost an
-        // allocation and several regrowths per request.
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        super::json::write_line(&mut line, event)?;
-        let written = self.write_line(&line);
-        // A large captured body does not keep its buffer for good.
-        if line.capacity() <= LINE_KEPT {
-            self.line = line;
-        }
-        written
-    }
-
-    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+    /// Appends one serialised line (its newline included), rotating first when it
+    /// would take the file past `maxSize`.
+    pub fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
         if self.regular && self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
         }
@@ -116,8 +90,8 @@ impl Recording {
     /// Hands what was appended to the OS (so `replay --follow` sees it) and returns the
     /// files to sync now: files rotated away since the last call (unless `fsync:
     /// never`), and the current one when the policy calls for it (`always`; `interval`
-    /// once a second has passed). The writer runs `sync_data` off the runtime's thread,
-    /// since a sync can take milliseconds and the proxy may run on that one thread.
+    /// once a second has passed). The recording's own thread runs `sync_data` (see
+    /// `audit::disk`): a sync can take milliseconds.
     pub fn flush_for_sync(&mut self) -> std::io::Result<Vec<File>> {
         self.file.flush()?;
         let mut files = std::mem::take(&mut self.rotated);
@@ -148,9 +122,9 @@ impl Recording {
         Ok(())
     }
 
-    /// Starts a new file. The old one is flushed here and synced by the writer with the
-    /// next batch (see [`Recording::flush_for_sync`]), not on the runtime's thread: a
-    /// file of `maxSize` can take a while to reach the disk.
+    /// Starts a new file. The old one is flushed here and synced after the batch (see
+    /// [`Recording::flush_for_sync`]), so that the batch is not held up by a file of
+    /// `maxSize` on its way to the disk.
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
         if self.fsync != Fsync::Never && self.dirty {
@@ -167,7 +141,7 @@ impl Recording {
             }
             std::fs::rename(&self.path, numbered(1))?;
         }
-        self.file = BufWriter::new(open_append(&self.path)?);
+        self.file = BufWriter::with_capacity(WRITE_BUFFER, open_append(&self.path)?);
         self.size = 0;
         self.dirty = false;
         Ok(())
@@ -187,7 +161,23 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::{Level, Stage};
+    use crate::audit::event::{Event, Level, Stage};
+
+    /// Appends one event; `flush_for_sync` hands it to the OS.
+    fn append(rec: &mut Recording, event: &Event) -> std::io::Result<()> {
+        let mut line = Vec::new();
+        crate::audit::json::write_line(&mut line, event)?;
+        rec.write_line(&line)
+    }
+
+    /// Appends one event, flushed (and synced per `fsync`) at once.
+    fn write(rec: &mut Recording, event: &Event) -> std::io::Result<()> {
+        append(rec, event)?;
+        for file in rec.flush_for_sync()? {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
 
     fn event(n: usize) -> Event {
         Event {
@@ -229,7 +219,7 @@ mod tests {
         // Room for three events per file, two old files kept.
         let mut rec = Recording::open(&path, line_len * 3, 2, Fsync::Never).unwrap();
         for n in 0..10 {
-            rec.write(&event(n)).unwrap();
+            write(&mut rec, &event(n)).unwrap();
         }
         rec.sync().unwrap();
         assert_eq!(ids(&path), ["id-9"]);
@@ -256,7 +246,7 @@ mod tests {
             // One batch: the third event starts a new file; the old one, written but
             // not synced, waits for the writer.
             for n in 0..3 {
-                rec.append(&event(n)).unwrap();
+                append(&mut rec, &event(n)).unwrap();
             }
             let files = rec.flush_for_sync().unwrap();
             assert_eq!(files.len(), want, "{fsync:?}");
@@ -279,7 +269,7 @@ mod tests {
             let mut rec = Recording::open(&path, 1 << 20, 1, fsync).unwrap();
             // Nothing written: nothing to sync.
             assert!(rec.flush_for_sync().unwrap().is_empty());
-            rec.append(&event(0)).unwrap();
+            append(&mut rec, &event(0)).unwrap();
             // `interval` waits for its second (the writer's tick asks again).
             let handles = rec.flush_for_sync().unwrap();
             assert_eq!(handles.len(), usize::from(want), "{fsync:?}");
@@ -298,7 +288,7 @@ mod tests {
         let path = dir.path().join("a.jsonl");
         for n in 0..2 {
             let mut rec = Recording::open(&path, 1 << 20, 1, Fsync::Always).unwrap();
-            rec.write(&event(n)).unwrap();
+            write(&mut rec, &event(n)).unwrap();
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
     }

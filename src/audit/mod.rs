@@ -14,6 +14,7 @@
 
 pub mod capture;
 mod completion;
+mod disk;
 pub mod event;
 pub mod file;
 mod json;
@@ -144,5 +145,82 @@ mod tests {
         );
         assert!(dropped > 0, "recorded {recorded}, dropped {dropped}");
         assert!(recorded + dropped <= 50);
+    }
+
+    /// A recording that cannot take more (here a FIFO whose reader has stopped reading;
+    /// in life a disk in a journal commit) stalls its own thread, never the runtime's:
+    /// the runtime keeps running while the events wait, and they all land once the
+    /// reader reads again.
+    #[test]
+    fn a_stalled_recording_does_not_stall_the_runtime() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opened for reading first (non-blocking, so this open does not wait for a
+        // writer), then not read: the pipe's 64 KiB fill with the first ~60 events.
+        let mut reader = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(0o4000) // O_NONBLOCK
+                .open(&path)
+                .unwrap()
+        };
+        const EVENTS: usize = 300;
+        let (ticked, ticks) = std::sync::mpsc::channel();
+        let runtime = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let recorder =
+                    Recorder::start(&settings(Some(path), 1000, Overflow::Block)).unwrap();
+                for _ in 0..EVENTS {
+                    recorder
+                        .record(trail().event(Stage::ResponseComplete, 200, None))
+                        .await;
+                }
+                // The runtime still turns while the recording is stuck.
+                for n in 0..5 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticked.send(n).unwrap();
+                }
+                recorder.close(Duration::from_secs(10)).await;
+                recorder.counters.recorded.load(Ordering::Relaxed)
+            })
+        });
+        for n in 0..5 {
+            let tick = ticks.recv_timeout(Duration::from_secs(5));
+            assert_eq!(
+                tick,
+                Ok(n),
+                "the runtime stopped while the recording was full"
+            );
+        }
+        // Now read: everything arrives, one event per line.
+        let mut text = Vec::new();
+        let mut buf = vec![0; 1 << 16];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while text.iter().filter(|&&b| b == b'\n').count() < EVENTS {
+            assert!(std::time::Instant::now() < deadline, "events never arrived");
+            match reader.read(&mut buf) {
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(runtime.join().unwrap(), EVENTS as u64);
+        let lines = String::from_utf8(text).unwrap();
+        for line in lines.lines() {
+            serde_json::from_str::<Event>(line).unwrap();
+        }
     }
 }

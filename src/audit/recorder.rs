@@ -1,5 +1,7 @@
 //! The queues between requests and the sinks: one bounded queue and one writer task
-//! per sink (the JSONL recording or standard output, and the OTLP collector).
+//! per sink (the JSONL recording or standard output, and the OTLP collector). The
+//! local sink's writer serialises a batch and hands it to the thread that owns the
+//! file (`audit::disk`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::disk::{Disk, DiskThread, Lines};
 use super::event::Event;
 use super::{file, otlp};
 
@@ -22,6 +25,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to start the audit recording's thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error(transparent)]
     Otlp(#[from] otlp::Error),
 }
@@ -89,11 +94,6 @@ pub struct Rest {
     from: usize,
 }
 
-enum Sink {
-    Stdout,
-    File(file::Recording),
-}
-
 impl Recorder {
     /// Opens the sinks and starts one writer task per sink, each behind its own
     /// bounded queue, so a collector outage does not hold up the local recording.
@@ -104,8 +104,8 @@ impl Recorder {
         let mut writers = Vec::new();
         let local = match &settings.file {
             None => None,
-            Some(p) if p.as_os_str() == "-" => Some(Sink::Stdout),
-            Some(path) => Some(Sink::File(
+            Some(p) if p.as_os_str() == "-" => Some(Disk::Stdout),
+            Some(path) => Some(Disk::File(
                 file::Recording::open(path, settings.max_size, settings.max_files, settings.fsync)
                     .map_err(|source| Error::Open {
                         path: path.clone(),
@@ -113,12 +113,13 @@ impl Recorder {
                     })?,
             )),
         };
-        if let Some(sink) = local {
+        if let Some(disk) = local {
+            let disk = DiskThread::spawn(disk).map_err(Error::Thread)?;
             let (tx, rx) = mpsc::channel(settings.queue.max(1));
             sinks.push(tx);
             writers.push(tokio::spawn(write_events(
                 rx,
-                sink,
+                disk,
                 counters.clone(),
                 stop_rx.clone(),
             )));
@@ -222,45 +223,30 @@ impl Recorder {
 
 async fn write_events(
     mut rx: mpsc::Receiver<Arc<Event>>,
-    mut sink: Sink,
+    disk: DiskThread,
     counters: Arc<Counters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use std::io::Write;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    // Events in the last write: more than one means requests are arriving faster than
-    // one at a time.
-    let mut last_batch = 0;
+    let mut lines = Lines::default();
     loop {
-        // `None`: the tick, a sync may be due.
-        let next = tokio::select! {
-            event = rx.recv() => Some(event),
-            _ = tick.tick() => None,
-            _ = stop.wait_for(|s| *s) => Some(None),
+        // Under load, the next batch gathers for a moment: one hand-over to the disk
+        // thread (a wake-up each way) per millisecond rather than per request or two.
+        if lines.len() > 1 {
+            tokio::time::sleep(GATHER).await;
+        }
+        let first = tokio::select! {
+            event = rx.recv() => event,
+            _ = stop.wait_for(|s| *s) => None,
         };
-        let Some(event) = next else {
-            if let Sink::File(rec) = &mut sink {
-                if let Err(error) = sync(rec.flush_for_sync()).await {
-                    tracing::error!(%error, "failed to sync the audit recording");
-                }
-            }
-            continue;
-        };
-        let Some(first) = event else {
-            if let Sink::File(rec) = &mut sink {
-                let _ = rec.sync();
+        let Some(first) = first else {
+            if let Err(error) = disk.stop().await {
+                tracing::error!(%error, "failed to sync the audit recording");
             }
             return;
         };
-        // Under load, the requests the runtime is about to finish have events too: let
-        // them run first, so that more go out with each write. Not when requests come
-        // one at a time: the yield would cost a turn of the event loop per request.
-        if last_batch > 1 && rx.is_empty() {
-            tokio::task::yield_now().await;
-        }
-        // Everything already waiting goes out with one write to the OS.
+        // Everything already waiting goes out with one write to the OS; whatever
+        // arrives while the disk thread writes it waits for the next.
         batch.push(first);
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
@@ -268,62 +254,51 @@ async fn write_events(
                 Err(_) => break,
             }
         }
-        let mut failed = None;
+        // Serialised here, freed here: the events were allocated on this thread.
+        lines.clear();
         for event in &batch {
-            let result = match &mut sink {
-                Sink::Stdout => {
-                    let mut line = Vec::with_capacity(2048);
-                    super::json::write_line(&mut line, event)
-                        .and_then(|()| std::io::stdout().lock().write_all(&line))
+            match super::json::write_line(&mut lines.lines, event) {
+                Ok(()) => lines.ends.push(lines.lines.len()),
+                Err(error) => {
+                    lines
+                        .lines
+                        .truncate(lines.ends.last().copied().unwrap_or(0));
+                    counters.failed_writes.fetch_add(1, Ordering::Relaxed);
+                    let audit_id = &event.audit_id;
+                    tracing::error!(%error, %audit_id, "failed to serialise an audit event");
                 }
-                Sink::File(rec) => rec.append(event),
-            };
-            if let Err(error) = result {
-                failed = Some((error, event.audit_id.clone()));
-                break;
             }
         }
-        let flushed = match &mut sink {
-            Sink::Stdout => std::io::stdout().lock().flush(),
-            Sink::File(rec) => sync(rec.flush_for_sync()).await,
-        };
-        match (failed, flushed) {
-            (None, Ok(())) => {
-                counters
-                    .recorded
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            (Some((error, audit_id)), _) => {
-                counters
-                    .failed_writes
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!(%error, %audit_id, events = batch.len(), "failed to write audit events");
-            }
-            (None, Err(error)) => {
-                counters
-                    .failed_writes
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!(%error, events = batch.len(), "failed to write audit events");
-            }
-        }
-        // The events are on record (or counted as failed): free them now, not at the
-        // next batch; the vector keeps its room.
-        last_batch = batch.len();
         batch.clear();
+        let events = lines.len() as u64;
+        let written = if lines.len() > 0 {
+            let (back, written) = disk.write(std::mem::take(&mut lines)).await;
+            lines = back;
+            // A large captured body does not keep its buffer for good.
+            if lines.lines.capacity() > LINES_KEPT {
+                lines = Lines::default();
+            }
+            written
+        } else {
+            Ok(())
+        };
+        match written {
+            Ok(()) => {
+                counters.recorded.fetch_add(events, Ordering::Relaxed);
+            }
+            Err(error) => {
+                counters.failed_writes.fetch_add(events, Ordering::Relaxed);
+                tracing::error!(%error, events, "failed to write audit events");
+            }
+        }
     }
 }
 
-/// Runs the syncs the recording asked for on the blocking pool, so the runtime's thread
-/// (the only one, by default) keeps serving requests while the disk catches up.
-async fn sync(files: std::io::Result<Vec<std::fs::File>>) -> std::io::Result<()> {
-    let files = files?;
-    if files.is_empty() {
-        return Ok(());
-    }
-    tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
-        .await
-        .map_err(std::io::Error::other)?
-}
+/// How long the writer lets events gather under load.
+const GATHER: Duration = Duration::from_millis(1);
+
+/// The largest line buffer kept between batches.
+const LINES_KEPT: usize = 1 << 20;
 
 /// The most events one write to the recording carries.
 const WRITE_BATCH: usize = 256;
