@@ -7,12 +7,14 @@
 //! catches up, and the next batch is only the larger for it.
 
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::file::Recording;
+use super::recorder::Counters;
 
 /// Where the lines go.
 pub enum Disk {
@@ -39,30 +41,57 @@ impl Lines {
 }
 
 enum Job {
-    /// Write (and sync, as the policy says); the lines come back for reuse.
-    Write(Lines, oneshot::Sender<(Lines, std::io::Result<()>)>),
+    /// Write (and sync, as the policy says) a batch of this many lines.
+    Write(Lines),
     /// Sync what is written, then end.
     Stop(oneshot::Sender<std::io::Result<()>>),
+}
+
+/// What the writer task and the thread share. The thread wakes the writer only when it
+/// is waiting for the batch in flight: at a few requests a second, handing a batch over
+/// costs the requests' thread one wake-up of this thread and nothing on the way back.
+struct Shared {
+    in_flight: AtomicBool,
+    written: Notify,
+    /// The last batch's buffers, back for reuse.
+    spare: Mutex<Lines>,
+    counters: Arc<Counters>,
 }
 
 /// The handle of the thread that owns the sink.
 pub struct DiskThread {
     jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
 }
 
 /// How long the thread waits idle before it looks whether an `interval` sync is due.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// The largest line buffer kept between batches.
+const LINES_KEPT: usize = 1 << 20;
+
 impl DiskThread {
-    pub fn spawn(mut disk: Disk) -> std::io::Result<DiskThread> {
+    pub fn spawn(mut disk: Disk, counters: Arc<Counters>) -> std::io::Result<DiskThread> {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let shared = Arc::new(Shared {
+            in_flight: AtomicBool::new(false),
+            written: Notify::new(),
+            spare: Mutex::new(Lines::default()),
+            counters,
+        });
+        let theirs = shared.clone();
         std::thread::Builder::new()
             .name("audit-disk".into())
             .spawn(move || loop {
                 match rx.recv_timeout(IDLE_CHECK) {
-                    Ok(Job::Write(lines, done)) => {
-                        let result = disk.write(&lines);
-                        let _ = done.send((lines, result));
+                    Ok(Job::Write(lines)) => {
+                        theirs.count(lines.len() as u64, disk.write(&lines));
+                        // A large captured body does not keep its buffer for good.
+                        if lines.lines.capacity() <= LINES_KEPT {
+                            *theirs.spare.lock().unwrap_or_else(|e| e.into_inner()) = lines;
+                        }
+                        theirs.in_flight.store(false, Ordering::Release);
+                        theirs.written.notify_waiters();
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if let Err(error) = disk.flush() {
@@ -79,19 +108,37 @@ impl DiskThread {
                     }
                 }
             })?;
-        Ok(DiskThread { jobs })
+        Ok(DiskThread { jobs, shared })
     }
 
-    /// Writes the lines; they come back (emptied or not) with the outcome.
-    pub async fn write(&self, lines: Lines) -> (Lines, std::io::Result<()>) {
-        let (done, result) = oneshot::channel();
-        if let Err(mpsc::SendError(Job::Write(lines, _))) = self.jobs.send(Job::Write(lines, done))
-        {
-            return (lines, Err(gone()));
+    /// Waits until the batch in flight, if any, is written; returns an empty buffer
+    /// for the next one.
+    pub async fn ready(&self) -> Lines {
+        loop {
+            let written = self.shared.written.notified();
+            tokio::pin!(written);
+            // Registered before the check, so that the thread's notice cannot fall
+            // between the two.
+            written.as_mut().enable();
+            if !self.shared.in_flight.load(Ordering::Acquire) {
+                break;
+            }
+            written.await;
         }
-        result
-            .await
-            .unwrap_or_else(|_| (Lines::default(), Err(gone())))
+        let mut lines =
+            std::mem::take(&mut *self.shared.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        lines.clear();
+        lines
+    }
+
+    /// Hands a batch to the thread, which counts it as recorded or failed once
+    /// written. Call [`DiskThread::ready`] first: one batch is in flight at a time.
+    pub fn write(&self, lines: Lines) {
+        self.shared.in_flight.store(true, Ordering::Release);
+        if let Err(mpsc::SendError(Job::Write(lines))) = self.jobs.send(Job::Write(lines)) {
+            self.shared.in_flight.store(false, Ordering::Release);
+            self.shared.count(lines.len() as u64, Err(gone()));
+        }
     }
 
     /// Syncs what is written and ends the thread.
@@ -99,6 +146,22 @@ impl DiskThread {
         let (done, result) = oneshot::channel();
         self.jobs.send(Job::Stop(done)).map_err(|_| gone())?;
         result.await.map_err(|_| gone())?
+    }
+}
+
+impl Shared {
+    fn count(&self, events: u64, written: std::io::Result<()>) {
+        match written {
+            Ok(()) => {
+                self.counters.recorded.fetch_add(events, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.counters
+                    .failed_writes
+                    .fetch_add(events, Ordering::Relaxed);
+                tracing::error!(%error, events, "failed to write audit events");
+            }
+        }
     }
 }
 

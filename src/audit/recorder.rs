@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::disk::{Disk, DiskThread, Lines};
+use super::disk::{Disk, DiskThread};
 use super::event::Event;
 use super::{file, otlp};
 
@@ -114,7 +114,7 @@ impl Recorder {
             )),
         };
         if let Some(disk) = local {
-            let disk = DiskThread::spawn(disk).map_err(Error::Thread)?;
+            let disk = DiskThread::spawn(disk, counters.clone()).map_err(Error::Thread)?;
             let (tx, rx) = mpsc::channel(settings.queue.max(1));
             sinks.push(tx);
             writers.push(tokio::spawn(write_events(
@@ -228,11 +228,11 @@ async fn write_events(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut lines = Lines::default();
+    let mut last_batch = 0;
     loop {
         // Under load, the next batch gathers for a moment: one hand-over to the disk
-        // thread (a wake-up each way) per millisecond rather than per request or two.
-        if lines.len() > 1 {
+        // thread per millisecond rather than per request or two.
+        if last_batch > 1 {
             tokio::time::sleep(GATHER).await;
         }
         let first = tokio::select! {
@@ -245,8 +245,10 @@ async fn write_events(
             }
             return;
         };
-        // Everything already waiting goes out with one write to the OS; whatever
-        // arrives while the disk thread writes it waits for the next.
+        // One batch on its way to the disk at a time: what arrives meanwhile waits in
+        // the queue for the next.
+        let mut lines = disk.ready().await;
+        // Everything already waiting goes out with one write to the OS.
         batch.push(first);
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
@@ -255,7 +257,6 @@ async fn write_events(
             }
         }
         // Serialised here, freed here: the events were allocated on this thread.
-        lines.clear();
         for event in &batch {
             match super::json::write_line(&mut lines.lines, event) {
                 Ok(()) => lines.ends.push(lines.lines.len()),
@@ -269,36 +270,16 @@ async fn write_events(
                 }
             }
         }
+        last_batch = batch.len();
         batch.clear();
-        let events = lines.len() as u64;
-        let written = if lines.len() > 0 {
-            let (back, written) = disk.write(std::mem::take(&mut lines)).await;
-            lines = back;
-            // A large captured body does not keep its buffer for good.
-            if lines.lines.capacity() > LINES_KEPT {
-                lines = Lines::default();
-            }
-            written
-        } else {
-            Ok(())
-        };
-        match written {
-            Ok(()) => {
-                counters.recorded.fetch_add(events, Ordering::Relaxed);
-            }
-            Err(error) => {
-                counters.failed_writes.fetch_add(events, Ordering::Relaxed);
-                tracing::error!(%error, events, "failed to write audit events");
-            }
+        if lines.len() > 0 {
+            disk.write(lines);
         }
     }
 }
 
 /// How long the writer lets events gather under load.
 const GATHER: Duration = Duration::from_millis(1);
-
-/// The largest line buffer kept between batches.
-const LINES_KEPT: usize = 1 << 20;
 
 /// The most events one write to the recording carries.
 const WRITE_BATCH: usize = 256;
