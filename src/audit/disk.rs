@@ -82,29 +82,34 @@ impl DiskThread {
         let theirs = shared.clone();
         std::thread::Builder::new()
             .name("audit-disk".into())
-            .spawn(move || loop {
-                match rx.recv_timeout(IDLE_CHECK) {
-                    Ok(Job::Write(lines)) => {
-                        theirs.count(lines.len() as u64, disk.write(&lines));
-                        // A large captured body does not keep its buffer for good.
-                        if lines.lines.capacity() <= LINES_KEPT {
-                            *theirs.spare.lock().unwrap_or_else(|e| e.into_inner()) = lines;
+            .spawn(move || {
+                // However the thread ends, a writer waiting for it goes on, and finds
+                // the thread gone (its batches then count as failed writes).
+                let _ended = Ended(theirs.clone());
+                loop {
+                    match rx.recv_timeout(IDLE_CHECK) {
+                        Ok(Job::Write(lines)) => {
+                            theirs.count(lines.len() as u64, disk.write(&lines));
+                            // A large captured body does not keep its buffer for good.
+                            if lines.lines.capacity() <= LINES_KEPT {
+                                *theirs.spare.lock().unwrap_or_else(|e| e.into_inner()) = lines;
+                            }
+                            theirs.in_flight.store(false, Ordering::Release);
+                            theirs.written.notify_waiters();
                         }
-                        theirs.in_flight.store(false, Ordering::Release);
-                        theirs.written.notify_waiters();
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(error) = disk.flush() {
-                            tracing::error!(%error, "failed to sync the audit recording");
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(error) = disk.flush() {
+                                tracing::error!(%error, "failed to sync the audit recording");
+                            }
                         }
-                    }
-                    Ok(Job::Stop(done)) => {
-                        let _ = done.send(disk.sync());
-                        return;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        let _ = disk.sync();
-                        return;
+                        Ok(Job::Stop(done)) => {
+                            let _ = done.send(disk.sync());
+                            return;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            let _ = disk.sync();
+                            return;
+                        }
                     }
                 }
             })?;
@@ -162,6 +167,16 @@ impl Shared {
                 tracing::error!(%error, events, "failed to write audit events");
             }
         }
+    }
+}
+
+/// Lets go of the batch in flight when the thread ends, by panic or otherwise.
+struct Ended(Arc<Shared>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.in_flight.store(false, Ordering::Release);
+        self.0.written.notify_waiters();
     }
 }
 
