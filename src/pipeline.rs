@@ -286,7 +286,7 @@ impl Proxy {
             decision.applied() == policy::Action::Deny,
         );
         trail.note(annotation::DECISION, decision.applied().as_str());
-        trail.note(annotation::RULE, decision.rule());
+        trail.note(annotation::RULE, decision.rule().to_owned());
         trail.note(annotation::REASON, decision.to_text());
         trail.set_level(decision.audit_level());
         trail.note(

@@ -124,7 +124,7 @@ async fn served_refused_and_failed_requests_are_each_recorded() {
             event
                 .annotations
                 .get("chaperone.dev/decision")
-                .map(String::as_str),
+                .map(|v| &**v),
             *decision,
             "{path}"
         );

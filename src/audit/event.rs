@@ -73,7 +73,7 @@ pub struct Event {
 
 /// An event's annotations: chaperone's own keys are constants, so recording them
 /// allocates only their values.
-pub type Annotations = BTreeMap<Cow<'static, str>, String>;
+pub type Annotations = BTreeMap<Cow<'static, str>, Cow<'static, str>>;
 
 /// The stages of the request path that get a span of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -215,7 +215,7 @@ fn unix_nanos(rfc3339: &str) -> u64 {
 
 /// The event's attributes, by OpenTelemetry semantic conventions where one exists.
 fn attributes(e: &Event) -> Vec<KeyValue> {
-    let note = |k: &str| e.annotations.get(k).map(String::as_str).unwrap_or("");
+    let note = |k: &str| e.annotations.get(k).map(|v| &**v).unwrap_or("");
     let (path, query) = e
         .request_uri
         .split_once('?')
@@ -267,13 +267,11 @@ fn attributes(e: &Event) -> Vec<KeyValue> {
 
 /// The HTTP method, when recorded (the verb is Kubernetes', not HTTP's).
 fn note_method(e: &Event) -> Option<&str> {
-    e.annotations
-        .get("chaperone.dev/method")
-        .map(String::as_str)
+    e.annotations.get("chaperone.dev/method").map(|v| &**v)
 }
 
 fn span(e: &Event) -> Span {
-    let note = |k: &str| e.annotations.get(k).map(String::as_str).unwrap_or("");
+    let note = |k: &str| e.annotations.get(k).map(|v| &**v).unwrap_or("");
     let code = e.response_status.as_ref().map_or(0, |s| s.code);
     let name = match &e.object_ref {
         Some(o) if o.subresource.is_empty() => format!("{} {}", e.verb, o.resource),
@@ -315,7 +313,7 @@ fn span(e: &Event) -> Span {
 /// The request's stages as its child spans: where the time went (the proxy's own work,
 /// a reviewer's, the API server's) and which stage refused it.
 fn stage_spans(e: &Event) -> impl Iterator<Item = Span> + '_ {
-    let note = |k: &str| e.annotations.get(k).map(String::as_str).unwrap_or("");
+    let note = |k: &str| e.annotations.get(k).map(|v| &**v).unwrap_or("");
     let trace_id = hex_bytes(note(annotation::TRACE_ID));
     let parent = hex_bytes(note(annotation::SPAN_ID));
     e.stages.iter().map(move |s| {
@@ -351,7 +349,7 @@ fn stage_spans(e: &Event) -> impl Iterator<Item = Span> + '_ {
 }
 
 fn log_record(e: &Event) -> LogRecord {
-    let note = |k: &str| e.annotations.get(k).map(String::as_str).unwrap_or("");
+    let note = |k: &str| e.annotations.get(k).map(|v| &**v).unwrap_or("");
     let refused = matches!(note(annotation::DECISION), "deny" | "approve" | "error");
     let body = serde_json::to_string(e).unwrap_or_default();
     let time = unix_nanos(&e.stage_timestamp);

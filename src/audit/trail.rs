@@ -59,20 +59,20 @@ impl Trail {
         // Every ID this request needs, from one read of the system RNG.
         let ids = RandomIds::new();
         let (trace, parent_span, flags) = match parent {
-            Some((t, p, f)) => (t.to_owned(), Some(p.to_owned()), f.to_owned()),
-            None => (hex(&ids.trace), None, "01".to_owned()),
+            Some((t, p, f)) => (t.to_owned(), Some(p.to_owned()), Cow::Owned(f.to_owned())),
+            None => (hex(&ids.trace), None, Cow::Borrowed("01")),
         };
         let mut annotations = Annotations::new();
-        annotations.insert(Cow::Borrowed(annotation::TRACE_ID), trace);
-        annotations.insert(Cow::Borrowed(annotation::SPAN_ID), hex(&ids.span));
+        annotations.insert(Cow::Borrowed(annotation::TRACE_ID), Cow::Owned(trace));
+        annotations.insert(
+            Cow::Borrowed(annotation::SPAN_ID),
+            Cow::Owned(hex(&ids.span)),
+        );
         if let Some(p) = parent_span {
-            annotations.insert(Cow::Borrowed(annotation::PARENT_SPAN_ID), p);
+            annotations.insert(Cow::Borrowed(annotation::PARENT_SPAN_ID), Cow::Owned(p));
         }
         annotations.insert(Cow::Borrowed(TRACE_FLAGS), flags);
-        annotations.insert(
-            Cow::Borrowed(annotation::METHOD),
-            method.as_str().to_owned(),
-        );
+        annotations.insert(Cow::Borrowed(annotation::METHOD), method_name(method));
         Trail {
             audit_id: uuid_v4(ids.audit),
             received: time::OffsetDateTime::now_utc(),
@@ -109,13 +109,13 @@ impl Trail {
 
     /// The authenticated caller.
     pub fn who(&mut self, who: &Arc<Subject>) {
-        self.note(annotation::ISSUER, who.issuer.as_str());
+        self.note(annotation::ISSUER, who.issuer.clone());
         let pod = who
             .extra
             .get("authentication.kubernetes.io/pod-name")
             .and_then(|v| v.first());
         if let Some(pod) = pod {
-            self.note(annotation::POD, pod.as_str());
+            self.note(annotation::POD, pod.clone());
         }
         self.who = Some(who.clone());
     }
@@ -135,7 +135,7 @@ impl Trail {
     }
 
     /// Adds an annotation (decision, rule, reason, ...).
-    pub fn note(&mut self, key: &'static str, value: impl Into<String>) {
+    pub fn note(&mut self, key: &'static str, value: impl Into<Cow<'static, str>>) {
         self.annotations.insert(Cow::Borrowed(key), value.into());
     }
 
@@ -177,12 +177,7 @@ impl Trail {
     /// The W3C `traceparent` to send upstream: this request's trace, with the
     /// `upstream` stage's span as the parent of the API server's work.
     pub fn traceparent(&self) -> String {
-        let note = |k: &str| {
-            self.annotations
-                .get(k)
-                .map(String::as_str)
-                .unwrap_or_default()
-        };
+        let note = |k: &str| self.annotations.get(k).map(|v| &**v).unwrap_or_default();
         let mut out = String::with_capacity(55);
         out.push_str("00-");
         out.push_str(note(annotation::TRACE_ID));
@@ -202,7 +197,7 @@ impl Trail {
     pub fn decision(&self) -> &str {
         self.annotations
             .get(annotation::DECISION)
-            .map_or("allow", String::as_str)
+            .map_or("allow", |v| &**v)
     }
 
     /// The verb once resolved; until then the lowercase method.
@@ -239,7 +234,7 @@ impl Trail {
         let mut annotations = self.annotations;
         annotations.insert(
             Cow::Borrowed(annotation::MASKED_FIELDS),
-            self.masked.load(Ordering::Relaxed).to_string(),
+            Cow::Owned(self.masked.load(Ordering::Relaxed).to_string()),
         );
         let mut body = |captured: &Option<capture::Capture>, note: &'static str| match captured
             .as_ref()
@@ -247,7 +242,7 @@ impl Trail {
         {
             Some(capture::Recorded::Object(v)) => Some(v),
             Some(capture::Recorded::Omitted(why)) => {
-                annotations.insert(Cow::Borrowed(note), why);
+                annotations.insert(Cow::Borrowed(note), Cow::Owned(why));
                 None
             }
             None => None,
@@ -256,7 +251,7 @@ impl Trail {
         let response_object = body(&self.response_body, "chaperone.dev/response-body");
         annotations.insert(
             Cow::Borrowed(annotation::LATENCY_MS),
-            milliseconds(self.started.elapsed()),
+            Cow::Owned(milliseconds(self.started.elapsed())),
         );
         let response_status = (stage != Stage::RequestReceived).then(|| match status {
             Some(s) => ResponseStatus {
@@ -308,6 +303,26 @@ impl Trail {
             stages: self.stages,
         }
     }
+}
+
+/// The method's name, without an allocation for the standard ones.
+fn method_name(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    STANDARD.iter().find(|(m, _)| m == method).map_or_else(
+        || Cow::Owned(method.as_str().to_owned()),
+        |(_, name)| Cow::Borrowed(*name),
+    )
 }
 
 /// The trace ID of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), if it

@@ -84,7 +84,7 @@ impl Filter {
     }
 
     fn keeps(&self, e: &Event) -> bool {
-        let note = |k: &str| e.annotations.get(k).map(String::as_str);
+        let note = |k: &str| e.annotations.get(k).map(|v| &**v);
         if let Some(t) = &self.trace {
             if note(annotation::TRACE_ID) != Some(t.as_str()) {
                 return false;
@@ -270,7 +270,7 @@ fn parse_line(line: &str) -> anyhow::Result<Vec<Event>> {
             event
                 .annotations
                 .entry(annotation::TRACE_ID.into())
-                .or_insert_with(|| trace.to_ascii_lowercase());
+                .or_insert_with(|| trace.to_ascii_lowercase().into());
         }
         events.push(event);
     }
@@ -285,7 +285,7 @@ fn header() -> String {
 }
 
 fn row(e: &Event) -> String {
-    let note = |k: &str| e.annotations.get(k).map(String::as_str).unwrap_or("");
+    let note = |k: &str| e.annotations.get(k).map(|v| &**v).unwrap_or("");
     // `2026-11-25T13:40:00.123456Z` -> `2026-11-25 13:40:00.123`
     let time = e
         .request_received_timestamp
