@@ -96,8 +96,21 @@ pub struct RequestInfo {
     pub subresource: String,
     /// The object's name, from the path or from a `metadata.name` field selector.
     pub name: String,
-    /// The path parts from the resource on: `resource/name/subresource/...`.
-    pub parts: Vec<String>,
+    /// Where in `path` Go's `Parts` start (`resource/name/subresource/...`), for
+    /// resource requests resolved from a path; see [`RequestInfo::parts`].
+    pub parts_at: Option<usize>,
+}
+
+impl RequestInfo {
+    /// Go's `Parts`: the path's segments from the resource on
+    /// (`resource/name/subresource/...`); empty for a non-resource request, or for one
+    /// not resolved from a path (a SubjectAccessReview's attributes, a policy test case).
+    pub fn parts(&self) -> Vec<&str> {
+        match self.parts_at.and_then(|at| self.path.get(at..)) {
+            Some(rest) => rest.trim_end_matches('/').split('/').collect(),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// Why a request was refused. Path payloads are the raw path as received, except for
@@ -257,7 +270,8 @@ fn fill_resource_attributes(
     if parts.len() >= 3 && !SPECIAL_VERBS_NO_SUBRESOURCES.contains(&verb) {
         info.subresource = parts[2].to_owned();
     }
-    info.parts = parts.iter().map(|part| (*part).to_owned()).collect();
+    // The parts are the path's last segments: where the first starts is all to keep.
+    info.parts_at = Some(parts[0].as_ptr() as usize - path.as_ptr() as usize);
 
     // A GET without a name reads the collection: list or watch, and maybe one object of it.
     if name.is_empty() && verb == "get" {

@@ -234,7 +234,7 @@ fn asked(spec: &Value) -> Result<RequestInfo, Error> {
             resource,
             subresource,
             name,
-            parts,
+            parts_at: None,
         });
     }
     if let Some(attrs) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {

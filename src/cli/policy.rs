@@ -237,11 +237,6 @@ fn request(e: &Explain) -> Result<(RequestInfo, Option<String>), String> {
         namespace: e.namespace.clone().unwrap_or_default(),
         resource: resource.to_owned(),
         subresource: subresource.to_owned(),
-        parts: [resource, &name, subresource]
-            .into_iter()
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect(),
         name,
         ..RequestInfo::default()
     };

@@ -132,12 +132,6 @@ fn attributes(a: model::RequestAttributes) -> Result<(RequestInfo, Option<String
             .collect::<Vec<_>>()
             .join("&")
     });
-    let mut parts = vec![resource.clone()];
-    parts.extend(
-        [a.name.clone(), subresource.clone()]
-            .into_iter()
-            .filter(|p| !p.is_empty()),
-    );
     let info = RequestInfo {
         is_resource_request: true,
         verb: a.verb.as_str().to_owned(),
@@ -153,7 +147,7 @@ fn attributes(a: model::RequestAttributes) -> Result<(RequestInfo, Option<String
         resource,
         subresource,
         name: a.name,
-        parts,
+        parts_at: None,
         path: String::new(),
     };
     Ok((info, query))
