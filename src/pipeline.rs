@@ -98,7 +98,9 @@ pub struct Proxy {
 
 /// The header carrying the audit ID, so the cluster's own audit log and chaperone's
 /// name the same request alike.
-const AUDIT_ID: &str = "audit-id";
+const AUDIT_ID: http::HeaderName = http::HeaderName::from_static("audit-id");
+/// W3C trace context, sent upstream.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 impl Proxy {
     pub fn new(
@@ -350,7 +352,7 @@ impl Proxy {
             req.headers_mut().insert(AUDIT_ID, id);
         }
         if let Ok(tp) = http::HeaderValue::from_str(&trail.traceparent()) {
-            req.headers_mut().insert("traceparent", tp);
+            req.headers_mut().insert(TRACEPARENT, tp);
         }
         let streaming = upgrade || info.verb == "watch" || is_follow(&info, req.uri());
 

@@ -52,6 +52,9 @@ const SPECIAL_VERBS_NO_SUBRESOURCES: [&str; 1] = ["proxy"];
 /// Subresources of a namespace: `namespaces/x/status` is namespace x's status, whereas
 /// `namespaces/x/pods` is the pods collection inside namespace x.
 const NAMESPACE_SUBRESOURCES: [&str; 2] = ["status", "finalize"];
+/// Path segments resolved without an allocation: `/apis/{group}/{version}/namespaces/{ns}/
+/// {resource}/{name}/{subresource}` has eight.
+const INLINE_SEGMENTS: usize = 12;
 /// Go's default `urlmaxqueryparams`: `url.ParseQuery` gives up on longer queries.
 const MAX_QUERY_PARAMETERS: usize = 10_000;
 
@@ -208,12 +211,26 @@ fn fill_resource_attributes(
 ) -> bool {
     // Go's splitPath: leading and trailing slashes don't make segments.
     let trimmed = path.trim_matches('/');
-    let segments: Vec<&str> = if trimmed.is_empty() {
-        Vec::new()
+    // On the stack for the paths clients send; a longer one (a proxied sub-path) spills.
+    let mut inline = [""; INLINE_SEGMENTS];
+    let mut spilled = Vec::new();
+    let mut count = 0;
+    for segment in trimmed.split('/').filter(|_| !trimmed.is_empty()) {
+        if count < INLINE_SEGMENTS {
+            inline[count] = segment;
+        } else {
+            if spilled.is_empty() {
+                spilled.extend_from_slice(&inline);
+            }
+            spilled.push(segment);
+        }
+        count += 1;
+    }
+    let mut parts = if spilled.is_empty() {
+        &inline[..count]
     } else {
-        trimmed.split('/').collect()
+        spilled.as_slice()
     };
-    let mut parts = segments.as_slice();
     // `/`, `/api`, `/api/v1`, `/apis/apps` name no resource.
     if parts.len() < 3 || !API_PREFIXES.contains(&parts[0]) {
         return true;

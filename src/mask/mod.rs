@@ -277,6 +277,10 @@ impl Masker {
         if target.resource.is_empty() || OPAQUE_SUBRESOURCES.contains(&target.subresource) {
             return Plan::PassThrough;
         }
+        let logs = target.resource == "pods" && target.subresource == "log";
+        if !logs && !self.needs_json(target) {
+            return Plan::PassThrough;
+        }
         let media = headers
             .get(header::CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
@@ -288,10 +292,6 @@ impl Masker {
             .collect();
         let essence = params[0];
         let json = essence == "application/json" || essence.ends_with("+json");
-        let logs = target.resource == "pods" && target.subresource == "log";
-        if !logs && !self.needs_json(target) {
-            return Plan::PassThrough;
-        }
         if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
             let enc = String::from_utf8_lossy(enc.as_bytes())
                 .trim()

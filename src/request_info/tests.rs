@@ -127,6 +127,9 @@ fn table() -> Vec<(&'static str, &'static str, Want)> {
         ("PATCH", "/apis/apps/v1/namespaces/default/deployments/web/status", res("patch", "apis", "apps", "v1", "default", "deployments", "status", "web", &["deployments", "web", "status"])),
         ("GET", "/api/v1/namespaces/default/services/https:web:443/proxy/metrics/cpu", res("get", "api", "", "v1", "default", "services", "proxy", "https:web:443", &["services", "https:web:443", "proxy", "metrics", "cpu"])),
         ("GET", "/api/v1/nodes/node-1/proxy/stats", res("get", "api", "", "v1", "", "nodes", "proxy", "node-1", &["nodes", "node-1", "proxy", "stats"])),
+        // more segments than the resolver keeps on the stack
+        ("GET", "/api/v1/namespaces/default/services/web/proxy/a/b/c/d/e/f/g/h", res("get", "api", "", "v1", "default", "services", "proxy", "web", &["services", "web", "proxy", "a", "b", "c", "d", "e", "f", "g", "h"])),
+        ("GET", "/apis/apps/v1/proxy/namespaces/default/pods/web/1/2/3/4/5/6/7/8/9", res("proxy", "apis", "apps", "v1", "default", "pods", "", "web", &["pods", "web", "1", "2", "3", "4", "5", "6", "7", "8", "9"])),
 
         // verb identification
         ("PATCH", "/api/v1/namespaces/other/pods/foo", res("patch", "api", "", "v1", "other", "pods", "", "foo", &["pods", "foo"])),
