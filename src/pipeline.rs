@@ -351,7 +351,10 @@ impl Proxy {
         if let Ok(id) = http::HeaderValue::from_str(&trail.audit_id) {
             req.headers_mut().insert(AUDIT_ID, id);
         }
-        if let Ok(tp) = http::HeaderValue::from_str(&trail.traceparent()) {
+        // The String's buffer becomes the header's bytes, not copied.
+        if let Ok(tp) =
+            http::HeaderValue::from_maybe_shared(bytes::Bytes::from(trail.traceparent()))
+        {
             req.headers_mut().insert(TRACEPARENT, tp);
         }
         let streaming = upgrade || info.verb == "watch" || is_follow(&info, req.uri());

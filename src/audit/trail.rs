@@ -24,7 +24,8 @@ pub struct Trail {
     received: time::OffsetDateTime,
     started: Instant,
     request_uri: String,
-    verb: String,
+    /// The lowercase method, the verb of a request never resolved.
+    verb: Cow<'static, str>,
     source_ip: String,
     user_agent: String,
     /// The caller once authenticated (shared with the token cache).
@@ -82,7 +83,7 @@ impl Trail {
                 .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
             // Until the request is resolved, the verb is the method, as for
             // non-resource requests.
-            verb: method.as_str().to_ascii_lowercase(),
+            verb: lowercase_method(method),
             source_ip: {
                 use std::fmt::Write;
                 // The longest IPv6 text form, so the address is written without regrowing.
@@ -123,14 +124,21 @@ impl Trail {
     /// What the request does (shared with the pipeline; its strings move into the
     /// event at the end, when the pipeline no longer holds it).
     pub fn info(&mut self, info: &Arc<RequestInfo>) {
-        let query = self.request_uri.split_once('?').map(|(_, q)| q);
-        let mut uri = String::with_capacity(info.path.len() + query.map_or(0, |q| q.len() + 1));
-        uri.push_str(&info.path);
-        if let Some(query) = query {
-            uri.push('?');
-            uri.push_str(query);
+        let (path, query) = match self.request_uri.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (self.request_uri.as_str(), None),
+        };
+        // The recorded URI is the normalised path (with the query as sent): most paths
+        // arrive normalised already, and the URI recorded at the start stands.
+        if path != info.path {
+            let mut uri = String::with_capacity(info.path.len() + query.map_or(0, |q| q.len() + 1));
+            uri.push_str(&info.path);
+            if let Some(query) = query {
+                uri.push('?');
+                uri.push_str(query);
+            }
+            self.request_uri = uri;
         }
-        self.request_uri = uri;
         self.info = Some(info.clone());
     }
 
@@ -280,7 +288,7 @@ impl Trail {
                 });
                 (info.verb, object_ref)
             }
-            None => (self.verb, None),
+            None => (self.verb.into_owned(), None),
         };
         Event {
             kind: Cow::Borrowed("Event"),
@@ -305,24 +313,33 @@ impl Trail {
     }
 }
 
+/// The standard methods: (method, its name, the name in lowercase).
+const STANDARD_METHODS: [(http::Method, &str, &str); 9] = [
+    (http::Method::GET, "GET", "get"),
+    (http::Method::POST, "POST", "post"),
+    (http::Method::PUT, "PUT", "put"),
+    (http::Method::PATCH, "PATCH", "patch"),
+    (http::Method::DELETE, "DELETE", "delete"),
+    (http::Method::HEAD, "HEAD", "head"),
+    (http::Method::OPTIONS, "OPTIONS", "options"),
+    (http::Method::CONNECT, "CONNECT", "connect"),
+    (http::Method::TRACE, "TRACE", "trace"),
+];
+
 /// The method's name, without an allocation for the standard ones.
 fn method_name(method: &http::Method) -> Cow<'static, str> {
-    use http::Method;
-    const STANDARD: [(Method, &str); 9] = [
-        (Method::GET, "GET"),
-        (Method::POST, "POST"),
-        (Method::PUT, "PUT"),
-        (Method::PATCH, "PATCH"),
-        (Method::DELETE, "DELETE"),
-        (Method::HEAD, "HEAD"),
-        (Method::OPTIONS, "OPTIONS"),
-        (Method::CONNECT, "CONNECT"),
-        (Method::TRACE, "TRACE"),
-    ];
-    STANDARD.iter().find(|(m, _)| m == method).map_or_else(
-        || Cow::Owned(method.as_str().to_owned()),
-        |(_, name)| Cow::Borrowed(*name),
-    )
+    match STANDARD_METHODS.iter().find(|(m, _, _)| m == method) {
+        Some((_, name, _)) => Cow::Borrowed(name),
+        None => Cow::Owned(method.as_str().to_owned()),
+    }
+}
+
+/// The method in lowercase (Go's `strings.ToLower`: methods are ASCII tokens).
+fn lowercase_method(method: &http::Method) -> Cow<'static, str> {
+    match STANDARD_METHODS.iter().find(|(m, _, _)| m == method) {
+        Some((_, _, lower)) => Cow::Borrowed(lower),
+        None => Cow::Owned(method.as_str().to_ascii_lowercase()),
+    }
 }
 
 /// The trace ID of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), if it
@@ -457,6 +474,53 @@ fn milliseconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The event records the path that was authorised and forwarded (normalised), with
+    /// the query as sent; an unresolved request keeps the raw URI and its method as verb.
+    #[test]
+    fn records_the_normalised_uri_and_the_method_until_resolved() {
+        let cases = [
+            (
+                "GET",
+                "/api/v1/namespaces/default/./pods//web/?limit=1&x=%2F",
+                Some("/api/v1/namespaces/default/pods/web/?limit=1&x=%2F"),
+                "get",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/pods/web",
+                Some("/api/v1/namespaces/default/pods/web"),
+                "delete",
+            ),
+            (
+                "PURGE",
+                "/api/v1/namespaces/default/pods/a%2Fb?x=1",
+                None,
+                "purge",
+            ),
+        ];
+        for (method, uri, normalised, verb) in cases {
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+            let parsed: http::Uri = uri.parse().unwrap();
+            let mut trail = Trail::start(
+                &method,
+                &parsed,
+                &HeaderMap::new(),
+                "127.0.0.1:1".parse().unwrap(),
+            );
+            assert_eq!(trail.verb(), verb, "{uri}");
+            if let Ok(info) = crate::request_info::resolve(&method, &parsed) {
+                trail.info(&Arc::new(info));
+            }
+            let event = trail.into_event(Stage::ResponseComplete, 200, None);
+            assert_eq!(event.request_uri, normalised.unwrap_or(uri), "{uri}");
+            assert_eq!(
+                event.annotations[annotation::METHOD],
+                method.as_str(),
+                "{uri}"
+            );
+        }
+    }
 
     #[test]
     fn trace_ids_come_from_well_formed_traceparents() {
