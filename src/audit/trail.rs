@@ -242,7 +242,10 @@ impl Trail {
         let mut annotations = self.annotations;
         annotations.insert(
             Cow::Borrowed(annotation::MASKED_FIELDS),
-            Cow::Owned(self.masked.load(Ordering::Relaxed).to_string()),
+            match self.masked.load(Ordering::Relaxed) {
+                0 => Cow::Borrowed("0"),
+                n => Cow::Owned(n.to_string()),
+            },
         );
         let mut body = |captured: &Option<capture::Capture>, note: &'static str| match captured
             .as_ref()
@@ -463,8 +466,11 @@ fn uuid_v4(mut b: [u8; 16]) -> String {
 /// A duration in milliseconds with three decimals (`12.345`), as the latency
 /// annotation has always been written.
 fn milliseconds(d: Duration) -> String {
+    use std::fmt::Write;
     let micros = d.as_micros();
-    let mut out = (micros / 1000).to_string();
+    // Sized for up to a day and a bit in milliseconds: one allocation.
+    let mut out = String::with_capacity(12);
+    let _ = write!(out, "{}", micros / 1000);
     out.push('.');
     // The remainder is below 1000, so it fits the three digits exactly.
     event::digits(&mut out, (micros % 1000) as u32, 3);
