@@ -127,7 +127,8 @@ impl Proxy {
     /// here, and every request, served or refused, is recorded.
     pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let mut trail = Trail::start(req.method(), req.uri(), req.headers(), conn.peer);
-        let audit_id = trail.audit_id.clone();
+        // The response's `audit-id` header, made now: the trail moves into the body.
+        let audit_id = http::HeaderValue::from_str(&trail.audit_id).ok();
         // Debug level, like the stages' spans: at the default level a formatted span per
         // request would cost more than authorising it. Refusals are logged at info with
         // the request's identity in the event itself.
@@ -208,7 +209,7 @@ impl Proxy {
             }
         };
         span.record("status", rsp.status().as_u16());
-        if let Ok(id) = http::HeaderValue::from_str(&audit_id) {
+        if let Some(id) = audit_id {
             rsp.headers_mut().insert(AUDIT_ID, id);
         }
         rsp
