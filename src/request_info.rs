@@ -212,25 +212,12 @@ fn fill_resource_attributes(
     // Go's splitPath: leading and trailing slashes don't make segments.
     let trimmed = path.trim_matches('/');
     // On the stack for the paths clients send; a longer one (a proxied sub-path) spills.
-    let mut inline = [""; INLINE_SEGMENTS];
-    let mut spilled = Vec::new();
-    let mut count = 0;
-    for segment in trimmed.split('/').filter(|_| !trimmed.is_empty()) {
-        if count < INLINE_SEGMENTS {
-            inline[count] = segment;
-        } else {
-            if spilled.is_empty() {
-                spilled.extend_from_slice(&inline);
-            }
-            spilled.push(segment);
-        }
-        count += 1;
-    }
-    let mut parts = if spilled.is_empty() {
-        &inline[..count]
+    let segments: smallvec::SmallVec<[&str; INLINE_SEGMENTS]> = if trimmed.is_empty() {
+        smallvec::SmallVec::new()
     } else {
-        spilled.as_slice()
+        trimmed.split('/').collect()
     };
+    let mut parts = segments.as_slice();
     // `/`, `/api`, `/api/v1`, `/apis/apps` name no resource.
     if parts.len() < 3 || !API_PREFIXES.contains(&parts[0]) {
         return true;
