@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
+use super::event::Event;
 use super::file::Recording;
 use super::recorder::Counters;
 
@@ -25,11 +26,25 @@ pub enum Disk {
 /// Serialised events, one line each: `ends[i]` is where line `i` ends in `lines`.
 #[derive(Default)]
 pub struct Lines {
-    pub lines: Vec<u8>,
-    pub ends: Vec<usize>,
+    lines: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 impl Lines {
+    /// Appends the event as a JSON line; one that cannot be serialised leaves no trace.
+    pub fn push(&mut self, event: &Event) -> std::io::Result<()> {
+        match super::json::write_line(&mut self.lines, event) {
+            Ok(()) => {
+                self.ends.push(self.lines.len());
+                Ok(())
+            }
+            Err(error) => {
+                self.lines.truncate(self.ends.last().copied().unwrap_or(0));
+                Err(error)
+            }
+        }
+    }
+
     pub fn clear(&mut self) {
         self.lines.clear();
         self.ends.clear();

@@ -258,16 +258,10 @@ async fn write_events(
         }
         // Serialised here, freed here: the events were allocated on this thread.
         for event in &batch {
-            match super::json::write_line(&mut lines.lines, event) {
-                Ok(()) => lines.ends.push(lines.lines.len()),
-                Err(error) => {
-                    lines
-                        .lines
-                        .truncate(lines.ends.last().copied().unwrap_or(0));
-                    counters.failed_writes.fetch_add(1, Ordering::Relaxed);
-                    let audit_id = &event.audit_id;
-                    tracing::error!(%error, %audit_id, "failed to serialise an audit event");
-                }
+            if let Err(error) = lines.push(event) {
+                counters.failed_writes.fetch_add(1, Ordering::Relaxed);
+                let audit_id = &event.audit_id;
+                tracing::error!(%error, %audit_id, "failed to serialise an audit event");
             }
         }
         last_batch = batch.len();
