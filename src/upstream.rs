@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -13,12 +12,11 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
 use hyper::upgrade::OnUpgrade;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::Instrument;
 
 use crate::body::{Body, BoxError};
@@ -27,6 +25,9 @@ use crate::headers;
 use crate::kubeconfig::{self, Credential};
 use crate::status::Status;
 use crate::tls;
+
+mod channel;
+use channel::{H2Channel, Sent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -187,127 +188,6 @@ where
     }
 }
 
-/// The one HTTP/2 connection to the API server that every short request shares, as
-/// client-go keeps one: each request goes straight onto it, without the pooled
-/// client's per-request checkout (about 5% of the proxy's CPU per request at
-/// saturation went to that). Dialled on first use and again once the server closes it;
-/// a server that does not offer HTTP/2 leaves requests to the pooled client.
-struct H2Channel {
-    dial: Dial<HttpsConnector<HttpConnector>>,
-    target: Uri,
-    /// The connection's sender, numbered so that a failed one is dropped only if it is
-    /// still the current one.
-    sender: Mutex<Option<(u64, http2::SendRequest<Body>)>>,
-    /// One dial at a time: requests that find no connection wait for the same one.
-    dialing: tokio::sync::Mutex<()>,
-    /// When the last dial failed, and why: requests that waited for that dial get its
-    /// answer instead of each dialling in turn (a down API server would otherwise
-    /// make the n-th waiter wait n connect timeouts).
-    failed: Mutex<Option<(std::time::Instant, String)>>,
-    /// The server chose HTTP/1.1 when offered both.
-    http1_only: AtomicBool,
-}
-
-/// What became of a request offered to the HTTP/2 channel.
-enum Sent {
-    Answered(Result<Response<Incoming>, BoxError>),
-    /// The server speaks HTTP/1.1 only: the request is handed back for the pooled client.
-    Http1Only(Request<Body>),
-}
-
-impl H2Channel {
-    fn live(&self) -> Option<(u64, http2::SendRequest<Body>)> {
-        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
-        sender.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
-    }
-
-    async fn connect(&self) -> Result<Option<(u64, http2::SendRequest<Body>)>, BoxError> {
-        let asked = std::time::Instant::now();
-        let _one = self.dialing.lock().await;
-        if let Some(live) = self.live() {
-            return Ok(Some(live));
-        }
-        if let Some((at, why)) = &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
-            if *at >= asked {
-                return Err(why.clone().into());
-            }
-        }
-        let dialled = self.dial_h2().await;
-        if let Err(error) = &dialled {
-            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((std::time::Instant::now(), error.to_string()));
-        }
-        dialled
-    }
-
-    async fn dial_h2(&self) -> Result<Option<(u64, http2::SendRequest<Body>)>, BoxError> {
-        let mut dial = self.dial.clone();
-        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut dial, cx)).await?;
-        let io = tower_service::Service::call(&mut dial, self.target.clone()).await?;
-        if !io.connected().is_negotiated_h2() {
-            self.http1_only.store(true, Ordering::Relaxed);
-            return Ok(None);
-        }
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await?;
-        tokio::spawn(
-            async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, "upstream HTTP/2 connection ended");
-                }
-            }
-            .instrument(tracing::debug_span!("upstream_connection")),
-        );
-        let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
-        let number = current.as_ref().map_or(0, |(n, _)| n + 1);
-        *current = Some((number, sender.clone()));
-        Ok(Some((number, sender)))
-    }
-
-    async fn send(&self, req: Request<Body>) -> Sent {
-        if self.http1_only.load(Ordering::Relaxed) {
-            return Sent::Http1Only(req);
-        }
-        let mut req = req;
-        let mut retried = false;
-        loop {
-            let (number, mut sender) = match self.live() {
-                Some(s) => s,
-                // Boxed: the dial's future is large, and kept inline it would be
-                // copied with every request's future although it runs once.
-                None => match Box::pin(self.connect()).await {
-                    Ok(Some(s)) => s,
-                    Ok(None) => return Sent::Http1Only(req),
-                    Err(e) => return Sent::Answered(Err(e)),
-                },
-            };
-            match sender.try_send_request(req).await {
-                Ok(rsp) => return Sent::Answered(Ok(rsp)),
-                // A connection that closed between the check and the send hands the
-                // request back unsent: it goes once more, on a new connection.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !retried => {
-                        retried = true;
-                        self.forget(number);
-                        req = unsent;
-                    }
-                    _ => return Sent::Answered(Err(e.into_error().into())),
-                },
-            }
-        }
-    }
-
-    /// Drops connection `number` as the shared one, unless another has replaced it.
-    fn forget(&self, number: u64) {
-        let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().is_some_and(|(n, _)| *n == number) {
-            *current = None;
-        }
-    }
-}
-
 /// A pooled client to one API server.
 pub struct Upstream {
     server: String,
@@ -459,18 +339,14 @@ impl Upstream {
                 timeout: connect_timeout,
             })
         };
-        let h2 = H2Channel {
-            dial: connector(true)?,
-            target: Uri::builder()
+        let h2 = H2Channel::new(
+            connector(true)?,
+            Uri::builder()
                 .scheme(http::uri::Scheme::HTTPS)
                 .authority(authority.clone())
                 .path_and_query("/")
                 .build()?,
-            sender: Mutex::new(None),
-            dialing: tokio::sync::Mutex::new(()),
-            failed: Mutex::new(None),
-            http1_only: AtomicBool::new(false),
-        };
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector(false)?);
@@ -544,16 +420,16 @@ impl Upstream {
             req.headers_mut().insert(header::AUTHORIZATION, auth);
         }
         let send = async {
+            let pooled = |client: &HttpsClient, req| {
+                let answer = client.request(req);
+                async { answer.await.map(boxed).map_err(BoxError::from) }
+            };
             if downstream_upgrade.is_some() {
-                return self
-                    .upgrade_client
-                    .request(req)
-                    .await
-                    .map_err(BoxError::from);
+                return pooled(&self.upgrade_client, req).await;
             }
             match self.h2.send(req).await {
                 Sent::Answered(answer) => answer,
-                Sent::Http1Only(req) => self.client.request(req).await.map_err(BoxError::from),
+                Sent::Http1Only(req) => pooled(&self.client, req).await,
             }
         };
         let mut rsp = match tokio::time::timeout(self.response_timeout, send).await {
@@ -587,7 +463,7 @@ impl Upstream {
             tokio::spawn(tunnel(downstream, upstream).instrument(tracing::info_span!("tunnel")));
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
-        Ok(rsp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()))
+        Ok(rsp)
     }
 }
 
@@ -702,6 +578,11 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// A pooled client's answer, with the body every stage carries.
+fn boxed(rsp: Response<Incoming>) -> Response<Body> {
+    rsp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed())
 }
 
 /// Copies bytes both ways between the caller and the API server after a 101.

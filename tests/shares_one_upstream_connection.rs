@@ -189,3 +189,82 @@ async fn an_api_server_that_speaks_only_http1_is_served() {
     proxy.stop().await;
     env.stop().await;
 }
+
+/// A request body larger than the API server's flow-control window goes up in pieces as
+/// the caller sends them, and an answer larger than the proxy's window comes back whole:
+/// both directions wait for and hand back HTTP/2 window, on the shared connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_larger_than_the_flow_control_window_stream_both_ways() {
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let api: SocketAddr = env
+        .sandbox_url()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let relay = Relay::start(api).await;
+    let config = support::proxy_config(
+        env.dir.path(),
+        &format!("https://{}", relay.addr),
+        &String::from_utf8(env.ca_pem()).unwrap(),
+        &env.started.upstream_token,
+        "",
+    );
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    let base = format!(
+        "https://{}/api/v1/namespaces/default/configmaps",
+        proxy.addrs[0]
+    );
+
+    // 2.5 MiB of data: more than the sandbox's 1 MiB window per stream and more than
+    // the proxy's 2 MiB window for the answer.
+    const SIZE: usize = 5 << 19;
+    let object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "big"},
+        "data": {"blob": "x".repeat(SIZE)},
+    })
+    .to_string()
+    .into_bytes();
+    let total = object.len();
+    // Sent in 64 KiB pieces with a pause now and then, so the body is still arriving
+    // when the proxy has sent the request's head.
+    let pieces = futures_util::stream::iter(
+        object
+            .chunks(64 << 10)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect::<Vec<_>>(),
+    )
+    .enumerate()
+    .then(|(i, piece)| async move {
+        if i % 8 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok::<_, chaperone::body::BoxError>(http_body::Frame::data(piece))
+    });
+    let req = http::Request::post(&base)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(StreamBody::new(pieces)))
+        .unwrap();
+    let created = env.client(false).send(req).await;
+    assert_eq!(created.status.as_u16(), 201, "{:?}", created.body.len());
+    assert_eq!(
+        created.json()["data"]["blob"].as_str().map(str::len),
+        Some(SIZE)
+    );
+
+    let read = env.client(false).get(&format!("{base}/big"), &[]).await;
+    assert_eq!(read.status.as_u16(), 200);
+    assert_eq!(
+        read.json()["data"]["blob"].as_str().map(str::len),
+        Some(SIZE)
+    );
+    assert!(read.body.len() > SIZE && total > SIZE);
+    assert_eq!(relay.accepted(), 1, "both on the one HTTP/2 connection");
+    proxy.stop().await;
+    env.stop().await;
+}

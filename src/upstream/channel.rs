@@ -1,0 +1,323 @@
+//! The one HTTP/2 connection to the API server that every short request shares, as
+//! client-go keeps one, driven with the `h2` crate directly.
+//!
+//! Each request opens its stream itself and waits on it in its own task: no request
+//! queue in front of the connection, no task spawned per request to carry the answer
+//! back (hyper's HTTP/2 client does both; at saturation they were about 5% of the
+//! proxy's CPU). A request body that is not already whole is streamed by a task of its
+//! own, as hyper does.
+
+use std::future::{poll_fn, Future as _};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+use super::Dial;
+use crate::body::{Body, BoxError};
+use crate::headers;
+
+/// hyper's HTTP/2 client settings, which this connection had while it went through
+/// hyper: 2 MiB per stream and 5 MiB per connection of receive window (a large List
+/// streams without waiting for window updates), 16 KiB frames and header lists, 1 MiB
+/// of send buffer per stream, no server push.
+fn builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_max_send_streams(100)
+        .initial_window_size(2 << 20)
+        .initial_connection_window_size(5 << 20)
+        .max_frame_size(16 << 10)
+        .max_header_list_size(16 << 10)
+        .max_send_buffer_size(1 << 20)
+        .enable_push(false);
+    builder
+}
+
+type Sender = h2::client::SendRequest<Bytes>;
+
+pub(super) struct H2Channel {
+    dial: Dial<HttpsConnector<HttpConnector>>,
+    target: Uri,
+    /// The connection's sender, numbered so that a failed one is dropped only if it is
+    /// still the current one.
+    sender: Mutex<Option<(u64, Sender)>>,
+    /// One dial at a time: requests that find no connection wait for the same one.
+    dialing: tokio::sync::Mutex<()>,
+    /// When the last dial failed, and why: requests that waited for that dial get its
+    /// answer instead of each dialling in turn (a down API server would otherwise
+    /// make the n-th waiter wait n connect timeouts).
+    failed: Mutex<Option<(Instant, String)>>,
+    /// The server chose HTTP/1.1 when offered both.
+    http1_only: AtomicBool,
+}
+
+/// What became of a request offered to the HTTP/2 channel.
+pub(super) enum Sent {
+    Answered(Result<Response<Body>, BoxError>),
+    /// The server speaks HTTP/1.1 only: the request is handed back for the pooled client.
+    Http1Only(Request<Body>),
+}
+
+impl H2Channel {
+    pub(super) fn new(dial: Dial<HttpsConnector<HttpConnector>>, target: Uri) -> H2Channel {
+        H2Channel {
+            dial,
+            target,
+            sender: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(None),
+            http1_only: AtomicBool::new(false),
+        }
+    }
+
+    fn live(&self) -> Option<(u64, Sender)> {
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        sender.clone()
+    }
+
+    async fn connect(&self) -> Result<Option<(u64, Sender)>, BoxError> {
+        let asked = Instant::now();
+        let _one = self.dialing.lock().await;
+        if let Some(live) = self.live() {
+            return Ok(Some(live));
+        }
+        if let Some((at, why)) = &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *at >= asked {
+                return Err(why.clone().into());
+            }
+        }
+        let dialled = self.dial_h2().await;
+        if let Err(error) = &dialled {
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now(), error.to_string()));
+        }
+        dialled
+    }
+
+    async fn dial_h2(&self) -> Result<Option<(u64, Sender)>, BoxError> {
+        let mut dial = self.dial.clone();
+        poll_fn(|cx| tower_service::Service::poll_ready(&mut dial, cx)).await?;
+        let io = tower_service::Service::call(&mut dial, self.target.clone()).await?;
+        if !io.connected().is_negotiated_h2() {
+            self.http1_only.store(true, Ordering::Relaxed);
+            return Ok(None);
+        }
+        let (sender, conn) = builder().handshake::<_, Bytes>(TokioIo::new(io)).await?;
+        tokio::spawn(
+            async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "upstream HTTP/2 connection ended");
+                }
+            }
+            .instrument(tracing::debug_span!("upstream_connection")),
+        );
+        let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let number = current.as_ref().map_or(0, |(n, _)| n + 1);
+        *current = Some((number, sender.clone()));
+        Ok(Some((number, sender)))
+    }
+
+    pub(super) async fn send(&self, req: Request<Body>) -> Sent {
+        if self.http1_only.load(Ordering::Relaxed) {
+            return Sent::Http1Only(req);
+        }
+        let mut retried = false;
+        loop {
+            let (number, sender) = match self.live() {
+                Some(s) => s,
+                // Boxed: the dial's future is large, and kept inline it would be
+                // copied with every request's future although it runs once.
+                None => match Box::pin(self.connect()).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Sent::Http1Only(req),
+                    Err(e) => return Sent::Answered(Err(e)),
+                },
+            };
+            match sender.ready().await {
+                Ok(sender) => return Sent::Answered(send_on(sender, req).await),
+                // The connection closed, failed or was told to go away since it was
+                // last used, and the request has not been sent: it goes once more, on
+                // a new connection.
+                Err(_) if !retried => {
+                    retried = true;
+                    self.forget(number);
+                }
+                Err(e) => return Sent::Answered(Err(e.into())),
+            }
+        }
+    }
+
+    /// Drops connection `number` as the shared one, unless another has replaced it.
+    fn forget(&self, number: u64) {
+        let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|(n, _)| *n == number) {
+            *current = None;
+        }
+    }
+}
+
+/// Opens a stream for `req` on a sender that is ready, and waits for the answer's head.
+async fn send_on(mut sender: Sender, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    let (mut head, body) = req.into_parts();
+    // HTTP/2 has no connection-specific headers; `headers::prepare_upstream` has
+    // removed a caller's already, this covers the proxy's own requests too.
+    headers::strip_hop_by_hop(&mut head.headers, false);
+    if let Some(len) = body.size_hint().exact() {
+        if len != 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
+            head.headers
+                .entry(header::CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(len));
+        }
+    }
+    let end_of_stream = body.is_end_stream();
+    let (answer, stream) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
+    if !end_of_stream {
+        let mut pipe = Box::pin(send_body(body, stream));
+        // A body already whole (one the proxy read to inspect) goes at once, in this
+        // task; one still arriving from the caller is streamed by a task of its own
+        // while this one waits for the answer.
+        if poll_fn(|cx| Poll::Ready(pipe.as_mut().poll(cx)))
+            .await
+            .is_pending()
+        {
+            tokio::spawn(pipe.instrument(tracing::debug_span!("request_body")));
+        }
+    }
+    let answer = answer.await?;
+    let length = answer
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    Ok(answer.map(|recv| ResponseBody::new(recv, length).boxed()))
+}
+
+/// Streams a request body onto its HTTP/2 stream, within the flow-control window the
+/// API server grants; resets the stream if the body fails.
+async fn send_body(mut body: Body, mut stream: h2::SendStream<Bytes>) {
+    if let Err(error) = pipe(&mut body, &mut stream).await {
+        tracing::debug!(%error, "request body not sent whole; stream reset");
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+async fn pipe(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Result<(), BoxError> {
+    loop {
+        let frame = poll_fn(|cx| {
+            // The API server may answer, and reset the stream, before the body is
+            // sent whole (it refused the request): stop reading the caller's body then.
+            if let Poll::Ready(reason) = stream.poll_reset(cx) {
+                let why = match reason {
+                    Ok(reason) => format!("the API server reset the stream ({reason})"),
+                    Err(error) => error.to_string(),
+                };
+                return Poll::Ready(Err(BoxError::from(why)));
+            }
+            Pin::new(&mut *body).poll_frame(cx).map(Ok)
+        })
+        .await?;
+        let Some(frame) = frame else {
+            stream.send_data(Bytes::new(), true)?;
+            return Ok(());
+        };
+        let frame = match frame?.into_data() {
+            Ok(mut data) => {
+                let last = body.is_end_stream();
+                while !data.is_empty() {
+                    stream.reserve_capacity(data.len());
+                    let granted = poll_fn(|cx| stream.poll_capacity(cx))
+                        .await
+                        .ok_or("the API server closed the stream")??;
+                    let chunk = data.split_to(granted.min(data.len()));
+                    stream.send_data(chunk, last && data.is_empty())?;
+                }
+                if last {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            stream.send_trailers(trailers)?;
+            return Ok(());
+        }
+    }
+}
+
+/// An answer's body as it arrives, handing flow-control window back to the API
+/// server as each piece is passed on, so a large List or a watch keeps streaming at the
+/// pace the caller reads.
+struct ResponseBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+    /// What `Content-Length` said is left, if it was given.
+    remaining: Option<u64>,
+}
+
+impl ResponseBody {
+    fn new(recv: h2::RecvStream, length: Option<u64>) -> ResponseBody {
+        ResponseBody {
+            recv,
+            data_done: false,
+            remaining: length,
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut this.remaining {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // RFC 9113 §8.1: a reset with NO_ERROR after a whole answer only tells
+                // the client to stop sending; the answer stands (as hyper reads it).
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    return Poll::Ready(None)
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
+    }
+}
