@@ -349,13 +349,18 @@ impl Proxy {
                 &who.extra,
             )?;
         }
-        if let Ok(id) = http::HeaderValue::from_str(&trail.audit_id) {
+        // Both differ on every request: marked so that HTTP/2's header compression
+        // sends them as literals instead of adding each to the connection's table,
+        // where it would only push out the headers that do repeat.
+        if let Ok(mut id) = http::HeaderValue::from_str(&trail.audit_id) {
+            id.set_sensitive(true);
             req.headers_mut().insert(AUDIT_ID, id);
         }
         // The String's buffer becomes the header's bytes, not copied.
-        if let Ok(tp) =
+        if let Ok(mut tp) =
             http::HeaderValue::from_maybe_shared(bytes::Bytes::from(trail.traceparent()))
         {
+            tp.set_sensitive(true);
             req.headers_mut().insert(TRACEPARENT, tp);
         }
         let streaming = upgrade || info.verb == "watch" || is_follow(&info, req.uri());
