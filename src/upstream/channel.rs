@@ -146,7 +146,12 @@ impl H2Channel {
                 },
             };
             match sender.ready().await {
-                Ok(sender) => return Sent::Answered(send_on(sender, req).await),
+                Ok(sender) => {
+                    return Sent::Answered(match open(sender, req) {
+                        Ok(answer) => receive(answer).await,
+                        Err(e) => Err(e),
+                    })
+                }
                 // The connection closed, failed or was told to go away since it was
                 // last used, and the request has not been sent: it goes once more, on
                 // a new connection.
@@ -168,8 +173,9 @@ impl H2Channel {
     }
 }
 
-/// Opens a stream for `req` on a sender that is ready, and waits for the answer's head.
-async fn send_on(mut sender: Sender, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+/// Opens a stream for `req` on a sender that is ready. Not `async`: the request's head
+/// is not kept in the waiting future, which every request's future would carry.
+fn open(mut sender: Sender, req: Request<Body>) -> Result<h2::client::ResponseFuture, BoxError> {
     let (mut head, body) = req.into_parts();
     // HTTP/2 has no connection-specific headers; `headers::prepare_upstream` has
     // removed a caller's already, this covers the proxy's own requests too.
@@ -185,16 +191,20 @@ async fn send_on(mut sender: Sender, req: Request<Body>) -> Result<Response<Body
     let (answer, stream) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
     if !end_of_stream {
         let mut pipe = Box::pin(send_body(body, stream));
-        // A body already whole (one the proxy read to inspect) goes at once, in this
-        // task; one still arriving from the caller is streamed by a task of its own
-        // while this one waits for the answer.
-        if poll_fn(|cx| Poll::Ready(pipe.as_mut().poll(cx)))
-            .await
-            .is_pending()
-        {
+        // A body that has already arrived whole (a small one usually comes with the
+        // head) goes at once; one still arriving from the caller is streamed by a task
+        // of its own while this one waits for the answer. Polled here with a waker
+        // that does nothing: the task polls it again first thing.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if pipe.as_mut().poll(&mut cx).is_pending() {
             tokio::spawn(pipe.instrument(tracing::debug_span!("request_body")));
         }
     }
+    Ok(answer)
+}
+
+/// Waits for the answer's head.
+async fn receive(answer: h2::client::ResponseFuture) -> Result<Response<Body>, BoxError> {
     let answer = answer.await?;
     let length = answer
         .headers()
