@@ -22,6 +22,8 @@ use crate::status::Status;
 pub struct Trail {
     pub audit_id: String,
     received: time::OffsetDateTime,
+    /// `received` as nanoseconds since the Unix epoch, for the stages' span times.
+    received_unix_nanos: u64,
     started: Instant,
     request_uri: String,
     /// The lowercase method, the verb of a request never resolved.
@@ -74,9 +76,11 @@ impl Trail {
         }
         annotations.insert(Cow::Borrowed(TRACE_FLAGS), flags);
         annotations.insert(Cow::Borrowed(annotation::METHOD), method_name(method));
+        let received = time::OffsetDateTime::now_utc();
         Trail {
             audit_id: uuid_v4(ids.audit),
-            received: time::OffsetDateTime::now_utc(),
+            received,
+            received_unix_nanos: u64::try_from(received.unix_timestamp_nanos()).unwrap_or(0),
             started: Instant::now(),
             request_uri: uri
                 .path_and_query()
@@ -168,10 +172,12 @@ impl Trail {
     /// Records that `step` ran from `since` until now (`failed`: and refused or
     /// failed the request); it becomes a child span of the request's in OTLP.
     pub fn stage(&mut self, step: Step, since: Instant, failed: bool) {
+        // Offsets from the request's arrival on the monotonic clock, added to its
+        // wall-clock time: no calendar arithmetic per stage.
         let nanos = |at: Instant| {
-            let offset = at.saturating_duration_since(self.started);
-            let at = self.received + offset;
-            u64::try_from(at.unix_timestamp_nanos()).unwrap_or(0)
+            let offset = at.saturating_duration_since(self.started).as_nanos();
+            self.received_unix_nanos
+                .saturating_add(u64::try_from(offset).unwrap_or(u64::MAX))
         };
         self.stages.push(StageSpan {
             step,
@@ -526,6 +532,36 @@ mod tests {
                 "{uri}"
             );
         }
+    }
+
+    #[test]
+    fn a_stage_span_is_the_arrival_wall_clock_time_plus_its_monotonic_offsets() {
+        let uri: http::Uri = "/api/v1/pods".parse().unwrap();
+        let mut trail = Trail::start(
+            &http::Method::GET,
+            &uri,
+            &HeaderMap::new(),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        let since = Instant::now();
+        std::thread::sleep(Duration::from_millis(3));
+        trail.stage(Step::Authenticate, since, true);
+        let elapsed = trail.started.elapsed();
+        let event = trail.into_event(Stage::ResponseComplete, 200, None);
+        let received = time::OffsetDateTime::parse(
+            &event.request_received_timestamp,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp_nanos() as u64;
+        let stage = &event.stages[0];
+        let (start, end) = (stage.start_unix_nanos, stage.end_unix_nanos);
+        // The recorded timestamp keeps microseconds; the span's nanoseconds are exact.
+        assert!(start >= received + 2_000_000, "{start} vs {received}");
+        assert!(end >= start + 3_000_000, "{end} vs {start}");
+        assert!(end <= received + 1_000 + elapsed.as_nanos() as u64);
+        assert!(stage.failed);
     }
 
     #[test]
