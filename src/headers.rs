@@ -69,24 +69,40 @@ pub fn narrow_accept(accept: Option<&HeaderValue>) -> Result<HeaderValue, Error>
     if text.trim().is_empty() {
         return Ok(JSON);
     }
-    let mut kept: Vec<&str> = Vec::new();
-    let mut wildcard = false;
-    for range in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-        let essence = range.split(';').next().unwrap_or("").trim();
-        if essence.eq_ignore_ascii_case("application/json") {
-            kept.push(range);
-        } else if essence == "*/*" || essence.eq_ignore_ascii_case("application/*") {
-            wildcard = true;
+    fn essence(range: &str) -> &str {
+        range.split(';').next().unwrap_or("").trim()
+    }
+    let is_json = |range: &str| essence(range).eq_ignore_ascii_case("application/json");
+    let (mut json, mut other, mut wildcard) = (0, false, false);
+    for range in text.split(',').map(str::trim) {
+        if is_json(range) {
+            json += 1;
+        } else {
+            // Anything else, an empty range between commas included, is dropped.
+            other = true;
+            let e = essence(range);
+            wildcard |= e == "*/*" || e.eq_ignore_ascii_case("application/*");
         }
     }
-    if kept.is_empty() {
+    if json == 0 {
         return if wildcard {
             Ok(JSON)
         } else {
             Err(Error::NotAcceptable(text.to_owned()))
         };
     }
-    HeaderValue::from_str(&kept.join(",")).map_err(|_| Error::BadAccept)
+    // Every range is a JSON form (what most clients send): the header goes as it came.
+    if !other {
+        return Ok(value.clone());
+    }
+    let mut kept = String::with_capacity(text.len());
+    for range in text.split(',').map(str::trim).filter(|r| is_json(r)) {
+        if !kept.is_empty() {
+            kept.push(',');
+        }
+        kept.push_str(range);
+    }
+    HeaderValue::from_str(&kept).map_err(|_| Error::BadAccept)
 }
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus the
@@ -175,8 +191,12 @@ pub fn prepare_upstream(
         None
     };
     strip_hop_by_hop(headers, upgrade);
+    // Removed only where present: a request carries a handful of headers, and looking
+    // one up costs a hash where comparing standard names costs next to nothing.
     for name in DROPPED {
-        headers.remove(name);
+        if headers.keys().any(|n| n == name) {
+            headers.remove(name);
+        }
     }
     if let Some(accept) = accept {
         headers.insert(header::ACCEPT, accept);
@@ -274,6 +294,14 @@ mod tests {
                 Ok("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"),
             ),
             (Some("application/json, */*"), Ok("application/json")),
+            (Some("application/json, */*;q=0.8"), Ok("application/json")),
+            (Some("application/vnd.kubernetes.protobuf, */*;q=0.8"), Ok("application/json")),
+            (
+                Some("application/json;as=Table;v=v1;g=meta.k8s.io, application/json"),
+                Ok("application/json;as=Table;v=v1;g=meta.k8s.io, application/json"),
+            ),
+            (Some("application/json,,text/plain,"), Ok("application/json")),
+            (Some(" , "), Err(())),
             (Some("Application/JSON"), Ok("Application/JSON")),
             // client-go: protobuf first, JSON second
             (
