@@ -244,6 +244,14 @@ async fn pipe(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Result<(),
         let frame = match frame?.into_data() {
             Ok(mut data) => {
                 let last = body.is_end_stream();
+                if data.is_empty() {
+                    // Nothing to carry the end of the stream but an empty frame.
+                    if last {
+                        stream.send_data(data, true)?;
+                        return Ok(());
+                    }
+                    continue;
+                }
                 while !data.is_empty() {
                     stream.reserve_capacity(data.len());
                     let granted = poll_fn(|cx| stream.poll_capacity(cx))
@@ -329,5 +337,74 @@ impl http_body::Body for ResponseBody {
             Some(left) => SizeHint::with_exact(left),
             None => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body whose last frame is empty and only then says it has ended.
+    struct EndsEmpty(u8);
+
+    impl http_body::Body for EndsEmpty {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0 += 1;
+            Poll::Ready(match self.0 {
+                1 => Some(Ok(Frame::data(Bytes::from_static(b"{\"a\":1}")))),
+                2 => Some(Ok(Frame::data(Bytes::new()))),
+                _ => None,
+            })
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0 >= 2
+        }
+    }
+
+    /// An HTTP/2 server on an in-memory pipe that reads one request's body to its end
+    /// and answers 200 with it.
+    async fn echo_once(io: tokio::io::DuplexStream) -> Bytes {
+        let mut conn = h2::server::handshake(io).await.expect("server handshake");
+        let (req, mut respond) = conn.accept().await.expect("a request").expect("no error");
+        tokio::spawn(async move { poll_fn(|cx| conn.poll_closed(cx)).await });
+        let mut body = req.into_body();
+        let mut got = Vec::new();
+        while let Some(data) = body.data().await {
+            let data = data.expect("body data");
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+        }
+        let answer = Response::builder().status(200).body(()).expect("response");
+        respond.send_response(answer, true).expect("send response");
+        got.into()
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_last_frame_is_empty_still_ends_the_stream() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(echo_once(server_io));
+        let (sender, conn) = builder()
+            .handshake::<_, Bytes>(client_io)
+            .await
+            .expect("client handshake");
+        tokio::spawn(conn);
+        let sender = sender.ready().await.expect("ready");
+        let req = Request::post("https://api.test/api/v1/namespaces/default/configmaps")
+            .body(EndsEmpty(0).boxed())
+            .expect("request");
+        let answer = open(sender, req).expect("stream opened");
+        let rsp = tokio::time::timeout(std::time::Duration::from_secs(5), receive(answer))
+            .await
+            .expect("an answer: the request's stream was ended")
+            .expect("no error");
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(&server.await.expect("server")[..], b"{\"a\":1}");
     }
 }
