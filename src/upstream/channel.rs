@@ -386,6 +386,62 @@ mod tests {
         got.into()
     }
 
+    /// A caller's body that never sends more; notes when it is dropped.
+    struct Stalled(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    impl Drop for Stalled {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_ends_stops_reading_the_body() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        // The server refuses at once, without reading the body, then resets the stream
+        // as Go's server does (RFC 9113 §8.1: NO_ERROR, the answer stands).
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.expect("handshake");
+            let (_req, mut respond) = conn.accept().await.expect("request").expect("ok");
+            tokio::spawn(async move { poll_fn(|cx| conn.poll_closed(cx)).await });
+            let answer = Response::builder().status(413).body(()).expect("response");
+            respond.send_response(answer, true).expect("send response");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            respond.send_reset(h2::Reason::NO_ERROR);
+        });
+        let (sender, conn) = builder()
+            .handshake::<_, Bytes>(client_io)
+            .await
+            .expect("client handshake");
+        tokio::spawn(conn);
+        let dropped = std::sync::Arc::new(AtomicBool::new(false));
+        let req = Request::put("https://api.test/api/v1/namespaces/default/configmaps/c")
+            .body(Stalled(dropped.clone()).boxed())
+            .expect("request");
+        let answer = open(sender.ready().await.expect("ready"), req).expect("opened");
+        let rsp = receive(answer).await.expect("an answer");
+        assert_eq!(rsp.status(), 413);
+        for _ in 0..500 {
+            if dropped.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the caller's body is still being read after the stream was reset");
+    }
+
     #[tokio::test]
     async fn a_body_whose_last_frame_is_empty_still_ends_the_stream() {
         let (client_io, server_io) = tokio::io::duplex(1 << 16);
