@@ -59,8 +59,8 @@ impl Relay {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_share_one_connection_and_a_dead_one_is_replaced() {
+/// The sandbox, and chaperone in front of it reaching it through a [`Relay`].
+async fn proxy_through_relay() -> (support::Env, Relay, chaperone::launch::Running) {
     let env = sandbox().start().await;
     env.let_anyone_in_through_a_jwks_file();
     let api: SocketAddr = env
@@ -77,6 +77,12 @@ async fn requests_share_one_connection_and_a_dead_one_is_replaced() {
         "",
     );
     let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    (env, relay, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_share_one_connection_and_a_dead_one_is_replaced() {
+    let (env, relay, proxy) = proxy_through_relay().await;
     let url = format!("https://{}{POD}", proxy.addrs[0]);
 
     // Twenty requests, five at a time over separate client connections: one upstream
@@ -198,22 +204,7 @@ async fn bodies_larger_than_the_flow_control_window_stream_both_ways() {
     use futures_util::StreamExt;
     use http_body_util::{BodyExt, StreamBody};
 
-    let env = sandbox().start().await;
-    env.let_anyone_in_through_a_jwks_file();
-    let api: SocketAddr = env
-        .sandbox_url()
-        .trim_start_matches("https://")
-        .parse()
-        .unwrap();
-    let relay = Relay::start(api).await;
-    let config = support::proxy_config(
-        env.dir.path(),
-        &format!("https://{}", relay.addr),
-        &String::from_utf8(env.ca_pem()).unwrap(),
-        &env.started.upstream_token,
-        "",
-    );
-    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    let (env, relay, proxy) = proxy_through_relay().await;
     let base = format!(
         "https://{}/api/v1/namespaces/default/configmaps",
         proxy.addrs[0]
