@@ -259,3 +259,99 @@ async fn bodies_larger_than_the_flow_control_window_stream_both_ways() {
     proxy.stop().await;
     env.stop().await;
 }
+
+/// An API server that allows two streams per connection: with two watches holding both,
+/// the next request goes on a second connection (as Go's HTTP/2 client would open)
+/// instead of waiting for a stream to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_every_stream_in_use_is_joined_by_another() {
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let dir = env.dir.path().join("sandbox");
+    let certs =
+        chaperone::tls::certs_from_pem(&std::fs::read(dir.join("tls.crt")).unwrap(), "tls.crt")
+            .unwrap();
+    let key = chaperone::tls::key_from_pem(&std::fs::read(dir.join("tls.key")).unwrap(), "tls.key")
+        .unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+                    // A watch: the head at once, then nothing, never ending.
+                    let body = if watch {
+                        StreamBody::new(futures_util::stream::pending::<
+                            Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+                        >())
+                        .boxed()
+                    } else {
+                        let list =
+                            r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]}"#;
+                        Full::new(bytes::Bytes::from_static(list.as_bytes())).boxed()
+                    };
+                    http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(body)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(2)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let config = support::proxy_config(
+        env.dir.path(),
+        &format!("https://{addr}"),
+        &String::from_utf8(env.ca_pem()).unwrap(),
+        "t",
+        "",
+    );
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    let url = format!("https://{}{POD}", proxy.addrs[0]);
+    let client = env.client(false);
+
+    let mut watches = Vec::new();
+    for _ in 0..2 {
+        let req = http::Request::get(format!("{url}?watch=true"))
+            .body(chaperone::body::empty())
+            .unwrap();
+        let rsp = client.open(req).await;
+        assert_eq!(rsp.status().as_u16(), 200);
+        watches.push(rsp);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "both watches on one");
+
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(&url, &[]))
+        .await
+        .expect("answered while both watches hold their streams");
+    assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    assert_eq!(reply.json()["kind"], "PodList");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "a second connection");
+    drop(watches);
+    proxy.stop().await;
+    env.stop().await;
+}

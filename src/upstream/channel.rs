@@ -9,8 +9,8 @@
 
 use std::future::{poll_fn, Future as _};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
@@ -47,12 +47,45 @@ fn builder() -> h2::client::Builder {
 
 type Sender = h2::client::SendRequest<Bytes>;
 
+/// The connection new streams go on.
+#[derive(Clone)]
+struct Current {
+    /// Numbered so that a failed or full one is replaced only if it is still current.
+    number: u64,
+    sender: Sender,
+    /// Its streams open now (counted from the request's head until its answer's body
+    /// is done with).
+    open: Arc<AtomicUsize>,
+}
+
+impl Current {
+    /// Whether the server allows another stream on it now
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    fn has_room(&self) -> bool {
+        self.open.load(Ordering::Relaxed) < self.sender.current_max_send_streams()
+    }
+}
+
+/// One open stream on a connection, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Ordering::Relaxed);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub(super) struct H2Channel {
     dial: Dial<HttpsConnector<HttpConnector>>,
     target: Uri,
-    /// The connection's sender, numbered so that a failed one is dropped only if it is
-    /// still the current one.
-    sender: Mutex<Option<(u64, Sender)>>,
+    sender: Mutex<Option<Current>>,
     /// One dial at a time: requests that find no connection wait for the same one.
     dialing: tokio::sync::Mutex<()>,
     /// When the last dial failed, and why: requests that waited for that dial get its
@@ -82,15 +115,15 @@ impl H2Channel {
         }
     }
 
-    fn live(&self) -> Option<(u64, Sender)> {
+    fn live(&self) -> Option<Current> {
         let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
         sender.clone()
     }
 
-    async fn connect(&self) -> Result<Option<(u64, Sender)>, BoxError> {
+    async fn connect(&self) -> Result<Option<Current>, BoxError> {
         let asked = Instant::now();
         let _one = self.dialing.lock().await;
-        if let Some(live) = self.live() {
+        if let Some(live) = self.live().filter(Current::has_room) {
             return Ok(Some(live));
         }
         if let Some((at, why)) = &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -106,7 +139,7 @@ impl H2Channel {
         dialled
     }
 
-    async fn dial_h2(&self) -> Result<Option<(u64, Sender)>, BoxError> {
+    async fn dial_h2(&self) -> Result<Option<Current>, BoxError> {
         let mut dial = self.dial.clone();
         poll_fn(|cx| tower_service::Service::poll_ready(&mut dial, cx)).await?;
         let io = tower_service::Service::call(&mut dial, self.target.clone()).await?;
@@ -123,10 +156,16 @@ impl H2Channel {
             }
             .instrument(tracing::debug_span!("upstream_connection")),
         );
+        // A connection it replaces because it was full carries on with the streams it
+        // has, and closes after the last.
         let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
-        let number = current.as_ref().map_or(0, |(n, _)| n + 1);
-        *current = Some((number, sender.clone()));
-        Ok(Some((number, sender)))
+        let new = Current {
+            number: current.as_ref().map_or(0, |c| c.number + 1),
+            sender,
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        *current = Some(new.clone());
+        Ok(Some(new))
     }
 
     pub(super) async fn send(&self, req: Request<Body>) -> Sent {
@@ -135,20 +174,23 @@ impl H2Channel {
         }
         let mut retried = false;
         loop {
-            let (number, sender) = match self.live() {
-                Some(s) => s,
-                // Boxed: the dial's future is large, and kept inline it would be
-                // copied with every request's future although it runs once.
-                None => match Box::pin(self.connect()).await {
-                    Ok(Some(s)) => s,
+            let current = match self.live() {
+                Some(c) if c.has_room() => c,
+                // No connection yet, or every stream the server allows on it is open
+                // (long-running watches, most often): a new one, as Go's HTTP/2 client
+                // opens. Boxed: the dial's future is large, and kept inline it would
+                // be copied with every request's future although it runs rarely.
+                _ => match Box::pin(self.connect()).await {
+                    Ok(Some(c)) => c,
                     Ok(None) => return Sent::Http1Only(req),
                     Err(e) => return Sent::Answered(Err(e)),
                 },
             };
-            match sender.ready().await {
+            let (number, slot) = (current.number, Slot::take(&current.open));
+            match current.sender.ready().await {
                 Ok(sender) => {
                     return Sent::Answered(match open(sender, req) {
-                        Ok(answer) => receive(answer).await,
+                        Ok(answer) => receive(answer, slot).await,
                         Err(e) => Err(e),
                     })
                 }
@@ -167,7 +209,7 @@ impl H2Channel {
     /// Drops connection `number` as the shared one, unless another has replaced it.
     fn forget(&self, number: u64) {
         let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().is_some_and(|(n, _)| *n == number) {
+        if current.as_ref().is_some_and(|c| c.number == number) {
             *current = None;
         }
     }
@@ -203,14 +245,17 @@ fn open(mut sender: Sender, req: Request<Body>) -> Result<h2::client::ResponseFu
     Ok(answer)
 }
 
-/// Waits for the answer's head.
-async fn receive(answer: h2::client::ResponseFuture) -> Result<Response<Body>, BoxError> {
+/// Waits for the answer's head; its body holds the stream's `slot` until it is done.
+async fn receive(
+    answer: h2::client::ResponseFuture,
+    slot: Slot,
+) -> Result<Response<Body>, BoxError> {
     let answer = answer.await?;
     let length = answer
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    Ok(answer.map(|recv| ResponseBody::new(recv, length).boxed()))
+    Ok(answer.map(|recv| ResponseBody::new(recv, length, slot).boxed()))
 }
 
 /// Streams a request body onto its HTTP/2 stream, within the flow-control window the
@@ -279,15 +324,17 @@ async fn pipe(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Result<(),
 /// pace the caller reads.
 struct ResponseBody {
     recv: h2::RecvStream,
+    _slot: Slot,
     data_done: bool,
     /// What `Content-Length` said is left, if it was given.
     remaining: Option<u64>,
 }
 
 impl ResponseBody {
-    fn new(recv: h2::RecvStream, length: Option<u64>) -> ResponseBody {
+    fn new(recv: h2::RecvStream, length: Option<u64>, slot: Slot) -> ResponseBody {
         ResponseBody {
             recv,
+            _slot: slot,
             data_done: false,
             remaining: length,
         }
@@ -431,7 +478,9 @@ mod tests {
             .body(Stalled(dropped.clone()).boxed())
             .expect("request");
         let answer = open(sender.ready().await.expect("ready"), req).expect("opened");
-        let rsp = receive(answer).await.expect("an answer");
+        let rsp = receive(answer, Slot::take(&Arc::new(AtomicUsize::new(0))))
+            .await
+            .expect("an answer");
         assert_eq!(rsp.status(), 413);
         for _ in 0..500 {
             if dropped.load(Ordering::SeqCst) {
@@ -456,10 +505,13 @@ mod tests {
             .body(EndsEmpty(0).boxed())
             .expect("request");
         let answer = open(sender, req).expect("stream opened");
-        let rsp = tokio::time::timeout(std::time::Duration::from_secs(5), receive(answer))
-            .await
-            .expect("an answer: the request's stream was ended")
-            .expect("no error");
+        let rsp = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            receive(answer, Slot::take(&Arc::new(AtomicUsize::new(0)))),
+        )
+        .await
+        .expect("an answer: the request's stream was ended")
+        .expect("no error");
         assert_eq!(rsp.status(), 200);
         assert_eq!(&server.await.expect("server")[..], b"{\"a\":1}");
     }
