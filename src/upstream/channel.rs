@@ -1,5 +1,7 @@
-//! The one HTTP/2 connection to the API server that every short request shares, as
-//! client-go keeps one, driven with the `h2` crate directly.
+//! The one HTTP/2 connection to the API server that requests share, as client-go keeps
+//! one, driven with the `h2` crate directly. When every stream the server allows on it
+//! is in use (watches hold theirs for hours), the next request opens another, as Go's
+//! HTTP/2 client does; the full one serves its streams until they end.
 //!
 //! Each request opens its stream itself and waits on it in its own task: no request
 //! queue in front of the connection, no task spawned per request to carry the answer
