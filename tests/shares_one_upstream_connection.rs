@@ -260,17 +260,20 @@ async fn bodies_larger_than_the_flow_control_window_stream_both_ways() {
     env.stop().await;
 }
 
-/// An API server that allows two streams per connection: with two watches holding both,
-/// the next request goes on a second connection (as Go's HTTP/2 client would open)
-/// instead of waiting for a stream to end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_with_every_stream_in_use_is_joined_by_another() {
+/// An HTTP/2 API server on loopback (the sandbox's certificate) that allows
+/// `max_streams` streams per connection and answers a watch with its head and then
+/// nothing, and anything else with an empty PodList. It serves the first `serve`
+/// connections and closes any after those at once. Returns its address and a count of
+/// the connections it accepted.
+async fn h2_api_server(
+    env: &support::Env,
+    max_streams: u32,
+    serve: usize,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let env = sandbox().start().await;
-    env.let_anyone_in_through_a_jwks_file();
     let dir = env.dir.path().join("sandbox");
     let certs =
         chaperone::tls::certs_from_pem(&std::fs::read(dir.join("tls.crt")).unwrap(), "tls.crt")
@@ -293,7 +296,10 @@ async fn a_connection_with_every_stream_in_use_is_joined_by_another() {
     let count = connections.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
+            if count.fetch_add(1, Ordering::SeqCst) >= serve {
+                drop(tcp);
+                continue;
+            }
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
@@ -301,7 +307,6 @@ async fn a_connection_with_every_stream_in_use_is_joined_by_another() {
                 };
                 let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                     let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
-                    // A watch: the head at once, then nothing, never ending.
                     let body = if watch {
                         StreamBody::new(futures_util::stream::pending::<
                             Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
@@ -317,40 +322,99 @@ async fn a_connection_with_every_stream_in_use_is_joined_by_another() {
                         .body(body)
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .max_concurrent_streams(2)
+                    .max_concurrent_streams(max_streams)
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
             });
         }
     });
+    (addr, connections)
+}
+
+/// chaperone in front of `server`, and `n` watches opened through it.
+async fn proxy_with_watches(
+    env: &support::Env,
+    server: SocketAddr,
+    n: usize,
+) -> (
+    chaperone::launch::Running,
+    String,
+    Vec<http::Response<hyper::body::Incoming>>,
+) {
     let config = support::proxy_config(
         env.dir.path(),
-        &format!("https://{addr}"),
+        &format!("https://{server}"),
         &String::from_utf8(env.ca_pem()).unwrap(),
         "t",
         "",
     );
     let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
     let url = format!("https://{}{POD}", proxy.addrs[0]);
-    let client = env.client(false);
-
     let mut watches = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..n {
         let req = http::Request::get(format!("{url}?watch=true"))
             .body(chaperone::body::empty())
             .unwrap();
-        let rsp = client.open(req).await;
+        let rsp = env.client(false).open(req).await;
         assert_eq!(rsp.status().as_u16(), 200);
         watches.push(rsp);
     }
+    (proxy, url, watches)
+}
+
+/// An API server that allows two streams per connection: with two watches holding both,
+/// the next request goes on a second connection (as Go's HTTP/2 client would open)
+/// instead of waiting for a stream to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_every_stream_in_use_is_joined_by_another() {
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let (server, connections) = h2_api_server(&env, 2, usize::MAX).await;
+    let (proxy, url, watches) = proxy_with_watches(&env, server, 2).await;
     assert_eq!(connections.load(Ordering::SeqCst), 1, "both watches on one");
 
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(&url, &[]))
-        .await
-        .expect("answered while both watches hold their streams");
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        env.client(false).get(&url, &[]),
+    )
+    .await
+    .expect("answered while both watches hold their streams");
     assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
     assert_eq!(reply.json()["kind"], "PodList");
     assert_eq!(connections.load(Ordering::SeqCst), 2, "a second connection");
+    drop(watches);
+    proxy.stop().await;
+    env.stop().await;
+}
+
+/// When no second connection can be had, a request waits on the full one for a stream
+/// to end instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_on_a_full_connection_when_no_other_can_be_opened() {
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let (server, connections) = h2_api_server(&env, 2, 1).await;
+    let (proxy, url, mut watches) = proxy_with_watches(&env, server, 2).await;
+
+    let client = env.client(false);
+    let waiting = tokio::spawn(async move { client.get(&url, &[]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "answered although no stream was free"
+    );
+    assert!(
+        connections.load(Ordering::SeqCst) >= 2,
+        "a second connection was tried"
+    );
+    // A watch ends: its stream is free, and the waiting request takes it.
+    watches.pop();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("answered once a stream was free")
+        .unwrap();
+    assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    assert_eq!(reply.json()["kind"], "PodList");
     drop(watches);
     proxy.stop().await;
     env.stop().await;

@@ -182,10 +182,13 @@ impl H2Channel {
                 // (long-running watches, most often): a new one, as Go's HTTP/2 client
                 // opens. Boxed: the dial's future is large, and kept inline it would
                 // be copied with every request's future although it runs rarely.
-                _ => match Box::pin(self.connect()).await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => return Sent::Http1Only(req),
-                    Err(e) => return Sent::Answered(Err(e)),
+                live => match (Box::pin(self.connect()).await, live) {
+                    (Ok(Some(c)), _) => c,
+                    (Ok(None), _) => return Sent::Http1Only(req),
+                    // No second connection to be had: the full one is still a
+                    // connection, where the request waits for a stream to end.
+                    (Err(_), Some(full)) => full,
+                    (Err(e), None) => return Sent::Answered(Err(e)),
                 },
             };
             let (number, slot) = (current.number, Slot::take(&current.open));
