@@ -122,14 +122,9 @@ async fn requests_share_one_connection_and_a_dead_one_is_replaced() {
     env.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_server_that_speaks_only_http1_is_served() {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-
-    let env = sandbox().start().await;
-    env.let_anyone_in_through_a_jwks_file();
+/// A TLS acceptor with the sandbox's certificate (which the proxy's upstream trusts),
+/// offering only `alpn`.
+fn sandbox_tls(env: &support::Env, alpn: &[u8]) -> tokio_rustls::TlsAcceptor {
     let dir = env.dir.path().join("sandbox");
     let certs =
         chaperone::tls::certs_from_pem(&std::fs::read(dir.join("tls.crt")).unwrap(), "tls.crt")
@@ -144,8 +139,19 @@ async fn an_api_server_that_speaks_only_http1_is_served() {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_speaks_only_http1_is_served() {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let acceptor = sandbox_tls(&env, b"http/1.1");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let versions = Arc::new(Mutex::new(Vec::new()));
@@ -274,22 +280,7 @@ async fn h2_api_server(
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let dir = env.dir.path().join("sandbox");
-    let certs =
-        chaperone::tls::certs_from_pem(&std::fs::read(dir.join("tls.crt")).unwrap(), "tls.crt")
-            .unwrap();
-    let key = chaperone::tls::key_from_pem(&std::fs::read(dir.join("tls.key")).unwrap(), "tls.key")
-        .unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let acceptor = sandbox_tls(env, b"h2");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
