@@ -2,7 +2,7 @@
 //! exposition format. Hand-written: a handful of metric families do not justify a
 //! metrics framework on the request path.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -14,34 +14,97 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
-/// A labelled counter family.
+/// The most label sets one family keeps. Label values come from requests (a resource
+/// is whatever the path names, an unknown method is its own verb), and requests are
+/// counted before they are authenticated: without a bound, anyone who can reach the
+/// port could grow the proxy's memory and its scrapes without end.
+const MAX_SERIES: usize = 2_000;
+
+/// What every label of a request past [`MAX_SERIES`] is counted as.
+const OTHER: &str = "other";
+
+/// A labelled counter family, at most [`MAX_SERIES`] label sets; later new ones are
+/// counted together under [`OTHER`].
 #[derive(Debug, Default)]
-struct Family(Mutex<BTreeMap<Vec<String>, u64>>);
+struct Family(Mutex<Series>);
+
+#[derive(Debug, Default)]
+struct Series {
+    /// Each label set and its count, in the order first seen.
+    counts: Vec<(Box<[Box<str>]>, u64)>,
+    /// Where each set is in `counts`, keyed by its values, each written as its length
+    /// and itself, so that no two sets share a key (`["a:b", "c"]` and `["a", "b:c"]`
+    /// differ). SipHash (std's `RandomState`), since the keys are the caller's to choose.
+    index: HashMap<Box<[u8]>, usize>,
+    /// The key and place of the last set looked up: a run of requests alike (a
+    /// controller polling one list) is counted with one comparison.
+    last_key: Vec<u8>,
+    last: Option<usize>,
+    /// Where a request's key is built: the steady state allocates nothing.
+    key: Vec<u8>,
+}
+
+impl Series {
+    fn key(&mut self, labels: &[&str]) {
+        self.key.clear();
+        for l in labels {
+            self.key.extend_from_slice(&l.len().to_le_bytes());
+            self.key.extend_from_slice(l.as_bytes());
+        }
+    }
+
+    /// Where the set whose key was just built is counted, if it has been seen.
+    fn find(&mut self) -> Option<usize> {
+        if self.last.is_some() && self.last_key == self.key {
+            return self.last;
+        }
+        let at = *self.index.get(self.key.as_slice())?;
+        self.last_key.clone_from(&self.key);
+        self.last = Some(at);
+        Some(at)
+    }
+}
 
 impl Family {
     fn add(&self, labels: &[&str], n: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Look up by slice first so the steady state allocates nothing.
-        if let Some((_, v)) = map
-            .iter_mut()
-            .find(|(k, _)| k.iter().map(String::as_str).eq(labels.iter().copied()))
-        {
-            *v += n;
-            return;
-        }
-        map.insert(labels.iter().map(|s| (*s).to_owned()).collect(), n);
+        let mut series = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let series = &mut *series;
+        series.key(labels);
+        let other = [OTHER; 8];
+        let labels = if series.counts.len() < MAX_SERIES {
+            labels
+        } else {
+            let other = &other[..labels.len().min(other.len())];
+            if series.find().is_none() {
+                series.key(other);
+            }
+            other
+        };
+        let at = match series.find() {
+            Some(at) => at,
+            None => {
+                let at = series.counts.len();
+                let values = labels.iter().map(|l| Box::from(*l)).collect();
+                series.counts.push((values, 0));
+                series.index.insert(Box::from(series.key.as_slice()), at);
+                at
+            }
+        };
+        series.counts[at].1 += n;
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str, label_names: &[&str]) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (labels, v) in map.iter() {
+        let series = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = series.counts.iter().collect();
+        rows.sort_unstable();
+        for (labels, v) in rows {
             let _ = writeln!(out, "{name}{{{}}} {v}", label_pairs(label_names, labels));
         }
     }
 }
 
-fn label_pairs(names: &[&str], values: &[String]) -> String {
+fn label_pairs(names: &[&str], values: &[Box<str>]) -> String {
     names
         .iter()
         .zip(values)
@@ -59,6 +122,8 @@ fn escape(v: &str) -> String {
 
 #[derive(Debug, Default)]
 struct Histogram {
+    /// Observations per bucket, not yet cumulative: one is counted in the first bucket
+    /// that holds it (or none, past the last bound), and `render` adds them up.
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     /// Sum in microseconds, to stay an integer.
@@ -68,10 +133,8 @@ struct Histogram {
 impl Histogram {
     fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(bucket) = BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(
@@ -82,12 +145,10 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
@@ -128,8 +189,9 @@ impl Metrics {
         code: u16,
         latency: Duration,
     ) {
-        let code = code.to_string();
-        self.requests.add(&[decision, verb, resource, &code], 1);
+        let mut digits = [0u8; 5];
+        self.requests
+            .add(&[decision, verb, resource, decimal(code, &mut digits)], 1);
         self.latency.observe(latency);
     }
 
@@ -213,6 +275,20 @@ impl Metrics {
     }
 }
 
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u16, buf: &mut [u8; 5]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,7 +310,11 @@ mod tests {
         for line in [
             "chaperone_requests_total{decision=\"allow\",verb=\"list\",resource=\"pods\",code=\"200\"} 2",
             "chaperone_requests_total{decision=\"deny\",verb=\"delete\",resource=\"pods\",code=\"403\"} 1",
+            "chaperone_request_duration_seconds_bucket{le=\"0.0005\"} 1",
             "chaperone_request_duration_seconds_bucket{le=\"0.001\"} 2",
+            "chaperone_request_duration_seconds_bucket{le=\"0.025\"} 2",
+            "chaperone_request_duration_seconds_bucket{le=\"0.05\"} 3",
+            "chaperone_request_duration_seconds_bucket{le=\"60\"} 3",
             "chaperone_request_duration_seconds_bucket{le=\"+Inf\"} 3",
             "chaperone_request_duration_seconds_count 3",
             "chaperone_masked_fields_total 3",
@@ -258,6 +338,87 @@ mod tests {
                     || text.contains(&format!("# TYPE {family} ")),
                 "{l}"
             );
+        }
+    }
+
+    #[test]
+    fn an_observation_past_the_last_bound_counts_only_in_inf() {
+        let m = Metrics::default();
+        m.request("allow", "watch", "pods", 200, Duration::from_secs(90));
+        m.request("allow", "get", "pods", 200, Duration::from_millis(3));
+        let text = m.render(Gauges::default());
+        for line in [
+            "chaperone_request_duration_seconds_bucket{le=\"0.0025\"} 0",
+            "chaperone_request_duration_seconds_bucket{le=\"0.005\"} 1",
+            "chaperone_request_duration_seconds_bucket{le=\"60\"} 1",
+            "chaperone_request_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "chaperone_request_duration_seconds_sum 90.003",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_sets_that_join_alike_are_counted_apart() {
+        let m = Metrics::default();
+        m.request("allow", "get:1", "pods", 200, Duration::ZERO);
+        m.request("allow", "get", "1:pods", 200, Duration::ZERO);
+        m.request("allow", "get", "1:pods", 200, Duration::ZERO);
+        let text = m.render(Gauges::default());
+        for line in [
+            "chaperone_requests_total{decision=\"allow\",verb=\"get:1\",resource=\"pods\",code=\"200\"} 1",
+            "chaperone_requests_total{decision=\"allow\",verb=\"get\",resource=\"1:pods\",code=\"200\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    /// Resource names come from the caller's path, before authentication: a flood of
+    /// made-up ones is counted, and does not grow the family past its bound.
+    #[test]
+    fn made_up_resources_do_not_grow_a_family_without_bound() {
+        let m = Metrics::default();
+        m.request("allow", "get", "pods", 200, Duration::ZERO);
+        for i in 0..MAX_SERIES + 500 {
+            m.request("deny", "get", &format!("r{i}"), 401, Duration::ZERO);
+        }
+        m.request("allow", "get", "pods", 200, Duration::ZERO);
+        let text = m.render(Gauges::default());
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("chaperone_requests_total{"))
+            .collect();
+        assert_eq!(series.len(), MAX_SERIES + 1);
+        // A set seen before the bound is still counted as itself.
+        assert!(series.contains(
+            &"chaperone_requests_total{decision=\"allow\",verb=\"get\",resource=\"pods\",code=\"200\"} 2"
+        ));
+        // The first MAX_SERIES - 1 made-up names fill the family; the other 501 are
+        // counted together.
+        assert!(series.contains(
+            &"chaperone_requests_total{decision=\"other\",verb=\"other\",resource=\"other\",code=\"other\"} 501"
+        ));
+        let total: u64 = series
+            .iter()
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total as usize, MAX_SERIES + 502);
+    }
+
+    #[test]
+    fn codes_are_written_in_decimal() {
+        let mut buf = [0u8; 5];
+        for (n, text) in [
+            (0, "0"),
+            (7, "7"),
+            (200, "200"),
+            (503, "503"),
+            (u16::MAX, "65535"),
+        ] {
+            assert_eq!(decimal(n, &mut buf), text);
         }
     }
 
