@@ -117,6 +117,20 @@ impl Status {
     }
 }
 
+/// An HTTP status code in decimal, written into `buf`: no allocation, no formatter.
+pub fn code_text(mut code: u16, buf: &mut [u8; 5]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (code % 10) as u8;
+        code /= 10;
+        if code == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({}): {}", self.code, self.reason, self.message)
@@ -126,6 +140,20 @@ impl std::fmt::Display for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_are_written_in_decimal() {
+        let mut buf = [0u8; 5];
+        for (n, text) in [
+            (0, "0"),
+            (7, "7"),
+            (200, "200"),
+            (503, "503"),
+            (u16::MAX, "65535"),
+        ] {
+            assert_eq!(code_text(n, &mut buf), text);
+        }
+    }
 
     #[test]
     fn serialises_like_the_api_server() {

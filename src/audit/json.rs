@@ -158,19 +158,10 @@ fn response_status(out: &mut Vec<u8>, s: &ResponseStatus) {
             string(fields.key(key), value);
         }
     }
-    let out = fields.key(b"code");
     let mut digits = [0u8; 5];
-    let mut n = s.code;
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    fields
+        .key(b"code")
+        .extend_from_slice(crate::status::code_text(s.code, &mut digits).as_bytes());
     fields.end();
 }
 
