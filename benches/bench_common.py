@@ -351,7 +351,15 @@ def _group_cpu(pgids):
 def _group_cpu_split(pgids):
     """(user, system) CPU seconds used so far by the live processes of the given process
     groups: `utime` and `stime` of /proc/PID/stat."""
-    user = system = 0
+    per = group_cpu_by_process(pgids)
+    return sum(u for u, _ in per.values()), sum(s for _, s in per.values())
+
+
+def group_cpu_by_process(pgids):
+    """{pid: (user, system) CPU seconds so far} of the live processes of the given process
+    groups (an nginx's master and each of its workers apart)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -362,10 +370,8 @@ def _group_cpu_split(pgids):
             continue
         fields = data[data.rindex(")") + 2:].split()  # fields[0] is field 3, state
         if int(fields[2]) in pgids:  # pgrp
-            user += int(fields[11])  # utime
-            system += int(fields[12])  # stime
-    tick = os.sysconf("SC_CLK_TCK")
-    return user / tick, system / tick
+            out[int(entry)] = (int(fields[11]) / tick, int(fields[12]) / tick)  # utime, stime
+    return out
 
 
 def _own_cpu():

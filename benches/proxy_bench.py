@@ -19,7 +19,9 @@ only if a request failed, a check of the responses failed, or a tool is missing)
 * `saturation`: `wrk` (fixed threads and connections) at full speed, runs alternating
   nginx-proxy and chaperone (nginx-proxy, chaperone, chaperone, nginx-proxy, ...), and one
   run directly; the ratio is the median of the ratios of neighbouring runs. Target:
-  chaperone / nginx-proxy >= 1.0. chaperone's peak RSS meanwhile is "RSS under load".
+  chaperone / nginx-proxy >= 1.0. Each run's CPU per process, as a share of one core,
+  shows how nginx-proxy's workers split the connections (fastest when one serves them
+  all). chaperone's peak RSS meanwhile is "RSS under load".
 * `lists`: a ~50 MB `kind: List` of ConfigMaps (`GET /api/v1/configmaps`; nothing to mask)
   and of Secrets (`GET /api/v1/secrets`; masked), static files served by the upstream
   nginx, fetched whole with curl (HTTP/1.1) directly, through nginx-proxy and through
@@ -634,13 +636,21 @@ def section_saturation(b):
     pid = b.chaperone["proc"].pid
 
     def one(p, seconds):
-        user0, sys0 = b.cpu_split_of(p)
+        group = {b.server[p].pid}
+        before = bc.group_cpu_by_process(group)
         r = bc.run_wrk(b.ports[p], b.token_for(p), seconds, b.procs, threads=args.threads,
                        connections=args.connections)
-        user1, sys1 = b.cpu_split_of(p)
+        after = bc.group_cpu_by_process(group)
         n = max(r["requests"], 1)
-        r["user_us"], r["sys_us"] = 1e6 * (user1 - user0) / n, 1e6 * (sys1 - sys0) / n
+        used = {pid: tuple(a - b for a, b in zip(after[pid], before.get(pid, (0, 0))))
+                for pid in after}
+        r["user_us"] = 1e6 * sum(u for u, _ in used.values()) / n
+        r["sys_us"] = 1e6 * sum(s for _, s in used.values()) / n
         r["cpu_us"] = r["user_us"] + r["sys_us"]
+        # Each process's share of one core, busiest first (nginx-proxy: its workers; the
+        # master takes nothing): how nginx's workers split the connections decides its speed.
+        r["shares"] = sorted((100 * (u + s) / seconds for pid, (u, s) in used.items()
+                              if pid != b.server[p].pid or len(used) == 1), reverse=True)
         if r["non2xx"] or r["socket_errors"]:
             b.failures.append(f"saturation {p}: {r['non2xx']} non-2xx, {r['socket_errors']} socket errors")
         return r
@@ -674,6 +684,10 @@ def section_saturation(b):
               f"  {' '.join(text(x) for x in rs):<28} {rs[-1]['p50']} / {rs[-1]['p99']}")
     b.say(f"  ({CPU_PER_REQUEST}; user/kernel: its utime and stime, which include the loopback"
           " TCP work done on a send)")
+    for p, what in (("nginx-proxy", "its workers'"), ("chaperone", "the process's")):
+        b.say(f"  {p}: {what} CPU, % of one core, by run: "
+              + ", ".join("+".join(f"{s:.0f}" for s in x["shares"]) + f" ({x['rps'] / 1000:.1f} k)"
+                          for x in runs[p]))
     pairs = [c["rps"] / n["rps"] for c, n in zip(runs["chaperone"], runs["nginx-proxy"])]
     ratio = bc.median(pairs)
     b.say(f"  chaperone / nginx-proxy = {ratio:.3f} (median of the run-by-run ratios"
