@@ -114,19 +114,7 @@ def main():
 
 
 def measure(args, tmp, procs):
-    os.chmod(tmp, 0o711)
-    pki = bc.Pki(tmp)
-    caller = pki.token()
-    upstream_token = bc.b64url(os.urandom(24))
-    www = os.path.join(tmp, "www")
-    os.makedirs(www)
-    up_crt, up_key = pki.server_cert("upstream")
-    up_port, _ = pb.start_upstream_nginx(procs, tmp, up_crt, up_key, upstream_token, www)
-    kubeconfig = os.path.join(tmp, "upstream.kubeconfig")
-    bc.write_kubeconfig(kubeconfig, f"https://127.0.0.1:{up_port}", pki.ca_crt,
-                        upstream_token)
-    policy = os.path.join(tmp, "policy.yaml")
-    bc.write_policy(policy, "bench-instructions", [("get-pods", "pods", ["get"])])
+    pki, caller, _, kubeconfig, policy = pb.pod_setup(procs, tmp, "bench-instructions")
     i1, _ = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n1, "n1")
     i2, out2 = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n2, "n2")
     if args.allocations:

@@ -180,6 +180,25 @@ def run_nginx(procs, tmp, name, text, port):
     return proc
 
 
+def pod_setup(procs, tmp, policy_name):
+    """The one-Pod setup of instructions.py and timeline.py: a PKI, a caller token, the
+    upstream nginx (its `www` empty), a kubeconfig for it with its own token, and a policy
+    allowing `get pods`. Returns (pki, caller token, upstream port, kubeconfig, policy)."""
+    os.chmod(tmp, 0o711)
+    pki = bc.Pki(tmp)
+    caller = pki.token()
+    upstream_token = bc.b64url(os.urandom(24))
+    www = os.path.join(tmp, "www")
+    os.makedirs(www)
+    up_crt, up_key = pki.server_cert("upstream")
+    up_port, _ = start_upstream_nginx(procs, tmp, up_crt, up_key, upstream_token, www)
+    kubeconfig = os.path.join(tmp, "upstream.kubeconfig")
+    bc.write_kubeconfig(kubeconfig, f"https://127.0.0.1:{up_port}", pki.ca_crt, upstream_token)
+    policy = os.path.join(tmp, "policy.yaml")
+    bc.write_policy(policy, policy_name, [("get-pods", "pods", ["get"])])
+    return pki, caller, up_port, kubeconfig, policy
+
+
 def start_upstream_nginx(procs, tmp, crt, key, token, www):
     """The stand-in API server: nginx, one worker, TLS with HTTP/2 and 1.1, requiring the
     proxy's token: the Pod, /version, and the two List files under `www`."""

@@ -151,18 +151,7 @@ def main():
 
 
 def measure(args, oha, tmp, procs):
-    os.chmod(tmp, 0o711)
-    pki = bc.Pki(tmp)
-    caller = pki.token()
-    upstream_token = bc.b64url(os.urandom(24))
-    www = os.path.join(tmp, "www")
-    os.makedirs(www)
-    up_crt, up_key = pki.server_cert("upstream")
-    up_port, _ = pb.start_upstream_nginx(procs, tmp, up_crt, up_key, upstream_token, www)
-    kubeconfig = os.path.join(tmp, "upstream.kubeconfig")
-    bc.write_kubeconfig(kubeconfig, f"https://127.0.0.1:{up_port}", pki.ca_crt, upstream_token)
-    policy = os.path.join(tmp, "policy.yaml")
-    bc.write_policy(policy, "bench-timeline", [("get-pods", "pods", ["get"])])
+    pki, caller, up_port, kubeconfig, policy = pb.pod_setup(procs, tmp, "bench-timeline")
     binary = bc.copy_binary(args.binary, tmp)
     ch = pb.start_chaperone(procs, tmp, "proxy", binary, pki, kubeconfig, policy)
     pid = ch["proc"].pid
