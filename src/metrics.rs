@@ -42,6 +42,8 @@ struct Series {
     last: Option<usize>,
     /// Where a request's key is built: the steady state allocates nothing.
     key: Vec<u8>,
+    /// The bound was reached (and said so in the log, once).
+    full: bool,
 }
 
 impl Series {
@@ -71,15 +73,20 @@ impl Family {
         let series = &mut *series;
         series.key(labels);
         let other = [OTHER; 8];
-        let labels = if series.counts.len() < MAX_SERIES {
-            labels
-        } else {
-            let other = &other[..labels.len().min(other.len())];
-            if series.find().is_none() {
-                series.key(other);
+        let mut labels = labels;
+        if series.counts.len() >= MAX_SERIES && series.find().is_none() {
+            if !series.full {
+                series.full = true;
+                tracing::warn!(
+                    max = MAX_SERIES,
+                    ?labels,
+                    "a metrics family has reached its bound of label sets: requests with new \
+                     label values are counted under \"other\" from now on"
+                );
             }
-            other
-        };
+            labels = &other[..labels.len().min(other.len())];
+            series.key(labels);
+        }
         let at = match series.find() {
             Some(at) => at,
             None => {
@@ -370,15 +377,45 @@ mod tests {
     }
 
     /// Resource names come from the caller's path, before authentication: a flood of
-    /// made-up ones is counted, and does not grow the family past its bound.
+    /// made-up ones is counted, and does not grow the family past its bound; the log
+    /// says so, once.
     #[test]
     fn made_up_resources_do_not_grow_a_family_without_bound() {
-        let m = Metrics::default();
-        m.request("allow", "get", "pods", 200, Duration::ZERO);
-        for i in 0..MAX_SERIES + 500 {
-            m.request("deny", "get", &format!("r{i}"), 401, Duration::ZERO);
+        #[derive(Clone, Default)]
+        struct Capture(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        m.request("allow", "get", "pods", 200, Duration::ZERO);
+        let log = Capture::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let m = Metrics::default();
+        tracing::subscriber::with_default(subscriber, || {
+            // The only test that reaches the warning: its callsite is first seen here,
+            // with this subscriber listening.
+            tracing::callsite::rebuild_interest_cache();
+            m.request("allow", "get", "pods", 200, Duration::ZERO);
+            for i in 0..MAX_SERIES + 500 {
+                m.request("deny", "get", &format!("r{i}"), 401, Duration::ZERO);
+            }
+            m.request("allow", "get", "pods", 200, Duration::ZERO);
+        });
+        let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(logged.matches("reached its bound").count(), 1, "{logged}");
+        // The first set folded is named: pods and r0 to r1998 took the 2,000 places.
+        assert!(
+            logged.contains(&format!("\"r{}\"", MAX_SERIES - 1)),
+            "{logged}"
+        );
         let text = m.render(Gauges::default());
         let series: Vec<&str> = text
             .lines()
