@@ -711,6 +711,15 @@ def section_saturation(b):
     ratio = bc.median(pairs)
     b.say(f"  chaperone / nginx-proxy = {ratio:.3f} (median of the run-by-run ratios"
           f" {' '.join(f'{x:.3f}' for x in pairs)}); target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'}")
+    # nginx-proxy's speed depends on how its workers split the connections: the pairs by
+    # that, so a ratio can be read against the mode it met.
+    modes = {}
+    for pair, n in zip(pairs, runs["nginx-proxy"]):
+        s = n["shares"] + [0.0]
+        mode = "one worker busy" if s[1] < 0.25 * s[0] else "workers split"
+        modes.setdefault(mode, []).append(pair)
+    b.say("  by nginx-proxy's mode: " + "; ".join(
+        f"{mode}: {' '.join(f'{x:.3f}' for x in xs)}" for mode, xs in sorted(modes.items())))
     med = {p: bc.median([x["rps"] for x in runs[p]]) for p in PATHS}
     b.say(f"  chaperone / direct = {med['chaperone'] / med['direct']:.3f},"
           f" nginx-proxy / direct = {med['nginx-proxy'] / med['direct']:.3f}")
