@@ -91,7 +91,7 @@ pub struct Config {
 }
 
 /// Where `approve` decisions wait for a reviewer.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Approval {
     /// The namespace of the AccessRequests; default: the pod's own (`POD_NAMESPACE`
@@ -103,6 +103,26 @@ pub struct Approval {
     /// Webhooks told about each new AccessRequest.
     #[serde(default)]
     pub notify: Vec<crate::approval::notify::Webhook>,
+    /// How many different requests one caller may have held for review at once (each
+    /// is an AccessRequest in front of reviewers; identical requests share one); past
+    /// it, a new one is refused with 429 until one is decided or its hold ends.
+    #[serde(default = "default_max_held_per_caller")]
+    pub max_held_per_caller: usize,
+}
+
+impl Default for Approval {
+    fn default() -> Self {
+        Approval {
+            namespace: None,
+            poll: None,
+            notify: Vec::new(),
+            max_held_per_caller: default_max_held_per_caller(),
+        }
+    }
+}
+
+fn default_max_held_per_caller() -> usize {
+    10
 }
 
 /// Where the policy comes from: a file (the mounted policy ConfigMap's key), re-read

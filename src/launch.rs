@@ -122,6 +122,7 @@ pub async fn proxy(
             .unwrap_or_else(|| "default".to_owned()),
         config.approval.poll.unwrap_or(Duration::from_millis(500)),
         crate::approval::notify::Notifier::new(&config.approval.notify)?,
+        config.approval.max_held_per_caller,
     ));
     let approvals_for_admin = approvals.clone();
     let proxy = Arc::new(Proxy::new(

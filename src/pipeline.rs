@@ -182,6 +182,7 @@ impl Proxy {
                         let outcome = match e {
                             approval::Error::Denied { .. } => "denied",
                             approval::Error::Pending { .. } => "pending",
+                            approval::Error::TooManyHeld { .. } => "refused: too many held",
                             _ => "unavailable",
                         };
                         trail.note(annotation::APPROVAL, outcome);

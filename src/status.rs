@@ -74,6 +74,10 @@ impl Status {
         Self::failure(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
     }
 
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::failure(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)
+    }
+
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::failure(
             StatusCode::SERVICE_UNAVAILABLE,

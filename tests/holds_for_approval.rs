@@ -596,3 +596,106 @@ async fn approvals_that_cannot_be_requested_refuse_the_request() {
     );
     env.stop().await;
 }
+
+/// The AccessRequests `chaperone requests` lists, by name.
+fn listed_requests(env: &Env) -> Vec<String> {
+    let out = reviewer(env, &["requests"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect()
+}
+
+/// A caller in a loop cannot put any number of AccessRequests in front of reviewers:
+/// past `approval.maxHeldPerCaller` different held requests the next is refused at
+/// once with 429, on record; once one is decided there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cannot_hold_more_different_requests_than_its_bound() {
+    let env = sandbox()
+        .policy(&policy_with_hold("30s"))
+        .with_proxy_config("approval: {poll: 1h, maxHeldPerCaller: 1}\n")
+        .start()
+        .await;
+    let first = tokio::spawn(support::run(
+        env.kubectl_cmd(env.proxy_kubeconfig(), &CREATE),
+    ));
+    let name = held_request(&env).await;
+
+    // Another resource: a different request (creates of one resource in one namespace
+    // are one request to the approval stage, whatever the object's name).
+    const OTHER: [&str; 5] = [
+        "create",
+        "role",
+        "agent-view",
+        "--verb=get",
+        "--resource=pods",
+    ];
+    let refused = tokio::time::timeout(Duration::from_secs(10), env.kubectl(&OTHER))
+        .await
+        .expect("refused at once, not held");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("(TooManyRequests)")
+            && stderr.contains("already has 1 requests waiting for a reviewer")
+            && stderr.contains("approval.maxHeldPerCaller is 1"),
+        "{stderr}"
+    );
+    assert_eq!(
+        listed_requests(&env),
+        std::slice::from_ref(&name),
+        "only the first is held"
+    );
+
+    // The first is approved and goes through; its place is free again, and the other
+    // request is now held in its turn.
+    let approved = reviewer(&env, &["approve", &name, "--reason", "ok"]);
+    assert!(approved.status.success(), "{approved:?}");
+    let out = tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("agent-admin created"),
+        "{out:?}"
+    );
+    let second = tokio::spawn(support::run(
+        env.kubectl_cmd(env.proxy_kubeconfig(), &OTHER),
+    ));
+    let other = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(n) = listed_requests(&env).into_iter().find(|n| *n != name) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the other request is held");
+    let approved = reviewer(&env, &["approve", &other, "--reason", "ok"]);
+    assert!(approved.status.success(), "{approved:?}");
+    let out = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("agent-view created"),
+        "{out:?}"
+    );
+
+    // The refusal is on record, with its reason.
+    let dir = env.stop().await;
+    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
+    let refusals: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["annotations"]["chaperone.dev/approval"] == "refused: too many held")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{audit}");
+    assert_eq!(refusals[0]["responseStatus"]["code"], 429);
+    assert!(refusals[0]["annotations"]["chaperone.dev/reason"]
+        .as_str()
+        .unwrap()
+        .contains("approval.maxHeldPerCaller is 1"));
+}

@@ -56,6 +56,17 @@ pub enum Error {
         hold: Duration,
         grant: Duration,
     },
+    #[error(
+        "{user} already has {held} requests waiting for a reviewer (approval.maxHeldPerCaller \
+         is {max}); this one is refused until one of them is decided or its hold ends \
+         (`kubectl chaperone requests -n {namespace}` lists them)"
+    )]
+    TooManyHeld {
+        user: String,
+        held: usize,
+        max: usize,
+        namespace: String,
+    },
     #[error("approvals are unavailable, so the request is refused: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -66,6 +77,7 @@ impl Error {
     pub fn status(&self) -> Status {
         match self {
             Error::Denied { .. } | Error::Pending { .. } => Status::forbidden(self.to_string()),
+            Error::TooManyHeld { .. } => Status::too_many_requests(self.to_string()),
             Error::Unavailable(_) | Error::Upstream(_) => {
                 Status::service_unavailable(self.to_string())
             }
@@ -110,6 +122,60 @@ pub struct Held {
     hold: Duration,
     grant: Duration,
     deadline: Instant,
+    /// This request's place among its caller's held requests, given back when it ends.
+    _place: Place,
+}
+
+/// Each caller's held requests: request key -> how many identical requests wait on it.
+type HeldByCaller = Arc<Mutex<HashMap<String, HashMap<String, usize>>>>;
+
+/// A held request's place in [`HeldByCaller`]; dropped when its wait ends, however it
+/// ends (decided, timed out, refused, or the caller gone).
+#[derive(Debug)]
+struct Place {
+    held: HeldByCaller,
+    user: String,
+    key: String,
+}
+
+impl Place {
+    /// Joins `user`'s held request `key`, or takes a new place if it has fewer than
+    /// `max`; else returns how many it holds.
+    fn take(held: &HeldByCaller, max: usize, user: &str, key: &str) -> Result<Place, usize> {
+        let mut map = held.lock().unwrap_or_else(|e| e.into_inner());
+        let (joins, count) = map
+            .get(user)
+            .map_or((false, 0), |keys| (keys.contains_key(key), keys.len()));
+        if !joins && count >= max {
+            return Err(count);
+        }
+        *map.entry(user.to_owned())
+            .or_default()
+            .entry(key.to_owned())
+            .or_default() += 1;
+        Ok(Place {
+            held: held.clone(),
+            user: user.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(keys) = held.get_mut(&self.user) {
+            if let Some(n) = keys.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    keys.remove(&self.key);
+                }
+            }
+            if keys.is_empty() {
+                held.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The approval stage: where AccessRequests go and the grants given so far.
@@ -125,6 +191,9 @@ pub struct Approvals {
     waiting: std::sync::atomic::AtomicU64,
     /// Request key -> end of its grant and the AccessRequest that granted it.
     grants: Mutex<HashMap<String, (Instant, String)>>,
+    /// What each caller has held right now, and the most different requests it may.
+    held: HeldByCaller,
+    max_held: usize,
 }
 
 impl Approvals {
@@ -133,6 +202,7 @@ impl Approvals {
         namespace: String,
         poll: Duration,
         notifier: notify::Notifier,
+        max_held: usize,
     ) -> Approvals {
         Approvals {
             upstream,
@@ -142,7 +212,21 @@ impl Approvals {
             watch: tokio::sync::OnceCell::new(),
             waiting: std::sync::atomic::AtomicU64::new(0),
             grants: Mutex::new(HashMap::new()),
+            held: Arc::default(),
+            max_held,
         }
+    }
+
+    /// Takes a place among the caller's held requests: one it already holds is joined;
+    /// a new one is refused past `max_held`, so that a caller in a loop cannot put any
+    /// number of AccessRequests in front of reviewers.
+    fn take_place(&self, who: &Subject, key: &str) -> Result<Place, Error> {
+        Place::take(&self.held, self.max_held, &who.user, key).map_err(|held| Error::TooManyHeld {
+            user: who.user.clone(),
+            held,
+            max: self.max_held,
+            namespace: self.namespace.clone(),
+        })
     }
 
     /// Answers at once when the caller skips review or holds a grant; otherwise makes
@@ -168,6 +252,7 @@ impl Approvals {
         if let Some(name) = self.granted(&key) {
             return Ok(Hold::Ready(Outcome::Granted { name }));
         }
+        let place = self.take_place(who, &key)?;
         let name = object_name(info, &key);
         let (hold, grant) = (settings.hold.0, settings.grant.0);
         let held = Held {
@@ -178,6 +263,7 @@ impl Approvals {
             hold,
             grant,
             deadline: Instant::now() + hold,
+            _place: place,
         };
         if self.read(&held.name).await?.is_none() {
             self.create(&held).await?;
@@ -550,6 +636,28 @@ fn sanitize_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caller_holds_at_most_max_different_requests_and_identical_ones_join() {
+        let held = HeldByCaller::default();
+        let a1 = Place::take(&held, 2, "agent", "a").unwrap();
+        let b = Place::take(&held, 2, "agent", "b").unwrap();
+        // A third different request is refused, saying how many are held...
+        assert_eq!(Place::take(&held, 2, "agent", "c").unwrap_err(), 2);
+        // ...an identical one joins its twin, and another caller is not affected.
+        let a2 = Place::take(&held, 2, "agent", "a").unwrap();
+        let other = Place::take(&held, 2, "someone-else", "c").unwrap();
+        // The place of `a` is given back only when both waits on it have ended.
+        drop(a1);
+        assert_eq!(Place::take(&held, 2, "agent", "c").unwrap_err(), 2);
+        drop(a2);
+        let c = Place::take(&held, 2, "agent", "c").unwrap();
+        drop((b, c, other));
+        assert!(held.lock().unwrap().is_empty(), "nothing left behind");
+        // A bound of 0 refuses every held request, and keeps nothing for it.
+        assert_eq!(Place::take(&held, 0, "agent", "a").unwrap_err(), 0);
+        assert!(held.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn names_are_dns_labels_and_keys_tell_requests_apart() {
