@@ -183,6 +183,8 @@ impl Proxy {
                             approval::Error::Denied { .. } => "denied",
                             approval::Error::Pending { .. } => "pending",
                             approval::Error::TooManyHeld { .. } => "refused: too many held",
+                            approval::Error::BodyTooLarge { .. }
+                            | approval::Error::Unreviewable(_) => "refused: body not reviewable",
                             _ => "unavailable",
                         };
                         trail.note(annotation::APPROVAL, outcome);
@@ -311,13 +313,32 @@ impl Proxy {
             .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
         // Held only once the request is known to be forwardable: a request screening
         // would refuse never bothers a reviewer.
+        let mut reviewed_body = None;
         match decision.applied() {
             policy::Action::Allow | policy::Action::Deny => {}
             policy::Action::Approve => {
                 let since = Instant::now();
                 let outcome = Box::pin(
-                    self.hold_for_approval(&who, &info, req.uri().query(), &decision, trail)
-                        .instrument(tracing::debug_span!("approve")),
+                    async {
+                        // The reviewer approves what is sent: the body is read first,
+                        // shown in the AccessRequest and forwarded as it was read.
+                        if has_body(req.method()) && !upgrade {
+                            let headers = req.headers().clone();
+                            let body =
+                                approval::body::read(req.body_mut(), &headers, &info).await?;
+                            reviewed_body = Some(body);
+                        }
+                        self.hold_for_approval(
+                            &who,
+                            &info,
+                            req.uri().query(),
+                            reviewed_body.as_ref(),
+                            &decision,
+                            trail,
+                        )
+                        .await
+                    }
+                    .instrument(tracing::debug_span!("approve")),
                 )
                 .await;
                 trail.stage(Step::Approve, since, outcome.is_err());
@@ -375,6 +396,9 @@ impl Proxy {
             b.map_err(|e| -> crate::body::BoxError { Box::new(e) })
                 .boxed()
         });
+        if let Some(reviewed) = reviewed_body {
+            *req.body_mut() = crate::body::full(reviewed.bytes);
+        }
         if trail.level() >= Level::Request && !upgrade {
             let body = std::mem::replace(req.body_mut(), crate::body::empty());
             let (body, captured) = audit::capture::tee(body, &request_kind);
@@ -436,10 +460,15 @@ impl Proxy {
         who: &identity::Subject,
         info: &request_info::RequestInfo,
         query: Option<&str>,
+        body: Option<&approval::body::Reviewed>,
         decision: &policy::Decision,
         trail: &mut Trail,
     ) -> Result<approval::Outcome, approval::Error> {
-        match self.approvals.request(who, info, query, decision).await? {
+        match self
+            .approvals
+            .request(who, info, query, body, decision)
+            .await?
+        {
             approval::Hold::Ready(outcome) => Ok(outcome),
             approval::Hold::Held(held) => {
                 trail.note(annotation::APPROVAL, "held");
@@ -459,6 +488,14 @@ fn content_type(headers: &http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Methods whose body says what is done: read and shown to the reviewer when held.
+fn has_body(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 /// `pods/log?follow=true`: a stream that ends when the container does.

@@ -699,3 +699,92 @@ async fn a_caller_cannot_hold_more_different_requests_than_its_bound() {
         .unwrap()
         .contains("approval.maxHeldPerCaller is 1"));
 }
+
+/// The AccessRequest's object, as a reviewer reads it with kubectl.
+async fn access_request(env: &Env, name: &str) -> serde_json::Value {
+    let out = env
+        .kubectl_direct(&["get", "accessrequest", name, "-o", "json"])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The reviewer sees the object being created (kubectl sends it as protobuf), and an
+/// approval grants that object only: a different RoleBinding from the same caller is
+/// held again, while the same one passes on the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
+    let env = start("30s").await;
+    let held = tokio::spawn(support::run(
+        env.kubectl_cmd(env.proxy_kubeconfig(), &CREATE),
+    ));
+    let name = held_request(&env).await;
+    let object = access_request(&env, &name).await;
+    let body = &object["spec"]["request"]["body"];
+    assert_eq!(body["metadata"]["name"], "agent-admin", "{object}");
+    assert_eq!(body["roleRef"]["name"], "admin", "{object}");
+    assert_eq!(body["subjects"][0]["name"], "agent", "{object}");
+    let approved = reviewer(&env, &["approve", &name, "--reason", "ok"]);
+    assert!(approved.status.success(), "{approved:?}");
+    let out = tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("agent-admin created"),
+        "{out:?}"
+    );
+
+    // Another binding, cluster-admin this time: not covered by the grant, held again,
+    // and the reviewer sees what it is.
+    const ESCALATE: [&str; 5] = [
+        "create",
+        "rolebinding",
+        "agent-root",
+        "--clusterrole=cluster-admin",
+        "--user=agent",
+    ];
+    let escalate = tokio::spawn(support::run(
+        env.kubectl_cmd(env.proxy_kubeconfig(), &ESCALATE),
+    ));
+    let other = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(n) = listed_requests(&env).into_iter().find(|n| *n != name) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the other binding is held, not granted");
+    let object = access_request(&env, &other).await;
+    assert_eq!(
+        object["spec"]["request"]["body"]["roleRef"]["name"], "cluster-admin",
+        "{object}"
+    );
+    let denied = reviewer(&env, &["deny", &other, "--reason", "not cluster-admin"]);
+    assert!(denied.status.success(), "{denied:?}");
+    let out = tokio::time::timeout(Duration::from_secs(20), escalate)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not cluster-admin"),
+        "{out:?}"
+    );
+    let direct = env
+        .kubectl_direct(&["get", "rolebinding", "agent-root"])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("NotFound"),
+        "{direct:?}"
+    );
+
+    // The same binding again passes on its grant (the API server says it exists).
+    let again = env.kubectl(&CREATE).await;
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("\"agent-admin\" already exists"),
+        "{again:?}"
+    );
+    env.stop().await;
+}

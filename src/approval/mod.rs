@@ -14,6 +14,7 @@
 //! broken they read their object directly every `poll`; if that fails too, the request
 //! is refused (503): an unreachable API server never lets a request through.
 
+pub mod body;
 pub mod notify;
 mod watch;
 
@@ -67,6 +68,13 @@ pub enum Error {
         max: usize,
         namespace: String,
     },
+    #[error(
+        "a request held for approval needs a body a reviewer can read, and this one is \
+         larger than {max} bytes"
+    )]
+    BodyTooLarge { max: usize },
+    #[error("a request held for approval needs a body a reviewer can read: {0}")]
+    Unreviewable(String),
     #[error("approvals are unavailable, so the request is refused: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -78,6 +86,16 @@ impl Error {
         match self {
             Error::Denied { .. } | Error::Pending { .. } => Status::forbidden(self.to_string()),
             Error::TooManyHeld { .. } => Status::too_many_requests(self.to_string()),
+            Error::BodyTooLarge { .. } => Status::failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                self.to_string(),
+            ),
+            Error::Unreviewable(_) => Status::failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                self.to_string(),
+            ),
             Error::Unavailable(_) | Error::Upstream(_) => {
                 Status::service_unavailable(self.to_string())
             }
@@ -237,6 +255,7 @@ impl Approvals {
         who: &Subject,
         info: &RequestInfo,
         query: Option<&str>,
+        body: Option<&body::Reviewed>,
         decision: &Decision,
     ) -> Result<Hold, Error> {
         let settings = decision.approval().cloned().unwrap_or_default();
@@ -248,7 +267,7 @@ impl Approvals {
             return Ok(Hold::Ready(Outcome::Skipped));
         }
         let commands = commands(query);
-        let key = request_key(who, info, &commands);
+        let key = request_key(who, info, &commands, body.map(|b| b.digest.as_str()));
         if let Some(name) = self.granted(&key) {
             return Ok(Hold::Ready(Outcome::Granted { name }));
         }
@@ -256,7 +275,15 @@ impl Approvals {
         let name = object_name(info, &key);
         let (hold, grant) = (settings.hold.0, settings.grant.0);
         let held = Held {
-            object: access_request(&name, who, info, &commands, decision, hold),
+            object: access_request(
+                &name,
+                who,
+                info,
+                &commands,
+                body.and_then(|b| b.shown.as_ref()),
+                decision,
+                hold,
+            ),
             name,
             key,
             rule: decision.rule().to_owned(),
@@ -528,7 +555,12 @@ fn commands(query: Option<&str>) -> Vec<String> {
 }
 
 /// Identifies "the same request from the same caller".
-fn request_key(who: &Subject, info: &RequestInfo, commands: &[String]) -> String {
+fn request_key(
+    who: &Subject,
+    info: &RequestInfo,
+    commands: &[String],
+    body: Option<&str>,
+) -> String {
     let mut text = String::new();
     for part in [
         who.user.as_str(),
@@ -546,6 +578,11 @@ fn request_key(who: &Subject, info: &RequestInfo, commands: &[String]) -> String
     for c in commands {
         text.push_str(c);
         text.push('\0');
+    }
+    // The body's digest: a grant covers the object or patch reviewed, not any other.
+    if let Some(body) = body {
+        text.push_str("body:");
+        text.push_str(body);
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     digest.as_ref()[..8]
@@ -580,6 +617,7 @@ fn access_request(
     who: &Subject,
     info: &RequestInfo,
     commands: &[String],
+    body: Option<&Value>,
     decision: &Decision,
     hold: Duration,
 ) -> Value {
@@ -590,7 +628,7 @@ fn access_request(
         .and_then(|p| p.first())
         .cloned()
         .unwrap_or_default();
-    json!({
+    let mut object = json!({
         "apiVersion": "chaperone.dev/v1alpha1",
         "kind": "AccessRequest",
         "metadata": {"name": name, "labels": {"chaperone.dev/rule": sanitize_label(decision.rule())}},
@@ -614,7 +652,11 @@ fn access_request(
                 .unwrap_or_default(),
             "expiresAt": crate::audit::event::timestamp(expires),
         },
-    })
+    });
+    if let Some(body) = body {
+        object["spec"]["request"]["body"] = body.clone();
+    }
+    object
 }
 
 fn sanitize_label(value: &str) -> String {
@@ -676,14 +718,23 @@ mod tests {
             "POST",
             "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings",
         );
-        let (ka, kb) = (request_key(&who, &a, &[]), request_key(&who, &b, &[]));
+        let (ka, kb) = (
+            request_key(&who, &a, &[], None),
+            request_key(&who, &b, &[], None),
+        );
         assert_ne!(ka, kb);
-        assert_eq!(ka, request_key(&who, &a, &[]));
+        assert_eq!(ka, request_key(&who, &a, &[], None));
+        // Another body is another request: a grant covers the body reviewed only.
+        assert_ne!(ka, request_key(&who, &a, &[], Some("00ff")));
+        assert_ne!(
+            request_key(&who, &a, &[], Some("00ff")),
+            request_key(&who, &a, &[], Some("ff00"))
+        );
         let other = Subject {
             user: "alice".into(),
             ..Default::default()
         };
-        assert_ne!(ka, request_key(&other, &a, &[]));
+        assert_ne!(ka, request_key(&other, &a, &[], None));
         let name = object_name(&a, &ka);
         assert!(name.starts_with("create-rolebindings-"), "{name}");
         assert!(
