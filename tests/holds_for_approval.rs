@@ -431,6 +431,9 @@ async fn reviewers_are_notified_by_webhook_with_the_command_to_approve() {
         "system:serviceaccount:default:mcp-server"
     );
     assert_eq!(notice["request"]["resource"], "rolebindings");
+    // The reviewer sees what would be created.
+    assert_eq!(notice["request"]["body"]["metadata"]["name"], "agent-admin");
+    assert_eq!(notice["request"]["body"]["roleRef"]["name"], "admin");
     assert_eq!(
         notice["approve"],
         format!("kubectl chaperone approve {name} -n default")
@@ -442,6 +445,10 @@ async fn reviewers_are_notified_by_webhook_with_the_command_to_approve() {
         .to_owned();
     assert!(
         text.contains("wants to *create* rolebindings in default") && text.contains(&name),
+        "{text}"
+    );
+    assert!(
+        text.contains("```{") && text.contains("\"agent-admin\"") && text.contains("\"admin\""),
         "{text}"
     );
     env.stop().await;

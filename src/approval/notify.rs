@@ -155,13 +155,63 @@ fn slack_text(n: &Value) -> String {
         (ns, "") => format!("{} in {ns}", s("/request/resource")),
         (ns, name) => format!("{} {name} in {ns}", s("/request/resource")),
     };
-    format!(
-        ":lock: *{}* wants to *{}* {} (rule `{}`).\nApprove: `{}`\nDeny: `{}`",
+    let mut text = format!(
+        ":lock: *{}* wants to *{}* {} (rule `{}`).",
         s("/requester/user"),
         s("/request/verb"),
         target,
         s("/rule"),
+    );
+    // What it sends, as the AccessRequest holds it (Secret values masked), cut short
+    // for a chat line: the whole of it is in the AccessRequest.
+    if let Some(body) = n.pointer("/request/body") {
+        let mut json = body.to_string();
+        if json.len() > BODY_SHOWN {
+            let mut end = BODY_SHOWN;
+            while !json.is_char_boundary(end) {
+                end -= 1;
+            }
+            json.truncate(end);
+            json.push_str(" …");
+        }
+        text.push_str(&format!("\n```{}```", json.replace("```", "'''")));
+    }
+    text.push_str(&format!(
+        "\nApprove: `{}`\nDeny: `{}`",
         s("/approve"),
-        s("/deny"),
-    )
+        s("/deny")
+    ));
+    text
+}
+
+/// How much of a held request's body a chat notification shows.
+const BODY_SHOWN: usize = 600;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_line_shows_the_body_cut_short_on_a_character() {
+        let long = "é".repeat(BODY_SHOWN); // two bytes each
+        let notice = json!({
+            "requester": {"user": "agent"},
+            "request": {"verb": "create", "resource": "configmaps", "namespace": "a",
+                        "body": {"metadata": {"name": "c"}, "data": {"a": "```", "k": long}}},
+            "rule": "r", "approve": "ok", "deny": "no",
+        });
+        let text = slack_text(&notice);
+        assert!(
+            text.starts_with(":lock: *agent* wants to *create* configmaps in a (rule `r`).\n```{")
+        );
+        assert!(text.contains(" …```\nApprove: `ok`\nDeny: `no`"), "{text}");
+        // Cut on a character boundary, within the bound, and no fence broken early.
+        let shown = text.split("```").nth(1).unwrap();
+        assert!(shown.len() <= BODY_SHOWN + " …".len(), "{}", shown.len());
+        assert_eq!(text.matches("```").count(), 2, "{text}");
+        // Without a body, no block.
+        let mut bare = notice.clone();
+        bare["request"].as_object_mut().unwrap().remove("body");
+        assert!(!slack_text(&bare).contains("```"));
+    }
 }
