@@ -731,6 +731,13 @@ async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
     assert_eq!(body["metadata"]["name"], "agent-admin", "{object}");
     assert_eq!(body["roleRef"]["name"], "admin", "{object}");
     assert_eq!(body["subjects"][0]["name"], "agent", "{object}");
+    // `chaperone requests` names the object being created.
+    let listed = reviewer(&env, &["requests"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("create default/rolebindings/agent-admin"),
+        "{listed}"
+    );
     let approved = reviewer(&env, &["approve", &name, "--reason", "ok"]);
     assert!(approved.status.success(), "{approved:?}");
     let out = tokio::time::timeout(Duration::from_secs(20), held)

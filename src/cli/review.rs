@@ -267,11 +267,18 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
                 .unwrap_or_default()
                 .to_owned()
         };
+        // The object's name: in the path, or for a create in the body.
+        let name = match s("/spec/request/name") {
+            n if n.is_empty() => s("/spec/request/body/metadata/name"),
+            n => n,
+        };
         let what = format!(
-            "{} {}/{}",
+            "{} {}/{}{}{}",
             s("/spec/request/verb"),
             s("/spec/request/namespace"),
-            s("/spec/request/resource")
+            s("/spec/request/resource"),
+            if name.is_empty() { "" } else { "/" },
+            name
         );
         let phase = item
             .pointer("/status/phase")
