@@ -157,6 +157,21 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Skips a field and says whether it held its zero value (0, or no bytes): what
+    /// gogo-protobuf writes for a field left unset.
+    fn skip_is_zero(&mut self, wire: u64) -> Result<bool, String> {
+        let start = self.pos;
+        Ok(match wire {
+            0 => self.varint()? == 0,
+            2 => self.bytes()?.is_empty(),
+            1 | 5 => {
+                self.skip(wire)?;
+                self.buf[start..self.pos].iter().all(|b| *b == 0)
+            }
+            w => return Err(format!("unsupported wire type {w}")),
+        })
+    }
+
     fn advance(&mut self, n: usize) -> Result<(), String> {
         if self.pos + n > self.buf.len() {
             return Err("truncated field".into());
@@ -167,7 +182,13 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes one field value of type `ty`; `None` means "leave the field out".
-fn value(ty: &str, wire: u64, r: &mut Reader<'_>, depth: usize) -> Result<Option<Value>, String> {
+fn value(
+    ty: &str,
+    wire: u64,
+    r: &mut Reader<'_>,
+    depth: usize,
+    strict: bool,
+) -> Result<Option<Value>, String> {
     let want = |w: u64| {
         if wire == w {
             Ok(())
@@ -195,7 +216,7 @@ fn value(ty: &str, wire: u64, r: &mut Reader<'_>, depth: usize) -> Result<Option
         }
         "Time" => {
             want(2)?;
-            let inner = message("Time", r.bytes()?, depth + 1)?;
+            let inner = message("Time", r.bytes()?, depth + 1, strict)?;
             match inner.get("seconds").and_then(Value::as_i64) {
                 Some(s) if s != 0 => json!(time::OffsetDateTime::from_unix_timestamp(s)
                     .ok()
@@ -208,7 +229,7 @@ fn value(ty: &str, wire: u64, r: &mut Reader<'_>, depth: usize) -> Result<Option
         }
         "IntOrString" => {
             want(2)?;
-            let inner = message("IntOrString", r.bytes()?, depth + 1)?;
+            let inner = message("IntOrString", r.bytes()?, depth + 1, strict)?;
             if inner.get("type").and_then(Value::as_i64) == Some(1) {
                 inner.get("strVal").cloned().unwrap_or(json!(""))
             } else {
@@ -217,14 +238,14 @@ fn value(ty: &str, wire: u64, r: &mut Reader<'_>, depth: usize) -> Result<Option
         }
         "Quantity" => {
             want(2)?;
-            message("Quantity", r.bytes()?, depth + 1)?
+            message("Quantity", r.bytes()?, depth + 1, strict)?
                 .get("string")
                 .cloned()
                 .unwrap_or(json!("0"))
         }
         _ => {
             want(2)?;
-            json!(message(ty, r.bytes()?, depth + 1)?)
+            json!(message(ty, r.bytes()?, depth + 1, strict)?)
         }
     }))
 }
@@ -242,7 +263,7 @@ fn builtin_fields(msg: &str, n: u32) -> Option<(&'static str, &'static str)> {
     })
 }
 
-fn message(msg: &str, buf: &[u8], depth: usize) -> Result<Value, String> {
+fn message(msg: &str, buf: &[u8], depth: usize, strict: bool) -> Result<Value, String> {
     if depth > MAX_DEPTH {
         return Err("message nested too deeply".into());
     }
@@ -258,6 +279,16 @@ fn message(msg: &str, buf: &[u8], depth: usize) -> Result<Value, String> {
         let (name, ty, repeated) = match (fields.and_then(|f| f.get(&n)), builtin_fields(msg, n)) {
             (Some(f), _) => (f.name, f.ty, f.repeated),
             (None, Some((name, ty))) => (name, ty, false),
+            // A field set to anything but its zero value would be applied by the API
+            // server and not shown: refused.
+            (None, None) if strict => {
+                if !r.skip_is_zero(wire)? {
+                    return Err(format!(
+                        "{msg} sets a field (number {n}) that chaperone does not decode"
+                    ));
+                }
+                continue;
+            }
             (None, None) => {
                 r.skip(wire)?;
                 continue;
@@ -276,8 +307,12 @@ fn message(msg: &str, buf: &[u8], depth: usize) -> Result<Value, String> {
                 let ekey = entry.varint()?;
                 match ekey >> 3 {
                     1 => k = String::from_utf8_lossy(entry.bytes()?).into_owned(),
-                    2 => v = value(inner, ekey & 7, &mut entry, depth)?,
-                    _ => entry.skip(ekey & 7)?,
+                    2 => v = value(inner, ekey & 7, &mut entry, depth, strict)?,
+                    n => {
+                        if !entry.skip_is_zero(ekey & 7)? && strict {
+                            return Err(format!("a {name} entry sets a field (number {n})"));
+                        }
+                    }
                 }
             }
             let map = out.entry(name).or_insert_with(|| json!({}));
@@ -290,7 +325,7 @@ fn message(msg: &str, buf: &[u8], depth: usize) -> Result<Value, String> {
             });
             continue;
         }
-        let Some(v) = value(ty, wire, &mut r, depth)? else {
+        let Some(v) = value(ty, wire, &mut r, depth, strict)? else {
             continue;
         };
         if repeated {
@@ -316,12 +351,23 @@ fn omit(name: &str, v: &Value) -> bool {
     }
 }
 
-/// Decodes a `k8s\0`-prefixed protobuf body into the JSON object it stands for.
+/// Decodes a `k8s\0`-prefixed protobuf body into the JSON object it stands for;
+/// fields outside the schema are skipped.
 pub(crate) fn decode(body: &[u8]) -> Result<Value, String> {
+    decode_with(body, false)
+}
+
+/// As [`decode`], but a field outside the schema is an error: for a body shown to a
+/// reviewer, which must show everything the API server would apply.
+pub(crate) fn decode_strict(body: &[u8]) -> Result<Value, String> {
+    decode_with(body, true)
+}
+
+fn decode_with(body: &[u8], strict: bool) -> Result<Value, String> {
     let raw = body
         .strip_prefix(b"k8s\0")
         .ok_or("the body lacks the k8s protobuf envelope")?;
-    let unknown = message("Unknown", raw, 0)?;
+    let unknown = message("Unknown", raw, 0, strict)?;
     let s = |p: &str| {
         unknown
             .pointer(p)
@@ -339,7 +385,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Value, String> {
     let payload = base64::engine::general_purpose::STANDARD
         .decode(s("/raw"))
         .map_err(|_| "bad raw payload")?;
-    let mut obj = message(&kind, &payload, 0)?;
+    let mut obj = message(&kind, &payload, 0, strict)?;
     obj["apiVersion"] = json!(api_version);
     obj["kind"] = json!(kind);
     Ok(obj)
@@ -379,6 +425,54 @@ mod tests {
         );
     }
 
+    /// Shown to a reviewer, a body must hide nothing the API server would apply: a set
+    /// field outside the schema (a container's securityContext, say) is refused, while
+    /// the empty ones gogo-protobuf writes for every unset field are not.
+    #[test]
+    fn strict_decoding_refuses_a_set_field_it_does_not_know() {
+        let type_meta = [field(1, b"v1"), field(2, b"Pod")].concat();
+        let envelope = |pod: &[u8]| {
+            // Unknown{typeMeta, raw, contentEncoding: "", contentType: ""}
+            [
+                b"k8s\0".to_vec(),
+                field(1, &type_meta),
+                field(2, pod),
+                field(3, b""),
+                field(4, b""),
+            ]
+            .concat()
+        };
+        // ObjectMeta{name: "p", selfLink: ""}: the empty field 4 is fine.
+        let meta = [field(1, b"p"), field(4, b"")].concat();
+        let container = |extra: &[u8]| [field(1, b"c"), field(2, b"img"), extra.to_vec()].concat();
+        let plain = [field(1, &meta), field(2, &field(2, &container(b"")))].concat();
+        let v = decode_strict(&envelope(&plain)).unwrap();
+        assert_eq!(v["spec"]["containers"][0]["image"], "img");
+        // securityContext (field 15 of Container) set: privileged, hidden from the schema.
+        let privileged = field(15, &[0x08, 0x01]);
+        let hidden = [
+            field(1, &meta),
+            field(2, &field(2, &container(&privileged))),
+        ]
+        .concat();
+        let e = decode_strict(&envelope(&hidden)).unwrap_err();
+        assert!(e.contains("Container sets a field (number 15)"), "{e}");
+        // The sandbox's lenient decoding skips it.
+        assert!(decode(&envelope(&hidden)).is_ok());
+        // A map entry with an extra set field is refused too.
+        let odd_entry = field(
+            2,
+            &[field(1, b"k"), field(2, b"v"), field(3, b"x")].concat(),
+        );
+        let cm = [field(1, &meta), odd_entry].concat();
+        let cm_type = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
+        let body = [b"k8s\0".to_vec(), field(1, &cm_type), field(2, &cm)].concat();
+        assert!(decode_strict(&body)
+            .unwrap_err()
+            .contains("data entry sets a field"));
+        assert_eq!(decode(&body).unwrap()["data"]["k"], "v");
+    }
+
     #[test]
     fn decodes_nested_lists_and_int_or_string() {
         // Service{spec: {ports: [{port: 80, targetPort: intVal 8080}], type: "ClusterIP"}}
@@ -386,7 +480,7 @@ mod tests {
         let port = [vec![0x18, 80], field(4, &target)].concat();
         let spec = [field(1, &port), field(4, b"ClusterIP")].concat();
         let svc = [field(1, &field(1, b"s")), field(2, &spec)].concat();
-        let v = message("Service", &svc, 0).unwrap();
+        let v = message("Service", &svc, 0, false).unwrap();
         assert_eq!(
             v["spec"]["ports"],
             json!([{"port": 80, "targetPort": 8080}])
@@ -397,7 +491,7 @@ mod tests {
             "unknown kinds are refused"
         );
         assert!(
-            message("ConfigMap", &[0x0a, 0x05, 0x01], 0).is_err(),
+            message("ConfigMap", &[0x0a, 0x05, 0x01], 0, false).is_err(),
             "truncated input is an error"
         );
     }

@@ -86,7 +86,7 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
     if kind.contains("protobuf") {
         // kubectl's typed clients send protobuf: decoded for the reviewer as the
         // sandbox decodes it; a type the decoder does not know is refused.
-        return crate::protobuf::decode(bytes).map_err(|why| {
+        return crate::protobuf::decode_strict(bytes).map_err(|why| {
             Error::Unreviewable(format!(
                 "its protobuf body could not be decoded for review ({why}); send it as JSON"
             ))
