@@ -261,6 +261,19 @@ pub fn impersonate(
 
 /// Whether the request asks to switch protocols (exec, attach and port-forward over
 /// WebSocket or SPDY).
+/// The `Content-Type`'s media type, lowercased, without parameters (`""` when absent).
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers

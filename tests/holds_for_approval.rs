@@ -614,6 +614,37 @@ fn listed_requests(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// The first listed AccessRequest other than `not`, once one appears.
+async fn another_request(env: &Env, not: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(n) = listed_requests(env).into_iter().find(|n| n != not) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("another request is held")
+}
+
+/// A reviewer decides (`approve` or `deny`) `name`; the held kubectl run then ends
+/// and its output is returned.
+async fn decide(
+    env: &Env,
+    verb: &str,
+    name: &str,
+    reason: &str,
+    held: tokio::task::JoinHandle<std::process::Output>,
+) -> std::process::Output {
+    let decided = reviewer(env, &[verb, name, "--reason", reason]);
+    assert!(decided.status.success(), "{decided:?}");
+    tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .expect("the held request ends once decided")
+        .unwrap()
+}
+
 /// A caller in a loop cannot put any number of AccessRequests in front of reviewers:
 /// past `approval.maxHeldPerCaller` different held requests the next is refused at
 /// once with 429, on record; once one is decided there is room again.
@@ -657,12 +688,7 @@ async fn a_caller_cannot_hold_more_different_requests_than_its_bound() {
 
     // The first is approved and goes through; its place is free again, and the other
     // request is now held in its turn.
-    let approved = reviewer(&env, &["approve", &name, "--reason", "ok"]);
-    assert!(approved.status.success(), "{approved:?}");
-    let out = tokio::time::timeout(Duration::from_secs(20), first)
-        .await
-        .unwrap()
-        .unwrap();
+    let out = decide(&env, "approve", &name, "ok", first).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("agent-admin created"),
         "{out:?}"
@@ -670,22 +696,8 @@ async fn a_caller_cannot_hold_more_different_requests_than_its_bound() {
     let second = tokio::spawn(support::run(
         env.kubectl_cmd(env.proxy_kubeconfig(), &OTHER),
     ));
-    let other = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Some(n) = listed_requests(&env).into_iter().find(|n| *n != name) {
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the other request is held");
-    let approved = reviewer(&env, &["approve", &other, "--reason", "ok"]);
-    assert!(approved.status.success(), "{approved:?}");
-    let out = tokio::time::timeout(Duration::from_secs(20), second)
-        .await
-        .unwrap()
-        .unwrap();
+    let other = another_request(&env, &name).await;
+    let out = decide(&env, "approve", &other, "ok", second).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("agent-view created"),
         "{out:?}"
@@ -738,12 +750,7 @@ async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
         listed.contains("create default/rolebindings/agent-admin"),
         "{listed}"
     );
-    let approved = reviewer(&env, &["approve", &name, "--reason", "ok"]);
-    assert!(approved.status.success(), "{approved:?}");
-    let out = tokio::time::timeout(Duration::from_secs(20), held)
-        .await
-        .unwrap()
-        .unwrap();
+    let out = decide(&env, "approve", &name, "ok", held).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("agent-admin created"),
         "{out:?}"
@@ -761,27 +768,14 @@ async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
     let escalate = tokio::spawn(support::run(
         env.kubectl_cmd(env.proxy_kubeconfig(), &ESCALATE),
     ));
-    let other = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Some(n) = listed_requests(&env).into_iter().find(|n| *n != name) {
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the other binding is held, not granted");
+    // (Without the body in the request's key, the grant would let it through here.)
+    let other = another_request(&env, &name).await;
     let object = access_request(&env, &other).await;
     assert_eq!(
         object["spec"]["request"]["body"]["roleRef"]["name"], "cluster-admin",
         "{object}"
     );
-    let denied = reviewer(&env, &["deny", &other, "--reason", "not cluster-admin"]);
-    assert!(denied.status.success(), "{denied:?}");
-    let out = tokio::time::timeout(Duration::from_secs(20), escalate)
-        .await
-        .unwrap()
-        .unwrap();
+    let out = decide(&env, "deny", &other, "not cluster-admin", escalate).await;
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not cluster-admin"),
         "{out:?}"

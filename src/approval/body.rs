@@ -73,15 +73,7 @@ where
 /// JSON (objects and every patch type), YAML for server-side apply, or the protobuf of
 /// the objects kubectl's typed clients create.
 fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
-    let kind = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let kind = crate::headers::media_type(headers);
     let yaml = kind.ends_with("yaml");
     if kind.contains("protobuf") {
         // kubectl's typed clients send protobuf: decoded for the reviewer as the

@@ -351,14 +351,7 @@ enum PatchType {
 }
 
 fn patch_type(ctx: &Ctx, def: &ResourceDef) -> Result<PatchType, ApiError> {
-    let ct = ctx
-        .header("content-type")
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = crate::headers::media_type(&ctx.headers);
     let custom = def.crd.is_some();
     Ok(match ct.as_str() {
         "application/merge-patch+json" => PatchType::Merge,
