@@ -313,7 +313,8 @@ impl Proxy {
             .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
         // Held only once the request is known to be forwardable: a request screening
         // would refuse never bothers a reviewer.
-        let mut reviewed_body = None;
+        // Boxed: it lives in every request's future, and is rarely there.
+        let mut reviewed_body: Option<Box<approval::body::Reviewed>> = None;
         match decision.applied() {
             policy::Action::Allow | policy::Action::Deny => {}
             policy::Action::Approve => {
@@ -326,13 +327,13 @@ impl Proxy {
                             let headers = req.headers().clone();
                             let body =
                                 approval::body::read(req.body_mut(), &headers, &info).await?;
-                            reviewed_body = Some(body);
+                            reviewed_body = Some(Box::new(body));
                         }
                         self.hold_for_approval(
                             &who,
                             &info,
                             req.uri().query(),
-                            reviewed_body.as_ref(),
+                            reviewed_body.as_deref(),
                             &decision,
                             trail,
                         )
