@@ -311,10 +311,11 @@ impl Proxy {
         let inspect = headers::must_inspect(&info);
         tracing::debug_span!("screen")
             .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
+        // A held request's body as the reviewer saw it. Boxed: the slot is in every
+        // request's future, and rarely filled.
+        let mut reviewed_body: Option<Box<approval::body::Reviewed>> = None;
         // Held only once the request is known to be forwardable: a request screening
         // would refuse never bothers a reviewer.
-        // Boxed: it lives in every request's future, and is rarely there.
-        let mut reviewed_body: Option<Box<approval::body::Reviewed>> = None;
         match decision.applied() {
             policy::Action::Allow | policy::Action::Deny => {}
             policy::Action::Approve => {
