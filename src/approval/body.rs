@@ -19,14 +19,13 @@ pub const MAX_REVIEWED: usize = 256 * 1024;
 /// What the masked copy shows instead of a Secret's value.
 const MASKED: &str = "chaperone:masked";
 
-/// A held request's body: the bytes to forward once approved, what the AccessRequest
-/// shows of them, and their digest for the request's key.
+/// A held request's body: the bytes to forward once approved (and that its key is
+/// made of), and what the AccessRequest shows of them.
 #[derive(Debug)]
 pub struct Reviewed {
     pub bytes: Bytes,
     /// `None` for an empty body.
     pub shown: Option<Value>,
-    pub digest: String,
 }
 
 /// Reads the body whole (up to [`MAX_REVIEWED`]) and parses it for the reviewer. A body
@@ -62,12 +61,7 @@ where
         }
         Some(value)
     };
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    Ok(Reviewed {
-        digest: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
-        bytes,
-        shown,
-    })
+    Ok(Reviewed { bytes, shown })
 }
 
 /// JSON (objects and every patch type), YAML for server-side apply, or the protobuf of
@@ -188,7 +182,12 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(a.shown.as_ref().unwrap()["metadata"]["name"], "a");
-        assert_ne!(a.digest, b.digest);
+        let who = crate::identity::Subject::default();
+        let info = info("configmaps");
+        assert_ne!(
+            super::super::request_key(&who, &info, &[], Some(&a.bytes)),
+            super::super::request_key(&who, &info, &[], Some(&b.bytes))
+        );
         assert_eq!(a.bytes, r#"{"metadata":{"name":"a"}}"#);
         let apply = reviewed(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",

@@ -267,7 +267,7 @@ impl Approvals {
             return Ok(Hold::Ready(Outcome::Skipped));
         }
         let commands = commands(query);
-        let key = request_key(who, info, &commands, body.map(|b| b.digest.as_str()));
+        let key = request_key(who, info, &commands, body.map(|b| &b.bytes[..]));
         if let Some(name) = self.granted(&key) {
             return Ok(Hold::Ready(Outcome::Granted { name }));
         }
@@ -559,8 +559,9 @@ fn request_key(
     who: &Subject,
     info: &RequestInfo,
     commands: &[String],
-    body: Option<&str>,
+    body: Option<&[u8]>,
 ) -> String {
+    use ring::digest::{digest, Context, SHA256};
     let mut text = String::new();
     for part in [
         who.user.as_str(),
@@ -579,12 +580,18 @@ fn request_key(
         text.push_str(c);
         text.push('\0');
     }
-    // The body's digest: a grant covers the object or patch reviewed, not any other.
-    if let Some(body) = body {
-        text.push_str("body:");
-        text.push_str(body);
-    }
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let digest = match body {
+        None => digest(&SHA256, text.as_bytes()),
+        // With the body: a grant covers the object or patch reviewed, not any other.
+        // Both hashed apart first, so no text and body can pass for another pair.
+        Some(body) => {
+            let mut ctx = Context::new(&SHA256);
+            ctx.update(b"body\0");
+            ctx.update(digest(&SHA256, text.as_bytes()).as_ref());
+            ctx.update(digest(&SHA256, body).as_ref());
+            ctx.finish()
+        }
+    };
     digest.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -725,11 +732,13 @@ mod tests {
         assert_ne!(ka, kb);
         assert_eq!(ka, request_key(&who, &a, &[], None));
         // Another body is another request: a grant covers the body reviewed only.
-        assert_ne!(ka, request_key(&who, &a, &[], Some("00ff")));
+        assert_ne!(ka, request_key(&who, &a, &[], Some(b"{}")));
         assert_ne!(
-            request_key(&who, &a, &[], Some("00ff")),
-            request_key(&who, &a, &[], Some("ff00"))
+            request_key(&who, &a, &[], Some(b"{\"a\":1}")),
+            request_key(&who, &a, &[], Some(b"{\"a\":2}"))
         );
+        // An empty body is a body: a request sent with none differs from it.
+        assert_ne!(ka, request_key(&who, &a, &[], Some(b"")));
         let other = Subject {
             user: "alice".into(),
             ..Default::default()
