@@ -514,10 +514,6 @@ class Bench:
         """CPU seconds used so far by the server answering on `path` (all its processes)."""
         return bc._group_cpu({self.server[path].pid})
 
-    def cpu_split_of(self, path):
-        """(user, system) CPU seconds used so far by the server answering on `path`."""
-        return bc._group_cpu_split({self.server[path].pid})
-
     def disturbed(self, run):
         return run["others"] > self.args.disturbed * (os.cpu_count() or 1) * run["seconds"]
 
