@@ -326,8 +326,10 @@ impl Proxy {
                         // shown in the AccessRequest and forwarded as it was read.
                         if has_body(req.method()) && !upgrade {
                             let headers = req.headers().clone();
+                            let masker = self.policy.masker();
                             let body =
-                                approval::body::read(req.body_mut(), &headers, &info).await?;
+                                approval::body::read(req.body_mut(), &headers, &info, &masker)
+                                    .await?;
                             reviewed_body = Some(Box::new(body));
                         }
                         self.hold_for_approval(
@@ -403,7 +405,11 @@ impl Proxy {
         }
         if trail.level() >= Level::Request && !upgrade {
             let body = std::mem::replace(req.body_mut(), crate::body::empty());
-            let (body, captured) = audit::capture::tee(body, &request_kind);
+            let masking = audit::capture::Masking {
+                masker: self.policy.masker(),
+                info: info.clone(),
+            };
+            let (body, captured) = audit::capture::tee(body, &request_kind, Some(masking));
             *req.body_mut() = body;
             trail.capture_request(captured);
         }
@@ -422,16 +428,11 @@ impl Proxy {
 
         // Secrets never leave in clear: the body is masked as it streams back, or
         // refused when it cannot be inspected.
-        let target = mask::Target {
-            resource: &info.resource,
-            subresource: &info.subresource,
-            namespace: &info.namespace,
-            name: &info.name,
-            is_watch: info.verb == "watch",
-            api_group: &info.api_group,
-        };
-        let plan = tracing::debug_span!("mask")
-            .in_scope(|| self.policy.masker().plan(&target, rsp.headers()));
+        let plan = tracing::debug_span!("mask").in_scope(|| {
+            self.policy
+                .masker()
+                .plan(&mask::Target::of(&info), rsp.headers())
+        });
         let (mut parts, body) = rsp.into_parts();
         let body = match plan {
             mask::Plan::Refuse(e) => return Err(Error::Mask(e)),
@@ -443,7 +444,7 @@ impl Proxy {
         // The record keeps what the caller got: the masked body.
         let body = if trail.level() >= Level::RequestResponse {
             let kind = content_type(&parts.headers);
-            let (body, captured) = audit::capture::tee(body, &kind);
+            let (body, captured) = audit::capture::tee(body, &kind, None);
             trail.capture_response(captured);
             body
         } else {

@@ -228,6 +228,9 @@ async fn a_rule_can_record_bodies_and_they_are_the_masked_ones() {
     let env = sandbox().policy(RECORD_BODIES).with_proxy().start().await;
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: recorded, namespace: default}\ndata: {k: v}\n";
     support::ok(&env.kubectl_stdin(&["create", "-f", "-"], cm).await);
+    // A Secret sent is recorded as one read back would be: masked.
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: sent, namespace: default}\nstringData: {password: recorded-in-clear-is-a-leak}\n";
+    support::ok(&env.kubectl_stdin(&["create", "-f", "-"], secret).await);
     support::ok(
         &env.kubectl(&["get", "secret", "db-credentials", "-o", "name"])
             .await,
@@ -260,6 +263,15 @@ async fn a_rule_can_record_bodies_and_they_are_the_masked_ones() {
     assert_eq!(
         create.response_object.as_ref().unwrap()["metadata"]["name"],
         "recorded"
+    );
+    let sent = find("create", "secrets");
+    assert_eq!(
+        sent.request_object.as_ref().unwrap()["stringData"]["password"],
+        "chaperone:masked"
+    );
+    assert!(
+        !text.contains("recorded-in-clear-is-a-leak"),
+        "a Secret's value is in the recording"
     );
     let secret = find("get", "secrets");
     let recorded = secret.response_object.as_ref().unwrap().to_string();

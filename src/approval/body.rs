@@ -10,14 +10,12 @@ use http::{header, HeaderMap};
 use serde_json::Value;
 
 use super::Error;
+use crate::mask::{Masker, Target};
 use crate::request_info::RequestInfo;
 
 /// The largest body held for review: an AccessRequest is an object in etcd (objects are
 /// capped at 1.5 MiB there), and a reviewer reads it.
 pub const MAX_REVIEWED: usize = 256 * 1024;
-
-/// What the masked copy shows instead of a Secret's value.
-const MASKED: &str = "chaperone:masked";
 
 /// A held request's body: the bytes to forward once approved (and that its key is
 /// made of), and what the AccessRequest shows of them.
@@ -28,10 +26,16 @@ pub struct Reviewed {
     pub shown: Option<Value>,
 }
 
-/// Reads the body whole (up to [`MAX_REVIEWED`]) and parses it for the reviewer. A body
-/// a reviewer could not read (compressed, not JSON or YAML) is refused rather than
-/// approved blind.
-pub async fn read<B>(body: B, headers: &HeaderMap, info: &RequestInfo) -> Result<Reviewed, Error>
+/// Reads the body whole (up to [`MAX_REVIEWED`]) and parses it for the reviewer, masked
+/// by `masker` as a response holding it would be (a Secret's values, and what the
+/// policy's masking rules cover). A body a reviewer could not read (compressed, not
+/// JSON or YAML) is refused rather than approved blind.
+pub async fn read<B>(
+    body: B,
+    headers: &HeaderMap,
+    info: &RequestInfo,
+    masker: &Masker,
+) -> Result<Reviewed, Error>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -52,15 +56,22 @@ where
                 Error::Unreviewable(format!("its body could not be read: {why}"))
             }
         })?;
-    let shown = if bytes.is_empty() {
-        None
-    } else {
-        let mut value = parse(&bytes, headers)?;
-        if info.resource == "secrets" {
-            mask_secret(&mut value);
-        }
-        Some(value)
-    };
+    let shown =
+        if bytes.is_empty() {
+            None
+        } else {
+            // Parsed first (YAML and protobuf too), then masked as the JSON it is shown as.
+            let value = parse(&bytes, headers)?;
+            let unmasked = serde_json::to_vec(&value).map_err(|e| {
+                Error::Unreviewable(format!("its body could not be shown as JSON ({e})"))
+            })?;
+            let (masked, _) = masker
+                .mask_sent(&Target::of(info), &unmasked)
+                .map_err(|e| Error::Unreviewable(format!("its body could not be masked ({e})")))?;
+            Some(serde_json::from_slice(&masked).map_err(|e| {
+                Error::Unreviewable(format!("its masked body is not valid JSON ({e})"))
+            })?)
+        };
     Ok(Reviewed { bytes, shown })
 }
 
@@ -91,54 +102,13 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
     })
 }
 
-/// A Secret's values, in an object, a merge patch or a JSON patch, never reach the
-/// AccessRequest: `data` and `stringData` values, the last-applied annotation (which
-/// repeats them) and every JSON-patch `value` are masked in the copy shown.
-fn mask_secret(value: &mut Value) {
-    match value {
-        Value::Array(ops) => {
-            for op in ops {
-                if let Some(v) = op.get_mut("value") {
-                    mask_all(v);
-                }
-            }
-        }
-        Value::Object(object) => {
-            for key in ["data", "stringData"] {
-                if let Some(v) = object.get_mut(key) {
-                    mask_all(v);
-                }
-            }
-            if let Some(Value::Object(annotations)) = object
-                .get_mut("metadata")
-                .and_then(|m| m.get_mut("annotations"))
-            {
-                if let Some(v) =
-                    annotations.get_mut("kubectl.kubernetes.io/last-applied-configuration")
-                {
-                    *v = Value::String(MASKED.to_owned());
-                }
-            }
-        }
-        _ => mask_all(value),
-    }
-}
-
-/// Every string and number in `value` masked, its keys kept.
-fn mask_all(value: &mut Value) {
-    match value {
-        Value::Object(map) => map.values_mut().for_each(mask_all),
-        Value::Array(items) => items.iter_mut().for_each(mask_all),
-        Value::Null | Value::Bool(_) => {}
-        _ => *value = Value::String(MASKED.to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
     use http_body_util::Full;
+
+    use crate::mask::MARKER;
 
     fn info(resource: &str) -> RequestInfo {
         crate::request_info::resolve(
@@ -161,6 +131,7 @@ mod tests {
             Full::new(Bytes::from(body.to_owned())),
             &headers(kind),
             &info(resource),
+            &Masker::builtin(),
         )
         .await
     }
@@ -218,7 +189,9 @@ mod tests {
             !text.contains("c2VjcmV0") && !text.contains("hunter2"),
             "{text}"
         );
-        assert_eq!(shown["data"]["k"], MASKED);
+        // As a client reading the Secret would see it: still base64.
+        assert_eq!(shown["data"]["k"], "Y2hhcGVyb25lOm1hc2tlZA==");
+        assert_eq!(shown["stringData"]["p"], MARKER);
         assert_eq!(shown["metadata"]["name"], "s");
         let patch = r#"[{"op":"replace","path":"/data/k","value":"c2VjcmV0"}]"#;
         let shown = reviewed(patch, "application/json-patch+json", "secrets")
@@ -226,8 +199,35 @@ mod tests {
             .unwrap()
             .shown
             .unwrap();
-        assert_eq!(shown[0]["value"], MASKED);
+        assert_eq!(shown[0]["value"], MARKER);
         assert_eq!(shown[0]["path"], "/data/k");
+    }
+
+    #[tokio::test]
+    async fn the_policy_masking_rules_apply_to_what_reviewers_see() {
+        let masker = Masker::compile(&[crate::mask::Rule {
+            resources: vec!["configmaps".into()],
+            fields: vec!["data.*".into()],
+            key_regex: Some("(?i)password".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        // YAML (server-side apply) is masked as the JSON it is shown as.
+        let apply =
+            "kind: ConfigMap\nmetadata: {name: app}\ndata: {db_password: hunter2, mode: fast}\n";
+        let reviewed = read(
+            Full::new(Bytes::from_static(apply.as_bytes())),
+            &headers("application/apply-patch+yaml"),
+            &info("configmaps"),
+            &masker,
+        )
+        .await
+        .unwrap();
+        let shown = reviewed.shown.unwrap();
+        assert_eq!(shown["data"]["db_password"], MARKER);
+        assert_eq!(shown["data"]["mode"], "fast");
+        // What is forwarded once approved is what was sent.
+        assert_eq!(reviewed.bytes, apply);
     }
 
     #[tokio::test]
@@ -251,9 +251,14 @@ mod tests {
         }
         let mut h = headers("application/json");
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let e = read(Full::new(Bytes::from_static(b"x")), &h, &info("configmaps"))
-            .await
-            .unwrap_err();
+        let e = read(
+            Full::new(Bytes::from_static(b"x")),
+            &h,
+            &info("configmaps"),
+            &Masker::builtin(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("Content-Encoding \"gzip\""), "{e}");
         let big = "x".repeat(MAX_REVIEWED + 1);
         let e = reviewed(&big, "application/json", "configmaps")

@@ -1,5 +1,7 @@
 //! Keeps a copy of a body for the audit record (levels `Request` and
-//! `RequestResponse`), up to a cap, while the body streams on unchanged.
+//! `RequestResponse`), up to a cap, while the body streams on unchanged. A request
+//! body's copy is masked when the record is made, as a response holding it would be:
+//! a Secret created or patched is recorded with its values masked.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
+use crate::mask::{Masker, Target};
+use crate::request_info::RequestInfo;
 
 /// The most of one body an audit event keeps.
 pub const MAX_RECORDED_BODY: usize = 64 * 1024;
@@ -25,6 +29,15 @@ struct Seen {
 pub struct Capture {
     seen: Arc<Mutex<Seen>>,
     content_type: String,
+    masking: Option<Masking>,
+}
+
+/// How a request body's copy is masked: by the masking rules in force when the request
+/// came, for the request it is the body of.
+#[derive(Debug, Clone)]
+pub struct Masking {
+    pub masker: Masker,
+    pub info: Arc<RequestInfo>,
 }
 
 /// What the record says about a captured body.
@@ -47,9 +60,18 @@ impl Capture {
                 seen.total
             ));
         }
-        match serde_json::from_slice(&seen.kept) {
-            Ok(v) => Recorded::Object(v),
-            Err(_) => Recorded::Omitted(format!(
+        // A copy that cannot be masked (not JSON) is not kept.
+        let parsed = match &self.masking {
+            None => serde_json::from_slice(&seen.kept).ok(),
+            Some(m) => m
+                .masker
+                .mask_sent(&Target::of(&m.info), &seen.kept)
+                .ok()
+                .and_then(|(masked, _)| serde_json::from_slice(&masked).ok()),
+        };
+        match parsed {
+            Some(v) => Recorded::Object(v),
+            None => Recorded::Omitted(format!(
                 "not recorded: {} bytes of {}",
                 seen.total,
                 if self.content_type.is_empty() {
@@ -62,11 +84,14 @@ impl Capture {
     }
 }
 
-/// Wraps `body` so its bytes are copied (up to the cap) into the returned capture.
-pub fn tee(body: Body, content_type: &str) -> (Body, Capture) {
+/// Wraps `body` so its bytes are copied (up to the cap) into the returned capture,
+/// which masks them per `masking` when read (`None`: a response body, masked as it
+/// streamed).
+pub fn tee(body: Body, content_type: &str, masking: Option<Masking>) -> (Body, Capture) {
     let capture = Capture {
         seen: Arc::new(Mutex::new(Seen::default())),
         content_type: content_type.to_owned(),
+        masking,
     };
     let body = Body::new(Tee {
         inner: body,
@@ -136,7 +161,7 @@ mod tests {
             ),
         ];
         for (bytes, kind, want) in cases {
-            let (body, capture) = tee(crate::body::full(bytes.clone()), kind);
+            let (body, capture) = tee(crate::body::full(bytes.clone()), kind, None);
             let passed = body.collect().await.unwrap().to_bytes();
             assert_eq!(passed, bytes, "the body passes unchanged");
             match (capture.recorded(), want) {
@@ -145,5 +170,41 @@ mod tests {
                 (_, w) => panic!("unexpected for {kind}: wanted {w:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_body_is_recorded_masked_and_forwarded_as_sent() {
+        let info = |path: &str| {
+            Arc::new(
+                crate::request_info::resolve(&http::Method::POST, &path.parse().unwrap()).unwrap(),
+            )
+        };
+        let masking = |path: &str| Masking {
+            masker: Masker::builtin(),
+            info: info(path),
+        };
+        let secret =
+            br#"{"kind":"Secret","metadata":{"name":"db"},"stringData":{"password":"hunter2"}}"#;
+        let (body, capture) = tee(
+            crate::body::full(secret.to_vec()),
+            "application/json",
+            Some(masking("/api/v1/namespaces/default/secrets")),
+        );
+        assert_eq!(body.collect().await.unwrap().to_bytes(), &secret[..]);
+        let Recorded::Object(v) = capture.recorded() else {
+            panic!("not recorded")
+        };
+        assert_eq!(v["stringData"]["password"], crate::mask::MARKER);
+        assert_eq!(v["metadata"]["name"], "db");
+        // What cannot be masked is not recorded.
+        let (body, capture) = tee(
+            crate::body::full(b"{\"stringData\": {\"password\": \"hun".to_vec()),
+            "application/json",
+            Some(masking("/api/v1/namespaces/default/secrets")),
+        );
+        body.collect().await.unwrap();
+        assert!(
+            matches!(capture.recorded(), Recorded::Omitted(why) if why.contains("not recorded"))
+        );
     }
 }

@@ -64,6 +64,7 @@ mod detect;
 mod logs;
 mod rules;
 mod scan;
+mod sent;
 mod stream;
 mod unit;
 
@@ -172,6 +173,20 @@ pub struct Target<'a> {
     pub name: &'a str,
     pub is_watch: bool,
     pub api_group: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// The request `info` describes.
+    pub fn of(info: &'a crate::request_info::RequestInfo) -> Self {
+        Target {
+            resource: &info.resource,
+            subresource: &info.subresource,
+            namespace: &info.namespace,
+            name: &info.name,
+            is_watch: info.verb == "watch",
+            api_group: &info.api_group,
+        }
+    }
 }
 
 /// What to do with one response body.
