@@ -96,7 +96,7 @@ def main():
     p.add_argument("--annotate", type=int, default=0, metavar="N",
                    help="list the N functions with the most instructions")
     p.add_argument("--save", metavar="FILE",
-                   help="copy the N2 run's callgrind output here (for callgrind_annotate)")
+                   help="copy the N2 run's callgrind (or dhat) output here")
     p.add_argument("--inclusive", action="store_true",
                    help="with --annotate: count what functions call, too")
     p.add_argument("--allocations", action="store_true",
@@ -117,6 +117,8 @@ def measure(args, tmp, procs):
     pki, caller, _, kubeconfig, policy = pb.pod_setup(procs, tmp, "bench-instructions")
     i1, _ = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n1, "n1")
     i2, out2 = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n2, "n2")
+    if args.save:
+        shutil.copyfile(out2, args.save)
     if args.allocations:
         n = args.n2 - args.n1
         print(f"chaperone proxy, GET of a 2090 B Pod over one keep-alive TLS connection, "
@@ -128,8 +130,6 @@ def measure(args, tmp, procs):
         print(f"  {bc.describe_binary(args.binary)}")
         return
     per = (i2 - i1) / (args.n2 - args.n1)
-    if args.save:
-        shutil.copyfile(out2, args.save)
     print(f"chaperone proxy, GET of a 2090 B Pod over one keep-alive TLS connection, "
           f"audit to a JSONL file; callgrind")
     print(f"  {args.n1} requests: {i1:,} instructions; {args.n2} requests: {i2:,}")
