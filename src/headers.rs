@@ -198,6 +198,9 @@ pub fn prepare_upstream(
             headers.remove(name);
         }
     }
+    if headers.keys().any(|n| n == header::SEC_WEBSOCKET_PROTOCOL) {
+        strip_websocket_bearer(headers);
+    }
     if let Some(accept) = accept {
         headers.insert(header::ACCEPT, accept);
     }
@@ -284,9 +287,86 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Whether the request asks to upgrade to a WebSocket (as the API server's
+/// `wsstream.IsWebSocketRequest` decides).
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    is_upgrade(headers)
+        && headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Removes the subprotocol that carries the caller's bearer token, whether or not it
+/// authenticated the request: the caller's credential never goes upstream. The other
+/// subprotocols stay (the server picks one of them); with none left, the header goes.
+fn strip_websocket_bearer(headers: &mut HeaderMap) {
+    let prefix = crate::identity::WEBSOCKET_BEARER_PREFIX;
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .cloned()
+        .collect();
+    let carries = |v: &HeaderValue| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|p| p.trim_ascii().starts_with(prefix.as_bytes()))
+    };
+    if !values.iter().any(carries) {
+        return;
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with(prefix))
+        .collect();
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if let Ok(value) = HeaderValue::from_str(&kept.join(",")) {
+        if !kept.is_empty() {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_websocket_bearer_subprotocol_never_goes_upstream() {
+        let forwarded = |protocols: &[&str]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            for p in protocols {
+                h.append(header::SEC_WEBSOCKET_PROTOCOL, p.parse().unwrap());
+            }
+            prepare_upstream(&mut h, true, false).unwrap();
+            h.get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let bearer = "base64url.bearer.authorization.k8s.io.dG9rZW4";
+        assert_eq!(
+            forwarded(&[&format!("{bearer}, v5.channel.k8s.io, v4.channel.k8s.io")]),
+            ["v5.channel.k8s.io,v4.channel.k8s.io"]
+        );
+        assert_eq!(
+            forwarded(&["v5.channel.k8s.io", &format!(" {bearer} ")]),
+            ["v5.channel.k8s.io"]
+        );
+        assert!(forwarded(&[bearer]).is_empty());
+        // An empty bearer protocol is the caller's too; other headers stay as sent.
+        assert_eq!(
+            forwarded(&["base64url.bearer.authorization.k8s.io., channel.k8s.io"]),
+            ["channel.k8s.io"]
+        );
+        assert_eq!(
+            forwarded(&["v5.channel.k8s.io", "v4.channel.k8s.io"]),
+            ["v5.channel.k8s.io", "v4.channel.k8s.io"]
+        );
+    }
 
     #[test]
     fn accept_is_narrowed_to_json() {

@@ -165,3 +165,95 @@ async fn impersonate_mode_shows_the_caller_to_the_api_server() {
     );
     env.stop().await;
 }
+
+/// A WebSocket exec through the proxy with `Sec-WebSocket-Protocol: <protocol>` and
+/// no `Authorization`: the handshake's answer, and the stdout frames if it succeeded.
+async fn websocket_exec(
+    env: &support::Env,
+    protocols: &str,
+) -> Result<(String, Vec<Vec<u8>>), u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error, Message};
+
+    let addr = env.started.proxy.as_ref().unwrap().addrs[0];
+    let url = format!(
+        "wss://{addr}/api/v1/namespaces/default/pods/nginx/exec?command=echo&command=hello&stdout=true"
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    let tls = chaperone::tls::client_config(&env.ca_pem(), "test CA", None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, rsp) = match tokio_tungstenite::client_async(req, stream).await {
+        Ok(pair) => pair,
+        Err(Error::Http(rsp)) => return Err(rsp.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    };
+    let chosen = rsp.headers()["sec-websocket-protocol"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut frames = Vec::new();
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Binary(d) = m {
+            frames.push(d);
+        }
+    }
+    Ok((chosen, frames))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_may_carry_the_token_as_a_subprotocol_which_never_goes_upstream() {
+    use base64::Engine;
+    let env = sandbox().with_proxy().start().await;
+    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    let caller = env.started.caller_token.clone();
+    let bearer = format!("base64url.bearer.authorization.k8s.io.{}", b64(&caller));
+
+    // As a browser-based client sends it: authenticated, the exec runs.
+    let (chosen, frames) = websocket_exec(&env, &format!("{bearer},v5.channel.k8s.io"))
+        .await
+        .expect("the handshake succeeds");
+    assert_eq!(chosen, "v5.channel.k8s.io");
+    assert_eq!(frames[0], b"\x01hello\n");
+    // The API server got the proxy's credential and the other subprotocol only.
+    let seen = env.started.sandbox.last_request_headers().unwrap();
+    // (Compared without printing: a failure would show the token.)
+    assert!(
+        seen["sec-websocket-protocol"] == "v5.channel.k8s.io",
+        "the bearer subprotocol went upstream"
+    );
+    let forwarded = format!("{seen:?}");
+    assert!(
+        !forwarded.contains(&b64(&caller)) && !forwarded.contains(&caller),
+        "the caller's token went upstream"
+    );
+    assert!(env
+        .started
+        .sandbox
+        .seen_authorizations()
+        .iter()
+        .all(|a| a.as_deref() != Some(&format!("Bearer {caller}"))));
+
+    // A tampered token, or one with no subprotocol beside it, is refused.
+    let mut tampered = caller.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let bad = format!(
+        "base64url.bearer.authorization.k8s.io.{}, v5.channel.k8s.io",
+        b64(&tampered)
+    );
+    assert_eq!(websocket_exec(&env, &bad).await.unwrap_err(), 401);
+    assert_eq!(websocket_exec(&env, &bearer).await.unwrap_err(), 401);
+    // No token at all.
+    assert_eq!(
+        websocket_exec(&env, "v5.channel.k8s.io").await.unwrap_err(),
+        401
+    );
+    env.stop().await;
+}

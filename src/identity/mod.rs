@@ -22,6 +22,8 @@ mod claims;
 mod jwks;
 mod keys;
 mod token;
+
+pub use token::WEBSOCKET_BEARER_PREFIX;
 mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -306,8 +308,9 @@ impl Authenticator {
         })
     }
 
-    /// Authenticates from the request headers (`Authorization: Bearer …`, any case).
-    /// Never logs the token.
+    /// Authenticates from the request headers (`Authorization: Bearer …`, any case; or,
+    /// on a WebSocket upgrade without it, the `base64url.bearer.authorization.k8s.io.`
+    /// subprotocol, as the API server does). Never logs the token.
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
@@ -322,7 +325,15 @@ impl Authenticator {
             user = Empty
         );
         async move {
-            let result = match token::bearer(headers)? {
+            let in_protocol;
+            let token = match token::bearer(headers)? {
+                Some(token) => Some(token),
+                None => {
+                    in_protocol = token::websocket_bearer(headers)?;
+                    in_protocol.as_deref()
+                }
+            };
+            let result = match token {
                 Some(token) => self.authenticate_token(token).await,
                 None if tls_client_cert_presented => Err(Error::ClientCertificateInsteadOfToken),
                 None => Err(Error::NoToken),

@@ -37,6 +37,56 @@ pub(crate) fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Error> {
     Ok((!token.is_empty()).then_some(token))
 }
 
+/// The WebSocket subprotocol that carries a bearer token (`<prefix><base64url token>`):
+/// browsers cannot set `Authorization` on a WebSocket, so the API server reads one
+/// here too.
+pub const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// The bearer token a WebSocket upgrade carries as a subprotocol, read as the API
+/// server's `ProtocolAuthenticator` reads it: only on a WebSocket upgrade; two of them,
+/// one that is not base64url of UTF-8, or one with no other subprotocol beside it (the
+/// server must have one left to agree on) is an error; an empty one is none.
+pub(crate) fn websocket_bearer(headers: &http::HeaderMap) -> Result<Option<String>, Error> {
+    if !crate::headers::is_websocket_upgrade(headers) {
+        return Ok(None);
+    }
+    let mut token = None;
+    let mut others = 0;
+    for value in headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+        let value = value
+            .to_str()
+            .map_err(|_| Error::Malformed("Sec-WebSocket-Protocol is not visible ASCII"))?;
+        for protocol in value.split(',').map(str::trim) {
+            let Some(encoded) = protocol.strip_prefix(WEBSOCKET_BEARER_PREFIX) else {
+                others += 1;
+                continue;
+            };
+            if token.is_some() {
+                return Err(Error::Malformed(
+                    "more than one base64url.bearer.authorization.k8s.io subprotocol",
+                ));
+            }
+            if encoded.len() > MAX_TOKEN_LEN {
+                return Err(Error::Malformed("token is longer than 64 KiB"));
+            }
+            let decoded = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| {
+                Error::Malformed("the base64url.bearer.authorization.k8s.io token is not base64url")
+            })?;
+            let decoded = String::from_utf8(decoded).map_err(|_| {
+                Error::Malformed("the base64url.bearer.authorization.k8s.io token is not UTF-8")
+            })?;
+            token = Some(decoded);
+        }
+    }
+    let token = token.filter(|t| !t.is_empty());
+    if token.is_some() && others == 0 {
+        return Err(Error::Malformed(
+            "a base64url.bearer.authorization.k8s.io subprotocol needs another subprotocol beside it",
+        ));
+    }
+    Ok(token)
+}
+
 /// The protected header fields chaperone reads. Others (`typ`, `cty`, `x5t`) are
 /// ignored; `jku`/`jwk`/`x5u` are ignored too, since keys only ever come from the
 /// issuer's configured source.
@@ -136,6 +186,70 @@ mod tests {
         assert_eq!(bearer(&headers(&["Bearer "])).unwrap(), None);
         assert_eq!(bearer(&headers(&[])).unwrap(), None);
         assert!(bearer(&headers(&["Bearer a", "Bearer b"])).is_err());
+    }
+
+    /// The cases of the API server's `protocol_test.go` (`TestBearerToken`,
+    /// `TestAuthenticateRequestBadValue`), plus the refusals its code makes.
+    #[test]
+    fn finds_a_websocket_bearer_token_as_the_api_server_does() {
+        let upgrade = |protocols: &[&str]| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+            h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+            for p in protocols {
+                h.append(http::header::SEC_WEBSOCKET_PROTOCOL, p.parse().unwrap());
+            }
+            h
+        };
+        let token = |protocols: &[&str]| websocket_bearer(&upgrade(protocols));
+        // "dG9rZW4" is base64url of "token".
+        // (the subprotocol header values, the token or a piece of the error)
+        type Case<'a> = (&'a [&'a str], Result<Option<&'a str>, &'a str>);
+        let cases: [Case; 10] = [
+            (&[], Ok(None)),
+            (&[""], Ok(None)),
+            (&["undefined"], Ok(None)),
+            (&["other-protocol"], Ok(None)),
+            (&["base64url.bearer.authorization.k8s.io."], Ok(None)),
+            (
+                &["base64url.bearer.authorization.k8s.io.dG9rZW4", "dummy, dummy2"],
+                Ok(Some("token")),
+            ),
+            (
+                &["base64url.bearer.authorization.k8s.io.dG9rZW4,dummy"],
+                Ok(Some("token")),
+            ),
+            (
+                &["base64url.bearer.authorization.k8s.io.dG9rZW4"],
+                Err("needs another subprotocol"),
+            ),
+            (
+                &["base64url.bearer.authorization.k8s.io.dG9rZW4, base64url.bearer.authorization.k8s.io.dG9rZW4, v5.channel.k8s.io"],
+                Err("more than one"),
+            ),
+            (
+                &["base64url.bearer.authorization.k8s.io.dG9rZW4=, v5.channel.k8s.io"],
+                Err("not base64url"),
+            ),
+        ];
+        for (protocols, want) in cases {
+            match (token(protocols), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got.as_deref(), want, "{protocols:?}"),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{protocols:?}: {e}"),
+                (got, want) => panic!("{protocols:?}: got {got:?}, wanted {want:?}"),
+            }
+        }
+        // Not UTF-8 (0xff).
+        assert!(token(&["base64url.bearer.authorization.k8s.io._w, v5.channel.k8s.io"]).is_err());
+        // Only on a WebSocket upgrade (`TestAuthenticateRequestBadValue`'s first case).
+        let mut plain = HeaderMap::new();
+        plain.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "base64url.bearer.authorization.k8s.io.dG9rZW4,dummy"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(websocket_bearer(&plain).unwrap(), None);
     }
 
     #[test]
