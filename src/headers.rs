@@ -201,6 +201,7 @@ pub fn prepare_upstream(
     if headers.keys().any(|n| n == header::SEC_WEBSOCKET_PROTOCOL) {
         strip_websocket_bearer(headers);
     }
+    strip_front_proxy_identity(headers);
     if let Some(accept) = accept {
         headers.insert(header::ACCEPT, accept);
     }
@@ -287,6 +288,22 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Removes `X-Remote-*`: the identity an authenticating front proxy asserts to the API
+/// server (`--requestheader-username-headers` and friends; `X-Remote-User`,
+/// `-Group`, `-Uid`, `-Extra-*` by default). The API server believes them only from a
+/// client certificate it trusts as a front proxy, which the proxy's credential should
+/// never be; should it be, a caller must still not choose who it is.
+fn strip_front_proxy_identity(headers: &mut HeaderMap) {
+    let is_remote = |n: &HeaderName| n.as_str().starts_with("x-remote-");
+    if !headers.keys().any(is_remote) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| is_remote(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Whether the request asks to upgrade to a WebSocket (as the API server's
 /// `wsstream.IsWebSocketRequest` decides).
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
@@ -331,6 +348,29 @@ fn strip_websocket_bearer(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn front_proxy_identity_headers_never_go_upstream() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-remote-user", "system:admin"),
+            ("x-remote-group", "system:masters"),
+            ("x-remote-uid", "0"),
+            ("x-remote-extra-scopes", "all"),
+            ("x-remote-extra-scopes", "more"),
+            ("x-request-id", "kept"),
+            ("accept", "application/json"),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        prepare_upstream(&mut h, false, false).unwrap();
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-request-id"]);
+    }
 
     #[test]
     fn the_websocket_bearer_subprotocol_never_goes_upstream() {

@@ -163,6 +163,26 @@ async fn impersonate_mode_shows_the_caller_to_the_api_server() {
         all("authorization"),
         [format!("Bearer {}", env.started.upstream_token)]
     );
+    // A caller cannot add identity of its own: a front proxy's X-Remote-* headers are
+    // dropped, whatever the proxy's credential.
+    let url = format!("{}{PODS}", env.proxy_url());
+    let reply = env
+        .client(false)
+        .get(
+            &url,
+            &[
+                ("x-remote-user", "system:admin"),
+                ("x-remote-group", "system:masters"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = env.started.sandbox.last_request_headers().unwrap();
+    assert!(
+        seen.keys().all(|n| !n.as_str().starts_with("x-remote-")),
+        "forwarded: {:?}",
+        seen.keys().collect::<Vec<_>>()
+    );
     env.stop().await;
 }
 
