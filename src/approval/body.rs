@@ -56,22 +56,19 @@ where
                 Error::Unreviewable(format!("its body could not be read: {why}"))
             }
         })?;
-    let shown =
-        if bytes.is_empty() {
-            None
-        } else {
-            // Parsed first (YAML and protobuf too), then masked as the JSON it is shown as.
-            let value = parse(&bytes, headers)?;
-            let unmasked = serde_json::to_vec(&value).map_err(|e| {
-                Error::Unreviewable(format!("its body could not be shown as JSON ({e})"))
-            })?;
-            let (masked, _) = masker
-                .mask_sent(&Target::of(info), &unmasked)
-                .map_err(|e| Error::Unreviewable(format!("its body could not be masked ({e})")))?;
-            Some(serde_json::from_slice(&masked).map_err(|e| {
-                Error::Unreviewable(format!("its masked body is not valid JSON ({e})"))
-            })?)
-        };
+    let shown = if bytes.is_empty() {
+        None
+    } else {
+        // Parsed first (YAML and protobuf too), then masked as the JSON it is shown as.
+        let value = parse(&bytes, headers)?;
+        let unmasked = serde_json::to_vec(&value).map_err(|e| {
+            Error::Unreviewable(format!("its body could not be shown as JSON ({e})"))
+        })?;
+        let (masked, _) = masker
+            .mask_sent(&Target::of(info), &unmasked)
+            .map_err(|e| Error::Unreviewable(format!("its body could not be masked ({e})")))?;
+        Some(masked)
+    };
     Ok(Reviewed { bytes, shown })
 }
 

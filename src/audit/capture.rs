@@ -1,7 +1,8 @@
 //! Keeps a copy of a body for the audit record (levels `Request` and
 //! `RequestResponse`), up to a cap, while the body streams on unchanged. A request
 //! body's copy is masked when the record is made, as a response holding it would be:
-//! a Secret created or patched is recorded with its values masked.
+//! a Secret created or patched is recorded with its values masked. Neither copy keeps
+//! a token handed on (`TokenRequest`, `TokenReview`: `mask::credentials`).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -62,12 +63,15 @@ impl Capture {
         }
         // A copy that cannot be masked (not JSON) is not kept.
         let parsed = match &self.masking {
-            None => serde_json::from_slice(&seen.kept).ok(),
+            None => serde_json::from_slice(&seen.kept).ok().map(|mut v| {
+                crate::mask::credentials(&mut v);
+                v
+            }),
             Some(m) => m
                 .masker
                 .mask_sent(&Target::of(&m.info), &seen.kept)
                 .ok()
-                .and_then(|(masked, _)| serde_json::from_slice(&masked).ok()),
+                .map(|(masked, _)| masked),
         };
         match parsed {
             Some(v) => Recorded::Object(v),
@@ -206,5 +210,13 @@ mod tests {
         assert!(
             matches!(capture.recorded(), Recorded::Omitted(why) if why.contains("not recorded"))
         );
+        // A response is recorded as the caller got it, less a token handed on.
+        let answer = br#"{"kind":"TokenRequest","status":{"token":"eyJhbGciOi.eyJzdWIiOi.c2ln"}}"#;
+        let (body, capture) = tee(crate::body::full(answer.to_vec()), "application/json", None);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), &answer[..]);
+        let Recorded::Object(v) = capture.recorded() else {
+            panic!("not recorded")
+        };
+        assert_eq!(v["status"]["token"], crate::mask::MARKER);
     }
 }

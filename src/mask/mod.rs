@@ -61,10 +61,10 @@
 //!   and should ask the upstream for JSON (an `Accept` of protobuf gets a refusal).
 
 mod detect;
+mod kept;
 mod logs;
 mod rules;
 mod scan;
-mod sent;
 mod stream;
 mod unit;
 
@@ -82,6 +82,7 @@ use crate::body::Body;
 use crate::status::Status;
 
 pub use detect::DETECTORS;
+pub use kept::credentials;
 pub use logs::MAX_LINE;
 pub use stream::MAX_UNIT;
 

@@ -1,12 +1,16 @@
-//! Masks a body sent *to* the API server (an object created or replaced, a patch) in the
-//! copies chaperone keeps of it: the audit record's `requestObject` and the body an
-//! AccessRequest shows its reviewers. The API server gets the body as it was sent.
+//! What the copies chaperone keeps of bodies never hold: the audit record's
+//! `requestObject` and `responseObject`, and the body an AccessRequest shows its
+//! reviewers. The API server and the caller get the bodies as they are sent.
 //!
-//! The object is masked as a response holding it would be (the built-in Secret rule and
-//! the policy's rules, matched by its `kind` and by the requested resource). A JSON
-//! patch (an array of operations) has paths that are not the object's: when any rule
-//! covers the request's resource, namespace and name, every operation's `value` is
-//! masked, its keys kept.
+//! A body sent *to* the API server (an object created or replaced, a patch) is masked as
+//! a response holding it would be (the built-in Secret rule and the policy's rules,
+//! matched by its `kind` and by the requested resource). A JSON patch (an array of
+//! operations) has paths that are not the object's: when any rule covers the request's
+//! resource, namespace and name, every operation's `value` is masked, its keys kept.
+//!
+//! Either way, credentials that must reach their recipient but never a record are
+//! masked in the copy ([`credentials`]): the token a `TokenRequest` answers with
+//! (`kubectl create token`), and the one a `TokenReview` asks about.
 
 use bytes::BytesMut;
 use serde_json::Value;
@@ -17,7 +21,17 @@ use super::{Error, Masker, Target, MARKER};
 impl Masker {
     /// `json` masked for keeping, and the number of values masked. Invalid JSON is an
     /// error: nothing of a body that cannot be inspected is to be kept.
-    pub fn mask_sent(&self, target: &Target<'_>, json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
+    pub fn mask_sent(&self, target: &Target<'_>, json: &[u8]) -> Result<(Value, u64), Error> {
+        let (masked, n) = self.mask_sent_json(target, json)?;
+        let mut value: Value = serde_json::from_slice(&masked).map_err(|_| Error::InvalidJson {
+            offset: 0,
+            reason: "not valid JSON",
+        })?;
+        let more = credentials(&mut value);
+        Ok((value, n + more))
+    }
+
+    fn mask_sent_json(&self, target: &Target<'_>, json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
         if json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             let covered = self.inner.all().any(|r| {
                 r.applies(
@@ -38,6 +52,23 @@ impl Masker {
         let mut out = BytesMut::with_capacity(json.len());
         let n = Units::default().mask(&self.inner, &ctx, json, Part::Whole, &mut out)?;
         Ok((out.to_vec(), n))
+    }
+}
+
+/// Masks, in an object kept for a record, the credentials it hands on: a
+/// `TokenRequest`'s `status.token` and a `TokenReview`'s `spec.token`. Returns how many.
+pub fn credentials(value: &mut Value) -> u64 {
+    let path = match value.get("kind").and_then(Value::as_str) {
+        Some("TokenRequest") => "status",
+        Some("TokenReview") => "spec",
+        _ => return 0,
+    };
+    match value.get_mut(path).and_then(|v| v.get_mut("token")) {
+        Some(token @ Value::String(_)) => {
+            *token = Value::String(MARKER.to_owned());
+            1
+        }
+        _ => 0,
     }
 }
 
@@ -93,10 +124,9 @@ mod tests {
     }
 
     fn masked(masker: &Masker, target: &Target<'_>, body: Value) -> (Value, u64) {
-        let (out, n) = masker
+        masker
             .mask_sent(target, body.to_string().as_bytes())
-            .unwrap();
-        (serde_json::from_slice(&out).unwrap(), n)
+            .unwrap()
     }
 
     #[test]
@@ -178,6 +208,28 @@ mod tests {
             masked(&masker, &target("deployments", "web"), patch.clone()),
             (patch, 0)
         );
+    }
+
+    #[test]
+    fn tokens_handed_on_are_never_kept() {
+        let masker = Masker::builtin();
+        let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": "eyJhbGciOi.eyJzdWIiOi.c2ln", "audiences": ["api"]}});
+        let (kept, n) = masked(&masker, &target("tokenreviews", ""), review);
+        assert_eq!(kept["spec"]["token"], MARKER);
+        assert_eq!(kept["spec"]["audiences"][0], "api");
+        assert_eq!(n, 1);
+        // The answer to `kubectl create token`, as a response capture keeps it.
+        let mut answer = json!({"kind": "TokenRequest", "spec": {"audiences": ["api"]},
+            "status": {"token": "eyJhbGciOi.eyJzdWIiOi.c2ln", "expirationTimestamp": "2026-11-26T10:00:00Z"}});
+        assert_eq!(credentials(&mut answer), 1);
+        assert_eq!(answer["status"]["token"], MARKER);
+        assert_eq!(
+            answer["status"]["expirationTimestamp"],
+            "2026-11-26T10:00:00Z"
+        );
+        let mut other = json!({"kind": "ConfigMap", "status": {"token": "not a credential here"}});
+        assert_eq!(credentials(&mut other), 0);
     }
 
     #[test]
