@@ -26,7 +26,7 @@ const SYSTEM_CA_BUNDLES: &[&str] = &[
 ];
 
 /// One webhook, as configured.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Webhook {
     /// `https://...` (or `http://` inside the cluster).
@@ -45,6 +45,34 @@ pub enum Format {
     Generic,
     /// `{"text": "..."}` for Slack incoming webhooks (and Mattermost, Teams connectors).
     Slack,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &shown(&self.url))
+            .field("format", &self.format)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// A webhook URL as logs and errors show it: its scheme, host and port. The path of a
+/// Slack or Teams incoming webhook is the credential to post to the channel, and a
+/// user-info part is a password.
+fn shown(url: &str) -> String {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return "(an invalid URL)".to_owned();
+    };
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return "(a URL without scheme or host)".to_owned();
+    };
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let elided = match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("" | "/") => "",
+        Some(_) => "/…",
+    };
+    format!("{scheme}://{host}{port}{elided}")
 }
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -66,7 +94,7 @@ impl Notifier {
         let mut targets = Vec::new();
         for hook in webhooks {
             let err = |message: String| Error {
-                url: hook.url.clone(),
+                url: shown(&hook.url),
                 message,
             };
             let uri: http::Uri = hook
@@ -116,7 +144,7 @@ impl Notifier {
                 Format::Generic => notice.to_string(),
                 Format::Slack => json!({ "text": slack_text(notice) }).to_string(),
             };
-            let (uri, client, url) = (uri.clone(), client.clone(), hook.url.clone());
+            let (uri, client, url) = (uri.clone(), client.clone(), shown(&hook.url));
             tokio::spawn(async move {
                 let mut delay = FIRST_RETRY;
                 for attempt in 1..=ATTEMPTS {
@@ -190,6 +218,45 @@ const BODY_SHOWN: usize = 600;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_and_errors_show_a_webhook_by_its_host_only() {
+        for (url, want) in [
+            (
+                "https://hooks.slack.com/services/T0001/B0001/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "https://hooks.slack.com/…",
+            ),
+            (
+                "https://user:p4ss@example.com:8443/hook?key=k",
+                "https://example.com:8443/…",
+            ),
+            (
+                "http://approvals.team-a.svc/",
+                "http://approvals.team-a.svc",
+            ),
+            ("not a url", "(an invalid URL)"),
+            ("/relative/path", "(a URL without scheme or host)"),
+        ] {
+            assert_eq!(shown(url), want, "{url}");
+        }
+        let hook = Webhook {
+            url: "https://hooks.slack.com/services/T0001/B0001/XXXXXXXX".into(),
+            format: Format::Slack,
+            ca_file: None,
+        };
+        assert!(!format!("{hook:?}").contains("XXXXXXXX"));
+        let Err(e) = Notifier::new(&[Webhook {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..hook
+        }]) else {
+            panic!("a missing caFile is an error")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("https://hooks.slack.com/…") && !e.contains("XXXXXXXX"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_chat_line_shows_the_body_cut_short_on_a_character() {
