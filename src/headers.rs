@@ -191,17 +191,30 @@ pub fn prepare_upstream(
         None
     };
     strip_hop_by_hop(headers, upgrade);
-    // Removed only where present: a request carries a handful of headers, and looking
-    // one up costs a hash where comparing standard names costs next to nothing.
-    for name in DROPPED {
-        if headers.keys().any(|n| n == name) {
+    // One look at the names, then removals only where needed: a request carries a
+    // handful of headers, and removing one costs a hash where comparing standard names
+    // costs next to nothing.
+    let (mut dropped, mut protocols, mut remote) = (0u8, false, false);
+    for name in headers.keys() {
+        if let Some(i) = DROPPED.iter().position(|d| d == name) {
+            dropped |= 1 << i;
+        } else if name == header::SEC_WEBSOCKET_PROTOCOL {
+            protocols = true;
+        } else if is_front_proxy_identity(name) {
+            remote = true;
+        }
+    }
+    for (i, name) in DROPPED.iter().enumerate() {
+        if dropped & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    if headers.keys().any(|n| n == header::SEC_WEBSOCKET_PROTOCOL) {
+    if protocols {
         strip_websocket_bearer(headers);
     }
-    strip_front_proxy_identity(headers);
+    if remote {
+        strip_front_proxy_identity(headers);
+    }
     if let Some(accept) = accept {
         headers.insert(header::ACCEPT, accept);
     }
@@ -294,14 +307,18 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// client certificate it trusts as a front proxy, which the proxy's credential should
 /// never be; should it be, a caller must still not choose who it is.
 fn strip_front_proxy_identity(headers: &mut HeaderMap) {
-    let is_remote = |n: &HeaderName| n.as_str().starts_with("x-remote-");
-    if !headers.keys().any(is_remote) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers.keys().filter(|n| is_remote(n)).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_front_proxy_identity(n))
+        .cloned()
+        .collect();
     for name in names {
         headers.remove(name);
     }
+}
+
+fn is_front_proxy_identity(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-remote-")
 }
 
 /// Whether the request asks to upgrade to a WebSocket (as the API server's
