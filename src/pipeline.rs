@@ -405,11 +405,11 @@ impl Proxy {
         }
         if trail.level() >= Level::Request && !upgrade {
             let body = std::mem::replace(req.body_mut(), crate::body::empty());
-            let masking = audit::capture::Masking {
+            let of = audit::capture::Of::Request {
                 masker: self.policy.masker(),
                 info: info.clone(),
             };
-            let (body, captured) = audit::capture::tee(body, &request_kind, Some(masking));
+            let (body, captured) = audit::capture::tee(body, &request_kind, of);
             *req.body_mut() = body;
             trail.capture_request(captured);
         }
@@ -444,7 +444,8 @@ impl Proxy {
         // The record keeps what the caller got: the masked body.
         let body = if trail.level() >= Level::RequestResponse {
             let kind = content_type(&parts.headers);
-            let (body, captured) = audit::capture::tee(body, &kind, None);
+            let of = audit::capture::Of::Response { info: info.clone() };
+            let (body, captured) = audit::capture::tee(body, &kind, of);
             trail.capture_response(captured);
             body
         } else {

@@ -30,15 +30,21 @@ struct Seen {
 pub struct Capture {
     seen: Arc<Mutex<Seen>>,
     content_type: String,
-    masking: Option<Masking>,
+    of: Of,
 }
 
-/// How a request body's copy is masked: by the masking rules in force when the request
-/// came, for the request it is the body of.
+/// What a copy is the body of, which decides how it is masked when the record is made.
 #[derive(Debug, Clone)]
-pub struct Masking {
-    pub masker: Masker,
-    pub info: Arc<RequestInfo>,
+pub enum Of {
+    /// A request's: masked by the masking rules in force when the request came, as a
+    /// response holding it would be.
+    Request {
+        masker: Masker,
+        info: Arc<RequestInfo>,
+    },
+    /// The response to a request, masked as it streamed: only tokens it hands on are
+    /// masked in the copy.
+    Response { info: Arc<RequestInfo> },
 }
 
 /// What the record says about a captured body.
@@ -62,14 +68,13 @@ impl Capture {
             ));
         }
         // A copy that cannot be masked (not JSON) is not kept.
-        let parsed = match &self.masking {
-            None => serde_json::from_slice(&seen.kept).ok().map(|mut v| {
-                crate::mask::credentials(&mut v);
+        let parsed = match &self.of {
+            Of::Response { info } => serde_json::from_slice(&seen.kept).ok().map(|mut v| {
+                crate::mask::credentials(&Target::of(info), &mut v);
                 v
             }),
-            Some(m) => m
-                .masker
-                .mask_sent(&Target::of(&m.info), &seen.kept)
+            Of::Request { masker, info } => masker
+                .mask_sent(&Target::of(info), &seen.kept)
                 .ok()
                 .map(|(masked, _)| masked),
         };
@@ -89,13 +94,12 @@ impl Capture {
 }
 
 /// Wraps `body` so its bytes are copied (up to the cap) into the returned capture,
-/// which masks them per `masking` when read (`None`: a response body, masked as it
-/// streamed).
-pub fn tee(body: Body, content_type: &str, masking: Option<Masking>) -> (Body, Capture) {
+/// which masks them as what they are `of` when read.
+pub fn tee(body: Body, content_type: &str, of: Of) -> (Body, Capture) {
     let capture = Capture {
         seen: Arc::new(Mutex::new(Seen::default())),
         content_type: content_type.to_owned(),
-        masking,
+        of,
     };
     let body = Body::new(Tee {
         inner: body,
@@ -144,6 +148,15 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
+    fn response() -> Of {
+        let path = "/api/v1/namespaces/default/serviceaccounts/default/token";
+        Of::Response {
+            info: Arc::new(
+                crate::request_info::resolve(&http::Method::POST, &path.parse().unwrap()).unwrap(),
+            ),
+        }
+    }
+
     #[tokio::test]
     async fn keeps_json_within_the_cap_and_says_why_otherwise() {
         let cases: Vec<(Vec<u8>, &str, Result<serde_json::Value, &str>)> = vec![
@@ -165,7 +178,7 @@ mod tests {
             ),
         ];
         for (bytes, kind, want) in cases {
-            let (body, capture) = tee(crate::body::full(bytes.clone()), kind, None);
+            let (body, capture) = tee(crate::body::full(bytes.clone()), kind, response());
             let passed = body.collect().await.unwrap().to_bytes();
             assert_eq!(passed, bytes, "the body passes unchanged");
             match (capture.recorded(), want) {
@@ -183,7 +196,7 @@ mod tests {
                 crate::request_info::resolve(&http::Method::POST, &path.parse().unwrap()).unwrap(),
             )
         };
-        let masking = |path: &str| Masking {
+        let masking = |path: &str| Of::Request {
             masker: Masker::builtin(),
             info: info(path),
         };
@@ -192,7 +205,7 @@ mod tests {
         let (body, capture) = tee(
             crate::body::full(secret.to_vec()),
             "application/json",
-            Some(masking("/api/v1/namespaces/default/secrets")),
+            masking("/api/v1/namespaces/default/secrets"),
         );
         assert_eq!(body.collect().await.unwrap().to_bytes(), &secret[..]);
         let Recorded::Object(v) = capture.recorded() else {
@@ -204,7 +217,7 @@ mod tests {
         let (body, capture) = tee(
             crate::body::full(b"{\"stringData\": {\"password\": \"hun".to_vec()),
             "application/json",
-            Some(masking("/api/v1/namespaces/default/secrets")),
+            masking("/api/v1/namespaces/default/secrets"),
         );
         body.collect().await.unwrap();
         assert!(
@@ -212,7 +225,11 @@ mod tests {
         );
         // A response is recorded as the caller got it, less a token handed on.
         let answer = br#"{"kind":"TokenRequest","status":{"token":"eyJhbGciOi.eyJzdWIiOi.c2ln"}}"#;
-        let (body, capture) = tee(crate::body::full(answer.to_vec()), "application/json", None);
+        let (body, capture) = tee(
+            crate::body::full(answer.to_vec()),
+            "application/json",
+            response(),
+        );
         assert_eq!(body.collect().await.unwrap().to_bytes(), &answer[..]);
         let Recorded::Object(v) = capture.recorded() else {
             panic!("not recorded")

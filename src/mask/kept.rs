@@ -27,7 +27,7 @@ impl Masker {
             offset: 0,
             reason: "not valid JSON",
         })?;
-        let more = credentials(&mut value);
+        let more = credentials(target, &mut value);
         Ok((value, n + more))
     }
 
@@ -55,12 +55,15 @@ impl Masker {
     }
 }
 
-/// Masks, in an object kept for a record, the credentials it hands on: a
-/// `TokenRequest`'s `status.token` and a `TokenReview`'s `spec.token`. Returns how many.
-pub fn credentials(value: &mut Value) -> u64 {
-    let path = match value.get("kind").and_then(Value::as_str) {
-        Some("TokenRequest") => "status",
-        Some("TokenReview") => "spec",
+/// Masks, in an object kept for a record of a request to `target`, the credentials it
+/// hands on: a `TokenRequest`'s `status.token` and a `TokenReview`'s `spec.token`,
+/// known by the object's `kind` or by the resource (the API server fills in a `kind`
+/// a client leaves out). Returns how many.
+pub fn credentials(target: &Target<'_>, value: &mut Value) -> u64 {
+    let kind = value.get("kind").and_then(Value::as_str);
+    let path = match (kind, target.resource, target.subresource) {
+        (Some("TokenRequest"), ..) | (_, "serviceaccounts", "token") => "status",
+        (Some("TokenReview"), ..) | (_, "tokenreviews", _) => "spec",
         _ => return 0,
     };
     match value.get_mut(path).and_then(|v| v.get_mut("token")) {
@@ -219,17 +222,28 @@ mod tests {
         assert_eq!(kept["spec"]["token"], MARKER);
         assert_eq!(kept["spec"]["audiences"][0], "api");
         assert_eq!(n, 1);
+        // Without `kind` (the API server takes it from the path): by the resource.
+        let bare = json!({"spec": {"token": "eyJhbGciOi.eyJzdWIiOi.c2ln"}});
+        let (kept, _) = masked(&masker, &target("tokenreviews", ""), bare.clone());
+        assert_eq!(kept["spec"]["token"], MARKER);
+        let mut answer = json!({"status": {"token": "eyJhbGciOi.eyJzdWIiOi.c2ln"}});
+        let token_request = Target {
+            subresource: "token",
+            ..target("serviceaccounts", "default")
+        };
+        assert_eq!(credentials(&token_request, &mut answer), 1);
+        assert_eq!(answer["status"]["token"], MARKER);
         // The answer to `kubectl create token`, as a response capture keeps it.
         let mut answer = json!({"kind": "TokenRequest", "spec": {"audiences": ["api"]},
             "status": {"token": "eyJhbGciOi.eyJzdWIiOi.c2ln", "expirationTimestamp": "2026-11-26T10:00:00Z"}});
-        assert_eq!(credentials(&mut answer), 1);
+        assert_eq!(credentials(&Target::default(), &mut answer), 1);
         assert_eq!(answer["status"]["token"], MARKER);
         assert_eq!(
             answer["status"]["expirationTimestamp"],
             "2026-11-26T10:00:00Z"
         );
         let mut other = json!({"kind": "ConfigMap", "status": {"token": "not a credential here"}});
-        assert_eq!(credentials(&mut other), 0);
+        assert_eq!(credentials(&target("configmaps", "c"), &mut other), 0);
     }
 
     #[test]
