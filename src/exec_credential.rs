@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A token this close to its expiry is renewed before use.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
-/// How much of the plugin's stderr an error quotes.
+/// How much of the plugin's stderr the log quotes.
 const STDERR_QUOTE: usize = 400;
 
 /// One context's `user.exec`, resolved against its kubeconfig.
@@ -47,12 +47,13 @@ pub enum Error {
     },
     #[error("the credential plugin {command} did not finish within {RUN_TIMEOUT:?} (chaperone runs it without a terminal: log in first)")]
     Timeout { command: String },
-    #[error("the credential plugin {command} failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    /// Its stderr goes to chaperone's log, not into the error: the error reaches the
+    /// caller (the least trusted party) and the audit record, and a plugin's error
+    /// output can hold what it should not (a debug trace, a presigned URL).
+    #[error(
+        "the credential plugin {command} failed ({status}); its error output is in chaperone's log"
+    )]
+    Failed { command: String, status: String },
     #[error("the credential plugin {command} printed no usable ExecCredential: {message}")]
     Output { command: String, message: String },
 }
@@ -144,11 +145,10 @@ impl Plugin {
         };
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(Error::Failed {
-                command,
-                status: output.status.to_string(),
-                stderr: stderr.trim().chars().take(STDERR_QUOTE).collect(),
-            });
+            let quoted: String = stderr.trim().chars().take(STDERR_QUOTE).collect();
+            let status = output.status.to_string();
+            tracing::warn!(%command, %status, stderr = %quoted, "the credential plugin failed");
+            return Err(Error::Failed { command, status });
         }
         parse(&output.stdout).map_err(|message| Error::Output { command, message })
     }

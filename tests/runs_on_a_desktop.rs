@@ -331,7 +331,7 @@ async fn a_context_with_an_exec_plugin_works_and_its_token_is_renewed_before_exp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_exec_plugin_is_a_503_quoting_it_and_nothing_is_forwarded() {
+async fn a_failing_exec_plugin_is_a_503_its_error_output_logged_and_nothing_is_forwarded() {
     let env = sandbox().start().await;
     let (kubeconfig, _) = exec_kubeconfig(&env, 0, true);
     let local = start_local_with(&env, &kubeconfig, "local-exec-fail", &[]);
@@ -343,8 +343,16 @@ async fn a_failing_exec_plugin_is_a_503_quoting_it_and_nothing_is_forwarded() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("the proxy has no credential for the API server: the credential plugin")
-            && stderr.contains("the SSO session has expired; run aws sso login"),
+            && stderr.contains("its error output is in chaperone's log"),
         "{stderr}"
+    );
+    // The plugin's own words are for the user running chaperone, not for the caller.
+    assert!(!stderr.contains("aws sso login"), "{stderr}");
+    let log = std::fs::read_to_string(env.dir.path().join("local-exec-fail.stderr")).unwrap();
+    assert!(
+        log.contains("the credential plugin failed")
+            && log.contains("the SSO session has expired; run aws sso login"),
+        "{log}"
     );
     // Without a credential nothing went to the API server at all.
     assert_eq!(
