@@ -20,8 +20,9 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// How much of the plugin's stderr the log quotes.
 const STDERR_QUOTE: usize = 400;
 
-/// One context's `user.exec`, resolved against its kubeconfig.
-#[derive(Debug, Clone)]
+/// One context's `user.exec`, resolved against its kubeconfig. Its arguments and
+/// environment may hold secrets (`--client-secret=…`): `Debug` shows their count only.
+#[derive(Clone)]
 pub struct ExecConfig {
     /// As written, or joined to the kubeconfig's directory when it is a relative path.
     pub command: PathBuf,
@@ -34,6 +35,19 @@ pub struct ExecConfig {
     pub install_hint: Option<String>,
     pub server: String,
     pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ExecConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecConfig")
+            .field("command", &self.command)
+            .field("args", &format_args!("{} arguments", self.args.len()))
+            .field("env", &format_args!("{} variables", self.env.len()))
+            .field("api_version", &self.api_version)
+            .field("provide_cluster_info", &self.provide_cluster_info)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -63,8 +63,9 @@ async fn callers_without_a_valid_token_get_401_naming_the_reason() {
         let status = reply.json();
         assert_eq!(status["reason"], "Unauthorized", "{what}");
         let message = status["message"].as_str().unwrap();
-        assert!(message.contains(words), "{what}: {message}");
+        // The echo check first: a failure message must not print the token itself.
         assert!(!message.contains(&caller), "{what}: the token is echoed");
+        assert!(message.contains(words), "{what}: {message}");
     }
     assert_eq!(
         env.started.sandbox.seen_authorizations().len(),

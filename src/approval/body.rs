@@ -19,11 +19,21 @@ pub const MAX_REVIEWED: usize = 256 * 1024;
 
 /// A held request's body: the bytes to forward once approved (and that its key is
 /// made of), and what the AccessRequest shows of them.
-#[derive(Debug)]
 pub struct Reviewed {
     pub bytes: Bytes,
     /// `None` for an empty body.
     pub shown: Option<Value>,
+}
+
+/// The bytes are the body as sent, unmasked: `Debug` shows their size and what the
+/// reviewer sees.
+impl std::fmt::Debug for Reviewed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reviewed")
+            .field("bytes", &format_args!("{} bytes", self.bytes.len()))
+            .field("shown", &self.shown)
+            .finish()
+    }
 }
 
 /// Reads the body whole (up to [`MAX_REVIEWED`]) and parses it for the reviewer, masked

@@ -18,11 +18,20 @@ use crate::request_info::RequestInfo;
 /// The most of one body an audit event keeps.
 pub const MAX_RECORDED_BODY: usize = 64 * 1024;
 
-/// What was seen of a body.
-#[derive(Debug, Default)]
+/// What was seen of a body: unmasked, so its `Debug` shows sizes only.
+#[derive(Default)]
 struct Seen {
     kept: BytesMut,
     total: usize,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seen")
+            .field("kept", &format_args!("{} bytes", self.kept.len()))
+            .field("total", &self.total)
+            .finish()
+    }
 }
 
 /// The shared copy, read when the event is made.

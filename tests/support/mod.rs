@@ -55,8 +55,12 @@ impl Env {
         let want = format!("Bearer {}", self.started.upstream_token);
         let seen = self.started.sandbox.seen_authorizations();
         assert!(!seen.is_empty(), "the API server saw no request");
-        for auth in seen {
-            assert_eq!(auth.as_deref(), Some(want.as_str()));
+        for (i, auth) in seen.iter().enumerate() {
+            // Compared without printing: a failure would show a token.
+            assert!(
+                auth.as_deref() == Some(want.as_str()),
+                "request {i} reached the API server with another credential, or none"
+            );
         }
     }
 
