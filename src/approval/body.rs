@@ -23,6 +23,8 @@ pub struct Reviewed {
     pub bytes: Bytes,
     /// `None` for an empty body.
     pub shown: Option<Value>,
+    /// Values masked in `shown`: the body holds something the reviewer does not see.
+    pub masked: u64,
 }
 
 /// The bytes are the body as sent, unmasked: `Debug` shows their size and what the
@@ -32,6 +34,7 @@ impl std::fmt::Debug for Reviewed {
         f.debug_struct("Reviewed")
             .field("bytes", &format_args!("{} bytes", self.bytes.len()))
             .field("shown", &self.shown)
+            .field("masked", &self.masked)
             .finish()
     }
 }
@@ -66,20 +69,24 @@ where
                 Error::Unreviewable(format!("its body could not be read: {why}"))
             }
         })?;
-    let shown = if bytes.is_empty() {
-        None
+    let (shown, masked) = if bytes.is_empty() {
+        (None, 0)
     } else {
         // Parsed first (YAML and protobuf too), then masked as the JSON it is shown as.
         let value = parse(&bytes, headers)?;
         let unmasked = serde_json::to_vec(&value).map_err(|e| {
             Error::Unreviewable(format!("its body could not be shown as JSON ({e})"))
         })?;
-        let (masked, _) = masker
+        let (shown, masked) = masker
             .mask_sent(&Target::of(info), &unmasked)
             .map_err(|e| Error::Unreviewable(format!("its body could not be masked ({e})")))?;
-        Some(masked)
+        (Some(shown), masked)
     };
-    Ok(Reviewed { bytes, shown })
+    Ok(Reviewed {
+        bytes,
+        shown,
+        masked,
+    })
 }
 
 /// JSON (objects and every patch type), YAML for server-side apply, or the protobuf of
@@ -163,8 +170,8 @@ mod tests {
         let who = crate::identity::Subject::default();
         let info = info("configmaps");
         assert_ne!(
-            super::super::request_key(&who, &info, &[], Some(&a.bytes)),
-            super::super::request_key(&who, &info, &[], Some(&b.bytes))
+            super::super::request_key(&who, &info, &[], Some(&a)).unwrap(),
+            super::super::request_key(&who, &info, &[], Some(&b)).unwrap()
         );
         assert_eq!(a.bytes, r#"{"metadata":{"name":"a"}}"#);
         let apply = reviewed(

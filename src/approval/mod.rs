@@ -267,7 +267,7 @@ impl Approvals {
             return Ok(Hold::Ready(Outcome::Skipped));
         }
         let commands = commands(query);
-        let key = request_key(who, info, &commands, body.map(|b| &b.bytes[..]));
+        let key = request_key(who, info, &commands, body)?;
         if let Some(name) = self.granted(&key) {
             return Ok(Hold::Ready(Outcome::Granted { name }));
         }
@@ -559,8 +559,8 @@ fn request_key(
     who: &Subject,
     info: &RequestInfo,
     commands: &[String],
-    body: Option<&[u8]>,
-) -> String {
+    body: Option<&body::Reviewed>,
+) -> Result<String, Error> {
     use ring::digest::{digest, Context, SHA256};
     let mut text = String::new();
     for part in [
@@ -588,14 +588,33 @@ fn request_key(
             let mut ctx = Context::new(&SHA256);
             ctx.update(b"body\0");
             ctx.update(digest(&SHA256, text.as_bytes()).as_ref());
-            ctx.update(digest(&SHA256, body).as_ref());
+            if body.masked == 0 {
+                ctx.update(digest(&SHA256, &body.bytes).as_ref());
+            } else {
+                // The key ends up in the AccessRequest's name, beside the masked body: a
+                // plain digest of the body would let whoever sees both test guesses at
+                // the masked values. Keyed with a secret of this process instead.
+                ctx.update(b"keyed\0");
+                ctx.update(ring::hmac::sign(body_key()?, &body.bytes).as_ref());
+            }
             ctx.finish()
         }
     };
-    digest.as_ref()[..8]
+    Ok(digest.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect()
+        .collect())
+}
+
+/// This process's key for bodies with masked values, made once.
+fn body_key() -> Result<&'static ring::hmac::Key, Error> {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    if let Some(key) = KEY.get() {
+        return Ok(key);
+    }
+    let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+        .map_err(|_| Error::Unavailable("no randomness for the held body's key".into()))?;
+    Ok(KEY.get_or_init(|| key))
 }
 
 /// A DNS-1123 name that says what is asked: `create-rolebindings-1a2b3c4d5e6f7a8b`.
@@ -686,6 +705,14 @@ fn sanitize_label(value: &str) -> String {
 mod tests {
     use super::*;
 
+    fn sent(bytes: &[u8], masked: u64) -> body::Reviewed {
+        body::Reviewed {
+            bytes: bytes::Bytes::copy_from_slice(bytes),
+            shown: None,
+            masked,
+        }
+    }
+
     #[test]
     fn a_caller_holds_at_most_max_different_requests_and_identical_ones_join() {
         let held = HeldByCaller::default();
@@ -726,24 +753,35 @@ mod tests {
             "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings",
         );
         let (ka, kb) = (
-            request_key(&who, &a, &[], None),
-            request_key(&who, &b, &[], None),
+            request_key(&who, &a, &[], None).unwrap(),
+            request_key(&who, &b, &[], None).unwrap(),
         );
         assert_ne!(ka, kb);
-        assert_eq!(ka, request_key(&who, &a, &[], None));
+        assert_eq!(ka, request_key(&who, &a, &[], None).unwrap());
         // Another body is another request: a grant covers the body reviewed only.
-        assert_ne!(ka, request_key(&who, &a, &[], Some(b"{}")));
         assert_ne!(
-            request_key(&who, &a, &[], Some(b"{\"a\":1}")),
-            request_key(&who, &a, &[], Some(b"{\"a\":2}"))
+            ka,
+            request_key(&who, &a, &[], Some(&sent(b"{}", 0))).unwrap()
+        );
+        assert_ne!(
+            request_key(&who, &a, &[], Some(&sent(b"{\"a\":1}", 0))).unwrap(),
+            request_key(&who, &a, &[], Some(&sent(b"{\"a\":2}", 0))).unwrap()
         );
         // An empty body is a body: a request sent with none differs from it.
-        assert_ne!(ka, request_key(&who, &a, &[], Some(b"")));
+        assert_ne!(ka, request_key(&who, &a, &[], Some(&sent(b"", 0))).unwrap());
         let other = Subject {
             user: "alice".into(),
             ..Default::default()
         };
-        assert_ne!(ka, request_key(&other, &a, &[], None));
+        assert_ne!(ka, request_key(&other, &a, &[], None).unwrap());
+        // A body with masked values: the same body keeps its key in this process (one
+        // AccessRequest, one grant), but the key is not the plain digest anyone could
+        // compute from a guess at the masked value.
+        let secret = sent(b"{\"data\":{\"p\":\"aHVudGVyMg==\"}}", 1);
+        let keyed = request_key(&who, &a, &[], Some(&secret)).unwrap();
+        assert_eq!(keyed, request_key(&who, &a, &[], Some(&secret)).unwrap());
+        let plain = sent(&secret.bytes, 0);
+        assert_ne!(keyed, request_key(&who, &a, &[], Some(&plain)).unwrap());
         let name = object_name(&a, &ka);
         assert!(name.starts_with("create-rolebindings-"), "{name}");
         assert!(
