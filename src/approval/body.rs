@@ -104,7 +104,12 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
         });
     }
     let parsed = if yaml {
-        serde_yaml::from_slice::<Value>(bytes).map_err(|e| e.to_string())
+        // `<<` merge keys expanded as the API server's YAML decoder expands them: the
+        // reviewer sees (and the masker masks) what will be applied.
+        serde_yaml::from_slice::<serde_yaml::Value>(bytes)
+            .and_then(|mut v| v.apply_merge().map(|()| v))
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
     } else {
         serde_json::from_slice::<Value>(bytes).map_err(|e| e.to_string())
     };
@@ -242,6 +247,28 @@ mod tests {
         assert_eq!(shown["data"]["mode"], "fast");
         // What is forwarded once approved is what was sent.
         assert_eq!(reviewed.bytes, apply);
+    }
+
+    #[tokio::test]
+    async fn yaml_merge_keys_are_expanded_before_the_reviewer_sees_them() {
+        // A merged-in value is a Secret's value like any other: masked.
+        let apply = "kind: Secret\nmetadata: {name: s}\nx-shared: &creds {password: hunter2}\ndata:\n  <<: *creds\n  user: YWRtaW4=\n";
+        let shown = reviewed(apply, "application/apply-patch+yaml", "secrets")
+            .await
+            .unwrap()
+            .shown
+            .unwrap();
+        assert_eq!(shown["data"]["password"], "Y2hhcGVyb25lOm1hc2tlZA==");
+        assert!(shown["data"].get("<<").is_none(), "{shown}");
+        // Explicit keys win over merged ones, as in the API server's decoder.
+        let apply = "kind: ConfigMap\nmetadata: {name: c}\ndata:\n  <<: {mode: admin, other: x}\n  mode: view\n";
+        let shown = reviewed(apply, "application/apply-patch+yaml", "configmaps")
+            .await
+            .unwrap()
+            .shown
+            .unwrap();
+        assert_eq!(shown["data"]["mode"], "view");
+        assert_eq!(shown["data"]["other"], "x");
     }
 
     #[tokio::test]
