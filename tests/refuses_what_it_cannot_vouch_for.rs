@@ -202,3 +202,38 @@ async fn unreachable_api_server_gives_503_not_a_hang() {
     }
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_tls_handshake_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = sandbox().with_proxy().start().await;
+    let ca = String::from_utf8(env.ca_pem()).unwrap();
+    let mut config = support::proxy_config(env.dir.path(), &env.sandbox_url(), &ca, "t", "");
+    config.tls.as_mut().unwrap().handshake_timeout = Duration::from_millis(300);
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    // One says nothing; the other starts a ClientHello and stops.
+    for start in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        let mut conn = tokio::net::TcpStream::connect(proxy.addrs[0])
+            .await
+            .unwrap();
+        conn.write_all(start).await.unwrap();
+        let began = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("the proxy closes the connection");
+        // Closed (or reset) without an answer, after the bound and well before 5 s.
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+    // A client that completes its handshake is answered.
+    let url = format!("https://{}{PODS}", proxy.addrs[0]);
+    let reply = env.client(false).get(&url, &[]).await;
+    assert!(reply.json()["kind"].is_string(), "{:?}", reply.body);
+    proxy.stop().await;
+    env.stop().await;
+}
