@@ -22,9 +22,9 @@ mod claims;
 mod jwks;
 mod keys;
 mod token;
+mod verify;
 
 pub use token::WEBSOCKET_BEARER_PREFIX;
-mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
