@@ -78,8 +78,9 @@ fn shown(url: &str) -> String {
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
-#[error("notification webhook {url}: {message}")]
+#[error("approval.notify[{index}] ({url}): {message}")]
 pub struct Error {
+    index: usize,
     url: String,
     message: String,
 }
@@ -92,8 +93,9 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(webhooks: &[Webhook]) -> Result<Notifier, Error> {
         let mut targets = Vec::new();
-        for hook in webhooks {
+        for (index, hook) in webhooks.iter().enumerate() {
             let err = |message: String| Error {
+                index,
                 url: shown(&hook.url),
                 message,
             };
@@ -253,7 +255,8 @@ mod tests {
         };
         let e = e.to_string();
         assert!(
-            e.contains("https://hooks.slack.com/…") && !e.contains("XXXXXXXX"),
+            e.starts_with("approval.notify[0] (https://hooks.slack.com/…): cannot read caFile")
+                && !e.contains("XXXXXXXX"),
             "{e}"
         );
     }
