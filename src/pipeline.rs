@@ -233,6 +233,13 @@ impl Proxy {
                 .in_scope(|| request_info::resolve(req.method(), req.uri()))?,
         );
         trail.info(&info);
+        // An exec's command and a proxied request's query are free text: what the
+        // detectors find there is masked in the record (the request goes as sent).
+        if matches!(info.subresource.as_str(), "exec" | "attach" | "proxy")
+            && req.uri().query().is_some()
+        {
+            trail.mask_query(&self.policy.masker());
+        }
         let span = tracing::Span::current();
         span.record("verb", info.verb.as_str());
         span.record("resource", info.resource.as_str());
@@ -470,7 +477,7 @@ impl Proxy {
     ) -> Result<approval::Outcome, approval::Error> {
         match self
             .approvals
-            .request(who, info, query, body, decision)
+            .request(who, info, query, body, decision, &self.policy.masker())
             .await?
         {
             approval::Hold::Ready(outcome) => Ok(outcome),

@@ -462,7 +462,7 @@ pub(crate) fn go_query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>
 }
 
 /// Go's `url.QueryUnescape`: `%XX` escapes and `+` as a space.
-fn query_unescape(s: &str) -> Option<Cow<'_, [u8]>> {
+pub(crate) fn query_unescape(s: &str) -> Option<Cow<'_, [u8]>> {
     let bytes = s.as_bytes();
     if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
         return Some(Cow::Borrowed(bytes));

@@ -796,3 +796,39 @@ async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
     );
     env.stop().await;
 }
+
+/// An exec's command held for review is shown as the record keeps it: a token in it
+/// masked for the reviewer, the command itself run as sent once approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_exec_shows_its_command_with_secrets_masked() {
+    let policy = SANDBOX_POLICY.replacen(
+        "  - name: no-pod-deletes\n",
+        "  - name: echo-needs-approval-in-team-a\n    subjects:\n      serviceAccounts: [default/mcp-server]\n    apiGroups: [\"\"]\n    resources: [pods/exec]\n    verbs: [get, create]\n    namespaces: [default]\n    commands:\n    - [echo, \"**\"]\n    action: approve\n\n  - name: no-pod-deletes\n",
+        1,
+    );
+    let env = sandbox()
+        .policy(&policy)
+        .with_proxy_config("approval: {poll: 1h}\n")
+        .start()
+        .await;
+    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    let held = tokio::spawn(support::run(env.kubectl_cmd(
+        env.proxy_kubeconfig(),
+        &["exec", "nginx", "--", "echo", "Bearer", jwt],
+    )));
+    let name = held_request(&env).await;
+    let object = access_request(&env, &name).await;
+    assert_eq!(
+        object["spec"]["request"]["command"],
+        serde_json::json!(["echo", "Bearer", "chaperone:masked"]),
+        "{}",
+        object["spec"]["request"]
+    );
+    assert!(
+        !object.to_string().contains(jwt),
+        "the token is in the AccessRequest"
+    );
+    let out = decide(&env, "approve", &name, "reviewed", held).await;
+    assert_eq!(ok(&out).trim(), format!("Bearer {jwt}"));
+    env.stop().await;
+}

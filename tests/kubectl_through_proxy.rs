@@ -210,3 +210,36 @@ exec "$KUBECTL" get configmaps,pods -o name"#;
     env.assert_api_server_saw_only_the_proxy_token();
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_runs_as_sent_and_is_recorded_with_its_secrets_masked() {
+    let env = sandbox().with_proxy().start().await;
+    ok(&env.kubectl_stdin(&["apply", "-f", "-"], POD).await);
+    // A token-shaped argument, as an agent might pass one to curl.
+    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    let echoed = ok(&env
+        .kubectl(&[
+            "exec",
+            "shell",
+            "--",
+            "echo",
+            "Authorization:",
+            "Bearer",
+            jwt,
+        ])
+        .await);
+    assert_eq!(echoed.trim(), format!("Authorization: Bearer {jwt}"));
+    let dir = env.stop().await;
+    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
+    assert!(!audit.contains(jwt), "the token is in the audit record");
+    let exec = audit
+        .lines()
+        .find(|l| l.contains("/pods/shell/exec"))
+        .expect("the exec is recorded");
+    let event: serde_json::Value = serde_json::from_str(exec).unwrap();
+    let uri = event["requestURI"].as_str().unwrap();
+    assert!(
+        uri.contains("command=echo") && uri.contains("command=chaperone%3Amasked"),
+        "{uri}"
+    );
+}

@@ -257,6 +257,7 @@ impl Approvals {
         query: Option<&str>,
         body: Option<&body::Reviewed>,
         decision: &Decision,
+        masker: &crate::mask::Masker,
     ) -> Result<Hold, Error> {
         let settings = decision.approval().cloned().unwrap_or_default();
         if who
@@ -267,7 +268,17 @@ impl Approvals {
             return Ok(Hold::Ready(Outcome::Skipped));
         }
         let commands = commands(query);
-        let key = request_key(who, info, &commands, body)?;
+        // Reviewers see an exec's command as the record keeps it: what the detectors
+        // find masked.
+        let shown: Vec<String> = commands
+            .iter()
+            .map(|c| match masker.mask_text(c.as_bytes()) {
+                Some(m) => String::from_utf8_lossy(&m).into_owned(),
+                None => c.clone(),
+            })
+            .collect();
+        let masked = shown != commands || body.is_some_and(|b| b.masked > 0);
+        let key = request_key(who, info, &commands, body.map(|b| &b.bytes[..]), masked)?;
         if let Some(name) = self.granted(&key) {
             return Ok(Hold::Ready(Outcome::Granted { name }));
         }
@@ -279,7 +290,7 @@ impl Approvals {
                 &name,
                 who,
                 info,
-                &commands,
+                &shown,
                 body.and_then(|b| b.shown.as_ref()),
                 decision,
                 hold,
@@ -555,11 +566,14 @@ fn commands(query: Option<&str>) -> Vec<String> {
 }
 
 /// Identifies "the same request from the same caller".
+/// `masked`: what the AccessRequest shows of the request is masked (a body's values, a
+/// command's secrets), so the key in its name must not let anyone test guesses at them.
 fn request_key(
     who: &Subject,
     info: &RequestInfo,
     commands: &[String],
-    body: Option<&body::Reviewed>,
+    body: Option<&[u8]>,
+    masked: bool,
 ) -> Result<String, Error> {
     use ring::digest::{digest, Context, SHA256};
     let mut text = String::new();
@@ -588,32 +602,31 @@ fn request_key(
             let mut ctx = Context::new(&SHA256);
             ctx.update(b"body\0");
             ctx.update(digest(&SHA256, text.as_bytes()).as_ref());
-            if body.masked == 0 {
-                ctx.update(digest(&SHA256, &body.bytes).as_ref());
-            } else {
-                // The key ends up in the AccessRequest's name, beside the masked body: a
-                // plain digest of the body would let whoever sees both test guesses at
-                // the masked values. Keyed with a secret of this process instead.
-                ctx.update(b"keyed\0");
-                ctx.update(ring::hmac::sign(body_key()?, &body.bytes).as_ref());
-            }
+            ctx.update(digest(&SHA256, body).as_ref());
             ctx.finish()
         }
     };
-    Ok(digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    // The key ends up in the AccessRequest's name, beside what it shows: were that
+    // masked, a plain digest would let whoever sees both test guesses at the masked
+    // values. Keyed with a secret of this process instead.
+    let keyed;
+    let digest = if masked {
+        keyed = ring::hmac::sign(masked_key()?, digest.as_ref());
+        keyed.as_ref()
+    } else {
+        digest.as_ref()
+    };
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// This process's key for bodies with masked values, made once.
-fn body_key() -> Result<&'static ring::hmac::Key, Error> {
+/// This process's key for requests shown masked, made once.
+fn masked_key() -> Result<&'static ring::hmac::Key, Error> {
     static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
     if let Some(key) = KEY.get() {
         return Ok(key);
     }
     let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-        .map_err(|_| Error::Unavailable("no randomness for the held body's key".into()))?;
+        .map_err(|_| Error::Unavailable("no randomness for a held request's key".into()))?;
     Ok(KEY.get_or_init(|| key))
 }
 
@@ -705,14 +718,6 @@ fn sanitize_label(value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn sent(bytes: &[u8], masked: u64) -> body::Reviewed {
-        body::Reviewed {
-            bytes: bytes::Bytes::copy_from_slice(bytes),
-            shown: None,
-            masked,
-        }
-    }
-
     #[test]
     fn a_caller_holds_at_most_max_different_requests_and_identical_ones_join() {
         let held = HeldByCaller::default();
@@ -753,35 +758,31 @@ mod tests {
             "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings",
         );
         let (ka, kb) = (
-            request_key(&who, &a, &[], None).unwrap(),
-            request_key(&who, &b, &[], None).unwrap(),
+            request_key(&who, &a, &[], None, false).unwrap(),
+            request_key(&who, &b, &[], None, false).unwrap(),
         );
         assert_ne!(ka, kb);
-        assert_eq!(ka, request_key(&who, &a, &[], None).unwrap());
+        assert_eq!(ka, request_key(&who, &a, &[], None, false).unwrap());
         // Another body is another request: a grant covers the body reviewed only.
+        assert_ne!(ka, request_key(&who, &a, &[], Some(b"{}"), false).unwrap());
         assert_ne!(
-            ka,
-            request_key(&who, &a, &[], Some(&sent(b"{}", 0))).unwrap()
-        );
-        assert_ne!(
-            request_key(&who, &a, &[], Some(&sent(b"{\"a\":1}", 0))).unwrap(),
-            request_key(&who, &a, &[], Some(&sent(b"{\"a\":2}", 0))).unwrap()
+            request_key(&who, &a, &[], Some(b"{\"a\":1}"), false).unwrap(),
+            request_key(&who, &a, &[], Some(b"{\"a\":2}"), false).unwrap()
         );
         // An empty body is a body: a request sent with none differs from it.
-        assert_ne!(ka, request_key(&who, &a, &[], Some(&sent(b"", 0))).unwrap());
+        assert_ne!(ka, request_key(&who, &a, &[], Some(b""), false).unwrap());
         let other = Subject {
             user: "alice".into(),
             ..Default::default()
         };
-        assert_ne!(ka, request_key(&other, &a, &[], None).unwrap());
+        assert_ne!(ka, request_key(&other, &a, &[], None, false).unwrap());
         // A body with masked values: the same body keeps its key in this process (one
         // AccessRequest, one grant), but the key is not the plain digest anyone could
         // compute from a guess at the masked value.
-        let secret = sent(b"{\"data\":{\"p\":\"aHVudGVyMg==\"}}", 1);
-        let keyed = request_key(&who, &a, &[], Some(&secret)).unwrap();
-        assert_eq!(keyed, request_key(&who, &a, &[], Some(&secret)).unwrap());
-        let plain = sent(&secret.bytes, 0);
-        assert_ne!(keyed, request_key(&who, &a, &[], Some(&plain)).unwrap());
+        let secret = Some(&b"{\"data\":{\"p\":\"aHVudGVyMg==\"}}"[..]);
+        let keyed = request_key(&who, &a, &[], secret, true).unwrap();
+        assert_eq!(keyed, request_key(&who, &a, &[], secret, true).unwrap());
+        assert_ne!(keyed, request_key(&who, &a, &[], secret, false).unwrap());
         let name = object_name(&a, &ka);
         assert!(name.starts_with("create-rolebindings-"), "{name}");
         assert!(

@@ -146,6 +146,16 @@ impl Trail {
         self.info = Some(info.clone());
     }
 
+    /// Masks what the detectors find in the recorded URI's query (an exec's command, a
+    /// proxied request's query: free text the record would keep as sent).
+    pub fn mask_query(&mut self, masker: &crate::mask::Masker) {
+        if let Some((path, query)) = self.request_uri.split_once('?') {
+            if let Some(masked) = masker.mask_query(query) {
+                self.request_uri = format!("{path}?{masked}");
+            }
+        }
+    }
+
     /// Adds an annotation (decision, rule, reason, ...).
     pub fn note(&mut self, key: &'static str, value: impl Into<Cow<'static, str>>) {
         self.annotations.insert(Cow::Borrowed(key), value.into());

@@ -11,6 +11,10 @@
 //! Either way, credentials that must reach their recipient but never a record are
 //! masked in the copy ([`credentials`]): the token a `TokenRequest` answers with
 //! (`kubectl create token`), and the one a `TokenReview` asks about.
+//!
+//! Free text kept in a record, an exec's command or a proxied request's query, goes
+//! through the built-in detectors (PEM keys, JWTs, cloud and chat tokens, `password=`,
+//! bearer tokens) as a pod's log lines do ([`Masker::mask_text`], [`Masker::mask_query`]).
 
 use bytes::BytesMut;
 use serde_json::Value;
@@ -54,6 +58,69 @@ impl Masker {
         Ok((out.to_vec(), n))
     }
 }
+
+impl Masker {
+    /// `text` with what the built-in detectors find replaced by the marker; `None` when
+    /// they find nothing. A PEM block that starts and does not end is masked to the end.
+    pub fn mask_text(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let scanner = &self.inner.log_default;
+        if !scanner.is_match(text) {
+            return None;
+        }
+        let mut ranges = Vec::new();
+        if scanner.find(text, &mut ranges) {
+            let from = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+            ranges.push(from..text.len());
+        }
+        let n = super::logs::merge(&mut ranges);
+        let mut out = Vec::with_capacity(text.len());
+        let mut last = 0;
+        for r in &ranges[..n] {
+            out.extend_from_slice(&text[last..r.start]);
+            out.extend_from_slice(MARKER.as_bytes());
+            last = r.end;
+        }
+        out.extend_from_slice(&text[last..]);
+        Some(out)
+    }
+
+    /// A query string kept in a record, each value read as the API server reads it
+    /// (`%XX` and `+` decoded) and masked by [`Masker::mask_text`]; the pairs in which
+    /// nothing is found stay as sent. `None` when nothing is found.
+    pub fn mask_query(&self, query: &str) -> Option<String> {
+        let mut out = String::with_capacity(query.len());
+        let mut found = false;
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            let (key, value) = match pair.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (pair, None),
+            };
+            let masked = value
+                .and_then(crate::request_info::query_unescape)
+                .and_then(|v| self.mask_text(&v));
+            match masked {
+                Some(masked) => {
+                    found = true;
+                    out.push_str(key);
+                    out.push('=');
+                    out.extend(percent_encoding::percent_encode(&masked, QUERY_VALUE));
+                }
+                None => out.push_str(pair),
+            }
+        }
+        found.then_some(out)
+    }
+}
+
+/// What a masked query value escapes: all but the unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Masks, in an object kept for a record of a request to `target`, the credentials it
 /// hands on: a `TokenRequest`'s `status.token` and a `TokenReview`'s `spec.token`,
@@ -244,6 +311,43 @@ mod tests {
         );
         let mut other = json!({"kind": "ConfigMap", "status": {"token": "not a credential here"}});
         assert_eq!(credentials(&target("configmaps", "c"), &mut other), 0);
+    }
+
+    #[test]
+    fn free_text_and_query_values_lose_what_the_detectors_find() {
+        let masker = Masker::builtin();
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        let command = format!("curl -H 'Authorization: Bearer {jwt}' https://internal/api");
+        let masked = String::from_utf8(masker.mask_text(command.as_bytes()).unwrap()).unwrap();
+        assert!(!masked.contains(jwt), "{masked}");
+        assert!(
+            masked.starts_with("curl -H") && masked.ends_with("https://internal/api"),
+            "{masked}"
+        );
+        assert_eq!(masker.mask_text(b"ls -l /etc"), None);
+        // A PEM block cut short is masked to the end.
+        let pem = b"echo -----BEGIN RSA PRIVATE KEY----- MIIEow";
+        let masked = masker.mask_text(pem).unwrap();
+        assert!(!masked.windows(6).any(|w| w == b"MIIEow"), "{masked:?}");
+        // An exec's query: each command value decoded, masked, encoded; others as sent.
+        let query = format!(
+            "command=sh&command=-c&command=psql+%22password%3Dhunter2%22&command={jwt}&stdout=true&container=main"
+        );
+        let masked = masker.mask_query(&query).unwrap();
+        assert!(
+            masked.starts_with("command=sh&command=-c&command=psql"),
+            "{masked}"
+        );
+        assert!(masked.ends_with("&stdout=true&container=main"), "{masked}");
+        assert!(
+            !masked.contains("hunter2") && !masked.contains(jwt),
+            "{masked}"
+        );
+        let read: Vec<String> = crate::policy::command_args(&masked)
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .collect();
+        assert_eq!(read[3], MARKER, "{read:?}");
+        assert_eq!(masker.mask_query("command=ls&command=-l&stdout=true"), None);
     }
 
     #[test]

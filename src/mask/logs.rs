@@ -106,7 +106,7 @@ impl LineStream {
 }
 
 /// Sorts and merges overlapping ranges in place; returns how many remain (at the front).
-fn merge(ranges: &mut [Range<usize>]) -> usize {
+pub(super) fn merge(ranges: &mut [Range<usize>]) -> usize {
     if ranges.is_empty() {
         return 0;
     }
