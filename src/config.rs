@@ -20,6 +20,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on a client's TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a connection's request head: its first bytes, then each HTTP/1.1 request's
+/// headers (the API server's is 32 s).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long graceful shutdown waits for open requests (watches, exec) before closing them.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The service-account mount the kubelet gives the proxy container.
@@ -73,6 +76,10 @@ pub struct Config {
     /// API listeners. Loopback addresses only: the proxy never serves the pod IP.
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
+    /// On both listeners: a connection that sends no bytes, or no complete HTTP/1.1
+    /// request head, this long after it opened (or after its last request) is closed.
+    #[serde(default = "default_header_timeout", deserialize_with = "duration")]
+    pub header_timeout: Duration,
     /// The serving certificate and key (PEM), reloaded when they change on disk.
     pub tls: Option<Tls>,
     #[serde(default)]
@@ -334,6 +341,9 @@ fn default_response_timeout() -> Duration {
 fn default_handshake_timeout() -> Duration {
     DEFAULT_HANDSHAKE_TIMEOUT
 }
+fn default_header_timeout() -> Duration {
+    DEFAULT_HEADER_TIMEOUT
+}
 fn default_shutdown_grace() -> Duration {
     DEFAULT_SHUTDOWN_GRACE
 }
@@ -433,6 +443,12 @@ impl Config {
             return Err(invalid(
                 "connectTimeout",
                 "upstream.connectTimeout: must be greater than zero".into(),
+            ));
+        }
+        if self.header_timeout.is_zero() {
+            return Err(invalid(
+                "headerTimeout",
+                "headerTimeout: must be greater than zero".into(),
             ));
         }
         Ok(())

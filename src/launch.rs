@@ -141,6 +141,7 @@ pub async fn proxy(
     let mut running = start(
         &config.listen,
         Some((acceptor, tls_cfg.handshake_timeout)),
+        config.header_timeout,
         handler,
         config.upstream.shutdown_grace,
     )
@@ -185,6 +186,7 @@ pub async fn proxy(
         running.tasks.spawn(server::serve(
             listener,
             None,
+            config.header_timeout,
             admin_handler.clone(),
             running.shutdown.clone(),
             Duration::from_secs(1),
@@ -238,6 +240,7 @@ pub async fn sandbox(
     let running = start(
         addrs,
         Some((acceptor, config::DEFAULT_HANDSHAKE_TIMEOUT)),
+        config::DEFAULT_HEADER_TIMEOUT,
         handler,
         Duration::from_secs(1),
     )
@@ -249,6 +252,7 @@ pub async fn sandbox(
 async fn start(
     addrs: &[SocketAddr],
     tls: Option<(TlsAcceptor, Duration)>,
+    header_timeout: Duration,
     handler: impl Handler,
     grace: Duration,
 ) -> Result<Running, Error> {
@@ -263,6 +267,7 @@ async fn start(
         tasks.spawn(server::serve(
             listener,
             tls.clone(),
+            header_timeout,
             handler.clone(),
             shutdown.clone(),
             grace,

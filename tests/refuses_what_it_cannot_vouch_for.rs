@@ -237,3 +237,94 @@ async fn a_client_that_never_finishes_its_tls_handshake_is_dropped() {
     proxy.stop().await;
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_no_request_head_is_dropped_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = sandbox().with_proxy().start().await;
+    let ca = env.ca_pem();
+    let mut config = support::proxy_config(
+        env.dir.path(),
+        &env.sandbox_url(),
+        &String::from_utf8(ca.clone()).unwrap(),
+        "t",
+        "",
+    );
+    config.header_timeout = Duration::from_millis(500);
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+
+    /// Sends `start`, then waits: the proxy must close the connection without answering,
+    /// after the bound and well before 5 s.
+    async fn dropped<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        what: &str,
+        mut conn: S,
+        start: &[u8],
+    ) {
+        conn.write_all(start).await.unwrap();
+        conn.flush().await.unwrap();
+        let began = Instant::now();
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the proxy still holds the connection after 5 s"));
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "{what}: answered {:?}",
+            read.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        );
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+            "{what}: closed after {took:?}"
+        );
+    }
+
+    // After a completed TLS handshake, whatever protocol was agreed: nothing at all,
+    // fewer bytes than tell the protocol, and a request head never finished.
+    let partial_head = b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\n";
+    for alpn in [&[][..], &[&b"h2"[..]][..], &[&b"http/1.1"[..]][..]] {
+        for start in [&b""[..], &b"GET /api H"[..], &partial_head[..]] {
+            let mut tls = chaperone::tls::client_config(&ca, "test CA", None).unwrap();
+            tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            let tcp = tokio::net::TcpStream::connect(proxy.addrs[0])
+                .await
+                .unwrap();
+            let conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+            let what = format!(
+                "ALPN {:?}, sent {:?}",
+                alpn.iter()
+                    .map(|p| String::from_utf8_lossy(p))
+                    .collect::<Vec<_>>(),
+                String::from_utf8_lossy(start)
+            );
+            dropped(&what, conn, start).await;
+        }
+    }
+    // The admin port (plain HTTP, reachable on the pod IP in a cluster) alike.
+    for start in [
+        &b""[..],
+        &b"GET /rea"[..],
+        &b"GET /readyz HTTP/1.1\r\nHost: x\r\n"[..],
+    ] {
+        let conn = tokio::net::TcpStream::connect(proxy.admin.unwrap())
+            .await
+            .unwrap();
+        dropped(
+            &format!("admin, sent {:?}", String::from_utf8_lossy(start)),
+            conn,
+            start,
+        )
+        .await;
+    }
+    // Clients that send their requests are answered, on both ports.
+    let url = format!("https://{}{PODS}", proxy.addrs[0]);
+    let reply = env.client(false).get(&url, &[]).await;
+    assert!(reply.json()["kind"].is_string(), "{:?}", reply.body);
+    let (code, body) = support::http_get(proxy.admin.unwrap(), "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    proxy.stop().await;
+    env.stop().await;
+}
