@@ -157,7 +157,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("failed to listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving the webhook");
     let tls = Arc::new(tls::server_config(resolver)?);
-    let web = tokio::spawn(server::serve(listener, tls, config.clone(), shutdown()));
+    let web = tokio::spawn(server::serve(
+        listener,
+        tls,
+        config.clone(),
+        server::REQUEST_TIMEOUT,
+        shutdown(),
+    ));
 
     let ctx = Arc::new(controller::Context { client, config, ca });
     let control = tokio::spawn(controller::run(ctx, shutdown()));

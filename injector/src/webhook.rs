@@ -25,6 +25,8 @@ pub enum Error {
     TooLarge,
     #[error("failed to read the request body: {0}")]
     Body(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("invalid AdmissionReview: {0}")]
     Parse(#[source] serde_json::Error),
     #[error(
@@ -41,6 +43,7 @@ impl Error {
     pub fn http_status(&self) -> http::StatusCode {
         match self {
             Error::TooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTimeout(_) => http::StatusCode::REQUEST_TIMEOUT,
             Error::Body(_) | Error::Parse(_) | Error::Version { .. } | Error::NoRequest => {
                 http::StatusCode::BAD_REQUEST
             }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chaperone_injector::config::Config;
+use chaperone_injector::server::REQUEST_TIMEOUT;
 use chaperone_injector::{mutate, pki, server, tls};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
@@ -25,6 +26,11 @@ struct Webhook {
 /// The server on 127.0.0.1 with a leaf for the Service name, signed by a fresh CA the
 /// client trusts (as the API server trusts `caBundle`).
 async fn webhook() -> Webhook {
+    webhook_bounded(REQUEST_TIMEOUT).await
+}
+
+/// The same with its own bound on request heads and bodies.
+async fn webhook_bounded(request_timeout: Duration) -> Webhook {
     let now = time::OffsetDateTime::now_utc();
     let ca = pki::Authority::generate("chaperone-webhook-ca", 10, now).unwrap();
     let names = ["chaperone-injector.chaperone-system.svc".to_string()];
@@ -50,6 +56,7 @@ async fn webhook() -> Webhook {
         listener,
         server_tls,
         Arc::new(Config::default()),
+        request_timeout,
         async move {
             let _ = stopped.await;
         },
@@ -90,6 +97,25 @@ impl Webhook {
             return (code, dechunk(&body));
         }
         (code, body)
+    }
+
+    /// A TLS connection that sends `start` and then waits for the server to answer or
+    /// close: what it answered (empty if closed), and after how long.
+    async fn stall(&self, start: &[u8]) -> (String, Duration) {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("chaperone-injector.chaperone-system.svc").unwrap();
+        let mut tls = self.client.connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(start).await.unwrap();
+        tls.flush().await.unwrap();
+        let began = std::time::Instant::now();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+        assert!(
+            read.is_ok(),
+            "sent {:?}: the connection is still held after 5 s",
+            String::from_utf8_lossy(start)
+        );
+        (String::from_utf8_lossy(&out).into_owned(), began.elapsed())
     }
 
     async fn stop(mut self) {
@@ -256,5 +282,31 @@ async fn unreadable_and_oversized_reviews_get_clear_errors() {
     let answer: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none());
+    hook.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_request_or_no_body_in_time_is_dropped() {
+    let hook = webhook_bounded(Duration::from_millis(500)).await;
+    let head = "POST /mutate HTTP/1.1\r\nHost: chaperone-injector.chaperone-system.svc\r\n";
+    // Nothing, fewer bytes than tell the protocol, a head never finished: closed unanswered.
+    for start in ["", "POST /mu", head] {
+        let (answer, took) = hook.stall(start.as_bytes()).await;
+        assert_eq!(answer, "", "sent {start:?}");
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+            "sent {start:?}: closed after {took:?}"
+        );
+    }
+    // A body that stops short of its Content-Length: answered 408, saying why.
+    let slow =
+        format!("{head}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"kind\"");
+    let (answer, took) = hook.stall(slow.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 500ms"), "{answer}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    // A client that sends its request is answered.
+    let (code, _) = hook.call("GET", "/healthz", &[]).await;
+    assert_eq!(code, 200);
     hook.stop().await;
 }
