@@ -360,11 +360,23 @@ impl Authenticator {
             Lookup::Hit(subject) => {
                 inner.cache_hits.fetch_add(1, Ordering::Relaxed);
                 tracing::Span::current().record("cached", true);
-                return Ok(subject);
+                Ok(subject)
             }
-            Lookup::Expired { exp } => return Err(Error::Expired { exp }),
-            Lookup::Miss => {}
+            Lookup::Expired { exp } => Err(Error::Expired { exp }),
+            // Boxed: a verification may fetch keys, and its future, inline, would be
+            // part of (and copied with) every request's.
+            Lookup::Miss => Box::pin(self.verify(token, digest, now)).await,
         }
+    }
+
+    /// Verifies a token not in the cache, and caches its caller.
+    async fn verify(
+        &self,
+        token: &str,
+        digest: cache::Digest,
+        now: i64,
+    ) -> Result<Arc<Subject>, Error> {
+        let inner = &*self.inner;
         let parsed = token::parse(token)?;
         let iss = parsed.issuer()?;
         let index = *inner
