@@ -229,9 +229,22 @@ async fn an_exec_runs_as_sent_and_is_recorded_with_its_secrets_masked() {
         ])
         .await);
     assert_eq!(echoed.trim(), format!("Authorization: Bearer {jwt}"));
+    // A password that only the flag before it names.
+    let echoed = ok(&env
+        .kubectl(&["exec", "shell", "--", "echo", "--password", "Pw-4-echo"])
+        .await);
+    assert_eq!(echoed.trim(), "--password Pw-4-echo");
     let dir = env.stop().await;
     let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
     assert!(!audit.contains(jwt), "the token is in the audit record");
+    assert!(
+        !audit.contains("Pw-4-echo"),
+        "the password is in the audit record"
+    );
+    assert!(
+        audit.contains("command=--password&command=chaperone%3Amasked"),
+        "the flag is kept, its value masked"
+    );
     let exec = audit
         .lines()
         .find(|l| l.contains("/pods/shell/exec"))

@@ -272,7 +272,8 @@ impl Approvals {
         // find masked.
         let shown: Vec<String> = commands
             .iter()
-            .map(|c| match masker.mask_text(c.as_bytes()) {
+            .zip(masker.mask_command(&commands))
+            .map(|(c, masked)| match masked {
                 Some(m) => String::from_utf8_lossy(&m).into_owned(),
                 None => c.clone(),
             })

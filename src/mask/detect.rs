@@ -65,8 +65,19 @@ fn builtin(name: &str) -> Option<&'static [(&'static str, usize)]> {
                 r#"(?i)(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|client[_-]?secret|credentials?)["']?\s*[:=]\s*["']?([^\s"',;&]+)"#,
                 1,
             ),
-            // Credentials in a URL: scheme://user:password@host
-            (r"(?i)[a-z][a-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@", 1),
+            // Credentials in a URL: scheme://user:password@host (`redis://:password@host`
+            // has no user).
+            (r"(?i)[a-z][a-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@", 1),
+            // A MySQL client's `-pS3cret` and redis-cli's `-a S3cret` in a command line
+            // (`sh -c "..."`, a log line): found after the program's name.
+            (
+                r#"(?:^|[\s;&|('"/])(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mysqlcheck|mariadb|mariadb-dump|mariadb-admin)\s(?:[^\n;&|]*\s)?-p([^\s'";&|]+)"#,
+                1,
+            ),
+            (
+                r#"(?:^|[\s;&|('"/])redis-cli\s(?:[^\n;&|]*\s)?-a\s+([^\s'";&|]+)"#,
+                1,
+            ),
         ],
         "bearer-token" => &[
             (r"(?i)(?-u:\b)bearer\s+([A-Za-z0-9._~+/-]{8,}=*)", 1),
@@ -231,6 +242,31 @@ mod tests {
             ["pa55"]
         );
         assert_eq!(
+            found(
+                "password-pair",
+                "redis-cli -u redis://:s3cret@cache:6379 ping"
+            ),
+            ["s3cret"]
+        );
+        assert_eq!(
+            found(
+                "password-pair",
+                "sh -c 'mysql -h db -uroot -pS3cret app < x.sql'"
+            ),
+            ["S3cret"]
+        );
+        assert_eq!(
+            found(
+                "password-pair",
+                "/usr/bin/mysqldump -pS3cret --all-databases"
+            ),
+            ["S3cret"]
+        );
+        assert_eq!(
+            found("password-pair", "redis-cli -h cache -a S3cret ping"),
+            ["S3cret"]
+        );
+        assert_eq!(
             found("bearer-token", "Authorization: Bearer abcdef.123456-xyz"),
             ["abcdef.123456-xyz"]
         );
@@ -250,6 +286,9 @@ mod tests {
             ("github-token", "ghp_short"),
             ("password-pair", "the password is required; token_count=3"),
             ("password-pair", "password: \"\""),
+            ("password-pair", "mysql -h db -P 3306 -p app"),
+            ("password-pair", "see https://example.com:8443/path"),
+            ("password-pair", "grep -a pattern redis-cli.log"),
             ("bearer-token", "bearer of news"),
             ("pem-private-key", "-----BEGIN CERTIFICATE-----"),
         ] {

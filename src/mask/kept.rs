@@ -84,23 +84,68 @@ impl Masker {
         Some(out)
     }
 
+    /// An exec's command as records and reviewers are shown it: each argument masked by
+    /// [`Masker::mask_text`], and the ones that only their place gives away masked
+    /// whole: the argument after a credential flag given apart (`--password S3cret`,
+    /// `--token T`, `redis-cli -a S3cret`, `sshpass -p S3cret`), and a MySQL client's
+    /// `-pS3cret` (`-p` kept).
+    /// `None` for an argument left as sent.
+    pub fn mask_command<A: AsRef<[u8]>>(&self, args: &[A]) -> Vec<Option<Vec<u8>>> {
+        let program = args.first().map(|a| program_name(a.as_ref()));
+        let mut previous: &[u8] = b"";
+        let mut out = Vec::with_capacity(args.len());
+        for arg in args {
+            let arg = arg.as_ref();
+            let masked = if !arg.is_empty() && takes_credential(program, previous) {
+                Some(MARKER.as_bytes().to_vec())
+            } else if program.is_some_and(|p| MYSQL_CLIENTS.contains(&p))
+                && arg.len() > 2
+                && arg.starts_with(b"-p")
+            {
+                Some([&b"-p"[..], MARKER.as_bytes()].concat())
+            } else {
+                self.mask_text(arg)
+            };
+            out.push(masked);
+            previous = arg;
+        }
+        out
+    }
+
     /// A query string kept in a record, each value read as the API server reads it
-    /// (`%XX` and `+` decoded) and masked by [`Masker::mask_text`]; the pairs in which
-    /// nothing is found stay as sent. `None` when nothing is found.
+    /// (`%XX` and `+` decoded) and masked by [`Masker::mask_text`], an exec's `command`
+    /// values together by [`Masker::mask_command`]; the pairs in which nothing is found
+    /// stay as sent. `None` when nothing is found.
     pub fn mask_query(&self, query: &str) -> Option<String> {
+        use crate::request_info::query_unescape;
+        let pairs: Vec<(&str, Option<&str>)> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (pair, None),
+            })
+            .collect();
+        let is_command = |key: &str| query_unescape(key).is_some_and(|k| &*k == b"command");
+        // The command's arguments in order, decoded, masked as one command line.
+        let args: Vec<_> = pairs
+            .iter()
+            .filter(|(k, _)| is_command(k))
+            .map(|(_, v)| v.and_then(query_unescape).unwrap_or_default())
+            .collect();
+        let mut command = self.mask_command(&args).into_iter();
         let mut out = String::with_capacity(query.len());
         let mut found = false;
-        for (i, pair) in query.split('&').enumerate() {
+        for (i, (key, value)) in pairs.iter().enumerate() {
             if i > 0 {
                 out.push('&');
             }
-            let (key, value) = match pair.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (pair, None),
+            let masked = if is_command(key) {
+                command.next().flatten()
+            } else {
+                value
+                    .and_then(query_unescape)
+                    .and_then(|v| self.mask_text(&v))
             };
-            let masked = value
-                .and_then(crate::request_info::query_unescape)
-                .and_then(|v| self.mask_text(&v));
             match masked {
                 Some(masked) => {
                     found = true;
@@ -108,11 +153,61 @@ impl Masker {
                     out.push('=');
                     out.extend(percent_encoding::percent_encode(&masked, QUERY_VALUE));
                 }
-                None => out.push_str(pair),
+                None => {
+                    out.push_str(key);
+                    if let Some(value) = value {
+                        out.push('=');
+                        out.push_str(value);
+                    }
+                }
             }
         }
         found.then_some(out)
     }
+}
+
+/// Clients whose `-p` carries the password in the same argument (`-pS3cret`).
+const MYSQL_CLIENTS: [&[u8]; 9] = [
+    b"mysql",
+    b"mysqldump",
+    b"mysqladmin",
+    b"mysqlimport",
+    b"mysqlshow",
+    b"mysqlcheck",
+    b"mariadb",
+    b"mariadb-dump",
+    b"mariadb-admin",
+];
+
+/// A command's program as named without its directory (`/usr/bin/mysql` is `mysql`).
+fn program_name(arg: &[u8]) -> &[u8] {
+    arg.rsplit(|&b| b == b'/').next().unwrap_or(arg)
+}
+
+/// Programs whose short flag takes a password as the next argument.
+const PASSWORD_FLAGS: [(&[u8], &[u8]); 2] = [(b"redis-cli", b"-a"), (b"sshpass", b"-p")];
+
+/// Whether the argument after `flag` is a credential: long flags that take one given
+/// apart, and a few programs' short ones ([`PASSWORD_FLAGS`]).
+fn takes_credential(program: Option<&[u8]>, flag: &[u8]) -> bool {
+    const FLAGS: [&[u8]; 12] = [
+        b"--password",
+        b"--passwd",
+        b"--pass",
+        b"-password",
+        b"--token",
+        b"--secret",
+        b"--api-key",
+        b"--apikey",
+        b"--access-key",
+        b"--secret-key",
+        b"--client-secret",
+        b"--auth-token",
+    ];
+    FLAGS.iter().any(|f| flag.eq_ignore_ascii_case(f))
+        || PASSWORD_FLAGS
+            .iter()
+            .any(|(p, f)| program == Some(*p) && flag == *f)
 }
 
 /// What a masked query value escapes: all but the unreserved characters.
@@ -348,6 +443,80 @@ mod tests {
             .collect();
         assert_eq!(read[3], MARKER, "{read:?}");
         assert_eq!(masker.mask_query("command=ls&command=-l&stdout=true"), None);
+    }
+
+    #[test]
+    fn a_command_loses_the_credentials_its_arguments_carry() {
+        let masker = Masker::builtin();
+        let shown = |args: &[&str]| -> Vec<String> {
+            args.iter()
+                .zip(masker.mask_command(args))
+                .map(|(a, m)| m.map_or_else(|| a.to_string(), |m| String::from_utf8(m).unwrap()))
+                .collect()
+        };
+        let m = MARKER;
+        let cases: [(&[&str], &[&str]); 10] = [
+            // A MySQL client's password joined to its flag; `-P` is the port.
+            (
+                &[
+                    "mysql", "-h", "db", "-P", "3306", "-uroot", "-pS3cret", "app",
+                ],
+                &[
+                    "mysql",
+                    "-h",
+                    "db",
+                    "-P",
+                    "3306",
+                    "-uroot",
+                    &format!("-p{m}"),
+                    "app",
+                ],
+            ),
+            (
+                &["/usr/bin/mysqldump", "-pS3cret"],
+                &["/usr/bin/mysqldump", &format!("-p{m}")],
+            ),
+            // `-p` alone asks for the password; other programs' `-p` is theirs.
+            (&["mysql", "-p", "app"], &["mysql", "-p", "app"]),
+            (&["mkdir", "-p", "/tmp/x"], &["mkdir", "-p", "/tmp/x"]),
+            (&["ssh", "-p2222", "host"], &["ssh", "-p2222", "host"]),
+            // A credential flag's value given apart, whatever the program.
+            (
+                &["mongosh", "--username", "app", "--password", "S3cret"],
+                &["mongosh", "--username", "app", "--password", m],
+            ),
+            (
+                &["kubectl", "--token", "abc123", "get", "pods"],
+                &["kubectl", "--token", m, "get", "pods"],
+            ),
+            (
+                &["redis-cli", "-h", "cache", "-a", "S3cret", "ping"],
+                &["redis-cli", "-h", "cache", "-a", m, "ping"],
+            ),
+            (
+                &["sshpass", "-p", "S3cret", "ssh", "host"],
+                &["sshpass", "-p", m, "ssh", "host"],
+            ),
+            // `-a` is redis-cli's password only; `--password=` is the detectors'.
+            (&["ls", "-a", "/etc"], &["ls", "-a", "/etc"]),
+        ];
+        for (args, want) in cases {
+            assert_eq!(shown(args), want.to_vec(), "{args:?}");
+        }
+        let joined = shown(&["mysql", "--password=S3cret"]);
+        assert!(!joined[1].contains("S3cret"), "{joined:?}");
+        // In a query: the command's values masked together, the rest as sent.
+        let masked = masker
+            .mask_query("command=mysql&command=-uroot&command=-pS3cret&stdin=true&command=app")
+            .unwrap();
+        assert_eq!(
+            masked,
+            "command=mysql&command=-uroot&command=-pchaperone%3Amasked&stdin=true&command=app"
+        );
+        assert_eq!(
+            masker.mask_query("command=mysql&command=-p&command=app"),
+            None
+        );
     }
 
     #[test]
