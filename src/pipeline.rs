@@ -332,11 +332,15 @@ impl Proxy {
                         // The reviewer approves what is sent: the body is read first,
                         // shown in the AccessRequest and forwarded as it was read.
                         if has_body(req.method()) && !upgrade {
+                            // The body is buffered to be read: counted among the
+                            // caller's held requests while it arrives.
+                            let reading = self.approvals.reading(&who)?;
                             let headers = req.headers().clone();
                             let masker = self.policy.masker();
                             let body =
                                 approval::body::read(req.body_mut(), &headers, &info, &masker)
                                     .await?;
+                            drop(reading);
                             reviewed_body = Some(Box::new(body));
                         }
                         self.hold_for_approval(

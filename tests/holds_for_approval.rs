@@ -719,6 +719,69 @@ async fn a_caller_cannot_hold_more_different_requests_than_its_bound() {
         .contains("approval.maxHeldPerCaller is 1"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_being_sent_for_review_counts_against_the_callers_bound() {
+    use tokio::io::AsyncWriteExt;
+    let env = sandbox()
+        .policy(&policy_with_hold("30s"))
+        .with_proxy_config("approval: {poll: 1h, maxHeldPerCaller: 1}\n")
+        .start()
+        .await;
+    // A RoleBinding create, held by the policy, whose body stops after one byte of a
+    // thousand: chaperone buffers it to show it, so it takes the caller's one place.
+    let addr = env.started.proxy.as_ref().unwrap().addrs[0];
+    let tls = chaperone::tls::client_config(&env.ca_pem(), "test CA", None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings HTTP/1.1\r\n\
+         Host: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{{",
+        env.started.caller_token
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.flush().await.unwrap();
+
+    // Meanwhile (the head is read within milliseconds on loopback) another request to
+    // be held is refused at once, as past the bound.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    const OTHER: [&str; 5] = [
+        "create",
+        "role",
+        "agent-view",
+        "--verb=get",
+        "--resource=pods",
+    ];
+    let out = tokio::time::timeout(Duration::from_secs(10), env.kubectl(&OTHER))
+        .await
+        .expect("refused at once, not held");
+    assert!(!out.status.success());
+    let refused = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(refused.contains("(TooManyRequests)"), "{refused}");
+    assert!(
+        refused.contains("counting requests whose bodies are still being sent for review"),
+        "{refused}"
+    );
+    assert!(listed_requests(&env).is_empty(), "nothing is held yet");
+
+    // The slow client gives up: its place is given back, and the other request is held.
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = tokio::spawn(support::run(
+        env.kubectl_cmd(env.proxy_kubeconfig(), &OTHER),
+    ));
+    let name = another_request(&env, "").await;
+    let out = decide(&env, "approve", &name, "ok", second).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("agent-view created"),
+        "{out:?}"
+    );
+    env.stop().await;
+}
+
 /// The AccessRequest's object, as a reviewer reads it with kubectl.
 async fn access_request(env: &Env, name: &str) -> serde_json::Value {
     let out = env

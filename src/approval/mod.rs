@@ -59,8 +59,9 @@ pub enum Error {
     },
     #[error(
         "{user} already has {held} requests waiting for a reviewer (approval.maxHeldPerCaller \
-         is {max}); this one is refused until one of them is decided or its hold ends \
-         (`kubectl chaperone requests -n {namespace}` lists them)"
+         is {max}, counting requests whose bodies are still being sent for review); this \
+         one is refused until one of them is decided or its hold ends (`kubectl chaperone \
+         requests -n {namespace}` lists them)"
     )]
     TooManyHeld {
         user: String,
@@ -196,6 +197,12 @@ impl Drop for Place {
     }
 }
 
+/// A caller's place while a body is read for review; given back when dropped.
+#[derive(Debug)]
+pub struct Reading {
+    _place: Place,
+}
+
 /// The approval stage: where AccessRequests go and the grants given so far.
 pub struct Approvals {
     upstream: Arc<Upstream>,
@@ -212,6 +219,8 @@ pub struct Approvals {
     /// What each caller has held right now, and the most different requests it may.
     held: HeldByCaller,
     max_held: usize,
+    /// Numbers the bodies being read for review, each a place of its own.
+    readings: std::sync::atomic::AtomicU64,
 }
 
 impl Approvals {
@@ -232,6 +241,7 @@ impl Approvals {
             grants: Mutex::new(HashMap::new()),
             held: Arc::default(),
             max_held,
+            readings: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -245,6 +255,19 @@ impl Approvals {
             max: self.max_held,
             namespace: self.namespace.clone(),
         })
+    }
+
+    /// A place among the caller's held requests while the body of a request it sends
+    /// for review is read: up to 256 KiB each is buffered, and a caller sending bodies
+    /// slowly on many connections must not buffer more than `max_held` of them.
+    pub fn reading(&self, who: &Subject) -> Result<Reading, Error> {
+        let n = self
+            .readings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Not a request key (those are hex digests): never joined by a request.
+        let key = format!("reading a body #{n}");
+        self.take_place(who, &key)
+            .map(|place| Reading { _place: place })
     }
 
     /// Answers at once when the caller skips review or holds a grant; otherwise makes
