@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A served connection whose first bytes must come in time. hyper reads the first 24
 /// (HTTP/2's preface is that long) to tell the protocol before any timeout of its own
 /// applies, so a client that completes its TLS handshake and then sends nothing, or a
-/// few bytes, would hold its connection for good. Until those bytes are in, a read still waiting
-/// at the deadline fails; after them this is a pass-through.
+/// few bytes, would hold its connection for good. Until those bytes are in, a read
+/// still waiting at the deadline fails; after them this is a pass-through.
 pub struct FirstBytes<I> {
     io: I,
     /// Bytes still to come before the protocol is known.
