@@ -105,10 +105,13 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
     }
     let parsed = if yaml {
         // `<<` merge keys expanded as the API server's YAML decoder expands them: the
-        // reviewer sees (and the masker masks) what will be applied.
-        serde_yaml::from_slice::<serde_yaml::Value>(bytes)
-            .and_then(|mut v| v.apply_merge().map(|()| v))
-            .map_err(|e| e.to_string())
+        // reviewer sees (and the masker masks) what will be applied. Aliases expand
+        // too, so the expansion is measured before anything is built.
+        yaml_within_budget(bytes)
+            .and_then(|()| {
+                serde_yaml::from_slice::<serde_yaml::Value>(bytes).map_err(|e| e.to_string())
+            })
+            .and_then(|mut v| v.apply_merge().map(|()| v).map_err(|e| e.to_string()))
             .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
     } else {
         serde_json::from_slice::<Value>(bytes).map_err(|e| e.to_string())
@@ -119,6 +122,112 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
             if yaml { "YAML" } else { "JSON" }
         ))
     })
+}
+
+/// Values a YAML body may expand to (its aliases replayed): as many as it has bytes, so
+/// any body without aliases fits, and one that repeats an anchor a thousand times over
+/// (a few KiB that would build gigabytes) is refused before anything is built.
+const MAX_YAML_VALUES: usize = MAX_REVIEWED;
+/// Bytes of scalars a YAML body may expand to.
+const MAX_YAML_SCALAR_BYTES: usize = 4 * MAX_REVIEWED;
+
+/// Walks the YAML document as it would be deserialised, counting values and scalar
+/// bytes with every alias replayed, and stops at the first past the bounds.
+fn yaml_within_budget(bytes: &[u8]) -> Result<(), String> {
+    use serde::de::DeserializeSeed;
+    let budget = Budget {
+        values: std::cell::Cell::new(0),
+        scalar_bytes: std::cell::Cell::new(0),
+    };
+    Expansion(&budget)
+        .deserialize(serde_yaml::Deserializer::from_slice(bytes))
+        .map_err(|e| e.to_string())
+}
+
+struct Budget {
+    values: std::cell::Cell<usize>,
+    scalar_bytes: std::cell::Cell<usize>,
+}
+
+/// One value of the document, counted with what it holds.
+#[derive(Clone, Copy)]
+struct Expansion<'a>(&'a Budget);
+
+impl Expansion<'_> {
+    fn count<E: serde::de::Error>(self, scalar_bytes: usize) -> Result<(), E> {
+        let values = self.0.values.get() + 1;
+        let bytes = self.0.scalar_bytes.get().saturating_add(scalar_bytes);
+        self.0.values.set(values);
+        self.0.scalar_bytes.set(bytes);
+        if values > MAX_YAML_VALUES || bytes > MAX_YAML_SCALAR_BYTES {
+            return Err(E::custom(format!(
+                "it expands to more than {MAX_YAML_VALUES} values or \
+                 {MAX_YAML_SCALAR_BYTES} bytes of scalars (YAML aliases repeat what they \
+                 name); send it without anchors and aliases"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Expansion<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Expansion<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.count(0)
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.count(0)
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.count(0)
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.count(0)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.count(v.len())
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<(), E> {
+        self.count(v.len())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.count(0)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.count(0)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.count(0)?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.count(0)?;
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        // A tagged value (`!Tag value`): the tag, then the value.
+        use serde::de::VariantAccess;
+        let ((), variant) = data.variant_seed(self)?;
+        variant.newtype_variant_seed(self)
+    }
 }
 
 #[cfg(test)]
@@ -306,5 +415,42 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.status().code, 413, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_yaml_body_whose_aliases_expand_without_bound_is_refused() {
+        // 2,000 values named once and repeated 2,000 times: 12 KiB of YAML that would
+        // build four million values (a 256 KiB one, two billion).
+        let wide = format!(
+            "kind: ConfigMap\nmetadata: {{name: c}}\nx: &a [{}]\ndata: [{}]\n",
+            vec!["x"; 2000].join(","),
+            vec!["*a"; 2000].join(",")
+        );
+        // One long string repeated.
+        let long = format!(
+            "kind: ConfigMap\nmetadata: {{name: c}}\nx: &s \"{}\"\ndata: [{}]\n",
+            "y".repeat(100_000),
+            vec!["*s"; 20].join(",")
+        );
+        for body in [wide, long] {
+            let began = std::time::Instant::now();
+            let e = reviewed(&body, "application/apply-patch+yaml", "configmaps")
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("without anchors and aliases"), "{e}");
+            assert_eq!(e.status().code, 415, "{e}");
+            // Stopped at the bound, not after building the expansion.
+            assert!(began.elapsed() < std::time::Duration::from_secs(5));
+        }
+        // An anchor used a few times, as people write YAML, is shown expanded.
+        let fine =
+            "kind: ConfigMap\nmetadata: {name: c, labels: &l {app: web}}\nx: *l\ndata: {a: *l}\n";
+        let shown = reviewed(fine, "application/apply-patch+yaml", "configmaps")
+            .await
+            .unwrap()
+            .shown
+            .unwrap();
+        assert_eq!(shown["x"]["app"], "web", "{shown}");
+        assert_eq!(shown["data"]["a"]["app"], "web", "{shown}");
     }
 }
