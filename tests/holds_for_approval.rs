@@ -782,6 +782,52 @@ async fn a_body_still_being_sent_for_review_counts_against_the_callers_bound() {
     env.stop().await;
 }
 
+/// A caller that gives up on a held request leaves its AccessRequest in front of
+/// reviewers: the place stays taken until the hold ends, so dropping connections does
+/// not let a caller create AccessRequests faster than its bound per hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_given_up_keeps_its_place_until_its_hold_ends() {
+    let env = sandbox()
+        .policy(&policy_with_hold("4s"))
+        .with_proxy_config("approval: {poll: 1h, maxHeldPerCaller: 1}\n")
+        .start()
+        .await;
+    let began = std::time::Instant::now();
+    let mut create = CREATE.to_vec();
+    create.push("--request-timeout=1s");
+    let gave_up = env.kubectl(&create).await;
+    assert!(!gave_up.status.success(), "{gave_up:?}");
+    let name = held_request(&env).await;
+
+    const OTHER: [&str; 5] = [
+        "create",
+        "role",
+        "agent-view",
+        "--verb=get",
+        "--resource=pods",
+    ];
+    let refused = env.kubectl(&OTHER).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("(TooManyRequests)"), "{stderr}");
+    assert_eq!(listed_requests(&env), std::slice::from_ref(&name));
+
+    // Once the first one's hold is over, there is room again.
+    tokio::time::sleep(
+        Duration::from_secs(4).saturating_sub(began.elapsed()) + Duration::from_millis(300),
+    )
+    .await;
+    let second = tokio::spawn(support::run(
+        env.kubectl_cmd(env.proxy_kubeconfig(), &OTHER),
+    ));
+    let other = another_request(&env, &name).await;
+    let out = decide(&env, "deny", &other, "not now", second).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not now"),
+        "{out:?}"
+    );
+    env.stop().await;
+}
+
 /// The AccessRequest's object, as a reviewer reads it with kubectl.
 async fn access_request(env: &Env, name: &str) -> serde_json::Value {
     let out = env

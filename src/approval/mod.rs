@@ -142,14 +142,25 @@ pub struct Held {
     grant: Duration,
     deadline: Instant,
     /// This request's place among its caller's held requests, given back when it ends.
-    _place: Place,
+    place: Place,
 }
 
-/// Each caller's held requests: request key -> how many identical requests wait on it.
-type HeldByCaller = Arc<Mutex<HashMap<String, HashMap<String, usize>>>>;
+/// Each caller's held requests: request key -> its place.
+type HeldByCaller = Arc<Mutex<HashMap<String, HashMap<String, Entry>>>>;
 
-/// A held request's place in [`HeldByCaller`]; dropped when its wait ends, however it
-/// ends (decided, timed out, refused, or the caller gone).
+/// One of a caller's held requests.
+#[derive(Debug)]
+struct Entry {
+    /// Identical requests waiting on it now.
+    waiting: usize,
+    /// When its hold ends: until then it counts even if nobody waits any more, since
+    /// its AccessRequest is still in front of reviewers (a caller that drops its
+    /// connections cannot create AccessRequests faster than its bound per hold).
+    until: Instant,
+}
+
+/// A held request's place in [`HeldByCaller`], taken until its hold ends; dropped when
+/// its wait ends, however it ends (decided, timed out, refused, or the caller gone).
 #[derive(Debug)]
 struct Place {
     held: HeldByCaller,
@@ -158,20 +169,41 @@ struct Place {
 }
 
 impl Place {
-    /// Joins `user`'s held request `key`, or takes a new place if it has fewer than
-    /// `max`; else returns how many it holds.
-    fn take(held: &HeldByCaller, max: usize, user: &str, key: &str) -> Result<Place, usize> {
+    /// Joins `user`'s held request `key`, or takes a new place, counted until `until`,
+    /// if it has fewer than `max`; else returns how many it holds.
+    fn take(
+        held: &HeldByCaller,
+        max: usize,
+        user: &str,
+        key: &str,
+        until: Instant,
+    ) -> Result<Place, usize> {
         let mut map = held.lock().unwrap_or_else(|e| e.into_inner());
-        let (joins, count) = map
-            .get(user)
-            .map_or((false, 0), |keys| (keys.contains_key(key), keys.len()));
-        if !joins && count >= max {
+        let now = Instant::now();
+        let count = match map.get_mut(user) {
+            Some(keys) => {
+                keys.retain(|_, e| e.waiting > 0 || e.until > now);
+                if keys.contains_key(key) {
+                    0
+                } else {
+                    keys.len()
+                }
+            }
+            None => 0,
+        };
+        if count >= max {
+            if map.get(user).is_some_and(HashMap::is_empty) {
+                map.remove(user);
+            }
             return Err(count);
         }
-        *map.entry(user.to_owned())
+        let entry = map
+            .entry(user.to_owned())
             .or_default()
             .entry(key.to_owned())
-            .or_default() += 1;
+            .or_insert(Entry { waiting: 0, until });
+        entry.waiting += 1;
+        entry.until = entry.until.max(until);
         Ok(Place {
             held: held.clone(),
             user: user.to_owned(),
@@ -180,13 +212,24 @@ impl Place {
     }
 }
 
+impl Place {
+    /// The request was decided: its AccessRequest no longer waits for reviewers, so
+    /// the place goes once nobody waits on it, whenever its hold would have ended.
+    fn decided(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = held.get_mut(&self.user).and_then(|k| k.get_mut(&self.key)) {
+            entry.until = Instant::now();
+        }
+    }
+}
+
 impl Drop for Place {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(keys) = held.get_mut(&self.user) {
-            if let Some(n) = keys.get_mut(&self.key) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(entry) = keys.get_mut(&self.key) {
+                entry.waiting -= 1;
+                if entry.waiting == 0 && entry.until <= Instant::now() {
                     keys.remove(&self.key);
                 }
             }
@@ -245,15 +288,17 @@ impl Approvals {
         }
     }
 
-    /// Takes a place among the caller's held requests: one it already holds is joined;
-    /// a new one is refused past `max_held`, so that a caller in a loop cannot put any
-    /// number of AccessRequests in front of reviewers.
-    fn take_place(&self, who: &Subject, key: &str) -> Result<Place, Error> {
-        Place::take(&self.held, self.max_held, &who.user, key).map_err(|held| Error::TooManyHeld {
-            user: who.user.clone(),
-            held,
-            max: self.max_held,
-            namespace: self.namespace.clone(),
+    /// Takes a place among the caller's held requests, counted until `until` at least:
+    /// one it already holds is joined; a new one is refused past `max_held`, so that a
+    /// caller in a loop cannot put any number of AccessRequests in front of reviewers.
+    fn take_place(&self, who: &Subject, key: &str, until: Instant) -> Result<Place, Error> {
+        Place::take(&self.held, self.max_held, &who.user, key, until).map_err(|held| {
+            Error::TooManyHeld {
+                user: who.user.clone(),
+                held,
+                max: self.max_held,
+                namespace: self.namespace.clone(),
+            }
         })
     }
 
@@ -266,7 +311,7 @@ impl Approvals {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Not a request key (those are hex digests): never joined by a request.
         let key = format!("reading a body #{n}");
-        self.take_place(who, &key)
+        self.take_place(who, &key, Instant::now())
             .map(|place| Reading { _place: place })
     }
 
@@ -306,9 +351,9 @@ impl Approvals {
         if let Some(name) = self.granted(&key) {
             return Ok(Hold::Ready(Outcome::Granted { name }));
         }
-        let place = self.take_place(who, &key)?;
-        let name = object_name(info, &key);
         let (hold, grant) = (settings.hold.0, settings.grant.0);
+        let place = self.take_place(who, &key, Instant::now() + hold)?;
+        let name = object_name(info, &key);
         let held = Held {
             object: access_request(
                 &name,
@@ -325,7 +370,7 @@ impl Approvals {
             hold,
             grant,
             deadline: Instant::now() + hold,
-            _place: place,
+            place,
         };
         if self.read(&held.name).await?.is_none() {
             self.create(&held).await?;
@@ -356,6 +401,7 @@ impl Approvals {
                         "Approved" => {
                             let until = grant_end(status, held.grant);
                             if until > Instant::now() {
+                                held.place.decided();
                                 return Ok(self.approved(&held, &object, until));
                             }
                             // An old grant has run out: ask again.
@@ -364,6 +410,7 @@ impl Approvals {
                             self.create(&held).await?;
                         }
                         "Denied" => {
+                            held.place.decided();
                             return Err(Error::Denied {
                                 name,
                                 namespace: self.namespace.clone(),
@@ -375,7 +422,7 @@ impl Approvals {
                                     .as_str()
                                     .unwrap_or("no reason given")
                                     .to_owned(),
-                            })
+                            });
                         }
                         "Expired" => {
                             self.remove(&path).await?;
@@ -745,23 +792,65 @@ mod tests {
     #[test]
     fn a_caller_holds_at_most_max_different_requests_and_identical_ones_join() {
         let held = HeldByCaller::default();
-        let a1 = Place::take(&held, 2, "agent", "a").unwrap();
-        let b = Place::take(&held, 2, "agent", "b").unwrap();
+        let a1 = Place::take(&held, 2, "agent", "a", Instant::now()).unwrap();
+        let b = Place::take(&held, 2, "agent", "b", Instant::now()).unwrap();
         // A third different request is refused, saying how many are held...
-        assert_eq!(Place::take(&held, 2, "agent", "c").unwrap_err(), 2);
+        assert_eq!(
+            Place::take(&held, 2, "agent", "c", Instant::now()).unwrap_err(),
+            2
+        );
         // ...an identical one joins its twin, and another caller is not affected.
-        let a2 = Place::take(&held, 2, "agent", "a").unwrap();
-        let other = Place::take(&held, 2, "someone-else", "c").unwrap();
+        let a2 = Place::take(&held, 2, "agent", "a", Instant::now()).unwrap();
+        let other = Place::take(&held, 2, "someone-else", "c", Instant::now()).unwrap();
         // The place of `a` is given back only when both waits on it have ended.
         drop(a1);
-        assert_eq!(Place::take(&held, 2, "agent", "c").unwrap_err(), 2);
+        assert_eq!(
+            Place::take(&held, 2, "agent", "c", Instant::now()).unwrap_err(),
+            2
+        );
         drop(a2);
-        let c = Place::take(&held, 2, "agent", "c").unwrap();
+        let c = Place::take(&held, 2, "agent", "c", Instant::now()).unwrap();
         drop((b, c, other));
         assert!(held.lock().unwrap().is_empty(), "nothing left behind");
         // A bound of 0 refuses every held request, and keeps nothing for it.
-        assert_eq!(Place::take(&held, 0, "agent", "a").unwrap_err(), 0);
+        assert_eq!(
+            Place::take(&held, 0, "agent", "a", Instant::now()).unwrap_err(),
+            0
+        );
         assert!(held.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_held_request_counts_until_its_hold_ends_even_when_nobody_waits() {
+        let held = HeldByCaller::default();
+        let soon = Instant::now() + Duration::from_millis(200);
+        // The caller drops its connection: its AccessRequest is still in front of
+        // reviewers, so the place stays taken until the hold ends...
+        drop(Place::take(&held, 1, "agent", "a", soon).unwrap());
+        assert_eq!(
+            Place::take(&held, 1, "agent", "b", Instant::now()).unwrap_err(),
+            1
+        );
+        // ...while the same request may come back and join it.
+        drop(Place::take(&held, 1, "agent", "a", Instant::now()).unwrap());
+        std::thread::sleep(Duration::from_millis(250));
+        // A decided request's place goes with its last waiter, hold or not.
+        let c = Place::take(
+            &held,
+            2,
+            "other",
+            "c",
+            Instant::now() + Duration::from_secs(60),
+        )
+        .unwrap();
+        c.decided();
+        drop(c);
+        assert!(!held.lock().unwrap().contains_key("other"));
+        // After the hold, the place is free and the entry gone once a place is taken.
+        let b = Place::take(&held, 1, "agent", "b", Instant::now()).unwrap();
+        assert_eq!(held.lock().unwrap()["agent"].len(), 1);
+        drop(b);
+        assert!(held.lock().unwrap().is_empty(), "nothing left behind");
     }
 
     #[test]
