@@ -95,11 +95,12 @@ impl Trail {
                 let _ = write!(ip, "{}", peer.ip());
                 ip
             },
-            user_agent: headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
+            user_agent: user_agent(
+                headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default(),
+            ),
             who: None,
             info: None,
             level: Level::Metadata,
@@ -443,6 +444,24 @@ impl RandomIds {
     }
 }
 
+/// How much of a `User-Agent` the record keeps, and the mark of one cut short: the API
+/// server's audit does the same (a header can be hundreds of KiB, and every event,
+/// refused requests' too, waits in the queue).
+const MAX_USER_AGENT: usize = 1024;
+const USER_AGENT_CUT: &str = "...TRUNCATED";
+
+fn user_agent(sent: &str) -> String {
+    match sent.get(..MAX_USER_AGENT) {
+        Some(kept) if sent.len() > MAX_USER_AGENT => {
+            let mut out = String::with_capacity(MAX_USER_AGENT + USER_AGENT_CUT.len());
+            out.push_str(kept);
+            out.push_str(USER_AGENT_CUT);
+            out
+        }
+        _ => sent.to_owned(),
+    }
+}
+
 /// The trace's W3C flags, kept with the annotations so the event and the
 /// `traceparent` sent upstream agree.
 const TRACE_FLAGS: &str = "chaperone.dev/trace-flags";
@@ -643,6 +662,17 @@ mod tests {
             milliseconds(Duration::from_nanos(2_000_999_999)),
             "2000.999"
         );
+    }
+
+    #[test]
+    fn a_long_user_agent_is_kept_cut_short_as_the_api_server_keeps_it() {
+        assert_eq!(user_agent("kubectl/v1.33.0"), "kubectl/v1.33.0");
+        let exact = "a".repeat(MAX_USER_AGENT);
+        assert_eq!(user_agent(&exact), exact);
+        let long = "b".repeat(300_000);
+        let kept = user_agent(&long);
+        assert_eq!(kept.len(), MAX_USER_AGENT + USER_AGENT_CUT.len());
+        assert!(kept.ends_with("b...TRUNCATED"), "{}", &kept[1000..]);
     }
 
     #[test]
