@@ -166,9 +166,13 @@ pub async fn serve(
                             watcher.watch(conn.into_owned()).await
                         }
                         None => {
+                            // The admin port: HTTP/1.1 only (probes and scrapes use it),
+                            // so every idle connection is bounded by the header timeout;
+                            // an HTTP/2 one without streams would be held for good.
                             let service = service(Conn { peer, client_cert: false });
                             let stream = FirstBytes::new(stream, header_timeout);
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let builder = builder.http1_only();
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
                             watcher.watch(conn.into_owned()).await
                         }
                     };

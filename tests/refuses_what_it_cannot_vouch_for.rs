@@ -319,6 +319,25 @@ async fn a_client_that_sends_no_request_head_is_dropped_after_the_header_timeout
         )
         .await;
     }
+    // The admin port speaks HTTP/1.1 only: an HTTP/2 connection (which, once open and
+    // without streams, no header timeout would end) is not served.
+    let mut h2 = tokio::net::TcpStream::connect(proxy.admin.unwrap())
+        .await
+        .unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), h2.read_to_end(&mut answer))
+        .await
+        .expect("the admin port closes an HTTP/2 connection")
+        .ok();
+    // Not an HTTP/2 SETTINGS frame (type 4 in the fourth byte): HTTP/1.1's error, or nothing.
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     // Clients that send their requests are answered, on both ports.
     let url = format!("https://{}{PODS}", proxy.addrs[0]);
     let reply = env.client(false).get(&url, &[]).await;

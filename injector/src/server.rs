@@ -52,13 +52,21 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout);
+    // An HTTP/2 peer that stops answering pings is dropped.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
+                    // Usually EMFILE: without a pause the loop would spin a core and
+                    // fill the log until a descriptor is free.
                     tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
