@@ -91,6 +91,15 @@ const CREATE: [&str; 5] = [
     "--user=agent",
 ];
 
+/// Held too, and a different request from [`CREATE`] (another resource).
+const OTHER: [&str; 5] = [
+    "create",
+    "role",
+    "agent-view",
+    "--verb=get",
+    "--resource=pods",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
     let env = start("30s").await;
@@ -662,13 +671,6 @@ async fn a_caller_cannot_hold_more_different_requests_than_its_bound() {
 
     // Another resource: a different request (creates of one resource in one namespace
     // are one request to the approval stage, whatever the object's name).
-    const OTHER: [&str; 5] = [
-        "create",
-        "role",
-        "agent-view",
-        "--verb=get",
-        "--resource=pods",
-    ];
     let refused = tokio::time::timeout(Duration::from_secs(10), env.kubectl(&OTHER))
         .await
         .expect("refused at once, not held");
@@ -748,13 +750,6 @@ async fn a_body_still_being_sent_for_review_counts_against_the_callers_bound() {
     // Meanwhile (the head is read within milliseconds on loopback) another request to
     // be held is refused at once, as past the bound.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    const OTHER: [&str; 5] = [
-        "create",
-        "role",
-        "agent-view",
-        "--verb=get",
-        "--resource=pods",
-    ];
     let out = tokio::time::timeout(Duration::from_secs(10), env.kubectl(&OTHER))
         .await
         .expect("refused at once, not held");
@@ -799,13 +794,6 @@ async fn a_request_given_up_keeps_its_place_until_its_hold_ends() {
     assert!(!gave_up.status.success(), "{gave_up:?}");
     let name = held_request(&env).await;
 
-    const OTHER: [&str; 5] = [
-        "create",
-        "role",
-        "agent-view",
-        "--verb=get",
-        "--resource=pods",
-    ];
     let refused = env.kubectl(&OTHER).await;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("(TooManyRequests)"), "{stderr}");
