@@ -349,6 +349,15 @@ impl Issuer {
                 format!("{at}.refreshInterval: must be at least 1s"),
             ));
         }
+        if self.min_refresh_interval.is_zero() {
+            // A token naming a key the issuer does not have makes chaperone fetch the
+            // keys again, once per this interval: at zero, any client could make it
+            // fetch on every request.
+            return Err(invalid(
+                "minRefreshInterval",
+                format!("{at}.minRefreshInterval: must be greater than zero"),
+            ));
+        }
         if self.min_refresh_interval > self.refresh_interval {
             return Err(invalid(
                 "minRefreshInterval",
@@ -489,6 +498,30 @@ mod tests {
         let err = parse("issuers:\n- issuer: https://kubernetes.default.svc\n  audiences: [chaperone]\n  cluster: true\n  groupsClaim: groups\n")
             .unwrap_err();
         assert!(err.starts_with("identity.issuers[0].groupsClaim:"), "{err}");
+    }
+
+    #[test]
+    fn key_refreshes_are_bounded() {
+        let issuer =
+            "issuers:\n- issuer: https://idp.example\n  audiences: [a]\n  discovery: true\n";
+        for (extra, want) in [
+            (
+                "  minRefreshInterval: 0s\n",
+                "minRefreshInterval: must be greater than zero",
+            ),
+            (
+                "  refreshInterval: 500ms\n",
+                "refreshInterval: must be at least 1s",
+            ),
+            (
+                "  minRefreshInterval: 20m\n",
+                "minRefreshInterval: must not exceed refreshInterval",
+            ),
+        ] {
+            let err = parse(&format!("{issuer}{extra}")).unwrap_err();
+            assert!(err.ends_with(want), "{extra}: {err}");
+        }
+        assert!(parse(&format!("{issuer}  minRefreshInterval: 100ms\n")).is_ok());
     }
 
     #[test]
