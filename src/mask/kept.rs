@@ -88,8 +88,7 @@ impl Masker {
     /// [`Masker::mask_text`], and the ones that only their place gives away masked
     /// whole: the argument after a credential flag given apart (`--password S3cret`,
     /// `--token T`, `redis-cli -a S3cret`, `sshpass -p S3cret`), and a MySQL client's
-    /// `-pS3cret` (`-p` kept).
-    /// `None` for an argument left as sent.
+    /// `-pS3cret` (`-p` kept). `None` for an argument left as sent.
     pub fn mask_command<A: AsRef<[u8]>>(&self, args: &[A]) -> Vec<Option<Vec<u8>>> {
         let program = args.first().map(|a| program_name(a.as_ref()));
         let mut previous: &[u8] = b"";
