@@ -783,10 +783,11 @@ async fn a_body_still_being_sent_for_review_counts_against_the_callers_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_given_up_keeps_its_place_until_its_hold_ends() {
     let env = sandbox()
-        .policy(&policy_with_hold("4s"))
+        .policy(&policy_with_hold("6s"))
         .with_proxy_config("approval: {poll: 1h, maxHeldPerCaller: 1}\n")
         .start()
         .await;
+    // The hold starts a little after this (kubectl starts, the proxy reads the request).
     let began = std::time::Instant::now();
     let mut create = CREATE.to_vec();
     create.push("--request-timeout=1s");
@@ -801,7 +802,7 @@ async fn a_request_given_up_keeps_its_place_until_its_hold_ends() {
 
     // Once the first one's hold is over, there is room again.
     tokio::time::sleep(
-        Duration::from_secs(4).saturating_sub(began.elapsed()) + Duration::from_millis(300),
+        Duration::from_secs(6).saturating_sub(began.elapsed()) + Duration::from_millis(1500),
     )
     .await;
     let second = tokio::spawn(support::run(
