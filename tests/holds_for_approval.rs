@@ -747,9 +747,10 @@ async fn a_body_still_being_sent_for_review_counts_against_the_callers_bound() {
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.flush().await.unwrap();
 
-    // Meanwhile (the head is read within milliseconds on loopback) another request to
+    // Meanwhile (the head is read within milliseconds on loopback; 1.5 s leaves room for
+    // a loaded machine) another request to
     // be held is refused at once, as past the bound.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let out = tokio::time::timeout(Duration::from_secs(10), env.kubectl(&OTHER))
         .await
         .expect("refused at once, not held");
@@ -764,7 +765,7 @@ async fn a_body_still_being_sent_for_review_counts_against_the_callers_bound() {
 
     // The slow client gives up: its place is given back, and the other request is held.
     drop(slow);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let second = tokio::spawn(support::run(
         env.kubectl_cmd(env.proxy_kubeconfig(), &OTHER),
     ));
