@@ -747,9 +747,9 @@ async fn a_body_still_being_sent_for_review_counts_against_the_callers_bound() {
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.flush().await.unwrap();
 
-    // Meanwhile (the head is read within milliseconds on loopback; 1.5 s leaves room for
-    // a loaded machine) another request to
-    // be held is refused at once, as past the bound.
+    // Meanwhile (the head is read within milliseconds on loopback; 1.5 s leaves room
+    // for a loaded machine) another request to be held is refused at once, as past the
+    // bound.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let out = tokio::time::timeout(Duration::from_secs(10), env.kubectl(&OTHER))
         .await
