@@ -94,6 +94,8 @@ pub struct Proxy {
     upstream_identity: UpstreamIdentity,
     audit: Arc<Recorder>,
     metrics: Arc<Metrics>,
+    /// `kubectl auth can-i` bodies being read, per caller.
+    self_reviews: Arc<self_review::Reading>,
 }
 
 /// The header carrying the audit ID, so the cluster's own audit log and chaperone's
@@ -120,6 +122,7 @@ impl Proxy {
             upstream_identity,
             audit,
             metrics,
+            self_reviews: Arc::default(),
         }
     }
 
@@ -279,6 +282,7 @@ impl Proxy {
                 req.into_body(),
                 &who,
                 &self.policy,
+                &self.self_reviews,
             ))
             .await?;
             trail.note(annotation::DECISION, "allow");

@@ -11,6 +11,9 @@
 //!
 //! MCP servers ask the first to decide which tools and namespaces to offer.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -23,6 +26,11 @@ use crate::status::Status;
 
 /// The largest review body read; real ones are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
+
+/// Review bodies one caller may have being read at once: each is buffered (up to
+/// [`MAX_BODY`]), and a caller sending them slowly on many connections must not make
+/// the proxy buffer any number. A client asks one question at a time or a few at once.
+pub const MAX_READING_PER_CALLER: usize = 16;
 
 /// The rule name audit events carry for answers chaperone gave itself.
 pub const RULE: &str = "builtin:self-review";
@@ -58,6 +66,11 @@ pub enum Error {
     Read(String),
     #[error("the review is not valid: {0}")]
     Invalid(String),
+    #[error(
+        "{user} already has {max} reviews of its own access being read; this one is \
+         refused until one of them has been sent whole"
+    )]
+    TooMany { user: String, max: usize },
 }
 
 impl Error {
@@ -74,6 +87,7 @@ impl Error {
                 self.to_string(),
             ),
             Error::Read(_) | Error::Invalid(_) => Status::bad_request(self.to_string()),
+            Error::TooMany { .. } => Status::too_many_requests(self.to_string()),
         }
     }
 }
@@ -85,7 +99,55 @@ pub struct Answer {
     pub summary: String,
 }
 
-/// Reads the review from `body` and answers it for `who`.
+/// The review bodies being read, per caller (see [`MAX_READING_PER_CALLER`]).
+#[derive(Debug, Default)]
+pub struct Reading {
+    by_caller: Mutex<HashMap<String, usize>>,
+}
+
+impl Reading {
+    /// A place for one body of `user`'s, or `None` past `max`.
+    fn take<'a>(&'a self, user: &str, max: usize) -> Option<ReadingPlace<'a>> {
+        let mut map = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(user.to_owned()).or_default();
+        if *n >= max {
+            if *n == 0 {
+                map.remove(user);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(ReadingPlace {
+            reading: self,
+            user: user.to_owned(),
+        })
+    }
+}
+
+/// One body being read; its place is given back when dropped.
+struct ReadingPlace<'a> {
+    reading: &'a Reading,
+    user: String,
+}
+
+impl Drop for ReadingPlace<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .reading
+            .by_caller
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Reads the review from `body` (counted in `reading` while it arrives) and answers it
+/// for `who`.
 pub async fn answer<B>(
     review: Review,
     info: &RequestInfo,
@@ -93,13 +155,21 @@ pub async fn answer<B>(
     body: B,
     who: &Subject,
     policies: &Policies,
+    reading: &Reading,
 ) -> Result<Answer, Error>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let media = content_type.split(';').next().unwrap_or_default().trim();
+    let place = reading
+        .take(&who.user, MAX_READING_PER_CALLER)
+        .ok_or_else(|| Error::TooMany {
+            user: who.user.clone(),
+            max: MAX_READING_PER_CALLER,
+        })?;
     let text = read(body).await?;
+    drop(place);
     let sent: Value = match media {
         _ if text.is_empty() => json!({}),
         "" | "application/json" => {
@@ -300,6 +370,27 @@ mod tests {
 
     fn info(method: &str, path: &str) -> RequestInfo {
         crate::request_info::resolve(&method.parse().unwrap(), &path.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_caller_has_at_most_max_review_bodies_read_at_once() {
+        let reading = Reading::default();
+        let mut places: Vec<_> = (0..3).map(|_| reading.take("agent", 3).unwrap()).collect();
+        assert!(reading.take("agent", 3).is_none(), "past the bound");
+        let other = reading
+            .take("someone-else", 3)
+            .expect("another caller is not affected");
+        drop(places.pop());
+        let again = reading
+            .take("agent", 3)
+            .expect("a place given back is free");
+        assert!(reading.take("agent", 3).is_none(), "and only that one");
+        drop((again, places, other));
+        assert!(reading.take("agent", 0).is_none());
+        assert!(
+            reading.by_caller.lock().unwrap().is_empty(),
+            "nothing left behind"
+        );
     }
 
     #[test]

@@ -302,3 +302,47 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
         .iter()
         .any(|a| a.ends_with("whoami: system:serviceaccount:default:mcp-server")));
 }
+
+/// `kubectl auth can-i` bodies are buffered to be read: a caller sending them slowly on
+/// many connections gets a 429 past its bound, not any number buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cannot_have_more_than_its_bound_of_review_bodies_being_read() {
+    use tokio::io::AsyncWriteExt;
+    let env = sandbox().with_proxy().start().await;
+    let addr = env.started.proxy.as_ref().unwrap().addrs[0];
+    let tls = std::sync::Arc::new(
+        chaperone::tls::client_config(&env.ca_pem(), "test CA", None).unwrap(),
+    );
+    let head = format!(
+        "POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews HTTP/1.1\r\n\
+         Host: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{{",
+        env.started.caller_token
+    );
+    let mut slow = Vec::new();
+    for _ in 0..chaperone::self_review::MAX_READING_PER_CALLER {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut conn = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.flush().await.unwrap();
+        slow.push(conn);
+    }
+    // Their heads are read within milliseconds; room for a loaded machine.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = env.kubectl(&["auth", "can-i", "get", "pods"]).await;
+    assert!(!refused.status.success());
+    let text = stderr(&refused);
+    assert!(
+        text.contains("already has 16 reviews of its own access being read"),
+        "{text}"
+    );
+    // When the slow ones give up, the caller is answered again.
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = env.kubectl(&["auth", "can-i", "get", "pods"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes", "{out:?}");
+    env.stop().await;
+}
