@@ -310,9 +310,8 @@ async fn a_caller_cannot_have_more_than_its_bound_of_review_bodies_being_read() 
     use tokio::io::AsyncWriteExt;
     let env = sandbox().with_proxy().start().await;
     let addr = env.started.proxy.as_ref().unwrap().addrs[0];
-    let tls = std::sync::Arc::new(
-        chaperone::tls::client_config(&env.ca_pem(), "test CA", None).unwrap(),
-    );
+    let tls =
+        std::sync::Arc::new(chaperone::tls::client_config(&env.ca_pem(), "test CA", None).unwrap());
     let head = format!(
         "POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews HTTP/1.1\r\n\
          Host: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
@@ -343,6 +342,10 @@ async fn a_caller_cannot_have_more_than_its_bound_of_review_bodies_being_read() 
     drop(slow);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let out = env.kubectl(&["auth", "can-i", "get", "pods"]).await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes", "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "yes",
+        "{out:?}"
+    );
     env.stop().await;
 }
