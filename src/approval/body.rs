@@ -264,6 +264,11 @@ mod tests {
         .await
     }
 
+    /// What the reviewer is shown of a body read whole.
+    async fn reviewer_sees(body: &str, kind: &str, resource: &str) -> Value {
+        reviewed(body, kind, resource).await.unwrap().shown.unwrap()
+    }
+
     #[tokio::test]
     async fn the_reviewer_sees_the_object_and_the_key_tells_bodies_apart() {
         let a = reviewed(
@@ -307,11 +312,7 @@ mod tests {
         let secret = r#"{"kind":"Secret","metadata":{"name":"s","annotations":{
             "kubectl.kubernetes.io/last-applied-configuration":"{\"data\":{\"k\":\"c2VjcmV0\"}}"}},
             "data":{"k":"c2VjcmV0"},"stringData":{"p":"hunter2"},"type":"Opaque"}"#;
-        let shown = reviewed(secret, "application/json", "secrets")
-            .await
-            .unwrap()
-            .shown
-            .unwrap();
+        let shown = reviewer_sees(secret, "application/json", "secrets").await;
         let text = shown.to_string();
         assert!(
             !text.contains("c2VjcmV0") && !text.contains("hunter2"),
@@ -322,11 +323,7 @@ mod tests {
         assert_eq!(shown["stringData"]["p"], MARKER);
         assert_eq!(shown["metadata"]["name"], "s");
         let patch = r#"[{"op":"replace","path":"/data/k","value":"c2VjcmV0"}]"#;
-        let shown = reviewed(patch, "application/json-patch+json", "secrets")
-            .await
-            .unwrap()
-            .shown
-            .unwrap();
+        let shown = reviewer_sees(patch, "application/json-patch+json", "secrets").await;
         assert_eq!(shown[0]["value"], MARKER);
         assert_eq!(shown[0]["path"], "/data/k");
     }
@@ -362,20 +359,12 @@ mod tests {
     async fn yaml_merge_keys_are_expanded_before_the_reviewer_sees_them() {
         // A merged-in value is a Secret's value like any other: masked.
         let apply = "kind: Secret\nmetadata: {name: s}\nx-shared: &creds {password: hunter2}\ndata:\n  <<: *creds\n  user: YWRtaW4=\n";
-        let shown = reviewed(apply, "application/apply-patch+yaml", "secrets")
-            .await
-            .unwrap()
-            .shown
-            .unwrap();
+        let shown = reviewer_sees(apply, "application/apply-patch+yaml", "secrets").await;
         assert_eq!(shown["data"]["password"], "Y2hhcGVyb25lOm1hc2tlZA==");
         assert!(shown["data"].get("<<").is_none(), "{shown}");
         // Explicit keys win over merged ones, as in the API server's decoder.
         let apply = "kind: ConfigMap\nmetadata: {name: c}\ndata:\n  <<: {mode: admin, other: x}\n  mode: view\n";
-        let shown = reviewed(apply, "application/apply-patch+yaml", "configmaps")
-            .await
-            .unwrap()
-            .shown
-            .unwrap();
+        let shown = reviewer_sees(apply, "application/apply-patch+yaml", "configmaps").await;
         assert_eq!(shown["data"]["mode"], "view");
         assert_eq!(shown["data"]["other"], "x");
     }
@@ -445,11 +434,7 @@ mod tests {
         // An anchor used a few times, as people write YAML, is shown expanded.
         let fine =
             "kind: ConfigMap\nmetadata: {name: c, labels: &l {app: web}}\nx: *l\ndata: {a: *l}\n";
-        let shown = reviewed(fine, "application/apply-patch+yaml", "configmaps")
-            .await
-            .unwrap()
-            .shown
-            .unwrap();
+        let shown = reviewer_sees(fine, "application/apply-patch+yaml", "configmaps").await;
         assert_eq!(shown["x"]["app"], "web", "{shown}");
         assert_eq!(shown["data"]["a"]["app"], "web", "{shown}");
     }
