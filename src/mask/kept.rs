@@ -117,28 +117,32 @@ impl Masker {
     /// stay as sent. `None` when nothing is found.
     pub fn mask_query(&self, query: &str) -> Option<String> {
         use crate::request_info::query_unescape;
-        let pairs: Vec<(&str, Option<&str>)> = query
+        // Each pair as sent, and whether it is one of the command's arguments.
+        let pairs: Vec<(&str, Option<&str>, bool)> = query
             .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (pair, None),
+            .map(|pair| {
+                let (key, value) = match pair.split_once('=') {
+                    Some((k, v)) => (k, Some(v)),
+                    None => (pair, None),
+                };
+                let command = query_unescape(key).is_some_and(|k| &*k == b"command");
+                (key, value, command)
             })
             .collect();
-        let is_command = |key: &str| query_unescape(key).is_some_and(|k| &*k == b"command");
         // The command's arguments in order, decoded, masked as one command line.
         let args: Vec<_> = pairs
             .iter()
-            .filter(|(k, _)| is_command(k))
-            .map(|(_, v)| v.and_then(query_unescape).unwrap_or_default())
+            .filter(|(_, _, command)| *command)
+            .map(|(_, v, _)| v.and_then(query_unescape).unwrap_or_default())
             .collect();
         let mut command = self.mask_command(&args).into_iter();
         let mut out = String::with_capacity(query.len());
         let mut found = false;
-        for (i, (key, value)) in pairs.iter().enumerate() {
+        for (i, &(key, value, is_command)) in pairs.iter().enumerate() {
             if i > 0 {
                 out.push('&');
             }
-            let masked = if is_command(key) {
+            let masked = if is_command {
                 command.next().flatten()
             } else {
                 value
