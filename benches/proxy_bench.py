@@ -652,11 +652,19 @@ def section_saturation(b):
 
     def one(p, seconds):
         group = {b.server[p].pid}
-        before = bc.group_cpu_by_process(group)
+        upstream = {b.server["direct"].pid}
+        before, up_before = bc.group_cpu_by_process(group), bc._group_cpu(upstream)
+        wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = bc.run_wrk(b.ports[p], b.token_for(p), seconds, b.procs, threads=args.threads,
                        connections=args.connections)
-        after = bc.group_cpu_by_process(group)
+        wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        after, up_after = bc.group_cpu_by_process(group), bc._group_cpu(upstream)
         n = max(r["requests"], 1)
+        # The rest of the machine's CPU per request: the load driver's and (through a
+        # proxy) the upstream's, which a proxy's way of talking to them can change.
+        r["wrk_us"] = 1e6 * (wrk_after.ru_utime + wrk_after.ru_stime
+                             - wrk_before.ru_utime - wrk_before.ru_stime) / n
+        r["upstream_us"] = 1e6 * (up_after - up_before) / n if p != "direct" else 0.0
         used = {pid: tuple(a - b for a, b in zip(after[pid], before.get(pid, (0, 0))))
                 for pid in after}
         r["user_us"] = 1e6 * sum(u for u, _ in used.values()) / n
@@ -699,6 +707,10 @@ def section_saturation(b):
               f"  {' '.join(text(x) for x in rs):<28} {rs[-1]['p50']} / {rs[-1]['p99']}")
     b.say(f"  ({CPU_PER_REQUEST}; user/kernel: its utime and stime, which include the loopback"
           " TCP work done on a send)")
+    b.say("  the rest of the machine's CPU per request (median): " + ", ".join(
+        f"{p}: wrk {bc.median([x['wrk_us'] for x in runs[p]]):.1f}"
+        + (f" + upstream {bc.median([x['upstream_us'] for x in runs[p]]):.1f}" if p != "direct" else "")
+        + " us" for p in PATHS))
     for p, what in (("nginx-proxy", "its workers'"), ("chaperone", "the process's")):
         b.say(f"  {p}: {what} CPU, % of one core, by run: "
               + ", ".join("+".join(f"{s:.0f}" for s in x["shares"]) + f" ({x['rps'] / 1000:.1f} k)"

@@ -1,5 +1,5 @@
-//! The local sink's own thread: it writes, rotates and syncs what the writer task has
-//! serialised, so that the file system's stalls never hold up the requests' thread.
+//! The local sink's own thread: it writes, rotates and syncs the lines the writer task
+//! hands it, so that the file system's stalls never hold up the requests' thread.
 //!
 //! An append to ext4 can block for milliseconds (a journal commit, dirty-page
 //! throttling); on the runtime's thread, which is by default the only one, every request

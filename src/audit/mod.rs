@@ -147,30 +147,99 @@ mod tests {
         assert!(recorded + dropped <= 50);
     }
 
+    /// A FIFO opened for reading (non-blocking, so the open does not wait for a writer)
+    /// and not read yet: its 64 KiB fill with the first ~60 events.
+    fn stalled_recording(dir: &std::path::Path) -> (PathBuf, std::fs::File) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("audit.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(0o4000) // O_NONBLOCK
+            .open(&path)
+            .unwrap();
+        (path, reader)
+    }
+
+    /// Reads lines from the FIFO until `n` have come, or panics after 10 s.
+    fn read_lines(reader: &mut std::fs::File, n: usize) -> String {
+        use std::io::Read;
+        let mut text = Vec::new();
+        let mut buf = vec![0; 1 << 16];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while text.iter().filter(|&&b| b == b'\n').count() < n {
+            assert!(std::time::Instant::now() < deadline, "events never arrived");
+            match reader.read(&mut buf) {
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    /// With the recording stalled and its queue of 4 full, `overflow: drop` discards and
+    /// counts the rest; `overflow: block` holds the requests until the disk catches up,
+    /// and then every event is on record.
+    #[tokio::test]
+    async fn a_full_local_queue_drops_or_waits_as_configured() {
+        const EVENTS: usize = 200;
+        for overflow in [Overflow::Drop, Overflow::Block] {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, mut reader) = stalled_recording(dir.path());
+            let recorder = Arc::new(Recorder::start(&settings(Some(path), 4, overflow)).unwrap());
+            let theirs = recorder.clone();
+            let recording = tokio::spawn(async move {
+                for _ in 0..EVENTS {
+                    theirs
+                        .record(trail().event(Stage::ResponseComplete, 200, None))
+                        .await;
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let dropped = recorder.counters.dropped.load(Ordering::Relaxed) as usize;
+            match overflow {
+                Overflow::Drop => {
+                    assert!(recording.is_finished(), "drop made a request wait");
+                    assert!(dropped > 0, "nothing dropped with the queue full");
+                }
+                Overflow::Block => {
+                    assert!(
+                        !recording.is_finished(),
+                        "block let requests past a full queue"
+                    );
+                    assert_eq!(dropped, 0);
+                    assert_eq!(recorder.queued(), 4);
+                }
+            }
+            // The disk catches up: what was kept lands, one event per line.
+            let reading = std::thread::spawn(move || read_lines(&mut reader, EVENTS - dropped));
+            tokio::time::timeout(Duration::from_secs(10), recording)
+                .await
+                .expect("requests still held after the disk caught up")
+                .unwrap();
+            recorder.close(Duration::from_secs(10)).await;
+            let text = reading.join().unwrap();
+            assert_eq!(text.lines().count(), EVENTS - dropped, "{overflow:?}");
+            let recorded = recorder.counters.recorded.load(Ordering::Relaxed) as usize;
+            assert_eq!(recorded + dropped, EVENTS, "{overflow:?}");
+        }
+    }
+
     /// A recording that cannot take more (here a FIFO whose reader has stopped reading;
     /// in life a disk in a journal commit) stalls its own thread, never the runtime's:
     /// the runtime keeps running while the events wait, and they all land once the
     /// reader reads again.
     #[test]
     fn a_stalled_recording_does_not_stall_the_runtime() {
-        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(made.success());
-        // Opened for reading first (non-blocking, so this open does not wait for a
-        // writer), then not read: the pipe's 64 KiB fill with the first ~60 events.
-        let mut reader = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(0o4000) // O_NONBLOCK
-                .open(&path)
-                .unwrap()
-        };
+        let (path, mut reader) = stalled_recording(dir.path());
         const EVENTS: usize = 300;
         let (ticked, ticks) = std::sync::mpsc::channel();
         let runtime = std::thread::spawn(move || {
@@ -204,21 +273,8 @@ mod tests {
             );
         }
         // Now read: everything arrives, one event per line.
-        let mut text = Vec::new();
-        let mut buf = vec![0; 1 << 16];
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while text.iter().filter(|&&b| b == b'\n').count() < EVENTS {
-            assert!(std::time::Instant::now() < deadline, "events never arrived");
-            match reader.read(&mut buf) {
-                Ok(n) => text.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let lines = read_lines(&mut reader, EVENTS);
         assert_eq!(runtime.join().unwrap(), EVENTS as u64);
-        let lines = String::from_utf8(text).unwrap();
         for line in lines.lines() {
             serde_json::from_str::<Event>(line).unwrap();
         }

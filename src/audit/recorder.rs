@@ -1,7 +1,13 @@
 //! The queues between requests and the sinks: one bounded queue and one writer task
-//! per sink (the JSONL recording or standard output, and the OTLP collector). The
-//! local sink's writer serialises a batch and hands it to the thread that owns the
-//! file (`audit::disk`).
+//! per sink (the JSONL recording or standard output, and the OTLP collector).
+//!
+//! The local sink's queue holds lines, not events: an event is serialised as it is
+//! recorded, on the thread that recorded it, and freed there and then, while the
+//! allocator still has its blocks at hand. (Queued as objects, the events of a
+//! millisecond were freed together by the writer, dozens of blocks of each size at
+//! once: more than glibc's per-thread cache holds, so each request's allocations took
+//! its slow path.) The writer hands what has gathered to the thread that owns the file
+//! (`audit::disk`) in one batch.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
-use super::disk::{Disk, DiskThread};
+use super::disk::{Disk, DiskThread, Lines};
 use super::event::Event;
 use super::{file, otlp};
 
@@ -72,7 +78,8 @@ pub struct Counters {
 
 /// The sending side of the audit queues (one per sink), shared by every request.
 pub struct Recorder {
-    sinks: Vec<mpsc::Sender<Arc<Event>>>,
+    local: Option<Arc<Local>>,
+    otlp: Option<mpsc::Sender<Arc<Event>>>,
     overflow: Overflow,
     pub counters: Arc<Counters>,
     writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -82,16 +89,112 @@ pub struct Recorder {
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
-            .field("sinks", &self.sinks.len())
+            .field("local", &self.local.is_some())
+            .field("otlp", &self.otlp.is_some())
             .field("overflow", &self.overflow)
             .finish_non_exhaustive()
     }
 }
 
-/// An event still to be queued, and the first sink that has not got it.
+/// An event still to be queued, and the sinks whose queues were full.
 pub struct Rest {
     event: Arc<Event>,
-    from: usize,
+    local: bool,
+    otlp: bool,
+}
+
+/// The local sink's queue: serialised events waiting for the writer task.
+struct Local {
+    pending: Mutex<Pending>,
+    /// The most lines waiting.
+    bound: usize,
+    /// Woken when a line is queued while none was waiting.
+    queued: Notify,
+    /// Woken when the writer takes the lines, making room.
+    room: Notify,
+}
+
+struct Pending {
+    lines: Lines,
+    /// The writer has ended: nothing more is taken.
+    closed: bool,
+}
+
+/// What became of a line offered to the local queue.
+enum Push {
+    /// Queued, or counted as a failed write if it could not be serialised.
+    Done,
+    Full,
+    Closed,
+}
+
+impl Local {
+    fn new(bound: usize) -> Local {
+        Local {
+            pending: Mutex::new(Pending {
+                lines: Lines::default(),
+                closed: false,
+            }),
+            bound: bound.max(1),
+            queued: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_push(&self, event: &Event, counters: &Counters) -> Push {
+        let mut pending = self.lock();
+        if pending.closed {
+            return Push::Closed;
+        }
+        let waiting = pending.lines.len();
+        if waiting >= self.bound {
+            return Push::Full;
+        }
+        let pushed = pending.lines.push(event);
+        drop(pending);
+        if let Err(error) = pushed {
+            counters.failed_writes.fetch_add(1, Ordering::Relaxed);
+            let audit_id = &event.audit_id;
+            tracing::error!(%error, %audit_id, "failed to serialise an audit event");
+        } else if waiting == 0 {
+            self.queued.notify_one();
+        }
+        Push::Done
+    }
+
+    /// Queues the line, waiting for room; `false` if the writer has ended.
+    async fn push(&self, event: &Event, counters: &Counters) -> bool {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so that the writer's notice cannot fall
+            // between the two.
+            room.as_mut().enable();
+            match self.try_push(event, counters) {
+                Push::Done => return true,
+                Push::Closed => return false,
+                Push::Full => room.await,
+            }
+        }
+    }
+
+    /// Swaps the waiting lines for `empty`; `close` ends the queue with them.
+    fn take(&self, empty: Lines, close: bool) -> Lines {
+        let mut pending = self.lock();
+        pending.closed |= close;
+        let lines = std::mem::replace(&mut pending.lines, empty);
+        drop(pending);
+        self.room.notify_waiters();
+        lines
+    }
+
+    fn waiting(&self) -> usize {
+        self.lock().lines.len()
+    }
 }
 
 impl Recorder {
@@ -100,7 +203,6 @@ impl Recorder {
     pub fn start(settings: &Settings) -> Result<Recorder, Error> {
         let counters = Arc::new(Counters::default());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mut sinks = Vec::new();
         let mut writers = Vec::new();
         let local = match &settings.file {
             None => None,
@@ -113,31 +215,37 @@ impl Recorder {
                     })?,
             )),
         };
-        if let Some(disk) = local {
-            let disk = DiskThread::spawn(disk, counters.clone()).map_err(Error::Thread)?;
-            let (tx, rx) = mpsc::channel(settings.queue.max(1));
-            sinks.push(tx);
-            writers.push(tokio::spawn(write_events(
-                rx,
-                disk,
-                counters.clone(),
-                stop_rx.clone(),
-            )));
-        }
-        if let Some(otlp) = &settings.otlp {
-            let exporter = otlp::Exporter::new(otlp)?;
-            let (tx, rx) = mpsc::channel(settings.queue.max(1));
-            sinks.push(tx);
-            writers.push(tokio::spawn(export_events(
-                rx,
-                exporter,
-                otlp.batch.max(1),
-                counters.clone(),
-                stop_rx,
-            )));
-        }
+        let local = match local {
+            Some(disk) => {
+                let disk = DiskThread::spawn(disk, counters.clone()).map_err(Error::Thread)?;
+                let queue = Arc::new(Local::new(settings.queue));
+                writers.push(tokio::spawn(write_lines(
+                    queue.clone(),
+                    disk,
+                    stop_rx.clone(),
+                )));
+                Some(queue)
+            }
+            None => None,
+        };
+        let otlp = match &settings.otlp {
+            Some(otlp) => {
+                let exporter = otlp::Exporter::new(otlp)?;
+                let (tx, rx) = mpsc::channel(settings.queue.max(1));
+                writers.push(tokio::spawn(export_events(
+                    rx,
+                    exporter,
+                    otlp.batch.max(1),
+                    counters.clone(),
+                    stop_rx,
+                )));
+                Some(tx)
+            }
+            None => None,
+        };
         Ok(Recorder {
-            sinks,
+            local,
+            otlp,
             overflow: settings.overflow,
             counters,
             writers: Mutex::new(writers),
@@ -157,25 +265,44 @@ impl Recorder {
     /// queue is full and `overflow: block` says to wait: [`Recorder::record_rest`] waits.
     /// Most requests end here, without a future to allocate and poll.
     pub fn try_record(&self, event: Event) -> Option<Rest> {
-        let event = Arc::new(event);
-        for (i, sink) in self.sinks.iter().enumerate() {
-            match sink.try_send(event.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) if self.overflow == Overflow::Block => {
-                    return Some(Rest { event, from: i });
-                }
-                Err(_) => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+        let local = match self
+            .local
+            .as_ref()
+            .map(|l| l.try_push(&event, &self.counters))
+        {
+            Some(Push::Full) if self.overflow == Overflow::Block => true,
+            Some(Push::Full | Push::Closed) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
             }
+            Some(Push::Done) | None => false,
+        };
+        if self.otlp.is_none() && !local {
+            return None;
         }
-        None
+        let event = Arc::new(event);
+        let otlp = match self.otlp.as_ref().map(|s| s.try_send(event.clone())) {
+            Some(Err(mpsc::error::TrySendError::Full(_))) if self.overflow == Overflow::Block => {
+                true
+            }
+            Some(Err(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Some(Ok(())) | None => false,
+        };
+        (local || otlp).then_some(Rest { event, local, otlp })
     }
 
     /// Waits for room in the queues [`Recorder::try_record`] found full.
     pub async fn record_rest(&self, rest: Rest) {
-        for sink in &self.sinks[rest.from..] {
-            if sink.send(rest.event.clone()).await.is_err() {
+        if let Some(queue) = self.local.as_ref().filter(|_| rest.local) {
+            if !queue.push(&rest.event, &self.counters).await {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(sink) = self.otlp.as_ref().filter(|_| rest.otlp) {
+            if sink.send(rest.event).await.is_err() {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -183,11 +310,12 @@ impl Recorder {
 
     /// Events waiting in the fullest queue.
     pub fn queued(&self) -> usize {
-        self.sinks
-            .iter()
-            .map(|s| s.max_capacity() - s.capacity())
-            .max()
-            .unwrap_or(0)
+        let local = self.local.as_ref().map_or(0, |l| l.waiting());
+        let otlp = self
+            .otlp
+            .as_ref()
+            .map_or(0, |s| s.max_capacity() - s.capacity());
+        local.max(otlp)
     }
 
     /// Waits up to `grace` for the queues to drain to the sinks, then stops the writers.
@@ -221,13 +349,11 @@ impl Recorder {
     }
 }
 
-async fn write_events(
-    mut rx: mpsc::Receiver<Arc<Event>>,
+async fn write_lines(
+    queue: Arc<Local>,
     disk: DiskThread,
-    counters: Arc<Counters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut last_batch = 0;
     loop {
         // Under load, the next batch gathers for a moment: one hand-over to the disk
@@ -235,48 +361,28 @@ async fn write_events(
         if last_batch > 1 {
             tokio::time::sleep(GATHER).await;
         }
-        let first = tokio::select! {
-            event = rx.recv() => event,
-            _ = stop.wait_for(|s| *s) => None,
+        let stopping = tokio::select! {
+            _ = queue.queued.notified() => false,
+            _ = stop.wait_for(|s| *s) => true,
         };
-        let Some(first) = first else {
+        // One batch on its way to the disk at a time: what arrives meanwhile waits in
+        // the queue for the next.
+        let lines = queue.take(disk.ready().await, stopping);
+        last_batch = lines.len();
+        if last_batch > 0 {
+            disk.write(lines);
+        }
+        if stopping {
             if let Err(error) = disk.stop().await {
                 tracing::error!(%error, "failed to sync the audit recording");
             }
             return;
-        };
-        // One batch on its way to the disk at a time: what arrives meanwhile waits in
-        // the queue for the next.
-        let mut lines = disk.ready().await;
-        // Everything already waiting goes out with one write to the OS.
-        batch.push(first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
-            }
-        }
-        // Serialised here, freed here: the events were allocated on this thread.
-        for event in &batch {
-            if let Err(error) = lines.push(event) {
-                counters.failed_writes.fetch_add(1, Ordering::Relaxed);
-                let audit_id = &event.audit_id;
-                tracing::error!(%error, %audit_id, "failed to serialise an audit event");
-            }
-        }
-        last_batch = batch.len();
-        batch.clear();
-        if lines.len() > 0 {
-            disk.write(lines);
         }
     }
 }
 
 /// How long the writer lets events gather under load.
 const GATHER: Duration = Duration::from_millis(1);
-
-/// The most events one write to the recording carries.
-const WRITE_BATCH: usize = 256;
 
 /// Takes up to `batch` events at a time and exports them, holding a batch until the
 /// collector accepts it.
