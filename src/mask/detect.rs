@@ -32,7 +32,7 @@ const PEM: &str = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?s:.*?-----E
 pub(crate) const PEM_END: &str = r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----";
 
 /// `(pattern, secret group)` pairs of a built-in detector.
-fn builtin(name: &str) -> Option<&'static [(&'static str, usize)]> {
+pub(crate) fn builtin(name: &str) -> Option<&'static [(&'static str, usize)]> {
     Some(match name {
         "pem-private-key" => &[(PEM, 0)],
         "jwt" => &[(

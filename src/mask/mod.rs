@@ -336,7 +336,7 @@ impl Masker {
                 None => Plan::Refuse(Error::Rule {
                     rule: usize::MAX,
                     field: "detectors",
-                    reason: "the built-in detectors do not compile".to_owned(),
+                    reason: "built-in detectors do not compile".to_owned(),
                 }),
             };
         }
@@ -371,14 +371,14 @@ impl Masker {
                 .any(|r| r.names_resource(target.resource))
     }
 
-    /// `None` if the built-in detectors, which every log is scanned with, are missing.
+    /// `None` if built-in detectors the log is to be scanned with did not compile.
     fn line_plan(&self, target: &Target<'_>) -> Option<LinePlan> {
         let mut scanners = vec![builtin_scanner()?.clone()];
         let (ns, name) = (target.namespace.as_bytes(), target.name.as_bytes());
         for rule in &self.inner.rules {
             if let Some(s) = &rule.scanner {
                 if rule.applies(&["pods"], ns, name) {
-                    scanners.push(s.clone());
+                    scanners.push(s.get()?.clone());
                 }
             }
         }

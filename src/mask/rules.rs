@@ -17,11 +17,11 @@
 //! the *last* `[*]` to elements whose `name` member matches — an element without a string
 //! `name` is masked (fail closed).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use regex::bytes::Regex;
 
-use super::detect::{ScanError, Scanner};
+use super::detect::{self, ScanError, Scanner, DETECTORS};
 use super::scan::{self, Kind, Tok};
 use super::{Error, Rule};
 
@@ -67,7 +67,50 @@ pub(crate) struct Compiled {
     pub fields: Vec<Path>,
     pub key_regex: Option<Regex>,
     pub name_regex: Option<Regex>,
-    pub scanner: Option<Arc<Scanner>>,
+    pub scanner: Option<RuleScanner>,
+}
+
+/// A rule's detectors and patterns. With patterns of the policy's own, compiled when the
+/// policy loads, so that a bad one fails the load; with built-in detectors alone (names
+/// checked at load), compiled on first use like the detectors logs are scanned with
+/// (`builtin_scanner`), and that very scanner when the rule names all of them.
+#[derive(Debug)]
+pub(crate) struct RuleScanner {
+    detectors: Vec<String>,
+    compiled: OnceLock<Option<Arc<Scanner>>>,
+}
+
+impl RuleScanner {
+    fn compiled(scanner: Scanner) -> RuleScanner {
+        RuleScanner {
+            detectors: Vec::new(),
+            compiled: OnceLock::from(Some(Arc::new(scanner))),
+        }
+    }
+
+    /// The scanner; `None` if built-in detectors did not compile (their tests rule it
+    /// out): callers then mask everything they would have scanned.
+    pub(crate) fn get(&self) -> Option<&Arc<Scanner>> {
+        self.compiled
+            .get_or_init(|| {
+                let mut names: Vec<&str> = self.detectors.iter().map(String::as_str).collect();
+                names.sort_unstable();
+                names.dedup();
+                let mut all = DETECTORS.to_vec();
+                all.sort_unstable();
+                if names == all {
+                    return super::builtin_scanner().cloned();
+                }
+                match Scanner::new(&self.detectors, &[]) {
+                    Ok(scanner) => Some(Arc::new(scanner)),
+                    Err(error) => {
+                        tracing::error!(?error, "built-in detectors do not compile");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
 }
 
 impl Compiled {
@@ -127,21 +170,28 @@ impl Compiled {
                 .map(|s| Regex::new(s).map_err(|e| err(field, e.to_string())))
                 .transpose()
         };
+        let unknown = |d: &str| {
+            err(
+                "detectors",
+                format!("unknown detector {d:?}; known: {}", DETECTORS.join(", ")),
+            )
+        };
         let scanner = if rule.detectors.is_empty() && rule.patterns.is_empty() {
             None
+        } else if rule.patterns.is_empty() {
+            if let Some(d) = rule.detectors.iter().find(|d| detect::builtin(d).is_none()) {
+                return Err(unknown(d));
+            }
+            Some(RuleScanner {
+                detectors: rule.detectors.clone(),
+                compiled: OnceLock::new(),
+            })
         } else {
-            Some(Arc::new(
-                Scanner::new(&rule.detectors, &rule.patterns).map_err(|e| match e {
-                    ScanError::UnknownDetector(d) => err(
-                        "detectors",
-                        format!(
-                            "unknown detector {d:?}; known: {}",
-                            super::DETECTORS.join(", ")
-                        ),
-                    ),
-                    ScanError::Pattern(i, e) => err("patterns", format!("[{i}]: {e}")),
-                })?,
-            ))
+            let scanner = Scanner::new(&rule.detectors, &rule.patterns).map_err(|e| match e {
+                ScanError::UnknownDetector(d) => unknown(&d),
+                ScanError::Pattern(i, e) => err("patterns", format!("[{i}]: {e}")),
+            })?;
+            Some(RuleScanner::compiled(scanner))
         };
         Ok(Compiled {
             resources: rule.resources.clone(),

@@ -218,10 +218,11 @@ impl Units {
             }
             if tape[i].kind == Kind::Str {
                 let value = scan::content(src, &tape[i], &mut self.scratch);
+                // A scanner that did not compile finds everything: masked, not passed.
                 let hit = scanners
                     .iter()
                     .filter_map(|r| r.scanner.as_ref())
-                    .any(|s| s.is_match(value));
+                    .any(|s| s.get().is_none_or(|s| s.is_match(value)));
                 if hit {
                     edits.push((i as u32, Repl::Marker));
                 }

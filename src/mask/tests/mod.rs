@@ -317,3 +317,29 @@ fn errors_map_to_statuses() {
     assert_eq!(e.status().code, 502);
     assert_eq!(Error::TooLarge { limit: 1 }.status().code, 502);
 }
+
+/// The built-in detectors are compiled once, on first use: a rule naming all of them (in
+/// any order) scans with the very scanner logs are scanned with; one naming fewer has
+/// its own.
+#[test]
+fn a_rule_naming_every_builtin_detector_shares_the_scanner_of_logs() {
+    let rule = |detectors: Vec<String>| {
+        let rule = Rule {
+            resources: vec!["configmaps".into()],
+            detectors,
+            ..Rule::default()
+        };
+        rules::Compiled::new(0, &rule).unwrap()
+    };
+    let every = rule(DETECTORS.iter().rev().map(|s| s.to_string()).collect());
+    let one = rule(vec!["jwt".into()]);
+    let shared = builtin_scanner().unwrap();
+    assert!(Arc::ptr_eq(
+        every.scanner.as_ref().unwrap().get().unwrap(),
+        shared
+    ));
+    assert!(!Arc::ptr_eq(
+        one.scanner.as_ref().unwrap().get().unwrap(),
+        shared
+    ));
+}
