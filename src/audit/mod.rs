@@ -232,6 +232,35 @@ mod tests {
         }
     }
 
+    /// A recording that never takes its last batch keeps the writer from ending; once
+    /// shutdown gives up on it, an event recorded after is counted as dropped (with
+    /// `overflow: block` too), neither queued for no one nor waited on for good.
+    #[tokio::test]
+    async fn events_after_the_writer_is_given_up_on_are_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut reader) = stalled_recording(dir.path());
+        let recorder = Recorder::start(&settings(Some(path), 1000, Overflow::Block)).unwrap();
+        for _ in 0..200 {
+            recorder
+                .record(trail().event(Stage::ResponseComplete, 200, None))
+                .await;
+        }
+        recorder.close(Duration::from_millis(100)).await;
+        let dropped = recorder.counters.dropped.load(Ordering::Relaxed);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            recorder.record(trail().event(Stage::ResponseComplete, 200, None)),
+        )
+        .await
+        .expect("an event after shutdown waited for room");
+        assert_eq!(
+            recorder.counters.dropped.load(Ordering::Relaxed),
+            dropped + 1
+        );
+        // Let the disk thread finish its write.
+        read_lines(&mut reader, 1);
+    }
+
     /// A recording that cannot take more (here a FIFO whose reader has stopped reading;
     /// in life a disk in a journal commit) stalls its own thread, never the runtime's:
     /// the runtime keeps running while the events wait, and they all land once the

@@ -344,8 +344,22 @@ impl Recorder {
                 .is_err()
             {
                 w.abort();
+                // Gone once this returns: its queue is closed behind it.
+                let _ = w.await;
             }
         }
+    }
+}
+
+/// Ends the local queue however its writer ends, stopped or aborted at shutdown (a
+/// disk that does not take the last batch): events after that are counted as dropped,
+/// not queued for no one to write, and no request waits for room that never comes.
+struct Closes(Arc<Local>);
+
+impl Drop for Closes {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.room.notify_waiters();
     }
 }
 
@@ -354,6 +368,7 @@ async fn write_lines(
     disk: DiskThread,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let _closes = Closes(queue.clone());
     let mut last_batch = 0;
     loop {
         // Under load, the next batch gathers for a moment: one hand-over to the disk
