@@ -252,14 +252,19 @@ pub(crate) struct Inner {
 fn builtin_scanner() -> Option<&'static Arc<Scanner>> {
     static BUILTINS: OnceLock<Option<Arc<Scanner>>> = OnceLock::new();
     BUILTINS
-        .get_or_init(|| match Scanner::builtins() {
-            Ok(scanner) => Some(Arc::new(scanner)),
-            Err(error) => {
-                tracing::error!(?error, "the built-in detectors do not compile");
-                None
-            }
-        })
+        .get_or_init(|| compiled_or_logged(Scanner::builtins()))
         .as_ref()
+}
+
+/// Built-in detectors compiled on first use, or `None`, logged, if they did not compile.
+fn compiled_or_logged(compiled: Result<Scanner, detect::ScanError>) -> Option<Arc<Scanner>> {
+    match compiled {
+        Ok(scanner) => Some(Arc::new(scanner)),
+        Err(error) => {
+            tracing::error!(?error, "built-in detectors do not compile");
+            None
+        }
+    }
 }
 
 impl Inner {
