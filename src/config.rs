@@ -168,7 +168,7 @@ pub struct Audit {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Otlp {
-    /// `http://otel-collector.observability:4317`, or `https://...` with `caFile`.
+    /// `http://otel-collector.chaperone-observability:4317`, or `https://...` with `caFile`.
     pub endpoint: String,
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_otlp_timeout", deserialize_with = "duration")]

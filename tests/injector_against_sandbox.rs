@@ -243,3 +243,35 @@ async fn the_webhook_configuration_gets_the_injectors_ca_bundle() {
     assert_eq!(again.cert_pem, serving.cert_pem);
     env.stop().await;
 }
+
+/// The injector's `otlp` reaches every injected proxy: the config the controller writes
+/// loads in the proxy, and its audit recording exports to that collector (here the
+/// exporter is built, which checks the endpoint the way the proxy does at start).
+#[tokio::test]
+async fn the_injectors_collector_is_where_injected_proxies_export() {
+    use chaperone_injector::config::Otlp;
+    let rendered = |otlp: Option<&str>| {
+        let config = Config {
+            otlp: otlp.map(|endpoint| Otlp {
+                endpoint: endpoint.into(),
+            }),
+            ..Config::default()
+        };
+        let text = chaperone_injector::proxy_config::render(&config);
+        chaperone::config::Config::parse(std::path::Path::new("config.yaml"), &text)
+            .unwrap_or_else(|e| panic!("the proxy refuses its config: {e}\n{text}"))
+    };
+    assert!(rendered(None).audit.otlp.is_none());
+    for endpoint in [
+        "http://otel-collector.chaperone-observability:4317",
+        "https://otel.example.com:443/",
+        "http://[fd00::7]:4317",
+    ] {
+        let config = rendered(Some(endpoint));
+        let settings = config.audit.settings(&|_| None);
+        let otlp = settings.otlp.expect("an OTLP sink");
+        assert_eq!(otlp.endpoint, endpoint);
+        assert_eq!(settings.file.as_deref(), Some(std::path::Path::new("-")));
+        chaperone::audit::otlp::Exporter::new(&otlp).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+    }
+}

@@ -83,6 +83,18 @@ pub struct Config {
     pub names: Names,
     pub ca_days: i64,
     pub leaf_days: i64,
+    /// Where injected proxies send each request's span and audit log record
+    /// (OTLP/gRPC); none by default, the audit events then go to the pod's log only.
+    pub otlp: Option<Otlp>,
+}
+
+/// An OpenTelemetry Collector for the injected proxies (their `audit.otlp`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Otlp {
+    /// `http://host:port` (plain gRPC, a collector in the cluster) or `https://host:port`
+    /// (a certificate the proxy image's system roots trust).
+    pub endpoint: String,
 }
 
 /// Names of the objects the injector manages and the pod refers to.
@@ -130,6 +142,7 @@ impl Default for Config {
             names: Names::default(),
             ca_days: DEFAULT_CA_DAYS,
             leaf_days: DEFAULT_LEAF_DAYS,
+            otlp: None,
         }
     }
 }
@@ -210,7 +223,39 @@ impl Config {
         if self.ca_days < 2 || self.leaf_days < 2 || self.leaf_days >= self.ca_days {
             return Err("caDays, leafDays: need 2 <= leafDays < caDays".into());
         }
+        if let Some(otlp) = &self.otlp {
+            check_endpoint(&otlp.endpoint).map_err(|why| format!("otlp.endpoint: {why}"))?;
+        }
         Ok(())
+    }
+}
+
+/// An OTLP endpoint is `http(s)://` and a host and port, nothing else: it is written
+/// into every injected proxy's config, which must never fail to load because of it.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or("must name a port (host:4317)")?;
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => !v6.is_empty() && v6.chars().all(|c| c.is_ascii_hexdigit() || c == ':'),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        }
+    };
+    if !host_ok {
+        return Err(format!("{host:?} is not a host name or address"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port")),
     }
 }
 
@@ -235,6 +280,27 @@ mod tests {
             ("proxyPort: 443\n", "proxyPort: 443"),
             ("tokenExpirationSeconds: 60\n", "tokenExpirationSeconds"),
             ("leafDays: 4000\n", "leafDays"),
+            ("otlp: {}\n", "missing field `endpoint`"),
+            (
+                "otlp:\n  endpoint: x\n  batch: 5\n",
+                "unknown field `batch`",
+            ),
+            (
+                "otlp: {endpoint: otel:4317}\n",
+                "otlp.endpoint: must start with http://",
+            ),
+            ("otlp: {endpoint: 'http://otel'}\n", "must name a port"),
+            ("otlp: {endpoint: 'http://otel:0'}\n", "\"0\" is not a port"),
+            (
+                "otlp: {endpoint: 'http://otel:4317/v1/traces'}\n",
+                "is not a port",
+            ),
+            (
+                "otlp: {endpoint: 'http://a b:4317'}\n",
+                "\"a b\" is not a host",
+            ),
+            ("otlp: {endpoint: 'http://otel\"x:4317'}\n", "is not a host"),
+            ("otlp: {endpoint: 'http://:4317'}\n", "is not a host"),
         ];
         for (text, want) in rows {
             let err = Config::parse(text, Path::new("c.yaml"))
@@ -244,6 +310,21 @@ mod tests {
                 err.contains("c.yaml") && err.contains(want),
                 "{text:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn otlp_endpoints_a_proxy_can_dial_are_accepted() {
+        for endpoint in [
+            "http://otel-collector.chaperone-observability:4317",
+            "https://otel.example.com:443/",
+            "http://10.0.0.7:4317",
+            "http://[fd00::7]:4317",
+        ] {
+            let text = format!("otlp: {{endpoint: '{endpoint}'}}\n");
+            let c = Config::parse(&text, Path::new("c.yaml"))
+                .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+            assert_eq!(c.otlp.unwrap().endpoint, endpoint);
         }
     }
 

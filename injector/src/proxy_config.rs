@@ -1,6 +1,7 @@
 //! The proxy's `config.yaml` as the controller writes it into each labelled namespace's
 //! `chaperone-proxy` ConfigMap: `manifests/config/in-cluster.yaml` with the injector's
-//! ports and audience, plus where the policy is mounted. A test keeps the two in step.
+//! ports and audience, plus where the policy is mounted and, when the injector has one,
+//! the OpenTelemetry Collector. A test keeps the two in step.
 
 use crate::config::Config;
 use crate::sidecar::{POLICY_DIR, SA_MOUNT_PATH, TLS_DIR};
@@ -10,6 +11,14 @@ pub fn render(config: &Config) -> String {
     let port = config.proxy_port;
     let admin = config.admin_port;
     let audience = &config.audience;
+    // Checked when the injector's config loaded: `http(s)://host:port`, nothing to quote.
+    let otlp = match &config.otlp {
+        Some(otlp) => format!(
+            "  otlp:                 # spans and log records, one per request\n    endpoint: {}\n",
+            otlp.endpoint
+        ),
+        None => String::new(),
+    };
     format!(
         "\
 # chaperone proxy config, written by chaperone-injector; edits are overwritten.
@@ -42,7 +51,7 @@ policy:
   file: {POLICY_DIR}/policy.yaml
 audit:
   file: \"-\"             # stdout, collected with the pod's logs
-"
+{otlp}"
     )
 }
 
@@ -68,6 +77,24 @@ mod tests {
         want.extend(extra);
         let got: serde_yaml::Mapping = serde_yaml::from_str(&render(&Config::default())).unwrap();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_collector_is_the_proxys_otlp_endpoint() {
+        let config = Config {
+            otlp: Some(crate::config::Otlp {
+                endpoint: "http://otel-collector.chaperone-observability:4317".into(),
+            }),
+            ..Config::default()
+        };
+        let v: serde_yaml::Value = serde_yaml::from_str(&render(&config)).unwrap();
+        assert_eq!(v["audit"]["file"].as_str(), Some("-"));
+        assert_eq!(
+            v["audit"]["otlp"]["endpoint"].as_str(),
+            Some("http://otel-collector.chaperone-observability:4317")
+        );
+        let none: serde_yaml::Value = serde_yaml::from_str(&render(&Config::default())).unwrap();
+        assert!(none["audit"].get("otlp").is_none());
     }
 
     #[test]
