@@ -275,3 +275,167 @@ async fn the_injectors_collector_is_where_injected_proxies_export() {
         chaperone::audit::otlp::Exporter::new(&otlp).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
     }
 }
+
+/// An AccessRequest, as a proxy creates it, held until `expires` (RFC 3339).
+fn access_request(name: &str, expires: &str) -> kube::api::DynamicObject {
+    let mut object =
+        kube::api::DynamicObject::new(name, &chaperone_injector::retention::resource());
+    object.data = serde_json::json!({"spec": {
+        "requester": {"user": "system:serviceaccount:agents:mcp"},
+        "request": {"verb": "create", "apiGroup": "rbac.authorization.k8s.io", "resource": "rolebindings", "namespace": "agents"},
+        "rule": "bindings-need-a-human",
+        "expiresAt": expires,
+    }});
+    object
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_requests_are_deleted_once_past_their_retention() {
+    use kube::api::DynamicObject;
+    let env = sandbox().start().await;
+    let client = client(&env).await;
+    for ns in ["chaperone-system", "agents", "bystanders"] {
+        ok(&env.kubectl_direct(&["create", "namespace", ns]).await);
+    }
+    ok(&env
+        .kubectl_direct(&[
+            "label",
+            "namespace",
+            "agents",
+            "chaperone.dev/inject=enabled",
+        ])
+        .await);
+    let now = time::OffsetDateTime::now_utc();
+    let ago =
+        |minutes: i64| chaperone_injector::pki::format_time(now - time::Duration::minutes(minutes));
+    let resource = chaperone_injector::retention::resource();
+    let api = |ns: &str| Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource);
+    // (namespace, name, held until, status, deleted)
+    let rows = [
+        (
+            "agents",
+            "approved-grant-over",
+            ago(190),
+            serde_json::json!({"phase": "Approved", "decidedAt": ago(180), "grantUntil": ago(120)}),
+            true,
+        ),
+        (
+            "agents",
+            "approved-grant-running",
+            ago(190),
+            serde_json::json!({"phase": "Approved", "decidedAt": ago(180), "grantUntil": ago(-30)}),
+            false,
+        ),
+        (
+            "agents",
+            "approved-recently",
+            ago(15),
+            serde_json::json!({"phase": "Approved", "decidedAt": ago(10), "grantUntil": ago(5)}),
+            false,
+        ),
+        (
+            "agents",
+            "approved-by-hand",
+            ago(130),
+            serde_json::json!({"phase": "Approved", "decidedAt": ago(120)}),
+            true,
+        ),
+        (
+            "agents",
+            "denied-long-ago",
+            ago(130),
+            serde_json::json!({"phase": "Denied", "decidedAt": ago(120)}),
+            true,
+        ),
+        (
+            "agents",
+            "denied-recently",
+            ago(10),
+            serde_json::json!({"phase": "Denied", "decidedAt": ago(5)}),
+            false,
+        ),
+        (
+            "agents",
+            "pending-a-day-over",
+            ago(25 * 60),
+            serde_json::Value::Null,
+            true,
+        ),
+        (
+            "agents",
+            "pending-an-hour-over",
+            ago(60),
+            serde_json::Value::Null,
+            false,
+        ),
+        (
+            "agents",
+            "pending-now",
+            ago(-1),
+            serde_json::Value::Null,
+            false,
+        ),
+        // Not a labelled namespace: not the injector's.
+        (
+            "bystanders",
+            "denied-long-ago",
+            ago(130),
+            serde_json::json!({"phase": "Denied", "decidedAt": ago(120)}),
+            false,
+        ),
+    ];
+    for (ns, name, expires, status, _) in &rows {
+        api(ns)
+            .create(&PostParams::default(), &access_request(name, expires))
+            .await
+            .unwrap();
+        if !status.is_null() {
+            let patch = serde_json::json!({"status": status});
+            api(ns)
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    }
+
+    let config = Arc::new(Config::default());
+    let ca = certs::proxy_ca(&client, &config).await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(controller::Context {
+        client: client.clone(),
+        config,
+        ca,
+    });
+    let run = tokio::spawn(controller::run(ctx, async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    // Reconciled once the namespace has its certificate; the sweep follows in the same pass.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "agents");
+    for (ns, name, _, _, _) in rows.iter().filter(|r| r.4) {
+        let api = api(ns);
+        eventually(&format!("{ns}/{name} deleted"), || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.unwrap().is_none().then_some(()) }
+        })
+        .await;
+    }
+    assert!(secrets
+        .get_opt("chaperone-proxy-tls")
+        .await
+        .unwrap()
+        .is_some());
+    for (ns, name, _, _, _) in rows.iter().filter(|r| !r.4) {
+        assert!(
+            api(ns).get_opt(name).await.unwrap().is_some(),
+            "{ns}/{name} was deleted"
+        );
+    }
+
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap();
+    env.stop().await;
+}

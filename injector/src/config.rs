@@ -86,6 +86,36 @@ pub struct Config {
     /// Where injected proxies send each request's span and audit log record
     /// (OTLP/gRPC); none by default, the audit events then go to the pod's log only.
     pub otlp: Option<Otlp>,
+    /// How long the controller keeps labelled namespaces' AccessRequests.
+    pub access_requests: AccessRequests,
+}
+
+/// The AccessRequests' retention (`crate::retention`); zero keeps them for good.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessRequests {
+    /// After the decision, or the end of the grant it gives, whichever is later.
+    pub keep_decided_seconds: u64,
+    /// After the hold of a request nobody decided.
+    pub keep_pending_seconds: u64,
+}
+
+impl Default for AccessRequests {
+    fn default() -> Self {
+        AccessRequests {
+            keep_decided_seconds: 3600,
+            keep_pending_seconds: 24 * 3600,
+        }
+    }
+}
+
+impl AccessRequests {
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            decided: std::time::Duration::from_secs(self.keep_decided_seconds),
+            pending: std::time::Duration::from_secs(self.keep_pending_seconds),
+        }
+    }
 }
 
 /// An OpenTelemetry Collector for the injected proxies (their `audit.otlp`).
@@ -143,6 +173,7 @@ impl Default for Config {
             ca_days: DEFAULT_CA_DAYS,
             leaf_days: DEFAULT_LEAF_DAYS,
             otlp: None,
+            access_requests: AccessRequests::default(),
         }
     }
 }
@@ -223,6 +254,12 @@ impl Config {
         if self.ca_days < 2 || self.leaf_days < 2 || self.leaf_days >= self.ca_days {
             return Err("caDays, leafDays: need 2 <= leafDays < caDays".into());
         }
+        // Past a hundred years a time overflows; "for good" is 0.
+        let century = 100 * 365 * 24 * 3600;
+        let keep = &self.access_requests;
+        if keep.keep_decided_seconds > century || keep.keep_pending_seconds > century {
+            return Err("accessRequests: keep at most 100 years (0 keeps for good)".into());
+        }
         if let Some(otlp) = &self.otlp {
             check_endpoint(&otlp.endpoint).map_err(|why| format!("otlp.endpoint: {why}"))?;
         }
@@ -281,6 +318,18 @@ mod tests {
             ("tokenExpirationSeconds: 60\n", "tokenExpirationSeconds"),
             ("leafDays: 4000\n", "leafDays"),
             ("otlp: {}\n", "missing field `endpoint`"),
+            (
+                "accessRequests: {keepDecided: 1h}\n",
+                "unknown field `keepDecided`",
+            ),
+            (
+                "accessRequests: {keepPendingSeconds: -1}\n",
+                "keepPendingSeconds",
+            ),
+            (
+                "accessRequests: {keepDecidedSeconds: 9999999999}\n",
+                "at most 100 years",
+            ),
             (
                 "otlp:\n  endpoint: x\n  batch: 5\n",
                 "unknown field `batch`",

@@ -1,7 +1,8 @@
 //! The controller: in every namespace labelled `chaperone.dev/inject=enabled`, keeps the
 //! objects injected pods mount — the `chaperone-ca` ConfigMap (`ca.crt`), the
 //! `chaperone-proxy` ConfigMap (`config.yaml`) and the `chaperone-proxy-tls` Secret (the
-//! proxy's serving certificate, renewed at two thirds of its lifetime).
+//! proxy's serving certificate, renewed at two thirds of its lifetime); and deletes the
+//! namespace's AccessRequests once past their retention (`crate::retention`).
 //!
 //! It watches Namespaces only: reading ConfigMaps and Secrets cluster-wide would make the
 //! injector able to read every Secret. It reads its three objects by name, and requeues
@@ -138,7 +139,18 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
             pki::renew_at(issued.not_before, issued.not_after)
         }
     };
-    Ok(Action::requeue(requeue_after(renew, now)))
+    // Not a reason to retry the namespace sooner: its objects are in place, and the
+    // next look tries again.
+    let retention = config.access_requests.retention();
+    let next = match crate::retention::sweep(&ctx.client, &namespace, &retention, now).await {
+        Ok(next) => next,
+        Err(error) => {
+            tracing::warn!(%namespace, %error, "could not delete AccessRequests past their retention");
+            None
+        }
+    };
+    let due = next.map_or(renew, |n| n.min(renew));
+    Ok(Action::requeue(requeue_after(due, now)))
 }
 
 /// Retries a failed namespace after a short pause; the error is logged by `run`.

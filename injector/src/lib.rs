@@ -4,7 +4,8 @@
 //!
 //! `mutate` is the pure heart (pod + namespace + config -> JSON patch) and `sidecar`
 //! what it adds; `webhook` adapts it to AdmissionReview and `server` serves that over
-//! HTTPS; `controller` keeps the per-namespace objects, `certs` the injector's own.
+//! HTTPS; `controller` keeps the per-namespace objects (and `retention` their
+//! AccessRequests from piling up), `certs` the injector's own.
 
 pub mod cli;
 pub mod config;
@@ -20,3 +21,4 @@ pub mod certs;
 pub mod controller;
 pub mod pki;
 pub mod proxy_config;
+pub mod retention;

@@ -92,6 +92,21 @@ fn base_manifests_agree_with_the_injector() {
         resource_names(role, "mutatingwebhookconfigurations"),
         std::slice::from_ref(&config.webhook_configuration)
     );
+    // The controller lists and deletes AccessRequests past their retention, and only that.
+    let rules = role["rules"].as_array().unwrap();
+    let access_requests: Vec<&serde_json::Value> = rules
+        .iter()
+        .filter(|r| r["apiGroups"][0] == "chaperone.dev")
+        .collect();
+    assert_eq!(access_requests.len(), 1, "{rules:?}");
+    assert_eq!(
+        access_requests[0]["resources"],
+        serde_json::json!(["accessrequests"])
+    );
+    assert_eq!(
+        access_requests[0]["verbs"],
+        serde_json::json!(["list", "delete"])
+    );
     let own = find(&base, "Role", "chaperone-injector");
     let secrets = resource_names(own, "secrets");
     assert!(
