@@ -95,6 +95,16 @@ pub struct Config {
     pub policy: Option<PolicySource>,
     #[serde(default)]
     pub approval: Approval,
+    /// How many long-running requests (watches, followed logs, exec, attach and
+    /// port-forward sessions) one caller may have open at once; past it, 429.
+    #[serde(default = "default_max_streams_per_caller")]
+    pub max_streams_per_caller: usize,
+}
+
+pub const DEFAULT_MAX_STREAMS_PER_CALLER: usize = 100;
+
+fn default_max_streams_per_caller() -> usize {
+    DEFAULT_MAX_STREAMS_PER_CALLER
 }
 
 /// Where `approve` decisions wait for a reviewer.
@@ -451,6 +461,14 @@ impl Config {
                 "headerTimeout: must be greater than zero".into(),
             ));
         }
+        if self.max_streams_per_caller == 0 {
+            return Err(invalid(
+                "maxStreamsPerCaller",
+                "maxStreamsPerCaller: must be at least 1 (to refuse watches or exec, say so \
+                 in the policy)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -587,6 +605,7 @@ mod tests {
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert!(c.tls.is_none());
+        assert_eq!(c.max_streams_per_caller, 100);
     }
 
     #[test]
@@ -630,6 +649,10 @@ mod tests {
             (
                 "audit:\n  fsync: sometimes\n",
                 vec!["unknown variant", "interval"],
+            ),
+            (
+                "listen: [127.0.0.1:6443]\nmaxStreamsPerCaller: 0\n",
+                vec!["maxStreamsPerCaller: must be at least 1", "line 2"],
             ),
         ];
         for (text, words) in cases {

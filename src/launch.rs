@@ -125,15 +125,18 @@ pub async fn proxy(
         config.approval.max_held_per_caller,
     ));
     let approvals_for_admin = approvals.clone();
-    let proxy = Arc::new(Proxy::new(
-        upstream,
-        authenticator.clone(),
-        policies.clone(),
-        approvals,
-        config.upstream.identity,
-        audit.clone(),
-        metrics.clone(),
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            upstream,
+            authenticator.clone(),
+            policies.clone(),
+            approvals,
+            config.upstream.identity,
+            audit.clone(),
+            metrics.clone(),
+        )
+        .with_max_streams_per_caller(config.max_streams_per_caller),
+    );
     let handler = move |req, conn| {
         let proxy = proxy.clone();
         async move { proxy.handle(req, conn).await }

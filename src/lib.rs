@@ -17,6 +17,7 @@ pub mod mask;
 pub mod metrics;
 pub mod pipeline;
 pub mod pki;
+pub mod places;
 pub mod policy;
 pub mod protobuf;
 pub mod request_info;

@@ -36,6 +36,7 @@ use crate::headers;
 use crate::identity::{self, Authenticator};
 use crate::mask;
 use crate::metrics::Metrics;
+use crate::places::PerCaller;
 use crate::policy::{self, Policies};
 use crate::request_info;
 use crate::self_review;
@@ -64,6 +65,11 @@ pub enum Error {
     Upstream(#[from] upstream::Error),
     #[error(transparent)]
     SelfReview(#[from] self_review::Error),
+    #[error(
+        "{user} already has {max} watches, followed logs and exec, attach or port-forward \
+         sessions open through chaperone; this one is refused until one of them ends"
+    )]
+    TooManyStreams { user: String, max: usize },
 }
 
 impl Error {
@@ -80,6 +86,7 @@ impl Error {
             Error::Approval(e) => e.status(),
             Error::Upstream(e) => e.status(),
             Error::SelfReview(e) => e.status(),
+            Error::TooManyStreams { .. } => Status::too_many_requests(self.to_string()),
         }
     }
 }
@@ -95,7 +102,10 @@ pub struct Proxy {
     audit: Arc<Recorder>,
     metrics: Arc<Metrics>,
     /// `kubectl auth can-i` bodies being read, per caller.
-    self_reviews: Arc<self_review::Reading>,
+    self_reviews: Arc<PerCaller>,
+    /// Watches, followed logs and upgraded sessions open, per caller, and their bound.
+    streams: Arc<PerCaller>,
+    max_streams: usize,
 }
 
 /// The header carrying the audit ID, so the cluster's own audit log and chaperone's
@@ -123,7 +133,15 @@ impl Proxy {
             audit,
             metrics,
             self_reviews: Arc::default(),
+            streams: Arc::default(),
+            max_streams: crate::config::DEFAULT_MAX_STREAMS_PER_CALLER,
         }
+    }
+
+    /// How many long-running requests one caller may have open at once.
+    pub fn with_max_streams_per_caller(mut self, max: usize) -> Proxy {
+        self.max_streams = max;
+        self
     }
 
     /// Serves one request; errors become Kubernetes `Status` responses here and only
@@ -405,11 +423,34 @@ impl Proxy {
             req.headers_mut().insert(TRACEPARENT, tp);
         }
         let streaming = upgrade || info.verb == "watch" || is_follow(&info, req.uri());
+        // A stream holds its connections and buffers for as long as it runs: a caller
+        // in a loop must not open any number of them.
+        let place = match streaming {
+            true => Some(
+                self.streams
+                    .take(&who.user, self.max_streams)
+                    .ok_or_else(|| Error::TooManyStreams {
+                        user: who.user.clone(),
+                        max: self.max_streams,
+                    })?,
+            ),
+            false => None,
+        };
 
         // The path authorised above is exactly the path forwarded: the normalised form,
         // re-encoded once, never the caller's raw bytes.
         let path = info.forward_path_and_query(req.uri());
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // An upgraded session's place is held by its tunnel; a stream's by its body.
+        let (downstream_upgrade, place) = match upgrade {
+            true => (
+                Some(upstream::Upgrade {
+                    downstream: hyper::upgrade::on(&mut req),
+                    hold: place,
+                }),
+                None,
+            ),
+            false => (None, place),
+        };
         let request_kind = content_type(req.headers());
         let mut req = req.map(|b| {
             b.map_err(|e| -> crate::body::BoxError { Box::new(e) })
@@ -455,6 +496,10 @@ impl Proxy {
                 plan.fix_headers(&mut parts.headers);
                 mask::apply(body, plan, trail.masked_counter())
             }
+        };
+        let body = match place {
+            Some(place) => crate::places::hold(body, place),
+            None => body,
         };
         // The record keeps what the caller got: the masked body.
         let body = if trail.level() >= Level::RequestResponse {

@@ -11,8 +11,7 @@
 //!
 //! MCP servers ask the first to decide which tools and namespaces to offer.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -20,6 +19,7 @@ use serde_json::{json, Value};
 
 use crate::body::Body;
 use crate::identity::Subject;
+use crate::places::PerCaller;
 use crate::policy::{Action, Decision, Policies};
 use crate::request_info::RequestInfo;
 use crate::status::Status;
@@ -99,53 +99,6 @@ pub struct Answer {
     pub summary: String,
 }
 
-/// The review bodies being read, per caller (see [`MAX_READING_PER_CALLER`]).
-#[derive(Debug, Default)]
-pub struct Reading {
-    by_caller: Mutex<HashMap<String, usize>>,
-}
-
-impl Reading {
-    /// A place for one body of `user`'s, or `None` past `max`.
-    fn take<'a>(&'a self, user: &str, max: usize) -> Option<ReadingPlace<'a>> {
-        let mut map = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(user.to_owned()).or_default();
-        if *n >= max {
-            if *n == 0 {
-                map.remove(user);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(ReadingPlace {
-            reading: self,
-            user: user.to_owned(),
-        })
-    }
-}
-
-/// One body being read; its place is given back when dropped.
-struct ReadingPlace<'a> {
-    reading: &'a Reading,
-    user: String,
-}
-
-impl Drop for ReadingPlace<'_> {
-    fn drop(&mut self) {
-        let mut map = self
-            .reading
-            .by_caller
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.user);
-            }
-        }
-    }
-}
-
 /// Reads the review from `body` (counted in `reading` while it arrives) and answers it
 /// for `who`.
 pub async fn answer<B>(
@@ -155,7 +108,7 @@ pub async fn answer<B>(
     body: B,
     who: &Subject,
     policies: &Policies,
-    reading: &Reading,
+    reading: &Arc<PerCaller>,
 ) -> Result<Answer, Error>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -370,27 +323,6 @@ mod tests {
 
     fn info(method: &str, path: &str) -> RequestInfo {
         crate::request_info::resolve(&method.parse().unwrap(), &path.parse().unwrap()).unwrap()
-    }
-
-    #[test]
-    fn a_caller_has_at_most_max_review_bodies_read_at_once() {
-        let reading = Reading::default();
-        let mut places: Vec<_> = (0..3).map(|_| reading.take("agent", 3).unwrap()).collect();
-        assert!(reading.take("agent", 3).is_none(), "past the bound");
-        let other = reading
-            .take("someone-else", 3)
-            .expect("another caller is not affected");
-        drop(places.pop());
-        let again = reading
-            .take("agent", 3)
-            .expect("a place given back is free");
-        assert!(reading.take("agent", 3).is_none(), "and only that one");
-        drop((again, places, other));
-        assert!(reading.take("agent", 0).is_none());
-        assert!(
-            reading.by_caller.lock().unwrap().is_empty(),
-            "nothing left behind"
-        );
     }
 
     #[test]

@@ -401,7 +401,7 @@ impl Upstream {
         &self,
         mut req: Request<Body>,
         path_and_query: &str,
-        downstream_upgrade: Option<OnUpgrade>,
+        downstream_upgrade: Option<Upgrade>,
     ) -> Result<Response<Body>, Error> {
         *req.uri_mut() = Uri::builder()
             .scheme(self.scheme.clone())
@@ -458,9 +458,15 @@ impl Upstream {
             }
         }
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(downstream)) = (switching, downstream_upgrade) {
+        if let (true, Some(Upgrade { downstream, hold })) = (switching, downstream_upgrade) {
             let upstream = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(tunnel(downstream, upstream).instrument(tracing::info_span!("tunnel")));
+            tokio::spawn(
+                async move {
+                    tunnel(downstream, upstream).await;
+                    drop(hold);
+                }
+                .instrument(tracing::info_span!("tunnel")),
+            );
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
         Ok(rsp)
@@ -578,6 +584,14 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// A caller's connection upgrade (exec, attach, port-forward), tunnelled once the API
+/// server agrees to it.
+pub struct Upgrade {
+    pub downstream: OnUpgrade,
+    /// Held for as long as the tunnel lasts: the caller's place among its streams.
+    pub hold: Option<crate::places::Place>,
 }
 
 /// A pooled client's answer, with the body every stage carries.

@@ -349,3 +349,99 @@ async fn a_caller_cannot_have_more_than_its_bound_of_review_bodies_being_read() 
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cannot_hold_more_than_its_bound_of_streams_open() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let env = sandbox()
+        .with_proxy_config("maxStreamsPerCaller: 2\n")
+        .start()
+        .await;
+    ok(&env
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: shell, namespace: default}\n\
+             spec: {containers: [{name: main, image: busybox}]}\n",
+        )
+        .await);
+    let client = env.client(true);
+    let watch_url = format!(
+        "{}/api/v1/namespaces/default/configmaps?watch=true",
+        env.proxy_url()
+    );
+    let watch = || {
+        http::Request::get(&watch_url)
+            .body(chaperone::body::empty())
+            .unwrap()
+    };
+    let first = client.open(watch()).await;
+    assert_eq!(first.status(), 200);
+
+    // An exec session holds its place for as long as its tunnel is open.
+    let mut exec = env.kubectl_cmd(
+        env.proxy_kubeconfig(),
+        &["exec", "-i", "shell", "--", "cat"],
+    );
+    exec.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut exec = exec.spawn().unwrap();
+    let mut stdin = exec.stdin.take().unwrap();
+    let mut stdout = tokio::io::BufReader::new(exec.stdout.take().unwrap());
+    stdin.write_all(b"still here\n").await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_line(&mut line))
+        .await
+        .expect("the exec session echoes")
+        .unwrap();
+    assert_eq!(line.trim(), "still here");
+
+    // Two open: a third stream is refused with a Status saying why...
+    let refused = client.open(watch()).await;
+    assert_eq!(refused.status(), 429, "a third stream was opened");
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status["reason"], "TooManyRequests");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("already has 2 watches, followed logs and exec"),
+        "{message}"
+    );
+    // ...while requests that end on their own are not counted.
+    let listed = client
+        .get(
+            &format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url()),
+            &[],
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+
+    // Each stream's end gives its place back: the exec session's tunnel, then the
+    // watch the caller hangs up on.
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(20), exec.wait()).await;
+    let second = open_when_free(&client, &watch).await;
+    drop(first);
+    let third = open_when_free(&client, &watch).await;
+    assert_eq!(client.open(watch()).await.status(), 429, "two open again");
+    drop((second, third));
+    env.stop().await;
+}
+
+/// Opens a stream once the caller has a place for it again (given back asynchronously,
+/// when the proxy sees the previous one end).
+async fn open_when_free(
+    client: &support::TestClient,
+    request: &impl Fn() -> http::Request<chaperone::body::Body>,
+) -> http::Response<hyper::body::Incoming> {
+    for _ in 0..200 {
+        let rsp = client.open(request()).await;
+        if rsp.status() == 200 {
+            return rsp;
+        }
+        assert_eq!(rsp.status(), 429);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no place was given back within 10 s");
+}
