@@ -4,14 +4,11 @@
 //! however the request ends.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt as _;
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 
 /// Places taken, per caller (the authenticated user name).
 #[derive(Debug, Default)]
@@ -60,50 +57,19 @@ impl Drop for Place {
     }
 }
 
-/// `body`, holding `place` until it ends or is dropped (the caller went away).
+/// `body`, holding `place` for as long as it lives: hyper drops a response's body once
+/// it has sent it whole, or when the caller goes away.
 pub fn hold(body: Body, place: Place) -> Body {
-    use http_body_util::BodyExt as _;
-    Holding {
-        body,
-        place: Some(place),
-    }
+    body.map_frame(move |frame| {
+        let _held = &place;
+        frame
+    })
     .boxed()
-}
-
-struct Holding {
-    body: Body,
-    place: Option<Place>,
-}
-
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            // Ended: the place is free now, not when hyper gets round to dropping us.
-            self.place = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt as _;
 
     #[test]
     fn a_caller_holds_at_most_max_places_and_others_are_not_affected() {
@@ -126,16 +92,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_gives_its_place_back_when_it_ends_or_is_dropped() {
+    async fn a_body_holds_its_place_while_it_lives() {
+        use bytes::Bytes;
+        use http_body::Frame;
         let places = Arc::new(PerCaller::default());
-        let body = hold(crate::body::full("done"), places.take("agent", 2).unwrap());
-        assert_eq!(places.held("agent"), 1);
-        let mut body = body;
+        let mut body = hold(crate::body::full("done"), places.take("agent", 2).unwrap());
         while body.frame().await.is_some() {}
-        assert_eq!(places.held("agent"), 0, "read to its end");
+        assert_eq!(places.held("agent"), 1, "until dropped");
         drop(body);
+        assert_eq!(places.held("agent"), 0, "sent whole and dropped");
 
-        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let (_tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::body::BoxError>>(1);
         let open = http_body_util::StreamBody::new(tokio_stream_of(rx)).boxed();
         let streaming = hold(open, places.take("agent", 2).unwrap());
         assert_eq!(places.held("agent"), 1, "held while it streams");

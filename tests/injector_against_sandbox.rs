@@ -46,6 +46,46 @@ where
     found.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// `agents`, labelled for injection; `bystanders`, not; and the injector's own.
+async fn create_namespaces(env: &Env) {
+    for ns in ["chaperone-system", "agents", "bystanders"] {
+        ok(&env.kubectl_direct(&["create", "namespace", ns]).await);
+    }
+    ok(&env
+        .kubectl_direct(&[
+            "label",
+            "namespace",
+            "agents",
+            "chaperone.dev/inject=enabled",
+        ])
+        .await);
+}
+
+/// The controller, running until `stop` is called.
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    run: tokio::task::JoinHandle<()>,
+}
+
+fn run_controller(ctx: Arc<controller::Context>) -> Running {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(controller::run(ctx, async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    Running { stop, run }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(10), self.run)
+            .await
+            .expect("the controller stops on shutdown")
+            .unwrap();
+    }
+}
+
 /// A TLS handshake with `cert`/`key` on loopback, the client trusting only `ca` and
 /// dialling `name`: whether the certificate serves that name.
 async fn serves(cert: &str, key: &str, ca: &str, name: &str) -> Result<(), String> {
@@ -94,21 +134,7 @@ async fn serves(cert: &str, key: &str, ca: &str, name: &str) -> Result<(), Strin
 async fn labelled_namespaces_get_the_proxys_ca_config_and_serving_certificate() {
     let env = sandbox().start().await;
     let client = client(&env).await;
-    ok(&env
-        .kubectl_direct(&["create", "namespace", "chaperone-system"])
-        .await);
-    ok(&env.kubectl_direct(&["create", "namespace", "agents"]).await);
-    ok(&env
-        .kubectl_direct(&["create", "namespace", "bystanders"])
-        .await);
-    ok(&env
-        .kubectl_direct(&[
-            "label",
-            "namespace",
-            "agents",
-            "chaperone.dev/inject=enabled",
-        ])
-        .await);
+    create_namespaces(&env).await;
 
     let config = Arc::new(Config::default());
     let ca = certs::proxy_ca(&client, &config).await.unwrap();
@@ -116,16 +142,11 @@ async fn labelled_namespaces_get_the_proxys_ca_config_and_serving_certificate() 
     let again = certs::proxy_ca(&client, &config).await.unwrap();
     assert_eq!(ca.cert_pem, again.cert_pem);
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let ctx = Arc::new(controller::Context {
+    let ca_pem = ca.cert_pem.clone();
+    let running = run_controller(Arc::new(controller::Context {
         client: client.clone(),
         config: config.clone(),
         ca,
-    });
-    let ca_pem = ctx.ca.cert_pem.clone();
-    let run = tokio::spawn(controller::run(ctx, async move {
-        let mut stopped = stopped;
-        let _ = stopped.wait_for(|s| *s).await;
     }));
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "agents");
@@ -189,11 +210,7 @@ async fn labelled_namespaces_get_the_proxys_ca_config_and_serving_certificate() 
     .await;
     assert_ne!(text(&reissued, "tls.crt"), cert);
 
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap();
+    running.stop().await;
     env.stop().await;
 }
 
@@ -294,17 +311,7 @@ async fn access_requests_are_deleted_once_past_their_retention() {
     use kube::api::DynamicObject;
     let env = sandbox().start().await;
     let client = client(&env).await;
-    for ns in ["chaperone-system", "agents", "bystanders"] {
-        ok(&env.kubectl_direct(&["create", "namespace", ns]).await);
-    }
-    ok(&env
-        .kubectl_direct(&[
-            "label",
-            "namespace",
-            "agents",
-            "chaperone.dev/inject=enabled",
-        ])
-        .await);
+    create_namespaces(&env).await;
     let now = time::OffsetDateTime::now_utc();
     let ago =
         |minutes: i64| chaperone_injector::pki::format_time(now - time::Duration::minutes(minutes));
@@ -400,15 +407,10 @@ async fn access_requests_are_deleted_once_past_their_retention() {
 
     let config = Arc::new(Config::default());
     let ca = certs::proxy_ca(&client, &config).await.unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let ctx = Arc::new(controller::Context {
+    let running = run_controller(Arc::new(controller::Context {
         client: client.clone(),
         config,
         ca,
-    });
-    let run = tokio::spawn(controller::run(ctx, async move {
-        let mut stopped = stopped;
-        let _ = stopped.wait_for(|s| *s).await;
     }));
     // Reconciled once the namespace has its certificate; the sweep follows in the same pass.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "agents");
@@ -432,10 +434,6 @@ async fn access_requests_are_deleted_once_past_their_retention() {
         );
     }
 
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap();
+    running.stop().await;
     env.stop().await;
 }
