@@ -255,8 +255,10 @@ def check_policy(binary, path):
         raise RuntimeError(f"chaperone policy check {path} failed:\n{out.stdout}{out.stderr}")
 
 
-def write_proxy_config(path, *, listen, admin, cert, key, jwks, policy, kubeconfig, audit):
-    """A `chaperone proxy` config; `audit` is the audit section as a dict."""
+def write_proxy_config(path, *, listen, admin, cert, key, jwks, policy, kubeconfig, audit,
+                       extra=None):
+    """A `chaperone proxy` config; `audit` is the audit section as a dict, `extra` more
+    top-level keys."""
     config = {
         "listen": [f"127.0.0.1:{listen}"],
         "tls": {"certFile": cert, "keyFile": key},
@@ -266,6 +268,7 @@ def write_proxy_config(path, *, listen, admin, cert, key, jwks, policy, kubeconf
         "policy": {"file": policy},
         "upstream": {"kubeconfig": {"path": kubeconfig}},
         "audit": audit,
+        **(extra or {}),
     }
     with open(path, "w") as f:
         json.dump(config, f, indent=1)

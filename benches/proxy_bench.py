@@ -31,8 +31,8 @@ only if a request failed, a check of the responses failed, or a tool is missing)
   ConfigMaps through chaperone >= nginx-proxy's MB/s; Secrets >= 500 MB/s. Unbuffered,
   nginx relays at most `proxy_buffer_size` bytes at a time (default one page, 4 KB);
   `--proxy-buffer-size 64k` makes nginx-proxy a faster streaming baseline.
-* `watches`: `--watches` (1,000) concurrent watches of pods through a second chaperone,
-  held `--watch-seconds`; the upstream is this script's `watch-upstream` mode (Python
+* `watches`: `--watches` (1,000) concurrent watches of pods through a second chaperone
+  (its `maxStreamsPerCaller` raised to that many: one caller holds them all), held `--watch-seconds`; the upstream is this script's `watch-upstream` mode (Python
   asyncio, TLS, HTTP/1.1 only, chunked; an ADDED event at the start, then MODIFIED and
   BOOKMARK in turn every `--watch-interval` seconds on each stream). Clients: asyncio,
   HTTP/1.1 over TLS. With an HTTP/1.1 upstream every watch is its own upstream connection
@@ -269,8 +269,9 @@ def start_nginx_proxy(procs, tmp, crt, key, ca, up_port, workers, buffer_size=No
     return port, proc
 
 
-def start_chaperone(procs, tmp, name, binary, pki, kubeconfig, policy):
-    """`chaperone proxy` with identity, the policy and the audit recording on a file."""
+def start_chaperone(procs, tmp, name, binary, pki, kubeconfig, policy, extra=None):
+    """`chaperone proxy` with identity, the policy and the audit recording on a file;
+    `extra`: more top-level config keys."""
     d = os.path.join(tmp, name)
     os.makedirs(d)
     crt, key = pki.server_cert(name)
@@ -278,7 +279,8 @@ def start_chaperone(procs, tmp, name, binary, pki, kubeconfig, policy):
     config = os.path.join(d, "chaperone.yaml")
     audit = os.path.join(d, "audit.jsonl")
     bc.write_proxy_config(config, listen=port, admin=admin, cert=crt, key=key, jwks=pki.jwks,
-                          policy=policy, kubeconfig=kubeconfig, audit={"file": audit})
+                          policy=policy, kubeconfig=kubeconfig, audit={"file": audit},
+                          extra=extra)
     logf = open(os.path.join(d, "proxy.log"), "w")
     proc = procs.start([binary, "proxy", "--config", config], stdout=logf, stderr=logf)
     logf.close()
@@ -940,7 +942,9 @@ def section_watches(b):
     policy = os.path.join(tmp, "policy.yaml")
     bc.write_policy(policy, "bench-watches", [("watch-pods", "pods", ["watch", "list", "get"])])
     bc.check_policy(b.binary, policy)
-    px = start_chaperone(b.procs, tmp, "chaperone-watches", b.binary, b.pki, kubeconfig, policy)
+    # One caller holds them all: its bound on open streams (default 100) raised to fit.
+    px = start_chaperone(b.procs, tmp, "chaperone-watches", b.binary, b.pki, kubeconfig, policy,
+                         extra={"maxStreamsPerCaller": max(args.watches, 1)})
     pid = px["proc"].pid
     get_ok(px["port"], b.caller, "/version", b.ca, n=10)
     time.sleep(args.settle)
