@@ -44,6 +44,8 @@ pub struct Admin {
     pub approvals_pending: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     /// Whether the watch of AccessRequests is in sync (1) or not started or broken (0).
     pub approvals_watch: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// The long-running requests open now.
+    pub streams: Option<Arc<crate::places::PerCaller>>,
 }
 
 impl Admin {
@@ -69,6 +71,9 @@ impl Admin {
         }
         if let Some(watch) = &self.approvals_watch {
             g.approvals_watch_synced = watch();
+        }
+        if let Some(streams) = &self.streams {
+            g.streams_open = streams.total() as u64;
         }
         if let Some(counts) = &self.policy_counts {
             (g.policy_reloads, g.policy_reload_failures) = counts();

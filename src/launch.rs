@@ -137,6 +137,7 @@ pub async fn proxy(
         )
         .with_max_streams_per_caller(config.max_streams_per_caller),
     );
+    let streams = proxy.streams();
     let handler = move |req, conn| {
         let proxy = proxy.clone();
         async move { proxy.handle(req, conn).await }
@@ -180,6 +181,7 @@ pub async fn proxy(
             let a = approvals_for_admin;
             Some(Arc::new(move || u64::from(a.watch_synced())))
         },
+        streams: Some(streams),
     };
     let admin = Arc::new(admin);
     let admin_handler = move |req: http::Request<_>, _| std::future::ready(admin.respond(&req));

@@ -181,6 +181,7 @@ pub struct Gauges {
     pub audit_write_failures: u64,
     pub approvals_pending: u64,
     pub approvals_watch_synced: u64,
+    pub streams_open: u64,
     pub policy_reloads: u64,
     pub policy_reload_failures: u64,
 }
@@ -279,6 +280,12 @@ impl Metrics {
                 "1 while the watch of AccessRequests is in sync with the API server (started by the first held request).",
                 gauges.approvals_watch_synced,
             ),
+            (
+                "chaperone_streams_open",
+                "gauge",
+                "Watches, followed logs and exec, attach and port-forward sessions open now (each caller may have maxStreamsPerCaller).",
+                gauges.streams_open,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -304,6 +311,7 @@ mod tests {
         m.token_verification("expired");
         let text = m.render(Gauges {
             audit_queue_depth: 2,
+            streams_open: 5,
             policy_reload_failures: 1,
             ..Default::default()
         });
@@ -321,6 +329,7 @@ mod tests {
             "chaperone_token_verifications_total{result=\"expired\"} 1",
             "chaperone_policy_reloads_total{result=\"error\"} 1",
             "chaperone_audit_queue_depth 2",
+            "chaperone_streams_open 5",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -138,6 +138,11 @@ impl Proxy {
         }
     }
 
+    /// The long-running requests open now, per caller.
+    pub fn streams(&self) -> Arc<PerCaller> {
+        self.streams.clone()
+    }
+
     /// How many long-running requests one caller may have open at once.
     pub fn with_max_streams_per_caller(mut self, max: usize) -> Proxy {
         self.max_streams = max;

@@ -36,6 +36,12 @@ impl PerCaller {
         let map = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
         map.get(user).copied().unwrap_or(0)
     }
+
+    /// How many places every caller holds now, together.
+    pub fn total(&self) -> usize {
+        let map = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().sum()
+    }
 }
 
 /// One place, given back when dropped.
@@ -83,6 +89,7 @@ mod tests {
         let again = places.take("agent", 3).expect("a place given back is free");
         assert!(places.take("agent", 3).is_none(), "and only that one");
         assert_eq!(places.held("agent"), 3);
+        assert_eq!(places.total(), 4);
         drop((again, held, other));
         assert!(places.take("agent", 0).is_none());
         assert!(

@@ -408,6 +408,12 @@ async fn a_caller_cannot_hold_more_than_its_bound_of_streams_open() {
         message.contains("already has 2 watches, followed logs and exec"),
         "{message}"
     );
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("\nchaperone_streams_open 2\n"),
+        "{metrics}"
+    );
     // ...while requests that end on their own are not counted.
     let listed = client
         .get(
@@ -426,6 +432,18 @@ async fn a_caller_cannot_hold_more_than_its_bound_of_streams_open() {
     let third = open_when_free(&client, &watch).await;
     assert_eq!(client.open(watch()).await.status(), 429, "two open again");
     drop((second, third));
+    for _ in 0..200 {
+        let (_, metrics) = support::http_get(admin, "/metrics").await;
+        if metrics.contains("\nchaperone_streams_open 0\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("\nchaperone_streams_open 0\n"),
+        "{metrics}"
+    );
     env.stop().await;
 }
 
