@@ -199,6 +199,37 @@ proptest! {
     }
 
     #[test]
+    fn where_the_body_is_cut_never_changes_what_comes_out(
+        items in prop::collection::vec(json_value(), 0..6),
+        shape in 0..3u8,
+        corrupt in prop::option::of((any::<usize>(), prop::sample::select(b"\"{}[],:\\ x0".to_vec()))),
+        cuts in prop::collection::vec(any::<usize>(), 1..10),
+    ) {
+        // A List (its items are units of their own), a bare array, or a watch stream;
+        // perhaps with one byte changed, so that invalid input is cut too.
+        let mut input = match shape {
+            0 => serde_json::to_vec(&serde_json::json!({"kind": "SecretList", "metadata": {}, "items": items})).unwrap(),
+            1 => serde_json::to_vec(&items).unwrap(),
+            _ => items.iter().flat_map(|e| {
+                let mut line = serde_json::to_vec(&serde_json::json!({"type": "ADDED", "object": e})).unwrap();
+                line.push(b'\n');
+                line
+            }).collect(),
+        };
+        if let Some((at, byte)) = corrupt {
+            if !input.is_empty() {
+                let at = at % input.len();
+                input[at] = byte;
+            }
+        }
+        let t = Target { resource: "secrets", is_watch: shape == 2, ..Target::default() };
+        let whole = mask(&EVERYTHING, &t, "application/json", &input, &[]);
+        let cut = mask(&EVERYTHING, &t, "application/json", &input, &cuts);
+        // Byte for byte the same, or the same error at the same offset.
+        prop_assert_eq!(cut, whole);
+    }
+
+    #[test]
     fn nothing_to_mask_leaves_identical_bytes(
         v in json_value(),
         pretty in any::<bool>(),

@@ -105,6 +105,9 @@ impl Units {
         for n in 0..self.nodes.len() {
             self.mask_node(inner, ctx, unit, n, n == 0 && part == Part::Prefix);
         }
+        if self.nodes.is_empty() {
+            self.scan_bare(inner, ctx, unit);
+        }
         self.edits
             .retain(|&(t, _)| self.tape[t as usize].start as usize >= emit_from);
         if self.edits.is_empty() {
@@ -202,33 +205,78 @@ impl Units {
                 scanners.push(rule);
             }
         }
-        if scanners.is_empty() {
-            return;
-        }
         // Every string value of this node, skipping nested nodes (they follow in `nodes`,
         // in document order, and get their own rules).
         let end = tape[node].next as usize;
-        let mut children = self.nodes[n + 1..].iter().copied().peekable();
-        let mut i = node + 1;
-        while i < end {
-            while children.next_if(|&c| c < i).is_some() {}
-            if children.next_if_eq(&i).is_some() {
-                i = tape[i].next as usize;
-                continue;
-            }
-            if tape[i].kind == Kind::Str {
-                let value = scan::content(src, &tape[i], &mut self.scratch);
-                // A scanner that did not compile finds everything: masked, not passed.
-                let hit = scanners
-                    .iter()
-                    .filter_map(|r| r.scanner.as_ref())
-                    .any(|s| s.get().is_none_or(|s| s.is_match(value)));
-                if hit {
-                    edits.push((i as u32, Repl::Marker));
-                }
-            }
-            i += 1;
+        scan_strings(
+            src,
+            tape,
+            node + 1..end,
+            &self.nodes[n + 1..],
+            &scanners,
+            &mut self.scratch,
+            edits,
+        );
+    }
+
+    /// A unit that is not an object (a bare array or string, or such an element of a List)
+    /// has no node for rules to select fields in; its strings still go through the scanners
+    /// of every rule for the requested resource, as they would have as part of an envelope
+    /// that arrived whole.
+    fn scan_bare(&mut self, inner: &Inner, ctx: &Context, src: &[u8]) {
+        let resources = [ctx.resource.as_str()];
+        let scanners: Vec<&Compiled> = inner
+            .all()
+            .filter(|r| r.scanner.is_some())
+            .filter(|r| r.applies(&resources, ctx.namespace.as_bytes(), ctx.name.as_bytes()))
+            .collect();
+        let all = 0..self.tape.len();
+        scan_strings(
+            src,
+            &self.tape,
+            all,
+            &[],
+            &scanners,
+            &mut self.scratch,
+            &mut self.edits,
+        );
+    }
+}
+
+/// Marks every string value among `tokens` that a scanner of `rules` finds something in,
+/// skipping the subtrees of `children` (ascending token indices).
+fn scan_strings(
+    src: &[u8],
+    tape: &[Tok],
+    tokens: std::ops::Range<usize>,
+    children: &[usize],
+    rules: &[&Compiled],
+    scratch: &mut Vec<u8>,
+    edits: &mut Vec<(u32, Repl)>,
+) {
+    if rules.is_empty() {
+        return;
+    }
+    let mut children = children.iter().copied().peekable();
+    let mut i = tokens.start;
+    while i < tokens.end {
+        while children.next_if(|&c| c < i).is_some() {}
+        if children.next_if_eq(&i).is_some() {
+            i = tape[i].next as usize;
+            continue;
         }
+        if tape[i].kind == Kind::Str {
+            let value = scan::content(src, &tape[i], scratch);
+            // A scanner that did not compile finds everything: masked, not passed.
+            let hit = rules
+                .iter()
+                .filter_map(|r| r.scanner.as_ref())
+                .any(|s| s.get().is_none_or(|s| s.is_match(value)));
+            if hit {
+                edits.push((i as u32, Repl::Marker));
+            }
+        }
+        i += 1;
     }
 }
 

@@ -343,6 +343,37 @@ async fn detectors_and_patterns_in_values() {
 }
 
 #[tokio::test]
+async fn list_elements_that_are_not_objects_are_scanned_in_any_chunking() {
+    // Found by the chunking property (tests/mask_props.rs): streamed, an element that is an
+    // array or a string was a unit without an object node, so no scanner saw its strings,
+    // while the same List arriving in one piece had them scanned as the envelope's.
+    let m = Masker::compile(&[Rule {
+        resources: vec!["*".into()],
+        detectors: vec!["aws-access-key".into()],
+        ..Rule::default()
+    }])
+    .unwrap();
+    let input = br#"{"kind":"List","items":["AKIAIOSFODNN7EXAMPLE",[{"x":"AKIAIOSFODNN7EXAMPLE"}],{"kind":"Widget","y":"AKIAIOSFODNN7EXAMPLE"}],"metadata":{}}"#;
+    let t = target("widgets");
+    let (whole, n) = run(&m, &t, JSON, input).await.unwrap();
+    assert_eq!(
+        value(&whole)["items"],
+        json!([MARKER, [{"x": MARKER}], {"kind": "Widget", "y": MARKER}])
+    );
+    assert_eq!(n, 3);
+    for k in 0..=input.len() {
+        let pieces = vec![input[..k].to_vec(), input[k..].to_vec()];
+        let split = run_chunks(&m, &t, JSON, pieces).await.unwrap();
+        assert_eq!(split, (whole.clone(), 3), "split at {k}");
+    }
+    // A bare array (no object at all) is scanned too.
+    let (out, n) = run(&m, &t, JSON, br#"["AKIAIOSFODNN7EXAMPLE"]"#)
+        .await
+        .unwrap();
+    assert_eq!((value(&out), n), (json!([MARKER]), 1));
+}
+
+#[tokio::test]
 async fn nothing_matches_leaves_identical_bytes() {
     let m = Masker::compile(&[Rule {
         resources: vec!["pods".into()],
