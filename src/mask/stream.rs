@@ -130,38 +130,38 @@ impl JsonStream {
         }
     }
 
-    /// Masks `buf[from..to]` as a unit into `out`; `buf` starts at stream offset `base`.
-    fn unit(
-        &mut self,
-        buf: &[u8],
-        from: usize,
-        to: usize,
-        out: &mut BytesMut,
-    ) -> Result<u64, Error> {
+    /// Masks `buf[from..to]` as a unit into `out`.
+    fn unit(&mut self, from: usize, to: usize, out: &mut BytesMut) -> Result<u64, Error> {
         if to - from > MAX_UNIT {
             return Err(Error::TooLarge { limit: MAX_UNIT });
         }
         let offset = self.base + from as u64;
         self.units
-            .mask(&self.inner, &self.ctx, &buf[from..to], Part::Whole, out)
+            .mask(
+                &self.inner,
+                &self.ctx,
+                &self.buf[from..to],
+                Part::Whole,
+                out,
+            )
             .map_err(|e| e.shifted(offset))
     }
 
-    /// Runs the state machine over `buf[pos..]`; `buf` starts at stream offset `base`.
-    fn run(&mut self, buf: &[u8], out: &mut BytesMut) -> Result<u64, Error> {
+    /// Runs the state machine over `buf[pos..]`.
+    fn run(&mut self, out: &mut BytesMut) -> Result<u64, Error> {
         let mut masked = 0;
-        let len = buf.len();
-        while self.pos < len {
+        while self.pos < self.buf.len() {
+            let len = self.buf.len();
             match self.state {
                 State::Top | State::Elems(_) => {
-                    let b = buf[self.pos];
+                    let b = self.buf[self.pos];
                     if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
                         // Whitespace between values leaves at once (watch event separators).
-                        let end = buf[self.pos..]
+                        let end = self.buf[self.pos..]
                             .iter()
                             .position(|c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
                             .map_or(len, |p| self.pos + p);
-                        out.extend_from_slice(&buf[self.pos..end]);
+                        out.extend_from_slice(&self.buf[self.pos..end]);
                         self.pos = end;
                         self.start = end;
                         continue;
@@ -187,7 +187,7 @@ impl JsonStream {
                     let fast = self.units.try_mask_prefix(
                         &self.inner,
                         &self.ctx,
-                        &buf[self.pos..len.min(self.pos + MAX_UNIT + 1)],
+                        &self.buf[self.pos..len.min(self.pos + MAX_UNIT + 1)],
                         MAX_UNIT,
                         out,
                     );
@@ -206,12 +206,12 @@ impl JsonStream {
                     };
                 }
                 State::Root(mut b, mut k) => {
-                    let found = root_scan(&mut b, &mut k, buf, self.pos);
+                    let found = root_scan(&mut b, &mut k, &self.buf, self.pos);
                     self.state = State::Root(b, k);
                     match found {
                         Found::More => self.pos = len,
                         Found::End(end) => {
-                            masked += self.unit(buf, self.start, end, out)?;
+                            masked += self.unit(self.start, end, out)?;
                             self.done_value(end, false);
                         }
                         Found::Envelope(at) => {
@@ -220,7 +220,7 @@ impl JsonStream {
                             }
                             // Mask `prefix]}` and send it without the closing `]}`.
                             self.prefix.clear();
-                            self.prefix.extend_from_slice(&buf[self.start..=at]);
+                            self.prefix.extend_from_slice(&self.buf[self.start..=at]);
                             self.tail.clear();
                             self.tail.extend_from_slice(&self.prefix);
                             self.tail.extend_from_slice(b"]}");
@@ -236,17 +236,17 @@ impl JsonStream {
                         }
                     }
                 }
-                State::Value(mut b, elem) => match skip(&mut b, buf, self.pos) {
+                State::Value(mut b, elem) => match skip(&mut b, &self.buf, self.pos) {
                     None => {
                         self.pos = len;
                         self.state = State::Value(b, elem);
                     }
                     Some(end) => {
-                        masked += self.unit(buf, self.start, end, out)?;
+                        masked += self.unit(self.start, end, out)?;
                         self.done_value(end, elem);
                     }
                 },
-                State::Suffix(mut b) => match skip(&mut b, buf, self.pos) {
+                State::Suffix(mut b) => match skip(&mut b, &self.buf, self.pos) {
                     None => {
                         self.pos = len;
                         self.state = State::Suffix(b);
@@ -260,7 +260,7 @@ impl JsonStream {
                         self.tail.extend_from_slice(&self.prefix);
                         self.tail.push(b']');
                         let from = self.tail.len();
-                        self.tail.extend_from_slice(&buf[self.start..end]);
+                        self.tail.extend_from_slice(&self.buf[self.start..end]);
                         let offset = (self.base + self.start as u64).saturating_sub(from as u64);
                         masked += self
                             .units
@@ -270,7 +270,7 @@ impl JsonStream {
                     }
                 },
                 State::Scalar(elem) => {
-                    let end = buf[self.pos..]
+                    let end = self.buf[self.pos..]
                         .iter()
                         .position(
                             |c| !matches!(c, b'0'..=b'9' | b'a'..=b'z' | b'+' | b'-' | b'.' | b'E'),
@@ -279,7 +279,7 @@ impl JsonStream {
                     match end {
                         None => self.pos = len,
                         Some(end) => {
-                            masked += self.unit(buf, self.start, end, out)?;
+                            masked += self.unit(self.start, end, out)?;
                             self.done_value(end, elem);
                         }
                     }
@@ -287,7 +287,7 @@ impl JsonStream {
             }
         }
         // All of `buf` is scanned: what is left from `start` is one value still incomplete.
-        if len - self.start > MAX_UNIT {
+        if self.buf.len() - self.start > MAX_UNIT {
             return Err(Error::TooLarge { limit: MAX_UNIT });
         }
         Ok(masked)
@@ -334,64 +334,20 @@ impl JsonStream {
     }
 }
 
-impl JsonStream {
-    /// The first `n` bytes of the current buffer are handled: positions move down by `n`.
-    fn forget(&mut self, n: usize) {
-        self.base += n as u64;
-        self.pos -= n;
-        self.start -= n;
-        if let State::Root(b, mut k) = self.state {
-            k.key_start = k.key_start.saturating_sub(n);
-            self.state = State::Root(b, k);
-        }
-    }
-
-    /// Runs over `chunk` where it lies (nothing is pending); keeps only its unfinished end.
-    fn run_in_place(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<u64, Error> {
-        let masked = self.run(chunk, out)?;
-        self.buf.extend_from_slice(&chunk[self.start..]);
-        self.forget(self.start);
-        Ok(masked)
-    }
-}
-
 impl Transform for JsonStream {
     fn push(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<u64, Error> {
-        if self.buf.is_empty() {
-            return self.run_in_place(chunk, out);
-        }
-        // A value is pending. An array element or other bracketed value is completed from
-        // the front of `chunk`, masked from the buffer, and the rest of `chunk` scanned
-        // where it lies: a List's bytes are copied once, not once more per chunk.
-        if let State::Value(mut b, elem) = self.state {
-            let Some(end) = skip(&mut b, chunk, 0) else {
-                self.state = State::Value(b, elem);
-                self.buf.extend_from_slice(chunk);
-                self.pos = self.buf.len();
-                if self.buf.len() - self.start > MAX_UNIT {
-                    return Err(Error::TooLarge { limit: MAX_UNIT });
-                }
-                return Ok(0);
-            };
-            self.buf.extend_from_slice(&chunk[..end]);
-            let buf = std::mem::take(&mut self.buf);
-            let unit = self.unit(&buf, self.start, buf.len(), out);
-            self.buf = buf;
-            let masked = unit?;
-            self.done_value(self.buf.len(), elem);
-            self.forget(self.buf.len());
-            self.buf.clear();
-            return Ok(masked + self.run_in_place(&chunk[end..], out)?);
-        }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.extend_from_slice(chunk);
-        let run = self.run(&buf, out);
-        self.buf = buf;
-        let masked = run?;
+        self.buf.extend_from_slice(chunk);
+        let masked = self.run(out)?;
         // Drop what has been handled; what is left is at most one pending unit.
         if self.start > 0 {
             self.buf.drain(..self.start);
-            self.forget(self.start);
+            self.base += self.start as u64;
+            self.pos -= self.start;
+            if let State::Root(b, mut k) = self.state {
+                k.key_start = k.key_start.saturating_sub(self.start);
+                self.state = State::Root(b, k);
+            }
+            self.start = 0;
         }
         Ok(masked)
     }
@@ -401,9 +357,8 @@ impl Transform for JsonStream {
             State::Top => Ok(0),
             // A number at the very end of the body ends there.
             State::Scalar(false) => {
-                let buf = std::mem::take(&mut self.buf);
-                let masked = self.unit(&buf, self.start, buf.len(), out)?;
-                self.done_value(buf.len(), false);
+                let masked = self.unit(self.start, self.buf.len(), out)?;
+                self.done_value(self.buf.len(), false);
                 Ok(masked)
             }
             _ => Err(self.invalid(self.buf.len(), "the body ended inside a value")),
