@@ -774,16 +774,24 @@ def section_lists(b):
     for name, lst in b.lists.items():
         times = {p: [] for p in PATHS}
         received = {p: set() for p in PATHS}
+        # CPU seconds per path of the upstream nginx, the proxy and curl, over all fetches
+        cpu = {p: [0.0, 0.0, 0.0] for p in PATHS}
         for i in range(args.fetches):
             for p in (PATHS if i % 2 == 0 else PATHS[::-1]):
+                up0, px0 = b.cpu_of("direct"), (b.cpu_of(p) if p != "direct" else 0.0)
+                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 code, size, secs = curl_fetch(b.ports[p], b.token_for(p), lst["path"], b.ca)
+                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[p][0] += b.cpu_of("direct") - up0
+                cpu[p][1] += (b.cpu_of(p) - px0) if p != "direct" else 0.0
+                cpu[p][2] += (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
                 if code != 200:
                     b.failures.append(f"lists {name} {p}: status {code}")
                     continue
                 times[p].append(secs)
                 received[p].add(size)
         bc.log(f"lists {name}: " + ", ".join(f"{p} {bc.median(times[p]):.3f} s" for p in PATHS if times[p]))
-        results[name] = {"times": times, "received": received}
+        results[name] = {"times": times, "received": received, "cpu": cpu}
         # checks, through chaperone, on one more (untimed) fetch kept in a file
         out = os.path.join(b.tmp, f"{name}.through-chaperone")
         code, size, _ = curl_fetch(b.ports["chaperone"], b.caller, lst["path"], b.ca, out=out)
@@ -830,6 +838,13 @@ def section_lists(b):
         b.say(f"  {name}: chaperone / nginx-proxy = {ratio_n:.2f}, chaperone / direct = {ratio_d:.2f};"
               f" {verdict}; the client received {got[0] if got else 0} B through chaperone;"
               f" {results[name]['check']}")
+    # Three processes share two cores on every path: what each costs per MB bounds MB/s.
+    for name, lst in b.lists.items():
+        mb = lst["bytes"] / 1e6 * args.fetches
+        c = results[name]["cpu"]
+        b.say(f"  {name}: CPU ms per MB (upstream nginx + proxy + curl = all): " + "; ".join(
+            f"{p} {1000 * c[p][0] / mb:.2f} + {1000 * c[p][1] / mb:.2f} + {1000 * c[p][2] / mb:.2f}"
+            f" = {1000 * sum(c[p]) / mb:.2f}" for p in PATHS))
     b.say(f"  chaperone VmHWM after the Lists {b.lists_peak / MiB:.1f} MiB")
 
 
