@@ -286,6 +286,35 @@ proptest! {
     }
 
     #[test]
+    fn logs_come_out_the_same_however_they_are_cut(
+        lines in prop::collection::vec(prop_oneof![
+            4 => "[ -~]{0,40}",
+            1 => Just("token AKIAIOSFODNN7EXAMPLE end".to_string()),
+            1 => Just("-----BEGIN PRIVATE KEY-----".to_string()),
+            1 => Just("-----END PRIVATE KEY-----".to_string()),
+            1 => "password=[a-z]{1,12}",
+        ], 0..10),
+        long in prop::option::weighted(0.1, 0..64usize),
+        trailing_newline in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 1..10),
+    ) {
+        let mut input = lines.join("\n");
+        if let Some(extra) = long {
+            // A line past the longest kept whole, a secret where it is cut.
+            input.push('\n');
+            input.push_str(&"x".repeat(chaperone::mask::MAX_LINE - 10 + extra));
+            input.push_str("AKIAIOSFODNN7EXAMPLE");
+        }
+        if trailing_newline {
+            input.push('\n');
+        }
+        let t = Target { resource: "pods", subresource: "log", ..Target::default() };
+        let whole = mask(&DEFAULTS, &t, "text/plain", input.as_bytes(), &[]);
+        let cut = mask(&DEFAULTS, &t, "text/plain", input.as_bytes(), &cuts);
+        prop_assert_eq!(cut, whole);
+    }
+
+    #[test]
     fn detected_secrets_never_leave_logs(
         lines in prop::collection::vec("[ -~]{0,40}", 0..6),
         secret in prop_oneof![
