@@ -46,6 +46,8 @@ pub struct Admin {
     pub approvals_watch: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     /// The long-running requests open now.
     pub streams: Option<Arc<crate::places::PerCaller>>,
+    /// The other requests in flight now.
+    pub requests: Option<Arc<crate::places::PerCaller>>,
 }
 
 impl Admin {
@@ -74,6 +76,9 @@ impl Admin {
         }
         if let Some(streams) = &self.streams {
             g.streams_open = streams.total() as u64;
+        }
+        if let Some(requests) = &self.requests {
+            g.requests_in_flight = requests.total() as u64;
         }
         if let Some(counts) = &self.policy_counts {
             (g.policy_reloads, g.policy_reload_failures) = counts();

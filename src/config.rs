@@ -99,12 +99,26 @@ pub struct Config {
     /// port-forward sessions) one caller may have open at once; past it, 429.
     #[serde(default = "default_max_streams_per_caller")]
     pub max_streams_per_caller: usize,
+    /// How many other requests one caller may have in flight at once, from the moment
+    /// they are forwarded until their response has been sent; past it, 429 with
+    /// `Retry-After: 1`, which client-go (kubectl, operators, most MCP servers) waits
+    /// out and retries.
+    #[serde(default = "default_max_requests_per_caller")]
+    pub max_requests_per_caller: usize,
 }
 
 pub const DEFAULT_MAX_STREAMS_PER_CALLER: usize = 100;
 
 fn default_max_streams_per_caller() -> usize {
     DEFAULT_MAX_STREAMS_PER_CALLER
+}
+
+/// The API server's own default bound on read requests in flight
+/// (`--max-requests-inflight`), here for one caller.
+pub const DEFAULT_MAX_REQUESTS_PER_CALLER: usize = 400;
+
+fn default_max_requests_per_caller() -> usize {
+    DEFAULT_MAX_REQUESTS_PER_CALLER
 }
 
 /// Where `approve` decisions wait for a reviewer.
@@ -469,6 +483,12 @@ impl Config {
                     .into(),
             ));
         }
+        if self.max_requests_per_caller == 0 {
+            return Err(invalid(
+                "maxRequestsPerCaller",
+                "maxRequestsPerCaller: must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -606,6 +626,7 @@ mod tests {
         assert_eq!(c.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert!(c.tls.is_none());
         assert_eq!(c.max_streams_per_caller, 100);
+        assert_eq!(c.max_requests_per_caller, 400);
     }
 
     #[test]
@@ -653,6 +674,10 @@ mod tests {
             (
                 "listen: [127.0.0.1:6443]\nmaxStreamsPerCaller: 0\n",
                 vec!["maxStreamsPerCaller: must be at least 1", "line 2"],
+            ),
+            (
+                "listen: [127.0.0.1:6443]\nmaxRequestsPerCaller: 0\n",
+                vec!["maxRequestsPerCaller: must be at least 1", "line 2"],
             ),
         ];
         for (text, words) in cases {

@@ -135,9 +135,11 @@ pub async fn proxy(
             audit.clone(),
             metrics.clone(),
         )
-        .with_max_streams_per_caller(config.max_streams_per_caller),
+        .with_max_streams_per_caller(config.max_streams_per_caller)
+        .with_max_requests_per_caller(config.max_requests_per_caller),
     );
     let streams = proxy.streams();
+    let requests = proxy.requests();
     let handler = move |req, conn| {
         let proxy = proxy.clone();
         async move { proxy.handle(req, conn).await }
@@ -182,6 +184,7 @@ pub async fn proxy(
             Some(Arc::new(move || u64::from(a.watch_synced())))
         },
         streams: Some(streams),
+        requests: Some(requests),
     };
     let admin = Arc::new(admin);
     let admin_handler = move |req: http::Request<_>, _| std::future::ready(admin.respond(&req));

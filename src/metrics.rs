@@ -182,6 +182,7 @@ pub struct Gauges {
     pub approvals_pending: u64,
     pub approvals_watch_synced: u64,
     pub streams_open: u64,
+    pub requests_in_flight: u64,
     pub policy_reloads: u64,
     pub policy_reload_failures: u64,
 }
@@ -286,6 +287,12 @@ impl Metrics {
                 "Watches, followed logs and exec, attach and port-forward sessions open now (each caller may have maxStreamsPerCaller).",
                 gauges.streams_open,
             ),
+            (
+                "chaperone_requests_in_flight",
+                "gauge",
+                "Other requests forwarded and not yet answered in full (each caller may have maxRequestsPerCaller).",
+                gauges.requests_in_flight,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -312,6 +319,7 @@ mod tests {
         let text = m.render(Gauges {
             audit_queue_depth: 2,
             streams_open: 5,
+            requests_in_flight: 7,
             policy_reload_failures: 1,
             ..Default::default()
         });
@@ -330,6 +338,7 @@ mod tests {
             "chaperone_policy_reloads_total{result=\"error\"} 1",
             "chaperone_audit_queue_depth 2",
             "chaperone_streams_open 5",
+            "chaperone_requests_in_flight 7",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -70,6 +70,11 @@ pub enum Error {
          sessions open through chaperone; this one is refused until one of them ends"
     )]
     TooManyStreams { user: String, max: usize },
+    #[error(
+        "{user} already has {max} requests in flight through chaperone \
+         (maxRequestsPerCaller); try again once one has been answered"
+    )]
+    TooManyRequests { user: String, max: usize },
 }
 
 impl Error {
@@ -87,6 +92,13 @@ impl Error {
             Error::Upstream(e) => e.status(),
             Error::SelfReview(e) => e.status(),
             Error::TooManyStreams { .. } => Status::too_many_requests(self.to_string()),
+            // client-go waits the second and retries, up to ten times: a burst is slowed
+            // down, not failed.
+            Error::TooManyRequests { .. } => Status::too_many_requests(self.to_string())
+                .with_details(crate::status::Details {
+                    retry_after_seconds: Some(1),
+                    ..Default::default()
+                }),
         }
     }
 }
@@ -106,6 +118,18 @@ pub struct Proxy {
     /// Watches, followed logs and upgraded sessions open, per caller, and their bound.
     streams: Arc<PerCaller>,
     max_streams: usize,
+    /// The other requests in flight, per caller, and their bound.
+    requests: Arc<PerCaller>,
+    max_requests: usize,
+}
+
+/// A request served: its response, whether it streams (a watch, a followed log, an
+/// upgraded session), and the caller's place among its requests or streams, held until
+/// the response ends (an upgraded session's tunnel holds its own).
+struct Served {
+    response: Response<Body>,
+    streaming: bool,
+    place: Option<crate::places::Place>,
 }
 
 /// The header carrying the audit ID, so the cluster's own audit log and chaperone's
@@ -135,6 +159,8 @@ impl Proxy {
             self_reviews: Arc::default(),
             streams: Arc::default(),
             max_streams: crate::config::DEFAULT_MAX_STREAMS_PER_CALLER,
+            requests: Arc::default(),
+            max_requests: crate::config::DEFAULT_MAX_REQUESTS_PER_CALLER,
         }
     }
 
@@ -146,6 +172,17 @@ impl Proxy {
     /// How many long-running requests one caller may have open at once.
     pub fn with_max_streams_per_caller(mut self, max: usize) -> Proxy {
         self.max_streams = max;
+        self
+    }
+
+    /// The other requests in flight now, per caller.
+    pub fn requests(&self) -> Arc<PerCaller> {
+        self.requests.clone()
+    }
+
+    /// How many other requests one caller may have in flight at once.
+    pub fn with_max_requests_per_caller(mut self, max: usize) -> Proxy {
+        self.max_requests = max;
         self
     }
 
@@ -175,7 +212,11 @@ impl Proxy {
             .instrument(span.clone())
             .await;
         let mut rsp = match outcome {
-            Ok((rsp, streaming)) => {
+            Ok(Served {
+                response: rsp,
+                streaming,
+                place,
+            }) => {
                 let code = rsp.status().as_u16();
                 self.metrics.request(
                     trail.decision(),
@@ -192,8 +233,13 @@ impl Proxy {
                 }
                 let audit = self.audit.clone();
                 let metrics = self.metrics.clone();
-                let on_masked: audit::OnMasked = Box::new(move |n| metrics.masked(n));
-                rsp.map(|body| audit::on_complete(body, audit, trail, code, on_masked))
+                // The response's end counts what was masked and gives the caller's
+                // place back.
+                let on_end: audit::OnEnd = Box::new(move |masked| {
+                    metrics.masked(masked);
+                    drop(place);
+                });
+                rsp.map(|body| audit::on_complete(body, audit, trail, code, on_end))
             }
             Err(error) => {
                 let status = error.status();
@@ -250,7 +296,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: Conn,
         trail: &mut Trail,
-    ) -> Result<(Response<Body>, bool), Error> {
+    ) -> Result<Served, Error> {
         // Each stage has a debug-level span (`--log chaperone=debug`): at the default
         // level they would cost a formatted span per stage per request. The stages'
         // timings are in the audit event's OTLP child spans either way.
@@ -314,7 +360,11 @@ impl Proxy {
                 annotation::REASON,
                 format!("answered by chaperone, not forwarded: {}", answer.summary),
             );
-            return Ok((answer.response, false));
+            return Ok(Served {
+                response: answer.response,
+                streaming: false,
+                place: None,
+            });
         }
 
         let since = Instant::now();
@@ -428,33 +478,40 @@ impl Proxy {
             req.headers_mut().insert(TRACEPARENT, tp);
         }
         let streaming = upgrade || info.verb == "watch" || is_follow(&info, req.uri());
-        // A stream holds its connections and buffers for as long as it runs: a caller
-        // in a loop must not open any number of them.
+        // Every request forwarded holds an upstream stream, and its buffers until it
+        // is answered; a stream holds them for as long as it runs. A caller in a loop
+        // must not have any number of either.
         let place = match streaming {
-            true => Some(
-                self.streams
-                    .take(&who.user, self.max_streams)
-                    .ok_or_else(|| Error::TooManyStreams {
-                        user: who.user.clone(),
-                        max: self.max_streams,
-                    })?,
-            ),
-            false => None,
+            true => self
+                .streams
+                .take(&who.user, self.max_streams)
+                .ok_or_else(|| Error::TooManyStreams {
+                    user: who.user.clone(),
+                    max: self.max_streams,
+                })?,
+            false => self
+                .requests
+                .take(&who.user, self.max_requests)
+                .ok_or_else(|| Error::TooManyRequests {
+                    user: who.user.clone(),
+                    max: self.max_requests,
+                })?,
         };
 
         // The path authorised above is exactly the path forwarded: the normalised form,
         // re-encoded once, never the caller's raw bytes.
         let path = info.forward_path_and_query(req.uri());
-        // An upgraded session's place is held by its tunnel; a stream's by its body.
+        // An upgraded session's place is held by its tunnel; any other until its
+        // response ends.
         let (downstream_upgrade, place) = match upgrade {
             true => (
                 Some(upstream::Upgrade {
                     downstream: hyper::upgrade::on(&mut req),
-                    hold: place,
+                    hold: Some(place),
                 }),
                 None,
             ),
-            false => (None, place),
+            false => (None, Some(place)),
         };
         let request_kind = content_type(req.headers());
         let mut req = req.map(|b| {
@@ -502,10 +559,6 @@ impl Proxy {
                 mask::apply(body, plan, trail.masked_counter())
             }
         };
-        let body = match place {
-            Some(place) => crate::places::hold(body, place),
-            None => body,
-        };
         // The record keeps what the caller got: the masked body.
         let body = if trail.level() >= Level::RequestResponse {
             let kind = content_type(&parts.headers);
@@ -516,7 +569,11 @@ impl Proxy {
         } else {
             body
         };
-        Ok((Response::from_parts(parts, body), streaming))
+        Ok(Served {
+            response: Response::from_parts(parts, body),
+            streaming,
+            place,
+        })
     }
 }
 

@@ -1,76 +1,77 @@
 //! What each caller holds open at once, counted under a bound: `kubectl auth can-i`
-//! bodies being read, and long-running streams (watches, followed logs, exec, attach and
-//! port-forward sessions). A place is taken for each and given back when it is dropped,
-//! however the request ends.
+//! bodies being read, long-running streams (watches, followed logs, exec, attach and
+//! port-forward sessions) and the other requests in flight. A place is taken for each
+//! and given back when it is dropped, however the request ends.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http_body_util::BodyExt as _;
-
-use crate::body::Body;
-
-/// Places taken, per caller (the authenticated user name).
+/// Places taken, per caller (the authenticated user name). A caller whose places are
+/// all given back keeps its counter, so that its next request takes one without an
+/// allocation; counters at zero are swept when there are more than [`KEEP`] callers.
 #[derive(Debug, Default)]
 pub struct PerCaller {
-    by_caller: Mutex<HashMap<String, usize>>,
+    by_caller: Mutex<HashMap<Arc<str>, Arc<AtomicUsize>>>,
 }
 
+/// How many callers' counters are kept before those at zero are swept.
+const KEEP: usize = 64;
+
 impl PerCaller {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<AtomicUsize>>> {
+        self.by_caller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A place for one more of `user`'s, or `None` when `user` holds `max` already.
-    pub fn take(self: &Arc<Self>, user: &str, max: usize) -> Option<Place> {
-        let mut map = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
-        let held = map.get(user).copied().unwrap_or(0);
-        if held >= max {
+    pub fn take(&self, user: &str, max: usize) -> Option<Place> {
+        let mut map = self.lock();
+        // Places are taken under the lock, so two callers cannot both take the last
+        // one; they are given back without it, which can only make room.
+        let held = match map.get(user) {
+            Some(held) => held.clone(),
+            None => {
+                if map.len() >= KEEP {
+                    map.retain(|_, held| held.load(Ordering::Acquire) > 0);
+                }
+                let held = Arc::new(AtomicUsize::new(0));
+                map.insert(Arc::from(user), held.clone());
+                held
+            }
+        };
+        if held.load(Ordering::Acquire) >= max {
             return None;
         }
-        map.insert(user.to_owned(), held + 1);
-        Some(Place {
-            of: self.clone(),
-            user: user.to_owned(),
-        })
+        held.fetch_add(1, Ordering::AcqRel);
+        Some(Place { held })
     }
 
     /// How many places `user` holds now.
     pub fn held(&self, user: &str) -> usize {
-        let map = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(user).copied().unwrap_or(0)
+        self.lock()
+            .get(user)
+            .map_or(0, |held| held.load(Ordering::Acquire))
     }
 
     /// How many places every caller holds now, together.
     pub fn total(&self) -> usize {
-        let map = self.by_caller.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().sum()
+        self.lock()
+            .values()
+            .map(|held| held.load(Ordering::Acquire))
+            .sum()
     }
 }
 
 /// One place, given back when dropped.
 #[derive(Debug)]
 pub struct Place {
-    of: Arc<PerCaller>,
-    user: String,
+    held: Arc<AtomicUsize>,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut map = self.of.by_caller.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.user);
-            }
-        }
+        self.held.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// `body`, holding `place` for as long as it lives: hyper drops a response's body once
-/// it has sent it whole, or when the caller goes away.
-pub fn hold(body: Body, place: Place) -> Body {
-    body.map_frame(move |frame| {
-        let _held = &place;
-        frame
-    })
-    .boxed()
 }
 
 #[cfg(test)]
@@ -92,36 +93,53 @@ mod tests {
         assert_eq!(places.total(), 4);
         drop((again, held, other));
         assert!(places.take("agent", 0).is_none());
-        assert!(
-            places.by_caller.lock().unwrap().is_empty(),
-            "nothing left behind"
-        );
+        assert!(places.take("new", 0).is_none());
+        assert_eq!(places.total(), 0, "every place given back");
+        assert_eq!(places.held("agent"), 0);
     }
 
-    #[tokio::test]
-    async fn a_body_holds_its_place_while_it_lives() {
-        use bytes::Bytes;
-        use http_body::Frame;
+    /// Requests of one caller on several threads (`workers: 2` and up) never hold more
+    /// than the bound at once, and every place comes back.
+    #[test]
+    fn threads_together_never_hold_more_than_max() {
         let places = Arc::new(PerCaller::default());
-        let mut body = hold(crate::body::full("done"), places.take("agent", 2).unwrap());
-        while body.frame().await.is_some() {}
-        assert_eq!(places.held("agent"), 1, "until dropped");
-        drop(body);
-        assert_eq!(places.held("agent"), 0, "sent whole and dropped");
-
-        let (_tx, rx) =
-            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::body::BoxError>>(1);
-        let open = http_body_util::StreamBody::new(tokio_stream_of(rx)).boxed();
-        let streaming = hold(open, places.take("agent", 2).unwrap());
-        assert_eq!(places.held("agent"), 1, "held while it streams");
-        drop(streaming);
-        assert_eq!(places.held("agent"), 0, "the caller went away");
+        let live = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (places, live, peak) = (places.clone(), live.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..5_000 {
+                        if let Some(place) = places.take("agent", 3) {
+                            let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+                            peak.fetch_max(now, Ordering::SeqCst);
+                            live.fetch_sub(1, Ordering::SeqCst);
+                            drop(place);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Ordering::SeqCst) <= 3, "{peak:?}");
+        assert_eq!(places.total(), 0);
     }
 
-    /// A stream of the receiver's items, without another dependency.
-    fn tokio_stream_of<T>(
-        mut rx: tokio::sync::mpsc::Receiver<T>,
-    ) -> impl futures_util::Stream<Item = T> {
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    /// A caller's entry stays at zero for its next request, but callers come and go
+    /// (every token's subject is a caller): the map does not grow with them.
+    #[test]
+    fn callers_that_hold_nothing_are_swept() {
+        let places = Arc::new(PerCaller::default());
+        let kept = places.take("agent", 1).unwrap();
+        for n in 0..10 * KEEP {
+            drop(places.take(&format!("caller-{n}"), 1).unwrap());
+            assert!(places.lock().len() <= KEEP + 1, "{n}");
+        }
+        assert_eq!(places.held("agent"), 1, "a caller holding a place is kept");
+        assert!(places.take("agent", 1).is_none());
+        drop(kept);
+        assert_eq!(places.total(), 0);
     }
 }

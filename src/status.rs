@@ -37,6 +37,10 @@ pub struct Details {
     pub group: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub kind: String,
+    /// How long the client should wait before it tries again; also sent as the
+    /// `Retry-After` header, which is what client-go reads.
+    #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u32>,
 }
 
 impl Status {
@@ -117,6 +121,10 @@ impl Status {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(seconds) = self.details.as_ref().and_then(|d| d.retry_after_seconds) {
+            rsp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         rsp
     }
 }
@@ -157,6 +165,23 @@ mod tests {
         ] {
             assert_eq!(code_text(n, &mut buf), text);
         }
+    }
+
+    /// As apimachinery's `NewTooManyRequests`: the wait in the details and in the
+    /// header client-go reads before it retries.
+    #[test]
+    fn a_retry_after_is_in_the_details_and_the_header() {
+        let s = Status::too_many_requests("busy").with_details(Details {
+            retry_after_seconds: Some(1),
+            ..Default::default()
+        });
+        let v: serde_json::Value = serde_json::from_slice(&s.to_bytes()).unwrap();
+        assert_eq!(v["details"], serde_json::json!({"retryAfterSeconds": 1}));
+        let rsp = s.into_response();
+        assert_eq!(rsp.status(), 429);
+        assert_eq!(rsp.headers()[header::RETRY_AFTER], "1");
+        let plain = Status::forbidden("no").into_response();
+        assert!(!plain.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]

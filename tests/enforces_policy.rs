@@ -447,6 +447,131 @@ async fn a_caller_cannot_hold_more_than_its_bound_of_streams_open() {
     env.stop().await;
 }
 
+/// A caller in a loop cannot have any number of requests in flight: past
+/// `maxRequestsPerCaller` it gets a 429 with `Retry-After`, which kubectl waits out and
+/// retries, so a burst is slowed down rather than failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cannot_have_more_than_its_bound_of_requests_in_flight() {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::BodyExt;
+    let env = sandbox()
+        .with_proxy_config("maxRequestsPerCaller: 2\n")
+        .start()
+        .await;
+    let client = env.client(false);
+    // Two creates whose bodies never finish arriving: forwarded, they stay in flight
+    // until their callers send the rest.
+    let create = |name: &str| {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, chaperone::body::BoxError>>(1);
+        let body =
+            http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async {
+                rx.recv().await.map(|frame| (frame, rx))
+            }))
+            .boxed();
+        let req = http::Request::post(format!(
+            "{}/api/v1/namespaces/default/configmaps",
+            env.proxy_url()
+        ))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+        let client = client.clone();
+        let sent = tokio::spawn(async move { client.send(req).await });
+        let rest = format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"{name}\"}}}}"
+        );
+        (tx, rest, sent)
+    };
+    let (first_tx, first_rest, first) = create("first");
+    let (second_tx, second_rest, second) = create("second");
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let mut in_flight = String::new();
+    for _ in 0..200 {
+        in_flight = support::http_get(admin, "/metrics").await.1;
+        if in_flight.contains("\nchaperone_requests_in_flight 2\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        in_flight.contains("\nchaperone_requests_in_flight 2\n"),
+        "{in_flight}"
+    );
+
+    // A third is refused at once, saying why and when to try again...
+    let pods = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+    let refused = client.get(&pods, &[]).await;
+    let text = String::from_utf8_lossy(&refused.body);
+    assert_eq!(refused.status, 429, "{}", &text[..text.len().min(300)]);
+    assert_eq!(refused.headers["retry-after"], "1");
+    let status = refused.json();
+    assert_eq!(status["reason"], "TooManyRequests");
+    assert_eq!(status["details"]["retryAfterSeconds"], 1);
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("already has 2 requests in flight")
+            && message.contains("maxRequestsPerCaller"),
+        "{message}"
+    );
+    // ...and kubectl, told to retry after a second, waits for a place.
+    let kubectl = {
+        let mut cmd = env.kubectl_cmd(env.proxy_kubeconfig(), &["get", "pods", "-o", "name"]);
+        cmd.kill_on_drop(true);
+        tokio::spawn(support::run(cmd))
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !kubectl.is_finished(),
+        "kubectl was answered with two in flight"
+    );
+
+    // The first create gets the rest of its body and is answered: its place is free.
+    first_tx
+        .send(Ok(Frame::data(Bytes::from(first_rest))))
+        .await
+        .unwrap();
+    drop(first_tx);
+    let created = tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .expect("the create is answered")
+        .unwrap();
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let out = tokio::time::timeout(Duration::from_secs(30), kubectl)
+        .await
+        .expect("kubectl retried and was answered")
+        .unwrap();
+    assert!(ok(&out).contains("pod/"), "{out:?}");
+
+    second_tx
+        .send(Ok(Frame::data(Bytes::from(second_rest))))
+        .await
+        .unwrap();
+    drop(second_tx);
+    assert_eq!(second.await.unwrap().status, 201);
+    // The refusal is counted with its code, and nothing is left in flight.
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = support::http_get(admin, "/metrics").await.1;
+        if metrics.contains("\nchaperone_requests_in_flight 0\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics.contains("\nchaperone_requests_in_flight 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("chaperone_requests_total{") && l.contains("code=\"429\"")),
+        "{metrics}"
+    );
+    env.stop().await;
+}
+
 /// Opens a stream once the caller has a place for it again (given back asynchronously,
 /// when the proxy sees the previous one end).
 async fn open_when_free(

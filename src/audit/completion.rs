@@ -12,8 +12,10 @@ use super::event::{annotation, Stage};
 use super::{Recorder, Trail};
 use crate::body::{Body, BoxError};
 
-/// Called with the masked-field total when a response completes (for metrics).
-pub type OnMasked = Box<dyn FnOnce(u64) + Send + Sync>;
+/// Called once when the response ends (sent whole, failed, or the client gone), with
+/// its masked-field total (for metrics); what it holds, such as the caller's place
+/// among its requests in flight, is given back with it.
+pub type OnEnd = Box<dyn FnOnce(u64) + Send + Sync>;
 
 /// Wraps a response body so the request's event is recorded when the body ends —
 /// completely, with an error, or because the client went away.
@@ -22,18 +24,18 @@ pub fn on_complete(
     recorder: Arc<Recorder>,
     trail: Trail,
     code: u16,
-    on_masked: OnMasked,
+    on_end: OnEnd,
 ) -> Body {
     Body::new(Completion {
         inner: body,
-        pending: Some((recorder, trail, code, on_masked)),
+        pending: Some((recorder, trail, code, on_end)),
         recording: None,
     })
 }
 
 struct Completion {
     inner: Body,
-    pending: Option<(Arc<Recorder>, Trail, u16, OnMasked)>,
+    pending: Option<(Arc<Recorder>, Trail, u16, OnEnd)>,
     /// The event being queued as the body ends, and what to return once it is: the
     /// last frame waits for the queue, so with `overflow: block` a full queue holds the
     /// response back (its last data frame included, since with a Content-Length the
@@ -54,11 +56,11 @@ impl Completion {
     /// Queues the event of the ended body; when a queue is full (and `overflow:
     /// block`), returns the future that waits for room.
     fn record(&mut self, error: Option<String>) -> Option<Recording> {
-        let (recorder, mut trail, code, on_masked) = self.pending.take()?;
+        let (recorder, mut trail, code, on_end) = self.pending.take()?;
         if let Some(e) = error {
             trail.note(annotation::ERROR, e);
         }
-        on_masked(trail.masked_counter().load(Ordering::Relaxed));
+        on_end(trail.masked_counter().load(Ordering::Relaxed));
         let event = trail.into_event(Stage::ResponseComplete, code, None);
         let rest = recorder.try_record(event)?;
         recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);

@@ -22,7 +22,7 @@ pub mod otlp;
 mod recorder;
 mod trail;
 
-pub use completion::{on_complete, OnMasked};
+pub use completion::{on_complete, OnEnd};
 pub use file::Fsync;
 pub use recorder::{Counters, Error, Overflow, Recorder, Settings};
 pub use trail::Trail;
@@ -74,14 +74,30 @@ mod tests {
             Arc::new(Recorder::start(&settings(Some(path.clone()), 16, Overflow::Block)).unwrap());
         let t = trail();
         t.masked_counter().fetch_add(3, Ordering::Relaxed);
-        let body = on_complete(
+        // The end hands over the masked total and gives back what it holds.
+        let places = Arc::new(crate::places::PerCaller::default());
+        let place = places.take("agent", 1).unwrap();
+        let (ended, masked) = std::sync::mpsc::channel();
+        let mut body = on_complete(
             crate::body::full("{}"),
             recorder.clone(),
             t.clone(),
             200,
-            Box::new(|_| {}),
+            Box::new(move |n| {
+                drop(place);
+                ended.send(n).unwrap();
+            }),
         );
-        body.collect().await.unwrap();
+        assert_eq!(
+            places.held("agent"),
+            1,
+            "held while the response is on its way"
+        );
+        while body.frame().await.is_some() {}
+        assert_eq!(masked.try_recv(), Ok(3));
+        assert_eq!(places.held("agent"), 0, "given back as the response ended");
+        drop(body);
+        assert!(masked.try_recv().is_err(), "called once");
         recorder.close(Duration::from_secs(5)).await;
         let text = std::fs::read_to_string(&path).unwrap();
         let event: Event = serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -102,13 +118,22 @@ mod tests {
             Arc::new(Recorder::start(&settings(Some(path.clone()), 16, Overflow::Block)).unwrap());
         let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         let stream = http_body_util::StreamBody::new(tokio_stream_from(rx));
-        drop(on_complete(
+        let places = Arc::new(crate::places::PerCaller::default());
+        let place = places.take("agent", 1).unwrap();
+        let streaming = on_complete(
             Body::new(stream),
             recorder.clone(),
             trail(),
             200,
-            Box::new(|_| {}),
-        ));
+            Box::new(move |_| drop(place)),
+        );
+        assert_eq!(places.held("agent"), 1, "held while it streams");
+        drop(streaming);
+        assert_eq!(
+            places.held("agent"),
+            0,
+            "given back when the client went away"
+        );
         recorder.close(Duration::from_secs(5)).await;
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("closed the connection"), "{text}");

@@ -181,6 +181,7 @@ impl Decision {
             } else {
                 String::new()
             },
+            ..Default::default()
         };
         Status::forbidden(message).with_details(details)
     }

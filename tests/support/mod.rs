@@ -390,6 +390,7 @@ pub fn ok(out: &Output) -> String {
     stdout
 }
 
+#[derive(Clone)]
 pub struct TestClient {
     inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     token: Option<String>,
