@@ -481,22 +481,17 @@ impl Proxy {
         // Every request forwarded holds an upstream stream, and its buffers until it
         // is answered; a stream holds them for as long as it runs. A caller in a loop
         // must not have any number of either.
-        let place = match streaming {
-            true => self
-                .streams
-                .take(&who.user, self.max_streams)
-                .ok_or_else(|| Error::TooManyStreams {
-                    user: who.user.clone(),
-                    max: self.max_streams,
-                })?,
-            false => self
-                .requests
-                .take(&who.user, self.max_requests)
-                .ok_or_else(|| Error::TooManyRequests {
-                    user: who.user.clone(),
-                    max: self.max_requests,
-                })?,
+        let (places, max, refused): (_, _, fn(String, usize) -> Error) = match streaming {
+            true => (&self.streams, self.max_streams, |user, max| {
+                Error::TooManyStreams { user, max }
+            }),
+            false => (&self.requests, self.max_requests, |user, max| {
+                Error::TooManyRequests { user, max }
+            }),
         };
+        let place = places
+            .take(&who.user, max)
+            .ok_or_else(|| refused(who.user.clone(), max))?;
 
         // The path authorised above is exactly the path forwarded: the normalised form,
         // re-encoded once, never the caller's raw bytes.

@@ -432,18 +432,7 @@ async fn a_caller_cannot_hold_more_than_its_bound_of_streams_open() {
     let third = open_when_free(&client, &watch).await;
     assert_eq!(client.open(watch()).await.status(), 429, "two open again");
     drop((second, third));
-    for _ in 0..200 {
-        let (_, metrics) = support::http_get(admin, "/metrics").await;
-        if metrics.contains("\nchaperone_streams_open 0\n") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (_, metrics) = support::http_get(admin, "/metrics").await;
-    assert!(
-        metrics.contains("\nchaperone_streams_open 0\n"),
-        "{metrics}"
-    );
+    metrics_showing(admin, "chaperone_streams_open 0").await;
     env.stop().await;
 }
 
@@ -487,18 +476,7 @@ async fn a_caller_cannot_have_more_than_its_bound_of_requests_in_flight() {
     let (first_tx, first_rest, first) = create("first");
     let (second_tx, second_rest, second) = create("second");
     let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
-    let mut in_flight = String::new();
-    for _ in 0..200 {
-        in_flight = support::http_get(admin, "/metrics").await.1;
-        if in_flight.contains("\nchaperone_requests_in_flight 2\n") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        in_flight.contains("\nchaperone_requests_in_flight 2\n"),
-        "{in_flight}"
-    );
+    metrics_showing(admin, "chaperone_requests_in_flight 2").await;
 
     // A third is refused at once, saying why and when to try again...
     let pods = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
@@ -551,18 +529,7 @@ async fn a_caller_cannot_have_more_than_its_bound_of_requests_in_flight() {
     drop(second_tx);
     assert_eq!(second.await.unwrap().status, 201);
     // The refusal is counted with its code, and nothing is left in flight.
-    let mut metrics = String::new();
-    for _ in 0..200 {
-        metrics = support::http_get(admin, "/metrics").await.1;
-        if metrics.contains("\nchaperone_requests_in_flight 0\n") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        metrics.contains("\nchaperone_requests_in_flight 0\n"),
-        "{metrics}"
-    );
+    let metrics = metrics_showing(admin, "chaperone_requests_in_flight 0").await;
     assert!(
         metrics
             .lines()
@@ -570,6 +537,20 @@ async fn a_caller_cannot_have_more_than_its_bound_of_requests_in_flight() {
         "{metrics}"
     );
     env.stop().await;
+}
+
+/// The proxy's metrics once they have `line` (places are given back asynchronously, as
+/// the proxy sees a response end); fails after 10 s without it.
+async fn metrics_showing(admin: std::net::SocketAddr, line: &str) -> String {
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = support::http_get(admin, "/metrics").await.1;
+        if metrics.lines().any(|l| l == line) {
+            return metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {line:?} within 10 s in\n{metrics}");
 }
 
 /// Opens a stream once the caller has a place for it again (given back asynchronously,
