@@ -99,6 +99,9 @@ def main():
                    help="copy the N2 run's callgrind (or dhat) output here")
     p.add_argument("--inclusive", action="store_true",
                    help="with --annotate: count what functions call, too")
+    p.add_argument("--upstream-token-length", type=int, default=32, metavar="N",
+                   help="characters of the proxy's own bearer token (default: 32; a projected "
+                        "service-account token is about 1000)")
     p.add_argument("--allocations", action="store_true",
                    help="count heap allocations (valgrind's dhat) instead of instructions")
     args = p.parse_args()
@@ -114,7 +117,8 @@ def main():
 
 
 def measure(args, tmp, procs):
-    pki, caller, _, kubeconfig, policy = pb.pod_setup(procs, tmp, "bench-instructions")
+    pki, caller, _, kubeconfig, policy = pb.pod_setup(procs, tmp, "bench-instructions",
+                                                      args.upstream_token_length)
     i1, _ = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n1, "n1")
     i2, out2 = run_once(args, tmp, procs, pki, caller, kubeconfig, policy, args.n2, "n2")
     if args.save:
@@ -122,7 +126,7 @@ def measure(args, tmp, procs):
     if args.allocations:
         n = args.n2 - args.n1
         print(f"chaperone proxy, GET of a 2090 B Pod over one keep-alive TLS connection, "
-              f"audit to a JSONL file; dhat")
+              f"audit to a JSONL file, upstream token {args.upstream_token_length} characters; dhat")
         print(f"  {args.n1} requests: {i1[0]:,} blocks, {i1[1]:,} B; "
               f"{args.n2} requests: {i2[0]:,} blocks, {i2[1]:,} B")
         print(f"  per request: {(i2[0] - i1[0]) / n:,.1f} allocations, "
@@ -131,7 +135,8 @@ def measure(args, tmp, procs):
         return
     per = (i2 - i1) / (args.n2 - args.n1)
     print(f"chaperone proxy, GET of a 2090 B Pod over one keep-alive TLS connection, "
-          f"audit to a JSONL file; callgrind")
+          f"audit to a JSONL file, upstream token {args.upstream_token_length} characters; "
+          f"callgrind")
     print(f"  {args.n1} requests: {i1:,} instructions; {args.n2} requests: {i2:,}")
     print(f"  per request: {per:,.0f} instructions")
     print(f"  {bc.describe_binary(args.binary)}")

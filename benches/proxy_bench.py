@@ -180,14 +180,21 @@ def run_nginx(procs, tmp, name, text, port):
     return proc
 
 
-def pod_setup(procs, tmp, policy_name):
+def make_upstream_token(length):
+    """The proxy's own credential: `length` random base64url characters (32 by default;
+    a projected service-account token, what chaperone holds in a cluster, is a JWT of
+    about 1,000)."""
+    return bc.b64url(os.urandom(length))[:length]
+
+
+def pod_setup(procs, tmp, policy_name, token_length=32):
     """The one-Pod setup of instructions.py and timeline.py: a PKI, a caller token, the
     upstream nginx (its `www` empty), a kubeconfig for it with its own token, and a policy
     allowing `get pods`. Returns (pki, caller token, upstream port, kubeconfig, policy)."""
     os.chmod(tmp, 0o711)
     pki = bc.Pki(tmp)
     caller = pki.token()
-    upstream_token = bc.b64url(os.urandom(24))
+    upstream_token = make_upstream_token(token_length)
     www = os.path.join(tmp, "www")
     os.makedirs(www)
     up_crt, up_key = pki.server_cert("upstream")
@@ -493,7 +500,8 @@ class Bench:
         self.pki = bc.Pki(tmp)
         self.ca = self.pki.ca_crt
         self.caller = self.pki.token()  # the ES256 JWT callers present to chaperone
-        self.upstream_token = bc.b64url(os.urandom(24))  # the proxy's own credential
+        # The proxy's own credential (the direct and nginx-proxy paths present it too).
+        self.upstream_token = make_upstream_token(args.upstream_token_length)
         self.token_file = os.path.join(tmp, "upstream.token")
         with open(self.token_file, "w") as f:
             f.write(self.upstream_token)
@@ -1087,6 +1095,10 @@ def main():
     parser.add_argument("--oha", help="the oha binary (default: on PATH, else ~/.cargo/bin/oha, else /tmp/oha/bin/oha)")
     parser.add_argument("--binary", default=bc.DEFAULT_BINARY,
                         help="the chaperone binary (default: target/release/chaperone)")
+    parser.add_argument("--upstream-token-length", type=int, default=32, metavar="N",
+                        help="characters of the proxy's own bearer token, which the direct and "
+                             "nginx-proxy paths present too (default: 32; a projected "
+                             "service-account token is about 1000)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     if args.mode == "watch-upstream":
@@ -1096,6 +1108,8 @@ def main():
     for s in only:
         if s not in SECTIONS:
             parser.error(f"unknown section {s!r}")
+    if not 8 <= args.upstream_token_length <= 8000:
+        parser.error("--upstream-token-length must be between 8 and 8000")
     if not (1 <= args.duration <= 300 and 1 <= args.runs <= 20 and 1 <= args.rate <= 100000
             and 1 <= args.connections <= 1000 and 0 < args.list_mb <= 500 and 1 <= args.fetches <= 50
             and 1 <= args.watches <= 10000 and 1 <= args.watch_seconds <= 1800
@@ -1138,7 +1152,8 @@ def main():
         bc.remove_or_keep(tmp, args.keep)
 
     print(f"chaperone proxy vs nginx; GET of a {len(bc.POD_JSON)} B Pod, Lists, watches; all on 127.0.0.1;"
-          f" {os.cpu_count()} cores shared by the load driver, nginx and the proxy")
+          f" {os.cpu_count()} cores shared by the load driver, nginx and the proxy;"
+          f" the proxy's upstream token {args.upstream_token_length} characters")
     for line in b.report:
         print(line)
     if b.chaperone:
