@@ -62,15 +62,25 @@ fn start_local(env: &Env, extra: &[&str]) -> Local {
 }
 
 fn start_local_with(env: &Env, kubeconfig: &Path, name: &str, extra: &[&str]) -> Local {
-    let dir = env.dir.path().join(name);
     let policy = env.dir.path().join("desktop-policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
+    start_local_on(env, kubeconfig, name, &policy, extra)
+}
+
+fn start_local_on(
+    env: &Env,
+    kubeconfig: &Path,
+    name: &str,
+    policy: &Path,
+    extra: &[&str],
+) -> Local {
+    let dir = env.dir.path().join(name);
     let mut child = Command::new(env!("CARGO_BIN_EXE_chaperone"))
         .args(["local", "--context", "sandbox", "--listen", "127.0.0.1:0"])
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .arg("--policy")
-        .arg(&policy)
+        .arg(policy)
         .arg("--dir")
         .arg(&dir)
         .args(extra)
@@ -219,6 +229,62 @@ async fn an_mcp_server_on_a_laptop_gets_its_own_kubeconfig_and_the_policy_decide
     assert!(
         replay.contains("mcp-agent") && replay.contains("default/pods nginx"),
         "{replay}"
+    );
+    env.stop().await;
+}
+
+/// The shipped desktop policy: the agent reads, and its pod delete waits for the person
+/// at the keyboard, who approves it from their own kubeconfig with `chaperone approve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_policy_holds_an_agents_delete_for_the_person_at_the_keyboard() {
+    let env = sandbox().start().await;
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/desktop.yaml");
+    let local = start_local_on(&env, &env.started.kubeconfig, "local", &policy, &[]);
+    let kubeconfig = local.kubeconfig();
+    let pods = ok(&kubectl(&kubeconfig, &["get", "pods", "-n", "default"]));
+    assert!(pods.contains("nginx"), "{pods}");
+
+    let approver = support::approve_when_held(&env);
+    let held = kubeconfig.clone();
+    let delete = tokio::task::spawn_blocking(move || {
+        kubectl(&held, &["delete", "pod", "nginx", "-n", "default"])
+    })
+    .await
+    .unwrap();
+    let name = approver.await.unwrap();
+    assert!(ok(&delete).contains("pod \"nginx\" deleted"), "{delete:?}");
+    let gone = env
+        .kubectl_direct(&["get", "pod", "nginx", "-n", "default"])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "{gone:?}"
+    );
+
+    // On record: held, then approved, under the AccessRequest's name.
+    drop(local);
+    let audit = std::fs::read_to_string(env.dir.path().join("local/audit.jsonl")).unwrap();
+    let deletes: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["verb"] == "delete")
+        .collect();
+    let approval = |e: &Value| {
+        e["annotations"]["chaperone.dev/approval"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        deletes.iter().any(|e| approval(e) == "held"
+            && e["annotations"]["chaperone.dev/access-request"] == name.as_str()),
+        "{deletes:#?}"
+    );
+    assert!(
+        deletes
+            .iter()
+            .any(|e| approval(e).starts_with("approved by") && e["responseStatus"]["code"] == 200),
+        "{deletes:#?}"
     );
     env.stop().await;
 }
