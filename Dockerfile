@@ -27,7 +27,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     # The proxy is built with profile-guided optimisation: an instrumented build, a
     # training session against the sandbox on loopback, the optimised build. 12% fewer
     # instructions per proxied request (benches/README.md). With the profile's fat LTO
-    # a cold build takes about 14 min on 2 cores (11.5 for the proxy, 2.3 the injector).
+    # a cold build takes about 14.5 min on 2 cores (11 for the proxy, 3.4 for the injector).
     && bash benches/pgo.sh --locked \
     && cargo build --release --locked -p chaperone-injector --bin chaperone-injector \
     && mkdir -p /out \
