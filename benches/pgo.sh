@@ -33,7 +33,7 @@ die() {
 # train BINARY SCALE: the session against BINARY; SCALE 10 is the full mix, 1 a tenth.
 train() {
     local binary="$1" scale="$2"
-    local sandbox_dir="$work/sandbox" config="$work/proxy.yaml" pid proxy="" token
+    local sandbox_dir="$work/sandbox" config="$work/proxy.yaml" proxy="" token
     command -v curl >/dev/null || die "curl not found"
     cat >"$config" <<EOF
 listen: [127.0.0.1:0]
@@ -49,12 +49,13 @@ policy:
 EOF
     "$binary" --log warn sandbox --with-proxy "$config" --dir "$sandbox_dir" \
         --listen 127.0.0.1:0 >"$work/sandbox.out" &
-    pid=$!
-    trap 'kill "$pid" 2>/dev/null || true' EXIT
+    # Global, so the EXIT trap still sees it wherever the script stops.
+    training_pid=$!
+    trap 'kill "$training_pid" 2>/dev/null || true' EXIT
     for _ in $(seq 1 300); do
         proxy="$(sed -n 's|^chaperone proxy *\(https://[^ ]*\)$|\1|p' "$work/sandbox.out")"
         [[ -n "$proxy" ]] && break
-        kill -0 "$pid" 2>/dev/null || die "the sandbox exited (see $work/sandbox.out)"
+        kill -0 "$training_pid" 2>/dev/null || die "the sandbox exited (see $work/sandbox.out)"
         sleep 0.1
     done
     [[ -n "$proxy" ]] || die "the proxy did not start within 30 s"
@@ -88,8 +89,8 @@ EOF
         send "$version" 4 GET "$api/pods/nginx?round=[1-$anonymous]"
     done
 
-    kill -TERM "$pid"
-    wait "$pid" || die "the training proxy did not stop cleanly"
+    kill -TERM "$training_pid"
+    wait "$training_pid" || die "the training proxy did not stop cleanly"
     trap - EXIT
 
     # Every request is in the audit trail with the answer the mix expects (a watch has
