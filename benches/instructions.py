@@ -99,9 +99,7 @@ def main():
                    help="copy the N2 run's callgrind (or dhat) output here")
     p.add_argument("--inclusive", action="store_true",
                    help="with --annotate: count what functions call, too")
-    p.add_argument("--upstream-token-length", type=int, default=32, metavar="N",
-                   help="characters of the proxy's own bearer token (default: 32; a projected "
-                        "service-account token is about 1000)")
+    pb.add_upstream_token_length(p)
     p.add_argument("--allocations", action="store_true",
                    help="count heap allocations (valgrind's dhat) instead of instructions")
     args = p.parse_args()

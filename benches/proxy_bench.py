@@ -180,6 +180,19 @@ def run_nginx(procs, tmp, name, text, port):
     return proc
 
 
+def add_upstream_token_length(parser):
+    """`--upstream-token-length N`, shared with instructions.py."""
+    def length(text):
+        n = int(text)
+        if not 8 <= n <= 8000:
+            raise argparse.ArgumentTypeError("must be between 8 and 8000")
+        return n
+    parser.add_argument("--upstream-token-length", type=length, default=32, metavar="N",
+                        help="characters of the proxy's own bearer token upstream (default: 32; "
+                             "a projected service-account token is about 1000); in "
+                             "proxy_bench.py the direct and nginx-proxy paths present it too")
+
+
 def make_upstream_token(length):
     """The proxy's own credential: `length` random base64url characters (32 by default;
     a projected service-account token, what chaperone holds in a cluster, is a JWT of
@@ -1095,10 +1108,7 @@ def main():
     parser.add_argument("--oha", help="the oha binary (default: on PATH, else ~/.cargo/bin/oha, else /tmp/oha/bin/oha)")
     parser.add_argument("--binary", default=bc.DEFAULT_BINARY,
                         help="the chaperone binary (default: target/release/chaperone)")
-    parser.add_argument("--upstream-token-length", type=int, default=32, metavar="N",
-                        help="characters of the proxy's own bearer token, which the direct and "
-                             "nginx-proxy paths present too (default: 32; a projected "
-                             "service-account token is about 1000)")
+    add_upstream_token_length(parser)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     if args.mode == "watch-upstream":
@@ -1108,8 +1118,6 @@ def main():
     for s in only:
         if s not in SECTIONS:
             parser.error(f"unknown section {s!r}")
-    if not 8 <= args.upstream_token_length <= 8000:
-        parser.error("--upstream-token-length must be between 8 and 8000")
     if not (1 <= args.duration <= 300 and 1 <= args.runs <= 20 and 1 <= args.rate <= 100000
             and 1 <= args.connections <= 1000 and 0 < args.list_mb <= 500 and 1 <= args.fetches <= 50
             and 1 <= args.watches <= 10000 and 1 <= args.watch_seconds <= 1800
