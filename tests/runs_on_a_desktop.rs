@@ -61,6 +61,15 @@ fn start_local(env: &Env, extra: &[&str]) -> Local {
     start_local_with(env, &env.started.kubeconfig, "local", extra)
 }
 
+/// The events `chaperone local` recorded under `dir/local/` (once it has stopped).
+fn local_audit(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("local/audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn start_local_with(env: &Env, kubeconfig: &Path, name: &str, extra: &[&str]) -> Local {
     let policy = env.dir.path().join("desktop-policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
@@ -204,11 +213,7 @@ async fn an_mcp_server_on_a_laptop_gets_its_own_kubeconfig_and_the_policy_decide
 
     // The audit trail names the laptop's user and groups, for replay.
     drop(local);
-    let audit = std::fs::read_to_string(env.dir.path().join("local/audit.jsonl")).unwrap();
-    let events: Vec<Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = local_audit(env.dir.path());
     assert!(events
         .iter()
         .any(|e| e["verb"] == "delete" && e["annotations"]["chaperone.dev/decision"] == "deny"));
@@ -263,10 +268,8 @@ async fn the_desktop_policy_holds_an_agents_delete_for_the_person_at_the_keyboar
 
     // On record: held, then approved, under the AccessRequest's name.
     drop(local);
-    let audit = std::fs::read_to_string(env.dir.path().join("local/audit.jsonl")).unwrap();
-    let deletes: Vec<Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let deletes: Vec<Value> = local_audit(env.dir.path())
+        .into_iter()
         .filter(|e| e["verb"] == "delete")
         .collect();
     let approval = |e: &Value| {
