@@ -74,7 +74,7 @@ EOF
     # send HTTP-VERSION PARALLEL METHOD URL [CURL-ARGS...]: curl expands the URL's [1-N]
     # into N requests, PARALLEL at a time over reused connections.
     send() {
-        curl -sS --no-progress-meter "$1" --parallel --parallel-max "$2" \
+        curl --no-progress-meter "$1" --parallel --parallel-max "$2" \
             --cacert "$sandbox_dir/ca.crt" -X "$3" -o /dev/null "$4" "${@:5}"
     }
     for version in --http1.1 --http2; do
