@@ -338,3 +338,23 @@ proptest! {
         prop_assert_eq!(text.matches('\n').count(), input.matches('\n').count());
     }
 }
+
+/// A corrupt number in a List's items reads the same wherever the body is cut: the
+/// value ends where the number does, and the byte after it is no `,` or `]`.
+#[test]
+fn a_corrupt_number_is_the_same_error_at_every_cut() {
+    let input = br#"{"items":[-20x704.1713930982,[]],"kind":"SecretList","metadata":{}}"#;
+    let t = Target {
+        resource: "secrets",
+        ..Target::default()
+    };
+    let whole = mask(&EVERYTHING, &t, "application/json", input, &[]);
+    assert_eq!(
+        whole,
+        Err("upstream sent invalid JSON at byte 13: expected ',' or ']'".to_owned())
+    );
+    for cut in 0..=input.len() {
+        let cut_once = mask(&EVERYTHING, &t, "application/json", input, &[cut]);
+        assert_eq!(cut_once, whole, "cut at {cut}");
+    }
+}

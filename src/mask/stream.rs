@@ -279,7 +279,27 @@ impl JsonStream {
                     match end {
                         None => self.pos = len,
                         Some(end) => {
-                            masked += self.unit(self.start, end, out)?;
+                            // The tokenizer says where the value ends, as on the fast
+                            // path: `-20x7` is the number `-20`, and the `x` is for the
+                            // envelope or the top level to refuse, wherever the body
+                            // was cut. Invalid from its first byte: the unit's error.
+                            let tokenized = self.units.try_mask_prefix(
+                                &self.inner,
+                                &self.ctx,
+                                &self.buf[self.start..=end],
+                                MAX_UNIT,
+                                out,
+                            );
+                            let end = match tokenized {
+                                Some((n, m)) => {
+                                    masked += m;
+                                    self.start + n
+                                }
+                                None => {
+                                    masked += self.unit(self.start, end, out)?;
+                                    end
+                                }
+                            };
                             self.done_value(end, elem);
                         }
                     }
