@@ -63,11 +63,11 @@ async fn kubectl_is_allowed_denied_and_held_as_the_policy_says() {
     // The audit trail names the rule of each decision (in the complete event; a held
     // request also has its `RequestReceived` one, see holds_for_approval).
     let _dir = env.stop().await;
-    let audit = std::fs::read_to_string(_dir.path().join("sandbox/audit.jsonl")).unwrap();
+    let audit: Vec<serde_json::Value> =
+        support::json_lines(&_dir.path().join("sandbox/audit.jsonl"));
     let rule_of = |verb: &str, resource: &str| -> Vec<String> {
         audit
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .iter()
             .filter(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
             .filter(|e| e["stage"] == "ResponseComplete")
             .map(|e| {
@@ -217,12 +217,11 @@ async fn audit_mode_records_what_it_would_deny_and_lets_it_through() {
         .await;
     assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
     let dir = env.stop().await;
-    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
-    let event: serde_json::Value = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|e| e["objectRef"]["resource"] == "configmaps")
-        .unwrap();
+    let event: serde_json::Value =
+        support::json_lines::<serde_json::Value>(&dir.path().join("sandbox/audit.jsonl"))
+            .into_iter()
+            .find(|e| e["objectRef"]["resource"] == "configmaps")
+            .unwrap();
     let notes = &event["annotations"];
     assert_eq!(notes["chaperone.dev/decision"], "allow");
     assert_eq!(notes["chaperone.dev/mode"], "audit");
@@ -280,18 +279,17 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
 
     // On record as answered by chaperone.
     let dir = env.stop().await;
-    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
-    let answered: Vec<String> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["annotations"]["chaperone.dev/rule"] == "builtin:self-review")
-        .map(|e| {
-            e["annotations"]["chaperone.dev/reason"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let answered: Vec<String> =
+        support::json_lines::<serde_json::Value>(&dir.path().join("sandbox/audit.jsonl"))
+            .into_iter()
+            .filter(|e| e["annotations"]["chaperone.dev/rule"] == "builtin:self-review")
+            .map(|e| {
+                e["annotations"]["chaperone.dev/reason"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
     assert!(
         answered.contains(
             &"answered by chaperone, not forwarded: can-i delete pods in default: no".to_owned()

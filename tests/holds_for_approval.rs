@@ -156,12 +156,11 @@ async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
     // The record: held (before the wait), approved and forwarded, then granted; each
     // names the AccessRequest.
     let dir = env.stop().await;
-    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
-    let events: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|e: &serde_json::Value| e["annotations"]["chaperone.dev/access-request"] == name)
-        .collect();
+    let events: Vec<serde_json::Value> =
+        support::json_lines::<serde_json::Value>(&dir.path().join("sandbox/audit.jsonl"))
+            .into_iter()
+            .filter(|e| e["annotations"]["chaperone.dev/access-request"] == name)
+            .collect();
     let steps: Vec<(&str, &str, u64)> = events
         .iter()
         .map(|e| {
@@ -179,7 +178,7 @@ async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
             ("ResponseComplete", "approved by sandbox-user", 201),
             ("ResponseComplete", "granted earlier", 409),
         ],
-        "{audit}"
+        "{events:#?}"
     );
     assert_eq!(events[0]["auditID"], events[1]["auditID"]);
     assert_eq!(
@@ -707,13 +706,13 @@ async fn a_caller_cannot_hold_more_different_requests_than_its_bound() {
 
     // The refusal is on record, with its reason.
     let dir = env.stop().await;
-    let audit = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();
-    let refusals: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let audit: Vec<serde_json::Value> =
+        support::json_lines(&dir.path().join("sandbox/audit.jsonl"));
+    let refusals: Vec<&serde_json::Value> = audit
+        .iter()
         .filter(|e| e["annotations"]["chaperone.dev/approval"] == "refused: too many held")
         .collect();
-    assert_eq!(refusals.len(), 1, "{audit}");
+    assert_eq!(refusals.len(), 1, "{audit:#?}");
     assert_eq!(refusals[0]["responseStatus"]["code"], 429);
     assert!(refusals[0]["annotations"]["chaperone.dev/reason"]
         .as_str()

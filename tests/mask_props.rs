@@ -10,11 +10,14 @@ use http::{header, HeaderMap, HeaderValue};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use proptest::prelude::*;
+
+#[path = "support/cases.rs"]
+mod cases;
 use serde_json::{Map, Value};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 500,
+        cases: cases::cases(500),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

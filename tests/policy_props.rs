@@ -7,6 +7,9 @@ use chaperone::request_info::RequestInfo;
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 
+#[path = "support/cases.rs"]
+mod cases;
+
 /// A generated rule, kept as data for the reference implementation.
 #[derive(Debug, Clone)]
 struct Rule {
@@ -373,7 +376,7 @@ fn policy_mode() -> impl Strategy<Value = policy::Mode> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases::cases(300), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn index_agrees_with_a_linear_scan(

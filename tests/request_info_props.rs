@@ -7,6 +7,9 @@ use chaperone::request_info;
 use http::{Method, Uri};
 use proptest::prelude::*;
 
+#[path = "support/cases.rs"]
+mod cases;
+
 /// Path pieces that steer generated paths into resource parsing and into every refusal.
 const PIECES: &[&str] = &[
     "",
@@ -127,7 +130,7 @@ fn request(method: &str, path_and_query: &str) -> Option<(Method, Uri)> {
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 2000,
+        cases: cases::cases(2000),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

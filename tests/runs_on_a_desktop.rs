@@ -63,11 +63,7 @@ fn start_local(env: &Env, extra: &[&str]) -> Local {
 
 /// The events `chaperone local` recorded under `dir/local/` (once it has stopped).
 fn local_audit(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("local/audit.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    support::json_lines(&dir.join("local/audit.jsonl"))
 }
 
 fn start_local_with(env: &Env, kubeconfig: &Path, name: &str, extra: &[&str]) -> Local {

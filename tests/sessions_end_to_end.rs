@@ -30,10 +30,7 @@ fn assert_recorded(
     calls: &[(&str, &str, &str, u64)],
 ) {
     let audit = std::fs::read_to_string(audit_file).unwrap();
-    let events: Vec<Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events: Vec<Value> = support::json_lines(audit_file);
     for e in &events {
         assert_eq!(e["user"]["username"], user, "{e}");
     }

@@ -390,6 +390,20 @@ pub fn ok(out: &Output) -> String {
     stdout
 }
 
+/// Each line of a JSON-lines file (an audit recording), parsed; panics naming the file
+/// and the line that cannot be read.
+pub fn json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}:{}: {e}: {l}", path.display(), i + 1))
+        })
+        .collect()
+}
+
 #[derive(Clone)]
 pub struct TestClient {
     inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
