@@ -138,15 +138,21 @@ impl Transform for LineStream {
         let mut start = 0;
         let mut masked = 0;
         loop {
-            match memchr(b'\n', &self.buf[self.pos..]) {
-                Some(p) => {
-                    let end = self.pos + p + 1;
+            // Where this line's text ends: at its `\n`, or as far as the body has come.
+            let newline = memchr(b'\n', &self.buf[self.pos..]).map(|p| self.pos + p);
+            let text_end = newline.unwrap_or(self.buf.len());
+            match newline {
+                // A line whose text reaches `MAX_LINE` is cut whether or not its `\n` came
+                // in the same chunk, so that the output never depends on where the body
+                // was cut into frames.
+                _ if text_end - start >= MAX_LINE => {
+                    let end = start + cut(&self.buf[start..start + MAX_LINE]);
                     masked += self.line(start, end, out);
                     start = end;
                     self.pos = end;
                 }
-                None if self.buf.len() - start >= MAX_LINE => {
-                    let end = start + cut(&self.buf[start..start + MAX_LINE]);
+                Some(newline) => {
+                    let end = newline + 1;
                     masked += self.line(start, end, out);
                     start = end;
                     self.pos = end;
