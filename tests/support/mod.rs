@@ -2,6 +2,7 @@
 //! chaperone in front of it, and real clients pointed at either.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod cases;
 pub mod identity;
 pub mod oidc;
 pub mod otlp;
