@@ -16,6 +16,8 @@
 //! through the built-in detectors (PEM keys, JWTs, cloud and chat tokens, `password=`,
 //! bearer tokens) as a pod's log lines do ([`Masker::mask_text`], [`Masker::mask_query`]).
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use serde_json::Value;
 
@@ -118,6 +120,9 @@ impl Masker {
     /// (`%XX` and `+` decoded) and masked by [`Masker::mask_text`], an exec's `command`
     /// values together by [`Masker::mask_command`]; the pairs in which nothing is found
     /// stay as sent. `None` when nothing is found.
+    ///
+    /// A value with a `%` that starts no escape is read with that `%` as it is: the API
+    /// server drops such a pair, but the record keeps the query as sent.
     pub fn mask_query(&self, query: &str) -> Option<String> {
         use crate::request_info::query_unescape;
         // Each pair as sent, and whether it is one of the command's arguments.
@@ -136,7 +141,7 @@ impl Masker {
         let args: Vec<_> = pairs
             .iter()
             .filter(|(_, _, command)| *command)
-            .map(|(_, v, _)| v.and_then(query_unescape).unwrap_or_default())
+            .map(|(_, v, _)| v.map(unescape_for_scanning).unwrap_or_default())
             .collect();
         let mut command = self.mask_command(&args).into_iter();
         let mut out = String::with_capacity(query.len());
@@ -149,7 +154,7 @@ impl Masker {
                 command.next().flatten()
             } else {
                 value
-                    .and_then(query_unescape)
+                    .map(unescape_for_scanning)
                     .and_then(|v| self.mask_text(&v))
             };
             match masked {
@@ -170,6 +175,36 @@ impl Masker {
         }
         found.then_some(out)
     }
+}
+
+/// A query value decoded to be scanned: `%XX` escapes and `+` as the API server reads
+/// them, and a `%` that starts no escape kept as it is, where the API server would drop
+/// the pair (the record still holds it).
+fn unescape_for_scanning(value: &str) -> Cow<'_, [u8]> {
+    if let Some(decoded) = crate::request_info::query_unescape(value) {
+        return decoded;
+    }
+    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi << 4 | lo) as u8);
+                i += 3;
+            }
+            (b'+', ..) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, ..) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Clients whose `-p` carries the password in the same argument (`-pS3cret`).
@@ -523,6 +558,27 @@ mod tests {
             masker.mask_query("command=mysql&command=-p&command=app"),
             None
         );
+    }
+
+    #[test]
+    fn a_query_value_the_api_server_would_drop_is_still_masked() {
+        let masker = Masker::builtin();
+        // A `%` that starts no escape: the API server drops the pair, the record keeps it.
+        let cases = [
+            (
+                "command=mysql&command=--password&command=hunter2%zz&stdout=true",
+                "command=mysql&command=--password&command=chaperone%3Amasked&stdout=true",
+            ),
+            (
+                "container=main&x=AKIAIOSFODNN7EXAMPLE%",
+                "container=main&x=chaperone%3Amasked%25",
+            ),
+            ("x=%4%AKIA%49OSFODNN7EXAMPLE", "x=%254%25chaperone%3Amasked"),
+        ];
+        for (query, want) in cases {
+            assert_eq!(masker.mask_query(query).as_deref(), Some(want), "{query}");
+        }
+        assert_eq!(masker.mask_query("command=ls&x=100%"), None);
     }
 
     #[test]
