@@ -300,10 +300,19 @@ impl Proxy {
         // Each stage has a debug-level span (`--log chaperone=debug`): at the default
         // level they would cost a formatted span per stage per request. The stages'
         // timings are in the audit event's OTLP child spans either way.
-        let info = Arc::new(
-            tracing::debug_span!("resolve")
-                .in_scope(|| request_info::resolve(req.method(), req.uri()))?,
-        );
+        let resolved = tracing::debug_span!("resolve")
+            .in_scope(|| request_info::resolve(req.method(), req.uri()));
+        let info = match resolved {
+            Ok(info) => Arc::new(info),
+            Err(e) => {
+                // Refused before anyone can say what it is: its query is recorded as
+                // sent, so what the detectors find there is masked as for an exec's.
+                if req.uri().query().is_some() {
+                    trail.mask_query(&self.policy.masker());
+                }
+                return Err(e.into());
+            }
+        };
         trail.info(&info);
         // An exec's command and a proxied request's query are free text: what the
         // detectors find there is masked in the record (the request goes as sent).
