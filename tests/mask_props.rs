@@ -470,3 +470,49 @@ fn a_long_line_in_a_key_block_is_cut_the_same_wherever_the_body_is_cut() {
         assert_eq!(cut_once, whole, "cut at {cut}");
     }
 }
+
+/// An object at the unit bound, one byte under or over it, alone or as a List's item,
+/// is masked or refused the same whether it comes whole or cut.
+#[test]
+fn the_unit_bound_is_the_same_however_the_body_is_cut() {
+    use chaperone::mask::MAX_UNIT;
+    let t = Target {
+        resource: "secrets",
+        ..Target::default()
+    };
+    for alone in [true, false] {
+        // `{"kind":"Secret","data":{"a":"` + x's + `"}}` is MAX_UNIT + delta bytes.
+        let head = r#"{"kind":"Secret","data":{"a":""#;
+        let tail = r#""}}"#;
+        for delta in [-1i64, 0, 1] {
+            let fill = (MAX_UNIT as i64 + delta) as usize - head.len() - tail.len();
+            let object = format!("{head}{}{tail}", "x".repeat(fill));
+            let input = if alone {
+                object
+            } else {
+                format!(r#"{{"kind":"SecretList","metadata":{{}},"items":[{object}]}}"#)
+            };
+            let whole = mask(&DEFAULTS, &t, "application/json", input.as_bytes(), &[]);
+            for cuts in [
+                vec![1],
+                vec![MAX_UNIT / 2],
+                vec![MAX_UNIT - 1, MAX_UNIT + 1],
+                vec![input.len() - 1],
+            ] {
+                let cut = mask(&DEFAULTS, &t, "application/json", input.as_bytes(), &cuts);
+                assert_eq!(
+                    cut.as_ref().map(Vec::len).map_err(Clone::clone),
+                    whole.as_ref().map(Vec::len).map_err(Clone::clone),
+                    "alone {alone}, delta {delta}, cuts {cuts:?}"
+                );
+                assert!(cut == whole, "alone {alone}, delta {delta}, cuts {cuts:?}");
+            }
+            // At the bound an object is masked (none of its value left); one byte over
+            // it is refused.
+            match &whole {
+                Ok(out) => assert!(delta <= 0 && !out.contains(&b'x'), "{delta}"),
+                Err(e) => assert!(delta > 0 && e.contains("more than"), "{e}"),
+            }
+        }
+    }
+}
