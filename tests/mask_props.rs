@@ -346,6 +346,32 @@ proptest! {
     }
 
     #[test]
+    fn detected_secrets_never_leave_json_however_escaped(
+        secret in prop_oneof![
+            "AKIA[A-Z0-9]{16}",
+            "ghp_[A-Za-z0-9]{36}",
+            "eyJ[A-Za-z0-9_-]{10,20}\\.eyJ[A-Za-z0-9_-]{10,20}\\.[A-Za-z0-9_-]{10,20}",
+        ],
+        escapes in prop::collection::vec(0..4u8, 64),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        // Each character as is or as a `\u00XX` escape (either case): the same string to
+        // a JSON reader.
+        let mut text = String::new();
+        for (i, c) in format!("token {secret} end").chars().enumerate() {
+            match escapes[i % escapes.len()] {
+                0 | 1 => text.push(c),
+                2 => text.push_str(&format!("\\u{:04X}", c as u32)),
+                _ => text.push_str(&format!("\\u{:04x}", c as u32)),
+            }
+        }
+        let input = format!(r#"{{"kind":"Widget","spec":{{"y":"{text}"}}}}"#);
+        let out = mask(&EVERYTHING, &widgets(), "application/json", input.as_bytes(), &cuts).unwrap();
+        let read: Value = serde_json::from_slice(&out).unwrap();
+        prop_assert!(!read.to_string().contains(&secret), "{}", read);
+    }
+
+    #[test]
     fn detected_secrets_never_leave_a_recorded_query(
         secret in prop_oneof![
             "AKIA[A-Z0-9]{16}",
