@@ -346,6 +346,51 @@ proptest! {
     }
 
     #[test]
+    fn secret_data_never_leaves_however_its_keys_are_escaped(
+        values in prop::collection::vec("[A-Za-z0-9+/]{16,40}", 1..4),
+        escapes in prop::collection::vec(0..3u8, 64),
+        string_data in any::<bool>(),
+        by_kind in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        // Every name chaperone reads (`kind`, `Secret`, `data`/`stringData`, `items`)
+        // written with some characters as `\u00XX` escapes: the same names to the API
+        // server.
+        let mut at = 0;
+        let mut name = |text: &str| {
+            let mut out = String::new();
+            for c in text.chars() {
+                at += 1;
+                match escapes[at % escapes.len()] {
+                    0 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    _ => out.push(c),
+                }
+            }
+            out
+        };
+        let field = name(if string_data { "stringData" } else { "data" });
+        let (kind, secret) = (name("kind"), name("Secret"));
+        let items: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!(r#"{{"{kind}":"{secret}","metadata":{{"name":"s{i}"}},"{field}":{{"k":"{v}"}}}}"#))
+            .collect();
+        let input = format!(
+            r#"{{"{}":"SecretList","apiVersion":"v1","metadata":{{}},"{}":[{}]}}"#,
+            name("kind"),
+            name("items"),
+            items.join(",")
+        );
+        // Known by the resource asked for, or (a List of a custom resource's) by its kind.
+        let t = if by_kind { widgets() } else { Target { resource: "secrets", ..Target::default() } };
+        let out = mask(&DEFAULTS, &t, "application/json", input.as_bytes(), &cuts).unwrap();
+        let read: Value = serde_json::from_slice(&out).unwrap();
+        for v in &values {
+            prop_assert!(!read.to_string().contains(v.as_str()), "{}", read);
+        }
+    }
+
+    #[test]
     fn detected_secrets_never_leave_json_however_escaped(
         secret in prop_oneof![
             "AKIA[A-Z0-9]{16}",
