@@ -314,8 +314,12 @@ impl Proxy {
             }
         };
         trail.info(&info);
-        // An exec's command and a proxied request's query are free text: what the
-        // detectors find there is masked in the record (the request goes as sent).
+        // An exec's command, and a proxied request's path past `proxy/` and its query,
+        // are free text: what the detectors find there is masked in the record (the
+        // request goes as sent).
+        if info.subresource == "proxy" {
+            trail.mask_proxied_path(&info, &self.policy.masker());
+        }
         if matches!(info.subresource.as_str(), "exec" | "attach" | "proxy")
             && req.uri().query().is_some()
         {

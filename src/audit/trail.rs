@@ -157,6 +157,27 @@ impl Trail {
         }
     }
 
+    /// Masks what the detectors find in a proxied request's path past `.../proxy/`: free
+    /// text the caller chose for a service (a callback's token, say), recorded as sent.
+    pub fn mask_proxied_path(&mut self, info: &RequestInfo, masker: &crate::mask::Masker) {
+        let Some(parts) = info.parts_at.and_then(|at| info.path.get(at..)) else {
+            return;
+        };
+        // `resource/name/proxy/rest`: only `rest` is the caller's free text.
+        let Some(rest) = parts.splitn(4, '/').nth(3) else {
+            return;
+        };
+        let Some(masked) = masker.mask_text(rest.as_bytes()) else {
+            return;
+        };
+        // The recorded URI is the normalised path, then the query as sent (`info`).
+        let Some(query) = self.request_uri.get(info.path.len()..) else {
+            return;
+        };
+        let kept = &info.path[..info.path.len() - rest.len()];
+        self.request_uri = format!("{kept}{}{query}", String::from_utf8_lossy(&masked));
+    }
+
     /// Adds an annotation (decision, rule, reason, ...).
     pub fn note(&mut self, key: &'static str, value: impl Into<Cow<'static, str>>) {
         self.annotations.insert(Cow::Borrowed(key), value.into());
