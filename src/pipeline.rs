@@ -304,11 +304,16 @@ impl Proxy {
             .in_scope(|| request_info::resolve(req.method(), req.uri()));
         let info = match resolved {
             Ok(info) => Arc::new(info),
-            Err(e) => {
-                // Refused before anyone can say what it is: its query is recorded as
-                // sent, so what the detectors find there is masked as for an exec's.
-                if req.uri().query().is_some() {
-                    trail.mask_query(&self.policy.masker());
+            Err(mut e) => {
+                // Refused before anyone can say what it is: its URI is recorded as sent,
+                // and the refusal quotes its path, so what the detectors find in either
+                // is masked (in the record, the log line and the answer alike).
+                let masker = self.policy.masker();
+                trail.mask_unresolved(&masker);
+                if let Some(path) = e.path_mut() {
+                    if let Some(masked) = masker.mask_path(path) {
+                        *path = masked;
+                    }
                 }
                 return Err(e.into());
             }

@@ -151,6 +151,23 @@ pub enum Error {
     TooManyQueryParameters(usize),
 }
 
+impl Error {
+    /// The path the refusal quotes, to mask before it is recorded or logged.
+    pub fn path_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Error::NotAbsolute(p)
+            | Error::InvalidPercentEscape(p)
+            | Error::EncodedSlash(p)
+            | Error::Backslash(p)
+            | Error::ControlCharacter(p)
+            | Error::InvalidUtf8(p)
+            | Error::AboveRoot(p)
+            | Error::MissingResource(p) => Some(p),
+            Error::TooManyQueryParameters(_) => None,
+        }
+    }
+}
+
 /// Resolves a request into the attributes the API server authorises it by.
 ///
 /// The raw path is normalised first (see [`normalize_path`]); forward the request with

@@ -167,7 +167,7 @@ async fn served_refused_and_failed_requests_are_each_recorded() {
 
 /// Credentials in an exec's command or a proxied request's path and query are masked in
 /// the recorded URI, also in a value the API server would drop for a `%` that starts no
-/// escape, and in the query of a request refused before it is resolved.
+/// escape, and in the path and query of a request refused before it is resolved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_in_a_recorded_uri_are_masked_however_they_are_written() {
     let env = sandbox().with_proxy().start().await;
@@ -180,6 +180,10 @@ async fn credentials_in_a_recorded_uri_are_masked_however_they_are_written() {
         format!("{exec}?command=echo&command=AKIA%49OSFODNN7EXAMPLE&stdout=true"),
         // A service proxied to: the path past `proxy/` and the query are the caller's.
         "/api/v1/namespaces/default/services/web:80/proxy/callback/AKIAIOSFODNN7EXAMPLE/done?x=1"
+            .to_owned(),
+        // One refused for its path (an escaped `/`, a bad `%` escape): the path is
+        // recorded, and quoted in the refusal, with the key masked.
+        "/api/v1/namespaces/default/services/web:80/proxy/cb/AKIAIOSFODNN7EXAMPLE%2Fx%zz"
             .to_owned(),
         // A path refused before it is resolved (a `/` escaped in a name): its query is
         // recorded masked all the same.

@@ -116,6 +116,16 @@ impl Masker {
         out
     }
 
+    /// A path kept in a record as it was sent (a request refused before it could be
+    /// resolved, and the message saying why): read with its well-formed `%XX` escapes
+    /// decoded, as a server would read it. `None` when the detectors find nothing;
+    /// otherwise that reading with what they found masked.
+    pub fn mask_path(&self, path: &str) -> Option<String> {
+        let read = lenient_unescape(path, false);
+        self.mask_text(&read)
+            .map(|masked| String::from_utf8_lossy(&masked).into_owned())
+    }
+
     /// A query string kept in a record, each value read as the API server reads it
     /// (`%XX` and `+` decoded) and masked by [`Masker::mask_text`], an exec's `command`
     /// values together by [`Masker::mask_command`]; the pairs in which nothing is found
@@ -181,11 +191,17 @@ impl Masker {
 /// them, and a `%` that starts no escape kept as it is, where the API server would drop
 /// the pair (the record still holds it).
 fn unescape_for_scanning(value: &str) -> Cow<'_, [u8]> {
-    if let Some(decoded) = crate::request_info::query_unescape(value) {
-        return decoded;
+    match crate::request_info::query_unescape(value) {
+        Some(decoded) => decoded,
+        None => Cow::Owned(lenient_unescape(value, true)),
     }
+}
+
+/// `text` with its well-formed `%XX` escapes decoded (and `+` as a space when
+/// `plus_is_space`); any other `%` stays as it is.
+fn lenient_unescape(text: &str, plus_is_space: bool) -> Vec<u8> {
     let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
-    let bytes = value.as_bytes();
+    let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -194,7 +210,7 @@ fn unescape_for_scanning(value: &str) -> Cow<'_, [u8]> {
                 out.push((hi << 4 | lo) as u8);
                 i += 3;
             }
-            (b'+', ..) => {
+            (b'+', ..) if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -204,7 +220,7 @@ fn unescape_for_scanning(value: &str) -> Cow<'_, [u8]> {
             }
         }
     }
-    Cow::Owned(out)
+    out
 }
 
 /// Clients whose `-p` carries the password in the same argument (`-pS3cret`).
@@ -579,6 +595,26 @@ mod tests {
             assert_eq!(masker.mask_query(query).as_deref(), Some(want), "{query}");
         }
         assert_eq!(masker.mask_query("command=ls&x=100%"), None);
+    }
+
+    #[test]
+    fn a_recorded_path_is_read_as_a_server_would_read_it() {
+        let masker = Masker::builtin();
+        let cases = [
+            (
+                "/api/v1/namespaces/d/services/s/proxy/AKIAIOSFODNN7EXAMPLE%2Fx%zz",
+                Some("/api/v1/namespaces/d/services/s/proxy/chaperone:masked/x%zz"),
+            ),
+            (
+                "/api/v1/namespaces/d/pods/AKIA%49OSFODNN7EXAMPLE%2F",
+                Some("/api/v1/namespaces/d/pods/chaperone:masked/"),
+            ),
+            // `+` is a plus in a path.
+            ("/api/v1/namespaces/d/pods/a+b%2F", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(masker.mask_path(path).as_deref(), want, "{path}");
+        }
     }
 
     #[test]
