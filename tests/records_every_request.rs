@@ -195,6 +195,9 @@ async fn credentials_in_a_recorded_uri_are_masked_however_they_are_written() {
         client.get(&format!("{base}{request}"), &[]).await;
     }
     let recorded = events(&env, requests.len()).await;
+    // One event each, all of them in the file read below.
+    assert_eq!(recorded.len(), requests.len(), "{recorded:#?}");
+    assert!(recorded.iter().all(|e| e.stage == Stage::ResponseComplete));
     let text = std::fs::read_to_string(env.started.audit_file.as_ref().unwrap()).unwrap();
     for secret in ["hunter2", "AKIAIOSFODNN7EXAMPLE", "AKIA%49OSFODNN7EXAMPLE"] {
         assert!(
