@@ -410,3 +410,204 @@ proptest! {
         }
     }
 }
+
+/// A value of any shape a hand-written policy might hold where a field is: mostly what the
+/// field takes, now and then something it does not (wrong type, bad pattern, bad regex).
+fn field(list: bool, good: Vec<serde_json::Value>) -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    let odd = select(vec![
+        json!(""),
+        json!("*"),
+        json!("**"),
+        json!("a**b"),
+        json!("a..b"),
+        json!("[*]"),
+        json!("no-such-detector"),
+        json!("/"),
+        json!("a/b/c"),
+        json!("*/*"),
+        json!("["),
+        json!("(?i"),
+        json!("a{99999}"),
+        json!("é\u{0}"),
+        json!("-5m"),
+        json!("99999999999h"),
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(null),
+        json!(true),
+        json!({"a": 1}),
+        json!([["x"]]),
+    ]);
+    // A list field, or (`good` given as one value) a scalar one; about one field in
+    // twenty is odd, so that most documents get past one error to the next.
+    let shaped = if list {
+        prop::collection::vec(select(good), 1..4)
+            .prop_map(serde_json::Value::from)
+            .boxed()
+    } else {
+        select(good).boxed()
+    };
+    prop_oneof![
+        38 => shaped,
+        1 => odd.clone(),
+        1 => prop::collection::vec(odd, 0..3).prop_map(serde_json::Value::from),
+    ]
+}
+
+fn strings(values: &[&str]) -> Vec<serde_json::Value> {
+    values.iter().map(|s| serde_json::json!(s)).collect()
+}
+
+/// Whether the generated rule's `action` is `value`.
+fn rule_action_is(keys: &[(&str, serde_json::Value)], value: &str) -> bool {
+    keys.iter().any(|(k, v)| *k == "action" && v == value)
+}
+
+fn loose_rule() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    (
+        (
+            field(false, strings(&["r", "allow-pods", "x"])),
+            field(
+                true,
+                strings(&["alice", "*", "system:serviceaccount:default:x"]),
+            ),
+            field(true, strings(&["dev", "system:authenticated"])),
+            field(true, strings(&["default/mcp", "kube-system/x"])),
+            field(true, strings(&["", "apps", "*", "batch"])),
+            field(
+                true,
+                strings(&["pods", "pods/exec", "*", "*/status", "deployments/scale"]),
+            ),
+        ),
+        (
+            field(true, strings(&["nginx", "db"])),
+            field(true, strings(&["/healthz", "/api/*", "/version", "*"])),
+            field(
+                true,
+                strings(&["get", "list", "*", "create", "escalate", "impersonate"]),
+            ),
+            field(true, strings(&["default", "*", "<cluster>", "kube-*"])),
+            field(
+                true,
+                vec![json!(["echo", "*"]), json!(["cat"]), json!(["*"])],
+            ),
+            field(false, strings(&["allow", "deny", "approve"])),
+        ),
+        (
+            field(false, strings(&["30s", "1m", "2h"])),
+            field(false, vec![json!(1), json!(2)]),
+            field(false, strings(&["audit", "enforce"])),
+            any::<u32>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (name, users, groups, sas, api_groups, resources),
+                (names, urls, verbs, namespaces, commands, action),
+                (hold, approvers, mode, present),
+            )| {
+                let mut rule = serde_json::Map::new();
+                // Each key present or not, by one bit of `present` each.
+                let keys = [
+                    ("name", name),
+                    (
+                        "subjects",
+                        json!({"users": users, "groups": groups, "serviceAccounts": sas}),
+                    ),
+                    ("apiGroups", api_groups),
+                    ("resources", resources),
+                    ("resourceNames", names),
+                    ("nonResourceURLs", urls),
+                    ("verbs", verbs),
+                    ("namespaces", namespaces),
+                    ("commands", commands),
+                    ("action", action),
+                    (
+                        "approval",
+                        json!({"hold": hold.clone(), "grant": hold, "approvers": approvers}),
+                    ),
+                    ("mode", mode),
+                ];
+                // Mostly the shape a valid rule has (resources or URLs, an approval with
+                // `approve`); bits of `present` add or drop the rest.
+                let by_url = present & (1 << 20) != 0;
+                // At most one key per rule goes against the usual shape.
+                let flipped = (present & (1 << 26) != 0).then_some((present >> 21) as usize & 0xF);
+                let approve = rule_action_is(&keys, "approve");
+                for (i, (k, v)) in keys.into_iter().enumerate() {
+                    let usual = match k {
+                        "name" | "subjects" | "verbs" | "action" => true,
+                        "apiGroups" | "resources" => !by_url,
+                        "nonResourceURLs" => by_url,
+                        "approval" => approve,
+                        _ => false,
+                    };
+                    let flip = flipped == Some(i);
+                    let optional =
+                        matches!(k, "resourceNames" | "namespaces" | "commands" | "mode");
+                    if usual != flip || (optional && !by_url && present & (1 << i) != 0) {
+                        rule.insert(k.to_owned(), v);
+                    }
+                }
+                serde_json::Value::Object(rule)
+            },
+        )
+}
+
+fn loose_masking() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    (
+        field(true, strings(&["configmaps", "*", "widgets.example.com"])),
+        field(
+            true,
+            strings(&[
+                "data.*",
+                "spec.template.spec.containers[*].env[*].value",
+                "data",
+            ]),
+        ),
+        field(false, strings(&["(?i)pass", "token$"])),
+        field(
+            true,
+            strings(&["aws-access-key", "jwt", "pem-private-key", "password-pair"]),
+        ),
+        field(true, strings(&["x+", "\\p{L}+", "secret-[0-9]{4}"])),
+    )
+        .prop_map(|(resources, fields, key_regex, detectors, patterns)| {
+            json!({"resources": resources, "fields": fields, "keyRegex": key_regex,
+                   "detectors": detectors, "patterns": patterns})
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases::cases(300), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whatever a policy file holds, reading it is an answer (the policy, or an error
+    /// saying what is wrong), never a panic; and a policy that reads decides requests.
+    #[test]
+    fn any_policy_file_is_read_or_refused(
+        rules in prop::collection::vec(loose_rule(), 0..6),
+        masking in prop::collection::vec(loose_masking(), 0..3),
+        requests in prop::collection::vec(request(), 1..8),
+    ) {
+        let doc = serde_json::json!({
+            "apiVersion": "chaperone.dev/v1alpha1",
+            "kind": "Policy",
+            "metadata": {"name": "fuzzed"},
+            "spec": {"rules": rules, "masking": masking},
+        });
+        let text = serde_yaml::to_string(&doc).unwrap();
+        match policy::parse(&text, "fuzzed.yaml") {
+            Ok((p, _)) => {
+                for q in &requests {
+                    let d = policy::authorize(&p, &q.who, &q.info, q.query);
+                    prop_assert!(!d.rule().is_empty(), "{:?}", d);
+                }
+            }
+            Err(e) => prop_assert!(e.to_string().contains("fuzzed.yaml"), "{}", e),
+        }
+    }
+}
