@@ -480,8 +480,24 @@ pub(crate) fn go_query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>
 
 /// Go's `url.QueryUnescape`: `%XX` escapes and `+` as a space.
 pub(crate) fn query_unescape(s: &str) -> Option<Cow<'_, [u8]>> {
+    unescape(s, true, true)
+}
+
+/// `s` read for what it says rather than to act on it (text kept in a record): its
+/// well-formed `%XX` escapes decoded (and `+` as a space when `plus_is_space`), any other
+/// `%` kept as it is, where Go would refuse the whole text.
+pub(crate) fn unescape_lenient(s: &str, plus_is_space: bool) -> Cow<'_, [u8]> {
+    unescape(s, plus_is_space, false).unwrap_or(Cow::Borrowed(s.as_bytes()))
+}
+
+/// `%XX` escapes (and `+` when `plus_is_space`) decoded; a `%` that starts no escape is
+/// `None` when `strict`, else kept as it is.
+fn unescape(s: &str, plus_is_space: bool, strict: bool) -> Option<Cow<'_, [u8]>> {
     let bytes = s.as_bytes();
-    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+    if !bytes
+        .iter()
+        .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
+    {
         return Some(Cow::Borrowed(bytes));
     }
     let mut out = Vec::with_capacity(bytes.len());
@@ -489,12 +505,21 @@ pub(crate) fn query_unescape(s: &str) -> Option<Cow<'_, [u8]>> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hi = hex_value(*bytes.get(i + 1)?)?;
-                let lo = hex_value(*bytes.get(i + 2)?)?;
-                out.push((hi << 4) | lo);
-                i += 3;
+                let hi = bytes.get(i + 1).and_then(|&b| hex_value(b));
+                let lo = bytes.get(i + 2).and_then(|&b| hex_value(b));
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => {
+                        out.push((hi << 4) | lo);
+                        i += 3;
+                    }
+                    _ if strict => return None,
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

@@ -121,7 +121,7 @@ impl Masker {
     /// decoded, as a server would read it. `None` when the detectors find nothing;
     /// otherwise that reading with what they found masked.
     pub fn mask_path(&self, path: &str) -> Option<String> {
-        let read = lenient_unescape(path, false);
+        let read = crate::request_info::unescape_lenient(path, false);
         self.mask_text(&read)
             .map(|masked| String::from_utf8_lossy(&masked).into_owned())
     }
@@ -135,6 +135,10 @@ impl Masker {
     /// server drops such a pair, but the record keeps the query as sent.
     pub fn mask_query(&self, query: &str) -> Option<String> {
         use crate::request_info::query_unescape;
+        // A value as the API server reads it; where it would drop it, as written.
+        fn scanned(v: &str) -> Cow<'_, [u8]> {
+            crate::request_info::unescape_lenient(v, true)
+        }
         // Each pair as sent, and whether it is one of the command's arguments.
         let pairs: Vec<(&str, Option<&str>, bool)> = query
             .split('&')
@@ -151,7 +155,7 @@ impl Masker {
         let args: Vec<_> = pairs
             .iter()
             .filter(|(_, _, command)| *command)
-            .map(|(_, v, _)| v.map(unescape_for_scanning).unwrap_or_default())
+            .map(|(_, v, _)| v.map(scanned).unwrap_or_default())
             .collect();
         let mut command = self.mask_command(&args).into_iter();
         let mut out = String::with_capacity(query.len());
@@ -163,9 +167,7 @@ impl Masker {
             let masked = if is_command {
                 command.next().flatten()
             } else {
-                value
-                    .map(unescape_for_scanning)
-                    .and_then(|v| self.mask_text(&v))
+                value.map(scanned).and_then(|v| self.mask_text(&v))
             };
             match masked {
                 Some(masked) => {
@@ -185,42 +187,6 @@ impl Masker {
         }
         found.then_some(out)
     }
-}
-
-/// A query value decoded to be scanned: `%XX` escapes and `+` as the API server reads
-/// them, and a `%` that starts no escape kept as it is, where the API server would drop
-/// the pair (the record still holds it).
-fn unescape_for_scanning(value: &str) -> Cow<'_, [u8]> {
-    match crate::request_info::query_unescape(value) {
-        Some(decoded) => decoded,
-        None => Cow::Owned(lenient_unescape(value, true)),
-    }
-}
-
-/// `text` with its well-formed `%XX` escapes decoded (and `+` as a space when
-/// `plus_is_space`); any other `%` stays as it is.
-fn lenient_unescape(text: &str, plus_is_space: bool) -> Vec<u8> {
-    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi << 4 | lo) as u8);
-                i += 3;
-            }
-            (b'+', ..) if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, ..) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Clients whose `-p` carries the password in the same argument (`-pS3cret`).
