@@ -322,13 +322,14 @@ impl Proxy {
         // An exec's command, and a proxied request's path past `proxy/` and its query,
         // are free text: what the detectors find there is masked in the record (the
         // request goes as sent).
-        if info.subresource == "proxy" {
-            trail.mask_proxied_path(&info, &self.policy.masker());
-        }
-        if matches!(info.subresource.as_str(), "exec" | "attach" | "proxy")
-            && req.uri().query().is_some()
-        {
-            trail.mask_query(&self.policy.masker());
+        if matches!(info.subresource.as_str(), "exec" | "attach" | "proxy") {
+            let masker = self.policy.masker();
+            if info.subresource == "proxy" {
+                trail.mask_proxied_path(&info, &masker);
+            }
+            if req.uri().query().is_some() {
+                trail.mask_query(&masker);
+            }
         }
         let span = tracing::Span::current();
         span.record("verb", info.verb.as_str());

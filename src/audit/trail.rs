@@ -160,21 +160,12 @@ impl Trail {
     /// Masks what the detectors find in the URI of a request refused before it could
     /// be resolved, recorded as sent: the path, read as a server would, and the query.
     pub fn mask_unresolved(&mut self, masker: &crate::mask::Masker) {
-        let (path, query) = match self.request_uri.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (self.request_uri.as_str(), None),
-        };
-        let masked_path = masker.mask_path(path);
-        let masked_query = query.and_then(|q| masker.mask_query(q));
-        if masked_path.is_none() && masked_query.is_none() {
-            return;
+        // The query first: a raw path holds no `?`, but the path read may (`%3F`).
+        self.mask_query(masker);
+        let path_end = self.request_uri.find('?').unwrap_or(self.request_uri.len());
+        if let Some(masked) = masker.mask_path(&self.request_uri[..path_end]) {
+            self.request_uri.replace_range(..path_end, &masked);
         }
-        let mut uri = masked_path.unwrap_or_else(|| path.to_owned());
-        if let Some(query) = masked_query.as_deref().or(query) {
-            uri.push('?');
-            uri.push_str(query);
-        }
-        self.request_uri = uri;
     }
 
     /// Masks what the detectors find in a proxied request's path past `.../proxy/`: free
