@@ -11,6 +11,7 @@ pub mod config;
 pub mod exec_credential;
 pub mod headers;
 pub mod identity;
+pub mod json_once;
 pub mod kubeconfig;
 pub mod launch;
 pub mod mask;

@@ -269,6 +269,11 @@ fn message(msg: &str, buf: &[u8], depth: usize, strict: bool) -> Result<Value, S
     }
     let fields = schema().get(msg);
     let mut out = Map::new();
+    // The singular fields read so far. The API server's decoder reads a field that comes
+    // again into the same place: a message is merged with the first one, a scalar
+    // replaced even by its zero value. No encoder writes a field twice, and decoded
+    // here it would show something other than what is applied: refused.
+    let mut seen: Vec<u32> = Vec::new();
     let mut r = Reader { buf, pos: 0 };
     while r.pos < buf.len() {
         let key = r.varint()?;
@@ -294,7 +299,16 @@ fn message(msg: &str, buf: &[u8], depth: usize, strict: bool) -> Result<Value, S
                 continue;
             }
         };
-        if let Some(inner) = ty.strip_prefix("map<").and_then(|t| t.strip_suffix('>')) {
+        let map = ty.strip_prefix("map<").and_then(|t| t.strip_suffix('>'));
+        if !repeated && map.is_none() {
+            if seen.contains(&n) {
+                return Err(format!(
+                    "{msg} sets its field {name} (number {n}) twice; each field comes once"
+                ));
+            }
+            seen.push(n);
+        }
+        if let Some(inner) = map {
             if wire != 2 {
                 return Err(format!("map field {name} has wire type {wire}"));
             }
@@ -471,6 +485,75 @@ mod tests {
             .unwrap_err()
             .contains("data entry sets a field"));
         assert_eq!(decode(&body).unwrap()["data"]["k"], "v");
+    }
+
+    /// The API server's decoder merges a message that comes twice and lets a later
+    /// scalar replace an earlier one, even with its zero value: decoded here, the
+    /// first `roleRef` would be hidden behind the second. Every repeat is refused.
+    #[test]
+    fn a_field_that_comes_twice_is_refused() {
+        let envelope = |kind: &[u8], object: &[u8]| {
+            let type_meta = [field(1, b"rbac.authorization.k8s.io/v1"), field(2, kind)].concat();
+            [b"k8s\0".to_vec(), field(1, &type_meta), field(2, object)].concat()
+        };
+        let role_ref = |name: &[u8]| {
+            [
+                field(1, b"rbac.authorization.k8s.io"),
+                field(2, b"ClusterRole"),
+                field(3, name),
+            ]
+            .concat()
+        };
+        let meta = field(1, &field(1, b"b"));
+        // One roleRef: decoded.
+        let once = [meta.clone(), field(3, &role_ref(b"view"))].concat();
+        let v = decode_strict(&envelope(b"RoleBinding", &once)).unwrap();
+        assert_eq!(v["roleRef"]["name"], "view");
+        // cluster-admin, then a second roleRef without a name: the API server applies
+        // cluster-admin; a last-wins decoding would show a roleRef with no name.
+        let twice = [
+            meta.clone(),
+            field(3, &role_ref(b"cluster-admin")),
+            field(3, &field(1, b"rbac.authorization.k8s.io")),
+        ]
+        .concat();
+        // A scalar twice inside one message: "cluster-admin", then "" (gogo's zero).
+        let scalar = [
+            meta.clone(),
+            field(3, &[role_ref(b"cluster-admin"), field(3, b"")].concat()),
+        ]
+        .concat();
+        // Two Pod specs: the first's containers are kept and the second's appended.
+        let spec = |image: &[u8]| field(2, &field(2, &[field(1, b"c"), field(2, image)].concat()));
+        let pods = [meta.clone(), spec(b"evil"), spec(b"benign")].concat();
+        for (kind, body, want) in [
+            (
+                &b"RoleBinding"[..],
+                &twice,
+                "RoleBinding sets its field roleRef (number 3) twice",
+            ),
+            (
+                b"RoleBinding",
+                &scalar,
+                "RoleRef sets its field name (number 3) twice",
+            ),
+            (b"Pod", &pods, "Pod sets its field spec (number 2) twice"),
+        ] {
+            for strict in [true, false] {
+                let e = decode_with(&envelope(kind, body), strict).unwrap_err();
+                assert!(e.contains(want), "{e}");
+            }
+        }
+        // Repeated fields and map entries come as often as they like.
+        let subjects = [
+            meta,
+            field(2, &[field(1, b"User"), field(3, b"a")].concat()),
+            field(2, &[field(1, b"User"), field(3, b"b")].concat()),
+            field(3, &role_ref(b"view")),
+        ]
+        .concat();
+        let v = decode_strict(&envelope(b"RoleBinding", &subjects)).unwrap();
+        assert_eq!(v["subjects"][1]["name"], "b");
     }
 
     #[test]

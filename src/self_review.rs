@@ -125,8 +125,10 @@ where
     drop(place);
     let sent: Value = match media {
         _ if text.is_empty() => json!({}),
+        // Read as the API server reads it: a key named twice is refused, not answered
+        // for one of its values.
         "" | "application/json" => {
-            serde_json::from_slice(&text).map_err(|e| Error::Invalid(e.to_string()))?
+            crate::json_once::parse(&text, true).map_err(|e| Error::Invalid(e.to_string()))?
         }
         // kubectl's typed clients send these as protobuf.
         "application/vnd.kubernetes.protobuf" => {

@@ -270,6 +270,26 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
         "yes"
     );
 
+    // A review naming a key twice would be merged by the API server into another
+    // question than either copy asks ("delete pods in kube-system" here): refused.
+    let twice = r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview",
+        "spec":{"resourceAttributes":{"verb":"delete","resource":"pods"},
+                "resourceAttributes":{"namespace":"kube-system"}}}"#;
+    let req = http::Request::post(format!(
+        "{}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        env.proxy_url()
+    ))
+    .header("content-type", "application/json")
+    .body(chaperone::body::full(twice))
+    .unwrap();
+    let reply = env.client(false).send(req).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let message = reply.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("names the key \"resourceAttributes\" twice"),
+        "{message}"
+    );
+
     let whoami = ok(&env.kubectl(&["auth", "whoami", "-o", "json"]).await);
     let review: serde_json::Value = serde_json::from_str(&whoami).unwrap();
     assert_eq!(

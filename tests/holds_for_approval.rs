@@ -930,3 +930,52 @@ async fn a_held_exec_shows_its_command_with_secrets_masked() {
     assert_eq!(ok(&out).trim(), format!("Bearer {jwt}"));
     env.stop().await;
 }
+
+/// A body in which a key comes twice is read by the API server with both values merged,
+/// so no reviewer could be shown what it applies: the request is refused before it is
+/// held (nothing to approve, nothing created), and it is on record as refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_naming_a_key_twice_is_refused_not_held() {
+    let env = start("30s").await;
+    // cluster-admin first; the second roleRef leaves out the name, which the API
+    // server would keep from the first.
+    let binding = r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding",
+        "metadata":{"name":"sneaky"},
+        "subjects":[{"kind":"User","name":"agent","apiGroup":"rbac.authorization.k8s.io"}],
+        "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"cluster-admin"},
+        "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole"}}"#;
+    let req = http::Request::post(format!(
+        "{}/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+        env.proxy_url()
+    ))
+    .header("content-type", "application/json")
+    .body(chaperone::body::full(binding))
+    .unwrap();
+    let reply = env.client(false).send(req).await;
+    assert_eq!(reply.status, 415, "{reply:?}");
+    let status = reply.json();
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("the body names the key \"roleRef\" twice in one object (line 5"),
+        "{message}"
+    );
+    let listed = reviewer(&env, &["requests"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        1,
+        "only the header: nothing held {listed:?}"
+    );
+    let direct = env.kubectl_direct(&["get", "rolebinding", "sneaky"]).await;
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("NotFound"),
+        "{direct:?}"
+    );
+    let dir = env.stop().await;
+    let refused: Vec<serde_json::Value> =
+        support::json_lines::<serde_json::Value>(&dir.path().join("sandbox/audit.jsonl"))
+            .into_iter()
+            .filter(|e| e["objectRef"]["resource"] == "rolebindings" && e["verb"] == "create")
+            .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["responseStatus"]["code"], 415);
+}

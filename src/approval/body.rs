@@ -103,25 +103,26 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
             ))
         });
     }
-    let parsed = if yaml {
-        // `<<` merge keys expanded as the API server's YAML decoder expands them: the
-        // reviewer sees (and the masker masks) what will be applied. Aliases expand
-        // too, so the expansion is measured before anything is built.
-        yaml_within_budget(bytes)
-            .and_then(|()| {
-                serde_yaml::from_slice::<serde_yaml::Value>(bytes).map_err(|e| e.to_string())
-            })
-            .and_then(|mut v| v.apply_merge().map(|()| v).map_err(|e| e.to_string()))
-            .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
-    } else {
-        serde_json::from_slice::<Value>(bytes).map_err(|e| e.to_string())
-    };
-    parsed.map_err(|why| {
-        Error::Unreviewable(format!(
-            "its body is not valid {} ({why})",
-            if yaml { "YAML" } else { "JSON" }
-        ))
-    })
+    if !yaml {
+        return crate::json_once::parse(bytes, true)
+            .map_err(|why| Error::Unreviewable(why.to_string()));
+    }
+    // `<<` merge keys expanded as the API server's YAML decoder expands them: the
+    // reviewer sees (and the masker masks) what will be applied. Aliases expand too, so
+    // the expansion is measured before anything is built. Written out as JSON text
+    // before it is read, so that keys YAML tells apart and JSON does not (`1` and `"1"`)
+    // are refused as a key named twice, as in a JSON body.
+    yaml_within_budget(bytes)
+        .and_then(|()| {
+            serde_yaml::from_slice::<serde_yaml::Value>(bytes).map_err(|e| e.to_string())
+        })
+        .and_then(|mut v| v.apply_merge().map(|()| v).map_err(|e| e.to_string()))
+        .and_then(|v| serde_json::to_vec(&v).map_err(|e| e.to_string()))
+        .map_err(|why| Error::Unreviewable(format!("its body is not valid YAML ({why})")))
+        .and_then(|json| {
+            crate::json_once::parse(&json, false)
+                .map_err(|why| Error::Unreviewable(why.to_string()))
+        })
 }
 
 /// Values a YAML body may expand to (its aliases replayed): as many as it has bytes, so
@@ -372,7 +373,11 @@ mod tests {
     #[tokio::test]
     async fn a_body_a_reviewer_could_not_read_is_refused() {
         for (body, kind, want) in [
-            ("{not json", "application/json", "not valid JSON"),
+            (
+                "{not json",
+                "application/json",
+                "the body is not valid JSON",
+            ),
             (
                 "k8s\0...",
                 "application/vnd.kubernetes.protobuf",
@@ -404,6 +409,74 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.status().code, 413, "{e}");
+    }
+
+    /// The reviewer must see what the API server applies. A key named twice in one
+    /// object would be shown as its last value, where the API server merges the two:
+    /// refused, in JSON and in YAML (where `1` and `"1"` are two keys until the body
+    /// becomes JSON).
+    #[tokio::test]
+    async fn a_body_the_api_server_would_read_otherwise_is_refused() {
+        let pod = r#"{"kind":"Pod","metadata":{"name":"p"},
+            "spec":{"hostPID":true,"containers":[{"name":"c","image":"evil"}]},
+            "spec":{"containers":[{"name":"c","image":"benign"}]}}"#;
+        for (body, kind, want) in [
+            (
+                pod,
+                "application/json",
+                "the key \"spec\" twice in one object (line 3",
+            ),
+            (
+                r#"{"metadata":{"labels":{"a":"1","a":"2"}}}"#,
+                "application/merge-patch+json",
+                "the key \"a\" twice",
+            ),
+            (
+                "kind: ConfigMap\nmetadata: {name: c}\ndata: {1: a, \"1\": b}\n",
+                "application/apply-patch+yaml",
+                "the key \"1\" twice in one object: the API server",
+            ),
+            (
+                "kind: ConfigMap\nmetadata: {name: c}\nmetadata: {name: d}\n",
+                "application/apply-patch+yaml",
+                "duplicate entry with key \"metadata\"",
+            ),
+        ] {
+            let e = reviewed(body, kind, "pods").await.unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(e.status().code, 415, "{e}");
+        }
+        // A RoleBinding sent as protobuf whose roleRef comes twice.
+        let field =
+            |n: u8, bytes: &[u8]| [vec![(n << 3) | 2, bytes.len() as u8], bytes.to_vec()].concat();
+        let type_meta = [
+            field(1, b"rbac.authorization.k8s.io/v1"),
+            field(2, b"RoleBinding"),
+        ]
+        .concat();
+        let binding = [
+            field(1, &field(1, b"b")),
+            field(
+                3,
+                &[field(2, b"ClusterRole"), field(3, b"cluster-admin")].concat(),
+            ),
+            field(3, &field(2, b"ClusterRole")),
+        ]
+        .concat();
+        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &binding)].concat();
+        let e = read(
+            Full::new(Bytes::from(body)),
+            &headers("application/vnd.kubernetes.protobuf"),
+            &info("rolebindings"),
+            &Masker::builtin(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("RoleBinding sets its field roleRef (number 3) twice"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
