@@ -162,6 +162,81 @@ mod tests {
         assert!(parse(br#"{"a":{"k":1},"b":{"k":1}}"#, true).is_ok());
     }
 
+    /// Any JSON value (objects with distinct keys), written as serde_json writes it.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z\"\\\\é\u{1}]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c\"]{0,2}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every object in `v` written with the key of its `which`-th entry repeated (its
+    /// second copy's value null); `None` if `v` holds no object with an entry.
+    fn with_a_key_twice(v: &Value, which: &mut usize) -> String {
+        match v {
+            Value::Object(m) => {
+                let mut parts: Vec<String> = Vec::new();
+                for (k, inner) in m {
+                    let key = serde_json::to_string(k).unwrap();
+                    parts.push(format!("{key}:{}", with_a_key_twice(inner, which)));
+                    if *which == 0 {
+                        parts.push(format!("{key}:null"));
+                    }
+                    *which = which.wrapping_sub(1);
+                }
+                format!("{{{}}}", parts.join(","))
+            }
+            Value::Array(a) => format!(
+                "[{}]",
+                a.iter()
+                    .map(|i| with_a_key_twice(i, which))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_json_reads_as_serde_json_reads_it(v in value()) {
+            let text = serde_json::to_vec(&v).unwrap();
+            let want: Value = serde_json::from_slice(&text).unwrap();
+            prop_assert_eq!(parse(&text, true).unwrap(), want);
+        }
+
+        #[test]
+        fn any_key_repeated_anywhere_is_refused(v in value(), pick in any::<prop::sample::Index>()) {
+            let entries = serde_json::to_string(&v).unwrap().matches("\":").count();
+            let mut which = pick.index(entries.max(1));
+            let text = with_a_key_twice(&v, &mut which);
+            // Past zero (wrapped) once an entry was repeated; else fewer entries than
+            // counted (a string holding `":`), or none.
+            let repeated = which > entries;
+            match parse(text.as_bytes(), true) {
+                Ok(read) => prop_assert!(
+                    !repeated && read == serde_json::from_str::<Value>(&text).unwrap(),
+                    "{text} read as {read}"
+                ),
+                Err(e) => prop_assert!(repeated && matches!(e, Error::Repeated { .. }), "{text}: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn text_that_is_not_json_is_a_syntax_error() {
         for text in ["{not json", "{\"a\":1} trailing", "", "\"\\ud800\""] {
