@@ -103,26 +103,117 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
             ))
         });
     }
-    if !yaml {
-        return crate::json_once::parse(bytes, true)
-            .map_err(|why| Error::Unreviewable(why.to_string()));
+    // kubectl and client-go send even server-side apply bodies as JSON, which is YAML
+    // too: read as JSON, it means exactly what it says.
+    match crate::json_once::parse(bytes, true) {
+        Ok(v) => return Ok(v),
+        Err(e @ crate::json_once::Error::Repeated { .. }) => {
+            return Err(Error::Unreviewable(e.to_string()))
+        }
+        Err(e) if !yaml => return Err(Error::Unreviewable(e.to_string())),
+        Err(_) => {}
     }
     // `<<` merge keys expanded as the API server's YAML decoder expands them: the
     // reviewer sees (and the masker masks) what will be applied. Aliases expand too, so
     // the expansion is measured before anything is built. Written out as JSON text
-    // before it is read, so that keys YAML tells apart and JSON does not (`1` and `"1"`)
-    // are refused as a key named twice, as in a JSON body.
+    // before it is read, so that keys YAML tells apart and JSON does not (`true` and
+    // `"true"`) are refused as a key named twice, as in a JSON body.
     yaml_within_budget(bytes)
         .and_then(|()| {
             serde_yaml::from_slice::<serde_yaml::Value>(bytes).map_err(|e| e.to_string())
         })
         .and_then(|mut v| v.apply_merge().map(|()| v).map_err(|e| e.to_string()))
-        .and_then(|v| serde_json::to_vec(&v).map_err(|e| e.to_string()))
         .map_err(|why| Error::Unreviewable(format!("its body is not valid YAML ({why})")))
+        .and_then(|v| {
+            read_alike_in_yaml_1_1(&v).map_err(Error::Unreviewable)?;
+            serde_json::to_vec(&v)
+                .map_err(|e| Error::Unreviewable(format!("its body is not valid YAML ({e})")))
+        })
         .and_then(|json| {
             crate::json_once::parse(&json, false)
                 .map_err(|why| Error::Unreviewable(why.to_string()))
         })
+}
+
+/// The API server reads YAML as YAML 1.1 (`sigs.k8s.io/yaml`, from go-yaml v2), where an
+/// unquoted `yes`, `on` or `y` is `true`, `off` or `n` is `false`, `0777` is octal (511)
+/// and `1_000` is 1000; the YAML 1.2 read here keeps each as the string it is shown as.
+/// `hostPID: on` or `runAsUser: 0_0` would be shown as a string and applied as `true`
+/// or root. The quoting is not kept in what was read, so such a string is refused
+/// quoted or not (JSON, which kubectl sends, is read as JSON above).
+fn read_alike_in_yaml_1_1(v: &serde_yaml::Value) -> Result<(), String> {
+    use serde_yaml::Value as Y;
+    let check = |s: &str| match yaml_1_1_reading(s) {
+        Some(what) => Err(format!(
+            "its YAML holds {s:?}, which the API server's YAML decoder (YAML 1.1) reads as \
+             {what} where it is unquoted; send the body as JSON"
+        )),
+        None => Ok(()),
+    };
+    match v {
+        Y::String(s) => check(s),
+        Y::Sequence(items) => items.iter().try_for_each(read_alike_in_yaml_1_1),
+        Y::Mapping(m) => m.iter().try_for_each(|(k, v)| {
+            read_alike_in_yaml_1_1(k)?;
+            read_alike_in_yaml_1_1(v)
+        }),
+        Y::Tagged(t) => read_alike_in_yaml_1_1(&t.value),
+        Y::Null | Y::Bool(_) | Y::Number(_) => Ok(()),
+    }
+}
+
+/// What go-yaml v2 resolves the plain scalar `s` to, when it is not a string.
+fn yaml_1_1_reading(s: &str) -> Option<&'static str> {
+    const BOOLS: [&str; 16] = [
+        "y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "n", "N", "no", "No", "NO", "off", "Off",
+        "OFF",
+    ];
+    if BOOLS.contains(&s) {
+        return Some("a boolean");
+    }
+    // Numbers are tried only for scalars that start with a dot (as they are), or with
+    // a sign or a digit (with every `_` removed first): go-yaml v2's `resolve`.
+    let plain = match s.chars().next()? {
+        '.' => std::borrow::Cow::Borrowed(s),
+        c if c.is_ascii_digit() || c == '+' || c == '-' => {
+            std::borrow::Cow::Owned(s.replace('_', ""))
+        }
+        _ => return None,
+    };
+    let unsigned = plain.strip_prefix(['+', '-']).unwrap_or(&plain);
+    let digits = |t: &str, radix: u32| !t.is_empty() && t.chars().all(|c| c.is_digit(radix));
+    let integer = [
+        ("0x", 16),
+        ("0X", 16),
+        ("0o", 8),
+        ("0O", 8),
+        ("0b", 2),
+        ("0B", 2),
+    ]
+    .iter()
+    .any(|(prefix, radix)| {
+        unsigned
+            .strip_prefix(prefix)
+            .is_some_and(|t| digits(t, *radix))
+    }) || digits(unsigned, 10);
+    // `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?`
+    let float = || {
+        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+            Some(at) => (&unsigned[..at], Some(&unsigned[at + 1..])),
+            None => (unsigned, None),
+        };
+        let mantissa_ok = match mantissa.split_once('.') {
+            Some((whole, frac)) => {
+                (whole.is_empty() && digits(frac, 10))
+                    || (digits(whole, 10) && (frac.is_empty() || digits(frac, 10)))
+            }
+            None => digits(mantissa, 10),
+        };
+        let exponent_ok =
+            exponent.is_none_or(|e| digits(e.strip_prefix(['+', '-']).unwrap_or(e), 10));
+        mantissa_ok && exponent_ok
+    };
+    (integer || float()).then_some("a number")
 }
 
 /// Values a YAML body may expand to (its aliases replayed): as many as it has bytes, so
@@ -413,8 +504,8 @@ mod tests {
 
     /// The reviewer must see what the API server applies. A key named twice in one
     /// object would be shown as its last value, where the API server merges the two:
-    /// refused, in JSON and in YAML (where `1` and `"1"` are two keys until the body
-    /// becomes JSON).
+    /// refused, in JSON and in YAML (where `true` and `"true"` are two keys until the
+    /// body becomes JSON).
     #[tokio::test]
     async fn a_body_the_api_server_would_read_otherwise_is_refused() {
         let pod = r#"{"kind":"Pod","metadata":{"name":"p"},
@@ -432,9 +523,9 @@ mod tests {
                 "the key \"a\" twice",
             ),
             (
-                "kind: ConfigMap\nmetadata: {name: c}\ndata: {1: a, \"1\": b}\n",
+                "kind: ConfigMap\nmetadata: {name: c}\ndata: {true: a, \"true\": b}\n",
                 "application/apply-patch+yaml",
-                "the key \"1\" twice in one object: the API server",
+                "the key \"true\" twice in one object: the API server",
             ),
             (
                 "kind: ConfigMap\nmetadata: {name: c}\nmetadata: {name: d}\n",
@@ -475,6 +566,66 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("RoleBinding sets its field roleRef (number 3) twice"),
+            "{e}"
+        );
+    }
+
+    /// YAML 1.1 (the API server's) reads unquoted `on`, `y`, `0777` or `0_0` as a
+    /// boolean or a number, YAML 1.2 as strings: such a YAML body is refused. The same
+    /// object sent as JSON (as kubectl sends server-side apply) is read as it says.
+    #[tokio::test]
+    async fn yaml_the_api_server_would_read_as_yaml_1_1_is_refused() {
+        for (value, what) in [
+            ("on", "a boolean"),
+            ("y", "a boolean"),
+            ("NO", "a boolean"),
+            ("0777", "a number"),
+            ("0_0", "a number"),
+            ("08", "a number"),
+            ("1_000", "a number"),
+            ("-0x_1F", "a number"),
+            ("1_0.5e+3", "a number"),
+            ("\".5\"", "a number"),
+            ("\"yes\"", "a boolean"),
+        ] {
+            let body = format!("kind: Pod\nmetadata: {{name: p}}\nspec: {{hostPID: {value}}}\n");
+            let e = reviewed(&body, "application/apply-patch+yaml", "pods")
+                .await
+                .unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("reads as {what} where it is unquoted")),
+                "{text}"
+            );
+            assert_eq!(e.status().code, 415);
+            // A key too (`on:` is `true:` in YAML 1.1).
+            let body = format!("kind: ConfigMap\nmetadata: {{name: c}}\ndata: {{{value}: x}}\n");
+            assert!(
+                reviewed(&body, "application/apply-patch+yaml", "configmaps")
+                    .await
+                    .is_err()
+            );
+        }
+        // Strings both read alike, and real booleans and numbers, are shown.
+        let fine = "kind: Pod\nmetadata: {name: p}\nspec: {hostPID: true, nodeName: one, \
+                    priority: 10, x: [-1.5, .5, 0x1F, 1e3, yesterday, o, _1, 1:2, 2001-12-14, '']}\n";
+        let shown = reviewer_sees(fine, "application/apply-patch+yaml", "pods").await;
+        assert_eq!(shown["spec"]["hostPID"], true, "{shown}");
+        assert_eq!(shown["spec"]["x"][4], "yesterday", "{shown}");
+        // As JSON, "yes" is a string to both, and the body is shown.
+        let json = r#"{"kind":"ConfigMap","metadata":{"name":"c"},"data":{"on":"yes","n":"0777"}}"#;
+        let shown = reviewer_sees(json, "application/apply-patch+yaml", "configmaps").await;
+        assert_eq!(shown["data"]["on"], "yes");
+        // A key named twice in JSON sent as YAML is refused with its position.
+        let e = reviewed(
+            r#"{"a":1,"a":2}"#,
+            "application/apply-patch+yaml",
+            "configmaps",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("\"a\" twice in one object (line 1"),
             "{e}"
         );
     }
