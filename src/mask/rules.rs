@@ -254,8 +254,9 @@ impl Compiled {
         };
         let mut scratch = Vec::new();
         match (seg, t.kind) {
+            // Every copy of a key named twice: the API server applies them all.
             (Seg::Key(k), Kind::Object) => {
-                if let Some(v) = scan::member(src, tape, at, k) {
+                for v in scan::members_named(src, tape, at, k) {
                     self.walk(src, tape, v, path, i + 1, mark);
                 }
             }
@@ -286,9 +287,8 @@ impl Compiled {
                 for e in scan::elements(tape, at) {
                     if let Some(re) = narrow {
                         let name = (tape[e].kind == Kind::Object)
-                            .then(|| scan::member(src, tape, e, b"name"))
-                            .flatten()
-                            .filter(|&n| tape[n].kind == Kind::Str);
+                            .then(|| scan::last_string(src, tape, e, b"name"))
+                            .flatten();
                         if let Some(n) = name {
                             if !re.is_match(scan::content(src, &tape[n], &mut scratch)) {
                                 continue;

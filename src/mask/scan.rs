@@ -420,12 +420,27 @@ fn decode(raw: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// The value token of member `key` of the object at `obj`, if any.
-pub(crate) fn member(src: &[u8], tape: &[Tok], obj: usize, key: &[u8]) -> Option<usize> {
+/// The value tokens of every member `key` of the object at `obj`, in order. JSON lets
+/// an object name a key twice, and the API server reads every copy: an object is merged
+/// into the one before it, a string replaces the one before it.
+pub(crate) fn members_named<'a>(
+    src: &'a [u8],
+    tape: &'a [Tok],
+    obj: usize,
+    key: &'a [u8],
+) -> impl Iterator<Item = usize> + 'a {
     let mut scratch = Vec::new();
     members(tape, obj)
-        .find(|&(k, _)| content(src, &tape[k], &mut scratch) == key)
+        .filter(move |&(k, _)| content(src, &tape[k], &mut scratch) == key)
         .map(|(_, v)| v)
+}
+
+/// The string token the API server reads for member `key` of the object at `obj`: the
+/// last copy that holds a string (a `null` leaves the one before it in place).
+pub(crate) fn last_string(src: &[u8], tape: &[Tok], obj: usize, key: &[u8]) -> Option<usize> {
+    members_named(src, tape, obj, key)
+        .filter(|&v| tape[v].kind == Kind::Str)
+        .last()
 }
 
 /// `(key, value)` token indices of the members of the object at `obj`.
@@ -579,12 +594,19 @@ mod tests {
 
     #[test]
     fn member_lookup() {
-        let src = br#"{"x":1,"kind":"Secret","m":{"name":"n"}}"#;
+        let src = br#"{"x":1,"kind":"Secret","m":{"name":"n"},"m":{},"kind":null}"#;
         let t = ok(std::str::from_utf8(src).unwrap());
-        let k = member(src, &t, 0, b"kind").unwrap();
+        let k = last_string(src, &t, 0, b"kind").unwrap();
         assert_eq!(&src[t[k].start as usize..t[k].end as usize], b"\"Secret\"");
-        assert!(member(src, &t, 0, b"nope").is_none());
-        let m = member(src, &t, 0, b"m").unwrap();
-        assert!(member(src, &t, m, b"name").is_some());
+        assert!(last_string(src, &t, 0, b"nope").is_none());
+        let m: Vec<usize> = members_named(src, &t, 0, b"m").collect();
+        assert_eq!(m.len(), 2);
+        assert!(last_string(src, &t, m[0], b"name").is_some());
+        assert!(last_string(src, &t, m[1], b"name").is_none());
+        // The last string wins, as in the API server's decoder; escapes name the same key.
+        let src = br#"{"kind":"ConfigMap","k\u0069nd":"Secret"}"#;
+        let t = ok(std::str::from_utf8(src).unwrap());
+        let k = last_string(src, &t, 0, b"kind").unwrap();
+        assert_eq!(&src[t[k].start as usize..t[k].end as usize], b"\"Secret\"");
     }
 }

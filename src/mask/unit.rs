@@ -164,10 +164,14 @@ impl Units {
     fn mask_node(&mut self, inner: &Inner, ctx: &Context, src: &[u8], n: usize, open: bool) {
         let node = self.nodes[n];
         let tape = &self.tape;
-        let string = |t: Option<usize>| t.filter(|&t| tape[t].kind == Kind::Str);
-        let meta =
-            scan::member(src, tape, node, b"metadata").filter(|&m| tape[m].kind == Kind::Object);
-        let field = |key: &[u8]| string(meta.and_then(|m| scan::member(src, tape, m, key)));
+        // A key may come twice: read as the API server reads it (every `metadata` merged,
+        // the last string winning).
+        let field = |key: &[u8]| {
+            scan::members_named(src, tape, node, b"metadata")
+                .filter(|&m| tape[m].kind == Kind::Object)
+                .filter_map(|m| scan::last_string(src, tape, m, key))
+                .last()
+        };
         let namespace = match field(b"namespace") {
             Some(t) => owned_content(src, &tape[t]),
             None => Cow::Borrowed(ctx.namespace.as_bytes()),
@@ -176,7 +180,7 @@ impl Units {
             Some(t) => owned_content(src, &tape[t]),
             None => Cow::Borrowed(ctx.name.as_bytes()),
         };
-        if let Some(k) = string(scan::member(src, tape, node, b"kind")) {
+        if let Some(k) = scan::last_string(src, tape, node, b"kind") {
             let kind = owned_content(src, &tape[k]);
             // Most nodes of a response share a kind: guess its resource once.
             if self.kind.0 != *kind {

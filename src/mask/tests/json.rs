@@ -520,3 +520,74 @@ async fn upstream_errors_pass_through() {
         .unwrap_err();
     assert_eq!(err, "connection reset");
 }
+
+/// JSON may name a key twice (the API server, given such a body, merges the two): every
+/// copy of a Secret's `data` and `stringData` is masked, whichever comes first, in a
+/// response and in a body kept for the record.
+#[tokio::test]
+async fn a_secret_naming_its_data_twice_has_both_masked() {
+    let input = br#"{"kind":"Secret","apiVersion":"v1","metadata":{"name":"s"},
+        "data":{"a":"c2VjcmV0LWE="},"stringData":{"x":"hunter2"},
+        "data":{"b":"c2VjcmV0LWI="},"stringData":{"y":"hunter3"},"kind":"Secret"}"#;
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, input)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    for secret in ["c2VjcmV0LWE=", "c2VjcmV0LWI=", "hunter2", "hunter3"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert_eq!(n, 4, "{text}");
+    // Known by its kind alone (an item of a List an aggregated API answers), too.
+    let list = format!(
+        r#"{{"kind":"List","items":[{}]}}"#,
+        String::from_utf8_lossy(input)
+    );
+    let t = Target {
+        api_group: "bundles.example.com",
+        ..target("bundles")
+    };
+    let (out, _) = run(&defaults(), &t, JSON, list.as_bytes()).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        !text.contains("c2VjcmV0") && !text.contains("hunter"),
+        "{text}"
+    );
+    // A body kept for the record.
+    let (kept, n) = defaults().mask_sent(&target("secrets"), input).unwrap();
+    assert_eq!(n, 4);
+    assert!(!kept.to_string().contains("hunter"), "{kept}");
+}
+
+/// A body kept for the record is read as the API server reads it: with `metadata` twice
+/// its name is the last one given, and an env entry naming itself twice is the last name.
+#[tokio::test]
+async fn keys_named_twice_are_read_as_the_api_server_reads_them() {
+    let m = Masker::compile(&[
+        Rule {
+            resources: vec!["configmaps".into()],
+            names: vec!["db-creds".into()],
+            fields: vec!["data.*".into()],
+            ..Rule::default()
+        },
+        Rule {
+            resources: vec!["pods".into()],
+            fields: vec!["spec.containers[*].env[*].value".into()],
+            name_regex: Some("(?i)password".into()),
+            ..Rule::default()
+        },
+    ])
+    .unwrap();
+    // Created (no name in the path): the object's name is the second metadata's.
+    let cm = br#"{"kind":"ConfigMap","metadata":{"labels":{"a":"b"}},"metadata":{"name":"db-creds"},"data":{"password":"hunter2"}}"#;
+    let (kept, n) = m.mask_sent(&target("configmaps"), cm).unwrap();
+    assert_eq!(kept["data"]["password"], MARKER, "{kept}");
+    assert_eq!(n, 1);
+    // A later name replaces an earlier one: this one is not db-creds.
+    let renamed = br#"{"kind":"ConfigMap","metadata":{"name":"db-creds"},"metadata":{"name":"other"},"data":{"password":"visible"}}"#;
+    let (kept, n) = m.mask_sent(&target("configmaps"), renamed).unwrap();
+    assert_eq!((kept["data"]["password"].as_str(), n), (Some("visible"), 0));
+    let pod = br#"{"kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","env":[{"name":"LOG_LEVEL","value":"hunter2","name":"DB_PASSWORD"}]}]}}"#;
+    let (kept, n) = m.mask_sent(&target("pods"), pod).unwrap();
+    assert!(!kept.to_string().contains("hunter2"), "{kept}");
+    assert_eq!(n, 1);
+}
