@@ -391,6 +391,39 @@ proptest! {
     }
 
     #[test]
+    fn secret_data_never_leaves_a_secret_that_names_its_keys_twice(
+        values in prop::collection::vec("[A-Za-z0-9+/]{16,40}", 1..5),
+        fields in prop::collection::vec(any::<bool>(), 5),
+        extra in prop::collection::vec(0..4u8, 0..4),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        // Each value in its own copy of `data` or `stringData`, with copies of
+        // `metadata` and `kind` between them: the API server merges them all.
+        let mut members = vec![r#""kind":"Secret""#.to_owned(), r#""apiVersion":"v1""#.to_owned()];
+        for (i, v) in values.iter().enumerate() {
+            let field = if fields[i % fields.len()] { "stringData" } else { "data" };
+            members.push(format!(r#""{field}":{{"k{i}":"{v}"}}"#));
+            match extra.get(i) {
+                Some(0) => members.push(r#""metadata":{"name":"s"}"#.to_owned()),
+                Some(1) => members.push(r#""kind":"Secret""#.to_owned()),
+                Some(2) => members.push(r#""metadata":{"labels":{"a":"b"}}"#.to_owned()),
+                _ => {}
+            }
+        }
+        let input = format!("{{{}}}", members.join(","));
+        let t = Target { resource: "secrets", ..Target::default() };
+        // As a response, and as a body kept for the record.
+        let out = mask(&DEFAULTS, &t, "application/json", input.as_bytes(), &cuts).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        let (kept, n) = DEFAULTS.mask_sent(&t, input.as_bytes()).unwrap();
+        prop_assert_eq!(n, values.len() as u64);
+        for v in &values {
+            prop_assert!(!text.contains(v.as_str()), "{}", text);
+            prop_assert!(!kept.to_string().contains(v.as_str()), "{}", kept);
+        }
+    }
+
+    #[test]
     fn detected_secrets_never_leave_json_however_escaped(
         secret in detected_secret(),
         escapes in prop::collection::vec(0..4u8, 64),
