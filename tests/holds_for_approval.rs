@@ -926,8 +926,41 @@ async fn a_held_exec_shows_its_command_with_secrets_masked() {
         !object.to_string().contains(jwt),
         "the token is in the AccessRequest"
     );
+    // The whole query is shown (container and streams too), masked as the command is.
+    let query = object["spec"]["request"]["query"].as_str().unwrap();
+    assert!(
+        query.starts_with("command=echo&command=Bearer&command=chaperone%3Amasked&")
+            && query.contains("stdout=true")
+            && !query.contains("stdin=true"),
+        "{query}"
+    );
+    assert_eq!(
+        object["spec"]["request"]["path"],
+        "/api/v1/namespaces/default/pods/nginx/exec"
+    );
     let out = decide(&env, "approve", &name, "reviewed", held).await;
     assert_eq!(ok(&out).trim(), format!("Bearer {jwt}"));
+
+    // The grant covers that exec only: the same command with stdin attached (an
+    // interactive session) is another request, held again.
+    let interactive = tokio::spawn(support::run(env.kubectl_cmd(
+        env.proxy_kubeconfig(),
+        &["exec", "-i", "nginx", "--", "echo", "Bearer", jwt],
+    )));
+    let other = another_request(&env, &name).await;
+    let object = access_request(&env, &other).await;
+    assert!(
+        object["spec"]["request"]["query"]
+            .as_str()
+            .unwrap()
+            .contains("stdin=true"),
+        "{object}"
+    );
+    let out = decide(&env, "deny", &other, "no interactive sessions", interactive).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no interactive sessions"),
+        "{out:?}"
+    );
     env.stop().await;
 }
 

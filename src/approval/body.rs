@@ -381,8 +381,8 @@ mod tests {
         let who = crate::identity::Subject::default();
         let info = info("configmaps");
         assert_ne!(
-            super::super::request_key(&who, &info, &[], Some(&a.bytes), false).unwrap(),
-            super::super::request_key(&who, &info, &[], Some(&b.bytes), false).unwrap()
+            super::super::request_key(&who, &info, &[], None, Some(&a.bytes), false).unwrap(),
+            super::super::request_key(&who, &info, &[], None, Some(&b.bytes), false).unwrap()
         );
         assert_eq!(a.bytes, r#"{"metadata":{"name":"a"}}"#);
         let apply = reviewed(

@@ -336,8 +336,8 @@ impl Approvals {
             return Ok(Hold::Ready(Outcome::Skipped));
         }
         let commands = commands(query);
-        // Reviewers see an exec's command as the record keeps it: what the detectors
-        // find masked.
+        // Reviewers see an exec's command, the path and the query as the record keeps
+        // them: what the detectors find masked.
         let shown: Vec<String> = commands
             .iter()
             .zip(masker.mask_command(&commands))
@@ -346,8 +346,21 @@ impl Approvals {
                 None => c.clone(),
             })
             .collect();
-        let masked = shown != commands || body.is_some_and(|b| b.masked > 0);
-        let key = request_key(who, info, &commands, body.map(|b| &b.bytes[..]), masked)?;
+        let query = approved_query(info, query);
+        let shown_query = query.map(|q| masker.mask_query(q).unwrap_or_else(|| q.to_owned()));
+        let shown_path = masker.mask_path(&info.path);
+        let masked = shown != commands
+            || shown_query.as_deref() != query
+            || shown_path.is_some()
+            || body.is_some_and(|b| b.masked > 0);
+        let key = request_key(
+            who,
+            info,
+            &commands,
+            query,
+            body.map(|b| &b.bytes[..]),
+            masked,
+        )?;
         if let Some(name) = self.granted(&key) {
             return Ok(Hold::Ready(Outcome::Granted { name }));
         }
@@ -359,8 +372,12 @@ impl Approvals {
                 &name,
                 who,
                 info,
-                &shown,
-                body.and_then(|b| b.shown.as_ref()),
+                Shown {
+                    path: shown_path.as_deref().unwrap_or(&info.path),
+                    query: shown_query.as_deref(),
+                    commands: &shown,
+                    body: body.and_then(|b| b.shown.as_ref()),
+                },
                 decision,
                 hold,
             ),
@@ -636,21 +653,55 @@ fn commands(query: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// The part of a request's query that is part of what a reviewer approves, and so of
+/// its key: all of it for an exec, attach, port-forward or proxy request (the command,
+/// the container and its streams, the ports, what a service is sent) and for a change
+/// (`dryRun`, `force`, a `deletecollection`'s selectors, `propagationPolicy`). A read's
+/// query is not (pages, `resourceVersion`, timeouts): a grant to list Secrets covers
+/// the next page of the list.
+fn approved_query<'q>(info: &RequestInfo, query: Option<&'q str>) -> Option<&'q str> {
+    let connect = matches!(
+        info.subresource.as_str(),
+        "exec" | "attach" | "portforward" | "proxy"
+    );
+    let read = matches!(info.verb.as_str(), "get" | "list" | "watch");
+    query.filter(|q| !q.is_empty() && (connect || !read))
+}
+
+/// The verb a request is approved under. An exec, attach or port-forward is the same
+/// connection opened by a websocket GET or an SPDY POST, and kubectl tries the one and
+/// then the other (it falls back to SPDY on any refused upgrade): one decision covers
+/// both, so a denial is not asked again by the fallback.
+fn approved_verb(info: &RequestInfo) -> &str {
+    match info.subresource.as_str() {
+        "exec" | "attach" | "portforward" => "connect",
+        _ => info.verb.as_str(),
+    }
+}
+
 /// Identifies "the same request from the same caller".
 /// `masked`: what the AccessRequest shows of the request is masked (a body's values, a
-/// command's secrets), so the key in its name must not let anyone test guesses at them.
+/// command's secrets, a query's or a proxied path's), so the key in its name must not
+/// let anyone test guesses at them.
 fn request_key(
     who: &Subject,
     info: &RequestInfo,
     commands: &[String],
+    query: Option<&str>,
     body: Option<&[u8]>,
     masked: bool,
 ) -> Result<String, Error> {
     use ring::digest::{digest, Context, SHA256};
+    // Each part prefixed with its length: no two lists of parts read the same.
     let mut text = String::new();
+    let mut push = |part: &str| {
+        text.push_str(&part.len().to_string());
+        text.push(':');
+        text.push_str(part);
+    };
     for part in [
         who.user.as_str(),
-        info.verb.as_str(),
+        approved_verb(info),
         info.api_group.as_str(),
         info.resource.as_str(),
         info.subresource.as_str(),
@@ -658,12 +709,18 @@ fn request_key(
         info.name.as_str(),
         info.path.as_str(),
     ] {
-        text.push_str(part);
-        text.push('\0');
+        push(part);
     }
+    push(&commands.len().to_string());
     for c in commands {
-        text.push_str(c);
-        text.push('\0');
+        push(c);
+    }
+    match query {
+        Some(q) => {
+            push("?");
+            push(q);
+        }
+        None => push(""),
     }
     let digest = match body {
         None => digest(&SHA256, text.as_bytes()),
@@ -708,7 +765,7 @@ fn object_name(info: &RequestInfo, key: &str) -> String {
     } else {
         info.resource.as_str()
     };
-    let clean: String = format!("{}-{what}", info.verb)
+    let clean: String = format!("{}-{what}", approved_verb(info))
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -722,12 +779,20 @@ fn object_name(info: &RequestInfo, key: &str) -> String {
     format!("{clean}-{key}")
 }
 
+/// What an AccessRequest shows of the request beyond its attributes, masked as the
+/// record keeps it.
+struct Shown<'a> {
+    path: &'a str,
+    query: Option<&'a str>,
+    commands: &'a [String],
+    body: Option<&'a Value>,
+}
+
 fn access_request(
     name: &str,
     who: &Subject,
     info: &RequestInfo,
-    commands: &[String],
-    body: Option<&Value>,
+    shown: Shown<'_>,
     decision: &Decision,
     hold: Duration,
 ) -> Value {
@@ -751,7 +816,8 @@ fn access_request(
                 "subresource": info.subresource,
                 "namespace": info.namespace,
                 "name": info.name,
-                "command": commands,
+                "path": shown.path,
+                "command": shown.commands,
             },
             "rule": decision.rule(),
             "reason": decision.reason().to_string(),
@@ -763,7 +829,10 @@ fn access_request(
             "expiresAt": crate::audit::event::timestamp(expires),
         },
     });
-    if let Some(body) = body {
+    if let Some(query) = shown.query {
+        object["spec"]["request"]["query"] = query.into();
+    }
+    if let Some(body) = shown.body {
         object["spec"]["request"]["body"] = body.clone();
     }
     object
@@ -871,31 +940,43 @@ mod tests {
             "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings",
         );
         let (ka, kb) = (
-            request_key(&who, &a, &[], None, false).unwrap(),
-            request_key(&who, &b, &[], None, false).unwrap(),
+            request_key(&who, &a, &[], None, None, false).unwrap(),
+            request_key(&who, &b, &[], None, None, false).unwrap(),
         );
         assert_ne!(ka, kb);
-        assert_eq!(ka, request_key(&who, &a, &[], None, false).unwrap());
+        assert_eq!(ka, request_key(&who, &a, &[], None, None, false).unwrap());
         // Another body is another request: a grant covers the body reviewed only.
-        assert_ne!(ka, request_key(&who, &a, &[], Some(b"{}"), false).unwrap());
         assert_ne!(
-            request_key(&who, &a, &[], Some(b"{\"a\":1}"), false).unwrap(),
-            request_key(&who, &a, &[], Some(b"{\"a\":2}"), false).unwrap()
+            ka,
+            request_key(&who, &a, &[], None, Some(b"{}"), false).unwrap()
+        );
+        assert_ne!(
+            request_key(&who, &a, &[], None, Some(b"{\"a\":1}"), false).unwrap(),
+            request_key(&who, &a, &[], None, Some(b"{\"a\":2}"), false).unwrap()
         );
         // An empty body is a body: a request sent with none differs from it.
-        assert_ne!(ka, request_key(&who, &a, &[], Some(b""), false).unwrap());
+        assert_ne!(
+            ka,
+            request_key(&who, &a, &[], None, Some(b""), false).unwrap()
+        );
         let other = Subject {
             user: "alice".into(),
             ..Default::default()
         };
-        assert_ne!(ka, request_key(&other, &a, &[], None, false).unwrap());
+        assert_ne!(ka, request_key(&other, &a, &[], None, None, false).unwrap());
         // A body with masked values: the same body keeps its key in this process (one
         // AccessRequest, one grant), but the key is not the plain digest anyone could
         // compute from a guess at the masked value.
         let secret = Some(&b"{\"data\":{\"p\":\"aHVudGVyMg==\"}}"[..]);
-        let keyed = request_key(&who, &a, &[], secret, true).unwrap();
-        assert_eq!(keyed, request_key(&who, &a, &[], secret, true).unwrap());
-        assert_ne!(keyed, request_key(&who, &a, &[], secret, false).unwrap());
+        let keyed = request_key(&who, &a, &[], None, secret, true).unwrap();
+        assert_eq!(
+            keyed,
+            request_key(&who, &a, &[], None, secret, true).unwrap()
+        );
+        assert_ne!(
+            keyed,
+            request_key(&who, &a, &[], None, secret, false).unwrap()
+        );
         let name = object_name(&a, &ka);
         assert!(name.starts_with("create-rolebindings-"), "{name}");
         assert!(
@@ -907,6 +988,77 @@ mod tests {
         assert_eq!(
             commands(Some("command=echo&command=hello+world&stdout=true")),
             ["echo", "hello world"]
+        );
+    }
+
+    /// What an exec, a port-forward, a proxied request or a change sends in its query is
+    /// part of what is approved: another container, other ports, another selector is
+    /// another request. A read's query (its pages) is not.
+    #[test]
+    fn the_query_of_a_connection_or_a_change_is_part_of_the_request() {
+        let get = |method: &str, path: &str| {
+            crate::request_info::resolve(&method.parse().unwrap(), &path.parse().unwrap()).unwrap()
+        };
+        let who = Subject::default();
+        let exec = get("POST", "/api/v1/namespaces/default/pods/web/exec");
+        let q = |info: &RequestInfo, query: &'static str| approved_query(info, Some(query));
+        let key = |info: &RequestInfo, query: &'static str| {
+            let query = approved_query(info, Some(query));
+            let commands = commands(query);
+            request_key(&who, info, &commands, query, None, false).unwrap()
+        };
+        let app = "command=sh&container=app&stdout=true";
+        assert_eq!(q(&exec, app), Some(app));
+        assert_eq!(key(&exec, app), key(&exec, app));
+        assert_ne!(
+            key(&exec, app),
+            key(&exec, "command=sh&container=db&stdout=true")
+        );
+        assert_ne!(
+            key(&exec, app),
+            key(&exec, "command=sh&container=app&stdin=true&stdout=true")
+        );
+        // A websocket exec is a GET: still a connection.
+        let ws = get("GET", "/api/v1/namespaces/default/pods/web/exec");
+        assert_eq!(q(&ws, app), Some(app));
+        // Opened by a websocket GET or an SPDY POST, it is one connection: one key.
+        assert_eq!(key(&ws, app), key(&exec, app));
+        assert_eq!(object_name(&ws, "k"), object_name(&exec, "k"));
+        let pf = get("GET", "/api/v1/namespaces/default/pods/web/portforward");
+        assert_ne!(key(&pf, "ports=80"), key(&pf, "ports=5432"));
+        let proxy = get(
+            "GET",
+            "/api/v1/namespaces/default/services/web:80/proxy/admin",
+        );
+        assert_ne!(key(&proxy, "action=status"), key(&proxy, "action=drop"));
+        let purge = get("DELETE", "/api/v1/namespaces/default/pods");
+        assert_eq!(purge.verb, "deletecollection");
+        assert_ne!(
+            key(&purge, "labelSelector=app%3Dold"),
+            key(&purge, "labelSelector=")
+        );
+        let create = get("POST", "/api/v1/namespaces/default/configmaps");
+        assert_ne!(key(&create, "dryRun=All"), key(&create, "fieldManager=x"));
+        // A read's pages share its grant; no query at all is no query.
+        let list = get("GET", "/api/v1/namespaces/default/secrets");
+        assert_eq!(q(&list, "limit=500&continue=abc"), None);
+        assert_eq!(
+            key(&list, "limit=500"),
+            key(&list, "limit=500&continue=abc")
+        );
+        assert_eq!(q(&exec, ""), None);
+        // Parts cannot run into each other.
+        let long = Subject {
+            user: "a".into(),
+            ..Default::default()
+        };
+        let longer = Subject {
+            user: "a\0".into(),
+            ..Default::default()
+        };
+        assert_ne!(
+            request_key(&long, &exec, &["\0b".into()], None, None, false).unwrap(),
+            request_key(&longer, &exec, &["b".into()], None, None, false).unwrap()
         );
         assert_eq!(
             sanitize_label("builtin:default-deny"),

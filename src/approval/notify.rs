@@ -179,11 +179,16 @@ impl Notifier {
 /// One line a human reads in a chat channel.
 fn slack_text(n: &Value) -> String {
     let s = |p: &str| n.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    // `pods/exec`, not `pods`: a shell in a pod is not the pod.
+    let resource = match s("/request/subresource") {
+        "" => s("/request/resource").to_owned(),
+        sub => format!("{}/{sub}", s("/request/resource")),
+    };
     let target = match (s("/request/namespace"), s("/request/name")) {
-        ("", "") => s("/request/resource").to_owned(),
-        ("", name) => format!("{} {name}", s("/request/resource")),
-        (ns, "") => format!("{} in {ns}", s("/request/resource")),
-        (ns, name) => format!("{} {name} in {ns}", s("/request/resource")),
+        ("", "") => resource,
+        ("", name) => format!("{resource} {name}"),
+        (ns, "") => format!("{resource} in {ns}"),
+        (ns, name) => format!("{resource} {name} in {ns}"),
     };
     let mut text = format!(
         ":lock: *{}* wants to *{}* {} (rule `{}`).",
@@ -192,19 +197,24 @@ fn slack_text(n: &Value) -> String {
         target,
         s("/rule"),
     );
-    // What it sends, as the AccessRequest holds it (Secret values masked), cut short
-    // for a chat line: the whole of it is in the AccessRequest.
-    if let Some(body) = n.pointer("/request/body") {
-        let mut json = body.to_string();
-        if json.len() > BODY_SHOWN {
+    // What it sends, as the AccessRequest holds it (secrets masked), cut short for a
+    // chat line: the whole of it is in the AccessRequest.
+    let cut = |mut shown: String| {
+        if shown.len() > BODY_SHOWN {
             let mut end = BODY_SHOWN;
-            while !json.is_char_boundary(end) {
+            while !shown.is_char_boundary(end) {
                 end -= 1;
             }
-            json.truncate(end);
-            json.push_str(" …");
+            shown.truncate(end);
+            shown.push_str(" …");
         }
-        text.push_str(&format!("\n```{}```", json.replace("```", "'''")));
+        format!("\n```{}```", shown.replace("```", "'''"))
+    };
+    if let Some(query) = n.pointer("/request/query").and_then(Value::as_str) {
+        text.push_str(&cut(format!("?{query}")));
+    }
+    if let Some(body) = n.pointer("/request/body") {
+        text.push_str(&cut(body.to_string()));
     }
     text.push_str(&format!(
         "\nApprove: `{}`\nDeny: `{}`",
@@ -283,5 +293,22 @@ mod tests {
         let mut bare = notice.clone();
         bare["request"].as_object_mut().unwrap().remove("body");
         assert!(!slack_text(&bare).contains("```"));
+    }
+
+    #[test]
+    fn a_chat_line_names_the_subresource_and_shows_the_query() {
+        let notice = json!({
+            "requester": {"user": "agent"},
+            "request": {"verb": "create", "resource": "pods", "subresource": "exec",
+                        "namespace": "a", "name": "web",
+                        "query": "command=sh&container=app&stdin=true&stdout=true"},
+            "rule": "r", "approve": "ok", "deny": "no",
+        });
+        assert_eq!(
+            slack_text(&notice),
+            ":lock: *agent* wants to *create* pods/exec web in a (rule `r`).\n\
+             ```?command=sh&container=app&stdin=true&stdout=true```\n\
+             Approve: `ok`\nDeny: `no`"
+        );
     }
 }
