@@ -275,14 +275,16 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
     let twice = r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview",
         "spec":{"resourceAttributes":{"verb":"delete","resource":"pods"},
                 "resourceAttributes":{"namespace":"kube-system"}}}"#;
-    let req = http::Request::post(format!(
-        "{}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-        env.proxy_url()
-    ))
-    .header("content-type", "application/json")
-    .body(chaperone::body::full(twice))
-    .unwrap();
-    let reply = env.client(false).send(req).await;
+    let reply = env
+        .client(false)
+        .post_json(
+            &format!(
+                "{}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                env.proxy_url()
+            ),
+            twice,
+        )
+        .await;
     assert_eq!(reply.status, 400, "{reply:?}");
     let message = reply.json()["message"].as_str().unwrap().to_owned();
     assert!(

@@ -989,14 +989,16 @@ async fn a_body_naming_a_key_twice_is_refused_not_held() {
         "subjects":[{"kind":"User","name":"agent","apiGroup":"rbac.authorization.k8s.io"}],
         "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"cluster-admin"},
         "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole"}}"#;
-    let req = http::Request::post(format!(
-        "{}/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
-        env.proxy_url()
-    ))
-    .header("content-type", "application/json")
-    .body(chaperone::body::full(binding))
-    .unwrap();
-    let reply = env.client(false).send(req).await;
+    let reply = env
+        .client(false)
+        .post_json(
+            &format!(
+                "{}/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+                env.proxy_url()
+            ),
+            binding,
+        )
+        .await;
     assert_eq!(reply.status, 415, "{reply:?}");
     let status = reply.json();
     let message = status["message"].as_str().unwrap();

@@ -352,14 +352,13 @@ async fn a_secret_sent_with_its_data_twice_is_recorded_masked() {
     let body = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"twice"},
         "stringData":{"a":"first-copy-in-clear-is-a-leak"},
         "stringData":{"b":"second-copy-in-clear-is-a-leak"}}"#;
-    let req = http::Request::post(format!(
-        "{}/api/v1/namespaces/default/secrets",
-        env.proxy_url()
-    ))
-    .header("content-type", "application/json")
-    .body(chaperone::body::full(body))
-    .unwrap();
-    let reply = env.client(false).send(req).await;
+    let reply = env
+        .client(false)
+        .post_json(
+            &format!("{}/api/v1/namespaces/default/secrets", env.proxy_url()),
+            body,
+        )
+        .await;
     assert_eq!(reply.status, 201, "{reply:?}");
     let dir = env.stop().await;
     let text = std::fs::read_to_string(dir.path().join("sandbox/audit.jsonl")).unwrap();

@@ -446,6 +446,16 @@ impl TestClient {
         self.send(req.body(body::empty()).expect("request")).await
     }
 
+    /// Sends a POST of a JSON body (as written: it may be one no serialiser would
+    /// write) and reads the whole response.
+    pub async fn post_json(&self, url: &str, json: &'static str) -> Reply {
+        let req = Request::post(url)
+            .header("content-type", "application/json")
+            .body(body::full(json))
+            .expect("request");
+        self.send(req).await
+    }
+
     pub async fn send(&self, req: Request<Body>) -> Reply {
         let req = self.authorize(req);
         let rsp = tokio::time::timeout(CLIENT_TIMEOUT, self.inner.request(req))
