@@ -841,6 +841,10 @@ async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
     assert_eq!(body["metadata"]["name"], "agent-admin", "{object}");
     assert_eq!(body["roleRef"]["name"], "admin", "{object}");
     assert_eq!(body["subjects"][0]["name"], "agent", "{object}");
+    assert_eq!(
+        object["spec"]["request"]["contentType"], "application/vnd.kubernetes.protobuf",
+        "{object}"
+    );
     // `chaperone requests` names the object being created.
     let listed = reviewer(&env, &["requests"]);
     let listed = String::from_utf8_lossy(&listed.stdout);

@@ -21,6 +21,9 @@ pub const MAX_REVIEWED: usize = 256 * 1024;
 /// made of), and what the AccessRequest shows of them.
 pub struct Reviewed {
     pub bytes: Bytes,
+    /// Its media type (`application/merge-patch+json`, ...): the same bytes as another
+    /// patch type are another change.
+    pub media_type: String,
     /// `None` for an empty body.
     pub shown: Option<Value>,
     /// Values masked in `shown`: the body holds something the reviewer does not see.
@@ -33,6 +36,7 @@ impl std::fmt::Debug for Reviewed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reviewed")
             .field("bytes", &format_args!("{} bytes", self.bytes.len()))
+            .field("media_type", &self.media_type)
             .field("shown", &self.shown)
             .field("masked", &self.masked)
             .finish()
@@ -84,6 +88,7 @@ where
     };
     Ok(Reviewed {
         bytes,
+        media_type: crate::headers::media_type(headers),
         shown,
         masked,
     })
@@ -381,8 +386,8 @@ mod tests {
         let who = crate::identity::Subject::default();
         let info = info("configmaps");
         assert_ne!(
-            super::super::request_key(&who, &info, &[], None, Some(&a.bytes), false).unwrap(),
-            super::super::request_key(&who, &info, &[], None, Some(&b.bytes), false).unwrap()
+            super::super::request_key(&who, &info, &[], None, Some(("", &a.bytes)), false).unwrap(),
+            super::super::request_key(&who, &info, &[], None, Some(("", &b.bytes)), false).unwrap()
         );
         assert_eq!(a.bytes, r#"{"metadata":{"name":"a"}}"#);
         let apply = reviewed(

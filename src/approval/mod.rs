@@ -358,7 +358,7 @@ impl Approvals {
             info,
             &commands,
             query,
-            body.map(|b| &b.bytes[..]),
+            body.map(|b| (b.media_type.as_str(), &b.bytes[..])),
             masked,
         )?;
         if let Some(name) = self.granted(&key) {
@@ -376,7 +376,7 @@ impl Approvals {
                     path: shown_path.as_deref().unwrap_or(&info.path),
                     query: shown_query.as_deref(),
                     commands: &shown,
-                    body: body.and_then(|b| b.shown.as_ref()),
+                    body: body.and_then(|b| Some((b.media_type.as_str(), b.shown.as_ref()?))),
                 },
                 decision,
                 hold,
@@ -688,7 +688,7 @@ fn request_key(
     info: &RequestInfo,
     commands: &[String],
     query: Option<&str>,
-    body: Option<&[u8]>,
+    body: Option<(&str, &[u8])>,
     masked: bool,
 ) -> Result<String, Error> {
     use ring::digest::{digest, Context, SHA256};
@@ -724,9 +724,12 @@ fn request_key(
     }
     let digest = match body {
         None => digest(&SHA256, text.as_bytes()),
-        // With the body: a grant covers the object or patch reviewed, not any other.
-        // Both hashed apart first, so no text and body can pass for another pair.
-        Some(body) => {
+        // With the body: a grant covers the object or patch reviewed, not any other,
+        // and as the patch type reviewed (the same bytes as a merge patch or a
+        // strategic one change different things). Hashed apart first, so no text and
+        // body can pass for another pair.
+        Some((media_type, body)) => {
+            push(media_type);
             let mut ctx = Context::new(&SHA256);
             ctx.update(b"body\0");
             ctx.update(digest(&SHA256, text.as_bytes()).as_ref());
@@ -785,7 +788,8 @@ struct Shown<'a> {
     path: &'a str,
     query: Option<&'a str>,
     commands: &'a [String],
-    body: Option<&'a Value>,
+    /// The body's media type and what is shown of it.
+    body: Option<(&'a str, &'a Value)>,
 }
 
 fn access_request(
@@ -832,7 +836,8 @@ fn access_request(
     if let Some(query) = shown.query {
         object["spec"]["request"]["query"] = query.into();
     }
-    if let Some(body) = shown.body {
+    if let Some((media_type, body)) = shown.body {
+        object["spec"]["request"]["contentType"] = media_type.into();
         object["spec"]["request"]["body"] = body.clone();
     }
     object
@@ -948,16 +953,38 @@ mod tests {
         // Another body is another request: a grant covers the body reviewed only.
         assert_ne!(
             ka,
-            request_key(&who, &a, &[], None, Some(b"{}"), false).unwrap()
+            request_key(&who, &a, &[], None, Some(("", &b"{}"[..])), false).unwrap()
         );
         assert_ne!(
-            request_key(&who, &a, &[], None, Some(b"{\"a\":1}"), false).unwrap(),
-            request_key(&who, &a, &[], None, Some(b"{\"a\":2}"), false).unwrap()
+            request_key(&who, &a, &[], None, Some(("", &b"{\"a\":1}"[..])), false).unwrap(),
+            request_key(&who, &a, &[], None, Some(("", &b"{\"a\":2}"[..])), false).unwrap()
+        );
+        // The same bytes as another patch type are another change.
+        let patch = &b"{\"spec\":{\"containers\":[]}}"[..];
+        assert_ne!(
+            request_key(
+                &who,
+                &a,
+                &[],
+                None,
+                Some(("application/merge-patch+json", patch)),
+                false
+            )
+            .unwrap(),
+            request_key(
+                &who,
+                &a,
+                &[],
+                None,
+                Some(("application/strategic-merge-patch+json", patch)),
+                false
+            )
+            .unwrap()
         );
         // An empty body is a body: a request sent with none differs from it.
         assert_ne!(
             ka,
-            request_key(&who, &a, &[], None, Some(b""), false).unwrap()
+            request_key(&who, &a, &[], None, Some(("", &b""[..])), false).unwrap()
         );
         let other = Subject {
             user: "alice".into(),
@@ -967,7 +994,10 @@ mod tests {
         // A body with masked values: the same body keeps its key in this process (one
         // AccessRequest, one grant), but the key is not the plain digest anyone could
         // compute from a guess at the masked value.
-        let secret = Some(&b"{\"data\":{\"p\":\"aHVudGVyMg==\"}}"[..]);
+        let secret = Some((
+            "application/json",
+            &b"{\"data\":{\"p\":\"aHVudGVyMg==\"}}"[..],
+        ));
         let keyed = request_key(&who, &a, &[], None, secret, true).unwrap();
         assert_eq!(
             keyed,
