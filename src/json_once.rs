@@ -5,9 +5,8 @@
 //! server decodes a body with Go's `encoding/json` rules (`sigs.k8s.io/json`), which
 //! decode a repeated key into the same field again: a nested object is merged with the
 //! first (its other fields kept), a map keeps the first one's entries beside the
-//! second's. So
-//! `{"spec": {"hostPID": true, ...}, "spec": {"containers": [...]}}` creates a Pod with
-//! both, where a last-wins reading shows the second alone. Nothing that writes JSON
+//! second's. So `{"spec": {"hostPID": true, ...}, "spec": {"containers": [...]}}`
+//! creates a Pod with both, where a last-wins reading shows the second alone. Nothing that writes JSON
 //! repeats a key (the API server refuses it with `fieldValidation=Strict`, kubectl's
 //! default): a body shown to a reviewer, or answered from, must name each key once.
 
