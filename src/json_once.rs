@@ -210,8 +210,10 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        // `PROPTEST_CASES=N` deepens a run, as for the suites under tests/.
         #![proptest_config(ProptestConfig {
-            cases: 512,
+            cases: std::env::var("PROPTEST_CASES")
+                .map_or(512, |n| n.parse().expect("PROPTEST_CASES is a number")),
             failure_persistence: None,
             ..ProptestConfig::default()
         })]
