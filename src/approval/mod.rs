@@ -348,7 +348,7 @@ impl Approvals {
             .collect();
         let query = approved_query(info, query);
         let shown_query = query.map(|q| masker.mask_query(q).unwrap_or_else(|| q.to_owned()));
-        let shown_path = masker.mask_path(&info.path);
+        let shown_path = shown_path(masker, info);
         let masked = shown != commands
             || shown_query.as_deref() != query
             || shown_path.is_some()
@@ -751,6 +751,16 @@ fn request_key(
 }
 
 /// This process's key for requests shown masked, made once.
+/// The path a reviewer is shown: the resolved path (its escapes decoded once, as the API
+/// server reads it and as the record keeps it) with what the detectors find masked.
+/// `None` when they find nothing. It is not decoded again: a name that holds `%41` is
+/// shown as that name, not as the `A` no server reads.
+fn shown_path(masker: &crate::mask::Masker, info: &RequestInfo) -> Option<String> {
+    masker
+        .mask_text(info.path.as_bytes())
+        .map(|masked| String::from_utf8_lossy(&masked).into_owned())
+}
+
 fn masked_key() -> Result<&'static ring::hmac::Key, Error> {
     static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
     if let Some(key) = KEY.get() {
@@ -1019,6 +1029,30 @@ mod tests {
             commands(Some("command=echo&command=hello+world&stdout=true")),
             ["echo", "hello world"]
         );
+    }
+
+    /// A reviewer is shown the path the API server acts on, read once, with what the
+    /// detectors find there masked, as the record keeps it.
+    #[test]
+    fn the_path_shown_is_read_once_and_masked() {
+        let masker = crate::mask::Masker::builtin();
+        let shown = |path: &str| {
+            let info =
+                crate::request_info::resolve(&"GET".parse().unwrap(), &path.parse().unwrap())
+                    .unwrap();
+            shown_path(&masker, &info)
+        };
+        assert_eq!(
+            shown("/api/v1/namespaces/d/services/s/proxy/cb/AKIA%49OSFODNN7EXAMPLE"),
+            Some("/api/v1/namespaces/d/services/s/proxy/cb/chaperone:masked".into())
+        );
+        // `%2549` is the three characters `%49` to the API server and to the service:
+        // shown as sent to them, not decoded a second time into `I`.
+        assert_eq!(
+            shown("/api/v1/namespaces/d/services/s/proxy/cb/AKIA%2549OSFODNN7EXAMPLE"),
+            None
+        );
+        assert_eq!(shown("/api/v1/namespaces/d/pods/web"), None);
     }
 
     /// What an exec, a port-forward, a proxied request or a change sends in its query is
