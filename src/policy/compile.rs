@@ -556,11 +556,16 @@ fn check_rule(fault: &Fault<'_>, i: usize, rule: &model::Rule) -> Result<(), Err
             &format!("{:?} is an HTTP method, a verb for nonResourceURLs only (resource rules use create, update, ...)", v.as_str()),
         );
     }
-    let nameless = |v: &Verb| matches!(v, Verb::Create | Verb::DeleteCollection);
+    let nameless = |v: &Verb| match v {
+        Verb::DeleteCollection => true,
+        Verb::Create => !rule.creates_may_name(),
+        _ => false,
+    };
     if !rule.resource_names.is_empty() && rule.verbs.iter().all(nameless) {
         return at(
             "resourceNames",
-            "can never match: create and deletecollection requests carry no object name",
+            "can never match: deletecollection requests, and creates of objects (not of \
+             subresources such as pods/exec), carry no object name",
         );
     }
     if rule.commands.is_some() {

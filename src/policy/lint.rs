@@ -115,9 +115,13 @@ pub(crate) fn lint(policy: &Policy) -> Vec<Warning> {
                 "denying listed commands is easy to evade (/bin/sh, busybox sh, env sh, ...): allow the commands that are safe instead".into(),
             );
         }
-        let nameless = [Verb::Create, Verb::DeleteCollection];
+        // A create on a subresource names its object; of an object, it does not.
+        let nameless: &[Verb] = match rule.source.creates_may_name() {
+            true => &[Verb::DeleteCollection],
+            false => &[Verb::Create, Verb::DeleteCollection],
+        };
         if !rule.names.is_empty() && !rule.verbs.is_all() {
-            for verb in nameless.into_iter().filter(|&v| rule.verbs.contains(v)) {
+            for &verb in nameless.iter().filter(|&&v| rule.verbs.contains(v)) {
                 warn(
                     "never-matches",
                     format!(

@@ -103,6 +103,17 @@ pub struct Rule {
     pub audit_level: Option<crate::audit::event::Level>,
 }
 
+impl Rule {
+    /// Whether a `create` this rule matches can carry an object name: a create on a
+    /// subresource names its object (`POST .../pods/web-0/exec`, `kubectl create token
+    /// NAME`, an eviction), a create of an object does not.
+    pub fn creates_may_name(&self) -> bool {
+        self.resources
+            .iter()
+            .any(|r| r.0 == "*" || r.0.contains('/'))
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Subjects {

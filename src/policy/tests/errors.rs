@@ -62,6 +62,7 @@ fn errors_name_file_line_column_and_field() {
         (format!("{HEADER}{}", rule("resources: [pods]")), "t.yaml:7:5: spec.rules[0].apiGroups: is required with resources"),
         (format!("{HEADER}{}", rule(&format!("{PODS}\nverbs: [post]"))), "spec.rules[0].verbs: \"post\" is an HTTP method"),
         (format!("{HEADER}{}", rule(&format!("{PODS}\nverbs: [create]\nresourceNames: [a]"))), "spec.rules[0].resourceNames: can never match"),
+        (format!("{HEADER}{}", rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [deletecollection]\nresourceNames: [a]")), "spec.rules[0].resourceNames: can never match"),
         (format!("{HEADER}{}", rule(&format!("{PODS}\ncommands: [[ps]]"))), "t.yaml:13:5: spec.rules[0].commands: only applies to resources [\"pods/exec\"]"),
         (format!("{HEADER}{}", rule("apiGroups: [\"\"]\nresources: [pods/attach]\ncommands: [[ps]]")), "pods/attach joins the running process"),
         (format!("{HEADER}{}", rule(&format!("{PODS}\nnamespaces: []"))), "spec.rules[0].namespaces: is empty: omit it"),
@@ -115,6 +116,9 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule("apiGroups: [\"\"]\nresources: [nodes]\nnamespaces: [default]"), vec![("r", "never-matches", "cluster-scoped")]),
         (rule("apiGroups: [\"\"]\nresources: [nodes]\nnamespaces: [default, <cluster>]"), vec![]),
         (rule(&format!("{PODS}\nverbs: [get, create]\nresourceNames: [a]")), vec![("r", "never-matches", "create requests carry no object name")]),
+        // A create on a subresource names its object (`kubectl create token builder`).
+        (rule("apiGroups: [\"\"]\nresources: [serviceaccounts/token]\nverbs: [get, create]\nresourceNames: [builder]"), vec![]),
+        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: deny"), vec![("r", "never-matches", "deletecollection requests carry no object name")]),
         (rule(&format!("{PODS}\nmode: audit")), vec![("r", "no-effect", "audit-mode allow")]),
         // shadowed
         (format!("{}{deny_secrets}", rule("apiGroups: [\"\"]\nresources: [secrets]\nverbs: [get]\nnamespaces: [team-a]")), vec![("r", "shadowed", "deny rule \"no-secrets\" (line 14)")]),

@@ -114,6 +114,13 @@ fn rule_matches() {
             (named("get", "resource1", "c"), false), (named("list", "resource1", ""), false),
             (named("list", "resource1", "a"), true),
         ]),
+        // A create on a subresource names its object (`POST .../pods/web-0/exec`,
+        // `kubectl create token NAME`), so resourceNames can match it, as in RBAC.
+        ("create on a named subresource", ["create", "g1", "resource1/token", "", "a"], vec![
+            (named("create", "resource1/token", "a"), true),
+            (named("create", "resource1/token", "b"), false),
+            (named("create", "resource1", ""), false),
+        ]),
         ("star nonresource, exact match other", ["get", "", "", "*", ""], vec![
             (non("get", "/foo"), true), (non("get", "/foo/bar"), true), (non("get", "/foo/baz"), true),
             (non("get", "/foo/bar/one"), true), (non("get", "/foo/baz/one"), true),
