@@ -21,6 +21,17 @@ pub enum Error {
     BadAccept,
     #[error("the caller's identity {0:?} cannot be sent as an impersonation header")]
     BadImpersonation(String),
+    #[error(
+        "chaperone upgrades only exec, attach, port-forward and proxy connections, not {0}: \
+         what a websocket watch or log stream carries could not be masked or recorded; send \
+         the request without `Connection: Upgrade`"
+    )]
+    Upgrade(String),
+    #[error(
+        "an upgrade request carries no body, and this one has one: a body sent with an \
+         upgrade could not be reviewed or recorded"
+    )]
+    UpgradeWithBody,
 }
 
 impl Error {
@@ -30,6 +41,7 @@ impl Error {
             Error::NotAcceptable(_) => Status::not_acceptable(self.to_string()),
             Error::BadAccept => Status::bad_request(self.to_string()),
             Error::BadImpersonation(_) => Status::unauthorized(self.to_string()),
+            Error::Upgrade(_) | Error::UpgradeWithBody => Status::bad_request(self.to_string()),
         }
     }
 }
@@ -45,6 +57,33 @@ pub fn check_impersonation(headers: &HeaderMap) -> Result<(), Error> {
         Some(name) => Err(Error::Impersonation(name.as_str().to_owned())),
         None => Ok(()),
     }
+}
+
+/// Refuses to upgrade a connection the API server would not tunnel. The API server
+/// upgrades an exec, attach or port-forward (SPDY or websocket) and passes a proxied
+/// service's upgrade on, and those are what chaperone tunnels. It also answers a watch
+/// or a log stream over a websocket, in frames chaperone does not read: forwarded, they
+/// would carry Secrets past the masker and events past the record. And an upgrade that
+/// carries a body would take it past the approval's review. So any other upgrade, and
+/// any upgrade with a body, is refused.
+pub fn check_upgrade(info: &RequestInfo, has_body: bool) -> Result<(), Error> {
+    let tunnelled = info.is_resource_request
+        && matches!(
+            info.subresource.as_str(),
+            "exec" | "attach" | "portforward" | "proxy"
+        );
+    if !tunnelled {
+        let what = match (info.is_resource_request, info.subresource.is_empty()) {
+            (false, _) => format!("{} {}", info.verb, info.path),
+            (true, true) => format!("{} {}", info.verb, info.resource),
+            (true, false) => format!("{} {}/{}", info.verb, info.resource, info.subresource),
+        };
+        return Err(Error::Upgrade(what));
+    }
+    if has_body {
+        return Err(Error::UpgradeWithBody);
+    }
+    Ok(())
 }
 
 /// Narrows an `Accept` header to the JSON forms it lists.

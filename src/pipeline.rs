@@ -412,8 +412,12 @@ impl Proxy {
 
         let upgrade = headers::is_upgrade(req.headers());
         let inspect = headers::must_inspect(&info);
-        tracing::debug_span!("screen")
-            .in_scope(|| headers::prepare_upstream(req.headers_mut(), upgrade, inspect))?;
+        tracing::debug_span!("screen").in_scope(|| {
+            if upgrade {
+                headers::check_upgrade(&info, !http_body::Body::is_end_stream(req.body()))?;
+            }
+            headers::prepare_upstream(req.headers_mut(), upgrade, inspect)
+        })?;
         // A held request's body as the reviewer saw it. Boxed: the slot is in every
         // request's future, and rarely filled.
         let mut reviewed_body: Option<Box<approval::body::Reviewed>> = None;
@@ -638,12 +642,13 @@ fn has_body(method: &Method) -> bool {
     )
 }
 
-/// `pods/log?follow=true`: a stream that ends when the container does.
+/// `pods/log?follow=true`: a stream that ends when the container does. `follow` is read
+/// as the API server reads it (`?follow`, `follow=yes` follow; the first value counts).
 fn is_follow(info: &request_info::RequestInfo, uri: &http::Uri) -> bool {
     info.subresource == "log"
         && uri
             .query()
-            .is_some_and(|q| q.split('&').any(|p| p == "follow=true" || p == "follow=1"))
+            .is_some_and(|q| request_info::go_bool_param(q, "follow"))
 }
 
 /// The methods the Kubernetes API uses. Anything else (CONNECT, TRACE, ...) has no
@@ -658,6 +663,47 @@ fn is_forwarded_method(method: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A followed log is a stream (bounded by `maxStreamsPerCaller`, on record from its
+    /// start) whenever the API server follows it: `follow` read as its conversions read
+    /// a boolean.
+    #[test]
+    fn a_log_is_followed_as_the_api_server_reads_follow() {
+        let uri = |q: &str| -> http::Uri {
+            format!("/api/v1/namespaces/d/pods/p/log?{q}")
+                .parse()
+                .unwrap()
+        };
+        let info = request_info::resolve(&Method::GET, &uri("")).unwrap();
+        let cases = [
+            ("follow=true", true),
+            ("follow", true),
+            ("follow=", true),
+            ("follow=TRUE", true),
+            ("follow=yes", true),
+            ("container=a&follow=1", true),
+            ("follow=true&follow=false", true),
+            ("follow=false", false),
+            ("follow=FALSE", false),
+            ("follow=0", false),
+            ("follow=false&follow=true", false),
+            ("follow=tru%zz", false),
+            ("follow;x=1", false),
+            ("container=a", false),
+        ];
+        for (query, want) in cases {
+            assert_eq!(is_follow(&info, &uri(query)), want, "{query}");
+        }
+        let pod = request_info::resolve(
+            &Method::GET,
+            &"/api/v1/namespaces/d/pods/p".parse().unwrap(),
+        )
+        .unwrap();
+        assert!(!is_follow(
+            &pod,
+            &"/api/v1/namespaces/d/pods/p?follow=true".parse().unwrap()
+        ));
+    }
 
     #[test]
     fn every_error_maps_to_one_status() {
@@ -679,6 +725,16 @@ mod tests {
                 "NotAcceptable",
             ),
             (Error::Headers(headers::Error::BadAccept), 400, "BadRequest"),
+            (
+                Error::Headers(headers::Error::Upgrade("watch secrets".into())),
+                400,
+                "BadRequest",
+            ),
+            (
+                Error::Headers(headers::Error::UpgradeWithBody),
+                400,
+                "BadRequest",
+            ),
             (
                 Error::Upstream(upstream::Error::Timeout {
                     server: "https://10.0.0.1".into(),

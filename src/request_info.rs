@@ -478,6 +478,15 @@ pub(crate) fn go_query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>
         })
 }
 
+/// A boolean query parameter as the API server's conversions read it
+/// (`runtime.Convert_Slice_string_To_bool`): the first value given, true unless it is `0`
+/// or `false` in any case (`?follow` alone is true); false when the parameter is absent.
+pub(crate) fn go_bool_param(query: &str, name: &str) -> bool {
+    go_query_pairs(query)
+        .find(|(key, _)| &**key == name.as_bytes())
+        .is_some_and(|(_, v)| !(&*v == b"0" || go_equal_fold_false(&v)))
+}
+
 /// Go's `url.QueryUnescape`: `%XX` escapes and `+` as a space.
 pub(crate) fn query_unescape(s: &str) -> Option<Cow<'_, [u8]>> {
     unescape(s, true, true)

@@ -22,6 +22,15 @@ type Case = (
     &'static str,
 );
 
+/// The headers of a websocket handshake (RFC 6455), as a browser or a client library
+/// opening a websocket watch sends them.
+const WEBSOCKET: &[(&str, &str)] = &[
+    ("Connection", "Upgrade"),
+    ("Upgrade", "websocket"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_status_objects_and_never_reach_the_api_server() {
     let env = sandbox().with_proxy().start().await;
@@ -99,6 +108,36 @@ async fn refusals_are_status_objects_and_never_reach_the_api_server() {
             400,
             "BadRequest",
             "refused the request path",
+        ),
+        // A websocket watch or log stream would carry what it reads in frames the masker
+        // and the record never see: only connections (exec, attach, port-forward,
+        // proxy) are upgraded.
+        (
+            "websocket watch",
+            "GET",
+            "/api/v1/namespaces/default/secrets?watch=1",
+            WEBSOCKET,
+            400,
+            "BadRequest",
+            "not watch secrets",
+        ),
+        (
+            "websocket log stream",
+            "GET",
+            "/api/v1/namespaces/default/pods/nginx/log?follow=true",
+            WEBSOCKET,
+            400,
+            "BadRequest",
+            "not get pods/log",
+        ),
+        (
+            "upgraded create",
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")],
+            400,
+            "BadRequest",
+            "not create configmaps",
         ),
         (
             "unknown method",
@@ -345,5 +384,39 @@ async fn a_client_that_sends_no_request_head_is_dropped_after_the_header_timeout
     let (code, body) = support::http_get(proxy.admin.unwrap(), "/healthz").await;
     assert_eq!(code, 200, "{body}");
     proxy.stop().await;
+    env.stop().await;
+}
+
+/// An exec is upgraded, but an upgrade carries no body: one sent with it would go
+/// upstream past the approval's review and the record, so it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_carries_a_body_is_refused() {
+    let env = sandbox().with_proxy().start().await;
+    let client = env.client(false);
+    let seen_before = env.started.sandbox.seen_authorizations().len();
+    let req = Request::post(format!(
+        "{}/api/v1/namespaces/default/pods/nginx/exec?command=ls&stdout=true",
+        env.proxy_url()
+    ))
+    .header("Connection", "Upgrade")
+    .header("Upgrade", "SPDY/3.1")
+    .header("X-Stream-Protocol-Version", "v4.channel.k8s.io")
+    .header("Content-Type", "application/json")
+    .body(body::full(&b"{\"kind\":\"RoleBinding\"}"[..]))
+    .unwrap();
+    let reply = client.send(req).await;
+    assert_eq!(reply.status.as_u16(), 400, "{:?}", reply.body);
+    let status = reply.json();
+    assert_eq!(status["reason"], "BadRequest");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("upgrade request carries no body"),
+        "{message}"
+    );
+    assert_eq!(
+        env.started.sandbox.seen_authorizations().len(),
+        seen_before,
+        "the refused upgrade reached the API server"
+    );
     env.stop().await;
 }
