@@ -145,8 +145,11 @@ pub fn narrow_accept(accept: Option<&HeaderValue>) -> Result<HeaderValue, Error>
 }
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1), plus the
-/// credentials and encodings the proxy replaces.
-const DROPPED: [HeaderName; 8] = [
+/// credentials and encodings the proxy replaces, and the client addresses a caller could
+/// make up: the API server lists `X-Forwarded-For` and `X-Real-Ip` first among an audit
+/// event's `sourceIPs` (`utilnet.SourceIPs`), so the cluster's own audit log would show
+/// an address the caller chose.
+const DROPPED: [HeaderName; 10] = [
     header::AUTHORIZATION,
     header::PROXY_AUTHORIZATION,
     header::ACCEPT_ENCODING,
@@ -155,6 +158,8 @@ const DROPPED: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::HOST,
     header::COOKIE,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
 ];
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names,
@@ -233,7 +238,7 @@ pub fn prepare_upstream(
     // One look at the names, then removals only where needed: a request carries a
     // handful of headers, and removing one costs a hash where comparing standard names
     // costs next to nothing.
-    let (mut dropped, mut protocols, mut remote) = (0u8, false, false);
+    let (mut dropped, mut protocols, mut remote) = (0u16, false, false);
     for name in headers.keys() {
         if let Some(i) = DROPPED.iter().position(|d| d == name) {
             dropped |= 1 << i;
@@ -583,7 +588,7 @@ mod tests {
     }
 
     #[test]
-    fn credentials_encodings_and_hop_by_hop_never_go_upstream() {
+    fn credentials_encodings_hop_by_hop_and_client_addresses_never_go_upstream() {
         let mut h = HeaderMap::new();
         for (k, v) in [
             ("authorization", "Bearer caller-token"),
@@ -596,6 +601,8 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("host", "kubernetes.default.svc"),
+            ("x-forwarded-for", "10.0.0.99"),
+            ("x-real-ip", "10.0.0.99"),
             ("user-agent", "kubectl/v1.32.0"),
             ("content-type", "application/vnd.kubernetes.protobuf"),
         ] {

@@ -165,7 +165,8 @@ async fn impersonate_mode_shows_the_caller_to_the_api_server() {
         [format!("Bearer {}", env.started.upstream_token)]
     );
     // A caller cannot add identity of its own: a front proxy's X-Remote-* headers are
-    // dropped, whatever the proxy's credential.
+    // dropped, whatever the proxy's credential; nor choose the source address the
+    // cluster's audit log records for it.
     let url = format!("{}{PODS}", env.proxy_url());
     let reply = env
         .client(false)
@@ -174,13 +175,17 @@ async fn impersonate_mode_shows_the_caller_to_the_api_server() {
             &[
                 ("x-remote-user", "system:admin"),
                 ("x-remote-group", "system:masters"),
+                ("x-forwarded-for", "10.9.8.7"),
+                ("x-real-ip", "10.9.8.7"),
             ],
         )
         .await;
     assert_eq!(reply.status, 200);
     let seen = env.started.sandbox.last_request_headers().unwrap();
     assert!(
-        seen.keys().all(|n| !n.as_str().starts_with("x-remote-")),
+        seen.keys().all(|n| !n.as_str().starts_with("x-remote-")
+            && n != "x-forwarded-for"
+            && n != "x-real-ip"),
         "forwarded: {:?}",
         seen.keys().collect::<Vec<_>>()
     );

@@ -13,7 +13,7 @@ use proptest::sample::{select, subsequence};
 mod cases;
 
 /// Headers the API server must never see from the caller: its credentials, the headers
-/// chaperone replaces, and connection-level ones.
+/// chaperone replaces, connection-level ones, and client addresses it could make up.
 const NEVER: &[&str] = &[
     "authorization",
     "proxy-authorization",
@@ -25,6 +25,8 @@ const NEVER: &[&str] = &[
     "transfer-encoding",
     "keep-alive",
     "proxy-connection",
+    "x-forwarded-for",
+    "x-real-ip",
 ];
 
 /// Headers that are the request's own and go upstream as they came (unless `Connection`
