@@ -104,7 +104,71 @@ pub struct RequestInfo {
     pub parts_at: Option<usize>,
 }
 
+/// A resource request described by its attributes rather than sent: a
+/// SelfSubjectAccessReview's `resourceAttributes`, a policy test case.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attributes<'a> {
+    pub verb: &'a str,
+    /// `""` for the core group.
+    pub group: &'a str,
+    /// `""` or `*`: `v1`.
+    pub version: &'a str,
+    pub namespace: &'a str,
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub name: &'a str,
+}
+
 impl RequestInfo {
+    /// The request `a` describes, as [`resolve`] resolves that request when it is sent,
+    /// with the path it would be sent to. One rule of the path shows in the attributes:
+    /// a Namespace's own requests (`/api/v1/namespaces/NAME`, and its `status` and
+    /// `finalize`) are in the namespace they name, whatever namespace `a` gives (kubectl
+    /// fills in the current one).
+    pub fn from_attributes(a: Attributes<'_>) -> RequestInfo {
+        let version = match a.version {
+            "" | "*" => "v1",
+            v => v,
+        };
+        let own_namespace = !a.name.is_empty()
+            && matches!(
+                (a.resource, a.subresource),
+                ("namespaces", "" | "status" | "finalize")
+            );
+        let namespace = if own_namespace { a.name } else { a.namespace };
+        let (api_prefix, mut path) = match a.group {
+            "" => ("api", format!("/api/{version}")),
+            group => ("apis", format!("/apis/{group}/{version}")),
+        };
+        if !namespace.is_empty() && !own_namespace {
+            path.push_str("/namespaces/");
+            path.push_str(namespace);
+        }
+        path.push('/');
+        path.push_str(a.resource);
+        if !a.name.is_empty() {
+            path.push('/');
+            path.push_str(a.name);
+            if !a.subresource.is_empty() {
+                path.push('/');
+                path.push_str(a.subresource);
+            }
+        }
+        RequestInfo {
+            is_resource_request: true,
+            path,
+            verb: a.verb.to_owned(),
+            api_prefix: api_prefix.to_owned(),
+            api_group: a.group.to_owned(),
+            api_version: version.to_owned(),
+            namespace: namespace.to_owned(),
+            resource: a.resource.to_owned(),
+            subresource: a.subresource.to_owned(),
+            name: a.name.to_owned(),
+            parts_at: None,
+        }
+    }
+
     /// Go's `Parts`: the path's segments from the resource on
     /// (`resource/name/subresource/...`); empty for a non-resource request, or for one
     /// not resolved from a path (a SubjectAccessReview's attributes, a policy test case).

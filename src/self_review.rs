@@ -21,7 +21,7 @@ use crate::body::Body;
 use crate::identity::Subject;
 use crate::places::PerCaller;
 use crate::policy::{Action, Decision, Policies};
-use crate::request_info::RequestInfo;
+use crate::request_info::{Attributes, RequestInfo};
 use crate::status::Status;
 
 /// The largest review body read; real ones are a few hundred bytes.
@@ -173,12 +173,22 @@ fn access(
     let spec = &sent["spec"];
     let asked = asked(spec)?;
     let decision = policies.authorize(who, &asked, None);
+    // A member of the rule's `skipGroups` goes through without review.
+    let skips =
+        decision.applied() == Action::Approve && decision.approval().is_some_and(|a| a.skips(who));
     let (allowed, denied) = match decision.applied() {
         Action::Allow => (true, false),
-        Action::Approve => (false, false),
+        Action::Approve => (skips, false),
         Action::Deny => (false, true),
     };
-    let reason = reason(&decision);
+    let reason = match skips {
+        true => format!(
+            "rule {:?} holds this request for approval, but not for {}: a member of its skipGroups",
+            decision.rule(),
+            who.user
+        ),
+        false => reason(&decision),
+    };
     let summary = format!(
         "can-i {} {}: {}",
         asked.verb,
@@ -227,40 +237,15 @@ fn asked(spec: &Value) -> Result<RequestInfo, Error> {
                 "spec.resourceAttributes needs a verb and a resource".into(),
             ));
         }
-        let version = match text(attrs, "version") {
-            v if v.is_empty() || v == "*" => "v1".to_owned(),
-            v => v,
-        };
-        let (api_prefix, mut path) = if group.is_empty() {
-            ("api", format!("/api/{version}"))
-        } else {
-            ("apis", format!("/apis/{group}/{version}"))
-        };
-        if !namespace.is_empty() {
-            path.push_str(&format!("/namespaces/{namespace}"));
-        }
-        let mut parts = vec![resource.clone()];
-        if !name.is_empty() {
-            parts.push(name.clone());
-            if !subresource.is_empty() {
-                parts.push(subresource.clone());
-            }
-        }
-        path.push('/');
-        path.push_str(&parts.join("/"));
-        return Ok(RequestInfo {
-            is_resource_request: true,
-            path,
-            verb,
-            api_prefix: api_prefix.to_owned(),
-            api_group: group,
-            api_version: version,
-            namespace,
-            resource,
-            subresource,
-            name,
-            parts_at: None,
-        });
+        return Ok(RequestInfo::from_attributes(Attributes {
+            verb: &verb,
+            group: &group,
+            version: &text(attrs, "version"),
+            namespace: &namespace,
+            resource: &resource,
+            subresource: &subresource,
+            name: &name,
+        }));
     }
     if let Some(attrs) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
         let (path, verb) = (text(attrs, "path"), text(attrs, "verb"));
@@ -391,6 +376,23 @@ mod tests {
                 json!({"resourceAttributes": {"verb": "patch", "group": "apps", "version": "v1", "resource": "deployments", "subresource": "scale", "namespace": "default", "name": "web"}}),
                 "PATCH",
                 "/apis/apps/v1/namespaces/default/deployments/web/scale",
+            ),
+            // A Namespace's own requests are in the namespace they name; kubectl sends
+            // the current namespace along.
+            (
+                json!({"resourceAttributes": {"verb": "delete", "resource": "namespaces", "namespace": "default", "name": "kube-system"}}),
+                "DELETE",
+                "/api/v1/namespaces/kube-system",
+            ),
+            (
+                json!({"resourceAttributes": {"verb": "update", "resource": "namespaces", "subresource": "finalize", "name": "old"}}),
+                "PUT",
+                "/api/v1/namespaces/old/finalize",
+            ),
+            (
+                json!({"resourceAttributes": {"verb": "list", "resource": "namespaces", "namespace": "default"}}),
+                "GET",
+                "/api/v1/namespaces/default/namespaces",
             ),
         ];
         for (spec, method, path) in cases {

@@ -259,6 +259,12 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
     assert!(can_i(&["get", "secrets", "-n", "kube-system"])
         .await
         .starts_with("no - rule \"hands-off-kube-system\""));
+    // A Namespace's own requests are in the namespace they name, as enforcement
+    // resolves `kubectl get namespace kube-system` (kubectl sends `default` along).
+    assert!(can_i(&["get", "namespace/kube-system"])
+        .await
+        .starts_with("no - rule \"hands-off-kube-system\""));
+    assert_eq!(can_i(&["get", "namespace/default"]).await, "yes");
     // The proxy's credential could; the caller cannot.
     assert_eq!(
         String::from_utf8_lossy(
@@ -321,6 +327,33 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
     assert!(answered
         .iter()
         .any(|a| a.ends_with("whoami: system:serviceaccount:default:mcp-server")));
+}
+
+/// A caller in an approve rule's `skipGroups` goes through without review, so
+/// `kubectl auth can-i` says yes to it, as enforcement then does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn can_i_says_yes_where_the_caller_skips_review() {
+    let policy = SANDBOX_POLICY.replacen(
+        "    action: approve\n",
+        "    action: approve\n    approval: {skipGroups: [\"system:serviceaccounts:default\"]}\n",
+        1,
+    );
+    let env = sandbox().policy(&policy).with_proxy().start().await;
+    let out = env
+        .kubectl(&["auth", "can-i", "create", "rolebindings"])
+        .await;
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(said, "yes", "{}", stderr(&out));
+    ok(&env
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "skipped",
+            "--clusterrole=view",
+            "--user=agent",
+        ])
+        .await);
+    env.stop().await;
 }
 
 /// `kubectl auth can-i` bodies are buffered to be read: a caller sending them slowly on

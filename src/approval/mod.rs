@@ -328,11 +328,7 @@ impl Approvals {
         masker: &crate::mask::Masker,
     ) -> Result<Hold, Error> {
         let settings = decision.approval().cloned().unwrap_or_default();
-        if who
-            .groups
-            .iter()
-            .any(|g| settings.skip_groups.iter().any(|s| &s.0 == g))
-        {
+        if settings.skips(who) {
             return Ok(Hold::Ready(Outcome::Skipped));
         }
         let commands = commands(query);

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::identity::Subject;
 use crate::policy::{self, model::Verb, Action, Decision};
-use crate::request_info::RequestInfo;
+use crate::request_info::{Attributes, RequestInfo};
 
 #[derive(Debug, Parser)]
 #[command(about = "Check, explain and test chaperone policies")]
@@ -228,18 +228,15 @@ fn request(e: &Explain) -> Result<(RequestInfo, Option<String>), String> {
             .collect::<Vec<_>>()
             .join("&")
     });
-    let name = e.name.clone().unwrap_or_default();
-    let info = RequestInfo {
-        is_resource_request: true,
-        verb: verb.to_owned(),
-        api_prefix: if group.is_empty() { "api" } else { "apis" }.to_owned(),
-        api_group: group.to_owned(),
-        namespace: e.namespace.clone().unwrap_or_default(),
-        resource: resource.to_owned(),
-        subresource: subresource.to_owned(),
-        name,
-        ..RequestInfo::default()
-    };
+    let info = RequestInfo::from_attributes(Attributes {
+        verb,
+        group,
+        version: "",
+        namespace: e.namespace.as_deref().unwrap_or_default(),
+        resource,
+        subresource,
+        name: e.name.as_deref().unwrap_or_default(),
+    });
     Ok((info, query))
 }
 

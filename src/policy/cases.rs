@@ -10,7 +10,7 @@ use super::locate::Step;
 use super::model::{self, TestRequest};
 use super::{Action, Error};
 use crate::identity::Subject;
-use crate::request_info::RequestInfo;
+use crate::request_info::{Attributes, RequestInfo};
 
 /// One compiled test case.
 #[derive(Debug, Clone)]
@@ -132,23 +132,14 @@ fn attributes(a: model::RequestAttributes) -> Result<(RequestInfo, Option<String
             .collect::<Vec<_>>()
             .join("&")
     });
-    let info = RequestInfo {
-        is_resource_request: true,
-        verb: a.verb.as_str().to_owned(),
-        api_prefix: if a.api_group.is_empty() {
-            "api"
-        } else {
-            "apis"
-        }
-        .to_owned(),
-        api_group: a.api_group,
-        api_version: String::new(),
-        namespace: a.namespace,
-        resource,
-        subresource,
-        name: a.name,
-        parts_at: None,
-        path: String::new(),
-    };
+    let info = RequestInfo::from_attributes(Attributes {
+        verb: a.verb.as_str(),
+        group: &a.api_group,
+        version: "",
+        namespace: &a.namespace,
+        resource: &resource,
+        subresource: &subresource,
+        name: &a.name,
+    });
     Ok((info, query))
 }
