@@ -60,11 +60,13 @@ SelfSubjectAccessReview: 1 metadata ObjectMeta, 2 spec SelfSubjectAccessReviewSp
 SelfSubjectAccessReviewSpec: 1 resourceAttributes ResourceAttributes, 2 nonResourceAttributes NonResourceAttributes
 ResourceAttributes: 1 namespace s, 2 verb s, 3 group s, 4 version s, 5 resource s, 6 subresource s, 7 name s
 NonResourceAttributes: 1 path s, 2 verb s
+SelfSubjectRulesReview: 1 metadata ObjectMeta, 2 spec SelfSubjectRulesReviewSpec
+SelfSubjectRulesReviewSpec: 1 namespace s
 SelfSubjectReview: 1 metadata ObjectMeta
 ";
 
 /// Kinds a request body may carry (the top-level messages above).
-const TOP_LEVEL: [&str; 13] = [
+const TOP_LEVEL: [&str; 14] = [
     "ConfigMap",
     "Secret",
     "Namespace",
@@ -77,6 +79,7 @@ const TOP_LEVEL: [&str; 13] = [
     "RoleBinding",
     "ClusterRoleBinding",
     "SelfSubjectAccessReview",
+    "SelfSubjectRulesReview",
     "SelfSubjectReview",
 ];
 

@@ -7,6 +7,12 @@
 //! - `SelfSubjectAccessReview` (`authorization.k8s.io`): the policy's decision for the
 //!   attributes asked about, as it would decide that request (an `approve` rule is "not
 //!   allowed, not denied", with the reason saying a reviewer decides);
+//! - `SelfSubjectRulesReview` (`authorization.k8s.io`, `kubectl auth can-i --list`): no
+//!   rules, marked incomplete, with an evaluation error saying why. A rules review lists
+//!   what is allowed, and its readers take every rule listed as safe to use ("rules are
+//!   additive"). chaperone's deny and approve rules narrow its allow rules in ways such a
+//!   list cannot show, so the only list that holds is the empty one (the API server
+//!   answers the same way for authorizers that cannot list their rules);
 //! - `SelfSubjectReview` (`authentication.k8s.io`): the caller chaperone authenticated.
 //!
 //! MCP servers ask the first to decide which tools and namespaces to offer.
@@ -39,6 +45,7 @@ pub const RULE: &str = "builtin:self-review";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Review {
     Access,
+    Rules,
     Subject,
 }
 
@@ -50,6 +57,7 @@ impl Review {
         }
         match (info.api_group.as_str(), info.resource.as_str()) {
             ("authorization.k8s.io", "selfsubjectaccessreviews") => Some(Review::Access),
+            ("authorization.k8s.io", "selfsubjectrulesreviews") => Some(Review::Rules),
             ("authentication.k8s.io", "selfsubjectreviews") => Some(Review::Subject),
             _ => None,
         }
@@ -139,6 +147,7 @@ where
     let api_version = format!("{}/{}", info.api_group, info.api_version);
     let (object, summary) = match review {
         Review::Access => access(&sent, &api_version, who, policies)?,
+        Review::Rules => rules(&sent, &api_version),
         Review::Subject => subject(&api_version, who),
     };
     let bytes = serde_json::to_vec(&object).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -286,6 +295,34 @@ fn describe(info: &RequestInfo) -> String {
     what
 }
 
+/// Why a rules review lists nothing.
+pub const NO_RULES: &str = "chaperone decides each request from its policy, whose deny and \
+    approve rules narrow what its allow rules grant in ways a list of allowed rules cannot \
+    show, so it lists none; ask about one request instead (kubectl auth can-i VERB RESOURCE)";
+
+/// `SelfSubjectRulesReview`: no rules, incomplete, saying why (see the module's doc).
+fn rules(sent: &Value, api_version: &str) -> (Value, String) {
+    let spec = &sent["spec"];
+    let namespace = spec["namespace"].as_str().unwrap_or_default();
+    let object = json!({
+        "kind": "SelfSubjectRulesReview",
+        "apiVersion": api_version,
+        "metadata": {"creationTimestamp": null},
+        "spec": spec,
+        "status": {
+            "resourceRules": [],
+            "nonResourceRules": [],
+            "incomplete": true,
+            "evaluationError": NO_RULES,
+        },
+    });
+    let summary = match namespace {
+        "" => "can-i --list: no rules listed (incomplete)".to_owned(),
+        ns => format!("can-i --list in {ns}: no rules listed (incomplete)"),
+    };
+    (object, summary)
+}
+
 /// `SelfSubjectReview`: the caller as chaperone authenticated it.
 fn subject(api_version: &str, who: &Subject) -> (Value, String) {
     let mut user = json!({"username": who.user, "groups": who.groups});
@@ -313,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn only_creates_of_the_two_reviews_are_answered_here() {
+    fn only_creates_of_the_three_reviews_are_answered_here() {
         let cases = [
             (
                 "POST",
@@ -329,6 +366,11 @@ mod tests {
                 "POST",
                 "/apis/authentication.k8s.io/v1/selfsubjectreviews",
                 Some(Review::Subject),
+            ),
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+                Some(Review::Rules),
             ),
             (
                 "GET",

@@ -298,6 +298,20 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
         "{message}"
     );
 
+    // `can-i --list` lists no rules rather than the proxy's (which the API server would
+    // list for the credential chaperone forwards with), and says why.
+    let list = env.kubectl(&["auth", "can-i", "--list"]).await;
+    let (listed, warned) = (
+        String::from_utf8_lossy(&list.stdout).into_owned(),
+        stderr(&list),
+    );
+    assert!(list.status.success(), "{warned}");
+    assert!(
+        warned.contains("may be incomplete") && warned.contains("kubectl auth can-i VERB RESOURCE"),
+        "{warned}"
+    );
+    assert!(!listed.contains("*.*"), "{listed}");
+
     let whoami = ok(&env.kubectl(&["auth", "whoami", "-o", "json"]).await);
     let review: serde_json::Value = serde_json::from_str(&whoami).unwrap();
     assert_eq!(
@@ -327,6 +341,9 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
     assert!(answered
         .iter()
         .any(|a| a.ends_with("whoami: system:serviceaccount:default:mcp-server")));
+    assert!(answered
+        .iter()
+        .any(|a| a.ends_with("can-i --list in default: no rules listed (incomplete)")));
 }
 
 /// A caller in an approve rule's `skipGroups` goes through without review, so
