@@ -398,6 +398,76 @@ async fn maps_email_nested_groups_uid_and_extra_claims() {
     assert_unauthorized(&err, &token, "token claim tenant must be \"acme\"");
 }
 
+/// A token whose groups are a distributed claim (Azure AD's form for a user in more than
+/// 200 groups) holds no groups of its own: read as having none, its user would pass
+/// every rule that denies or holds a group. The API server fetches such claims and fails
+/// the token when it cannot; chaperone does not fetch them, so it refuses the token.
+#[tokio::test]
+async fn refuses_groups_in_a_distributed_claim() {
+    let idp = TestIssuer::start().await;
+    let auth = authenticator(&idp, &["groupsClaim: groups"]).await;
+    let distributed = with(
+        with(
+            idp.claims(AUDIENCE),
+            "_claim_names",
+            json!({"groups": "src1"}),
+        ),
+        "_claim_sources",
+        json!({"src1": {"endpoint": "https://graph.example.com/v1.0/users/alice/getMemberObjects"}}),
+    );
+    let token = idp.mint(Algorithm::ES256, EC_KID, &distributed);
+    let err = authenticate(&auth, &token)
+        .await
+        .expect_err("distributed groups");
+    assert!(matches!(err, Error::InvalidClaim { .. }), "{err:?}");
+    assert_unauthorized(
+        &err,
+        &token,
+        "token claim groups is a distributed claim (named in _claim_names, to be fetched \
+         from the identity provider), which chaperone does not fetch: have the identity \
+         provider put the groups in the token",
+    );
+    // Groups in the token itself are read as they are, whatever `_claim_names` says.
+    let token = idp.mint(
+        Algorithm::ES256,
+        EC_KID,
+        &with(distributed.clone(), "groups", json!(["dev"])),
+    );
+    let subject = authenticate(&auth, &token)
+        .await
+        .expect("groups in the token");
+    assert_eq!(subject.groups, ["dev", "system:authenticated"]);
+    // A distributed claim the mapping does not use changes nothing.
+    let token = idp.mint(
+        Algorithm::ES256,
+        EC_KID,
+        &with(
+            idp.claims(AUDIENCE),
+            "_claim_names",
+            json!({"roles": "src1"}),
+        ),
+    );
+    assert_eq!(
+        authenticate(&auth, &token)
+            .await
+            .expect("other claim")
+            .groups,
+        ["system:authenticated"]
+    );
+    // As the API server, `_claim_names` must name sources, when it is read at all.
+    let token = idp.mint(
+        Algorithm::ES256,
+        EC_KID,
+        &with(idp.claims(AUDIENCE), "_claim_names", json!(["groups"])),
+    );
+    let err = authenticate(&auth, &token).await.expect_err("bad names");
+    assert_unauthorized(
+        &err,
+        &token,
+        "token claim _claim_names must be an object naming each distributed claim's source",
+    );
+}
+
 #[tokio::test]
 async fn applies_a_configured_username_prefix_or_none() {
     let idp = TestIssuer::start().await;

@@ -148,6 +148,9 @@ impl Oidc {
                 "maps to a reserved system: username",
             ));
         }
+        if let Some(path) = &self.groups {
+            refuse_distributed(claims, path)?;
+        }
         let mut groups = match &self.groups {
             None => Vec::new(),
             Some(path) => strings(claims, path)?
@@ -253,6 +256,40 @@ fn invalid(claim: &str, reason: &str) -> Error {
     Error::InvalidClaim {
         claim: claim.to_owned(),
         reason: reason.to_owned(),
+    }
+}
+
+/// Refuses a token whose groups are a distributed claim: absent from the token and named
+/// in `_claim_names`, for the holder of the token to fetch from an endpoint of the IdP
+/// (Azure AD does so for a user in more than 200 groups). The API server fetches them,
+/// and fails the token when it cannot; chaperone does not fetch claims, and reading
+/// such a token as having no groups would let its user past every rule that denies or
+/// holds a group. As the API server, `_claim_names` is read only when the claim is
+/// absent, and must then be an object of strings.
+fn refuse_distributed(claims: &Map<String, Value>, path: &ClaimPath) -> Result<(), Error> {
+    if path.lookup(claims).is_some() {
+        return Ok(());
+    }
+    let Some(names) = claims.get("_claim_names") else {
+        return Ok(());
+    };
+    let Some(names) = names
+        .as_object()
+        .filter(|n| n.values().all(Value::is_string))
+    else {
+        return Err(invalid(
+            "_claim_names",
+            "must be an object naming each distributed claim's source",
+        ));
+    };
+    match names.contains_key(&path.name) {
+        true => Err(invalid(
+            &path.name,
+            "is a distributed claim (named in _claim_names, to be fetched from the identity \
+             provider), which chaperone does not fetch: have the identity provider put the \
+             groups in the token",
+        )),
+        false => Ok(()),
     }
 }
 

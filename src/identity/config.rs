@@ -319,6 +319,14 @@ impl Issuer {
                     ),
                 ));
             }
+            if is_kubernetes_domain(key) {
+                return Err(invalid(
+                    "extra",
+                    format!(
+                        "{at}.extra: key {key:?} is under k8s.io or kubernetes.io, reserved for Kubernetes (an identity provider must not fill in, say, the pod a token was issued to)"
+                    ),
+                ));
+            }
             claim_path(path).map_err(|why| invalid("extra", format!("{at}.extra.{key}: {why}")))?;
         }
         for name in self.required_claims.keys() {
@@ -427,6 +435,16 @@ fn claim_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether an extra key's domain is Kubernetes' own: `k8s.io`, `kubernetes.io` or a
+/// subdomain of either, as the API server's structured authentication configuration
+/// refuses them (`validateExtraMappings`).
+fn is_kubernetes_domain(key: &str) -> bool {
+    let domain = key.split_once('/').map_or(key, |(d, _)| d);
+    ["k8s.io", "kubernetes.io"]
+        .iter()
+        .any(|k| domain == *k || domain.strip_suffix(k).is_some_and(|d| d.ends_with('.')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,6 +540,34 @@ mod tests {
             assert!(err.ends_with(want), "{extra}: {err}");
         }
         assert!(parse(&format!("{issuer}  minRefreshInterval: 100ms\n")).is_ok());
+    }
+
+    #[test]
+    fn extra_keys_are_domain_prefixed_and_not_kubernetes_own() {
+        let issuer =
+            "issuers:\n- issuer: https://idp.example\n  audiences: [a]\n  discovery: true\n";
+        let extra = |key: &str| parse(&format!("{issuer}  extra: {{{key}: c}}\n"));
+        for ok in [
+            "example.com/tenant",
+            "k8s.io.example.com/x",
+            "notkubernetes.io/x",
+        ] {
+            assert!(extra(ok).is_ok(), "{ok}");
+        }
+        for (key, why) in [
+            ("tenant", "domain-prefixed"),
+            ("Example.com/tenant", "lowercase"),
+            (
+                "authentication.kubernetes.io/pod-name",
+                "reserved for Kubernetes",
+            ),
+            ("kubernetes.io/x", "reserved for Kubernetes"),
+            ("k8s.io/x", "reserved for Kubernetes"),
+            ("x.k8s.io/y", "reserved for Kubernetes"),
+        ] {
+            let err = extra(key).unwrap_err();
+            assert!(err.contains(why), "{key}: {err}");
+        }
     }
 
     #[test]
