@@ -43,6 +43,11 @@ pub enum Error {
          token {token_file}; set `issuer:` to the cluster's --service-account-issuer"
     )]
     ClusterIssuer { index: usize, token_file: PathBuf },
+    #[error(
+        "identity.issuers[{0}].ownPodOnly needs the pod's uid in POD_UID (the injector sets \
+         it from the downward API: fieldRef metadata.uid)"
+    )]
+    OwnPodUnknown(usize),
 }
 
 /// A running server: its bound addresses and the means to stop it.
@@ -85,7 +90,13 @@ pub async fn proxy(
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(cert)?));
     let upstream = Arc::new(Upstream::from_config(&config.upstream, env)?);
     tracing::info!(server = upstream.server(), "upstream configured");
-    let identity = cluster_issuer_named(config)?;
+    let mut identity = cluster_issuer_named(config)?;
+    for (i, issuer) in identity.issuers.iter_mut().enumerate() {
+        if issuer.own_pod_only {
+            let uid = env("POD_UID").filter(|u| !u.is_empty());
+            issuer.own_pod_uid = Some(uid.ok_or(Error::OwnPodUnknown(i))?);
+        }
+    }
     let authenticator =
         Authenticator::new(&identity, Some(Arc::new(ClusterKeys(upstream.clone()))))?;
     let policies = Arc::new(match &config.policy {

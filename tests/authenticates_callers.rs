@@ -192,6 +192,100 @@ async fn impersonate_mode_shows_the_caller_to_the_api_server() {
     env.stop().await;
 }
 
+/// With `ownPodOnly`, a sidecar takes only tokens the kubelet bound to its own pod: one
+/// from another pod of the same service account (a replica's, or one that outlived its
+/// pod), or bound to none, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_pod_only_takes_tokens_bound_to_this_pod() {
+    let identity = support::SANDBOX_IDENTITY.to_owned() + "    ownPodOnly: true\n";
+    let env = sandbox()
+        .with_proxy_config(&identity)
+        .env("POD_UID", "uid-of-this-pod")
+        .start()
+        .await;
+    let url = format!("{}{PODS}", env.proxy_url());
+    let client = env.anonymous_client(false);
+    let bound_to = |pod: Option<(&str, &str)>| {
+        env.started
+            .sandbox
+            .mint_service_account_token(
+                "default",
+                "mcp-server",
+                &["chaperone".to_owned()],
+                600,
+                pod,
+            )
+            .unwrap()
+    };
+    let get = |token: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .get(&url, &[("Authorization", &format!("Bearer {token}"))])
+                .await
+        }
+    };
+    let mine = get(bound_to(Some(("mcp-0", "uid-of-this-pod")))).await;
+    assert_eq!(mine.status, 200, "{:?}", mine.body);
+    for (what, token) in [
+        ("another pod", bound_to(Some(("mcp-1", "uid-of-a-replica")))),
+        ("no pod", bound_to(None)),
+    ] {
+        let reply = get(token).await;
+        assert_eq!(reply.status, 401, "{what}");
+        let message = reply.json()["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("kubernetes.io.pod.uid must be this pod's (ownPodOnly)"),
+            "{what}: {message}"
+        );
+    }
+    env.stop().await;
+}
+
+/// Without the pod's uid to compare with, `ownPodOnly` stops the proxy at start rather
+/// than let any token through; and it is for the cluster issuer only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_pod_only_without_pod_uid_refuses_to_start() {
+    let env = sandbox().start().await;
+    let dir = env.dir.path().join("proxy-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let leaf = Authority::generate("ca", 1)
+        .unwrap()
+        .issue_server(chaperone::pki::SERVING_NAMES, 1)
+        .unwrap();
+    std::fs::write(dir.join("tls.key"), leaf.key_pem).unwrap();
+    std::fs::write(dir.join("tls.crt"), leaf.cert_pem).unwrap();
+    let text = format!(
+        "listen: [\"127.0.0.1:0\"]\n\
+         tls: {{certFile: {d}/tls.crt, keyFile: {d}/tls.key}}\n\
+         upstream: {{kubeconfig: {{path: {kc}}}}}\n{identity}    ownPodOnly: true\n{policy}",
+        d = dir.display(),
+        kc = env.started.kubeconfig.display(),
+        identity = support::SANDBOX_IDENTITY,
+        policy = env.policy_config(),
+    );
+    let path = std::path::Path::new("t.yaml");
+    let config = chaperone::config::Config::parse(path, &text).unwrap();
+    let err = chaperone::launch::proxy(&config, &|_| None)
+        .await
+        .err()
+        .expect("started without POD_UID");
+    assert!(
+        err.to_string()
+            .contains("identity.issuers[0].ownPodOnly needs the pod's uid in POD_UID"),
+        "{err}"
+    );
+    let oidc = text.replace("    cluster: true\n", "    discovery: true\n");
+    let err = chaperone::config::Config::parse(path, &oidc).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("ownPodOnly: only applies to the cluster issuer"),
+        "{err}"
+    );
+    env.stop().await;
+}
+
 /// A WebSocket exec through the proxy with `Sec-WebSocket-Protocol: <protocol>` and
 /// no `Authorization`: the handshake's answer, and the stdout frames if it succeeded.
 async fn websocket_exec(

@@ -44,9 +44,11 @@ identity:
   issuers:
     # The pod's projected service-account token (audience `{audience}`, mounted by the
     # injector in place of the usual one). The issuer is read from the proxy's own
-    # token; keys come from the API server's /openid/v1/jwks.
+    # token; keys come from the API server's /openid/v1/jwks. Only tokens bound to
+    # this pod (POD_UID) are taken: not a replica's, nor one that outlived its pod.
     - cluster: true
       audiences: [{audience}]
+      ownPodOnly: true
 policy:
   file: {POLICY_DIR}/policy.yaml
 audit:
@@ -71,7 +73,7 @@ mod tests {
         let mut want: serde_yaml::Mapping = serde_yaml::from_str(&text).unwrap();
         let extra: serde_yaml::Mapping = serde_yaml::from_str(
             "policy: {file: /etc/chaperone/policy/policy.yaml}\n\
-             identity: {issuers: [{cluster: true, audiences: [chaperone]}]}\n",
+             identity: {issuers: [{cluster: true, audiences: [chaperone], ownPodOnly: true}]}\n",
         )
         .unwrap();
         want.extend(extra);

@@ -70,7 +70,10 @@ fn walk<'a>(object: &'a Map<String, Value>, segments: &[&str]) -> Option<&'a Val
 /// How one issuer's claims become a subject.
 pub(crate) enum Mapping {
     Oidc(Oidc),
-    ServiceAccount,
+    /// `own_pod`: the only pod uid a token may be bound to (`ownPodOnly`).
+    ServiceAccount {
+        own_pod: Option<String>,
+    },
 }
 
 pub(crate) struct Oidc {
@@ -85,7 +88,9 @@ pub(crate) struct Oidc {
 impl Mapping {
     pub fn from_config(issuer: &config::Issuer) -> Mapping {
         if issuer.cluster {
-            return Mapping::ServiceAccount;
+            return Mapping::ServiceAccount {
+                own_pod: issuer.own_pod_uid.clone(),
+            };
         }
         let username = issuer
             .username_claim
@@ -120,7 +125,9 @@ impl Mapping {
     pub fn subject(&self, claims: &Map<String, Value>, issuer: &str) -> Result<Subject, Error> {
         match self {
             Mapping::Oidc(m) => m.subject(claims, issuer),
-            Mapping::ServiceAccount => service_account(claims, issuer),
+            Mapping::ServiceAccount { own_pod } => {
+                service_account(claims, issuer, own_pod.as_deref())
+            }
         }
     }
 }
@@ -186,8 +193,12 @@ impl Oidc {
 }
 
 /// A projected service-account token, mapped as the API server's service-account
-/// authenticator does.
-fn service_account(claims: &Map<String, Value>, issuer: &str) -> Result<Subject, Error> {
+/// authenticator does; with `own_pod`, only one bound to that pod uid.
+fn service_account(
+    claims: &Map<String, Value>,
+    issuer: &str,
+    own_pod: Option<&str>,
+) -> Result<Subject, Error> {
     let k8s = match claims.get("kubernetes.io") {
         Some(Value::Object(o)) => o,
         Some(_) => return Err(invalid("kubernetes.io", "must be an object")),
@@ -222,6 +233,14 @@ fn service_account(claims: &Map<String, Value>, issuer: &str) -> Result<Subject,
                 "sub",
                 "must name the service account in kubernetes.io",
             ))
+        }
+    }
+    if let Some(own) = own_pod {
+        if text("pod.uid")? != Some(own) {
+            return Err(invalid(
+                "kubernetes.io.pod.uid",
+                "must be this pod's (ownPodOnly): the token was bound to another pod, or to none",
+            ));
         }
     }
     let mut extra = BTreeMap::new();

@@ -98,6 +98,15 @@ pub struct Issuer {
     /// The cluster's own service-account issuer; keys come from the API server.
     #[serde(default)]
     pub cluster: bool,
+    /// For a `cluster` issuer: accept only tokens the kubelet bound to this pod (their
+    /// `kubernetes.io.pod.uid` is the proxy's `POD_UID`, which the injector sets from
+    /// the downward API). A sidecar's only caller is its own pod; a token from another
+    /// pod of the same service account, or one that outlived its pod, is refused.
+    #[serde(default)]
+    pub own_pod_only: bool,
+    /// The uid `own_pod_only` compares with, filled in from `POD_UID` at start.
+    #[serde(skip)]
+    pub own_pod_uid: Option<String>,
     /// PEM CA bundle trusted for the IdP's TLS; the system bundle when unset.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -277,6 +286,12 @@ impl Issuer {
                     ));
                 }
             }
+        }
+        if self.own_pod_only && source != KeySource::Cluster {
+            return Err(invalid(
+                "ownPodOnly",
+                format!("{at}.ownPodOnly: only applies to the cluster issuer (cluster: true)"),
+            ));
         }
         if source == KeySource::Cluster {
             // The service-account identity is fixed by Kubernetes; remapping it would make

@@ -79,6 +79,8 @@ pub struct EnvBuilder {
     proxy_config: Option<String>,
     seed: Option<String>,
     policy: String,
+    /// Environment variables the proxy sees (it sees no others).
+    env: Vec<(&'static str, String)>,
 }
 
 /// The tests' default policy: the sandbox's caller may do anything (each test of a
@@ -109,6 +111,7 @@ pub fn sandbox() -> EnvBuilder {
         proxy_config: None,
         seed: None,
         policy: ALLOW_ALL.to_owned(),
+        env: Vec::new(),
     }
 }
 
@@ -136,6 +139,12 @@ impl EnvBuilder {
         self.proxy_config = Some(format!(
             "listen: [\"127.0.0.1:0\"]\nadmin:\n  listen: 127.0.0.1:0\n{policy}{identity}{extra}"
         ));
+        self
+    }
+
+    /// An environment variable the proxy sees (as the downward API sets `POD_UID`).
+    pub fn env(mut self, name: &'static str, value: &str) -> Self {
+        self.env.push((name, value.to_owned()));
         self
     }
 
@@ -180,10 +189,11 @@ impl EnvBuilder {
             dir: dir.path().join("sandbox"),
             listen: "127.0.0.1:0".parse().expect("addr"),
         };
+        let env = self.env;
         let started = sandbox::start(&args, &|name| match name {
             // The proxy gets no ambient config from the machine running the tests.
             "HOME" => Some("/nonexistent".into()),
-            _ => None,
+            _ => env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()),
         })
         .await
         .expect("sandbox starts");
