@@ -472,14 +472,21 @@ impl RequestInfo {
         if self.path.is_empty() {
             out.push('/');
         }
-        let encoded = percent_encoding::utf8_percent_encode(&self.path, FORWARD_ENCODE);
-        out.extend(encoded);
+        out.push_str(&encode_path(&self.path));
         if let Some(query) = query {
             out.push('?');
             out.push_str(query);
         }
         out
     }
+}
+
+/// A normalised path (or a part of one) as it is forwarded: each segment percent-encoded
+/// so that the upstream decodes it back to exactly `path`; borrowed when nothing needs
+/// encoding (the usual case). Audit records keep this form too, so a `?` or `%` that was
+/// part of a name reads as the escape it was sent as, not as the start of a query.
+pub(crate) fn encode_path(path: &str) -> Cow<'_, str> {
+    percent_encoding::utf8_percent_encode(path, FORWARD_ENCODE).into()
 }
 
 /// What Go's `ListOptions` decoding yields for a collection GET.

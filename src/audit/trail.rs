@@ -133,11 +133,13 @@ impl Trail {
             Some((path, query)) => (path, Some(query)),
             None => (self.request_uri.as_str(), None),
         };
-        // The recorded URI is the normalised path (with the query as sent): most paths
-        // arrive normalised already, and the URI recorded at the start stands.
-        if path != info.path {
-            let mut uri = String::with_capacity(info.path.len() + query.map_or(0, |q| q.len() + 1));
-            uri.push_str(&info.path);
+        // The recorded URI is the path as forwarded (normalised, encoded once) with the
+        // query as sent: most paths arrive so already, and the URI recorded at the start
+        // stands.
+        let forwarded = crate::request_info::encode_path(&info.path);
+        if path != forwarded {
+            let mut uri = String::with_capacity(forwarded.len() + query.map_or(0, |q| q.len() + 1));
+            uri.push_str(&forwarded);
             if let Some(query) = query {
                 uri.push('?');
                 uri.push_str(query);
@@ -181,12 +183,18 @@ impl Trail {
         let Some(masked) = masker.mask_text(rest.as_bytes()) else {
             return;
         };
-        // The recorded URI is the normalised path, then the query as sent (`info`).
-        let Some(query) = self.request_uri.get(info.path.len()..) else {
-            return;
-        };
+        // The recorded URI is the path as forwarded, then the query as sent (`info`).
+        use crate::request_info::encode_path;
+        let query = self
+            .request_uri
+            .find('?')
+            .map_or("", |at| &self.request_uri[at..]);
         let kept = &info.path[..info.path.len() - rest.len()];
-        self.request_uri = format!("{kept}{}{query}", String::from_utf8_lossy(&masked));
+        self.request_uri = format!(
+            "{}{}{query}",
+            encode_path(kept),
+            encode_path(&String::from_utf8_lossy(&masked))
+        );
     }
 
     /// Adds an annotation (decision, rule, reason, ...).
@@ -548,8 +556,9 @@ fn milliseconds(d: Duration) -> String {
 mod tests {
     use super::*;
 
-    /// The event records the path that was authorised and forwarded (normalised), with
-    /// the query as sent; an unresolved request keeps the raw URI and its method as verb.
+    /// The event records the path that was authorised and forwarded (normalised, encoded
+    /// once as it is forwarded), with the query as sent; an unresolved request keeps the
+    /// raw URI and its method as verb.
     #[test]
     fn records_the_normalised_uri_and_the_method_until_resolved() {
         let cases = [
@@ -564,6 +573,26 @@ mod tests {
                 "/api/v1/namespaces/default/pods/web",
                 Some("/api/v1/namespaces/default/pods/web"),
                 "delete",
+            ),
+            // A `?` or `%` that is part of the path is recorded as the escape it was
+            // sent as (and forwarded as): never as the start of a query.
+            (
+                "GET",
+                "/api/v1/namespaces/default/services/web/proxy/a%3Fb=1?c=2",
+                Some("/api/v1/namespaces/default/services/web/proxy/a%3Fb=1?c=2"),
+                "get",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/./web%2525",
+                Some("/api/v1/namespaces/default/pods/web%2525"),
+                "get",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/w%65b",
+                Some("/api/v1/namespaces/default/pods/web"),
+                "get",
             ),
             (
                 "PURGE",
