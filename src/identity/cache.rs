@@ -7,6 +7,7 @@
 //! verified; removing a key at the IdP forgets the issuer's entries at the next fetch.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::Subject;
@@ -31,6 +32,17 @@ struct Entry {
     cached_until: i64,
 }
 
+/// A token just verified, to remember.
+pub(crate) struct Verified {
+    pub subject: Arc<Subject>,
+    /// The issuer's index.
+    pub issuer: usize,
+    /// The token's `exp`.
+    pub exp: i64,
+    /// Last second (unix) the token is valid: `exp + leeway`.
+    pub valid_until: i64,
+}
+
 /// What a lookup found.
 pub(crate) enum Lookup {
     Hit(Arc<Subject>),
@@ -45,6 +57,9 @@ pub(crate) struct TokenCache {
     capacity: usize,
     ttl_secs: i64,
     map: RwLock<HashMap<Digest, Entry>>,
+    /// How many times an issuer's entries were forgotten. A verification that began
+    /// before a forget may have used a key the forget was for: its entry is not kept.
+    forgets: AtomicU64,
 }
 
 impl TokenCache {
@@ -53,7 +68,15 @@ impl TokenCache {
             capacity,
             ttl_secs: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
             map: RwLock::new(HashMap::new()),
+            forgets: AtomicU64::new(0),
         }
+    }
+
+    /// Taken before a token is verified and given back to [`TokenCache::insert`]: the
+    /// keys it was verified with may have been removed (and the issuer's entries
+    /// forgotten) in between, by another thread's key fetch.
+    pub fn generation(&self) -> u64 {
+        self.forgets.load(Ordering::Acquire)
     }
 
     pub fn get(&self, digest: &Digest, now: i64) -> Lookup {
@@ -79,21 +102,24 @@ impl TokenCache {
         stale
     }
 
-    pub fn insert(
-        &self,
-        digest: Digest,
-        subject: Arc<Subject>,
-        issuer: usize,
-        exp: i64,
-        valid_until: i64,
-        now: i64,
-    ) {
+    pub fn insert(&self, digest: Digest, verified: Verified, now: i64, generation: u64) {
+        let Verified {
+            subject,
+            issuer,
+            exp,
+            valid_until,
+        } = verified;
         if self.capacity == 0 {
             return;
         }
         let Ok(mut map) = self.map.write() else {
             return;
         };
+        // Forgets happen under this lock: one since `generation` was taken means the
+        // token may have been verified with a key that is gone.
+        if self.forgets.load(Ordering::Acquire) != generation {
+            return;
+        }
         if map.len() >= self.capacity && !map.contains_key(&digest) {
             map.retain(|_, e| now <= e.valid_until && now <= e.cached_until);
             if map.len() >= self.capacity {
@@ -122,6 +148,7 @@ impl TokenCache {
     pub fn forget_issuer(&self, issuer: usize) {
         if let Ok(mut map) = self.map.write() {
             map.retain(|_, e| e.issuer != issuer);
+            self.forgets.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -135,6 +162,15 @@ impl TokenCache {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn verified(subject: Arc<Subject>, issuer: usize, exp: i64, valid_until: i64) -> Verified {
+        Verified {
+            subject,
+            issuer,
+            exp,
+            valid_until,
+        }
+    }
 
     fn subject(user: &str) -> Arc<Subject> {
         Arc::new(Subject {
@@ -151,7 +187,12 @@ mod tests {
     fn hits_until_expiry_then_refuses() {
         let cache = TokenCache::new(10, Duration::from_secs(300));
         let d = sha256(b"token");
-        cache.insert(d, subject("u"), 0, 1000, 1060, 900);
+        cache.insert(
+            d,
+            verified(subject("u"), 0, 1000, 1060),
+            900,
+            cache.generation(),
+        );
         assert!(matches!(cache.get(&d, 1000), Lookup::Hit(s) if s.user == "u"));
         assert!(matches!(cache.get(&d, 1061), Lookup::Expired { exp: 1000 }));
         assert!(
@@ -164,7 +205,12 @@ mod tests {
     fn entries_live_no_longer_than_the_ttl() {
         let cache = TokenCache::new(10, Duration::from_secs(300));
         let d = sha256(b"token");
-        cache.insert(d, subject("u"), 0, 10_000, 10_000, 0);
+        cache.insert(
+            d,
+            verified(subject("u"), 0, 10_000, 10_000),
+            0,
+            cache.generation(),
+        );
         assert!(matches!(cache.get(&d, 300), Lookup::Hit(_)));
         assert!(matches!(cache.get(&d, 301), Lookup::Miss));
     }
@@ -173,7 +219,12 @@ mod tests {
     fn stays_bounded() {
         let cache = TokenCache::new(100, Duration::from_secs(300));
         for i in 0..1000u32 {
-            cache.insert(sha256(&i.to_be_bytes()), subject("u"), 0, 10_000, 10_000, 0);
+            cache.insert(
+                sha256(&i.to_be_bytes()),
+                verified(subject("u"), 0, 10_000, 10_000),
+                0,
+                cache.generation(),
+            );
         }
         assert!(cache.len() <= 100);
         let last = sha256(&999u32.to_be_bytes());
@@ -183,17 +234,57 @@ mod tests {
     #[test]
     fn forgets_an_issuers_tokens() {
         let cache = TokenCache::new(10, Duration::from_secs(300));
-        cache.insert(sha256(b"a"), subject("a"), 0, 10_000, 10_000, 0);
-        cache.insert(sha256(b"b"), subject("b"), 1, 10_000, 10_000, 0);
+        cache.insert(
+            sha256(b"a"),
+            verified(subject("a"), 0, 10_000, 10_000),
+            0,
+            cache.generation(),
+        );
+        cache.insert(
+            sha256(b"b"),
+            verified(subject("b"), 1, 10_000, 10_000),
+            0,
+            cache.generation(),
+        );
         cache.forget_issuer(0);
         assert!(matches!(cache.get(&sha256(b"a"), 1), Lookup::Miss));
         assert!(matches!(cache.get(&sha256(b"b"), 1), Lookup::Hit(_)));
     }
 
+    /// A token verified while another thread's key fetch removed the key (and forgot
+    /// the issuer's entries) is not kept: the key it was verified with may be the one
+    /// removed.
+    #[test]
+    fn a_verification_that_overlaps_a_forget_is_not_kept() {
+        let cache = TokenCache::new(10, Duration::from_secs(300));
+        let before = cache.generation();
+        cache.forget_issuer(0);
+        cache.insert(
+            sha256(b"a"),
+            verified(subject("a"), 0, 10_000, 10_000),
+            0,
+            before,
+        );
+        assert!(matches!(cache.get(&sha256(b"a"), 1), Lookup::Miss));
+        // One verified after the forget is kept.
+        cache.insert(
+            sha256(b"a"),
+            verified(subject("a"), 0, 10_000, 10_000),
+            0,
+            cache.generation(),
+        );
+        assert!(matches!(cache.get(&sha256(b"a"), 1), Lookup::Hit(_)));
+    }
+
     #[test]
     fn a_zero_capacity_cache_remembers_nothing() {
         let cache = TokenCache::new(0, Duration::from_secs(300));
-        cache.insert(sha256(b"a"), subject("a"), 0, 10_000, 10_000, 0);
+        cache.insert(
+            sha256(b"a"),
+            verified(subject("a"), 0, 10_000, 10_000),
+            0,
+            cache.generation(),
+        );
         assert!(matches!(cache.get(&sha256(b"a"), 1), Lookup::Miss));
     }
 }

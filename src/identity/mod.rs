@@ -38,7 +38,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::status::Status;
-use cache::{Lookup, TokenCache};
+use cache::{Lookup, TokenCache, Verified};
 use claims::Mapping;
 use keys::{IssuerKeys, Source};
 use verify::Policy;
@@ -391,6 +391,7 @@ impl Authenticator {
             span.record("kid", kid.as_str());
         }
         span.record("cached", false);
+        let generation = inner.cache.generation();
         verify::signature(
             &issuer.policy,
             &issuer.keys,
@@ -405,11 +406,14 @@ impl Authenticator {
         let subject = Arc::new(subject);
         inner.cache.insert(
             digest,
-            subject.clone(),
-            index,
-            exp,
-            exp.saturating_add(issuer.policy.leeway),
+            Verified {
+                subject: subject.clone(),
+                issuer: index,
+                exp,
+                valid_until: exp.saturating_add(issuer.policy.leeway),
+            },
             now,
+            generation,
         );
         Ok(subject)
     }
