@@ -296,7 +296,7 @@ fn describe(info: &RequestInfo) -> String {
 }
 
 /// Why a rules review lists nothing.
-pub const NO_RULES: &str = "chaperone decides each request from its policy, whose deny and \
+const NO_RULES: &str = "chaperone decides each request from its policy, whose deny and \
     approve rules narrow what its allow rules grant in ways a list of allowed rules cannot \
     show, so it lists none; ask about one request instead (kubectl auth can-i VERB RESOURCE)";
 

@@ -746,7 +746,6 @@ fn request_key(
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// This process's key for requests shown masked, made once.
 /// The path a reviewer is shown: the resolved path (its escapes decoded once, as the API
 /// server reads it and as the record keeps it) with what the detectors find masked.
 /// `None` when they find nothing. It is not decoded again: a name that holds `%41` is
@@ -757,6 +756,7 @@ fn shown_path(masker: &crate::mask::Masker, info: &RequestInfo) -> Option<String
         .map(|masked| String::from_utf8_lossy(&masked).into_owned())
 }
 
+/// This process's key for requests shown masked, made once.
 fn masked_key() -> Result<&'static ring::hmac::Key, Error> {
     static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
     if let Some(key) = KEY.get() {
