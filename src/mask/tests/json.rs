@@ -591,3 +591,56 @@ async fn keys_named_twice_are_read_as_the_api_server_reads_them() {
     assert!(!kept.to_string().contains("hunter2"), "{kept}");
     assert_eq!(n, 1);
 }
+
+/// The example policy `policies/cluster-viewer.yaml` masks secret-looking env values in
+/// every object its reader may list that carries a pod template, in init containers too:
+/// a Deployment's ReplicaSets repeat its template, and a CronJob's sits one level deeper.
+#[tokio::test]
+async fn the_cluster_viewer_example_masks_env_in_every_pod_template() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/cluster-viewer.yaml");
+    let (policy, _) = crate::policy::load(std::path::Path::new(path)).unwrap();
+    let env =
+        json!([{"name": "DB_PASSWORD", "value": "hunter2"}, {"name": "MODE", "value": "prod"}]);
+    let spec = json!({"containers": [{"name": "app", "env": env}], "initContainers": [{"name": "init", "env": env}]});
+    let template = json!({"template": {"spec": spec}});
+    let cases = [
+        (
+            "pods",
+            "",
+            json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p"}, "spec": spec}),
+        ),
+        (
+            "replicationcontrollers",
+            "",
+            json!({"kind": "ReplicationController", "apiVersion": "v1", "metadata": {"name": "r"}, "spec": template}),
+        ),
+        (
+            "replicasets",
+            "apps",
+            json!({"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": {"name": "r"}, "spec": template}),
+        ),
+        (
+            "deployments",
+            "apps",
+            json!({"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"name": "d"}, "spec": template}),
+        ),
+        (
+            "cronjobs",
+            "batch",
+            json!({"kind": "CronJob", "apiVersion": "batch/v1", "metadata": {"name": "c"}, "spec": {"jobTemplate": {"spec": template}}}),
+        ),
+    ];
+    for (resource, api_group, object) in cases {
+        let t = Target {
+            resource,
+            api_group,
+            ..target(resource)
+        };
+        let input = serde_json::to_vec(&object).unwrap();
+        let (out, n) = run(policy.masker(), &t, JSON, &input).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("hunter2"), "{resource}: {text}");
+        assert!(text.contains("prod"), "{resource}: {text}");
+        assert_eq!(n, 2, "{resource}: the app's and the init container's");
+    }
+}
