@@ -165,6 +165,11 @@ pub struct PolicySource {
     pub file: PathBuf,
     #[serde(default = "default_policy_interval", deserialize_with = "duration")]
     pub reload_interval: Duration,
+    /// The ConfigMap the file is mounted from (`NAME`, in the pod's namespace, or
+    /// `NAMESPACE/NAME`): no caller may change or delete it through the proxy, whatever
+    /// the policy allows. Default: `CHAPERONE_POLICY_CONFIGMAP`, which the injector sets.
+    #[serde(default)]
+    pub config_map: Option<String>,
 }
 
 /// The audit trail: every request, one `audit.k8s.io/v1` event.

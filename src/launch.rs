@@ -44,6 +44,11 @@ pub enum Error {
     )]
     ClusterIssuer { index: usize, token_file: PathBuf },
     #[error(
+        "policy.configMap {0:?} names no namespace and POD_NAMESPACE is unset: write it \
+         NAMESPACE/NAME"
+    )]
+    OwnConfigMapNamespace(String),
+    #[error(
         "identity.issuers[{0}].ownPodOnly needs the pod's uid in POD_UID (the injector sets \
          it from the downward API: fieldRef metadata.uid)"
     )]
@@ -113,11 +118,16 @@ pub async fn proxy(
             }
             // The task ends when the last `Watched` clone is dropped with the proxy.
             watched.spawn(source.reload_interval);
-            Policies::Watched(watched)
+            let own = own_config_map(source, env)?;
+            if let Some(own) = &own {
+                tracing::info!(namespace = %own.namespace, name = %own.name,
+                    "the policy's ConfigMap cannot be changed through the proxy");
+            }
+            Policies::watched(watched).protecting(own)
         }
         None => {
             tracing::error!("the config names no policy file: every request is refused");
-            Policies::Unconfigured
+            Policies::unconfigured()
         }
     });
     let audit = Arc::new(Recorder::start(&config.audit.settings(env))?);
@@ -219,6 +229,30 @@ pub async fn proxy(
 
 /// The identity config with every `cluster: true` issuer named: one left unnamed takes
 /// the `iss` of the proxy's own mounted service-account token.
+/// The ConfigMap the policy is mounted from: `policy.configMap`, else
+/// `CHAPERONE_POLICY_CONFIGMAP`; `NAME` is in `POD_NAMESPACE`.
+fn own_config_map(
+    source: &config::PolicySource,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<policy::OwnConfigMap>, Error> {
+    let Some(named) = source
+        .config_map
+        .clone()
+        .or_else(|| env("CHAPERONE_POLICY_CONFIGMAP"))
+        .filter(|n| !n.is_empty())
+    else {
+        return Ok(None);
+    };
+    let (namespace, name) = match named.split_once('/') {
+        Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+        None => match env("POD_NAMESPACE").filter(|ns| !ns.is_empty()) {
+            Some(ns) => (ns, named.clone()),
+            None => return Err(Error::OwnConfigMapNamespace(named)),
+        },
+    };
+    Ok(Some(policy::OwnConfigMap { namespace, name }))
+}
+
 fn cluster_issuer_named(config: &Config) -> Result<identity::config::Identity, Error> {
     let mut identity = config.identity.clone();
     for (i, issuer) in identity.issuers.iter_mut().enumerate() {

@@ -373,6 +373,77 @@ async fn can_i_says_yes_where_the_caller_skips_review() {
     env.stop().await;
 }
 
+/// The ConfigMap the proxy's policy comes from cannot be changed or deleted through the
+/// proxy, whatever the policy allows: an agent allowed to edit ConfigMaps must not be
+/// able to rewrite its own policy. The injector names it in `CHAPERONE_POLICY_CONFIGMAP`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policys_own_configmap_cannot_be_changed_through_the_proxy() {
+    let env = sandbox()
+        .with_proxy()
+        .env("CHAPERONE_POLICY_CONFIGMAP", "chaperone-policy")
+        .env("POD_NAMESPACE", "default")
+        .start()
+        .await;
+    ok(&env
+        .kubectl_direct(&[
+            "create",
+            "configmap",
+            "chaperone-policy",
+            "--from-literal=policy.yaml=x",
+        ])
+        .await);
+    for args in [
+        &["delete", "configmap", "chaperone-policy"][..],
+        &[
+            "patch",
+            "configmap",
+            "chaperone-policy",
+            "-p",
+            r#"{"data":{"policy.yaml":"x"}}"#,
+        ],
+    ] {
+        let out = env.kubectl(args).await;
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let said = stderr(&out);
+        assert!(
+            said.contains("(Forbidden)")
+                && said.contains("the ConfigMap chaperone's policy comes from cannot be changed through chaperone"),
+            "{args:?}: {said}"
+        );
+    }
+    // Deleting every ConfigMap of the namespace would delete it too.
+    let reply = env
+        .client(false)
+        .send(
+            http::Request::delete(format!(
+                "{}/api/v1/namespaces/default/configmaps",
+                env.proxy_url()
+            ))
+            .body(chaperone::body::empty())
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    let message = reply.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("cannot be changed through chaperone"),
+        "{message}"
+    );
+    // Other ConfigMaps are the policy's to decide, and can-i says what enforcement does.
+    ok(&env
+        .kubectl(&["create", "configmap", "other", "--from-literal=a=b"])
+        .await);
+    let out = env
+        .kubectl(&["auth", "can-i", "delete", "configmap/chaperone-policy"])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("no - the ConfigMap chaperone's policy"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    env.stop().await;
+}
+
 /// `kubectl auth can-i` bodies are buffered to be read: a caller sending them slowly on
 /// many connections gets a 429 past its bound, not any number buffered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

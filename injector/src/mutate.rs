@@ -142,7 +142,7 @@ pub fn mutate(pod: &Pod, namespace: &str, config: &Config) -> Result<Patch> {
     }
     ops.append(&["spec", "volumes"], spec.volumes.is_some(), &volumes)?;
 
-    let proxy = sidecar::container(config, &proxy_token_volume);
+    let proxy = sidecar::container(config, &proxy_token_volume, &policy);
     if config.native_sidecar {
         // First among init containers: up before any other init container runs, so
         // those can use the API too.

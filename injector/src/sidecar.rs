@@ -41,7 +41,9 @@ pub const ADMIN_PORT_NAME: &str = "chaperone-admin";
 
 /// The proxy container. `sa_volume` is the volume holding the real service-account
 /// token, mounted here and nowhere else.
-pub fn container(config: &Config, sa_volume: &str) -> Container {
+/// `policy`: the ConfigMap the proxy's policy comes from, which the proxy then refuses to
+/// let its callers change (`CHAPERONE_POLICY_CONFIGMAP`).
+pub fn container(config: &Config, sa_volume: &str, policy: &str) -> Container {
     let mounts = [
         (sa_volume, SA_MOUNT_PATH),
         (VOLUME_CONFIG, CONFIG_DIR),
@@ -68,7 +70,16 @@ pub fn container(config: &Config, sa_volume: &str) -> Container {
         image_pull_policy: Some(config.image_pull_policy.clone()),
         args: Some(ARGS.iter().map(|a| a.to_string()).collect()),
         // KUBERNETES_SERVICE_HOST/PORT stay the kubelet's: the proxy dials the real API server.
-        env: Some(downward_env()),
+        env: Some(
+            downward_env()
+                .into_iter()
+                .chain([EnvVar {
+                    name: "CHAPERONE_POLICY_CONFIGMAP".into(),
+                    value: Some(policy.into()),
+                    ..Default::default()
+                }])
+                .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some(ADMIN_PORT_NAME.into()),
             container_port: config.admin_port.into(),

@@ -109,6 +109,21 @@ fn every_container_is_pointed_at_the_proxy_and_existing_settings_are_replaced() 
         volume(&pod, "chaperone-policy")["configMap"]["name"],
         "readonly-policy"
     );
+    // The proxy is told which ConfigMap its policy comes from, to keep callers off it.
+    let proxy = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "chaperone")
+        .unwrap();
+    assert!(
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "CHAPERONE_POLICY_CONFIGMAP", "value": "readonly-policy"})),
+        "{}",
+        proxy["env"]
+    );
     assert_eq!(
         pod["spec"]["securityContext"]["sysctls"]
             .as_array()

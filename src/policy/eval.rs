@@ -27,14 +27,17 @@ pub const IMPERSONATE: &str = "builtin:impersonate";
 pub const NO_POLICY: &str = "builtin:no-policy";
 /// An audit-mode policy let the request proceed.
 pub const AUDIT_MODE: &str = "builtin:audit-mode";
+/// A change to the ConfigMap the proxy's own policy comes from, never allowed.
+pub const OWN_POLICY: &str = "builtin:own-policy";
 /// Every built-in rule name, which a test case's `rule:` may name.
-pub const BUILTIN_RULES: [&str; 6] = [
+pub const BUILTIN_RULES: [&str; 7] = [
     DEFAULT_DENY,
     DISCOVERY,
     CHAPERONE_RESOURCES,
     IMPERSONATE,
     NO_POLICY,
     AUDIT_MODE,
+    OWN_POLICY,
 ];
 
 /// Who decided.
@@ -187,6 +190,17 @@ impl Decision {
     }
 
     /// The decision when there is no policy: deny everything, saying why.
+    /// A change to the proxy's own policy ConfigMap: denied whatever the policy says.
+    pub fn own_policy(info: &RequestInfo) -> Decision {
+        Decision {
+            reported: Verdict::builtin(Action::Deny, Mode::Enforce, OWN_POLICY),
+            applied: None,
+            policy: None,
+            target: Target::new(info),
+            note: None,
+        }
+    }
+
     pub fn no_policy(info: &RequestInfo, why: Option<Arc<str>>) -> Decision {
         Decision {
             reported: Verdict::builtin(Action::Deny, Mode::Enforce, NO_POLICY),
@@ -249,6 +263,12 @@ impl fmt::Display for Reason<'_> {
                 write!(
                     f,
                     "chaperone.dev resources are never available through chaperone ({t})"
+                )
+            }
+            Source::Builtin(OWN_POLICY) => {
+                write!(
+                    f,
+                    "the ConfigMap chaperone's policy comes from cannot be changed through chaperone ({t})"
                 )
             }
             Source::Builtin(IMPERSONATE) => {

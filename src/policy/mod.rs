@@ -30,21 +30,73 @@ pub use cases::{Case, Outcome};
 pub use compile::{Policy, RuleMeta};
 pub use eval::{
     authorize, Decision, AUDIT_MODE, BUILTIN_RULES, CHAPERONE_RESOURCES, DEFAULT_DENY, DISCOVERY,
-    IMPERSONATE, NO_POLICY,
+    IMPERSONATE, NO_POLICY, OWN_POLICY,
 };
 pub use lint::Warning;
 pub use matching::command_args;
 pub use reload::{Watched, DEFAULT_INTERVAL};
 
 /// The proxy's policy: a watched file, or none configured (then every request is
-/// refused, saying so).
+/// refused, saying so), and the ConfigMap it comes from, which no caller may change.
 #[derive(Debug, Clone)]
-pub enum Policies {
+pub struct Policies {
+    source: Source,
+    own: Option<OwnConfigMap>,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
     Watched(Watched),
     Unconfigured,
 }
 
+/// The ConfigMap the proxy's policy is mounted from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnConfigMap {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl OwnConfigMap {
+    /// Whether `info` would change or delete it: an update, patch or delete of it (any
+    /// subresource), or a deletecollection of ConfigMaps in its namespace. A create
+    /// cannot: the ConfigMap exists while the proxy reads it, and deleting it is refused.
+    pub fn is_changed_by(&self, info: &crate::request_info::RequestInfo) -> bool {
+        info.is_resource_request
+            && info.api_group.is_empty()
+            && info.resource == "configmaps"
+            && info.namespace == self.namespace
+            && match info.verb.as_str() {
+                "update" | "patch" | "delete" => info.name == self.name,
+                "deletecollection" => true,
+                _ => false,
+            }
+    }
+}
+
 impl Policies {
+    /// The policy of a watched file.
+    pub fn watched(watched: Watched) -> Policies {
+        Policies {
+            source: Source::Watched(watched),
+            own: None,
+        }
+    }
+
+    /// No policy configured: every request is refused.
+    pub fn unconfigured() -> Policies {
+        Policies {
+            source: Source::Unconfigured,
+            own: None,
+        }
+    }
+
+    /// Protects the ConfigMap the policy is mounted from.
+    pub fn protecting(mut self, own: Option<OwnConfigMap>) -> Policies {
+        self.own = own;
+        self
+    }
+
     /// Decides one request with the policy in force.
     pub fn authorize(
         &self,
@@ -52,9 +104,12 @@ impl Policies {
         info: &crate::request_info::RequestInfo,
         query: Option<&str>,
     ) -> Decision {
-        match self {
-            Policies::Watched(w) => w.authorize(who, info, query),
-            Policies::Unconfigured => {
+        if self.own.as_ref().is_some_and(|own| own.is_changed_by(info)) {
+            return Decision::own_policy(info);
+        }
+        match &self.source {
+            Source::Watched(w) => w.authorize(who, info, query),
+            Source::Unconfigured => {
                 Decision::no_policy(info, Some("the proxy config has no `policy.file`".into()))
             }
         }
@@ -62,22 +117,22 @@ impl Policies {
 
     /// Why the proxy cannot serve as configured (for `/readyz`): no policy in force.
     pub fn not_ready(&self) -> Option<String> {
-        match self {
-            Policies::Unconfigured => Some("no policy configured (policy.file)".to_owned()),
-            Policies::Watched(w) if w.current().is_none() => Some(format!(
+        match &self.source {
+            Source::Unconfigured => Some("no policy configured (policy.file)".to_owned()),
+            Source::Watched(w) if w.current().is_none() => Some(format!(
                 "no policy loaded from {}: {}",
                 w.path().display(),
                 w.last_error().unwrap_or_else(|| "not read yet".to_owned())
             )),
-            Policies::Watched(_) => None,
+            Source::Watched(_) => None,
         }
     }
 
     /// A problem that does not stop serving: the last reload failed, the previous
     /// policy stays in force.
     pub fn warning(&self) -> Option<String> {
-        match self {
-            Policies::Watched(w) if w.current().is_some() => w
+        match &self.source {
+            Source::Watched(w) if w.current().is_some() => w
                 .last_error()
                 .map(|e| format!("policy reload failed, the previous policy stays in force: {e}")),
             _ => None,
@@ -86,20 +141,20 @@ impl Policies {
 
     /// The masking rules in force: the policy's, or the built-in ones alone.
     pub fn masker(&self) -> crate::mask::Masker {
-        match self {
-            Policies::Watched(w) => match w.current() {
+        match &self.source {
+            Source::Watched(w) => match w.current() {
                 Some(p) => p.masker().clone(),
                 None => crate::mask::Masker::builtin(),
             },
-            Policies::Unconfigured => crate::mask::Masker::builtin(),
+            Source::Unconfigured => crate::mask::Masker::builtin(),
         }
     }
 
     /// (policies put in force, failed loads), for metrics.
     pub fn counts(&self) -> (u64, u64) {
-        match self {
-            Policies::Watched(w) => (w.reloads(), w.failures()),
-            Policies::Unconfigured => (0, 0),
+        match &self.source {
+            Source::Watched(w) => (w.reloads(), w.failures()),
+            Source::Unconfigured => (0, 0),
         }
     }
 }
