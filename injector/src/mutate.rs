@@ -49,6 +49,12 @@ pub enum Error {
     PolicyName { value: String },
     #[error("pod already has a volume named {name:?}, which the injector needs; rename it or annotate the pod {ANNOTATION_INJECT}: \"false\"")]
     VolumeConflict { name: String },
+    #[error("container name {CONTAINER:?} is reserved for the proxy the injector adds, and container {where_} is not it (its image, command, arguments, mounts or security context differ); rename it")]
+    ReservedName { where_: String },
+    #[error("container {container:?} mounts volume {volume:?}, which holds the proxy's credential or configuration; only the proxy may mount it")]
+    ProxyVolume { container: String, volume: String },
+    #[error("the pod sets {field}: its containers could read the proxy's credential through /proc; chaperone does not inject such a pod (annotate it {ANNOTATION_INJECT}: \"false\" to run it without the proxy)")]
+    SharedProcesses { field: &'static str },
     #[error("failed to serialize a patch value: {0}")]
     Serialize(#[from] serde_json::Error),
 }
@@ -57,7 +63,11 @@ impl Error {
     /// The Status the admission response carries: the pod's fault is a 400, ours a 500.
     pub fn status(&self) -> kube::core::Status {
         let (code, reason) = match self {
-            Error::PolicyName { .. } | Error::VolumeConflict { .. } => (400, "BadRequest"),
+            Error::PolicyName { .. }
+            | Error::VolumeConflict { .. }
+            | Error::ReservedName { .. }
+            | Error::ProxyVolume { .. }
+            | Error::SharedProcesses { .. } => (400, "BadRequest"),
             Error::Serialize(_) => (500, "InternalError"),
         };
         kube::core::Status::failure(&format!("chaperone-injector: {self}"), reason).with_code(code)
@@ -92,13 +102,13 @@ pub fn mutate(pod: &Pod, namespace: &str, config: &Config) -> Result<Patch> {
         return Err(Error::PolicyName { value: policy });
     }
 
-    let injected = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(&spec.containers)
-        .any(|c| c.name == CONTAINER);
     let sa_volume = service_account_volume(spec);
+    let proxy_token_volume = match sa_volume {
+        Some(v) => v.name.clone(),
+        None => VOLUME_UPSTREAM_TOKEN.to_string(),
+    };
+    let proxy = sidecar::container(config, &proxy_token_volume, &policy);
+    let injected = screen(spec, &proxy)?;
 
     // 1. Edits inside existing containers: loopback API address, and the token volume
     //    swapped for the chaperone one at the same path.
@@ -120,12 +130,9 @@ pub fn mutate(pod: &Pod, namespace: &str, config: &Config) -> Result<Patch> {
     }
 
     // 3. The proxy, its volumes and the annotations: once.
-    let (proxy_token_volume, status) = match sa_volume {
-        Some(v) => (v.name.clone(), STATUS_INJECTED.to_string()),
-        None => (
-            VOLUME_UPSTREAM_TOKEN.to_string(),
-            format!("skipped-sa: {}", why_no_service_account(spec)),
-        ),
+    let status = match sa_volume {
+        Some(_) => STATUS_INJECTED.to_string(),
+        None => format!("skipped-sa: {}", why_no_service_account(spec)),
     };
     let mut volumes = Vec::new();
     match sa_volume {
@@ -142,7 +149,6 @@ pub fn mutate(pod: &Pod, namespace: &str, config: &Config) -> Result<Patch> {
     }
     ops.append(&["spec", "volumes"], spec.volumes.is_some(), &volumes)?;
 
-    let proxy = sidecar::container(config, &proxy_token_volume, &policy);
     if config.native_sidecar {
         // First among init containers: up before any other init container runs, so
         // those can use the API too.
@@ -159,6 +165,73 @@ pub fn mutate(pod: &Pod, namespace: &str, config: &Config) -> Result<Patch> {
         &[(ANNOTATION_STATUS, &status), (ANNOTATION_VERSION, VERSION)],
     )?;
     Ok(ops.into_patch())
+}
+
+/// Refuses a pod in which an app container could reach the proxy's credential, and says
+/// whether the proxy is in it already (a reinvocation): a container named `chaperone` must
+/// be the proxy this injector adds, or it would be taken for it and left with the real
+/// token; no other container may mount the proxy's volumes; and no container may see the
+/// proxy's process (its files are readable through `/proc/PID/root` by the same user).
+fn screen(spec: &PodSpec, proxy: &Container) -> Result<bool> {
+    for (field, set) in [
+        ("shareProcessNamespace", spec.share_process_namespace),
+        ("hostPID", spec.host_pid),
+    ] {
+        if set == Some(true) {
+            return Err(Error::SharedProcesses { field });
+        }
+    }
+    let lists = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", &spec.containers[..]),
+    ];
+    let mut injected = false;
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            if c.name == CONTAINER {
+                if !is_the_proxy(c, proxy) {
+                    return Err(Error::ReservedName {
+                        where_: format!("{list}[{i}]"),
+                    });
+                }
+                injected = true;
+                continue;
+            }
+            let mounted = c.volume_mounts.iter().flatten();
+            if let Some(m) = mounted
+                .into_iter()
+                .find(|m| PROXY_ONLY.contains(&m.name.as_str()))
+            {
+                return Err(Error::ProxyVolume {
+                    container: c.name.clone(),
+                    volume: m.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(injected)
+}
+
+/// The volumes the injector adds for the proxy alone.
+const PROXY_ONLY: [&str; 5] = [
+    sidecar::VOLUME_UPSTREAM_TOKEN,
+    sidecar::VOLUME_CONFIG,
+    sidecar::VOLUME_POLICY,
+    sidecar::VOLUME_TLS,
+    sidecar::VOLUME_TMP,
+];
+
+/// Whether `c` is the proxy as this injector adds it, in what decides what it runs and
+/// what it can read. Other webhooks may add environment or resources to it.
+fn is_the_proxy(c: &Container, proxy: &Container) -> bool {
+    c.image == proxy.image
+        && c.command == proxy.command
+        && c.args == proxy.args
+        && c.volume_mounts == proxy.volume_mounts
+        && c.security_context == proxy.security_context
 }
 
 /// The volume holding a token the API server accepts, as the ServiceAccount admission

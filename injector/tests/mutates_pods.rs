@@ -259,3 +259,67 @@ fn annotation_keys_are_escaped_in_patch_paths() {
         "{paths:?}"
     );
 }
+
+/// A pod whose app containers could reach the proxy's credential is refused, saying why:
+/// a container taking the proxy's name (it would be taken for the proxy and keep the
+/// real token), an app container mounting the proxy's volumes, and containers that can
+/// see the proxy's process (its files are readable through `/proc/PID/root`).
+#[test]
+fn pods_that_could_reach_the_proxys_credential_are_refused() {
+    let config = Config::default();
+    let base = fixture("kubernetes-mcp-server");
+    let refused = |edit: &dyn Fn(&mut Value), words: &str| {
+        let mut json = base.clone();
+        edit(&mut json);
+        let err = mutate(&pod(&json), "mcp", &config).unwrap_err();
+        assert!(err.to_string().contains(words), "{words}: {err}");
+        assert_eq!(err.status().code, 400);
+    };
+    refused(
+        &|p| {
+            p["spec"]["containers"].as_array_mut().unwrap().push(json!({
+                "name": "chaperone", "image": "evil/passthrough:1"
+            }))
+        },
+        "container name \"chaperone\" is reserved",
+    );
+    refused(
+        &|p| {
+            p["spec"]["volumes"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|v| v["name"] != "kube-api-access-x7k2p");
+            p["spec"]["automountServiceAccountToken"] = json!(false);
+            p["spec"]["containers"][0]["volumeMounts"] = json!([{
+                "name": "chaperone-upstream-token",
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"
+            }]);
+        },
+        "mounts volume \"chaperone-upstream-token\"",
+    );
+    refused(
+        &|p| {
+            p["spec"]["containers"][0]["volumeMounts"] =
+                json!([{"name": "chaperone-tls", "mountPath": "/k"}])
+        },
+        "mounts volume \"chaperone-tls\"",
+    );
+    refused(
+        &|p| p["spec"]["shareProcessNamespace"] = json!(true),
+        "sets shareProcessNamespace",
+    );
+    refused(&|p| p["spec"]["hostPID"] = json!(true), "sets hostPID");
+
+    // The proxy this injector added is recognised as such on reinvocation, even with
+    // environment another webhook added to it.
+    let mut injected = inject(&base, &config);
+    injected["spec"]["initContainers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "OTEL_SERVICE_NAME", "value": "x"}));
+    mutate(&pod(&injected), "mcp", &config).expect("reinvocation");
+    // Its image swapped by someone else is not the proxy.
+    injected["spec"]["initContainers"][0]["image"] = json!("evil/passthrough:1");
+    let err = mutate(&pod(&injected), "mcp", &config).unwrap_err();
+    assert!(err.to_string().contains("initContainers[0]"), "{err}");
+}
