@@ -55,6 +55,10 @@ pub enum Error {
     ProxyVolume { container: String, volume: String },
     #[error("the pod sets {field}: its containers could read the proxy's credential through /proc; chaperone does not inject such a pod (annotate it {ANNOTATION_INJECT}: \"false\" to run it without the proxy)")]
     SharedProcesses { field: &'static str },
+    #[error("the proxy container {where_} of an injected pod cannot be changed (its image, command, arguments, mounts or security context); delete and recreate the pod instead")]
+    ProxyChanged { where_: String },
+    #[error("ephemeral container {container:?} targets the proxy container: it would see the proxy's process and files")]
+    EphemeralTarget { container: String },
     #[error("failed to serialize a patch value: {0}")]
     Serialize(#[from] serde_json::Error),
 }
@@ -68,6 +72,7 @@ impl Error {
             | Error::ReservedName { .. }
             | Error::ProxyVolume { .. }
             | Error::SharedProcesses { .. } => (400, "BadRequest"),
+            Error::ProxyChanged { .. } | Error::EphemeralTarget { .. } => (403, "Forbidden"),
             Error::Serialize(_) => (500, "InternalError"),
         };
         kube::core::Status::failure(&format!("chaperone-injector: {self}"), reason).with_code(code)
@@ -213,6 +218,72 @@ fn screen(spec: &PodSpec, proxy: &Container) -> Result<bool> {
         }
     }
     Ok(injected)
+}
+
+/// Refuses an update of an injected pod that would hand the proxy's place or its
+/// credential to something else. A pod's containers may change only their image after
+/// creation, and the kubelet restarts a container whose image changed: a new image for
+/// the proxy would run with the real token and no policy. And an ephemeral container
+/// (`kubectl debug`) may mount any of the pod's volumes or join the proxy's process
+/// namespace. A pod without the proxy (opted out, or from before injection) is left alone.
+pub fn guard_update(old: &Pod, new: &Pod) -> Result<()> {
+    let (Some(old), Some(new)) = (old.spec.as_ref(), new.spec.as_ref()) else {
+        return Ok(());
+    };
+    let named = |spec: &'_ PodSpec| -> Vec<(&'static str, usize, Container)> {
+        let init = spec.init_containers.iter().flatten().enumerate();
+        let app = spec.containers.iter().enumerate();
+        init.map(|(i, c)| ("initContainers", i, c.clone()))
+            .chain(app.map(|(i, c)| ("containers", i, c.clone())))
+            .filter(|(_, _, c)| c.name == CONTAINER)
+            .collect()
+    };
+    let before = named(old);
+    let Some((_, _, proxy)) = before.first() else {
+        return Ok(());
+    };
+    for (list, i, c) in named(new) {
+        let same = before
+            .iter()
+            .any(|(l, _, o)| *l == list && is_the_proxy(&c, o));
+        if !same {
+            return Err(Error::ProxyChanged {
+                where_: format!("{list}[{i}]"),
+            });
+        }
+    }
+    let proxy_volumes: Vec<&str> = proxy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect();
+    let existing: Vec<&str> = old
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    for c in new.ephemeral_containers.iter().flatten() {
+        if existing.contains(&c.name.as_str()) {
+            continue;
+        }
+        if c.target_container_name.as_deref() == Some(CONTAINER) {
+            return Err(Error::EphemeralTarget {
+                container: c.name.clone(),
+            });
+        }
+        let mounted = c.volume_mounts.iter().flatten();
+        if let Some(m) = mounted.into_iter().find(|m| {
+            proxy_volumes.contains(&m.name.as_str()) || PROXY_ONLY.contains(&m.name.as_str())
+        }) {
+            return Err(Error::ProxyVolume {
+                container: c.name.clone(),
+                volume: m.name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The volumes the injector adds for the proxy alone.

@@ -61,6 +61,7 @@ pub fn review(body: &[u8], config: &Config) -> Result<AdmissionReview<DynamicObj
     // The object as the API server sent it, to try the patch on: the typed pod drops
     // fields newer than this build's Kubernetes API version.
     let raw = value.pointer("/request/object").cloned();
+    let old = value.pointer("/request/oldObject").cloned();
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_value(value).map_err(Error::Parse)?;
     if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
@@ -71,6 +72,9 @@ pub fn review(body: &[u8], config: &Config) -> Result<AdmissionReview<DynamicObj
     }
     let request: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| Error::NoRequest)?;
+    if request.operation == Operation::Update {
+        return Ok(guard(&request, raw, old).into_review());
+    }
     Ok(admit(&request, raw, config).into_review())
 }
 
@@ -142,6 +146,43 @@ fn admit(
             response,
             internal(&format!("failed to encode the patch: {e}")),
         ),
+    }
+}
+
+/// An UPDATE of a pod (or of its ephemeral containers): refused when it would hand the
+/// proxy's place or credential to something else (`mutate::guard_update`); never patched.
+fn guard(
+    req: &AdmissionRequest<DynamicObject>,
+    raw: Option<Value>,
+    old: Option<Value>,
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(req);
+    let pod_update = req.kind.kind == "Pod"
+        && matches!(
+            req.sub_resource.as_deref(),
+            None | Some("ephemeralcontainers")
+        );
+    if !pod_update {
+        return response;
+    }
+    let parse = |v: Option<Value>| -> Result<Pod, String> {
+        let v = v.filter(|v| v.is_object()).ok_or("no object")?;
+        serde_json::from_value(v).map_err(|e| format!("not a pod: {e}"))
+    };
+    let (new, old) = match (parse(raw), parse(old)) {
+        (Ok(new), Ok(old)) => (new, old),
+        (Err(e), _) | (_, Err(e)) => {
+            return deny(response, bad_request(&format!("UPDATE of a pod: {e}")))
+        }
+    };
+    match mutate::guard_update(&old, &new) {
+        Ok(()) => response,
+        Err(e) => {
+            let namespace = req.namespace.clone().unwrap_or_default();
+            let name = new.metadata.name.clone().unwrap_or_default();
+            tracing::warn!(uid = %req.uid, %namespace, pod = %name, error = %e, "update refused");
+            deny(response, e.status())
+        }
     }
 }
 

@@ -81,6 +81,21 @@ fn base_manifests_agree_with_the_injector() {
     let selector = &hook["namespaceSelector"]["matchExpressions"][0];
     assert_eq!(selector["key"], INJECT_LABEL);
     assert_eq!(selector["values"][0], INJECT_LABEL_VALUE);
+    // The guard of updates: same Service and namespaces, every pod (no objectSelector),
+    // failing closed.
+    let guard = &mwc["webhooks"][1];
+    assert_eq!(guard["clientConfig"], hook["clientConfig"]);
+    assert_eq!(guard["namespaceSelector"], hook["namespaceSelector"]);
+    assert!(guard.get("objectSelector").is_none());
+    assert_eq!(
+        guard["rules"][0]["operations"],
+        serde_json::json!(["UPDATE"])
+    );
+    assert_eq!(
+        guard["rules"][0]["resources"],
+        serde_json::json!(["pods", "pods/ephemeralcontainers"])
+    );
+    assert_eq!(guard["failurePolicy"], "Fail");
 
     let role = find(&base, "ClusterRole", "chaperone-injector");
     let cms = resource_names(role, "configmaps");

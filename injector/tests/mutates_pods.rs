@@ -323,3 +323,51 @@ fn pods_that_could_reach_the_proxys_credential_are_refused() {
     let err = mutate(&pod(&injected), "mcp", &config).unwrap_err();
     assert!(err.to_string().contains("initContainers[0]"), "{err}");
 }
+
+/// Updates of an injected pod may not hand the proxy's place or credential to something
+/// else: another image for the proxy, or an ephemeral container that mounts the proxy's
+/// volumes (the real token among them) or targets its process.
+#[test]
+fn updates_that_would_hand_over_the_proxys_credential_are_refused() {
+    let config = Config::default();
+    let injected = inject(&fixture("kubernetes-mcp-server"), &config);
+    let guard = |edit: &dyn Fn(&mut Value)| {
+        let mut new = injected.clone();
+        edit(&mut new);
+        mutate::guard_update(&pod(&injected), &pod(&new))
+    };
+    guard(&|_| {}).expect("an unchanged pod");
+    guard(&|p| p["spec"]["containers"][0]["image"] = json!("example/mcp:2"))
+        .expect("the app's image may change");
+    guard(&|p| {
+        p["spec"]["ephemeralContainers"] = json!([{"name": "debug", "image": "busybox", "targetContainerName": "kubernetes-mcp-server"}])
+    })
+    .expect("kubectl debug of the app");
+    let refused = |edit: &dyn Fn(&mut Value), words: &str| {
+        let err = guard(edit).unwrap_err();
+        assert!(err.to_string().contains(words), "{words}: {err}");
+    };
+    refused(
+        &|p| p["spec"]["initContainers"][0]["image"] = json!("evil/passthrough:1"),
+        "the proxy container initContainers[0] of an injected pod cannot be changed",
+    );
+    refused(
+        &|p| {
+            p["spec"]["ephemeralContainers"] = json!([{"name": "d", "image": "busybox",
+                "volumeMounts": [{"name": "kube-api-access-x7k2p", "mountPath": "/t"}]}])
+        },
+        "mounts volume \"kube-api-access-x7k2p\"",
+    );
+    refused(
+        &|p| {
+            p["spec"]["ephemeralContainers"] =
+                json!([{"name": "d", "image": "busybox", "targetContainerName": "chaperone"}])
+        },
+        "targets the proxy container",
+    );
+    // A pod without the proxy (opted out) is not the guard's business.
+    let plain = fixture("kubernetes-mcp-server");
+    let mut changed = plain.clone();
+    changed["spec"]["containers"][0]["image"] = json!("example/mcp:2");
+    mutate::guard_update(&pod(&plain), &pod(&changed)).expect("not injected");
+}

@@ -272,13 +272,49 @@ async fn unreadable_and_oversized_reviews_get_clear_errors() {
         assert_eq!(code, want_code, "{method} {path}: {text}");
         assert!(text.contains(want_text), "{method} {path}: {text}");
     }
-    // A non-pod or non-CREATE review passes unchanged.
+    // An update of a pod the proxy is not in passes unchanged.
     let mut r = review("u-4", fixture("automount-false"));
     r["request"]["operation"] = json!("UPDATE");
+    r["request"]["oldObject"] = fixture("automount-false");
     let (code, body) = hook
         .call("POST", "/mutate", &serde_json::to_vec(&r).unwrap())
         .await;
     assert_eq!(code, 200);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none());
+    hook.stop().await;
+}
+
+/// An injected pod's proxy cannot be given another image by an update: the kubelet
+/// would restart it as that image, holding the real token.
+#[tokio::test]
+async fn an_update_that_swaps_the_proxys_image_is_refused() {
+    let hook = webhook().await;
+    let injected = inject(&fixture("kubernetes-mcp-server"), &Config::default());
+    let update = |new: Value| {
+        let mut r = review("u-5", new);
+        r["request"]["operation"] = json!("UPDATE");
+        r["request"]["oldObject"] = injected.clone();
+        r["request"]["options"] = json!({"apiVersion": "meta.k8s.io/v1", "kind": "UpdateOptions"});
+        serde_json::to_vec(&r).unwrap()
+    };
+    let mut swapped = injected.clone();
+    swapped["spec"]["initContainers"][0]["image"] = json!("evil/passthrough:1");
+    let (code, body) = hook.call("POST", "/mutate", &update(swapped)).await;
+    assert_eq!(code, 200);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["status"]["code"], 403);
+    assert!(response["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be changed"));
+    // The app's own image may change, as for any pod.
+    let mut upgraded = injected.clone();
+    upgraded["spec"]["containers"][0]["image"] = json!("example/mcp:2");
+    let (_, body) = hook.call("POST", "/mutate", &update(upgraded)).await;
     let answer: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none());
