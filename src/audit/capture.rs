@@ -66,6 +66,14 @@ pub enum Recorded {
 
 impl Capture {
     pub fn recorded(&self) -> Recorded {
+        // A proxied request's body, and its answer, are a service's own: chaperone
+        // forwards them unmasked to the caller, and knows no rule to mask a copy by.
+        let (Of::Request { info, .. } | Of::Response { info }) = &self.of;
+        if info.subresource == "proxy" {
+            return Recorded::Omitted(
+                "not recorded: a proxied service's body, which chaperone does not mask".into(),
+            );
+        }
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.total == 0 {
             return Recorded::Omitted("empty".into());
@@ -222,6 +230,21 @@ mod tests {
         };
         assert_eq!(v["stringData"]["password"], crate::mask::MARKER);
         assert_eq!(v["metadata"]["name"], "db");
+        // A proxied service's bodies, which no rule masks, are not kept either way.
+        for of in [
+            masking("/api/v1/namespaces/default/services/app:8080/proxy/login"),
+            Of::Response {
+                info: info("/api/v1/namespaces/default/services/app:8080/proxy/login"),
+            },
+        ] {
+            let sent = br#"{"user":"admin","password":"hunter2"}"#;
+            let (body, capture) = tee(crate::body::full(sent.to_vec()), "application/json", of);
+            assert_eq!(body.collect().await.unwrap().to_bytes(), &sent[..]);
+            assert!(matches!(
+                capture.recorded(),
+                Recorded::Omitted(why) if why.contains("a proxied service's body")
+            ));
+        }
         // What cannot be masked is not recorded.
         let (body, capture) = tee(
             crate::body::full(b"{\"stringData\": {\"password\": \"hun".to_vec()),
