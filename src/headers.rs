@@ -86,6 +86,39 @@ pub fn check_upgrade(info: &RequestInfo, has_body: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Removes the Table forms (`as=Table`) from an `Accept` already narrowed to JSON, for a
+/// resource whose fields a masking rule masks by path (see
+/// `Masker::masks_fields_of`); what is left is plain JSON, and at worst
+/// `application/json` itself, which every client takes.
+pub fn refuse_tables(headers: &mut HeaderMap) {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let is_table = |range: &str| {
+        range.split(';').skip(1).any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("as")
+                    && v.trim().trim_matches('"').eq_ignore_ascii_case("table")
+            })
+        })
+    };
+    if !accept.split(',').any(is_table) {
+        return;
+    }
+    let kept: Vec<&str> = accept
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty() && !is_table(r))
+        .collect();
+    let value = match kept.is_empty() {
+        true => "application/json".to_owned(),
+        false => kept.join(","),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(header::ACCEPT, value);
+    }
+}
+
 /// Narrows an `Accept` header to the JSON forms it lists.
 ///
 /// Accepted inputs, as real clients send them:
@@ -612,6 +645,25 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         names.sort();
         assert_eq!(names, ["accept", "content-type", "user-agent"]);
+    }
+
+    #[test]
+    fn tables_are_refused_where_fields_are_masked() {
+        let cases = [
+            (
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
+                "application/json",
+            ),
+            ("application/json;as=Table;g=meta.k8s.io;v=v1", "application/json"),
+            ("application/json; AS=\"table\"; v=v1, application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1", "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+            ("application/json", "application/json"),
+        ];
+        for (accept, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+            refuse_tables(&mut h);
+            assert_eq!(h[header::ACCEPT], want, "{accept}");
+        }
     }
 
     #[test]

@@ -412,11 +412,18 @@ impl Proxy {
 
         let upgrade = headers::is_upgrade(req.headers());
         let inspect = headers::must_inspect(&info);
+        // The masking rules in force when the request came: the same ones decide what
+        // it may ask for, how its copy is kept and how its answer is masked.
+        let masker = self.policy.masker();
         tracing::debug_span!("screen").in_scope(|| {
             if upgrade {
                 headers::check_upgrade(&info, !http_body::Body::is_end_stream(req.body()))?;
             }
-            headers::prepare_upstream(req.headers_mut(), upgrade, inspect)
+            headers::prepare_upstream(req.headers_mut(), upgrade, inspect)?;
+            if inspect && masker.masks_fields_of(&mask::Target::of(&info)) {
+                headers::refuse_tables(req.headers_mut());
+            }
+            Ok::<_, Error>(())
         })?;
         // A held request's body as the reviewer saw it. Boxed: the slot is in every
         // request's future, and rarely filled.
@@ -436,7 +443,6 @@ impl Proxy {
                             // caller's held requests while it arrives.
                             let reading = self.approvals.reading(&who)?;
                             let headers = req.headers().clone();
-                            let masker = self.policy.masker();
                             let body =
                                 approval::body::read(req.body_mut(), &headers, &info, &masker)
                                     .await?;
@@ -542,7 +548,7 @@ impl Proxy {
         if trail.level() >= Level::Request && !upgrade {
             let body = std::mem::replace(req.body_mut(), crate::body::empty());
             let of = audit::capture::Of::Request {
-                masker: self.policy.masker(),
+                masker: masker.clone(),
                 info: info.clone(),
             };
             let (body, captured) = audit::capture::tee(body, &request_kind, of);
@@ -564,11 +570,8 @@ impl Proxy {
 
         // Secrets never leave in clear: the body is masked as it streams back, or
         // refused when it cannot be inspected.
-        let plan = tracing::debug_span!("mask").in_scope(|| {
-            self.policy
-                .masker()
-                .plan(&mask::Target::of(&info), rsp.headers())
-        });
+        let plan = tracing::debug_span!("mask")
+            .in_scope(|| masker.plan(&mask::Target::of(&info), rsp.headers()));
         let (mut parts, body) = rsp.into_parts();
         let body = match plan {
             mask::Plan::Refuse(e) => return Err(Error::Mask(e)),

@@ -253,5 +253,29 @@ async fn a_policy_masks_configmap_keys_and_env_values() {
         !pod.contains("tok-123456") && pod.contains("production"),
         "{pod}"
     );
+    // A Table's cells are printer columns the masker cannot read by path, so where a
+    // rule masks fields the caller is answered with objects (kubectl prints them itself);
+    // elsewhere Tables are served as before.
+    let accepted = |env: &support::Env| {
+        env.started
+            .sandbox
+            .last_request_headers()
+            .unwrap()
+            .get("accept")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let listed = ok(&env.kubectl(&["get", "configmaps"]).await);
+    assert!(listed.contains("settings"), "{listed}");
+    let accept = accepted(&env);
+    assert!(
+        !accept.to_ascii_lowercase().contains("as=table"),
+        "{accept}"
+    );
+    ok(&env.kubectl(&["get", "services"]).await);
+    let accept = accepted(&env);
+    assert!(accept.contains("as=Table"), "{accept}");
     env.stop().await;
 }

@@ -363,6 +363,18 @@ impl Masker {
         })
     }
 
+    /// Whether a Table of `target` could show a field a rule masks. A Table's cells are
+    /// the printer columns, each a field of the object the masker never sees there by
+    /// its path (a custom resource's `additionalPrinterColumns` can print
+    /// `.spec.password`); only the row's `object` is masked by path. So for such a
+    /// resource the caller is answered with objects instead (kubectl prints them itself).
+    pub fn masks_fields_of(&self, target: &Target<'_>) -> bool {
+        self.inner
+            .rules
+            .iter()
+            .any(|r| r.has_fields() && r.names_resource(target.resource))
+    }
+
     /// Whether a (non-log) response to `target` may hold something to mask.
     fn needs_json(&self, target: &Target<'_>) -> bool {
         let g = target.api_group;

@@ -197,6 +197,11 @@ impl Compiled {
         })
     }
 
+    /// Whether the rule masks fields by path (not only by detectors or patterns).
+    pub(crate) fn has_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
     /// Whether the rule names this resource (or `*`).
     pub(crate) fn names_resource(&self, resource: &str) -> bool {
         !resource.is_empty() && self.resources.iter().any(|r| r == "*" || r == resource)
