@@ -125,6 +125,37 @@ pub struct UserFields {
     pub exec: Option<ExecFields>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_provider: Option<serde_yaml::Value>,
+    /// Read only to be refused: chaperone cannot do what they ask (see `refused_fields`).
+    #[serde(default, skip_serializing)]
+    pub username: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub password: Option<serde_yaml::Value>,
+    #[serde(default, rename = "as", skip_serializing)]
+    pub act_as: Option<serde_yaml::Value>,
+    #[serde(default, rename = "as-uid", skip_serializing)]
+    pub act_as_uid: Option<serde_yaml::Value>,
+    #[serde(default, rename = "as-groups", skip_serializing)]
+    pub act_as_groups: Option<serde_yaml::Value>,
+    #[serde(default, rename = "as-user-extra", skip_serializing)]
+    pub act_as_user_extra: Option<serde_yaml::Value>,
+}
+
+impl UserFields {
+    /// The first field set that chaperone cannot honour. Impersonation (`as`, ...) is
+    /// how client-go narrows a broader credential to another identity: dropped, the
+    /// proxy would act with the broader one. Basic auth the API server no longer serves.
+    fn refused_field(&self) -> Option<&'static str> {
+        [
+            ("as", self.act_as.is_some()),
+            ("as-uid", self.act_as_uid.is_some()),
+            ("as-groups", self.act_as_groups.is_some()),
+            ("as-user-extra", self.act_as_user_extra.is_some()),
+            ("username", self.username.is_some()),
+            ("password", self.password.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(field, set)| set.then_some(field))
+    }
 }
 
 impl std::fmt::Debug for UserFields {
@@ -166,6 +197,8 @@ pub struct Context {
 #[derive(Debug, Default, Deserialize, Serialize)]
 pub struct ContextFields {
     pub cluster: String,
+    /// Empty: an anonymous client, as in client-go.
+    #[serde(default)]
     pub user: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -214,11 +247,33 @@ pub fn resolve(path: &Path, context: Option<&str>) -> Result<Resolved, Error> {
         .ok_or_else(|| invalid(format!("cluster {:?} not found", ctx.item.context.cluster)))?
         .item
         .cluster;
-    let user = config
-        .users
-        .iter()
-        .find(|u| u.name == ctx.item.context.user)
-        .map(|u| &u.item.user);
+    // As client-go: a context that names a user names one that exists (else the
+    // requests would go out anonymous).
+    let user_name = &ctx.item.context.user;
+    let user = match config.users.iter().find(|u| &u.name == user_name) {
+        Some(u) => Some(&u.item.user),
+        None if user_name.is_empty() => None,
+        None => {
+            return Err(invalid(format!(
+                "user {user_name:?} not found for context {name:?} (chaperone reads one \
+                 kubeconfig file; merge the files or name this one)"
+            )))
+        }
+    };
+    if let Some(field) = user.and_then(UserFields::refused_field) {
+        return Err(invalid(match field {
+            "username" | "password" => format!(
+                "user {user_name:?} uses basic authentication ({field}), which the API server \
+                 no longer accepts; use a token, tokenFile, client certificate or exec plugin"
+            ),
+            _ => format!(
+                "user {user_name:?} sets {field}: kubectl would act as another identity with \
+                 this credential, and chaperone does not impersonate for a kubeconfig, so it \
+                 would act with the broader credential itself; use a context whose \
+                 credential is the identity's own"
+            ),
+        }));
+    }
     if cluster.insecure_skip_tls_verify {
         return Err(invalid(format!(
             "cluster {:?} sets insecure-skip-tls-verify; chaperone always verifies the API server",
@@ -455,6 +510,24 @@ mod tests {
                 "    client-key-data: '!!'\n    client-certificate: client.crt\n",
                 Err("not valid base64"),
             ),
+            // Impersonation narrows the credential in kubectl: refused, not dropped.
+            (
+                "    token: abc\n    as: jane-readonly\n",
+                Err("sets as: kubectl would act as another identity"),
+            ),
+            (
+                "    token: abc\n    as-groups: [viewers]\n",
+                Err("sets as-groups"),
+            ),
+            ("    token: abc\n    as-uid: \"1\"\n", Err("sets as-uid")),
+            (
+                "    token: abc\n    as-user-extra: {scopes: [read]}\n",
+                Err("sets as-user-extra"),
+            ),
+            (
+                "    username: admin\n    password: secret\n",
+                Err("basic authentication"),
+            ),
         ];
         for (user, want) in cases {
             let path = write("config", &format!("{head}{user}"));
@@ -473,6 +546,24 @@ mod tests {
                 (got, _) => panic!("{user}: unexpected {got:?}"),
             }
         }
+        // A context naming a user the file lacks is an error, as in client-go, not an
+        // anonymous client; a context with no user at all is anonymous.
+        let user = "    token: abc\n";
+        let path = write(
+            "config",
+            &(head.replace("user: u}", "user: elsewhere}") + user),
+        );
+        let e = resolve(&path, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("user \"elsewhere\" not found for context \"c\""),
+            "{e}"
+        );
+        let path = write("config", &(head.replace(", user: u}", "}") + user));
+        assert!(matches!(
+            resolve(&path, None).unwrap().credential,
+            Credential::None
+        ));
     }
 
     #[test]
