@@ -1030,3 +1030,45 @@ async fn a_body_naming_a_key_twice_is_refused_not_held() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0]["responseStatus"]["code"], 415);
 }
+
+/// A decision is taken for the request it was asked about only. An AccessRequest under a
+/// request's name that holds another request's key (two requests whose keys share the
+/// digits in the name) does not decide this one, even approved: it is refused, 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_request_holding_another_request_decides_nothing_for_this_one() {
+    let env = start("1s").await;
+    let out = env.kubectl(&CREATE).await;
+    assert!(!out.status.success());
+    let name = held_request(&env).await;
+    let mut object = access_request(&env, &name).await;
+    assert_eq!(object["spec"]["key"].as_str().unwrap().len(), 64);
+    assert!(name.ends_with(&object["spec"]["key"].as_str().unwrap()[..16]));
+    ok(&env
+        .kubectl_direct(&["delete", "accessrequest", &name])
+        .await);
+    object["spec"]["key"] = serde_json::json!("0".repeat(64));
+    object["metadata"] = serde_json::json!({"name": name, "namespace": "default"});
+    object.as_object_mut().unwrap().remove("status");
+    ok(&support::run_with_stdin(
+        env.kubectl_cmd(&env.started.kubeconfig, &["create", "-f", "-"]),
+        &object.to_string(),
+    )
+    .await);
+    let approved = reviewer(&env, &["approve", &name]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let out = env.kubectl(&CREATE).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && stderr.contains("holds another request (its spec.key differs)"),
+        "{stderr}"
+    );
+    let found = env
+        .kubectl_direct(&["get", "rolebinding", "agent-admin"])
+        .await;
+    assert!(!found.status.success(), "the binding was created");
+    env.stop().await;
+}

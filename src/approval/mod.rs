@@ -76,6 +76,11 @@ pub enum Error {
     BodyTooLarge { max: usize },
     #[error("a request held for approval needs a body a reviewer can read: {0}")]
     Unreviewable(String),
+    #[error(
+        "AccessRequest {namespace}/{name} holds another request (its spec.key differs), so \
+         this one is refused rather than decided by it"
+    )]
+    NameTaken { name: String, namespace: String },
     #[error("approvals are unavailable, so the request is refused: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -87,6 +92,9 @@ impl Error {
         match self {
             Error::Denied { .. } | Error::Pending { .. } => Status::forbidden(self.to_string()),
             Error::TooManyHeld { .. } => Status::too_many_requests(self.to_string()),
+            Error::NameTaken { .. } => {
+                Status::failure(StatusCode::CONFLICT, "Conflict", self.to_string())
+            }
             Error::BodyTooLarge { .. } => Status::failure(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
@@ -366,6 +374,7 @@ impl Approvals {
         let held = Held {
             object: access_request(
                 &name,
+                &key,
                 who,
                 info,
                 Shown {
@@ -385,8 +394,10 @@ impl Approvals {
             deadline: Instant::now() + hold,
             place,
         };
-        if self.read(&held.name).await?.is_none() {
-            self.create(&held).await?;
+        match self.read(&held.name).await? {
+            None => self.create(&held).await?,
+            Some(object) if key_of(&object) != held.key => return Err(self.name_taken(&held)),
+            Some(_) => {}
         }
         Ok(Hold::Held(held))
     }
@@ -408,6 +419,10 @@ impl Approvals {
             match current {
                 // Created and not seen yet, or removed by someone: wait.
                 None => {}
+                // Another request's object under this name: its decision is not ours.
+                Some(object) if key_of(&object) != held.key => {
+                    return Err(self.name_taken(&held));
+                }
                 Some(object) => {
                     let status = &object["status"];
                     match status["phase"].as_str().unwrap_or("Pending") {
@@ -471,6 +486,13 @@ impl Approvals {
                 }
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
+        }
+    }
+
+    fn name_taken(&self, held: &Held) -> Error {
+        Error::NameTaken {
+            name: held.name.clone(),
+            namespace: self.namespace.clone(),
         }
     }
 
@@ -743,7 +765,10 @@ fn request_key(
     } else {
         digest.as_ref()
     };
-    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    // All of it: the key alone decides whether a grant covers a request, so a caller
+    // must not be able to find two requests that share one (a birthday search over 64
+    // bits is a day's work). The AccessRequest's name takes the first 16 digits.
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The path a reviewer is shown: the resolved path (its escapes decoded once, as the API
@@ -785,7 +810,17 @@ fn object_name(info: &RequestInfo, key: &str) -> String {
         })
         .take(40)
         .collect();
-    format!("{clean}-{key}")
+    format!("{clean}-{}", key.get(..NAME_DIGITS).unwrap_or(key))
+}
+
+/// Digits of the key in an AccessRequest's name. Two requests whose keys share them
+/// share a name; the object holds the whole key, and a request finding another's object
+/// under its name is refused (`Error::NameTaken`).
+const NAME_DIGITS: usize = 16;
+
+/// The whole key an AccessRequest was created for (`spec.key`).
+fn key_of(object: &Value) -> &str {
+    object["spec"]["key"].as_str().unwrap_or_default()
 }
 
 /// What an AccessRequest shows of the request beyond its attributes, masked as the
@@ -800,6 +835,7 @@ struct Shown<'a> {
 
 fn access_request(
     name: &str,
+    key: &str,
     who: &Subject,
     info: &RequestInfo,
     shown: Shown<'_>,
@@ -829,6 +865,7 @@ fn access_request(
                 "path": shown.path,
                 "command": shown.commands,
             },
+            "key": key,
             "rule": decision.rule(),
             "reason": decision.reason().to_string(),
             "approvers": decision.approval().map_or(1, |a| a.approvers.get()),
