@@ -650,7 +650,10 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// When an approval's grant ends: `status.grantUntil`, else `grant` after the decision.
+/// When an approval's grant ends: `status.grantUntil`, else `grant` after the decision,
+/// and never later than `grant` from now. The rule's `grant` is the longest a grant
+/// lasts, by this proxy's clock: a reviewer (`--grant`) may shorten it, not stretch it,
+/// and a reviewer's clock running ahead does not either.
 fn grant_end(status: &Value, grant: Duration) -> Instant {
     let parse = |field: &str| {
         status[field].as_str().and_then(|t| {
@@ -659,7 +662,7 @@ fn grant_end(status: &Value, grant: Duration) -> Instant {
     };
     let now = time::OffsetDateTime::now_utc();
     let until = parse("grantUntil").unwrap_or_else(|| parse("decidedAt").unwrap_or(now) + grant);
-    let left = (until - now).max(time::Duration::ZERO);
+    let left = (until - now).clamp(time::Duration::ZERO, grant.try_into().unwrap_or_default());
     Instant::now() + Duration::try_from(left).unwrap_or_default()
 }
 
@@ -1086,6 +1089,28 @@ mod tests {
             None
         );
         assert_eq!(shown("/api/v1/namespaces/d/pods/web"), None);
+    }
+
+    /// A grant lasts as long as the reviewer said, and never longer than the rule's
+    /// `grant` from when the proxy sees it.
+    #[test]
+    fn a_grant_ends_as_the_reviewer_said_within_the_rules_grant() {
+        let at = |offset: time::Duration| {
+            crate::audit::event::timestamp(time::OffsetDateTime::now_utc() + offset)
+        };
+        let minute = Duration::from_secs(60);
+        let left =
+            |status: Value| grant_end(&status, minute).saturating_duration_since(Instant::now());
+        let year = time::Duration::days(365);
+        // A reviewer's year is capped at the rule's minute.
+        assert!(left(json!({"grantUntil": at(year)})) <= minute);
+        assert!(left(json!({"grantUntil": at(year)})) > Duration::from_secs(55));
+        // A shorter grant stands.
+        let short = left(json!({"grantUntil": at(time::Duration::seconds(10))}));
+        assert!(short <= Duration::from_secs(10) && short > Duration::from_secs(5));
+        // Without grantUntil: the rule's grant from the decision, capped the same way.
+        assert!(left(json!({"decidedAt": at(year)})) <= minute);
+        assert_eq!(left(json!({"decidedAt": at(-year)})), Duration::ZERO);
     }
 
     /// What an exec, a port-forward, a proxied request or a change sends in its query is
