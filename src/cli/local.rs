@@ -46,7 +46,8 @@ pub struct Args {
     pub groups: Vec<String>,
     /// How long the MCP server's token and the serving certificate are valid, in
     /// hours. Restart `chaperone local` to get fresh ones (the kubeconfig path stays).
-    #[arg(long, value_name = "HOURS", default_value_t = 12)]
+    #[arg(long, value_name = "HOURS", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(1..=8760))]
     pub valid_hours: u32,
     /// Where held requests' AccessRequests are created (the cluster needs the CRD).
     #[arg(long, value_name = "NS", default_value = "default")]
@@ -256,9 +257,9 @@ fn current_context(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} has no current-context: pass --context", path.display()))
 }
 
-/// A context name as one path segment.
+/// A context name as one path segment (never `.` or `..`).
 fn sanitize(context: &str) -> String {
-    context
+    let segment: String = context
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
@@ -267,21 +268,44 @@ fn sanitize(context: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    match segment.chars().all(|c| c == '.') {
+        true => "_".repeat(segment.len().max(1)),
+        false => segment,
+    }
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))
 }
 
-/// The directory holds a private key and a token: readable by the user only.
+/// The directory holds a private key and a token: readable by the user only. It must be
+/// the user's own and not a symbolic link: another user who placed a link there (in a
+/// shared `/tmp`, say) could later point it at a directory of their own, whose JWKS the
+/// proxy would then trust.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("failed to create {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("failed to read {}", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        anyhow::bail!(
+            "{} is a symbolic link; give --dir a directory of your own",
+            dir.display()
+        );
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        anyhow::bail!(
+            "{} belongs to user {}, not to you ({me}); give --dir a directory of your own",
+            dir.display(),
+            meta.uid()
+        );
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("failed to restrict {}", dir.display()))
 }
@@ -297,5 +321,22 @@ mod tests {
             "arn_aws_eks_eu-west-1_123_cluster_prod"
         );
         assert_eq!(sanitize("kind-dev"), "kind-dev");
+        // Never the directory itself or its parent.
+        assert_eq!(sanitize("."), "_");
+        assert_eq!(sanitize(".."), "__");
+    }
+
+    #[test]
+    fn the_directory_is_private_and_never_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("ctx");
+        create_private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = create_private_dir(&link).unwrap_err();
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
     }
 }
