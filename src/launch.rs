@@ -227,8 +227,6 @@ pub async fn proxy(
     Ok(running)
 }
 
-/// The identity config with every `cluster: true` issuer named: one left unnamed takes
-/// the `iss` of the proxy's own mounted service-account token.
 /// The ConfigMap the policy is mounted from: `policy.configMap`, else
 /// `CHAPERONE_POLICY_CONFIGMAP`; `NAME` is in `POD_NAMESPACE`.
 fn own_config_map(
@@ -253,6 +251,8 @@ fn own_config_map(
     Ok(Some(policy::OwnConfigMap { namespace, name }))
 }
 
+/// The identity config with every `cluster: true` issuer named: one left unnamed takes
+/// the `iss` of the proxy's own mounted service-account token.
 fn cluster_issuer_named(config: &Config) -> Result<identity::config::Identity, Error> {
     let mut identity = config.identity.clone();
     for (i, issuer) in identity.issuers.iter_mut().enumerate() {

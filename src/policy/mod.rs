@@ -60,7 +60,8 @@ pub struct OwnConfigMap {
 impl OwnConfigMap {
     /// Whether `info` would change or delete it: an update, patch or delete of it (any
     /// subresource), or a deletecollection of ConfigMaps in its namespace. A create
-    /// cannot: the ConfigMap exists while the proxy reads it, and deleting it is refused.
+    /// names its object in the body, unread here: it fails while the ConfigMap exists,
+    /// and no caller can delete it (someone else deleting it reopens that door).
     pub fn is_changed_by(&self, info: &crate::request_info::RequestInfo) -> bool {
         info.is_resource_request
             && info.api_group.is_empty()
