@@ -206,7 +206,7 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
         let until = now + time::Duration::try_from(args.grant).context("--grant is too long")?;
         status["grantUntil"] = json!(crate::audit::event::timestamp(until));
     }
-    let patch = json!({ "status": status }).to_string().into_bytes();
+    let patch = status_patch(&object, status).to_string().into_bytes();
     let (code, body) = api
         .call(
             Method::PATCH,
@@ -214,6 +214,12 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
             Some(("application/merge-patch+json", patch)),
         )
         .await?;
+    if code == StatusCode::CONFLICT {
+        bail!(
+            "AccessRequest {ns}/{name} changed since it was read (another reviewer decided \
+             it or added an approval meanwhile); run the command again to see where it stands"
+        );
+    }
     if !code.is_success() {
         bail!(
             "updating AccessRequest {ns}/{name}: {code}: {}",
@@ -240,6 +246,18 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
         },
     );
     Ok(())
+}
+
+/// The merge patch of a decision, made on the object as it was read: its
+/// `resourceVersion` goes along, so the API server refuses it (409) if another reviewer
+/// changed the object in between, rather than one decision overwriting the other (a
+/// denial turned into an approval, or an approval of two lost).
+fn status_patch(object: &Value, status: Value) -> Value {
+    let mut patch = json!({ "status": status });
+    if let Some(rv) = object.pointer("/metadata/resourceVersion") {
+        patch["metadata"] = json!({ "resourceVersion": rv });
+    }
+    patch
 }
 
 /// Lists AccessRequests: name, phase, requester, what, rule.
@@ -295,4 +313,21 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decision goes with the `resourceVersion` it was made on: two reviewers deciding
+    /// at once cannot overwrite each other.
+    #[test]
+    fn a_decision_is_made_on_the_object_as_read() {
+        let object = json!({"metadata": {"name": "r", "resourceVersion": "41"}});
+        let patch = status_patch(&object, json!({"phase": "Denied"}));
+        assert_eq!(
+            patch,
+            json!({"metadata": {"resourceVersion": "41"}, "status": {"phase": "Denied"}})
+        );
+    }
 }
