@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, HostAlias, Pod, PodSecurityContext, PodSpec, Sysctl, Volume,
+    Container, EnvVar, HostAlias, Pod, PodSecurityContext, PodSpec, Sysctl, Volume, VolumeMount,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -186,38 +186,43 @@ fn screen(spec: &PodSpec, proxy: &Container) -> Result<bool> {
             return Err(Error::SharedProcesses { field });
         }
     }
-    let lists = [
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-        ("containers", &spec.containers[..]),
-    ];
     let mut injected = false;
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            if c.name == CONTAINER {
-                if !is_the_proxy(c, proxy) {
-                    return Err(Error::ReservedName {
-                        where_: format!("{list}[{i}]"),
-                    });
-                }
-                injected = true;
-                continue;
-            }
-            let mounted = c.volume_mounts.iter().flatten();
-            if let Some(m) = mounted
-                .into_iter()
-                .find(|m| PROXY_ONLY.contains(&m.name.as_str()))
-            {
-                return Err(Error::ProxyVolume {
-                    container: c.name.clone(),
-                    volume: m.name.clone(),
+    for (list, i, c) in containers(spec) {
+        if c.name == CONTAINER {
+            if !is_the_proxy(c, proxy) {
+                return Err(Error::ReservedName {
+                    where_: format!("{list}[{i}]"),
                 });
             }
+            injected = true;
+            continue;
         }
+        refuse_mounts(&c.name, &c.volume_mounts, |v| PROXY_ONLY.contains(&v))?;
     }
     Ok(injected)
+}
+
+/// Every init and app container of `spec`, with where it stands (`initContainers`, 0).
+fn containers(spec: &PodSpec) -> impl Iterator<Item = (&'static str, usize, &Container)> {
+    let init = spec.init_containers.iter().flatten().enumerate();
+    let app = spec.containers.iter().enumerate();
+    init.map(|(i, c)| ("initContainers", i, c))
+        .chain(app.map(|(i, c)| ("containers", i, c)))
+}
+
+/// Refuses container `name` when it mounts a volume `refused` names.
+fn refuse_mounts(
+    name: &str,
+    mounts: &Option<Vec<VolumeMount>>,
+    refused: impl Fn(&str) -> bool,
+) -> Result<()> {
+    match mounts.iter().flatten().find(|m| refused(&m.name)) {
+        Some(m) => Err(Error::ProxyVolume {
+            container: name.to_owned(),
+            volume: m.name.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Refuses an update of an injected pod that would hand the proxy's place or its
@@ -230,22 +235,15 @@ pub fn guard_update(old: &Pod, new: &Pod) -> Result<()> {
     let (Some(old), Some(new)) = (old.spec.as_ref(), new.spec.as_ref()) else {
         return Ok(());
     };
-    let named = |spec: &'_ PodSpec| -> Vec<(&'static str, usize, Container)> {
-        let init = spec.init_containers.iter().flatten().enumerate();
-        let app = spec.containers.iter().enumerate();
-        init.map(|(i, c)| ("initContainers", i, c.clone()))
-            .chain(app.map(|(i, c)| ("containers", i, c.clone())))
-            .filter(|(_, _, c)| c.name == CONTAINER)
-            .collect()
-    };
-    let before = named(old);
+    let proxies = |spec| containers(spec).filter(|(_, _, c)| c.name == CONTAINER);
+    let before: Vec<_> = proxies(old).collect();
     let Some((_, _, proxy)) = before.first() else {
         return Ok(());
     };
-    for (list, i, c) in named(new) {
+    for (list, i, c) in proxies(new) {
         let same = before
             .iter()
-            .any(|(l, _, o)| *l == list && is_the_proxy(&c, o));
+            .any(|(l, _, o)| *l == list && is_the_proxy(c, o));
         if !same {
             return Err(Error::ProxyChanged {
                 where_: format!("{list}[{i}]"),
@@ -273,15 +271,9 @@ pub fn guard_update(old: &Pod, new: &Pod) -> Result<()> {
                 container: c.name.clone(),
             });
         }
-        let mounted = c.volume_mounts.iter().flatten();
-        if let Some(m) = mounted.into_iter().find(|m| {
-            proxy_volumes.contains(&m.name.as_str()) || PROXY_ONLY.contains(&m.name.as_str())
-        }) {
-            return Err(Error::ProxyVolume {
-                container: c.name.clone(),
-                volume: m.name.clone(),
-            });
-        }
+        refuse_mounts(&c.name, &c.volume_mounts, |v| {
+            proxy_volumes.contains(&v) || PROXY_ONLY.contains(&v)
+        })?;
     }
     Ok(())
 }
