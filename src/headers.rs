@@ -67,12 +67,7 @@ pub fn check_impersonation(headers: &HeaderMap) -> Result<(), Error> {
 /// carries a body would take it past the approval's review. So any other upgrade, and
 /// any upgrade with a body, is refused.
 pub fn check_upgrade(info: &RequestInfo, has_body: bool) -> Result<(), Error> {
-    let tunnelled = info.is_resource_request
-        && matches!(
-            info.subresource.as_str(),
-            "exec" | "attach" | "portforward" | "proxy"
-        );
-    if !tunnelled {
+    if !info.is_connection() {
         let what = match (info.is_resource_request, info.subresource.is_empty()) {
             (false, _) => format!("{} {}", info.verb, info.path),
             (true, true) => format!("{} {}", info.verb, info.resource),

@@ -169,6 +169,16 @@ impl RequestInfo {
         }
     }
 
+    /// Whether the request opens a connection the API server may upgrade and then
+    /// carries both ways: an exec, attach or port-forward, or a proxied request.
+    pub fn is_connection(&self) -> bool {
+        self.is_resource_request
+            && matches!(
+                self.subresource.as_str(),
+                "exec" | "attach" | "portforward" | "proxy"
+            )
+    }
+
     /// Go's `Parts`: the path's segments from the resource on
     /// (`resource/name/subresource/...`); empty for a non-resource request, or for one
     /// not resolved from a path (a SubjectAccessReview's attributes, a policy test case).

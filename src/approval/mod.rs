@@ -681,12 +681,8 @@ fn commands(query: Option<&str>) -> Vec<String> {
 /// query is not (pages, `resourceVersion`, timeouts): a grant to list Secrets covers
 /// the next page of the list.
 fn approved_query<'q>(info: &RequestInfo, query: Option<&'q str>) -> Option<&'q str> {
-    let connect = matches!(
-        info.subresource.as_str(),
-        "exec" | "attach" | "portforward" | "proxy"
-    );
     let read = matches!(info.verb.as_str(), "get" | "list" | "watch");
-    query.filter(|q| !q.is_empty() && (connect || !read))
+    query.filter(|q| !q.is_empty() && (info.is_connection() || !read))
 }
 
 /// The verb a request is approved under. An exec, attach or port-forward is the same
