@@ -75,6 +75,11 @@ pub enum Error {
          (maxRequestsPerCaller); try again once one has been answered"
     )]
     TooManyRequests { user: String, max: usize },
+    #[error(
+        "chaperone reads the name of every ConfigMap created in namespace {namespace}, where \
+         its policy's ConfigMap lives, and could not read this one's: {why}"
+    )]
+    UnreadCreate { namespace: String, why: String },
 }
 
 impl Error {
@@ -92,6 +97,7 @@ impl Error {
             Error::Upstream(e) => e.status(),
             Error::SelfReview(e) => e.status(),
             Error::TooManyStreams { .. } => Status::too_many_requests(self.to_string()),
+            Error::UnreadCreate { .. } => Status::bad_request(self.to_string()),
             // client-go waits the second and retries, up to ten times: a burst is slowed
             // down, not failed.
             Error::TooManyRequests { .. } => Status::too_many_requests(self.to_string())
@@ -131,6 +137,10 @@ struct Served {
     streaming: bool,
     place: Option<crate::places::Place>,
 }
+
+/// The largest ConfigMap create read for its name where the policy's ConfigMap lives:
+/// the API server's own bound on a request body (`MaxRequestBodyBytes`, 3 MiB).
+const MAX_CREATED: usize = 3 * 1024 * 1024;
 
 /// The header carrying the audit ID, so the cluster's own audit log and chaperone's
 /// name the same request alike.
@@ -387,8 +397,39 @@ impl Proxy {
         }
 
         let since = Instant::now();
-        let decision = tracing::debug_span!("authorize")
+        let mut decision = tracing::debug_span!("authorize")
             .in_scope(|| self.policy.authorize(&who, &info, req.uri().query()));
+        // Nor may the policy's own ConfigMap be created anew, once someone else has
+        // deleted it: a create names its object in the body, read here (and forwarded
+        // as read). Counted among the caller's requests while it arrives.
+        let mut created: Option<bytes::Bytes> = None;
+        if decision.applied() != policy::Action::Deny {
+            if let Some(own) = self.policy.own_created_by(&info) {
+                let reading = self
+                    .requests
+                    .take(&who.user, self.max_requests)
+                    .ok_or_else(|| Error::TooManyRequests {
+                        user: who.user.clone(),
+                        max: self.max_requests,
+                    })?;
+                let headers = req.headers().clone();
+                let (bytes, object) =
+                    approval::body::read_sent(req.body_mut(), &headers, MAX_CREATED)
+                        .await
+                        .map_err(|e| Error::UnreadCreate {
+                            namespace: own.namespace.clone(),
+                            why: match e {
+                                approval::Error::Unreviewable(why) => why,
+                                e => e.to_string(),
+                            },
+                        })?;
+                drop(reading);
+                if object.is_some_and(|o| own.is_named_by(&o)) {
+                    decision = policy::Decision::own_policy(&info);
+                }
+                created = Some(bytes);
+            }
+        }
         trail.stage(
             Step::Authorize,
             since,
@@ -443,9 +484,16 @@ impl Proxy {
                             // caller's held requests while it arrives.
                             let reading = self.approvals.reading(&who)?;
                             let headers = req.headers().clone();
-                            let body =
-                                approval::body::read(req.body_mut(), &headers, &info, &masker)
-                                    .await?;
+                            let body = match &created {
+                                Some(bytes) => {
+                                    let read = crate::body::full(bytes.clone());
+                                    approval::body::read(read, &headers, &info, &masker).await?
+                                }
+                                None => {
+                                    approval::body::read(req.body_mut(), &headers, &info, &masker)
+                                        .await?
+                                }
+                            };
                             drop(reading);
                             reviewed_body = Some(Box::new(body));
                         }
@@ -542,8 +590,8 @@ impl Proxy {
             b.map_err(|e| -> crate::body::BoxError { Box::new(e) })
                 .boxed()
         });
-        if let Some(reviewed) = reviewed_body {
-            *req.body_mut() = crate::body::full(reviewed.bytes);
+        if let Some(bytes) = reviewed_body.map(|r| r.bytes).or(created) {
+            *req.body_mut() = crate::body::full(bytes);
         }
         if trail.level() >= Level::Request && !upgrade {
             let body = std::mem::replace(req.body_mut(), crate::body::empty());
@@ -752,6 +800,14 @@ mod tests {
                 "ServiceUnavailable",
             ),
             (Error::Upstream(upstream::Error::NoCa), 500, "InternalError"),
+            (
+                Error::UnreadCreate {
+                    namespace: "agents".into(),
+                    why: "its body is not valid YAML".into(),
+                },
+                400,
+                "BadRequest",
+            ),
         ];
         for (error, code, reason) in cases {
             let status = error.status();

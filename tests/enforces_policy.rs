@@ -429,18 +429,81 @@ async fn the_policys_own_configmap_cannot_be_changed_through_the_proxy() {
         message.contains("cannot be changed through chaperone"),
         "{message}"
     );
-    // Other ConfigMaps are the policy's to decide, and can-i says what enforcement does.
+    for verb in ["delete", "create"] {
+        let out = env
+            .kubectl(&["auth", "can-i", verb, "configmap/chaperone-policy"])
+            .await;
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .starts_with("no - the ConfigMap chaperone's policy"),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // Someone else deletes it: it cannot be created anew through the proxy, with a
+    // policy of the caller's own, by its name or by a generateName that could become it.
+    ok(&env
+        .kubectl_direct(&["delete", "configmap", "chaperone-policy"])
+        .await);
+    let out = env
+        .kubectl(&[
+            "create",
+            "configmap",
+            "chaperone-policy",
+            "--from-literal=policy.yaml=mine",
+        ])
+        .await;
+    let said = stderr(&out);
+    assert!(
+        !out.status.success()
+            && said.contains("forbidden by chaperone")
+            && said.contains("cannot be changed through chaperone"),
+        "{said}"
+    );
+    let create = |body: &str| {
+        http::Request::post(format!(
+            "{}/api/v1/namespaces/default/configmaps",
+            env.proxy_url()
+        ))
+        .header("content-type", "application/json")
+        .body(chaperone::body::full(body.to_owned()))
+        .unwrap()
+    };
+    let reply = env
+        .client(false)
+        .send(create(
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"chaperone-p"}}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    // A body that cannot be read for its name is refused, saying why.
+    let reply = env.client(false).send(create("{not json")).await;
+    assert_eq!(reply.status, 400, "{:?}", reply.body);
+    let message = reply.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("reads the name of every ConfigMap created in namespace default"),
+        "{message}"
+    );
+    assert!(!env
+        .kubectl_direct(&["get", "configmap", "chaperone-policy"])
+        .await
+        .status
+        .success());
+    // Other ConfigMaps are the policy's to decide: created as sent, bodies intact.
     ok(&env
         .kubectl(&["create", "configmap", "other", "--from-literal=a=b"])
         .await);
-    let out = env
-        .kubectl(&["auth", "can-i", "delete", "configmap/chaperone-policy"])
+    let reply = env
+        .client(false)
+        .send(create(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"chaperone-"},"data":{"k":"v"}}"#))
         .await;
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("no - the ConfigMap chaperone's policy"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert_eq!(reply.json()["data"]["k"], "v");
+    let out = env
+        .kubectl_direct(&["get", "configmap", "other", "-o", "jsonpath={.data.a}"])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "b");
     env.stop().await;
 }
 

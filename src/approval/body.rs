@@ -57,6 +57,40 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let (bytes, value) = read_sent(body, headers, MAX_REVIEWED).await?;
+    let (shown, masked) = match value {
+        None => (None, 0),
+        Some(value) => {
+            // Masked as the JSON it is shown as.
+            let unmasked = serde_json::to_vec(&value).map_err(|e| {
+                Error::Unreviewable(format!("its body could not be shown as JSON ({e})"))
+            })?;
+            let (shown, masked) = masker
+                .mask_sent(&Target::of(info), &unmasked)
+                .map_err(|e| Error::Unreviewable(format!("its body could not be masked ({e})")))?;
+            (Some(shown), masked)
+        }
+    };
+    Ok(Reviewed {
+        bytes,
+        media_type: crate::headers::media_type(headers),
+        shown,
+        masked,
+    })
+}
+
+/// Reads a sent body whole (up to `max` bytes) and parses it as the API server would
+/// (JSON, YAML or protobuf; see [`parse`]): the bytes, and what they say (`None` for an
+/// empty body). A compressed body is refused.
+pub async fn read_sent<B>(
+    body: B,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<(Bytes, Option<Value>), Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
             return Err(Error::Unreviewable(format!(
@@ -65,33 +99,19 @@ where
             )));
         }
     }
-    let bytes = crate::body::read_limited(body, MAX_REVIEWED)
+    let bytes = crate::body::read_limited(body, max)
         .await
         .map_err(|e| match e {
-            crate::body::ReadError::TooLarge => Error::BodyTooLarge { max: MAX_REVIEWED },
+            crate::body::ReadError::TooLarge => Error::BodyTooLarge { max },
             crate::body::ReadError::Failed(why) => {
                 Error::Unreviewable(format!("its body could not be read: {why}"))
             }
         })?;
-    let (shown, masked) = if bytes.is_empty() {
-        (None, 0)
-    } else {
-        // Parsed first (YAML and protobuf too), then masked as the JSON it is shown as.
-        let value = parse(&bytes, headers)?;
-        let unmasked = serde_json::to_vec(&value).map_err(|e| {
-            Error::Unreviewable(format!("its body could not be shown as JSON ({e})"))
-        })?;
-        let (shown, masked) = masker
-            .mask_sent(&Target::of(info), &unmasked)
-            .map_err(|e| Error::Unreviewable(format!("its body could not be masked ({e})")))?;
-        (Some(shown), masked)
+    let value = match bytes.is_empty() {
+        true => None,
+        false => Some(parse(&bytes, headers)?),
     };
-    Ok(Reviewed {
-        bytes,
-        media_type: crate::headers::media_type(headers),
-        shown,
-        masked,
-    })
+    Ok((bytes, value))
 }
 
 /// JSON (objects and every patch type), YAML for server-side apply, or the protobuf of

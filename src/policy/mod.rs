@@ -60,20 +60,60 @@ pub struct OwnConfigMap {
 impl OwnConfigMap {
     /// Whether `info` would change or delete it: an update, patch or delete of it (any
     /// subresource), or a deletecollection of ConfigMaps in its namespace. A create
-    /// names its object in the body, unread here: it fails while the ConfigMap exists,
-    /// and no caller can delete it (someone else deleting it reopens that door).
+    /// names its object in the body: see [`OwnConfigMap::may_be_created_by`].
     pub fn is_changed_by(&self, info: &crate::request_info::RequestInfo) -> bool {
-        info.is_resource_request
-            && info.api_group.is_empty()
-            && info.resource == "configmaps"
-            && info.namespace == self.namespace
+        self.is_among(info)
             && match info.verb.as_str() {
                 "update" | "patch" | "delete" => info.name == self.name,
+                // Only a review names a create (`kubectl auth can-i create
+                // configmap/NAME`); a create's own name is in its body.
+                "create" => info.subresource.is_empty() && info.name == self.name,
                 "deletecollection" => true,
                 _ => false,
             }
     }
+
+    /// Whether `info` creates a ConfigMap in its namespace, which may be it: it fails
+    /// while the ConfigMap exists, but once someone else has deleted it a create would
+    /// put a policy of the caller's own in force. Which ConfigMap is named in the
+    /// body, read by the pipeline and given to [`OwnConfigMap::is_named_by`].
+    pub fn may_be_created_by(&self, info: &crate::request_info::RequestInfo) -> bool {
+        self.is_among(info) && info.verb == "create" && info.subresource.is_empty()
+    }
+
+    /// Whether an object sent to be created is it: by its `metadata.name`, or, when that
+    /// is empty, by a `generateName` the API server could complete to its name (the
+    /// prefix, cut to 58 bytes, followed by five random characters).
+    pub fn is_named_by(&self, object: &serde_json::Value) -> bool {
+        let meta = |key| {
+            object
+                .pointer(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+        };
+        let name = meta("/metadata/name");
+        if !name.is_empty() {
+            return name == self.name;
+        }
+        let base = meta("/metadata/generateName").as_bytes();
+        let base = &base[..base.len().min(GENERATED_NAME_BASE)];
+        !base.is_empty()
+            && self.name.len() == base.len() + GENERATED_NAME_SUFFIX
+            && self.name.as_bytes().starts_with(base)
+    }
+
+    fn is_among(&self, info: &crate::request_info::RequestInfo) -> bool {
+        info.is_resource_request
+            && info.api_group.is_empty()
+            && info.resource == "configmaps"
+            && info.namespace == self.namespace
+    }
 }
+
+/// The API server's `SimpleNameGenerator`: a `generateName` is cut to 58 bytes and
+/// followed by 5 random characters (a name is at most 63).
+const GENERATED_NAME_BASE: usize = 58;
+const GENERATED_NAME_SUFFIX: usize = 5;
 
 impl Policies {
     /// The policy of a watched file.
@@ -96,6 +136,12 @@ impl Policies {
     pub fn protecting(mut self, own: Option<OwnConfigMap>) -> Policies {
         self.own = own;
         self
+    }
+
+    /// The ConfigMap the policy comes from, if `info` may create it: the pipeline reads
+    /// the body to tell.
+    pub fn own_created_by(&self, info: &crate::request_info::RequestInfo) -> Option<&OwnConfigMap> {
+        self.own.as_ref().filter(|own| own.may_be_created_by(info))
     }
 
     /// Decides one request with the policy in force.

@@ -450,3 +450,64 @@ fn embedded_tests_run() {
         ]
     );
 }
+
+/// The policy's own ConfigMap: which requests change it, which may create it, and which
+/// sent objects are it (the API server's `generateName` completion included).
+#[test]
+fn the_own_configmap_is_told_apart() {
+    use serde_json::json;
+    let own = OwnConfigMap {
+        namespace: "agents".into(),
+        name: "agent-policy".into(),
+    };
+    #[rustfmt::skip]
+    let cases = [
+        // (request, changes it, may create it)
+        (res("update", "", "configmaps", "agents", "agent-policy"), true, false),
+        (res("patch", "", "configmaps", "agents", "agent-policy"), true, false),
+        (res("delete", "", "configmaps", "agents", "agent-policy"), true, false),
+        (res("deletecollection", "", "configmaps", "agents", ""), true, false),
+        (res("create", "", "configmaps", "agents", ""), false, true),
+        (res("create", "", "configmaps", "agents", "agent-policy"), true, true),
+        (res("create", "", "configmaps", "agents", "other"), false, true),
+        (res("create", "", "configmaps", "other", ""), false, false),
+        (res("update", "", "configmaps", "agents", "other"), false, false),
+        (res("create", "example.com", "configmaps", "agents", ""), false, false),
+        (res("get", "", "configmaps", "agents", "agent-policy"), false, false),
+        (res("create", "", "configmaps/status", "agents", "agent-policy"), false, false),
+    ];
+    for (info, changes, creates) in cases {
+        assert_eq!(own.is_changed_by(&info), changes, "{info:?}");
+        assert_eq!(own.may_be_created_by(&info), creates, "{info:?}");
+    }
+    let cases = [
+        (json!({"metadata": {"name": "agent-policy"}}), true),
+        (json!({"metadata": {"name": "other"}}), false),
+        // A name wins over generateName, as in the API server.
+        (
+            json!({"metadata": {"name": "other", "generateName": "agent-p"}}),
+            false,
+        ),
+        (
+            json!({"metadata": {"name": "", "generateName": "agent-p"}}),
+            true,
+        ),
+        (json!({"metadata": {"generateName": "agent-p"}}), true),
+        (json!({"metadata": {"generateName": "agent-po"}}), false),
+        (json!({"metadata": {"generateName": "agent-"}}), false),
+        (json!({"metadata": {"generateName": "other-p"}}), false),
+        (json!({"metadata": {}}), false),
+        (json!({}), false),
+        (json!({"metadata": {"name": 7}}), false),
+    ];
+    for (object, named) in cases {
+        assert_eq!(own.is_named_by(&object), named, "{object}");
+    }
+    // A generateName longer than 58 bytes is cut before the five characters are added.
+    let long = OwnConfigMap {
+        namespace: "agents".into(),
+        name: format!("{}abcde", "p".repeat(58)),
+    };
+    let object = json!({"metadata": {"generateName": "p".repeat(70)}});
+    assert!(long.is_named_by(&object));
+}
