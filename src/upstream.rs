@@ -37,6 +37,11 @@ pub enum Error {
     BadServer(String),
     #[error("upstream server {0:?} is not https; chaperone only speaks TLS to the API server")]
     NotHttps(String),
+    #[error(
+        "upstream server {0:?} has a query; an API server's address is a URL with at most \
+         a path (as `https://rancher.example.com/k8s/clusters/c-1`)"
+    )]
+    ServerQuery(String),
     #[error("failed to read the upstream CA file {path}: {source}")]
     ReadCa {
         path: PathBuf,
@@ -193,6 +198,8 @@ pub struct Upstream {
     server: String,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// The server URL's path, without its last `/`: put before every request's path.
+    prefix: String,
     /// Short requests: straight onto the shared HTTP/2 connection.
     h2: H2Channel,
     /// HTTP/1.1, for a server that does not offer HTTP/2.
@@ -302,6 +309,12 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| Error::BadServer(server.into()))?;
+        if uri.query().is_some() {
+            return Err(Error::ServerQuery(server.into()));
+        }
+        // An API server behind a path (Rancher's `/k8s/clusters/ID`): every request path
+        // goes under it, as client-go puts it before `/api` and `/apis`.
+        let prefix = uri.path().trim_end_matches('/').to_owned();
         let (identity, bearer) = match credential {
             Credential::None => (None, Bearer::None),
             Credential::Token(t) => (None, bearer(&t).map_or(Bearer::None, Bearer::Static)),
@@ -357,6 +370,7 @@ impl Upstream {
             server: server.to_owned(),
             scheme: http::uri::Scheme::HTTPS,
             authority,
+            prefix,
             h2,
             client,
             upgrade_client,
@@ -403,10 +417,14 @@ impl Upstream {
         path_and_query: &str,
         downstream_upgrade: Option<Upgrade>,
     ) -> Result<Response<Body>, Error> {
+        let path_and_query = match self.prefix.is_empty() {
+            true => std::borrow::Cow::Borrowed(path_and_query),
+            false => std::borrow::Cow::Owned(format!("{}{path_and_query}", self.prefix)),
+        };
         *req.uri_mut() = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(path_and_query)
+            .path_and_query(path_and_query.as_ref())
             .build()?;
         *req.version_mut() = http::Version::HTTP_11;
         let auth = match &self.bearer {
@@ -614,5 +632,100 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
             tracing::debug!(to_server, to_client, "tunnel closed")
         }
         Err(error) => tracing::debug!(%error, "tunnel ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TLS server on loopback answering every request with its path and query.
+    async fn echo_paths(issued: &crate::pki::Issued) -> std::net::SocketAddr {
+        let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                tls::certs_from_pem(issued.cert_pem.as_bytes(), "cert").unwrap(),
+                tls::key_from_pem(issued.key_pem.as_bytes(), "key").unwrap(),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+                    let seen = req.uri().path_and_query().map(|p| p.to_string());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::body::full(
+                            seen.unwrap_or_default(),
+                        )))
+                    }
+                });
+                tokio::spawn(async move {
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// An API server behind a path (`https://rancher.example.com/k8s/clusters/c-1`) gets
+    /// every request under it, as from client-go; a server URL with a query is refused.
+    #[tokio::test]
+    async fn a_server_path_goes_before_every_request_path() {
+        let ca = crate::pki::Authority::generate("test CA", 1).unwrap();
+        let issued = ca.issue_server(&["127.0.0.1"], 1).unwrap();
+        let addr = echo_paths(&issued).await;
+        let timeout = Duration::from_secs(5);
+        for (server, want) in [
+            (format!("https://{addr}"), "/api/v1/pods?limit=1"),
+            (format!("https://{addr}/"), "/api/v1/pods?limit=1"),
+            (
+                format!("https://{addr}/k8s/clusters/c-1"),
+                "/k8s/clusters/c-1/api/v1/pods?limit=1",
+            ),
+            (
+                format!("https://{addr}/k8s/clusters/c-1/"),
+                "/k8s/clusters/c-1/api/v1/pods?limit=1",
+            ),
+        ] {
+            let upstream = Upstream::new(
+                &server,
+                ca.cert_pem.as_bytes(),
+                "test CA",
+                None,
+                Credential::None,
+                timeout,
+                timeout,
+            )
+            .unwrap();
+            let req = Request::get("/").body(crate::body::empty()).unwrap();
+            let rsp = upstream
+                .forward(req, "/api/v1/pods?limit=1", None)
+                .await
+                .unwrap();
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, want, "{server}");
+        }
+        let refused = Upstream::new(
+            &format!("https://{addr}/k8s?cluster=c-1"),
+            ca.cert_pem.as_bytes(),
+            "test CA",
+            None,
+            Credential::None,
+            timeout,
+            timeout,
+        );
+        assert!(matches!(refused, Err(Error::ServerQuery(_))), "{refused:?}");
     }
 }
