@@ -64,7 +64,8 @@ fn secret(i: usize) -> Value {
         "tls.crt": b64(1600, i), "tls.key": b64(2200, i + 1), "password": b64(24, i + 2),
         "username": b64(8, i + 3), "ca.crt": b64(1400, i + 4)
     });
-    let la = (i % 2 == 0)
+    let la = i
+        .is_multiple_of(2)
         .then(|| json!({"apiVersion": "v1", "kind": "Secret", "data": data}).to_string());
     json!({"kind": "Secret", "apiVersion": "v1", "metadata": metadata("Secret", i, la),
            "data": data, "type": "kubernetes.io/tls"})
@@ -78,7 +79,8 @@ fn configmap(i: usize) -> Value {
         "DB_PASSWORD": "hunter2-hunter2", "API_TOKEN": "tok-0123456789", "FEATURE_FLAGS": "a,b,c",
         "application.yaml": "spring:\n  datasource:\n    url: jdbc:postgresql://db/app\n".repeat(8)
     });
-    let la = (i % 2 == 0)
+    let la = i
+        .is_multiple_of(2)
         .then(|| json!({"apiVersion": "v1", "kind": "ConfigMap", "data": data}).to_string());
     json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": metadata("ConfigMap", i, la), "data": data})
 }

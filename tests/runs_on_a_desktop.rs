@@ -164,6 +164,44 @@ async fn an_mcp_server_on_a_laptop_gets_its_own_kubeconfig_and_the_policy_decide
         .mode();
     assert_eq!(key_mode & 0o077, 0, "tls.key is readable by others");
 
+    // A second run in the same directory is refused before it writes anything: the
+    // first's CA, token keys and kubeconfig stay, and its MCP server is still served.
+    let files = ["ca.crt", "jwks.json", "mcp.kubeconfig", "tls.key"];
+    let before = files.map(|f| std::fs::read(local.dir.join(f)).unwrap());
+    let mut second = Command::new(env!("CARGO_BIN_EXE_chaperone"))
+        .args(["local", "--context", "sandbox", "--listen", "127.0.0.1:0"])
+        .arg("--kubeconfig")
+        .arg(&env.started.kubeconfig)
+        .arg("--policy")
+        .arg(env.dir.path().join("desktop-policy.yaml"))
+        .arg("--dir")
+        .arg(&local.dir)
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Refused at once; a run that started instead is stopped, and fails the test.
+    let waited = std::time::Instant::now();
+    while second.try_wait().unwrap().is_none() && waited.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if second.try_wait().unwrap().is_none() {
+        let _ = second.kill();
+        panic!("a second chaperone local started in the first one's directory");
+    }
+    let second = second.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && said.contains("another `chaperone local` is running with"),
+        "{said}"
+    );
+    assert!(files
+        .iter()
+        .zip(&before)
+        .all(|(f, b)| std::fs::read(local.dir.join(f)).unwrap() == *b));
+
     // The policy decides: reads allowed, Secrets masked, anything else refused.
     let pods = ok(&kubectl(&kubeconfig, &["get", "pods", "-n", "default"]));
     assert!(pods.contains("nginx"), "{pods}");

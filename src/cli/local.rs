@@ -62,6 +62,8 @@ fn issuer_name(context: &str) -> String {
 /// What `start` made: the running proxy and the files a user needs.
 pub struct Started {
     pub proxy: Running,
+    /// Held for as long as the run: the directory is this run's.
+    _lock: std::fs::File,
     pub dir: PathBuf,
     pub context: String,
     pub server: String,
@@ -109,6 +111,9 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
     };
     create_private_dir(&dir)?;
     let dir = absolute(&dir)?;
+    // Before anything is written: a second run would replace the first's CA and token
+    // keys under it, and the first's MCP server would be refused from then on.
+    let lock = lock_dir(&dir)?;
 
     // This run's CA and serving certificate, valid for as long as the token.
     let days = i64::from(args.valid_hours.div_ceil(24).max(1));
@@ -162,6 +167,7 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
     .with_context(|| format!("failed to write {}", dir.join("mcp.kubeconfig").display()))?;
     Ok(Started {
         proxy,
+        _lock: lock,
         dir,
         context,
         server: resolved.server,
@@ -257,7 +263,9 @@ fn current_context(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} has no current-context: pass --context", path.display()))
 }
 
-/// A context name as one path segment (never `.` or `..`).
+/// A context name as one path segment (never `.` or `..`). A name that had to change
+/// gets a digest of itself, so that two contexts (`a/b` and `a:b`) never share one
+/// directory, and with it one CA and one audit trail.
 fn sanitize(context: &str) -> String {
     let segment: String = context
         .chars()
@@ -269,9 +277,43 @@ fn sanitize(context: &str) -> String {
             }
         })
         .collect();
-    match segment.chars().all(|c| c == '.') {
+    let segment = match segment.chars().all(|c| c == '.') {
         true => "_".repeat(segment.len().max(1)),
         false => segment,
+    };
+    if segment == context {
+        return segment;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, context.as_bytes());
+    let tag: String = digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{segment}-{tag}")
+}
+
+/// Locks the directory for this run (`DIR/lock`, released when the process ends), or
+/// says which run holds it.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `chaperone local` is running with {}; stop it first, or give this \
+             one another --dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("failed to lock {}", path.display()))
+        }
     }
 }
 
@@ -316,14 +358,33 @@ mod tests {
 
     #[test]
     fn context_names_become_one_path_segment() {
-        assert_eq!(
-            sanitize("arn:aws:eks:eu-west-1:123:cluster/prod"),
-            "arn_aws_eks_eu-west-1_123_cluster_prod"
+        let eks = sanitize("arn:aws:eks:eu-west-1:123:cluster/prod");
+        assert!(
+            eks.starts_with("arn_aws_eks_eu-west-1_123_cluster_prod-") && eks.len() == 47,
+            "{eks}"
         );
         assert_eq!(sanitize("kind-dev"), "kind-dev");
         // Never the directory itself or its parent.
-        assert_eq!(sanitize("."), "_");
-        assert_eq!(sanitize(".."), "__");
+        assert!(sanitize(".").starts_with("_-"), "{}", sanitize("."));
+        assert!(sanitize("..").starts_with("__-"), "{}", sanitize(".."));
+        // Two contexts never share a directory.
+        let names = ["a/b", "a:b", "a_b", "a b", "a\\b"];
+        let segments: std::collections::HashSet<_> = names.iter().map(|n| sanitize(n)).collect();
+        assert_eq!(segments.len(), names.len(), "{segments:?}");
+        assert!(segments.iter().all(|s| !s.contains(['/', '\\', ':', ' '])));
+    }
+
+    #[test]
+    fn a_directory_is_one_runs_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path()).unwrap();
+        let second = lock_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            second.contains("another `chaperone local` is running with"),
+            "{second}"
+        );
+        drop(first);
+        lock_dir(dir.path()).unwrap();
     }
 
     #[test]
