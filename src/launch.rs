@@ -43,11 +43,8 @@ pub enum Error {
          token {token_file}; set `issuer:` to the cluster's --service-account-issuer"
     )]
     ClusterIssuer { index: usize, token_file: PathBuf },
-    #[error(
-        "policy.configMap {0:?} names no namespace and POD_NAMESPACE is unset: write it \
-         NAMESPACE/NAME"
-    )]
-    OwnConfigMapNamespace(String),
+    #[error("{0} {1:?} names no namespace and POD_NAMESPACE is unset: write it NAMESPACE/NAME")]
+    OwnObjectNamespace(&'static str, String),
     #[error(
         "identity.issuers[{0}].ownPodOnly needs the pod's uid in POD_UID (the injector sets \
          it from the downward API: fieldRef metadata.uid)"
@@ -118,10 +115,10 @@ pub async fn proxy(
             }
             // The task ends when the last `Watched` clone is dropped with the proxy.
             watched.spawn(source.reload_interval);
-            let own = own_config_map(source, env)?;
-            if let Some(own) = &own {
-                tracing::info!(namespace = %own.namespace, name = %own.name,
-                    "the policy's ConfigMap cannot be changed through the proxy");
+            let own = own_objects(source, env)?;
+            for own in &own {
+                tracing::info!(resource = own.resource, namespace = %own.namespace,
+                    name = %own.name, "{} cannot be changed through the proxy", own.what);
             }
             Policies::watched(watched).protecting(own)
         }
@@ -227,28 +224,65 @@ pub async fn proxy(
     Ok(running)
 }
 
-/// The ConfigMap the policy is mounted from: `policy.configMap`, else
-/// `CHAPERONE_POLICY_CONFIGMAP`; `NAME` is in `POD_NAMESPACE`.
-fn own_config_map(
+/// The objects the proxy runs with, which no caller may change through it: the
+/// ConfigMap the policy is mounted from (`policy.configMap`, else
+/// `CHAPERONE_POLICY_CONFIGMAP`), and those the injector names in the proxy's
+/// environment: its config's ConfigMap (`CHAPERONE_CONFIG_CONFIGMAP`), its CA's
+/// (`CHAPERONE_CA_CONFIGMAP`) and its serving certificate's Secret
+/// (`CHAPERONE_TLS_SECRET`). A bare `NAME` is in `POD_NAMESPACE`.
+fn own_objects(
     source: &config::PolicySource,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<policy::OwnConfigMap>, Error> {
-    let Some(named) = source
-        .config_map
-        .clone()
-        .or_else(|| env("CHAPERONE_POLICY_CONFIGMAP"))
-        .filter(|n| !n.is_empty())
-    else {
-        return Ok(None);
-    };
-    let (namespace, name) = match named.split_once('/') {
-        Some((ns, name)) => (ns.to_owned(), name.to_owned()),
-        None => match env("POD_NAMESPACE").filter(|ns| !ns.is_empty()) {
-            Some(ns) => (ns, named.clone()),
-            None => return Err(Error::OwnConfigMapNamespace(named)),
-        },
-    };
-    Ok(Some(policy::OwnConfigMap { namespace, name }))
+) -> Result<Vec<policy::OwnObject>, Error> {
+    let named = [
+        (
+            source
+                .config_map
+                .clone()
+                .or_else(|| env("CHAPERONE_POLICY_CONFIGMAP")),
+            "policy.configMap",
+            "configmaps",
+            "the ConfigMap chaperone's policy comes from",
+        ),
+        (
+            env("CHAPERONE_CONFIG_CONFIGMAP"),
+            "CHAPERONE_CONFIG_CONFIGMAP",
+            "configmaps",
+            "the ConfigMap chaperone's config comes from",
+        ),
+        (
+            env("CHAPERONE_CA_CONFIGMAP"),
+            "CHAPERONE_CA_CONFIGMAP",
+            "configmaps",
+            "the ConfigMap of the CA chaperone's callers trust",
+        ),
+        (
+            env("CHAPERONE_TLS_SECRET"),
+            "CHAPERONE_TLS_SECRET",
+            "secrets",
+            "the Secret of chaperone's serving certificate",
+        ),
+    ];
+    let mut own = Vec::new();
+    for (value, origin, resource, what) in named {
+        let Some(value) = value.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let (namespace, name) = match value.split_once('/') {
+            Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+            None => match env("POD_NAMESPACE").filter(|ns| !ns.is_empty()) {
+                Some(ns) => (ns, value),
+                None => return Err(Error::OwnObjectNamespace(origin, value)),
+            },
+        };
+        own.push(policy::OwnObject {
+            resource,
+            namespace,
+            name,
+            what,
+        });
+    }
+    Ok(own)
 }
 
 /// The identity config with every `cluster: true` issuer named: one left unnamed takes

@@ -76,10 +76,14 @@ pub enum Error {
     )]
     TooManyRequests { user: String, max: usize },
     #[error(
-        "chaperone reads the name of every ConfigMap created in namespace {namespace}, where \
-         its policy's ConfigMap lives, and could not read this one's: {why}"
+        "chaperone reads the name of every {kind} created in namespace {namespace}, where \
+         one it runs with lives, and could not read this one's: {why}"
     )]
-    UnreadCreate { namespace: String, why: String },
+    UnreadCreate {
+        kind: &'static str,
+        namespace: String,
+        why: String,
+    },
 }
 
 impl Error {
@@ -399,12 +403,18 @@ impl Proxy {
         let since = Instant::now();
         let mut decision = tracing::debug_span!("authorize")
             .in_scope(|| self.policy.authorize(&who, &info, req.uri().query()));
-        // Nor may the policy's own ConfigMap be created anew, once someone else has
-        // deleted it: a create names its object in the body, read here (and forwarded
-        // as read). Counted among the caller's requests while it arrives.
+        // Nor may an object the proxy runs with (its policy's ConfigMap, ...) be created
+        // anew, once someone else has deleted it: a create names its object in the body,
+        // read here (and forwarded as read). Counted among the caller's requests while
+        // it arrives.
         let mut created: Option<bytes::Bytes> = None;
         if decision.applied() != policy::Action::Deny {
-            if let Some(own) = self.policy.own_created_by(&info) {
+            if let Some(own) = self.policy.may_create_own(&info) {
+                let unread = |why| Error::UnreadCreate {
+                    kind: own.kind(),
+                    namespace: own.namespace.clone(),
+                    why,
+                };
                 let reading = self
                     .requests
                     .take(&who.user, self.max_requests)
@@ -416,16 +426,13 @@ impl Proxy {
                 let (bytes, object) =
                     approval::body::read_sent(req.body_mut(), &headers, MAX_CREATED)
                         .await
-                        .map_err(|e| Error::UnreadCreate {
-                            namespace: own.namespace.clone(),
-                            why: match e {
-                                approval::Error::Unreviewable(why) => why,
-                                e => e.to_string(),
-                            },
+                        .map_err(|e| match e {
+                            approval::Error::Unreviewable(why) => unread(why),
+                            e => unread(e.to_string()),
                         })?;
                 drop(reading);
-                if object.is_some_and(|o| own.is_named_by(&o)) {
-                    decision = policy::Decision::own_policy(&info);
+                if let Some(own) = object.and_then(|o| self.policy.own_created(&info, &o)) {
+                    decision = policy::Decision::own_object(&info, own.what);
                 }
                 created = Some(bytes);
             }
@@ -802,6 +809,7 @@ mod tests {
             (Error::Upstream(upstream::Error::NoCa), 500, "InternalError"),
             (
                 Error::UnreadCreate {
+                    kind: "ConfigMap",
                     namespace: "agents".into(),
                     why: "its body is not valid YAML".into(),
                 },

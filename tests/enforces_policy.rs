@@ -375,12 +375,15 @@ async fn can_i_says_yes_where_the_caller_skips_review() {
 
 /// The ConfigMap the proxy's policy comes from cannot be changed or deleted through the
 /// proxy, whatever the policy allows: an agent allowed to edit ConfigMaps must not be
-/// able to rewrite its own policy. The injector names it in `CHAPERONE_POLICY_CONFIGMAP`.
+/// able to rewrite its own policy. The injector names it in `CHAPERONE_POLICY_CONFIGMAP`,
+/// and the proxy's config, CA and serving certificate beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_policys_own_configmap_cannot_be_changed_through_the_proxy() {
+async fn the_objects_the_proxy_runs_with_cannot_be_changed_through_it() {
     let env = sandbox()
         .with_proxy()
         .env("CHAPERONE_POLICY_CONFIGMAP", "chaperone-policy")
+        .env("CHAPERONE_CONFIG_CONFIGMAP", "chaperone-proxy")
+        .env("CHAPERONE_TLS_SECRET", "chaperone-proxy-tls")
         .env("POD_NAMESPACE", "default")
         .start()
         .await;
@@ -490,13 +493,88 @@ async fn the_policys_own_configmap_cannot_be_changed_through_the_proxy() {
         .await
         .status
         .success());
+
+    // The proxy's config and its serving certificate's Secret are as much its own: a
+    // caller who changed the config could name an issuer of its own, and one deleted
+    // cannot be put back with the caller's.
+    ok(&env
+        .kubectl_direct(&[
+            "create",
+            "configmap",
+            "chaperone-proxy",
+            "--from-literal=config.yaml=x",
+        ])
+        .await);
+    ok(&env
+        .kubectl_direct(&[
+            "create",
+            "secret",
+            "generic",
+            "chaperone-proxy-tls",
+            "--from-literal=tls.key=x",
+        ])
+        .await);
+    for (args, what) in [
+        (
+            &[
+                "patch",
+                "configmap",
+                "chaperone-proxy",
+                "-p",
+                r#"{"data":{"config.yaml":"y"}}"#,
+            ][..],
+            "the ConfigMap chaperone's config comes from cannot be changed through chaperone",
+        ),
+        (
+            &["delete", "secret", "chaperone-proxy-tls"],
+            "the Secret of chaperone's serving certificate cannot be changed through chaperone",
+        ),
+        (
+            &["delete", "secrets", "--all"],
+            "the Secret of chaperone's serving certificate cannot be changed through chaperone",
+        ),
+    ] {
+        let out = env.kubectl(args).await;
+        let said = stderr(&out);
+        assert!(
+            !out.status.success() && said.contains(what),
+            "{args:?}: {said}"
+        );
+    }
+    ok(&env
+        .kubectl_direct(&["delete", "secret", "chaperone-proxy-tls"])
+        .await);
+    let out = env
+        .kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "chaperone-proxy-tls",
+            "--from-literal=tls.key=mine",
+        ])
+        .await;
+    let said = stderr(&out);
+    assert!(
+        !out.status.success() && said.contains("the Secret of chaperone's serving certificate"),
+        "{said}"
+    );
+    // Other Secrets are the policy's to decide.
+    ok(&env
+        .kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "another",
+            "--from-literal=a=b",
+        ])
+        .await);
     // Other ConfigMaps are the policy's to decide: created as sent, bodies intact.
     ok(&env
         .kubectl(&["create", "configmap", "other", "--from-literal=a=b"])
         .await);
     let reply = env
         .client(false)
-        .send(create(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"chaperone-"},"data":{"k":"v"}}"#))
+        .send(create(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"made-by-agent-"},"data":{"k":"v"}}"#))
         .await;
     assert_eq!(reply.status, 201, "{:?}", reply.body);
     assert_eq!(reply.json()["data"]["k"], "v");

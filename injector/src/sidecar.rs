@@ -41,8 +41,10 @@ pub const ADMIN_PORT_NAME: &str = "chaperone-admin";
 
 /// The proxy container. `sa_volume` is the volume holding the real service-account
 /// token, mounted here and nowhere else.
-/// `policy`: the ConfigMap the proxy's policy comes from, which the proxy then refuses to
-/// let its callers change (`CHAPERONE_POLICY_CONFIGMAP`).
+/// `policy`: the ConfigMap the proxy's policy comes from. The proxy refuses to let its
+/// callers change it, nor the ConfigMaps of its config and CA and its serving
+/// certificate's Secret: their names are in its environment (`CHAPERONE_POLICY_CONFIGMAP`,
+/// `CHAPERONE_CONFIG_CONFIGMAP`, `CHAPERONE_CA_CONFIGMAP`, `CHAPERONE_TLS_SECRET`).
 pub fn container(config: &Config, sa_volume: &str, policy: &str) -> Container {
     let mounts = [
         (sa_volume, SA_MOUNT_PATH),
@@ -73,11 +75,19 @@ pub fn container(config: &Config, sa_volume: &str, policy: &str) -> Container {
         env: Some(
             downward_env()
                 .into_iter()
-                .chain([EnvVar {
-                    name: "CHAPERONE_POLICY_CONFIGMAP".into(),
-                    value: Some(policy.into()),
-                    ..Default::default()
-                }])
+                .chain(
+                    [
+                        ("CHAPERONE_POLICY_CONFIGMAP", policy),
+                        ("CHAPERONE_CONFIG_CONFIGMAP", &config.names.proxy_config_map),
+                        ("CHAPERONE_CA_CONFIGMAP", &config.names.ca_config_map),
+                        ("CHAPERONE_TLS_SECRET", &config.names.proxy_tls_secret),
+                    ]
+                    .map(|(name, value)| EnvVar {
+                        name: name.into(),
+                        value: Some(value.into()),
+                        ..Default::default()
+                    }),
+                )
                 .collect(),
         ),
         ports: Some(vec![ContainerPort {

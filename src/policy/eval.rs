@@ -27,7 +27,8 @@ pub const IMPERSONATE: &str = "builtin:impersonate";
 pub const NO_POLICY: &str = "builtin:no-policy";
 /// An audit-mode policy let the request proceed.
 pub const AUDIT_MODE: &str = "builtin:audit-mode";
-/// A change to the ConfigMap the proxy's own policy comes from, never allowed.
+/// A change to an object the proxy runs with (its policy's ConfigMap, its config, its CA,
+/// its serving certificate), never allowed.
 pub const OWN_POLICY: &str = "builtin:own-policy";
 /// Every built-in rule name, which a test case's `rule:` may name.
 pub const BUILTIN_RULES: [&str; 7] = [
@@ -45,6 +46,8 @@ pub const BUILTIN_RULES: [&str; 7] = [
 enum Source {
     Builtin(&'static str),
     Rule(Arc<RuleMeta>),
+    /// [`OWN_POLICY`], about the object named: one the proxy runs with.
+    Own(&'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,7 @@ impl Verdict {
     fn rule_name(&self) -> &str {
         match &self.source {
             Source::Builtin(name) => name,
+            Source::Own(_) => OWN_POLICY,
             Source::Rule(meta) => &meta.name,
         }
     }
@@ -137,7 +141,7 @@ impl Decision {
     pub fn audit_level(&self) -> crate::audit::event::Level {
         match &self.reported.source {
             Source::Rule(meta) => meta.audit_level,
-            Source::Builtin(_) => crate::audit::event::Level::Metadata,
+            Source::Builtin(_) | Source::Own(_) => crate::audit::event::Level::Metadata,
         }
     }
 
@@ -145,7 +149,7 @@ impl Decision {
     pub fn description(&self) -> Option<&str> {
         match &self.reported.source {
             Source::Rule(meta) => meta.description.as_deref(),
-            Source::Builtin(_) => None,
+            Source::Builtin(_) | Source::Own(_) => None,
         }
     }
 
@@ -190,10 +194,15 @@ impl Decision {
     }
 
     /// The decision when there is no policy: deny everything, saying why.
-    /// A change to the proxy's own policy ConfigMap: denied whatever the policy says.
-    pub fn own_policy(info: &RequestInfo) -> Decision {
+    /// A change to an object the proxy runs with (`what`, as "the ConfigMap chaperone's
+    /// policy comes from"): denied whatever the policy says.
+    pub fn own_object(info: &RequestInfo, what: &'static str) -> Decision {
         Decision {
-            reported: Verdict::builtin(Action::Deny, Mode::Enforce, OWN_POLICY),
+            reported: Verdict {
+                action: Action::Deny,
+                mode: Mode::Enforce,
+                source: Source::Own(what),
+            },
             applied: None,
             policy: None,
             target: Target::new(info),
@@ -265,11 +274,8 @@ impl fmt::Display for Reason<'_> {
                     "chaperone.dev resources are never available through chaperone ({t})"
                 )
             }
-            Source::Builtin(OWN_POLICY) => {
-                write!(
-                    f,
-                    "the ConfigMap chaperone's policy comes from cannot be changed through chaperone ({t})"
-                )
+            Source::Own(what) => {
+                write!(f, "{what} cannot be changed through chaperone ({t})")
             }
             Source::Builtin(IMPERSONATE) => {
                 write!(f, "impersonation is never allowed through chaperone ({t})")

@@ -37,11 +37,11 @@ pub use matching::command_args;
 pub use reload::{Watched, DEFAULT_INTERVAL};
 
 /// The proxy's policy: a watched file, or none configured (then every request is
-/// refused, saying so), and the ConfigMap it comes from, which no caller may change.
+/// refused, saying so), and the objects the proxy runs with, which no caller may change.
 #[derive(Debug, Clone)]
 pub struct Policies {
     source: Source,
-    own: Option<OwnConfigMap>,
+    own: Vec<OwnObject>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,17 +50,33 @@ enum Source {
     Unconfigured,
 }
 
-/// The ConfigMap the proxy's policy is mounted from.
+/// An object the proxy runs with, in the cluster: the ConfigMap its policy comes from,
+/// its config's, its CA's, its serving certificate's Secret. A caller who could change
+/// one could change what the proxy enforces or whom it trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnConfigMap {
+pub struct OwnObject {
+    /// A core resource: `configmaps` or `secrets`.
+    pub resource: &'static str,
     pub namespace: String,
     pub name: String,
+    /// What it is, for refusals: "the ConfigMap chaperone's policy comes from".
+    pub what: &'static str,
 }
 
-impl OwnConfigMap {
+impl OwnObject {
+    /// The ConfigMap the proxy's policy comes from.
+    pub fn policy(namespace: String, name: String) -> OwnObject {
+        OwnObject {
+            resource: "configmaps",
+            namespace,
+            name,
+            what: "the ConfigMap chaperone's policy comes from",
+        }
+    }
+
     /// Whether `info` would change or delete it: an update, patch or delete of it (any
-    /// subresource), or a deletecollection of ConfigMaps in its namespace. A create
-    /// names its object in the body: see [`OwnConfigMap::may_be_created_by`].
+    /// subresource), or a deletecollection of its kind in its namespace. A create
+    /// names its object in the body: see [`OwnObject::may_be_created_by`].
     pub fn is_changed_by(&self, info: &crate::request_info::RequestInfo) -> bool {
         self.is_among(info)
             && match info.verb.as_str() {
@@ -73,10 +89,10 @@ impl OwnConfigMap {
             }
     }
 
-    /// Whether `info` creates a ConfigMap in its namespace, which may be it: it fails
-    /// while the ConfigMap exists, but once someone else has deleted it a create would
-    /// put a policy of the caller's own in force. Which ConfigMap is named in the
-    /// body, read by the pipeline and given to [`OwnConfigMap::is_named_by`].
+    /// Whether `info` creates an object of its kind in its namespace, which may be it:
+    /// it fails while the object exists, but once someone else has deleted it a create
+    /// would put the caller's own in its place. Which object is named in the body, read
+    /// by the pipeline and given to [`OwnObject::is_named_by`].
     pub fn may_be_created_by(&self, info: &crate::request_info::RequestInfo) -> bool {
         self.is_among(info) && info.verb == "create" && info.subresource.is_empty()
     }
@@ -102,10 +118,18 @@ impl OwnConfigMap {
             && self.name.as_bytes().starts_with(base)
     }
 
+    /// Its kind, as a reader names it: `ConfigMap`, `Secret`.
+    pub fn kind(&self) -> &'static str {
+        match self.resource {
+            "secrets" => "Secret",
+            _ => "ConfigMap",
+        }
+    }
+
     fn is_among(&self, info: &crate::request_info::RequestInfo) -> bool {
         info.is_resource_request
             && info.api_group.is_empty()
-            && info.resource == "configmaps"
+            && info.resource == self.resource
             && info.namespace == self.namespace
     }
 }
@@ -120,7 +144,7 @@ impl Policies {
     pub fn watched(watched: Watched) -> Policies {
         Policies {
             source: Source::Watched(watched),
-            own: None,
+            own: Vec::new(),
         }
     }
 
@@ -128,20 +152,31 @@ impl Policies {
     pub fn unconfigured() -> Policies {
         Policies {
             source: Source::Unconfigured,
-            own: None,
+            own: Vec::new(),
         }
     }
 
-    /// Protects the ConfigMap the policy is mounted from.
-    pub fn protecting(mut self, own: Option<OwnConfigMap>) -> Policies {
+    /// Protects the objects the proxy runs with.
+    pub fn protecting(mut self, own: Vec<OwnObject>) -> Policies {
         self.own = own;
         self
     }
 
-    /// The ConfigMap the policy comes from, if `info` may create it: the pipeline reads
-    /// the body to tell.
-    pub fn own_created_by(&self, info: &crate::request_info::RequestInfo) -> Option<&OwnConfigMap> {
-        self.own.as_ref().filter(|own| own.may_be_created_by(info))
+    /// Whether `info` may create one of the objects the proxy runs with (the pipeline
+    /// then reads the body to tell): the first such object.
+    pub fn may_create_own(&self, info: &crate::request_info::RequestInfo) -> Option<&OwnObject> {
+        self.own.iter().find(|own| own.may_be_created_by(info))
+    }
+
+    /// The object the proxy runs with that `info`, sending `object`, would create.
+    pub fn own_created(
+        &self,
+        info: &crate::request_info::RequestInfo,
+        object: &serde_json::Value,
+    ) -> Option<&OwnObject> {
+        self.own
+            .iter()
+            .find(|own| own.may_be_created_by(info) && own.is_named_by(object))
     }
 
     /// Decides one request with the policy in force.
@@ -151,8 +186,8 @@ impl Policies {
         info: &crate::request_info::RequestInfo,
         query: Option<&str>,
     ) -> Decision {
-        if self.own.as_ref().is_some_and(|own| own.is_changed_by(info)) {
-            return Decision::own_policy(info);
+        if let Some(own) = self.own.iter().find(|own| own.is_changed_by(info)) {
+            return Decision::own_object(info, own.what);
         }
         match &self.source {
             Source::Watched(w) => w.authorize(who, info, query),

@@ -456,10 +456,7 @@ fn embedded_tests_run() {
 #[test]
 fn the_own_configmap_is_told_apart() {
     use serde_json::json;
-    let own = OwnConfigMap {
-        namespace: "agents".into(),
-        name: "agent-policy".into(),
-    };
+    let own = OwnObject::policy("agents".into(), "agent-policy".into());
     #[rustfmt::skip]
     let cases = [
         // (request, changes it, may create it)
@@ -504,10 +501,70 @@ fn the_own_configmap_is_told_apart() {
         assert_eq!(own.is_named_by(&object), named, "{object}");
     }
     // A generateName longer than 58 bytes is cut before the five characters are added.
-    let long = OwnConfigMap {
-        namespace: "agents".into(),
-        name: format!("{}abcde", "p".repeat(58)),
-    };
+    let long = OwnObject::policy("agents".into(), format!("{}abcde", "p".repeat(58)));
     let object = json!({"metadata": {"generateName": "p".repeat(70)}});
     assert!(long.is_named_by(&object));
+
+    // A Secret the proxy runs with is told apart among Secrets, not ConfigMaps.
+    let tls = OwnObject {
+        resource: "secrets",
+        namespace: "agents".into(),
+        name: "chaperone-proxy-tls".into(),
+        what: "the Secret of chaperone's serving certificate",
+    };
+    assert!(tls.is_changed_by(&res(
+        "patch",
+        "",
+        "secrets",
+        "agents",
+        "chaperone-proxy-tls"
+    )));
+    assert!(tls.is_changed_by(&res("deletecollection", "", "secrets", "agents", "")));
+    assert!(tls.may_be_created_by(&res("create", "", "secrets", "agents", "")));
+    assert!(!tls.is_changed_by(&res(
+        "patch",
+        "",
+        "configmaps",
+        "agents",
+        "chaperone-proxy-tls"
+    )));
+    assert!(!tls.is_changed_by(&res("deletecollection", "", "configmaps", "agents", "")));
+    assert_eq!(tls.kind(), "Secret");
+
+    // Each refusal names the object it protects.
+    let policies = Policies::unconfigured().protecting(vec![own.clone(), tls]);
+    let u = who("u", &[]);
+    let refused = policies.authorize(
+        &u,
+        &res("delete", "", "secrets", "agents", "chaperone-proxy-tls"),
+        None,
+    );
+    assert_eq!(refused.rule(), OWN_POLICY);
+    assert!(
+        refused
+            .to_text()
+            .starts_with("the Secret of chaperone's serving certificate cannot be changed"),
+        "{}",
+        refused.to_text()
+    );
+    let refused = policies.authorize(
+        &u,
+        &res("delete", "", "configmaps", "agents", "agent-policy"),
+        None,
+    );
+    assert!(refused
+        .to_text()
+        .starts_with("the ConfigMap chaperone's policy comes from"));
+    let created = json!({"metadata": {"name": "agent-policy"}});
+    let create = res("create", "", "configmaps", "agents", "");
+    assert_eq!(policies.may_create_own(&create), Some(&own));
+    assert_eq!(policies.own_created(&create, &created), Some(&own));
+    assert_eq!(
+        policies.own_created(&create, &json!({"metadata": {"name": "x"}})),
+        None
+    );
+    assert_eq!(
+        policies.may_create_own(&res("create", "", "pods", "agents", "")),
+        None
+    );
 }
