@@ -29,7 +29,7 @@ use tracing::{field, Instrument};
 
 use crate::approval::{self, Approvals};
 use crate::audit::event::{annotation, Level, Stage, Step};
-use crate::audit::{self, Recorder, Trail};
+use crate::audit::{self, Recorder, Trail, Unanswered};
 use crate::body::Body;
 use crate::config::UpstreamIdentity;
 use crate::headers;
@@ -221,10 +221,14 @@ impl Proxy {
             name = field::Empty,
             status = field::Empty,
         );
+        // Recorded even if the client goes away before it is answered (then this future
+        // is dropped at an await below).
+        let unanswered = Unanswered::new(&mut trail, &self.audit);
         let outcome = self
-            .serve(req, conn, &mut trail)
+            .serve(req, conn, unanswered.trail)
             .instrument(span.clone())
             .await;
+        unanswered.answered();
         let mut rsp = match outcome {
             Ok(Served {
                 response: rsp,

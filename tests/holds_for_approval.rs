@@ -1072,3 +1072,45 @@ async fn an_access_request_holding_another_request_decides_nothing_for_this_one(
     assert!(!found.status.success(), "the binding was created");
     env.stop().await;
 }
+
+/// A client that goes away before it is answered (here, while its request is held) is
+/// still on record: the request was recorded as held, and then as unanswered, for the
+/// API server may have acted on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_goes_away_is_recorded_as_unanswered() {
+    let env = start("30s").await;
+    let mut create = CREATE.to_vec();
+    create.push("--request-timeout=1s");
+    let gave_up = env.kubectl(&create).await;
+    assert!(!gave_up.status.success(), "{gave_up:?}");
+    let name = held_request(&env).await;
+    // Recorded as the client goes, not when the hold ends.
+    let audit = env.dir.path().join("sandbox/audit.jsonl");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let events: Vec<serde_json::Value> = support::json_lines(&audit);
+            if let Some(e) = events.iter().find(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["annotations"]["chaperone.dev/access-request"] == name
+            }) {
+                return (events.clone(), e.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let (events, ended) = ended.expect("the unanswered request is recorded within 10 s");
+    assert_eq!(ended["responseStatus"]["code"], 499, "{ended}");
+    assert_eq!(ended["responseStatus"]["reason"], "ClientClosedRequest");
+    assert_eq!(
+        ended["annotations"]["chaperone.dev/error"],
+        "the client went away before it was answered"
+    );
+    assert_eq!(ended["annotations"]["chaperone.dev/approval"], "held");
+    let held = events
+        .iter()
+        .find(|e| e["auditID"] == ended["auditID"] && e["stage"] == "RequestReceived")
+        .expect("the hold was recorded first");
+    assert_eq!(held["annotations"]["chaperone.dev/approval"], "held");
+    env.stop().await;
+}

@@ -141,3 +141,65 @@ impl Drop for Completion {
         }
     }
 }
+
+/// The code an unanswered request is recorded with: nginx's "client closed request",
+/// which no API server answers.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// A request's trail while chaperone works on it. Dropped before
+/// [`Unanswered::answered`] (the client reset its stream or closed its connection while
+/// the request was being decided, held for a reviewer or forwarded), the request is
+/// recorded anyway, as unanswered: the API server may have acted on it.
+pub struct Unanswered<'a> {
+    pub trail: &'a mut Trail,
+    recorder: &'a Arc<Recorder>,
+    armed: bool,
+}
+
+impl<'a> Unanswered<'a> {
+    pub fn new(trail: &'a mut Trail, recorder: &'a Arc<Recorder>) -> Unanswered<'a> {
+        Unanswered {
+            trail,
+            recorder,
+            armed: true,
+        }
+    }
+
+    /// The request has its answer: its event is the pipeline's to record.
+    pub fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut status = crate::status::Status::failure(
+            http::StatusCode::BAD_REQUEST,
+            "ClientClosedRequest",
+            "the client went away before chaperone answered; if it was forwarded, the API \
+             server may have acted on it",
+        );
+        status.code = CLIENT_CLOSED;
+        self.trail.note(
+            annotation::ERROR,
+            "the client went away before it was answered",
+        );
+        let event = self
+            .trail
+            .event(Stage::ResponseComplete, CLIENT_CLOSED, Some(&status));
+        // Nothing can wait here: what a full queue leaves is queued from a task.
+        if let Some(rest) = self.recorder.try_record(event) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let recorder = self.recorder.clone();
+                recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
+                runtime.spawn(async move {
+                    recorder.record_rest(rest).await;
+                    recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+}

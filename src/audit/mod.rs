@@ -22,7 +22,7 @@ pub mod otlp;
 mod recorder;
 mod trail;
 
-pub use completion::{on_complete, OnEnd};
+pub use completion::{on_complete, OnEnd, Unanswered, CLIENT_CLOSED};
 pub use file::Fsync;
 pub use recorder::{Counters, Error, Overflow, Recorder, Settings};
 pub use trail::Trail;
