@@ -337,17 +337,16 @@ impl Proxy {
             }
         };
         trail.info(&info);
-        // An exec's command, and a proxied request's path past `proxy/` and its query,
-        // are free text: what the detectors find there is masked in the record (the
-        // request goes as sent).
-        if matches!(info.subresource.as_str(), "exec" | "attach" | "proxy") {
+        // A query (an exec's command, a proxied service's parameters, a token a client
+        // put there), and a proxied request's path past `proxy/`, are free text: what the
+        // detectors find there is masked in the record (the request goes as sent).
+        let proxied = info.subresource == "proxy";
+        if proxied || req.uri().query().is_some() {
             let masker = self.policy.masker();
-            if info.subresource == "proxy" {
+            if proxied {
                 trail.mask_proxied_path(&info, &masker);
             }
-            if req.uri().query().is_some() {
-                trail.mask_query(&masker);
-            }
+            trail.mask_query(&masker);
         }
         let span = tracing::Span::current();
         span.record("verb", info.verb.as_str());

@@ -170,6 +170,7 @@ async fn served_refused_and_failed_requests_are_each_recorded() {
 /// escape, and in the path and query of a request refused before it is resolved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_in_a_recorded_uri_are_masked_however_they_are_written() {
+    const OPAQUE_TOKEN: &str = "ya29.a0AfB_byC-opaque-7Qx";
     let env = sandbox().with_proxy().start().await;
     let client = env.client(false);
     let base = env.proxy_url();
@@ -189,6 +190,11 @@ async fn credentials_in_a_recorded_uri_are_masked_however_they_are_written() {
         // recorded masked all the same.
         "/api/v1/namespaces/default/pods/a%2Fb/exec?command=sh&command=--password&command=hunter2"
             .to_owned(),
+        // A credential a client put in a query says what it is by its key, on any
+        // request: a proxied login form, a list with a token.
+        "/api/v1/namespaces/default/services/web:80/proxy/login?user=admin&password=hunter2"
+            .to_owned(),
+        format!("/api/v1/namespaces/default/configmaps?limit=5&access_token={OPAQUE_TOKEN}"),
     ];
     for request in &requests {
         // Refused or not (no upgrade is asked for), each is recorded.
@@ -199,7 +205,12 @@ async fn credentials_in_a_recorded_uri_are_masked_however_they_are_written() {
     assert_eq!(recorded.len(), requests.len(), "{recorded:#?}");
     assert!(recorded.iter().all(|e| e.stage == Stage::ResponseComplete));
     let text = std::fs::read_to_string(env.started.audit_file.as_ref().unwrap()).unwrap();
-    for secret in ["hunter2", "AKIAIOSFODNN7EXAMPLE", "AKIA%49OSFODNN7EXAMPLE"] {
+    for secret in [
+        "hunter2",
+        "AKIAIOSFODNN7EXAMPLE",
+        "AKIA%49OSFODNN7EXAMPLE",
+        OPAQUE_TOKEN,
+    ] {
         assert!(
             !text.contains(secret),
             "{secret} is in the recording:\n{text}"

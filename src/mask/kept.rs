@@ -131,6 +131,10 @@ impl Masker {
     /// values together by [`Masker::mask_command`]; the pairs in which nothing is found
     /// stay as sent. `None` when nothing is found.
     ///
+    /// A value is scanned alone, then with its key as `key=value`: `password=hunter2`
+    /// and `access_token=...` say what they are only by their key. A key found to hold
+    /// something itself (a token sent as `?TOKEN`) is masked with its value.
+    ///
     /// A value with a `%` that starts no escape is read with that `%` as it is: the API
     /// server drops such a pair, but the record keeps the query as sent.
     pub fn mask_query(&self, query: &str) -> Option<String> {
@@ -165,15 +169,19 @@ impl Masker {
                 out.push('&');
             }
             let masked = if is_command {
-                command.next().flatten()
+                command.next().flatten().map(Masked::Value)
             } else {
-                value.map(scanned).and_then(|v| self.mask_text(&v))
+                self.mask_pair(key, value)
             };
             match masked {
-                Some(masked) => {
+                Some(Masked::Value(masked)) => {
                     found = true;
                     out.push_str(key);
                     out.push('=');
+                    out.extend(percent_encoding::percent_encode(&masked, QUERY_VALUE));
+                }
+                Some(Masked::Pair(masked)) => {
+                    found = true;
                     out.extend(percent_encoding::percent_encode(&masked, QUERY_VALUE));
                 }
                 None => {
@@ -187,6 +195,35 @@ impl Masker {
         }
         found.then_some(out)
     }
+
+    /// One pair of a query other than an exec's command (see [`Masker::mask_query`]).
+    fn mask_pair(&self, key: &str, value: Option<&str>) -> Option<Masked> {
+        let read = |v| crate::request_info::unescape_lenient(v, true);
+        let value = value.map(read);
+        if let Some(masked) = value.as_deref().and_then(|v| self.mask_text(v)) {
+            return Some(Masked::Value(masked));
+        }
+        let key = read(key);
+        let mut pair = key.to_vec();
+        if let Some(value) = &value {
+            pair.push(b'=');
+            pair.extend_from_slice(value);
+        }
+        let masked = self.mask_text(&pair)?;
+        // `key=` as read, unchanged: only the value was masked.
+        let kept = value.is_some().then(|| &pair[..=key.len()]);
+        Some(match kept.and_then(|kept| masked.strip_prefix(kept)) {
+            Some(rest) => Masked::Value(rest.to_vec()),
+            None => Masked::Pair(masked),
+        })
+    }
+}
+
+/// A query pair with something masked: its value (the key kept as sent), or all of it
+/// (written as one key, `=` encoded).
+enum Masked {
+    Value(Vec<u8>),
+    Pair(Vec<u8>),
 }
 
 /// Clients whose `-p` carries the password in the same argument (`-pS3cret`).
@@ -540,6 +577,51 @@ mod tests {
             masker.mask_query("command=mysql&command=-p&command=app"),
             None
         );
+    }
+
+    #[test]
+    fn a_query_pair_is_read_with_its_key() {
+        let masker = Masker::builtin();
+        let m = "chaperone%3Amasked";
+        let cases = [
+            (
+                "user=admin&password=hunter2".to_owned(),
+                format!("user=admin&password={m}"),
+            ),
+            (
+                "access_token=ya29.opaque123&limit=5".into(),
+                format!("access_token={m}&limit=5"),
+            ),
+            ("api-key=0a1b2c3d".into(), format!("api-key={m}")),
+            // Read as the API server reads it.
+            ("pass%77ord=hunter2".into(), format!("pass%77ord={m}")),
+            (
+                "x=1&client_secret=a+b".into(),
+                format!("x=1&client_secret={m}%20b"),
+            ),
+        ];
+        for (query, want) in cases {
+            assert_eq!(
+                masker.mask_query(&query).as_deref(),
+                Some(&*want),
+                "{query}"
+            );
+        }
+        // A key that is a credential itself goes with its value.
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        for query in [jwt.to_owned(), format!("{jwt}=1"), format!("a=1&{jwt}")] {
+            let masked = masker.mask_query(&query).unwrap();
+            assert!(!masked.contains("eyJ") && masked.contains(m), "{masked}");
+        }
+        // Nothing to find: as sent.
+        for query in [
+            "limit=500&continue=abc",
+            "labelSelector=app%3Dweb",
+            "tokens=3",
+            "watch",
+        ] {
+            assert_eq!(masker.mask_query(query), None, "{query}");
+        }
     }
 
     #[test]
