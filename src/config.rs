@@ -468,17 +468,44 @@ impl Config {
         if let Err(e) = self.identity.validate() {
             return Err(invalid(e.field, e.message));
         }
-        if self.upstream.connect_timeout.is_zero() {
-            return Err(invalid(
+        // A zero would fail every request (a timeout), or spin (a poll) or stop (a
+        // reload task) where an interval is meant: each must be greater than zero.
+        let positive = [
+            (
                 "connectTimeout",
-                "upstream.connectTimeout: must be greater than zero".into(),
-            ));
-        }
-        if self.header_timeout.is_zero() {
-            return Err(invalid(
-                "headerTimeout",
-                "headerTimeout: must be greater than zero".into(),
-            ));
+                "upstream.connectTimeout",
+                Some(self.upstream.connect_timeout),
+            ),
+            (
+                "responseTimeout",
+                "upstream.responseTimeout",
+                Some(self.upstream.response_timeout),
+            ),
+            ("headerTimeout", "headerTimeout", Some(self.header_timeout)),
+            (
+                "handshakeTimeout",
+                "tls.handshakeTimeout",
+                self.tls.as_ref().map(|t| t.handshake_timeout),
+            ),
+            (
+                "reloadInterval",
+                "policy.reloadInterval",
+                self.policy.as_ref().map(|p| p.reload_interval),
+            ),
+            ("poll", "approval.poll", self.approval.poll),
+            (
+                "timeout",
+                "audit.otlp.timeout",
+                self.audit.otlp.as_ref().map(|o| o.timeout),
+            ),
+        ];
+        for (needle, field, value) in positive {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(
+                    needle,
+                    format!("{field}: must be greater than zero"),
+                ));
+            }
         }
         if self.max_streams_per_caller == 0 {
             return Err(invalid(
@@ -655,6 +682,26 @@ mod tests {
                 vec!["10.0.0.7:443", "not a loopback"],
             ),
             ("listen: []\n", vec!["at least one"]),
+            (
+                "policy: {file: p.yaml, reloadInterval: 0s}\n",
+                vec!["policy.reloadInterval", "greater than zero", "line 1"],
+            ),
+            (
+                "approval:\n  poll: 0ms\n",
+                vec!["approval.poll", "greater than zero", "line 2"],
+            ),
+            (
+                "upstream:\n  responseTimeout: 0s\n",
+                vec!["upstream.responseTimeout", "greater than zero", "line 2"],
+            ),
+            (
+                "tls: {certFile: a, keyFile: b, handshakeTimeout: 0s}\n",
+                vec!["tls.handshakeTimeout", "greater than zero"],
+            ),
+            (
+                "audit:\n  otlp: {endpoint: \"http://127.0.0.1:4317\", timeout: 0s}\n",
+                vec!["audit.otlp.timeout", "greater than zero", "line 2"],
+            ),
             (
                 "upstream:\n  connectTimeout: 5 parsecs\n",
                 vec!["invalid duration", "line 2"],

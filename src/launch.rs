@@ -130,14 +130,20 @@ pub async fn proxy(
     let audit = Arc::new(Recorder::start(&config.audit.settings(env))?);
     let metrics = Arc::new(Metrics::default());
     let upstream_for_admin = upstream.clone();
+    let approval_namespace = match config.approval.namespace.clone() {
+        Some(ns) => ns,
+        None => env("POD_NAMESPACE").unwrap_or_else(|| {
+            tracing::warn!(
+                "neither approval.namespace nor POD_NAMESPACE is set: held requests' \
+                 AccessRequests go to namespace default, and whoever may approve there \
+                 decides them"
+            );
+            "default".to_owned()
+        }),
+    };
     let approvals = Arc::new(Approvals::new(
         upstream.clone(),
-        config
-            .approval
-            .namespace
-            .clone()
-            .or_else(|| env("POD_NAMESPACE"))
-            .unwrap_or_else(|| "default".to_owned()),
+        approval_namespace,
         config.approval.poll.unwrap_or(Duration::from_millis(500)),
         crate::approval::notify::Notifier::new(&config.approval.notify)?,
         config.approval.max_held_per_caller,

@@ -37,6 +37,8 @@ pub enum Error {
     },
     #[error("failed to build TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    #[error("the certificate in {cert} is not for the private key in {key}")]
+    Mismatch { cert: String, key: String },
 }
 
 /// The crypto provider every TLS configuration in chaperone uses.
@@ -159,10 +161,21 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, Err
         .key_provider
         .load_private_key(key)
         .map_err(|source| Error::Key {
-            path: key_origin,
+            path: key_origin.clone(),
             source,
         })?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+    let pair = CertifiedKey::new(certs, signing);
+    // A key written before its certificate (a rotation by hand, `cp` one at a time)
+    // would serve no handshake: such a pair is not taken.
+    match pair.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(pair))
+        }
+        Err(_) => Err(Error::Mismatch {
+            cert: cert_file.display().to_string(),
+            key: key_origin,
+        }),
+    }
 }
 
 /// Asks for, but never requires or trusts, a client certificate. chaperone
@@ -269,4 +282,54 @@ pub fn client_config(
         Some(id) => builder.with_client_auth_cert(id.certs, id.key)?,
         None => builder.with_no_client_auth(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key replaced before its certificate is not served with the old certificate:
+    /// the last good pair stays until the new certificate arrives.
+    #[test]
+    fn a_key_without_its_certificate_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let ca = crate::pki::Authority::generate("test CA", 1).unwrap();
+        let first = ca.issue_server(&["localhost"], 1).unwrap();
+        let second = ca.issue_server(&["localhost"], 1).unwrap();
+        std::fs::write(&cert, &first.cert_pem).unwrap();
+        std::fs::write(&key, &first.key_pem).unwrap();
+        let reloading = ReloadingCert::load(&cert, &key).unwrap();
+        let served = reloading.current();
+        assert!(served.keys_match().is_ok());
+
+        // The key alone: same size (P-256 PEMs are), so the mtime tells it changed.
+        std::fs::write(&key, &second.key_pem).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&key)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let now = reloading.current();
+        assert!(now.keys_match().is_ok());
+        assert_eq!(
+            now.end_entity_cert().unwrap(),
+            served.end_entity_cert().unwrap()
+        );
+        assert!(matches!(
+            load_pair(&cert, &key),
+            Err(Error::Mismatch { .. })
+        ));
+
+        // Then its certificate: the new pair is served.
+        std::fs::write(&cert, &second.cert_pem).unwrap();
+        let now = reloading.current();
+        assert!(now.keys_match().is_ok());
+        assert_ne!(
+            now.end_entity_cert().unwrap(),
+            served.end_entity_cert().unwrap()
+        );
+    }
 }

@@ -8,8 +8,8 @@ use support::sandbox;
 
 fn write_pair(dir: &std::path::Path, ca: &Authority) {
     let leaf = ca.issue_server(SERVING_NAMES, 1).unwrap();
-    // Key first, then certificate: a reader between the two sees a mismatched pair,
-    // which must not break serving.
+    // Key first, then certificate, as a rotation by hand would. A reader between the two
+    // would see a mismatched pair, which it must not take (`tls::tests` checks that).
     std::fs::write(dir.join("tls.key"), leaf.key_pem).unwrap();
     std::fs::write(dir.join("tls.crt"), leaf.cert_pem).unwrap();
 }
