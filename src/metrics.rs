@@ -20,11 +20,16 @@ const BUCKETS: [f64; 14] = [
 /// port could grow the proxy's memory and its scrapes without end.
 const MAX_SERIES: usize = 2_000;
 
-/// What every label of a request past [`MAX_SERIES`] is counted as.
+/// What a label of a request past [`MAX_SERIES`] is counted as, and a label value no
+/// Kubernetes verb or resource has.
 const OTHER: &str = "other";
 
-/// A labelled counter family, at most [`MAX_SERIES`] label sets; later new ones are
-/// counted together under [`OTHER`].
+/// The longest verb or resource label value kept (a resource name is a DNS label, 63).
+const MAX_LABEL: usize = 80;
+
+/// A labelled counter family, at most [`MAX_SERIES`] label sets; past them, the labels
+/// a caller chooses (`fold`) are counted together under [`OTHER`], and the others (a
+/// decision, a code: few values, none of them the caller's) kept.
 #[derive(Debug, Default)]
 struct Family(Mutex<Series>);
 
@@ -68,11 +73,12 @@ impl Series {
 }
 
 impl Family {
-    fn add(&self, labels: &[&str], n: u64) {
+    /// Counts `n` for `labels`; `fold[i]`: label `i` is folded past the bound.
+    fn add(&self, labels: &[&str], fold: &[bool], n: u64) {
         let mut series = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let series = &mut *series;
         series.key(labels);
-        let other = [OTHER; 8];
+        let mut folded = [OTHER; 8];
         let mut labels = labels;
         if series.counts.len() >= MAX_SERIES && series.find().is_none() {
             if !series.full {
@@ -84,7 +90,12 @@ impl Family {
                      label values are counted under \"other\" from now on"
                 );
             }
-            labels = &other[..labels.len().min(other.len())];
+            for (i, label) in labels.iter().enumerate().take(folded.len()) {
+                if !fold.get(i).copied().unwrap_or(true) {
+                    folded[i] = label;
+                }
+            }
+            labels = &folded[..labels.len().min(folded.len())];
             series.key(labels);
         }
         let at = match series.find() {
@@ -164,6 +175,20 @@ impl Histogram {
     }
 }
 
+/// A verb or resource as a label: as it is when it could be a Kubernetes one (short,
+/// of the characters names and paths use), else [`OTHER`]. Requests are counted before
+/// they are authenticated, and a 60 KB made-up resource must not be kept and scraped.
+fn label_value(v: &str) -> &str {
+    let plain = v.len() <= MAX_LABEL
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._/:".contains(&b));
+    if plain {
+        v
+    } else {
+        OTHER
+    }
+}
+
 /// Every metric chaperone exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -202,10 +227,11 @@ impl Metrics {
         self.requests.add(
             &[
                 decision,
-                verb,
-                resource,
+                label_value(verb),
+                label_value(resource),
                 crate::status::code_text(code, &mut digits),
             ],
+            &[false, true, true, false],
             1,
         );
         self.latency.observe(latency);
@@ -217,7 +243,7 @@ impl Metrics {
 
     /// A bearer-token verification: `ok`, `cached`, or the failure's name.
     pub fn token_verification(&self, result: &str) {
-        self.token_verifications.add(&[result], 1);
+        self.token_verifications.add(&[result], &[true], 1);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -445,15 +471,32 @@ mod tests {
             &"chaperone_requests_total{decision=\"allow\",verb=\"get\",resource=\"pods\",code=\"200\"} 2"
         ));
         // The first MAX_SERIES - 1 made-up names fill the family; the other 501 are
-        // counted together.
+        // counted together, their decision and code kept: a denial still shows as one.
         assert!(series.contains(
-            &"chaperone_requests_total{decision=\"other\",verb=\"other\",resource=\"other\",code=\"other\"} 501"
+            &"chaperone_requests_total{decision=\"deny\",verb=\"other\",resource=\"other\",code=\"401\"} 501"
         ));
         let total: u64 = series
             .iter()
             .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
             .sum();
         assert_eq!(total as usize, MAX_SERIES + 502);
+    }
+
+    #[test]
+    fn a_made_up_verb_or_resource_is_counted_as_other() {
+        let m = Metrics::default();
+        m.request("deny", "get", &"x".repeat(60_000), 401, Duration::ZERO);
+        m.request("deny", "get\u{1b}[2J", "pods", 401, Duration::ZERO);
+        m.request("allow", "get", "pods/exec", 200, Duration::ZERO);
+        let text = m.render(Gauges::default());
+        assert!(text.len() < 16 * 1024, "{} bytes", text.len());
+        assert!(text.contains(
+            "chaperone_requests_total{decision=\"deny\",verb=\"get\",resource=\"other\",code=\"401\"} 1"
+        ));
+        assert!(text.contains(
+            "chaperone_requests_total{decision=\"deny\",verb=\"other\",resource=\"pods\",code=\"401\"} 1"
+        ));
+        assert!(text.contains("resource=\"pods/exec\""));
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub enum Error {
     Malformed(&'static str),
     #[error("token issuer {0:?} is not trusted")]
     UnknownIssuer(String),
-    #[error("token algorithm {alg} {reason}")]
+    #[error("token algorithm {} {reason}", plain_or_quoted(alg))]
     DisallowedAlgorithm { alg: String, reason: String },
     #[error(
         "{} is not among the signing keys of issuer {issuer}",
@@ -460,5 +460,37 @@ fn shorten_issuer(iss: &str) -> String {
     match iss.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}…", &iss[..i]),
         None => iss.to_owned(),
+    }
+}
+
+/// A token's own word in a message: as it is when it is a plain word (`RS256`), else
+/// quoted with its escapes (a header's `alg` is the caller's to write, newlines and all,
+/// and must not start a line of its own in the log).
+fn plain_or_quoted(s: &str) -> std::borrow::Cow<'_, str> {
+    match !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) {
+        true => std::borrow::Cow::Borrowed(s),
+        false => std::borrow::Cow::Owned(format!("{s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header's `alg` is the caller's: it never breaks a log line or a message.
+    #[test]
+    fn a_tokens_own_words_are_quoted_unless_plain() {
+        let said = |alg: &str| {
+            Error::DisallowedAlgorithm {
+                alg: alg.into(),
+                reason: "is not accepted".into(),
+            }
+            .to_string()
+        };
+        assert_eq!(said("HS256"), "token algorithm HS256 is not accepted");
+        let forged = said("x\n2026-11-27T00:00:00Z INFO chaperone: policy loaded");
+        assert!(!forged.contains('\n'), "{forged}");
+        assert!(forged.starts_with("token algorithm \"x\\n2026"), "{forged}");
+        assert_eq!(said(""), "token algorithm \"\" is not accepted");
     }
 }
