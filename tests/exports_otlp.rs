@@ -237,3 +237,86 @@ async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
     env.stop().await;
     server.abort();
 }
+
+/// The audit IDs of `n` GETs of `path` through the proxy.
+async fn audit_ids(env: &support::Env, path: &str, n: usize) -> Vec<String> {
+    let client = env.client(false);
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let reply = client.get(&format!("{}{path}", env.proxy_url()), &[]).await;
+        ids.push(reply.headers["audit-id"].to_str().unwrap().to_owned());
+    }
+    ids
+}
+
+fn all_exported(collector: &support::otlp::Collector, ids: &[String]) -> bool {
+    let logs = collector.logs.lock().unwrap();
+    ids.iter().all(|id| {
+        logs.iter()
+            .any(|l| attrs(&l.attributes).get("chaperone.audit_id") == Some(id))
+    })
+}
+
+/// Events that piled up while the collector was down are sent in export calls no
+/// larger than a collector takes (4 MiB): a backlog of large events is not one call
+/// the collector refuses for ever, holding back every event after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_sent_in_calls_a_collector_takes() {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "audit:\n  otlp: {{endpoint: \"http://{addr}\", batch: 512, timeout: 1s}}\n"
+        ))
+        .start()
+        .await;
+    // About 80 KB of log record each (the query is in the event and an attribute):
+    // sixty of them are more than the collector takes in one call.
+    let long = format!(
+        "/api/v1/namespaces/default/configmaps?x={}",
+        "q".repeat(40_000)
+    );
+    let backlog = audit_ids(&env, &long, 60).await;
+    let (collector, server) = serve(std::net::TcpListener::bind(addr).unwrap());
+    let after = audit_ids(&env, "/api/v1/namespaces/default/configmaps", 1).await;
+    wait_for("the backlog and the event after it", || {
+        all_exported(&collector, &backlog) && all_exported(&collector, &after)
+    })
+    .await;
+    env.stop().await;
+    server.abort();
+}
+
+/// An event the collector refuses as invalid is dropped, counted and logged, and the
+/// events around it are exported: one event never stops the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_collector_refuses_is_counted_and_the_rest_go_on() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (collector, server) = serve(listener);
+    *collector.refuse.lock().unwrap() = Some("refuse-me".into());
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "audit:\n  otlp: {{endpoint: \"http://127.0.0.1:{port}\", batch: 8, timeout: 1s}}\n"
+        ))
+        .start()
+        .await;
+    let mut ids = audit_ids(&env, "/api/v1/namespaces/default/configmaps", 3).await;
+    audit_ids(&env, "/api/v1/namespaces/default/configmaps?x=refuse-me", 1).await;
+    ids.extend(audit_ids(&env, "/api/v1/namespaces/default/configmaps", 3).await);
+    wait_for("every event but the refused one", || {
+        all_exported(&collector, &ids)
+    })
+    .await;
+    let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chaperone_audit_events_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(dropped, 1, "{metrics}");
+    env.stop().await;
+    server.abort();
+}

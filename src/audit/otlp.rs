@@ -5,7 +5,8 @@
 //! Delivery is at-least-once within the audit queue's bound: a batch leaves the queue
 //! only when the collector has accepted it; while the collector is unreachable the
 //! batch is retried with exponential backoff and new events wait in the queue, where
-//! the configured overflow (`block` or `drop`) applies.
+//! the configured overflow (`block` or `drop`) applies. An event the collector refuses
+//! as such (invalid, too large) is dropped and counted, never retried for ever.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
+use prost::Message as _;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::event::{annotation, Event, Stage, Step};
@@ -60,6 +62,43 @@ pub struct Exporter {
 }
 
 const SCOPE: &str = "chaperone";
+/// The largest export call sent: a collector takes 4 MiB per gRPC message by default.
+pub const MAX_EXPORT_BYTES: usize = 3 * 1024 * 1024;
+
+/// What became of a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Exported {
+    /// Events the collector took (their log records, some perhaps as `rejected`).
+    pub taken: u64,
+    /// Log records the collector took and then said it rejected (`partial_success`).
+    pub rejected: u64,
+    /// Events never taken: refused by the collector, or unsent at shutdown.
+    pub refused: u64,
+    /// Shutdown came before the batch was sent.
+    pub stopped: bool,
+}
+
+enum Sent {
+    Taken { rejected: u64 },
+    Refused(tonic::Status),
+    GaveUp,
+}
+
+/// Whether the collector refuses what was sent, so that sending it again cannot help:
+/// invalid, or larger than it takes (grpc-go says `ResourceExhausted` "larger than
+/// max", tonic `OutOfRange`). An unreachable, overloaded or misconfigured collector
+/// is retried: the queue and its overflow decide what waits.
+fn refuses_the_data(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => true,
+        Code::ResourceExhausted => {
+            let m = status.message().to_ascii_lowercase();
+            m.contains("larger than") || m.contains("too large")
+        }
+        _ => false,
+    }
+}
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -102,28 +141,99 @@ impl Exporter {
         })
     }
 
-    /// Exports a batch, retrying with backoff until the collector takes it or
-    /// `give_up` resolves (shutdown).
+    /// Exports a batch: each part of it (cut so that no export call is larger than
+    /// [`MAX_EXPORT_BYTES`]) is retried with backoff until the collector takes it, or
+    /// `give_up` resolves (shutdown). A part the collector refuses as such (too large,
+    /// invalid: retrying cannot help) is halved until the event it refuses is alone,
+    /// and that event is dropped, counted and logged by its audit ID: one event never
+    /// stops the ones after it.
     pub async fn export(
         &mut self,
         events: &[std::sync::Arc<Event>],
         give_up: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> bool {
-        let (traces, logs) = self.requests(events);
+    ) -> Exported {
+        let mut out = Exported::default();
+        let mut parts = vec![events];
+        while let Some(part) = parts.pop() {
+            let (traces, logs) = self.requests(part);
+            let size = traces.encoded_len().max(logs.encoded_len());
+            let halve = |parts: &mut Vec<_>| {
+                let (first, rest) = part.split_at(part.len() / 2);
+                parts.push(rest);
+                parts.push(first);
+            };
+            if size > MAX_EXPORT_BYTES && part.len() > 1 {
+                halve(&mut parts);
+                continue;
+            }
+            match self.send(traces, logs, give_up).await {
+                Sent::Taken { rejected } => {
+                    out.taken += part.len() as u64;
+                    out.rejected += rejected;
+                }
+                Sent::Refused(status) if part.len() > 1 => {
+                    tracing::debug!(code = ?status.code(), events = part.len(),
+                        "the collector refused a batch; halving it");
+                    halve(&mut parts);
+                }
+                Sent::Refused(status) => {
+                    tracing::error!(endpoint = %self.endpoint, audit_id = %part[0].audit_id,
+                        code = ?status.code(), message = status.message(),
+                        "the collector refused an audit event; it is dropped (the local \
+                         audit file, if any, keeps it)");
+                    out.refused += 1;
+                }
+                Sent::GaveUp => {
+                    out.refused += part.len() as u64;
+                    out.refused += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+                    out.stopped = true;
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    /// One export of spans and log records, retried with backoff while the collector
+    /// cannot be reached or is not ready; the spans are not sent again once taken.
+    async fn send(
+        &mut self,
+        traces: ExportTraceServiceRequest,
+        logs: ExportLogsServiceRequest,
+        give_up: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Sent {
         let mut backoff = BACKOFF_START;
-        let mut traces_done = false;
+        let mut rejected = None;
         loop {
             let result = async {
-                if !traces_done {
-                    self.traces.export(traces.clone()).await?;
-                    traces_done = true;
+                if rejected.is_none() {
+                    let taken = self.traces.export(traces.clone()).await?.into_inner();
+                    rejected = Some(
+                        taken
+                            .partial_success
+                            .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0)),
+                    );
                 }
-                self.logs.export(logs.clone()).await?;
-                Ok::<_, tonic::Status>(())
+                let taken = self.logs.export(logs.clone()).await?.into_inner();
+                Ok::<_, tonic::Status>(
+                    taken
+                        .partial_success
+                        .map_or(0, |p| u64::try_from(p.rejected_log_records).unwrap_or(0)),
+                )
             }
             .await;
             match result {
-                Ok(()) => return true,
+                Ok(logs_rejected) => {
+                    let spans_rejected = rejected.unwrap_or(0);
+                    if spans_rejected + logs_rejected > 0 {
+                        tracing::warn!(endpoint = %self.endpoint, spans_rejected, logs_rejected,
+                            "the collector took an export in part; the rest is dropped");
+                    }
+                    return Sent::Taken {
+                        rejected: logs_rejected,
+                    };
+                }
+                Err(status) if refuses_the_data(&status) => return Sent::Refused(status),
                 Err(status) => {
                     tracing::warn!(endpoint = %self.endpoint, code = ?status.code(), message = status.message(),
                         retry_in = ?backoff, "OTLP export failed; retrying");
@@ -131,7 +241,7 @@ impl Exporter {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = give_up.wait_for(|stop| *stop) => return false,
+                _ = give_up.wait_for(|stop| *stop) => return Sent::GaveUp,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }

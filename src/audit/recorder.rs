@@ -422,14 +422,14 @@ async fn export_events(
             .store(events.len() as u64, Ordering::Relaxed);
         let exported = exporter.export(&events, &mut stop).await;
         counters.in_flight.store(0, Ordering::Relaxed);
-        if exported {
-            counters
-                .exported
-                .fetch_add(events.len() as u64, Ordering::Relaxed);
-        } else {
-            counters
-                .dropped
-                .fetch_add(events.len() as u64, Ordering::Relaxed);
+        counters.exported.fetch_add(
+            exported.taken - exported.rejected.min(exported.taken),
+            Ordering::Relaxed,
+        );
+        counters
+            .dropped
+            .fetch_add(exported.refused + exported.rejected, Ordering::Relaxed);
+        if exported.stopped {
             return;
         }
         events.clear();

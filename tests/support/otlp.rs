@@ -27,6 +27,9 @@ pub struct Collector {
     pub spans: Arc<Mutex<Vec<Span>>>,
     pub logs: Arc<Mutex<Vec<LogRecord>>>,
     pub resources: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    /// Log exports holding a record with this text in an attribute are refused as
+    /// invalid (`InvalidArgument`), as a collector refuses data it cannot take.
+    pub refuse: Arc<Mutex<Option<String>>>,
 }
 
 #[tonic::async_trait]
@@ -53,7 +56,21 @@ impl LogsService for Collector {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        for rl in request.into_inner().resource_logs {
+        let request = request.into_inner();
+        if let Some(refused) = self.refuse.lock().unwrap().clone() {
+            let holds = request
+                .resource_logs
+                .iter()
+                .flat_map(|rl| &rl.scope_logs)
+                .flat_map(|sl| &sl.log_records)
+                .any(|r| attrs(&r.attributes).values().any(|v| v.contains(&refused)));
+            if holds {
+                return Err(tonic::Status::invalid_argument(
+                    "a record this collector cannot take",
+                ));
+            }
+        }
+        for rl in request.resource_logs {
             for sl in rl.scope_logs {
                 self.logs.lock().unwrap().extend(sl.log_records);
             }
