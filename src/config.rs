@@ -18,6 +18,12 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on waiting for the API server's response headers (watches answer headers at once).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the shared HTTP/2 connection to the API server is pinged, and how long a
+/// ping may go unanswered before the connection is taken for dead (client-go's 30 s and
+/// 15 s): a connection that went silent (a node lost, a NAT entry dropped) would
+/// otherwise hold every request until its timeout, and every watch for ever.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on a client's TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on a connection's request head: its first bytes, then each HTTP/1.1 request's
@@ -298,6 +304,12 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     #[serde(default = "default_response_timeout", deserialize_with = "duration")]
     pub response_timeout: Duration,
+    /// How often the HTTP/2 connection to the API server is pinged.
+    #[serde(default = "default_ping_interval", deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(default = "default_ping_timeout", deserialize_with = "duration")]
+    pub ping_timeout: Duration,
     #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
     pub shutdown_grace: Duration,
     /// Whose identity the API server sees.
@@ -327,6 +339,8 @@ impl Default for Upstream {
             identity: UpstreamIdentity::Proxy,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
@@ -366,6 +380,12 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_response_timeout() -> Duration {
     DEFAULT_RESPONSE_TIMEOUT
+}
+fn default_ping_interval() -> Duration {
+    DEFAULT_PING_INTERVAL
+}
+fn default_ping_timeout() -> Duration {
+    DEFAULT_PING_TIMEOUT
 }
 fn default_handshake_timeout() -> Duration {
     DEFAULT_HANDSHAKE_TIMEOUT
@@ -480,6 +500,16 @@ impl Config {
                 "responseTimeout",
                 "upstream.responseTimeout",
                 Some(self.upstream.response_timeout),
+            ),
+            (
+                "pingInterval",
+                "upstream.pingInterval",
+                Some(self.upstream.ping_interval),
+            ),
+            (
+                "pingTimeout",
+                "upstream.pingTimeout",
+                Some(self.upstream.ping_timeout),
             ),
             ("headerTimeout", "headerTimeout", Some(self.header_timeout)),
             (

@@ -193,6 +193,15 @@ where
     }
 }
 
+/// How long the upstream waits, and how often it checks its HTTP/2 connection is alive.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
 /// A pooled client to one API server.
 pub struct Upstream {
     server: String,
@@ -284,20 +293,22 @@ impl Upstream {
             &ca_origin,
             tls_server_name,
             credential,
-            cfg.connect_timeout,
-            cfg.response_timeout,
+            Timeouts {
+                connect: cfg.connect_timeout,
+                response: cfg.response_timeout,
+                ping_interval: cfg.ping_interval,
+                ping_timeout: cfg.ping_timeout,
+            },
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn new(
         server: &str,
         ca_pem: &[u8],
         ca_origin: &str,
         tls_server_name: Option<String>,
         credential: Credential,
-        connect_timeout: Duration,
-        response_timeout: Duration,
+        timeouts: Timeouts,
     ) -> Result<Upstream, Error> {
         let uri: Uri = server
             .parse()
@@ -332,8 +343,10 @@ impl Upstream {
         let connector = |http2: bool| -> Result<Dial<HttpsConnector<HttpConnector>>, Error> {
             let mut http = HttpConnector::new();
             http.enforce_http(false);
-            http.set_connect_timeout(Some(connect_timeout));
+            http.set_connect_timeout(Some(timeouts.connect));
             http.set_nodelay(true);
+            // The kernel's check under the HTTP/2 pings (and the only one for HTTP/1.1).
+            http.set_keepalive(Some(timeouts.ping_interval));
             let mut builder = HttpsConnectorBuilder::new()
                 .with_tls_config(tls_config.clone())
                 .https_only();
@@ -349,11 +362,15 @@ impl Upstream {
             };
             Ok(Dial {
                 inner,
-                timeout: connect_timeout,
+                timeout: timeouts.connect,
             })
         };
         let h2 = H2Channel::new(
             connector(true)?,
+            channel::Ping {
+                interval: timeouts.ping_interval,
+                timeout: timeouts.ping_timeout,
+            },
             Uri::builder()
                 .scheme(http::uri::Scheme::HTTPS)
                 .authority(authority.clone())
@@ -375,7 +392,7 @@ impl Upstream {
             client,
             upgrade_client,
             bearer,
-            response_timeout,
+            response_timeout: timeouts.response,
             last_failure: Mutex::new(None),
         })
     }
@@ -687,6 +704,12 @@ mod tests {
         let issued = ca.issue_server(&["127.0.0.1"], 1).unwrap();
         let addr = echo_paths(&issued).await;
         let timeout = Duration::from_secs(5);
+        let timeouts = Timeouts {
+            connect: timeout,
+            response: timeout,
+            ping_interval: timeout,
+            ping_timeout: timeout,
+        };
         for (server, want) in [
             (format!("https://{addr}"), "/api/v1/pods?limit=1"),
             (format!("https://{addr}/"), "/api/v1/pods?limit=1"),
@@ -705,8 +728,7 @@ mod tests {
                 "test CA",
                 None,
                 Credential::None,
-                timeout,
-                timeout,
+                timeouts,
             )
             .unwrap();
             let req = Request::get("/").body(crate::body::empty()).unwrap();
@@ -723,8 +745,7 @@ mod tests {
             "test CA",
             None,
             Credential::None,
-            timeout,
-            timeout,
+            timeouts,
         );
         assert!(matches!(refused, Err(Error::ServerQuery(_))), "{refused:?}");
     }

@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use support::sandbox;
@@ -20,6 +20,8 @@ struct Relay {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     open: Arc<Mutex<Vec<AbortHandle>>>,
+    /// One flag per connection: set, it carries nothing more and stays open.
+    frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
 }
 
 impl Relay {
@@ -28,13 +30,18 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(Mutex::new(Vec::new()));
-        let (count, conns) = (accepted.clone(), open.clone());
+        let frozen = Arc::new(Mutex::new(Vec::new()));
+        let (count, conns, flags) = (accepted.clone(), open.clone(), frozen.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                let flag = Arc::new(AtomicBool::new(false));
+                flags.lock().unwrap().push(flag.clone());
                 let relay = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(to).await {
+                        let (ri, wi) = inbound.into_split();
+                        let (ro, wo) = outbound.into_split();
+                        tokio::join!(carry(ri, wo, flag.clone()), carry(ro, wi, flag));
                     }
                 });
                 conns.lock().unwrap().push(relay.abort_handle());
@@ -44,6 +51,15 @@ impl Relay {
             addr,
             accepted,
             open,
+            frozen,
+        }
+    }
+
+    /// The connections open now go silent both ways, without closing: a node lost, a
+    /// NAT entry dropped. Connections made later carry as before.
+    fn freeze(&self) {
+        for flag in self.frozen.lock().unwrap().iter() {
+            flag.store(true, Ordering::SeqCst);
         }
     }
 
@@ -59,8 +75,36 @@ impl Relay {
     }
 }
 
+/// Copies `from` to `to` until either closes, or for ever once `frozen`.
+async fn carry(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The sandbox, and chaperone in front of it reaching it through a [`Relay`].
 async fn proxy_through_relay() -> (support::Env, Relay, chaperone::launch::Running) {
+    proxy_through_relay_with("").await
+}
+
+async fn proxy_through_relay_with(
+    upstream: &str,
+) -> (support::Env, Relay, chaperone::launch::Running) {
     let env = sandbox().start().await;
     env.let_anyone_in_through_a_jwks_file();
     let api: SocketAddr = env
@@ -74,10 +118,52 @@ async fn proxy_through_relay() -> (support::Env, Relay, chaperone::launch::Runni
         &format!("https://{}", relay.addr),
         &String::from_utf8(env.ca_pem()).unwrap(),
         &env.started.upstream_token,
-        "",
+        upstream,
     );
     let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
     (env, relay, proxy)
+}
+
+/// A connection to the API server that goes silent is found out by its pings and
+/// closed: its watch ends (the client re-lists), and the next request is answered on a
+/// new connection instead of waiting out its timeout on the dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gone_silent_is_closed_and_replaced() {
+    use http_body_util::BodyExt;
+    let (env, relay, proxy) = proxy_through_relay_with(
+        "  pingInterval: 500ms\n  pingTimeout: 500ms\n  responseTimeout: 20s\n",
+    )
+    .await;
+    let url = format!("https://{}{POD}", proxy.addrs[0]);
+    let reply = env.client(false).get(&url, &[]).await;
+    assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    let watch = http::Request::get(format!("{url}?watch=1"))
+        .body(chaperone::body::empty())
+        .unwrap();
+    let mut watch = env.client(false).open(watch).await.into_body();
+    assert_eq!(relay.accepted(), 1);
+
+    relay.freeze();
+    let began = std::time::Instant::now();
+    // The watch ends (with an error or not) once the connection is taken for dead.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(_)) = watch.frame().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the watch on the silent connection did not end"
+    );
+    let reply = env.client(false).get(&url, &[]).await;
+    assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(10),
+        "answered after {:?}",
+        began.elapsed()
+    );
+    assert_eq!(relay.accepted(), 2, "one new connection");
+    proxy.stop().await;
+    env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

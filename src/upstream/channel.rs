@@ -84,8 +84,18 @@ impl Drop for Slot {
     }
 }
 
+/// How a connection is checked: a PING every `interval`, answered within `timeout`,
+/// or the connection is closed (its streams fail, so watches end and clients re-list,
+/// and the next request dials anew).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ping {
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+}
+
 pub(super) struct H2Channel {
     dial: Dial<HttpsConnector<HttpConnector>>,
+    ping: Ping,
     target: Uri,
     sender: Mutex<Option<Current>>,
     /// One dial at a time: requests that find no connection wait for the same one.
@@ -106,9 +116,14 @@ pub(super) enum Sent {
 }
 
 impl H2Channel {
-    pub(super) fn new(dial: Dial<HttpsConnector<HttpConnector>>, target: Uri) -> H2Channel {
+    pub(super) fn new(
+        dial: Dial<HttpsConnector<HttpConnector>>,
+        ping: Ping,
+        target: Uri,
+    ) -> H2Channel {
         H2Channel {
             dial,
+            ping,
             target,
             sender: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
@@ -149,11 +164,19 @@ impl H2Channel {
             self.http1_only.store(true, Ordering::Relaxed);
             return Ok(None);
         }
-        let (sender, conn) = builder().handshake::<_, Bytes>(TokioIo::new(io)).await?;
+        let (sender, mut conn) = builder().handshake::<_, Bytes>(TokioIo::new(io)).await?;
+        let pings = conn.ping_pong();
+        let ping = self.ping;
         tokio::spawn(
             async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, "upstream HTTP/2 connection ended");
+                tokio::select! {
+                    ended = &mut conn => if let Err(error) = ended {
+                        tracing::debug!(%error, "upstream HTTP/2 connection ended");
+                    },
+                    why = unanswered(pings, ping) => {
+                        // Dropping the connection fails its streams.
+                        tracing::warn!(why, "closing the HTTP/2 connection to the API server");
+                    }
                 }
             }
             .instrument(tracing::debug_span!("upstream_connection")),
@@ -216,6 +239,26 @@ impl H2Channel {
         let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
         if current.as_ref().is_some_and(|c| c.number == number) {
             *current = None;
+        }
+    }
+}
+
+/// Pings the connection every `ping.interval` until a ping goes unanswered for
+/// `ping.timeout`; returns why.
+async fn unanswered(pings: Option<h2::PingPong>, ping: Ping) -> String {
+    let Some(mut pings) = pings else {
+        // Taken already: never the case for a new connection. Not checked, then.
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(ping.interval).await;
+        match tokio::time::timeout(ping.timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            // The connection is closing on its own: nothing to check.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => {
+                return format!("a ping went unanswered for {:?}", ping.timeout);
+            }
         }
     }
 }
