@@ -181,10 +181,17 @@ pub async fn proxy(
         ready: running.ready.clone(),
         metrics,
         audit: Some(audit.clone()),
-        checks: vec![Arc::new(move || authenticator.not_ready()), {
-            let p = policies.clone();
-            Arc::new(move || p.not_ready())
-        }],
+        checks: vec![
+            Arc::new(move || authenticator.not_ready()),
+            {
+                let p = policies.clone();
+                Arc::new(move || p.not_ready())
+            },
+            {
+                let a = audit.clone();
+                Arc::new(move || a.not_ready())
+            },
+        ],
         notes: vec![
             {
                 let p = policies.clone();

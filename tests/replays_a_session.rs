@@ -65,13 +65,16 @@ fn filters_select_by_decision_user_trace_and_time() {
     assert_eq!(ids(&["--since", "2026-11-25T13:40:03Z"]), ["4", "5", "6"]);
 }
 
+/// A line that is not an event (one cut short by a crash) is named, file and line, and
+/// the events after it are still shown; the exit status says a line was skipped.
 #[test]
-fn a_bad_line_names_the_file_and_line() {
+fn a_bad_line_is_named_and_the_events_after_it_still_replay() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.jsonl");
-    std::fs::write(&path, "{\"kind\":\"Event\"}\n").unwrap();
+    let good = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"after-the-crash","stage":"ResponseComplete","requestURI":"/api/v1/pods","verb":"list","user":{"username":"agent"},"requestReceivedTimestamp":"2026-11-25T13:40:00.000000Z","stageTimestamp":"2026-11-25T13:40:00.000000Z"}"#;
+    std::fs::write(&path, format!("{{\"kind\":\"Event\"}}\n{good}\n")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_chaperone"))
-        .args(["replay", path.to_str().unwrap()])
+        .args(["replay", "--format", "json", path.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -80,6 +83,8 @@ fn a_bad_line_names_the_file_and_line() {
         stderr.contains("broken.jsonl:1: not an audit event"),
         "{stderr}"
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("after-the-crash"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -558,10 +558,7 @@ impl Approvals {
             code if code.is_success() => serde_json::from_slice(&body)
                 .map(Some)
                 .map_err(|e| unavailable(format!("gave a body that is not JSON: {e}"))),
-            code => Err(unavailable(format!(
-                "got {code}: {}",
-                String::from_utf8_lossy(&body)
-            ))),
+            code => Err(unavailable(format!("got {code}: {}", api_says(&body)))),
         }
     }
 
@@ -588,7 +585,7 @@ impl Approvals {
         if !code.is_success() {
             return Err(Error::Unavailable(format!(
                 "creating AccessRequest {ns}/{name} got {code}: {}",
-                String::from_utf8_lossy(&body)
+                api_says(&body)
             )));
         }
         tracing::info!(access_request = %name, rule = %held.rule, "held for approval");
@@ -901,9 +898,38 @@ fn sanitize_label(value: &str) -> String {
         .to_owned()
 }
 
+/// What the API server said in a failure it answered the proxy's own request with: a
+/// Status's message (or the body's text), cut to a few hundred characters. It goes into
+/// the caller's refusal and the record: an admission webhook's denial may quote anything,
+/// at any length.
+fn api_says(body: &[u8]) -> String {
+    const MAX: usize = 300;
+    let text = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_api_server_says_is_cut_short() {
+        let status = serde_json::json!({"kind": "Status", "message": format!("denied: {}", "x".repeat(100_000)), "code": 403});
+        let said = api_says(status.to_string().as_bytes());
+        assert!(
+            said.starts_with("denied: xxx") && said.chars().count() <= 301,
+            "{}",
+            said.len()
+        );
+        assert_eq!(api_says(b"plain\ntext"), "plaintext");
+    }
 
     #[test]
     fn a_caller_holds_at_most_max_different_requests_and_identical_ones_join() {

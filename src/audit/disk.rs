@@ -67,10 +67,14 @@ enum Job {
 /// costs the requests' thread one wake-up of this thread and nothing on the way back.
 struct Shared {
     in_flight: AtomicBool,
+    /// Shutdown: a batch the disk keeps refusing is given up (counted as failed).
+    giving_up: AtomicBool,
     written: Notify,
     /// The last batch's buffers, back for reuse.
     spare: Mutex<Lines>,
     counters: Arc<Counters>,
+    /// Why the disk refuses the batch in flight, while it does (for `/readyz`).
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 /// The handle of the thread that owns the sink.
@@ -90,8 +94,10 @@ impl DiskThread {
         let (jobs, rx) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
             in_flight: AtomicBool::new(false),
+            giving_up: AtomicBool::new(false),
             written: Notify::new(),
             spare: Mutex::new(Lines::default()),
+            failing: counters.write_failing.clone(),
             counters,
         });
         let theirs = shared.clone();
@@ -104,7 +110,7 @@ impl DiskThread {
                 loop {
                     match rx.recv_timeout(IDLE_CHECK) {
                         Ok(Job::Write(lines)) => {
-                            theirs.count(lines.len() as u64, disk.write(&lines));
+                            theirs.write(&mut disk, &lines);
                             // A large captured body does not keep its buffer for good.
                             if lines.lines.capacity() <= LINES_KEPT {
                                 *theirs.spare.lock().unwrap_or_else(|e| e.into_inner()) = lines;
@@ -161,6 +167,11 @@ impl DiskThread {
         }
     }
 
+    /// Shutdown is under way: a batch the disk refuses is not retried any more.
+    pub fn give_up(&self) {
+        self.shared.giving_up.store(true, Ordering::Release);
+    }
+
     /// Syncs what is written and ends the thread.
     pub async fn stop(&self) -> std::io::Result<()> {
         let (done, result) = oneshot::channel();
@@ -169,7 +180,51 @@ impl DiskThread {
     }
 }
 
+/// The longest wait between two tries of a batch the disk refused.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 impl Shared {
+    /// Writes a batch, retrying what the disk refuses (full, read-only, failing) until
+    /// it takes it: the batch stays in flight meanwhile, the queue fills behind it, and
+    /// the configured overflow applies (`block` holds requests: nothing goes
+    /// unrecorded). Each try goes on from the line that failed; a buffered write
+    /// keeps what it could not hand over, so a retried flush loses nothing either.
+    fn write(&self, disk: &mut Disk, lines: &Lines) {
+        let mut next = 0;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match disk.write_from(lines, &mut next) {
+                Ok(()) => {
+                    if self
+                        .failing
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                        .is_some()
+                    {
+                        tracing::info!("the audit recording is written again");
+                    }
+                    self.count(lines.len() as u64, Ok(()));
+                    return;
+                }
+                Err(error) if self.giving_up.load(Ordering::Acquire) => {
+                    let left = lines.len().saturating_sub(next) as u64;
+                    self.count(left, Err(error));
+                    return;
+                }
+                Err(error) => {
+                    self.counters.failed_writes.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, retry_in = ?backoff,
+                        "failed to write audit events; retrying (requests wait while the audit queue is full and overflow is block)");
+                    *self.failing.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(error.to_string());
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
     fn count(&self, events: u64, written: std::io::Result<()>) {
         match written {
             Ok(()) => {
@@ -200,18 +255,23 @@ fn gone() -> std::io::Error {
 }
 
 impl Disk {
-    fn write(&mut self, batch: &Lines) -> std::io::Result<()> {
+    /// Writes the batch's lines from line `next` on, moving `next` past each one
+    /// written, then hands them to the OS.
+    fn write_from(&mut self, batch: &Lines, next: &mut usize) -> std::io::Result<()> {
+        let start = |i: usize| if i == 0 { 0 } else { batch.ends[i - 1] };
         match self {
             Disk::Stdout => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(&batch.lines)?;
+                if *next < batch.len() {
+                    out.write_all(&batch.lines[start(*next)..])?;
+                    *next = batch.len();
+                }
                 out.flush()
             }
             Disk::File(rec) => {
-                let mut start = 0;
-                for &end in &batch.ends {
-                    rec.write_line(&batch.lines[start..end])?;
-                    start = end;
+                while *next < batch.len() {
+                    rec.write_line(&batch.lines[start(*next)..batch.ends[*next]])?;
+                    *next += 1;
                 }
                 self.flush()
             }

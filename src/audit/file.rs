@@ -58,9 +58,17 @@ impl Recording {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = open_append(path)?;
+        let mut file = open_append(path)?;
         let meta = file.metadata()?;
-        let (size, regular) = (meta.len(), meta.is_file());
+        let (mut size, regular) = (meta.len(), meta.is_file());
+        // A line cut short (the node lost, the disk full, then a kill) is ended before
+        // this run appends: otherwise the first new event would join it, and the line
+        // that no reader can parse would hide the event.
+        if regular && size > 0 && !ends_a_line(path)? {
+            file.write_all(b"\n")?;
+            size += 1;
+            tracing::warn!(path = %path.display(), "the audit recording ended in a partial line; it is ended before new events are appended");
+        }
         Ok(Recording {
             path: path.to_owned(),
             max_size,
@@ -148,6 +156,16 @@ impl Recording {
     }
 }
 
+/// Whether the file's last byte is a newline.
+fn ends_a_line(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
 fn open_append(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     // Audit records name users and resources: readable by the owner only.
@@ -162,6 +180,28 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 mod tests {
     use super::*;
     use crate::audit::event::{Event, Level, Stage};
+
+    /// A recording that ended in a partial line (a crash mid-write) is ended before the
+    /// next run appends: its first event is a line of its own.
+    #[test]
+    fn a_partial_last_line_is_ended_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, "{\"kind\":\"Ev").unwrap();
+        let mut rec = Recording::open(&path, 1 << 20, 1, Fsync::Never).unwrap();
+        append(&mut rec, &event(1)).unwrap();
+        rec.sync().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        serde_json::from_str::<Event>(lines[1]).unwrap();
+        // A whole last line is left as it is.
+        drop(rec);
+        let mut rec = Recording::open(&path, 1 << 20, 1, Fsync::Never).unwrap();
+        append(&mut rec, &event(2)).unwrap();
+        rec.sync().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+    }
 
     /// Appends one event; `flush_for_sync` hands it to the OS.
     fn append(rec: &mut Recording, event: &Event) -> std::io::Result<()> {

@@ -257,6 +257,43 @@ mod tests {
         }
     }
 
+    /// A disk that refuses writes (full, read-only) loses nothing: the batch is retried,
+    /// the queue fills behind it and `overflow: block` holds the requests; `/readyz`
+    /// says why. Shutdown gives the batch up, counted as failed.
+    #[tokio::test]
+    async fn a_disk_that_refuses_writes_holds_requests_and_says_so() {
+        let full = PathBuf::from("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        let recorder =
+            Arc::new(Recorder::start(&settings(Some(full), 2, Overflow::Block)).unwrap());
+        let theirs = recorder.clone();
+        let recording = tokio::spawn(async move {
+            for _ in 0..20 {
+                theirs
+                    .record(trail().event(Stage::ResponseComplete, 200, None))
+                    .await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!recording.is_finished(), "requests went on unrecorded");
+        assert_eq!(recorder.counters.recorded.load(Ordering::Relaxed), 0);
+        assert_eq!(recorder.counters.dropped.load(Ordering::Relaxed), 0);
+        assert!(recorder.counters.failed_writes.load(Ordering::Relaxed) > 0);
+        let why = recorder
+            .not_ready()
+            .expect("not ready while the disk refuses writes");
+        assert!(why.contains("audit recording cannot be written"), "{why}");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            recorder.close(Duration::from_millis(200)),
+        )
+        .await
+        .expect("shutdown gives the batch up");
+        recording.abort();
+    }
+
     /// A recording that never takes its last batch keeps the writer from ending; once
     /// shutdown gives up on it, an event recorded after is counted as dropped (with
     /// `overflow: block` too), neither queued for no one nor waited on for good.

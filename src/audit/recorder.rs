@@ -74,6 +74,8 @@ pub struct Counters {
     pub in_flight: AtomicU64,
     /// Events of ended responses not yet in the queue.
     pub queuing: AtomicU64,
+    /// Why the local sink's disk refuses the batch in flight, while it does.
+    pub write_failing: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// The sending side of the audit queues (one per sink), shared by every request.
@@ -318,6 +320,15 @@ impl Recorder {
         local.max(otlp)
     }
 
+    /// Why the audit recording cannot be written now, if it cannot (for `/readyz`).
+    pub fn not_ready(&self) -> Option<String> {
+        let failing = self.counters.write_failing.lock();
+        let failing = failing.unwrap_or_else(|e| e.into_inner());
+        failing.as_ref().map(|why| {
+            format!("the audit recording cannot be written ({why}); its events wait, and past the queue's bound the overflow setting applies")
+        })
+    }
+
     /// Waits up to `grace` for the queues to drain to the sinks, then stops the writers.
     pub async fn close(&self, grace: Duration) {
         let drained = async {
@@ -382,6 +393,9 @@ async fn write_lines(
         };
         // One batch on its way to the disk at a time: what arrives meanwhile waits in
         // the queue for the next.
+        if stopping {
+            disk.give_up();
+        }
         let lines = queue.take(disk.ready().await, stopping);
         last_batch = lines.len();
         if last_batch > 0 {

@@ -165,8 +165,11 @@ impl Trail {
         // The query first: a raw path holds no `?`, but the path read may (`%3F`).
         self.mask_query(masker);
         let path_end = self.request_uri.find('?').unwrap_or(self.request_uri.len());
+        // The masked reading is decoded: recorded encoded once, as every path is, so a
+        // `%3F` stays no query and a control character no control character.
         if let Some(masked) = masker.mask_path(&self.request_uri[..path_end]) {
-            self.request_uri.replace_range(..path_end, &masked);
+            let encoded = crate::request_info::encode_path(&masked).into_owned();
+            self.request_uri.replace_range(..path_end, &encoded);
         }
     }
 
@@ -622,6 +625,28 @@ mod tests {
                 "{uri}"
             );
         }
+    }
+
+    /// A path refused before it was resolved, with a key in it, is recorded masked and
+    /// encoded once: no control character, and no `?` that was never a query.
+    #[test]
+    fn a_masked_unresolved_path_is_recorded_encoded() {
+        let uri: http::Uri =
+            "/api/v1/namespaces/d/pods/AKIAIOSFODNN7EXAMPLE%0A%1B%5B2J%1B%5D0;x%07%3Fa=b"
+                .parse()
+                .unwrap();
+        let mut trail = Trail::start(
+            &http::Method::GET,
+            &uri,
+            &HeaderMap::new(),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        trail.mask_unresolved(&crate::mask::Masker::builtin());
+        let event = trail.into_event(Stage::ResponseComplete, 400, None);
+        let recorded = &event.request_uri;
+        assert!(!recorded.contains("AKIA"), "{recorded}");
+        assert!(recorded.bytes().all(|b| b.is_ascii_graphic()), "{recorded}");
+        assert!(!recorded.contains('?'), "{recorded}");
     }
 
     #[test]

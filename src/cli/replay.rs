@@ -145,16 +145,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         writeln!(out, "{}", header())?;
     }
     let last = args.files.len() - 1;
+    let mut unread = 0;
     for (i, path) in args.files.iter().enumerate() {
         let file = std::fs::File::open(path)
             .with_context(|| format!("failed to open {}", path.display()))?;
         let mut reader = BufReader::new(file);
-        print_lines(&mut reader, path, &filter, &args, &mut out)?;
+        unread += print_lines(&mut reader, path, &filter, &args, &mut out)?;
         if args.follow && i == last {
             follow(reader, path, &filter, &args, &mut out).await?;
         }
     }
-    Ok(())
+    match unread {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} line(s) could not be read as audit events (named above)"),
+    }
 }
 
 fn print_lines(
@@ -163,36 +167,49 @@ fn print_lines(
     filter: &Filter,
     args: &Args,
     out: &mut impl Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let mut line = String::new();
-    let mut n = 0usize;
+    let (mut n, mut unread) = (0usize, 0usize);
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            return Ok(());
+            return Ok(unread);
         }
         n += 1;
-        emit(&line, &format!("{}:{n}", path.display()), filter, args, out)?;
+        if !emit(&line, &format!("{}:{n}", path.display()), filter, args, out)? {
+            unread += 1;
+        }
     }
 }
 
-/// Prints the events of one line that pass the filters.
+/// Prints the events of one line that pass the filters; `false` for a line that is
+/// not an audit event, which is named on stderr and skipped: a line cut short by a
+/// crash must not hide the events recorded after it.
 fn emit(
     line: &str,
     origin: &str,
     filter: &Filter,
     args: &Args,
     out: &mut impl Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     if line.trim().is_empty() {
-        return Ok(());
+        return Ok(true);
     }
-    let events = parse_line(line).with_context(|| format!("{origin}: not an audit event"))?;
+    let events = match parse_line(line) {
+        Ok(events) => events,
+        Err(error) => {
+            eprintln!(
+                "{origin}: not an audit event ({}); skipped",
+                for_terminal(&format!("{error:#}"))
+            );
+            return Ok(false);
+        }
+    };
     for e in events.iter().filter(|e| filter.keeps(e)) {
         match args.format {
             Format::Json => writeln!(out, "{}", serde_json::to_string(e)?)?,
             Format::Text => {
-                writeln!(out, "{}", row(e))?;
+                writeln!(out, "{}", for_terminal(&row(e)))?;
                 if args.bodies {
                     for (object, key, label) in [
                         (&e.request_object, "chaperone.dev/request-body", "request"),
@@ -203,8 +220,12 @@ fn emit(
                         ),
                     ] {
                         match (object, e.annotations.get(key)) {
-                            (Some(v), _) => writeln!(out, "    {label}: {v}")?,
-                            (None, Some(why)) => writeln!(out, "    {label}: ({why})")?,
+                            (Some(v), _) => {
+                                writeln!(out, "    {label}: {}", for_terminal(&v.to_string()))?
+                            }
+                            (None, Some(why)) => {
+                                writeln!(out, "    {label}: ({})", for_terminal(why))?
+                            }
                             (None, None) => {}
                         }
                     }
@@ -212,7 +233,7 @@ fn emit(
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Reads the file as it grows; starts over when it is rotated (it shrinks). A line
@@ -230,6 +251,7 @@ async fn follow(
         line.clear();
         reader.read_line(&mut line)?;
         if line.ends_with('\n') {
+            // A line that is not an event is named on stderr; following goes on.
             emit(&line, &path.display().to_string(), filter, args, out)?;
             continue;
         }
@@ -281,6 +303,26 @@ fn header() -> String {
     format!(
         "{:<23} {:<40} {:<16} {:<44} {:<8} {:<24} {:>4} {:>9} {:>6}",
         "TIME", "USER", "VERB", "RESOURCE", "DECISION", "RULE", "CODE", "LATENCY", "MASKED"
+    )
+}
+
+/// Text for a terminal: what a recorded name, path or body could hold that a terminal
+/// would act on (escape sequences, line breaks, C1 controls) or that would reorder what
+/// is shown (bidirectional overrides) is written as `\u{..}` instead. Callers choose
+/// much of what is recorded; a replay must not let them redraw the operator's screen.
+fn for_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| match unsafe_char(c) {
+                true => c.escape_unicode().to_string(),
+                false => c.to_string(),
+            })
+            .collect(),
     )
 }
 
@@ -356,6 +398,17 @@ fn row(e: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_shown_cannot_drive_the_terminal() {
+        assert_eq!(for_terminal("pods nginx"), "pods nginx");
+        let shown = for_terminal("/x/\u{1b}[2J\u{7}a\nb\u{9b}c\u{202e}d");
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+    }
 
     #[test]
     fn since_accepts_ages_and_times() {
