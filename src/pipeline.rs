@@ -76,14 +76,9 @@ pub enum Error {
     )]
     TooManyRequests { user: String, max: usize },
     #[error(
-        "chaperone reads the name of every {kind} created in namespace {namespace}, where \
-         one it runs with lives, and could not read this one's: {why}"
+        "chaperone reads the body of every {what} to check it, and could not read this one: {why}"
     )]
-    UnreadCreate {
-        kind: &'static str,
-        namespace: String,
-        why: String,
-    },
+    Unread { what: String, why: String },
 }
 
 impl Error {
@@ -101,7 +96,7 @@ impl Error {
             Error::Upstream(e) => e.status(),
             Error::SelfReview(e) => e.status(),
             Error::TooManyStreams { .. } => Status::too_many_requests(self.to_string()),
-            Error::UnreadCreate { .. } => Status::bad_request(self.to_string()),
+            Error::Unread { .. } => Status::bad_request(self.to_string()),
             // client-go waits the second and retries, up to ten times: a burst is slowed
             // down, not failed.
             Error::TooManyRequests { .. } => Status::too_many_requests(self.to_string())
@@ -406,17 +401,19 @@ impl Proxy {
         let since = Instant::now();
         let mut decision = tracing::debug_span!("authorize")
             .in_scope(|| self.policy.authorize(&who, &info, req.uri().query()));
-        // Nor may an object the proxy runs with (its policy's ConfigMap, ...) be created
-        // anew, once someone else has deleted it: a create names its object in the body,
-        // read here (and forwarded as read). Counted among the caller's requests while
-        // it arrives.
+        // Some writes are decided by their body too: the creation anew of an object the
+        // proxy runs with (its policy's ConfigMap, ...: a create names its object in the
+        // body), and a pod, pod template or namespace setting the keys that would take
+        // pods out of chaperone. The body is read here (and forwarded as read), counted
+        // among the caller's requests while it arrives.
         let mut created: Option<bytes::Bytes> = None;
         if decision.applied() != policy::Action::Deny {
-            if let Some(own) = self.policy.may_create_own(&info) {
-                let unread = |why| Error::UnreadCreate {
-                    kind: own.kind(),
-                    namespace: own.namespace.clone(),
-                    why,
+            let own = self.policy.may_create_own(&info);
+            let injection = policy::shapes_injection(&info);
+            if own.is_some() || injection {
+                let what = match own {
+                    Some(own) => format!("{} created in namespace {}", own.kind(), own.namespace),
+                    None => format!("{} of {}", info.verb, info.resource),
                 };
                 let reading = self
                     .requests
@@ -426,16 +423,19 @@ impl Proxy {
                         max: self.max_requests,
                     })?;
                 let headers = req.headers().clone();
-                let (bytes, object) =
-                    approval::body::read_sent(req.body_mut(), &headers, MAX_CREATED)
-                        .await
-                        .map_err(|e| match e {
-                            approval::Error::Unreviewable(why) => unread(why),
-                            e => unread(e.to_string()),
-                        })?;
+                let unread = |e: approval::Error| Error::Unread {
+                    what: what.clone(),
+                    why: match e {
+                        approval::Error::Unreviewable(why) => why,
+                        e => e.to_string(),
+                    },
+                };
+                let bytes = approval::body::read_raw(req.body_mut(), &headers, MAX_CREATED)
+                    .await
+                    .map_err(unread)?;
                 drop(reading);
-                if let Some(own) = object.and_then(|o| self.policy.own_created(&info, &o)) {
-                    decision = policy::Decision::own_object(&info, own.what);
+                if let Some(refusal) = self.screen_sent(&info, &headers, &bytes, injection) {
+                    decision = refusal.map_err(unread)?;
                 }
                 created = Some(bytes);
             }
@@ -657,6 +657,39 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// The refusal a sent body calls for, if any (see where the body is read in
+    /// `serve`); an error when it cannot be read as the API server would read it.
+    fn screen_sent(
+        &self,
+        info: &request_info::RequestInfo,
+        headers: &http::HeaderMap,
+        bytes: &[u8],
+        injection: bool,
+    ) -> Option<Result<policy::Decision, approval::Error>> {
+        if bytes.is_empty() {
+            return None;
+        }
+        let protobuf = headers::media_type(headers).contains("protobuf");
+        // A protobuf pod or Deployment is not decoded here (their schemas are large):
+        // protobuf writes its strings as they are, so the keys are found in its bytes.
+        if injection && protobuf && policy::injection_key_in_bytes(bytes).is_some() {
+            return Some(Ok(policy::Decision::stay_injected(info)));
+        }
+        if injection && protobuf {
+            return None;
+        }
+        let object = match approval::body::parse(bytes, headers) {
+            Ok(object) => object,
+            Err(e) => return Some(Err(e)),
+        };
+        if injection && policy::injection_key_in(&object).is_some() {
+            return Some(Ok(policy::Decision::stay_injected(info)));
+        }
+        self.policy
+            .own_created(info, &object)
+            .map(|own| Ok(policy::Decision::own_object(info, own.what)))
+    }
+
     /// The approval stage: an answer at once (a grant, a skip group), or the request is
     /// held — on record as held, naming its AccessRequest, before the wait — until a
     /// reviewer decides or the hold ends.
@@ -811,9 +844,8 @@ mod tests {
             ),
             (Error::Upstream(upstream::Error::NoCa), 500, "InternalError"),
             (
-                Error::UnreadCreate {
-                    kind: "ConfigMap",
-                    namespace: "agents".into(),
+                Error::Unread {
+                    what: "ConfigMap created in namespace agents".into(),
                     why: "its body is not valid YAML".into(),
                 },
                 400,

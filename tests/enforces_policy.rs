@@ -485,7 +485,7 @@ async fn the_objects_the_proxy_runs_with_cannot_be_changed_through_it() {
     assert_eq!(reply.status, 400, "{:?}", reply.body);
     let message = reply.json()["message"].as_str().unwrap().to_owned();
     assert!(
-        message.contains("reads the name of every ConfigMap created in namespace default"),
+        message.contains("reads the body of every ConfigMap created in namespace default"),
         "{message}"
     );
     assert!(!env
@@ -850,4 +850,94 @@ async fn open_when_free(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no place was given back within 10 s");
+}
+
+/// A pod, a pod template or a namespace written through chaperone cannot set the keys
+/// that take pods out of chaperone (`chaperone.dev/inject: "false"`) or choose their
+/// policy (`chaperone.dev/policy`), however the write is sent; other writes of them go
+/// through as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_written_through_chaperone_stays_in_chaperone() {
+    let env = sandbox().with_proxy().start().await;
+    let refused = |out: &std::process::Output, what: &str| {
+        let said = stderr(out);
+        assert!(
+            !out.status.success()
+                && said.contains("cannot set chaperone.dev/inject or chaperone.dev/policy"),
+            "{what}: {said}"
+        );
+    };
+    // As kubectl sends them: a create, a merge patch of a template, a JSON patch.
+    let out = env
+        .kubectl(&[
+            "run",
+            "escape",
+            "--image=busybox",
+            "--labels=chaperone.dev/inject=false",
+        ])
+        .await;
+    refused(&out, "run with the opt-out label");
+    let out = env
+        .kubectl(&[
+            "run",
+            "mine",
+            "--image=busybox",
+            "--annotations=chaperone.dev/policy=mine",
+        ])
+        .await;
+    refused(&out, "run naming a policy");
+    ok(&env
+        .kubectl(&["create", "deployment", "site", "--image=nginx"])
+        .await);
+    let out = env
+        .kubectl(&[
+            "patch",
+            "deployment",
+            "site",
+            "-p",
+            r#"{"spec":{"template":{"metadata":{"labels":{"chaperone.dev/inject":"false"}}}}}"#,
+        ])
+        .await;
+    refused(&out, "a template's label by merge patch");
+    ok(&env.kubectl(&["run", "plain", "--image=busybox"]).await);
+    let out = env
+        .kubectl(&[
+            "patch",
+            "pod",
+            "plain",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/annotations","value":{}},{"op":"add","path":"/metadata/annotations/chaperone.dev~1policy","value":"mine"}]"#,
+        ])
+        .await;
+    refused(&out, "a JSON patch");
+    // A key spelled with JSON escapes is the same key.
+    let reply = env
+        .client(false)
+        .send(
+            http::Request::post(format!(
+                "{}/api/v1/namespaces/default/pods",
+                env.proxy_url()
+            ))
+            .header("content-type", "application/json")
+            .body(chaperone::body::full(
+                r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"escaped","labels":{"chaperone.dev\u002finject":"false"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#,
+            ))
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    // Other writes go through, as sent.
+    ok(&env.kubectl(&["label", "pod", "plain", "app=web"]).await);
+    ok(&env
+        .kubectl(&["set", "image", "deployment/site", "nginx=nginx:1.27"])
+        .await);
+    for name in ["escape", "mine", "escaped"] {
+        assert!(!env
+            .kubectl_direct(&["get", "pod", name])
+            .await
+            .status
+            .success());
+    }
+    env.stop().await;
 }

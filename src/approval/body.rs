@@ -91,6 +91,20 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let bytes = read_raw(body, headers, max).await?;
+    let value = match bytes.is_empty() {
+        true => None,
+        false => Some(parse(&bytes, headers)?),
+    };
+    Ok((bytes, value))
+}
+
+/// Reads a sent body whole (up to `max` bytes), as sent. A compressed body is refused.
+pub async fn read_raw<B>(body: B, headers: &HeaderMap, max: usize) -> Result<Bytes, Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
             return Err(Error::Unreviewable(format!(
@@ -107,16 +121,12 @@ where
                 Error::Unreviewable(format!("its body could not be read: {why}"))
             }
         })?;
-    let value = match bytes.is_empty() {
-        true => None,
-        false => Some(parse(&bytes, headers)?),
-    };
-    Ok((bytes, value))
+    Ok(bytes)
 }
 
 /// JSON (objects and every patch type), YAML for server-side apply, or the protobuf of
 /// the objects kubectl's typed clients create.
-fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
+pub(crate) fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
     let kind = crate::headers::media_type(headers);
     let yaml = kind.ends_with("yaml");
     if kind.contains("protobuf") {

@@ -30,8 +30,11 @@ pub const AUDIT_MODE: &str = "builtin:audit-mode";
 /// A change to an object the proxy runs with (its policy's ConfigMap, its config, its CA,
 /// its serving certificate), never allowed.
 pub const OWN_POLICY: &str = "builtin:own-policy";
+/// A write of a pod, a pod template or a namespace that sets the keys taking pods out
+/// of chaperone or choosing their policy, never allowed through chaperone.
+pub const STAY_INJECTED: &str = "builtin:stay-injected";
 /// Every built-in rule name, which a test case's `rule:` may name.
-pub const BUILTIN_RULES: [&str; 7] = [
+pub const BUILTIN_RULES: [&str; 8] = [
     DEFAULT_DENY,
     DISCOVERY,
     CHAPERONE_RESOURCES,
@@ -39,6 +42,7 @@ pub const BUILTIN_RULES: [&str; 7] = [
     NO_POLICY,
     AUDIT_MODE,
     OWN_POLICY,
+    STAY_INJECTED,
 ];
 
 /// Who decided.
@@ -210,6 +214,18 @@ impl Decision {
         }
     }
 
+    /// A write that would take pods out of chaperone, or choose their policy: denied
+    /// whatever the policy says.
+    pub fn stay_injected(info: &RequestInfo) -> Decision {
+        Decision {
+            reported: Verdict::builtin(Action::Deny, Mode::Enforce, STAY_INJECTED),
+            applied: None,
+            policy: None,
+            target: Target::new(info),
+            note: None,
+        }
+    }
+
     pub fn no_policy(info: &RequestInfo, why: Option<Arc<str>>) -> Decision {
         Decision {
             reported: Verdict::builtin(Action::Deny, Mode::Enforce, NO_POLICY),
@@ -276,6 +292,14 @@ impl fmt::Display for Reason<'_> {
             }
             Source::Own(what) => {
                 write!(f, "{what} cannot be changed through chaperone ({t})")
+            }
+            Source::Builtin(STAY_INJECTED) => {
+                write!(
+                    f,
+                    "pods, pod templates and namespaces written through chaperone cannot set \
+                     chaperone.dev/inject or chaperone.dev/policy, which would take pods out \
+                     of chaperone or choose their policy ({t})"
+                )
             }
             Source::Builtin(IMPERSONATE) => {
                 write!(f, "impersonation is never allowed through chaperone ({t})")

@@ -30,7 +30,7 @@ pub use cases::{Case, Outcome};
 pub use compile::{Policy, RuleMeta};
 pub use eval::{
     authorize, Decision, AUDIT_MODE, BUILTIN_RULES, CHAPERONE_RESOURCES, DEFAULT_DENY, DISCOVERY,
-    IMPERSONATE, NO_POLICY, OWN_POLICY,
+    IMPERSONATE, NO_POLICY, OWN_POLICY, STAY_INJECTED,
 };
 pub use lint::Warning;
 pub use matching::command_args;
@@ -132,6 +132,62 @@ impl OwnObject {
             && info.resource == self.resource
             && info.namespace == self.namespace
     }
+}
+
+/// The keys that take a pod out of chaperone (`chaperone.dev/inject: "false"`, on the pod
+/// or its namespace) or choose the policy its proxy enforces (`chaperone.dev/policy`):
+/// an administrator's to set. A caller who could set them through chaperone could run a
+/// pod (or a Deployment's) with the service account's real token, or behind a policy of
+/// its own.
+pub const INJECTION_KEYS: [&str; 2] = ["chaperone.dev/inject", "chaperone.dev/policy"];
+
+/// Whether `info` writes a pod, an object that templates pods, or a namespace: its body
+/// is read for [`INJECTION_KEYS`] ([`injection_key_in`]).
+pub fn shapes_injection(info: &crate::request_info::RequestInfo) -> bool {
+    info.is_resource_request
+        && info.subresource.is_empty()
+        && matches!(info.verb.as_str(), "create" | "update" | "patch")
+        && matches!(
+            (info.api_group.as_str(), info.resource.as_str()),
+            (
+                "",
+                "pods" | "podtemplates" | "replicationcontrollers" | "namespaces"
+            ) | (
+                "apps",
+                "deployments" | "replicasets" | "statefulsets" | "daemonsets"
+            ) | ("batch", "jobs" | "cronjobs")
+        )
+}
+
+/// The injection key a sent object or patch sets: as a key anywhere in it (labels and
+/// annotations, a template's too, a merge patch's `null`), or as the last step of a
+/// JSON patch's `path` (`/metadata/labels/chaperone.dev~1inject`).
+pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            INJECTION_KEYS
+                .into_iter()
+                .find(|key| k == key)
+                .or_else(|| injection_key_in(v))
+        }),
+        Value::Array(items) => items.iter().find_map(injection_key_in),
+        Value::String(s) => INJECTION_KEYS
+            .into_iter()
+            .find(|key| s.ends_with(&key.replace('/', "~1"))),
+        _ => None,
+    }
+}
+
+/// The same, in a protobuf body: its strings are its bytes, unescaped, and a map's key
+/// is field 1 of its entry, so a label or annotation keyed by one is the bytes `0x0a`,
+/// its length, and the key (`chaperone.dev/injected-version` is not it).
+pub fn injection_key_in_bytes(bytes: &[u8]) -> Option<&'static str> {
+    INJECTION_KEYS.into_iter().find(|key| {
+        let mut entry = vec![0x0a, key.len() as u8];
+        entry.extend_from_slice(key.as_bytes());
+        bytes.windows(entry.len()).any(|w| w == entry.as_slice())
+    })
 }
 
 /// The API server's `SimpleNameGenerator`: a `generateName` is cut to 58 bytes and

@@ -568,3 +568,56 @@ fn the_own_configmap_is_told_apart() {
         None
     );
 }
+
+/// Which writes are read for the keys that take pods out of chaperone, and where in a
+/// sent object or patch those keys are found.
+#[test]
+fn the_injection_keys_are_found_however_they_are_sent() {
+    use serde_json::json;
+    #[rustfmt::skip]
+    let cases = [
+        (res("create", "", "pods", "ns", ""), true),
+        (res("patch", "", "pods", "ns", "p"), true),
+        (res("update", "apps", "deployments", "ns", "d"), true),
+        (res("create", "batch", "cronjobs", "ns", ""), true),
+        (res("patch", "", "namespaces", "", "ns"), true),
+        (res("get", "", "pods", "ns", "p"), false),
+        (res("delete", "", "pods", "ns", "p"), false),
+        (res("create", "", "pods/eviction", "ns", "p"), false),
+        (res("patch", "apps", "deployments/scale", "ns", "d"), false),
+        (res("create", "", "configmaps", "ns", ""), false),
+        (res("create", "example.com", "pods", "ns", ""), false),
+    ];
+    for (info, reads) in cases {
+        assert_eq!(shapes_injection(&info), reads, "{info:?}");
+    }
+    let found = [
+        json!({"metadata": {"labels": {"chaperone.dev/inject": "false"}}}),
+        json!({"spec": {"template": {"metadata": {"annotations": {"chaperone.dev/policy": "mine"}}}}}),
+        json!({"spec": {"jobTemplate": {"spec": {"template": {"metadata": {"labels": {"chaperone.dev/inject": "false"}}}}}}}),
+        json!({"metadata": {"labels": {"chaperone.dev/inject": null}}}),
+        json!([{"op": "add", "path": "/metadata/labels/chaperone.dev~1inject", "value": "false"}]),
+        json!([{"op": "remove", "path": "/metadata/labels/chaperone.dev~1inject"}]),
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"chaperone.dev/policy": "x"}}]),
+    ];
+    for v in found {
+        assert!(injection_key_in(&v).is_some(), "{v}");
+    }
+    let clean = [
+        json!({"metadata": {"labels": {"app": "web", "chaperone.dev/injected-version": "1"}}}),
+        json!({"spec": {"containers": [{"env": [{"name": "NOTE", "value": "chaperone.dev/inject docs"}]}]}}),
+        json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]),
+    ];
+    for v in clean {
+        assert_eq!(injection_key_in(&v), None, "{v}");
+    }
+    assert_eq!(
+        injection_key_in_bytes(b"\x5a\x1d\x0a\x14chaperone.dev/inject\x12\x05false"),
+        Some("chaperone.dev/inject")
+    );
+    // Another key that starts alike has another length.
+    assert_eq!(
+        injection_key_in_bytes(b"\x0a\x1echaperone.dev/injected-version\x12\x011"),
+        None
+    );
+}
