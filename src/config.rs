@@ -111,6 +111,16 @@ pub struct Config {
     /// out and retries.
     #[serde(default = "default_max_requests_per_caller")]
     pub max_requests_per_caller: usize,
+    /// How many connections the API listeners keep open at once; one past them is
+    /// closed as it is accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
 }
 
 pub const DEFAULT_MAX_STREAMS_PER_CALLER: usize = 100;
@@ -543,6 +553,12 @@ impl Config {
                 "maxStreamsPerCaller: must be at least 1 (to refuse watches or exec, say so \
                  in the policy)"
                     .into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid(
+                "maxConnections",
+                "maxConnections: must be at least 1".into(),
             ));
         }
         if self.max_requests_per_caller == 0 {

@@ -168,10 +168,12 @@ pub async fn proxy(
         let proxy = proxy.clone();
         async move { proxy.handle(req, conn).await }
     };
+    raise_open_files();
     let mut running = start(
         &config.listen,
         Some((acceptor, tls_cfg.handshake_timeout)),
         config.header_timeout,
+        config.max_connections,
         handler,
         config.upstream.shutdown_grace,
     )
@@ -226,6 +228,7 @@ pub async fn proxy(
             listener,
             None,
             config.header_timeout,
+            ADMIN_MAX_CONNECTIONS,
             admin_handler.clone(),
             running.shutdown.clone(),
             Duration::from_secs(1),
@@ -235,6 +238,32 @@ pub async fn proxy(
     running.ready.set();
     tracing::info!(listen = ?running.addrs, admin = ?running.admin, "chaperone proxy serving");
     Ok(running)
+}
+
+/// The admin port's bound on open connections: probes and scrapes need a few; it listens
+/// on the pod's IP, where anyone in the cluster may connect.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Raises the soft limit on open files to the hard one, as Go programs (the API server,
+/// client-go's) do by themselves: a container's soft limit may be 1,024, and every
+/// connection, upstream stream and file the proxy holds needs one. The connection
+/// bounds keep the proxy within it.
+fn raise_open_files() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let Some(soft) = limit.current else {
+        return;
+    };
+    // No hard limit: as far as the kernel's own default (`fs.nr_open`) goes.
+    let to = limit.maximum.unwrap_or(1 << 20);
+    if to <= soft {
+        return;
+    }
+    limit.current = Some(to);
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => tracing::debug!(from = soft, to, "raised the open files limit"),
+        Err(error) => tracing::warn!(%error, soft, "could not raise the open files limit"),
+    }
 }
 
 /// The objects the proxy runs with, which no caller may change through it: the
@@ -341,6 +370,7 @@ pub async fn sandbox(
         addrs,
         Some((acceptor, config::DEFAULT_HANDSHAKE_TIMEOUT)),
         config::DEFAULT_HEADER_TIMEOUT,
+        config::DEFAULT_MAX_CONNECTIONS,
         handler,
         Duration::from_secs(1),
     )
@@ -353,6 +383,7 @@ async fn start(
     addrs: &[SocketAddr],
     tls: Option<(TlsAcceptor, Duration)>,
     header_timeout: Duration,
+    max_connections: usize,
     handler: impl Handler,
     grace: Duration,
 ) -> Result<Running, Error> {
@@ -368,6 +399,7 @@ async fn start(
             listener,
             tls.clone(),
             header_timeout,
+            max_connections,
             handler.clone(),
             shutdown.clone(),
             grace,
@@ -403,6 +435,20 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut limit = getrlimit(Resource::Nofile);
+        let Some(hard) = limit.maximum else {
+            return;
+        };
+        // A soft limit below the hard one, as a container runtime may set it.
+        limit.current = Some((hard / 2).max(4096).min(hard));
+        setrlimit(Resource::Nofile, limit).unwrap();
+        raise_open_files();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
+    }
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

@@ -98,11 +98,15 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
 /// Serves one listener until shutdown, then waits up to `grace` for open connections
 /// (watches, exec sessions) before dropping them. `tls: None` serves plain HTTP (the
 /// admin port only). A connection that sends nothing, or no complete HTTP/1.1 request
-/// head, within `header_timeout` is closed.
+/// head, within `header_timeout` is closed. At most `max_connections` are open at once:
+/// one past them is closed as it is accepted, so that no number of idle connections
+/// can take the file descriptors every other connection, the upstream's and the audit
+/// file's need.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<(TlsAcceptor, Duration)>,
     header_timeout: Duration,
+    max_connections: usize,
     handler: impl Handler,
     shutdown: Shutdown,
     grace: Duration,
@@ -110,6 +114,8 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     let mut stop = shutdown.subscribe();
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut said_full = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -122,6 +128,15 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    if !std::mem::replace(&mut said_full, true) {
+                        tracing::warn!(?local, max_connections, %peer,
+                            "connection refused: the listener has its most connections open");
+                    }
+                    drop(stream);
+                    continue;
+                };
+                said_full = false;
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let service = move |conn: Conn| {
@@ -133,6 +148,7 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     // A client that opens a connection and never finishes its headers
                     // must not hold it forever: hyper bounds an HTTP/1.1 request's

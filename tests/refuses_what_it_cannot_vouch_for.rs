@@ -420,3 +420,55 @@ async fn an_upgrade_that_carries_a_body_is_refused() {
     );
     env.stop().await;
 }
+
+/// Connections past `maxConnections` are closed as they are accepted, so idle ones
+/// cannot take every file descriptor; those within the bound, and the admin port, are
+/// served, and a place given back is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_bound_are_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let env = sandbox().with_proxy().start().await;
+    let ca = String::from_utf8(env.ca_pem()).unwrap();
+    let mut config = support::proxy_config(env.dir.path(), &env.sandbox_url(), &ca, "t", "");
+    config.max_connections = 4;
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            tokio::net::TcpStream::connect(proxy.addrs[0])
+                .await
+                .unwrap(),
+        );
+    }
+    // Accepted in order: give the listener a moment to take the four.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..6 {
+        let mut extra = tokio::net::TcpStream::connect(proxy.addrs[0])
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+            .await
+            .expect("a connection past the bound is closed at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // The four within the bound are still open.
+    for conn in &mut held {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await;
+        assert!(
+            read.is_err(),
+            "a connection within the bound was closed: {read:?}"
+        );
+    }
+    let admin = proxy.admin.unwrap();
+    assert_eq!(support::http_get(admin, "/healthz").await.0, 200);
+    // Places given back are taken again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("https://{}{PODS}", proxy.addrs[0]);
+    let reply = env.client(false).get(&url, &[]).await;
+    assert!(reply.json()["kind"].is_string(), "{:?}", reply.body);
+    proxy.stop().await;
+    env.stop().await;
+}
