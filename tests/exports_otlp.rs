@@ -271,13 +271,13 @@ async fn a_backlog_is_sent_in_calls_a_collector_takes() {
         ))
         .start()
         .await;
-    // About 80 KB of log record each (the query is in the event and an attribute):
-    // sixty of them are more than the collector takes in one call.
+    // About 33 KB of log record each (the URI is recorded cut to 16 KiB, in the event
+    // and an attribute): two hundred of them are more than a collector takes at once.
     let long = format!(
         "/api/v1/namespaces/default/configmaps?x={}",
         "q".repeat(40_000)
     );
-    let backlog = audit_ids(&env, &long, 60).await;
+    let backlog = audit_ids(&env, &long, 200).await;
     let (collector, server) = serve(std::net::TcpListener::bind(addr).unwrap());
     let after = audit_ids(&env, "/api/v1/namespaces/default/configmaps", 1).await;
     wait_for("the backlog and the event after it", || {

@@ -359,7 +359,10 @@ impl Trail {
             level: self.level,
             audit_id: self.audit_id,
             stage,
-            request_uri: self.request_uri,
+            request_uri: match self.request_uri.len() > MAX_REQUEST_URI {
+                true => cut(&self.request_uri, MAX_REQUEST_URI),
+                false => self.request_uri,
+            },
             verb,
             user: self.who.map_or_else(Arc::default, |w| w.audit_user()),
             source_ips: vec![self.source_ip],
@@ -393,7 +396,7 @@ const STANDARD_METHODS: [(http::Method, &str, &str); 9] = [
 fn method_name(method: &http::Method) -> Cow<'static, str> {
     match STANDARD_METHODS.iter().find(|(m, _, _)| m == method) {
         Some((_, name, _)) => Cow::Borrowed(name),
-        None => Cow::Owned(method.as_str().to_owned()),
+        None => Cow::Owned(cut(method.as_str(), MAX_METHOD)),
     }
 }
 
@@ -401,8 +404,27 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
 fn lowercase_method(method: &http::Method) -> Cow<'static, str> {
     match STANDARD_METHODS.iter().find(|(m, _, _)| m == method) {
         Some((_, _, lower)) => Cow::Borrowed(lower),
-        None => Cow::Owned(method.as_str().to_ascii_lowercase()),
+        None => Cow::Owned(cut(&method.as_str().to_ascii_lowercase(), MAX_METHOD)),
     }
+}
+
+/// The longest method kept as it was sent: HTTP/1.1 allows a made-up one of any length
+/// (up to the whole request head), and an event waits in memory until it is written.
+const MAX_METHOD: usize = 32;
+/// The longest `requestURI` kept: a URI may be 64 KiB, and a backlog of events (a
+/// collector down) is kept in memory.
+const MAX_REQUEST_URI: usize = 16 * 1024;
+
+/// `text` cut to at most `max` bytes (at a character's start), marked as cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{USER_AGENT_CUT}", &text[..end])
 }
 
 /// The trace ID of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), if it
@@ -625,6 +647,31 @@ mod tests {
                 "{uri}"
             );
         }
+    }
+
+    /// A URI or a made-up method of any length is kept cut short in the record.
+    #[test]
+    fn a_long_uri_or_method_is_cut_short() {
+        let long = format!("/api/v1/namespaces/d/configmaps?x={}", "q".repeat(60_000));
+        let uri: http::Uri = long.parse().unwrap();
+        let method = http::Method::from_bytes("M".repeat(5000).as_bytes()).unwrap();
+        let trail = Trail::start(
+            &method,
+            &uri,
+            &HeaderMap::new(),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        let event = trail.into_event(Stage::ResponseComplete, 400, None);
+        assert_eq!(
+            event.request_uri.len(),
+            MAX_REQUEST_URI + USER_AGENT_CUT.len()
+        );
+        assert!(event.request_uri.ends_with("q...TRUNCATED"));
+        assert_eq!(event.verb.len(), MAX_METHOD + USER_AGENT_CUT.len());
+        assert_eq!(
+            event.annotations[annotation::METHOD].len(),
+            MAX_METHOD + USER_AGENT_CUT.len()
+        );
     }
 
     /// A path refused before it was resolved, with a key in it, is recorded masked and
