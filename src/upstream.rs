@@ -62,12 +62,18 @@ pub enum Error {
     },
     #[error("the proxy's token file {0} is empty")]
     EmptyToken(PathBuf),
-    #[error("the API server at {server} is unreachable: {source}")]
+    #[error("the API server at {server} is unreachable: {}", chain(source.as_ref()))]
     Unreachable {
         server: String,
         #[source]
         source: BoxError,
     },
+    #[error(
+        "the API server at {server} refused chaperone's own credential (401 Unauthorized): \
+         the proxy's token or certificate is expired, revoked or not for this cluster; the \
+         caller's own was accepted"
+    )]
+    CredentialRefused { server: String },
     #[error("the API server at {server} did not answer within {timeout:?}")]
     Timeout { server: String, timeout: Duration },
     #[error("failed to build the upstream request: {0}")]
@@ -84,6 +90,7 @@ impl Error {
     pub fn status(&self) -> Status {
         match self {
             Error::Unreachable { .. }
+            | Error::CredentialRefused { .. }
             | Error::ReadToken { .. }
             | Error::EmptyToken(_)
             | Error::Exec(_) => Status::service_unavailable(self.to_string()),
@@ -94,6 +101,29 @@ impl Error {
             _ => Status::internal(self.to_string()),
         }
     }
+}
+
+/// An error and its sources, each once: hyper's client says only "client error
+/// (Connect)" where its source says why (a certificate the CA does not sign, say).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// Whether a path goes to a service, pod or node proxied to (`.../proxy[/...]`), whose
+/// answers are its own.
+fn is_proxied(path_and_query: &str) -> bool {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    path.split('/').any(|segment| segment == "proxy")
 }
 
 /// The proxy's own bearer credential, if it uses one (client certificates live in the
@@ -484,14 +514,24 @@ impl Upstream {
             }
             Ok(Ok(rsp)) => rsp,
         };
-        self.note_success();
         if rsp.status() == StatusCode::UNAUTHORIZED {
             // The plugin's token was refused (revoked, or expired early): the next
             // request gets a new one.
             if let Bearer::Exec(plugin) = &self.bearer {
                 plugin.forget().await;
             }
+            // The caller's token never goes upstream: a 401 is about the proxy's own
+            // credential, and the caller must not be told its own was refused. A service
+            // or node proxied to may answer 401 itself: that one goes back as it is.
+            if !is_proxied(path_and_query.as_ref()) {
+                let error = Error::CredentialRefused {
+                    server: self.server.clone(),
+                };
+                self.note_failure(&error);
+                return Err(error);
+            }
         }
+        self.note_success();
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(Upgrade { downstream, hold })) = (switching, downstream_upgrade) {
             let upstream = hyper::upgrade::on(&mut rsp);
@@ -658,6 +698,11 @@ mod tests {
 
     /// A TLS server on loopback answering every request with its path and query.
     async fn echo_paths(issued: &crate::pki::Issued) -> std::net::SocketAddr {
+        answering(issued, StatusCode::OK).await
+    }
+
+    /// A TLS server on loopback answering every request with `code` and its path.
+    async fn answering(issued: &crate::pki::Issued, code: StatusCode) -> std::net::SocketAddr {
         let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -676,14 +721,16 @@ mod tests {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     continue;
                 };
-                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
-                    let seen = req.uri().path_and_query().map(|p| p.to_string());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(Response::new(crate::body::full(
-                            seen.unwrap_or_default(),
-                        )))
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let seen = req.uri().path_and_query().map(|p| p.to_string());
+                        async move {
+                            let mut rsp =
+                                Response::new(crate::body::full(seen.unwrap_or_default()));
+                            *rsp.status_mut() = code;
+                            Ok::<_, std::convert::Infallible>(rsp)
+                        }
+                    });
                 tokio::spawn(async move {
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -748,5 +795,71 @@ mod tests {
             timeouts,
         );
         assert!(matches!(refused, Err(Error::ServerQuery(_))), "{refused:?}");
+    }
+
+    /// A 401 from the API server is about the proxy's own credential (the caller's never
+    /// goes upstream): a 503 saying so, noted for `/readyz`. A service proxied to may
+    /// answer 401 itself: that one goes back as it is.
+    #[tokio::test]
+    async fn a_401_is_the_proxys_credential_refused_unless_proxied() {
+        let ca = crate::pki::Authority::generate("test CA", 1).unwrap();
+        let issued = ca.issue_server(&["127.0.0.1"], 1).unwrap();
+        let addr = answering(&issued, StatusCode::UNAUTHORIZED).await;
+        let timeout = Duration::from_secs(5);
+        let upstream = Upstream::new(
+            &format!("https://{addr}"),
+            ca.cert_pem.as_bytes(),
+            "test CA",
+            None,
+            Credential::Token("expired".into()),
+            Timeouts {
+                connect: timeout,
+                response: timeout,
+                ping_interval: timeout,
+                ping_timeout: timeout,
+            },
+        )
+        .unwrap();
+        let get = || Request::get("/").body(crate::body::empty()).unwrap();
+        let refused = upstream.forward(get(), "/api/v1/pods", None).await;
+        let Err(error) = refused else {
+            panic!("a 401 is an error");
+        };
+        assert!(matches!(error, Error::CredentialRefused { .. }), "{error}");
+        assert_eq!(error.status().code, 503);
+        assert!(upstream
+            .unreachable()
+            .is_some_and(|why| why.contains("refused chaperone's own credential")));
+        let proxied = upstream
+            .forward(
+                get(),
+                "/api/v1/namespaces/d/services/web:80/proxy/login",
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(proxied.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    /// A failure to connect says why, not only "client error (Connect)".
+    #[test]
+    fn an_error_says_its_causes_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        assert_eq!(
+            chain(&Outer(inner)),
+            "client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
     }
 }
