@@ -43,7 +43,7 @@ pub enum Error {
          token {token_file}; set `issuer:` to the cluster's --service-account-issuer"
     )]
     ClusterIssuer { index: usize, token_file: PathBuf },
-    #[error("{0} {1:?} names no namespace and POD_NAMESPACE is unset: write it NAMESPACE/NAME")]
+    #[error("{0} {1:?} is not NAME (in POD_NAMESPACE, which must then be set) or NAMESPACE/NAME")]
     OwnObjectNamespace(&'static str, String),
     #[error(
         "identity.issuers[{0}].ownPodOnly needs the pod's uid in POD_UID (the injector sets \
@@ -317,6 +317,12 @@ fn own_objects(
                 None => return Err(Error::OwnObjectNamespace(origin, value)),
             },
         };
+        if namespace.is_empty() || name.is_empty() || name.contains('/') {
+            return Err(Error::OwnObjectNamespace(
+                origin,
+                format!("{namespace}/{name}"),
+            ));
+        }
         own.push(policy::OwnObject {
             resource,
             namespace,
@@ -450,6 +456,54 @@ mod tests {
         assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
     }
     use std::os::unix::fs::PermissionsExt;
+
+    /// The objects the proxy runs with, as the injector names them; a name that names
+    /// nothing (an empty namespace or name) stops the start, as a bare name without
+    /// POD_NAMESPACE does.
+    #[test]
+    fn own_objects_are_named_in_full_or_not_at_all() {
+        let source = config::PolicySource {
+            file: "policy.yaml".into(),
+            reload_interval: Duration::from_secs(1),
+            config_map: None,
+        };
+        let with = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            own_objects(&source, &move |name| {
+                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+        };
+        let own = with(&[
+            ("POD_NAMESPACE", "agents"),
+            ("CHAPERONE_POLICY_CONFIGMAP", "chaperone-policy"),
+            ("CHAPERONE_CONFIG_CONFIGMAP", "chaperone-proxy"),
+            ("CHAPERONE_TLS_SECRET", "other/chaperone-proxy-tls"),
+        ])
+        .unwrap();
+        let named: Vec<_> = own
+            .iter()
+            .map(|o| (o.resource, o.namespace.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("configmaps", "agents", "chaperone-policy"),
+                ("configmaps", "agents", "chaperone-proxy"),
+                ("secrets", "other", "chaperone-proxy-tls"),
+            ]
+        );
+        for value in ["ns/", "/name", "a/b/c"] {
+            assert!(
+                with(&[("CHAPERONE_CONFIG_CONFIGMAP", value)]).is_err(),
+                "{value}"
+            );
+        }
+        assert!(with(&[("CHAPERONE_CA_CONFIGMAP", "chaperone-ca")]).is_err());
+        assert!(with(&[]).unwrap().is_empty());
+    }
 
     #[test]
     fn a_private_file_is_the_owners_even_when_it_was_there_before() {

@@ -22,6 +22,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt as _;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -217,13 +218,35 @@ impl Proxy {
             status = field::Empty,
         );
         // Recorded even if the client goes away before it is answered (then this future
-        // is dropped at an await below).
+        // is dropped at an await below), and if serving it panics (a bug): then it is on
+        // record as the `Panic` stage, and answered 500.
         let unanswered = Unanswered::new(&mut trail, &self.audit);
-        let outcome = self
-            .serve(req, conn, unanswered.trail)
-            .instrument(span.clone())
-            .await;
+        let outcome = std::panic::AssertUnwindSafe(
+            self.serve(req, conn, unanswered.trail)
+                .instrument(span.clone()),
+        )
+        .catch_unwind()
+        .await;
         unanswered.answered();
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let status = Status::internal(
+                    "chaperone failed to serve this request (a bug: it panicked); the \
+                     request is on record",
+                );
+                tracing::error!(audit_id = %trail.audit_id, "serving a request panicked");
+                trail.note(annotation::DECISION, "error");
+                self.audit
+                    .record(trail.into_event(Stage::Panic, status.code, Some(&status)))
+                    .await;
+                let mut rsp = status.into_response();
+                if let Some(id) = audit_id {
+                    rsp.headers_mut().insert(AUDIT_ID, id);
+                }
+                return rsp;
+            }
+        };
         let mut rsp = match outcome {
             Ok(Served {
                 response: rsp,
@@ -438,6 +461,15 @@ impl Proxy {
                     decision = refusal.map_err(unread)?;
                 }
                 created = Some(bytes);
+            }
+            // A pod or workload an administrator took out of chaperone is not changed
+            // through it: the change could be the caller's code, run with the real token.
+            if injection
+                && matches!(info.verb.as_str(), "update" | "patch")
+                && decision.applied() != policy::Action::Deny
+                && Box::pin(self.live_opts_out(&info)).await?
+            {
+                decision = policy::Decision::stay_injected(&info);
             }
         }
         trail.stage(
@@ -669,14 +701,14 @@ impl Proxy {
         if bytes.is_empty() {
             return None;
         }
-        let protobuf = headers::media_type(headers).contains("protobuf");
-        // A protobuf pod or Deployment is not decoded here (their schemas are large):
-        // protobuf writes its strings as they are, so the keys are found in its bytes.
-        if injection && protobuf && policy::injection_key_in_bytes(bytes).is_some() {
-            return Some(Ok(policy::Decision::stay_injected(info)));
-        }
-        if injection && protobuf {
-            return None;
+        // Protobuf (kubectl's typed clients send it): its strings are searched in its
+        // bytes, and what chaperone can decode (pods, Deployments: labels, annotations,
+        // hostNetwork) is read; other fields and kinds are skipped.
+        if injection && headers::media_type(headers).contains("protobuf") {
+            let found = policy::injection_key_in_bytes(bytes).is_some()
+                || crate::protobuf::decode(bytes)
+                    .is_ok_and(|object| policy::injection_key_in(&object).is_some());
+            return found.then(|| Ok(policy::Decision::stay_injected(info)));
         }
         let object = match approval::body::parse(bytes, headers) {
             Ok(object) => object,
@@ -688,6 +720,34 @@ impl Proxy {
         self.policy
             .own_created(info, &object)
             .map(|own| Ok(policy::Decision::own_object(info, own.what)))
+    }
+
+    /// Whether the live object `info` changes is out of chaperone ([`policy::opts_out`]),
+    /// read with the proxy's credential. One that does not exist is not: the write fails
+    /// upstream as it would anyway.
+    async fn live_opts_out(&self, info: &request_info::RequestInfo) -> Result<bool, Error> {
+        let path = request_info::encode_path(&info.path).into_owned();
+        let req = Request::get(&path)
+            .header(http::header::ACCEPT, "application/json")
+            .body(crate::body::empty())
+            .map_err(|e| Error::Upstream(upstream::Error::Request(e)))?;
+        let rsp = self.upstream.forward(req, &path, None).await?;
+        let code = rsp.status();
+        if code == http::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        let body = crate::body::read_limited(rsp.into_body(), MAX_CREATED).await;
+        let live = match (code.is_success(), body) {
+            (true, Ok(bytes)) => serde_json::from_slice::<serde_json::Value>(&bytes).ok(),
+            _ => None,
+        };
+        match live {
+            Some(live) => Ok(policy::opts_out(&live)),
+            None => Err(Error::Unread {
+                what: format!("{} of {}", info.verb, info.resource),
+                why: format!("the object it changes could not be read first ({code})"),
+            }),
+        }
     }
 
     /// The approval stage: an answer at once (a grant, a skip group), or the request is

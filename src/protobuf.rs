@@ -36,7 +36,7 @@ ObjectReference: 1 kind s, 2 namespace s, 3 name s, 4 uid s, 5 apiVersion s, 6 r
 LocalObjectReference: 1 name s
 Pod: 1 metadata ObjectMeta, 2 spec PodSpec
 PodTemplateSpec: 1 metadata ObjectMeta, 2 spec PodSpec
-PodSpec: 2 containers []Container, 3 restartPolicy s, 4 terminationGracePeriodSeconds i, 6 dnsPolicy s, 7 nodeSelector map<s>, 8 serviceAccountName s, 10 nodeName s, 15 imagePullSecrets []LocalObjectReference, 19 schedulerName s, 20 initContainers []Container
+PodSpec: 2 containers []Container, 3 restartPolicy s, 4 terminationGracePeriodSeconds i, 6 dnsPolicy s, 7 nodeSelector map<s>, 8 serviceAccountName s, 10 nodeName s, 11 hostNetwork bool, 15 imagePullSecrets []LocalObjectReference, 19 schedulerName s, 20 initContainers []Container
 Container: 1 name s, 2 image s, 3 command []s, 4 args []s, 5 workingDir s, 6 ports []ContainerPort, 7 env []EnvVar, 8 resources ResourceRequirements, 9 volumeMounts []VolumeMount, 13 terminationMessagePath s, 14 imagePullPolicy s, 16 stdin bool, 17 stdinOnce bool, 18 tty bool, 20 terminationMessagePolicy s
 ContainerPort: 1 name s, 2 hostPort i, 3 containerPort i, 4 protocol s, 5 hostIP s
 EnvVar: 1 name s, 2 value s

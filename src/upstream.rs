@@ -514,22 +514,21 @@ impl Upstream {
             }
             Ok(Ok(rsp)) => rsp,
         };
-        if rsp.status() == StatusCode::UNAUTHORIZED {
+        // The caller's token never goes upstream: a 401 is about the proxy's own
+        // credential, and the caller must not be told its own was refused. A service or
+        // node proxied to may answer 401 itself: that one goes back as it is (and does
+        // not cost the plugin's token: a caller cannot make the plugin run again).
+        if rsp.status() == StatusCode::UNAUTHORIZED && !is_proxied(path_and_query.as_ref()) {
             // The plugin's token was refused (revoked, or expired early): the next
             // request gets a new one.
             if let Bearer::Exec(plugin) = &self.bearer {
                 plugin.forget().await;
             }
-            // The caller's token never goes upstream: a 401 is about the proxy's own
-            // credential, and the caller must not be told its own was refused. A service
-            // or node proxied to may answer 401 itself: that one goes back as it is.
-            if !is_proxied(path_and_query.as_ref()) {
-                let error = Error::CredentialRefused {
-                    server: self.server.clone(),
-                };
-                self.note_failure(&error);
-                return Err(error);
-            }
+            let error = Error::CredentialRefused {
+                server: self.server.clone(),
+            };
+            self.note_failure(&error);
+            return Err(error);
         }
         self.note_success();
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;

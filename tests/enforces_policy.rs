@@ -863,7 +863,9 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
         let said = stderr(out);
         assert!(
             !out.status.success()
-                && said.contains("cannot set chaperone.dev/inject or chaperone.dev/policy"),
+                && said.contains(
+                    "cannot set chaperone.dev/inject, chaperone.dev/policy or hostNetwork"
+                ),
             "{what}: {said}"
         );
     };
@@ -927,6 +929,49 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
         )
         .await;
     assert_eq!(reply.status, 403, "{:?}", reply.body);
+    // A pod on the node's network is left uninjected: the same.
+    let reply = env
+        .client(false)
+        .send(
+            http::Request::post(format!(
+                "{}/api/v1/namespaces/default/pods",
+                env.proxy_url()
+            ))
+            .header("content-type", "application/json")
+            .body(chaperone::body::full(
+                r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"host"},"spec":{"hostNetwork":true,"containers":[{"name":"c","image":"busybox"}]}}"#,
+            ))
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    // A namespace is not changed through chaperone (leaving its label out of an update
+    // would turn injection off), nor a workload an administrator took out of it.
+    let out = env
+        .kubectl(&["label", "namespace", "default", "team=a"])
+        .await;
+    refused(&out, "a namespace's labels");
+    ok(&env
+        .kubectl_direct(&["create", "deployment", "opted-out", "--image=nginx"])
+        .await);
+    ok(&env
+        .kubectl_direct(&[
+            "patch",
+            "deployment",
+            "opted-out",
+            "-p",
+            r#"{"spec":{"template":{"metadata":{"labels":{"chaperone.dev/inject":"false"}}}}}"#,
+        ])
+        .await);
+    let out = env
+        .kubectl(&[
+            "set",
+            "image",
+            "deployment/opted-out",
+            "nginx=attacker/tool",
+        ])
+        .await;
+    refused(&out, "an opted-out deployment's image");
     // Other writes go through, as sent.
     ok(&env.kubectl(&["label", "pod", "plain", "app=web"]).await);
     ok(&env

@@ -67,8 +67,6 @@ enum Job {
 /// costs the requests' thread one wake-up of this thread and nothing on the way back.
 struct Shared {
     in_flight: AtomicBool,
-    /// Shutdown: a batch the disk keeps refusing is given up (counted as failed).
-    giving_up: AtomicBool,
     written: Notify,
     /// The last batch's buffers, back for reuse.
     spare: Mutex<Lines>,
@@ -94,7 +92,6 @@ impl DiskThread {
         let (jobs, rx) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
             in_flight: AtomicBool::new(false),
-            giving_up: AtomicBool::new(false),
             written: Notify::new(),
             spare: Mutex::new(Lines::default()),
             failing: counters.write_failing.clone(),
@@ -167,11 +164,6 @@ impl DiskThread {
         }
     }
 
-    /// Shutdown is under way: a batch the disk refuses is not retried any more.
-    pub fn give_up(&self) {
-        self.shared.giving_up.store(true, Ordering::Release);
-    }
-
     /// Syncs what is written and ends the thread.
     pub async fn stop(&self) -> std::io::Result<()> {
         let (done, result) = oneshot::channel();
@@ -207,9 +199,10 @@ impl Shared {
                     self.count(lines.len() as u64, Ok(()));
                     return;
                 }
-                Err(error) if self.giving_up.load(Ordering::Acquire) => {
-                    let left = lines.len().saturating_sub(next) as u64;
-                    self.count(left, Err(error));
+                Err(error) if self.counters.giving_up.load(Ordering::Acquire) => {
+                    // What is buffered but not flushed is not known to be on disk: the
+                    // whole batch counts as failed.
+                    self.count(lines.len() as u64, Err(error));
                     return;
                 }
                 Err(error) => {
@@ -218,7 +211,14 @@ impl Shared {
                         "failed to write audit events; retrying (requests wait while the audit queue is full and overflow is block)");
                     *self.failing.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(error.to_string());
-                    std::thread::sleep(backoff);
+                    // In slices: shutdown gives the batch up without waiting out a
+                    // long backoff.
+                    let until = std::time::Instant::now() + backoff;
+                    while std::time::Instant::now() < until
+                        && !self.counters.giving_up.load(Ordering::Acquire)
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                     backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }

@@ -139,7 +139,12 @@ impl Recording {
             self.rotated.push(self.file.get_ref().try_clone()?);
         }
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
-        if self.max_files == 0 {
+        // A rotation whose new file could not be opened (no descriptor, no inode) is
+        // tried again by the writer: the file is moved already, and moving the older
+        // ones again would push history out for nothing.
+        if !self.path.exists() {
+            // Moved already.
+        } else if self.max_files == 0 {
             std::fs::remove_file(&self.path)?;
         } else {
             for n in (1..self.max_files).rev() {
@@ -272,6 +277,31 @@ mod tests {
             ["id-3", "id-4", "id-5"]
         );
         assert!(!dir.path().join("audit.jsonl.3").exists());
+    }
+
+    /// A rotation tried again after its new file could not be opened (the file is moved
+    /// already), or one whose file someone else moved, opens a new file and leaves the
+    /// older ones where they are.
+    #[test]
+    fn a_rotation_tried_again_does_not_push_history_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let line_len = serde_json::to_vec(&event(0)).unwrap().len() as u64 + 1;
+        let mut rec = Recording::open(&path, line_len * 2, 2, Fsync::Never).unwrap();
+        for n in 0..4 {
+            write(&mut rec, &event(n)).unwrap();
+        }
+        rec.sync().unwrap();
+        assert_eq!(ids(&dir.path().join("audit.jsonl.1")), ["id-0", "id-1"]);
+        // The current file is gone when the next rotation comes.
+        std::fs::rename(&path, dir.path().join("elsewhere")).unwrap();
+        for n in 4..6 {
+            write(&mut rec, &event(n)).unwrap();
+        }
+        rec.sync().unwrap();
+        assert_eq!(ids(&dir.path().join("audit.jsonl.1")), ["id-0", "id-1"]);
+        assert!(!dir.path().join("audit.jsonl.2").exists());
+        assert_eq!(ids(&path), ["id-4", "id-5"]);
     }
 
     #[test]

@@ -285,12 +285,23 @@ mod tests {
             .not_ready()
             .expect("not ready while the disk refuses writes");
         assert!(why.contains("audit recording cannot be written"), "{why}");
+        let failed = recorder.counters.failed_writes.load(Ordering::Relaxed);
         tokio::time::timeout(
             Duration::from_secs(10),
             recorder.close(Duration::from_millis(200)),
         )
         .await
         .expect("shutdown gives the batch up");
+        // The batch given up is counted as failed, once the disk's thread sees the
+        // shutdown (within its backoff's slice, not at the backoff's end).
+        let counted = async {
+            while recorder.counters.failed_writes.load(Ordering::Relaxed) <= failed {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(500), counted)
+            .await
+            .expect("the batch given up is counted as failed");
         recording.abort();
     }
 

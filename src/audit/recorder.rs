@@ -76,6 +76,8 @@ pub struct Counters {
     pub queuing: AtomicU64,
     /// Why the local sink's disk refuses the batch in flight, while it does.
     pub write_failing: Arc<std::sync::Mutex<Option<String>>>,
+    /// Shutdown: a batch the disk keeps refusing is given up (counted as failed).
+    pub giving_up: std::sync::atomic::AtomicBool,
 }
 
 /// The sending side of the audit queues (one per sink), shared by every request.
@@ -346,7 +348,9 @@ impl Recorder {
             );
         }
         // Writers sync and end on the stop signal; one that does not (an exporter
-        // retrying a dead collector) is ended after a short wait.
+        // retrying a dead collector) is ended after a short wait. A batch the disk still
+        // refuses is given up, counted as failed.
+        self.counters.giving_up.store(true, Ordering::Release);
         self.stop.send_replace(true);
         let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
         for mut w in writers {
@@ -393,9 +397,6 @@ async fn write_lines(
         };
         // One batch on its way to the disk at a time: what arrives meanwhile waits in
         // the queue for the next.
-        if stopping {
-            disk.give_up();
-        }
         let lines = queue.take(disk.ready().await, stopping);
         last_batch = lines.len();
         if last_batch > 0 {

@@ -296,9 +296,10 @@ impl fmt::Display for Reason<'_> {
             Source::Builtin(STAY_INJECTED) => {
                 write!(
                     f,
-                    "pods, pod templates and namespaces written through chaperone cannot set \
-                     chaperone.dev/inject or chaperone.dev/policy, which would take pods out \
-                     of chaperone or choose their policy ({t})"
+                    "through chaperone, pods and pod templates cannot set chaperone.dev/inject, \
+                     chaperone.dev/policy or hostNetwork, nor can one an administrator took out \
+                     of chaperone be changed, nor a namespace: each would run pods outside \
+                     chaperone or under a policy of the caller's choosing ({t})"
                 )
             }
             Source::Builtin(IMPERSONATE) => {

@@ -141,8 +141,9 @@ impl OwnObject {
 /// its own.
 pub const INJECTION_KEYS: [&str; 2] = ["chaperone.dev/inject", "chaperone.dev/policy"];
 
-/// Whether `info` writes a pod, an object that templates pods, or a namespace: its body
-/// is read for [`INJECTION_KEYS`] ([`injection_key_in`]).
+/// Whether `info` writes a pod or an object that templates pods: its body is read for
+/// [`INJECTION_KEYS`] and `hostNetwork` ([`injection_key_in`]), and an update or patch
+/// is checked against the live object ([`opts_out`]).
 pub fn shapes_injection(info: &crate::request_info::RequestInfo) -> bool {
     info.is_resource_request
         && info.subresource.is_empty()
@@ -159,9 +160,20 @@ pub fn shapes_injection(info: &crate::request_info::RequestInfo) -> bool {
         )
 }
 
+/// Whether `info` changes a namespace: its `chaperone.dev/inject` label is what turns
+/// injection on, and a write that leaves it out (an update without it, a patch that
+/// replaces the labels) would turn it off. Never through chaperone.
+pub fn changes_namespace(info: &crate::request_info::RequestInfo) -> bool {
+    info.is_resource_request
+        && info.api_group.is_empty()
+        && info.resource == "namespaces"
+        && matches!(info.verb.as_str(), "update" | "patch")
+}
+
 /// The injection key a sent object or patch sets: as a key anywhere in it (labels and
 /// annotations, a template's too, a merge patch's `null`), or as the last step of a
-/// JSON patch's `path` (`/metadata/labels/chaperone.dev~1inject`).
+/// JSON patch's `path` (`/metadata/labels/chaperone.dev~1inject`). `hostNetwork`, which
+/// the injector leaves uninjected, counts as one.
 pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
     use serde_json::Value;
     match v {
@@ -169,24 +181,59 @@ pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
             INJECTION_KEYS
                 .into_iter()
                 .find(|key| k == key)
+                .or_else(|| (k == HOST_NETWORK && v != &Value::Bool(false)).then_some(HOST_NETWORK))
                 .or_else(|| injection_key_in(v))
         }),
         Value::Array(items) => items.iter().find_map(injection_key_in),
         Value::String(s) => INJECTION_KEYS
             .into_iter()
-            .find(|key| s.ends_with(&key.replace('/', "~1"))),
+            .find(|key| s.ends_with(&key.replace('/', "~1")))
+            .or_else(|| s.ends_with("/hostNetwork").then_some(HOST_NETWORK)),
         _ => None,
     }
 }
 
-/// The same, in a protobuf body: its strings are its bytes, unescaped, and a map's key
-/// is field 1 of its entry, so a label or annotation keyed by one is the bytes `0x0a`,
-/// its length, and the key (`chaperone.dev/injected-version` is not it).
+/// A pod on the node's network is left uninjected by the injector (the node's loopback
+/// is not the pod's own).
+const HOST_NETWORK: &str = "hostNetwork";
+
+/// The injection key in a protobuf body, whose strings are its bytes as they are: any
+/// occurrence of one (whatever varints are written before it) but the injector's own
+/// `chaperone.dev/injected-version`. For the kinds chaperone does not decode.
 pub fn injection_key_in_bytes(bytes: &[u8]) -> Option<&'static str> {
     INJECTION_KEYS.into_iter().find(|key| {
-        let mut entry = vec![0x0a, key.len() as u8];
-        entry.extend_from_slice(key.as_bytes());
-        bytes.windows(entry.len()).any(|w| w == entry.as_slice())
+        let key = key.as_bytes();
+        bytes
+            .windows(key.len())
+            .enumerate()
+            .any(|(at, w)| w == key && !bytes[at + key.len()..].starts_with(b"ed-version"))
+    })
+}
+
+/// Whether a live pod or workload is out of chaperone by an administrator's choice
+/// (`chaperone.dev/inject: "false"` on it or its pod template) or runs on the node's
+/// network: changed through chaperone, it would run the caller's code with the service
+/// account's real token.
+pub fn opts_out(live: &serde_json::Value) -> bool {
+    let templates = [
+        "",
+        "/spec/template",
+        "/spec/jobTemplate/spec/template",
+        "/template",
+    ];
+    templates.iter().any(|at| {
+        let Some(obj) = (if at.is_empty() {
+            Some(live)
+        } else {
+            live.pointer(at)
+        }) else {
+            return false;
+        };
+        let opted = ["labels", "annotations"].iter().any(|m| {
+            obj.pointer(&format!("/metadata/{m}/chaperone.dev~1inject"))
+                .is_some_and(|v| v == "false")
+        });
+        opted || obj.pointer("/spec/hostNetwork") == Some(&serde_json::Value::Bool(true))
     })
 }
 
@@ -244,6 +291,9 @@ impl Policies {
     ) -> Decision {
         if let Some(own) = self.own.iter().find(|own| own.is_changed_by(info)) {
             return Decision::own_object(info, own.what);
+        }
+        if changes_namespace(info) {
+            return Decision::stay_injected(info);
         }
         match &self.source {
             Source::Watched(w) => w.authorize(who, info, query),

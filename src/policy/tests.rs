@@ -599,6 +599,8 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         json!([{"op": "add", "path": "/metadata/labels/chaperone.dev~1inject", "value": "false"}]),
         json!([{"op": "remove", "path": "/metadata/labels/chaperone.dev~1inject"}]),
         json!([{"op": "add", "path": "/metadata/labels", "value": {"chaperone.dev/policy": "x"}}]),
+        json!({"spec": {"template": {"spec": {"hostNetwork": true}}}}),
+        json!([{"op": "add", "path": "/spec/hostNetwork", "value": true}]),
     ];
     for v in found {
         assert!(injection_key_in(&v).is_some(), "{v}");
@@ -607,17 +609,58 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         json!({"metadata": {"labels": {"app": "web", "chaperone.dev/injected-version": "1"}}}),
         json!({"spec": {"containers": [{"env": [{"name": "NOTE", "value": "chaperone.dev/inject docs"}]}]}}),
         json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]),
+        json!({"spec": {"hostNetwork": false}}),
     ];
     for v in clean {
         assert_eq!(injection_key_in(&v), None, "{v}");
     }
-    assert_eq!(
-        injection_key_in_bytes(b"\x5a\x1d\x0a\x14chaperone.dev/inject\x12\x05false"),
-        Some("chaperone.dev/inject")
-    );
-    // Another key that starts alike has another length.
+    // In protobuf, whatever varints come before the key.
+    for bytes in [
+        &b"\x0a\x14chaperone.dev/inject\x12\x05false"[..],
+        b"\x8a\x00\x94\x00chaperone.dev/inject\x12\x05false",
+        b"\x0a\x14chaperone.dev/policy\x12\x04mine",
+    ] {
+        assert!(injection_key_in_bytes(bytes).is_some(), "{bytes:?}");
+    }
     assert_eq!(
         injection_key_in_bytes(b"\x0a\x1echaperone.dev/injected-version\x12\x011"),
         None
     );
+    // A namespace is never changed through chaperone: leaving its label out of an
+    // update would turn injection off as surely as setting it.
+    for (info, changes) in [
+        (res("patch", "", "namespaces", "", "team-a"), true),
+        (res("update", "", "namespaces/status", "", "team-a"), true),
+        (res("update", "", "namespaces/finalize", "", "team-a"), true),
+        (res("get", "", "namespaces", "", "team-a"), false),
+        (res("create", "", "namespaces", "", ""), false),
+    ] {
+        assert_eq!(changes_namespace(&info), changes, "{info:?}");
+    }
+    let p = Policies::unconfigured();
+    let refused = p.authorize(
+        &who("u", &[]),
+        &res("patch", "", "namespaces", "", "team-a"),
+        None,
+    );
+    assert_eq!(refused.rule(), STAY_INJECTED);
+    // Live objects an administrator took out of chaperone, or on the node's network.
+    let out = [
+        json!({"metadata": {"labels": {"chaperone.dev/inject": "false"}}}),
+        json!({"spec": {"template": {"metadata": {"annotations": {"chaperone.dev/inject": "false"}}}}}),
+        json!({"spec": {"jobTemplate": {"spec": {"template": {"metadata": {"labels": {"chaperone.dev/inject": "false"}}}}}}}),
+        json!({"spec": {"hostNetwork": true}}),
+        json!({"spec": {"template": {"spec": {"hostNetwork": true}}}}),
+        json!({"template": {"metadata": {"labels": {"chaperone.dev/inject": "false"}}}}),
+    ];
+    for v in out {
+        assert!(opts_out(&v), "{v}");
+    }
+    for v in [
+        json!({"metadata": {"labels": {"chaperone.dev/inject": "true"}}}),
+        json!({"spec": {"template": {"metadata": {"annotations": {"chaperone.dev/policy": "readonly"}}}}}),
+        json!({"spec": {"hostNetwork": false}}),
+    ] {
+        assert!(!opts_out(&v), "{v}");
+    }
 }
