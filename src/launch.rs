@@ -227,7 +227,7 @@ pub async fn proxy(
         running.tasks.spawn(server::serve(
             listener,
             None,
-            config.header_timeout,
+            config.header_timeout.min(ADMIN_HEADER_TIMEOUT),
             ADMIN_MAX_CONNECTIONS,
             admin_handler.clone(),
             running.shutdown.clone(),
@@ -240,9 +240,12 @@ pub async fn proxy(
     Ok(running)
 }
 
-/// The admin port's bound on open connections: probes and scrapes need a few; it listens
-/// on the pod's IP, where anyone in the cluster may connect.
-const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// The admin port's bound on open connections, and how long one may take to send its
+/// request: probes and scrapes need a few connections and a few milliseconds. It listens
+/// on the pod's IP, where anyone in the cluster may connect: with a short timeout, a
+/// peer must open a connection every few milliseconds to keep the kubelet's probes out.
+const ADMIN_MAX_CONNECTIONS: usize = 1024;
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Raises the soft limit on open files to the hard one, as Go programs (the API server,
 /// client-go's) do by themselves: a container's soft limit may be 1,024, and every
