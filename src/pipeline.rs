@@ -238,7 +238,7 @@ impl Proxy {
                 tracing::error!(audit_id = %trail.audit_id, "serving a request panicked");
                 trail.note(annotation::DECISION, "error");
                 self.audit
-                    .record(trail.into_event(Stage::Panic, status.code, Some(&status)))
+                    .record_detached(trail.into_event(Stage::Panic, status.code, Some(&status)))
                     .await;
                 let mut rsp = status.into_response();
                 if let Some(id) = audit_id {
@@ -264,7 +264,7 @@ impl Proxy {
                 if streaming {
                     // A watch or exec may run for hours: be on record from its start.
                     self.audit
-                        .record(trail.event(Stage::ResponseStarted, code, None))
+                        .record_detached(trail.event(Stage::ResponseStarted, code, None))
                         .await;
                 }
                 let audit = self.audit.clone();
@@ -314,7 +314,11 @@ impl Proxy {
                     trail.elapsed(),
                 );
                 self.audit
-                    .record(trail.into_event(Stage::ResponseComplete, status.code, Some(&status)))
+                    .record_detached(trail.into_event(
+                        Stage::ResponseComplete,
+                        status.code,
+                        Some(&status),
+                    ))
                     .await;
                 status.into_response()
             }
@@ -772,7 +776,7 @@ impl Proxy {
                 trail.note(annotation::APPROVAL, "held");
                 trail.note(annotation::ACCESS_REQUEST, held.name.clone());
                 self.audit
-                    .record(trail.event(Stage::RequestReceived, 0, None))
+                    .record_detached(trail.event(Stage::RequestReceived, 0, None))
                     .await;
                 self.approvals.wait(held).await
             }

@@ -257,6 +257,21 @@ impl Recorder {
         })
     }
 
+    /// As [`Recorder::record`], for an event that must be queued even if the caller
+    /// stops waiting (its client gone, its future dropped): the wait for room, when the
+    /// queue is full and `overflow: block`, is a task of its own, which the caller awaits.
+    pub async fn record_detached(self: &Arc<Self>, event: Event) {
+        if let Some(rest) = self.try_record(event) {
+            let recorder = self.clone();
+            recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
+            let waiting = tokio::spawn(async move {
+                recorder.record_rest(rest).await;
+                recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
+            });
+            let _ = waiting.await;
+        }
+    }
+
     /// Queues one event for every sink, waiting for room or dropping it as configured.
     pub async fn record(&self, event: Event) {
         if let Some(rest) = self.try_record(event) {
