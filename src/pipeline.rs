@@ -80,6 +80,11 @@ pub enum Error {
         "chaperone reads the body of every {what} to check it, and could not read this one: {why}"
     )]
     Unread { what: String, why: String },
+    #[error(
+        "chaperone reads the body of every {what} to check it, and this one is larger than \
+         {max} bytes, the API server's own bound"
+    )]
+    TooLarge { what: String, max: usize },
 }
 
 impl Error {
@@ -98,6 +103,11 @@ impl Error {
             Error::SelfReview(e) => e.status(),
             Error::TooManyStreams { .. } => Status::too_many_requests(self.to_string()),
             Error::Unread { .. } => Status::bad_request(self.to_string()),
+            Error::TooLarge { .. } => Status::failure(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                self.to_string(),
+            ),
             // client-go waits the second and retries, up to ten times: a burst is slowed
             // down, not failed.
             Error::TooManyRequests { .. } => Status::too_many_requests(self.to_string())
@@ -450,11 +460,18 @@ impl Proxy {
                         max: self.max_requests,
                     })?;
                 let headers = req.headers().clone();
-                let unread = |e: approval::Error| Error::Unread {
-                    what: what.clone(),
-                    why: match e {
-                        approval::Error::Unreviewable(why) => why,
-                        e => e.to_string(),
+                let unread = |e: approval::Error| match e {
+                    approval::Error::BodyTooLarge { max } => Error::TooLarge {
+                        what: what.clone(),
+                        max,
+                    },
+                    approval::Error::Unreviewable(why) => Error::Unread {
+                        what: what.clone(),
+                        why,
+                    },
+                    e => Error::Unread {
+                        what: what.clone(),
+                        why: e.to_string(),
                     },
                 };
                 let bytes = approval::body::read_raw(req.body_mut(), &headers, MAX_CREATED)
@@ -638,6 +655,9 @@ impl Proxy {
         });
         if let Some(bytes) = reviewed_body.map(|r| r.bytes).or(created) {
             *req.body_mut() = crate::body::full(bytes);
+        }
+        if info.subresource == "proxy" {
+            req.extensions_mut().insert(upstream::ProxiedTo);
         }
         if trail.level() >= Level::Request && !upgrade {
             let body = std::mem::replace(req.body_mut(), crate::body::empty());
@@ -914,6 +934,14 @@ mod tests {
                 },
                 400,
                 "BadRequest",
+            ),
+            (
+                Error::TooLarge {
+                    what: "create of pods".into(),
+                    max: MAX_CREATED,
+                },
+                413,
+                "RequestEntityTooLarge",
             ),
         ];
         for (error, code, reason) in cases {

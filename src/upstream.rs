@@ -119,12 +119,11 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Whether a path goes to a service, pod or node proxied to (`.../proxy[/...]`), whose
-/// answers are its own.
-fn is_proxied(path_and_query: &str) -> bool {
-    let path = path_and_query.split('?').next().unwrap_or_default();
-    path.split('/').any(|segment| segment == "proxy")
-}
+/// Marks a request to a service, pod or node proxied to (the `proxy` subresource), whose
+/// answers are its own: a 401 from it is not about the proxy's credential. The pipeline
+/// sets it from the resolved request.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxiedTo;
 
 /// The proxy's own bearer credential, if it uses one (client certificates live in the
 /// TLS configuration instead).
@@ -468,6 +467,7 @@ impl Upstream {
             true => std::borrow::Cow::Borrowed(path_and_query),
             false => std::borrow::Cow::Owned(format!("{}{path_and_query}", self.prefix)),
         };
+        let proxied_to = req.extensions_mut().remove::<ProxiedTo>().is_some();
         *req.uri_mut() = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -518,7 +518,7 @@ impl Upstream {
         // credential, and the caller must not be told its own was refused. A service or
         // node proxied to may answer 401 itself: that one goes back as it is (and does
         // not cost the plugin's token: a caller cannot make the plugin run again).
-        if rsp.status() == StatusCode::UNAUTHORIZED && !is_proxied(path_and_query.as_ref()) {
+        if rsp.status() == StatusCode::UNAUTHORIZED && !proxied_to {
             // The plugin's token was refused (revoked, or expired early): the next
             // request gets a new one.
             if let Bearer::Exec(plugin) = &self.bearer {
@@ -829,15 +829,22 @@ mod tests {
         assert!(upstream
             .unreachable()
             .is_some_and(|why| why.contains("refused chaperone's own credential")));
+        let mut req = get();
+        req.extensions_mut().insert(ProxiedTo);
         let proxied = upstream
             .forward(
-                get(),
+                req,
                 "/api/v1/namespaces/d/services/web:80/proxy/login",
                 None,
             )
             .await
             .unwrap();
         assert_eq!(proxied.status(), StatusCode::UNAUTHORIZED);
+        // A namespace or an object named `proxy` is no service proxied to.
+        let named = upstream
+            .forward(get(), "/api/v1/namespaces/proxy/configmaps/proxy", None)
+            .await;
+        assert!(matches!(named, Err(Error::CredentialRefused { .. })));
     }
 
     /// A failure to connect says why, not only "client error (Connect)".

@@ -965,6 +965,24 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
     ok(&env
         .kubectl(&["set", "image", "deployment/site", "nginx=nginx:1.27"])
         .await);
+    // A body larger than the API server takes is refused as it would refuse it.
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"big","annotations":{{"a":"{}"}}}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    let reply = env
+        .client(false)
+        .send(
+            http::Request::post(format!(
+                "{}/api/v1/namespaces/default/pods",
+                env.proxy_url()
+            ))
+            .header("content-type", "application/json")
+            .body(chaperone::body::full(big))
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 413, "{:?}", reply.json()["message"]);
     for name in ["escape", "mine", "escaped", "host"] {
         assert!(!env
             .kubectl_direct(&["get", "pod", name])
