@@ -67,6 +67,10 @@ impl Admin {
             g.audit_queue_depth = a.queued() as u64;
             g.audit_events_dropped = a.counters.dropped.load(Ordering::Relaxed);
             g.audit_write_failures = a.counters.failed_writes.load(Ordering::Relaxed);
+            g.audit_events_recorded = a.counters.recorded.load(Ordering::Relaxed);
+            g.audit_events_exported = a.counters.exported.load(Ordering::Relaxed);
+            g.audit_events_waiting = a.counters.in_flight.load(Ordering::Relaxed)
+                + a.counters.queuing.load(Ordering::Relaxed);
         }
         if let Some(pending) = &self.approvals_pending {
             g.approvals_pending = pending();

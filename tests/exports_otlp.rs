@@ -317,6 +317,13 @@ async fn an_event_the_collector_refuses_is_counted_and_the_rest_go_on() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert_eq!(dropped, 1, "{metrics}");
+    // The six taken are counted as exported.
+    let exported: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chaperone_audit_events_exported_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(exported >= 6, "{metrics}");
     env.stop().await;
     server.abort();
 }
