@@ -372,9 +372,13 @@ impl Proxy {
         // A query (an exec's command, a proxied service's parameters, a token a client
         // put there), and a proxied request's path past `proxy/`, are free text: what the
         // detectors find there is masked in the record (the request goes as sent).
+        //
+        // The masking rules in force when the request came: the same ones mask its
+        // record, decide what it may ask for, how its copy is kept and how its answer is
+        // masked.
+        let masker = self.policy.masker();
         let proxied = info.subresource == "proxy";
         if proxied || req.uri().query().is_some() {
-            let masker = self.policy.masker();
             if proxied {
                 trail.mask_proxied_path(&info, &masker);
             }
@@ -516,9 +520,6 @@ impl Proxy {
 
         let upgrade = headers::is_upgrade(req.headers());
         let inspect = headers::must_inspect(&info);
-        // The masking rules in force when the request came: the same ones decide what
-        // it may ask for, how its copy is kept and how its answer is masked.
-        let masker = self.policy.masker();
         tracing::debug_span!("screen").in_scope(|| {
             if upgrade {
                 headers::check_upgrade(&info, !http_body::Body::is_end_stream(req.body()))?;

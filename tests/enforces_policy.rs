@@ -859,6 +859,18 @@ async fn open_when_free(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_written_through_chaperone_stays_in_chaperone() {
     let env = sandbox().with_proxy().start().await;
+    // A pod created with a raw JSON body, as a client other than kubectl may send it.
+    let post_pod = |body: String| {
+        let client = env.client(false);
+        let req = http::Request::post(format!(
+            "{}/api/v1/namespaces/default/pods",
+            env.proxy_url()
+        ))
+        .header("content-type", "application/json")
+        .body(chaperone::body::full(body))
+        .unwrap();
+        async move { client.send(req).await }
+    };
     let refused = |out: &std::process::Output, what: &str| {
         let said = stderr(out);
         assert!(
@@ -919,18 +931,7 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
         r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"escaped","labels":{"chaperone.dev\u002finject":"false"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#,
         r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"host"},"spec":{"hostNetwork":true,"containers":[{"name":"c","image":"busybox"}]}}"#,
     ] {
-        let reply = env
-            .client(false)
-            .send(
-                http::Request::post(format!(
-                    "{}/api/v1/namespaces/default/pods",
-                    env.proxy_url()
-                ))
-                .header("content-type", "application/json")
-                .body(chaperone::body::full(pod))
-                .unwrap(),
-            )
-            .await;
+        let reply = post_pod(pod.to_owned()).await;
         assert_eq!(reply.status, 403, "{pod}: {:?}", reply.body);
     }
     // A namespace is not changed through chaperone (leaving its label out of an update
@@ -970,18 +971,7 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"big","annotations":{{"a":"{}"}}}}}}"#,
         "x".repeat(4 << 20)
     );
-    let reply = env
-        .client(false)
-        .send(
-            http::Request::post(format!(
-                "{}/api/v1/namespaces/default/pods",
-                env.proxy_url()
-            ))
-            .header("content-type", "application/json")
-            .body(chaperone::body::full(big))
-            .unwrap(),
-        )
-        .await;
+    let reply = post_pod(big).await;
     assert_eq!(reply.status, 413, "{:?}", reply.json()["message"]);
     for name in ["escape", "mine", "escaped", "host"] {
         assert!(!env
