@@ -860,8 +860,10 @@ async fn open_when_free(
 async fn a_pod_written_through_chaperone_stays_in_chaperone() {
     let env = sandbox().with_proxy().start().await;
     // A pod created with a raw JSON body, as a client other than kubectl may send it.
+    // Over HTTP/2: an answer that comes before the body is sent whole (the 413 below)
+    // reaches the client, where HTTP/1.1 may meet a connection closed mid-write.
     let post_pod = |body: String| {
-        let client = env.client(false);
+        let client = env.client(true);
         let req = http::Request::post(format!(
             "{}/api/v1/namespaces/default/pods",
             env.proxy_url()
