@@ -24,6 +24,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// otherwise hold every request until its timeout, and every watch for ever.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(15);
+/// As nginx's `send_timeout`.
+pub const DEFAULT_UNREAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on a client's TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on a connection's request head: its first bytes, then each HTTP/1.1 request's
@@ -320,6 +322,10 @@ pub struct Upstream {
     /// How long a ping may go unanswered before the connection is closed.
     #[serde(default = "default_ping_timeout", deserialize_with = "duration")]
     pub ping_timeout: Duration,
+    /// How long an answer's data may wait for a caller who takes none of it before its
+    /// stream to the API server is reset (callers share that connection's window).
+    #[serde(default = "default_unread_timeout", deserialize_with = "duration")]
+    pub unread_timeout: Duration,
     #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
     pub shutdown_grace: Duration,
     /// Whose identity the API server sees.
@@ -351,6 +357,7 @@ impl Default for Upstream {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
+            unread_timeout: DEFAULT_UNREAD_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
@@ -396,6 +403,9 @@ fn default_ping_interval() -> Duration {
 }
 fn default_ping_timeout() -> Duration {
     DEFAULT_PING_TIMEOUT
+}
+fn default_unread_timeout() -> Duration {
+    DEFAULT_UNREAD_TIMEOUT
 }
 fn default_handshake_timeout() -> Duration {
     DEFAULT_HANDSHAKE_TIMEOUT
@@ -520,6 +530,11 @@ impl Config {
                 "pingTimeout",
                 "upstream.pingTimeout",
                 Some(self.upstream.ping_timeout),
+            ),
+            (
+                "unreadTimeout",
+                "upstream.unreadTimeout",
+                Some(self.upstream.unread_timeout),
             ),
             ("headerTimeout", "headerTimeout", Some(self.header_timeout)),
             (
@@ -739,6 +754,10 @@ mod tests {
             (
                 "upstream:\n  responseTimeout: 0s\n",
                 vec!["upstream.responseTimeout", "greater than zero", "line 2"],
+            ),
+            (
+                "upstream:\n  unreadTimeout: 0s\n",
+                vec!["upstream.unreadTimeout", "greater than zero", "line 2"],
             ),
             (
                 "tls: {certFile: a, keyFile: b, handshakeTimeout: 0s}\n",

@@ -229,6 +229,8 @@ pub struct Timeouts {
     pub response: Duration,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+    /// How long an answer's data may wait for a caller who takes none of it.
+    pub unread: Duration,
 }
 
 /// A pooled client to one API server.
@@ -327,6 +329,7 @@ impl Upstream {
                 response: cfg.response_timeout,
                 ping_interval: cfg.ping_interval,
                 ping_timeout: cfg.ping_timeout,
+                unread: cfg.unread_timeout,
             },
         )
     }
@@ -396,9 +399,10 @@ impl Upstream {
         };
         let h2 = H2Channel::new(
             connector(true)?,
-            channel::Ping {
-                interval: timeouts.ping_interval,
-                timeout: timeouts.ping_timeout,
+            channel::Health {
+                ping_interval: timeouts.ping_interval,
+                ping_timeout: timeouts.ping_timeout,
+                unread: timeouts.unread,
             },
             Uri::builder()
                 .scheme(http::uri::Scheme::HTTPS)
@@ -755,6 +759,7 @@ mod tests {
             response: timeout,
             ping_interval: timeout,
             ping_timeout: timeout,
+            unread: timeout,
         };
         for (server, want) in [
             (format!("https://{addr}"), "/api/v1/pods?limit=1"),
@@ -816,6 +821,7 @@ mod tests {
                 response: timeout,
                 ping_interval: timeout,
                 ping_timeout: timeout,
+                unread: timeout,
             },
         )
         .unwrap();

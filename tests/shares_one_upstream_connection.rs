@@ -354,7 +354,8 @@ async fn bodies_larger_than_the_flow_control_window_stream_both_ways() {
 
 /// An HTTP/2 API server on loopback (the sandbox's certificate) that allows
 /// `max_streams` streams per connection and answers a watch with its head and then
-/// nothing, and anything else with an empty PodList. It serves the first `serve`
+/// nothing, a list for `labelSelector=big` with a PodList of 16 MiB, and anything else
+/// with an empty PodList. It serves the first `serve`
 /// connections and closes any after those at once. Returns its address and a count of
 /// the connections it accepted.
 async fn h2_api_server(
@@ -383,8 +384,11 @@ async fn h2_api_server(
                     return;
                 };
                 let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
-                    let body = if watch {
+                    let query = req.uri().query().unwrap_or_default();
+                    let watch = query.contains("watch=true");
+                    let body = if query.contains("labelSelector=big") {
+                        Full::new(big_pod_list()).boxed()
+                    } else if watch {
                         StreamBody::new(futures_util::stream::pending::<
                             Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
                         >())
@@ -406,6 +410,14 @@ async fn h2_api_server(
         }
     });
     (addr, connections)
+}
+
+/// A PodList of 16 MiB: one pod with a large annotation.
+fn big_pod_list() -> bytes::Bytes {
+    let mut list = br#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[{"metadata":{"name":"big","annotations":{"a":""#.to_vec();
+    list.resize(list.len() + (16 << 20), b'x');
+    list.extend_from_slice(br#""}}}]}"#);
+    bytes::Bytes::from(list)
 }
 
 /// chaperone in front of `server`, and `n` watches opened through it.
@@ -493,6 +505,68 @@ async fn a_request_waits_on_a_full_connection_when_no_other_can_be_opened() {
     assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
     assert_eq!(reply.json()["kind"], "PodList");
     drop(watches);
+    proxy.stop().await;
+    env.stop().await;
+}
+
+/// Callers share the connection's flow-control window: four who ask for a large List
+/// and never read it hold all of it, and every other answer would stall behind theirs.
+/// Once their data has waited `upstream.unreadTimeout` their streams are reset, the
+/// next caller is answered, and theirs end in an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_who_stop_reading_do_not_hold_up_the_others() {
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let (server, connections) = h2_api_server(&env, 100, usize::MAX).await;
+    let config = support::proxy_config(
+        env.dir.path(),
+        &format!("https://{server}"),
+        &String::from_utf8(env.ca_pem()).unwrap(),
+        "t",
+        "  unreadTimeout: 2s\n",
+    );
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    let url = format!("https://{}{POD}", proxy.addrs[0]);
+    let mut unread = Vec::new();
+    for _ in 0..4 {
+        let req = http::Request::get(format!("{url}?labelSelector=big"))
+            .body(chaperone::body::empty())
+            .unwrap();
+        let rsp = env.client(true).open(req).await;
+        assert_eq!(rsp.status().as_u16(), 200);
+        unread.push(rsp);
+    }
+    // Their data fills the window within milliseconds; the window is full before the
+    // next caller asks, and stays full until a stream is reset.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        env.client(false).get(&url, &[]),
+    )
+    .await
+    .expect("answered although four callers stopped reading");
+    assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    assert_eq!(reply.json()["kind"], "PodList");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "all on one connection"
+    );
+    // Those reset end in an error; any read before its turn came is whole.
+    let mut reset = 0;
+    for rsp in unread {
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            http_body_util::BodyExt::collect(rsp.into_body()),
+        )
+        .await
+        .expect("the unread answer ends");
+        match read {
+            Ok(body) => assert_eq!(body.to_bytes(), big_pod_list(), "a whole answer"),
+            Err(_) => reset += 1,
+        }
+    }
+    assert!(reset >= 1, "no unread answer's stream was reset");
     proxy.stop().await;
     env.stop().await;
 }

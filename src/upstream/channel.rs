@@ -8,13 +8,19 @@
 //! back (hyper's HTTP/2 client does both; at saturation they were about 5% of the
 //! proxy's CPU). A request body that is not already whole is streamed by a task of its
 //! own, as hyper does.
+//!
+//! The connection's flow-control window is shared: an answer's data the caller has not
+//! taken holds its part of it. A caller who stops reading several large answers would
+//! hold all of it, and every other caller's answers would stall behind theirs; so an
+//! answer whose data has waited unread for `unread` has its stream reset (as nginx's
+//! `send_timeout` closes a client that reads nothing), giving its window back.
 
 use std::future::{poll_fn, Future as _};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -58,6 +64,8 @@ struct Current {
     /// Its streams open now (counted from the request's head until its answer's body
     /// is done with).
     open: Arc<AtomicUsize>,
+    /// The answers being read from it, watched for callers who stopped reading.
+    readers: Arc<Readers>,
 }
 
 impl Current {
@@ -84,18 +92,20 @@ impl Drop for Slot {
     }
 }
 
-/// How a connection is checked: a PING every `interval`, answered within `timeout`,
-/// or the connection is closed (its streams fail, so watches end and clients re-list,
-/// and the next request dials anew).
+/// How a connection is checked: a PING every `ping_interval`, answered within
+/// `ping_timeout`, or the connection is closed (its streams fail, so watches end and
+/// clients re-list, and the next request dials anew); and an answer whose data waits
+/// `unread` for a caller who takes none of it has its stream reset.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Ping {
-    pub interval: std::time::Duration,
-    pub timeout: std::time::Duration,
+pub(super) struct Health {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub unread: Duration,
 }
 
 pub(super) struct H2Channel {
     dial: Dial<HttpsConnector<HttpConnector>>,
-    ping: Ping,
+    health: Health,
     target: Uri,
     sender: Mutex<Option<Current>>,
     /// One dial at a time: requests that find no connection wait for the same one.
@@ -118,12 +128,12 @@ pub(super) enum Sent {
 impl H2Channel {
     pub(super) fn new(
         dial: Dial<HttpsConnector<HttpConnector>>,
-        ping: Ping,
+        health: Health,
         target: Uri,
     ) -> H2Channel {
         H2Channel {
             dial,
-            ping,
+            health,
             target,
             sender: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
@@ -166,17 +176,20 @@ impl H2Channel {
         }
         let (sender, mut conn) = builder().handshake::<_, Bytes>(TokioIo::new(io)).await?;
         let pings = conn.ping_pong();
-        let ping = self.ping;
+        let health = self.health;
+        let readers = Arc::new(Readers::default());
+        let watched = readers.clone();
         tokio::spawn(
             async move {
                 tokio::select! {
                     ended = &mut conn => if let Err(error) = ended {
                         tracing::debug!(%error, "upstream HTTP/2 connection ended");
                     },
-                    why = unanswered(pings, ping) => {
+                    why = unanswered(pings, health) => {
                         // Dropping the connection fails its streams.
                         tracing::warn!(why, "closing the HTTP/2 connection to the API server");
                     }
+                    never = watched.reset_unread(health.unread) => match never {},
                 }
             }
             .instrument(tracing::debug_span!("upstream_connection")),
@@ -188,6 +201,7 @@ impl H2Channel {
             number: current.as_ref().map_or(0, |c| c.number + 1),
             sender,
             open: Arc::new(AtomicUsize::new(0)),
+            readers,
         };
         *current = Some(new.clone());
         Ok(Some(new))
@@ -218,7 +232,7 @@ impl H2Channel {
             match current.sender.ready().await {
                 Ok(sender) => {
                     return Sent::Answered(match open(sender, req) {
-                        Ok(answer) => receive(answer, slot).await,
+                        Ok(answer) => receive(answer, slot, &current.readers).await,
                         Err(e) => Err(e),
                     })
                 }
@@ -243,21 +257,21 @@ impl H2Channel {
     }
 }
 
-/// Pings the connection every `ping.interval` until a ping goes unanswered for
-/// `ping.timeout`; returns why.
-async fn unanswered(pings: Option<h2::PingPong>, ping: Ping) -> String {
+/// Pings the connection every `health.ping_interval` until a ping goes unanswered for
+/// `health.ping_timeout`; returns why.
+async fn unanswered(pings: Option<h2::PingPong>, health: Health) -> String {
     let Some(mut pings) = pings else {
         // Taken already: never the case for a new connection. Not checked, then.
         return std::future::pending().await;
     };
     loop {
-        tokio::time::sleep(ping.interval).await;
-        match tokio::time::timeout(ping.timeout, pings.ping(h2::Ping::opaque())).await {
+        tokio::time::sleep(health.ping_interval).await;
+        match tokio::time::timeout(health.ping_timeout, pings.ping(h2::Ping::opaque())).await {
             Ok(Ok(_)) => {}
             // The connection is closing on its own: nothing to check.
             Ok(Err(_)) => return std::future::pending().await,
             Err(_) => {
-                return format!("a ping went unanswered for {:?}", ping.timeout);
+                return format!("a ping went unanswered for {:?}", health.ping_timeout);
             }
         }
     }
@@ -297,13 +311,14 @@ fn open(mut sender: Sender, req: Request<Body>) -> Result<h2::client::ResponseFu
 async fn receive(
     answer: h2::client::ResponseFuture,
     slot: Slot,
+    readers: &Arc<Readers>,
 ) -> Result<Response<Body>, BoxError> {
     let answer = answer.await?;
     let length = answer
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    Ok(answer.map(|recv| ResponseBody::new(recv, length, slot).boxed()))
+    Ok(answer.map(|recv| ResponseBody::new(recv, length, slot, readers).boxed()))
 }
 
 /// Streams a request body onto its HTTP/2 stream, within the flow-control window the
@@ -367,11 +382,86 @@ async fn pipe(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Result<(),
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The answers being read from one connection, each shared with its body.
+#[derive(Default)]
+struct Readers(Mutex<slab::Slab<Arc<Reading>>>);
+
+/// One answer's stream, shared by its body and the connection's watch.
+struct Reading(Mutex<ReadState>);
+
+struct ReadState {
+    /// Taken by the watch when the caller stopped reading: dropped, the stream is reset
+    /// and its part of the connection's window given back.
+    recv: Option<h2::RecvStream>,
+    /// Bytes passed on to the caller.
+    taken: u64,
+    /// `taken` when the watch last looked.
+    seen: u64,
+    /// Since when data has waited for a caller who took none of it.
+    waiting_since: Option<Instant>,
+}
+
+impl Reading {
+    /// The stream, taken if its data has waited `unread` for a caller who took none.
+    fn take_if_unread(&self, now: Instant, unread: Duration) -> Option<h2::RecvStream> {
+        let mut state = lock(&self.0);
+        let waiting = match &mut state.recv {
+            Some(recv) => recv.flow_control().used_capacity(),
+            None => return None,
+        };
+        if waiting == 0 || state.taken != state.seen {
+            state.seen = state.taken;
+            state.waiting_since = None;
+            return None;
+        }
+        let since = *state.waiting_since.get_or_insert(now);
+        match now.duration_since(since) >= unread {
+            true => state.recv.take(),
+            false => None,
+        }
+    }
+}
+
+impl Readers {
+    /// Every so often, resets the streams whose data has waited `unread` for a caller
+    /// who took none of it. Runs for as long as the connection.
+    async fn reset_unread(&self, unread: Duration) -> std::convert::Infallible {
+        let every = (unread / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = Instant::now();
+            let unread_streams: Vec<h2::RecvStream> = lock(&self.0)
+                .iter()
+                .filter_map(|(_, reading)| reading.take_if_unread(now, unread))
+                .collect();
+            for recv in unread_streams {
+                let mut recv = recv;
+                tracing::warn!(
+                    stream = u32::from(recv.stream_id()),
+                    waiting = recv.flow_control().used_capacity(),
+                    ?unread,
+                    "a caller took none of an answer's data for upstream.unreadTimeout: its \
+                     stream to the API server is reset, so that the callers sharing the \
+                     connection are not held up"
+                );
+                // Dropped here: the stream is reset and its window given back.
+            }
+        }
+    }
+}
+
 /// An answer's body as it arrives, handing flow-control window back to the API
 /// server as each piece is passed on, so a large List or a watch keeps streaming at the
 /// pace the caller reads.
 struct ResponseBody {
-    recv: h2::RecvStream,
+    reading: Arc<Reading>,
+    /// Where `reading` is watched from, and its place there (none for an answer that
+    /// came whole with its head).
+    watched: Option<(Arc<Readers>, usize)>,
     _slot: Slot,
     data_done: bool,
     /// What `Content-Length` said is left, if it was given.
@@ -379,12 +469,34 @@ struct ResponseBody {
 }
 
 impl ResponseBody {
-    fn new(recv: h2::RecvStream, length: Option<u64>, slot: Slot) -> ResponseBody {
+    fn new(
+        recv: h2::RecvStream,
+        length: Option<u64>,
+        slot: Slot,
+        readers: &Arc<Readers>,
+    ) -> ResponseBody {
+        let ended = recv.is_end_stream();
+        let reading = Arc::new(Reading(Mutex::new(ReadState {
+            recv: Some(recv),
+            taken: 0,
+            seen: 0,
+            waiting_since: None,
+        })));
+        let watched = (!ended).then(|| (readers.clone(), lock(&readers.0).insert(reading.clone())));
         ResponseBody {
-            recv,
+            reading,
+            watched,
             _slot: slot,
             data_done: false,
             remaining: length,
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some((readers, key)) = self.watched.take() {
+            lock(&readers.0).try_remove(key);
         }
     }
 }
@@ -398,10 +510,19 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let mut state = lock(&this.reading.0);
+        let state = &mut *state;
+        let Some(recv) = &mut state.recv else {
+            return Poll::Ready(Some(Err(BoxError::from(
+                "the caller took none of the answer for upstream.unreadTimeout: its stream \
+                 to the API server was reset",
+            ))));
+        };
         if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(recv.poll_data(cx)) {
                 Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    let _ = recv.flow_control().release_capacity(data.len());
+                    state.taken += data.len() as u64;
                     if let Some(left) = &mut this.remaining {
                         *left = left.saturating_sub(data.len() as u64);
                     }
@@ -416,7 +537,7 @@ impl http_body::Body for ResponseBody {
                 None => this.data_done = true,
             }
         }
-        match ready!(this.recv.poll_trailers(cx)) {
+        match ready!(recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e.into()))),
@@ -424,7 +545,10 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        lock(&self.reading.0)
+            .recv
+            .as_ref()
+            .is_some_and(h2::RecvStream::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -526,9 +650,13 @@ mod tests {
             .body(Stalled(dropped.clone()).boxed())
             .expect("request");
         let answer = open(sender.ready().await.expect("ready"), req).expect("opened");
-        let rsp = receive(answer, Slot::take(&Arc::new(AtomicUsize::new(0))))
-            .await
-            .expect("an answer");
+        let rsp = receive(
+            answer,
+            Slot::take(&Arc::new(AtomicUsize::new(0))),
+            &Arc::default(),
+        )
+        .await
+        .expect("an answer");
         assert_eq!(rsp.status(), 413);
         for _ in 0..500 {
             if dropped.load(Ordering::SeqCst) {
@@ -555,7 +683,11 @@ mod tests {
         let answer = open(sender, req).expect("stream opened");
         let rsp = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            receive(answer, Slot::take(&Arc::new(AtomicUsize::new(0)))),
+            receive(
+                answer,
+                Slot::take(&Arc::new(AtomicUsize::new(0))),
+                &Arc::default(),
+            ),
         )
         .await
         .expect("an answer: the request's stream was ended")
