@@ -271,12 +271,13 @@ impl Proxy {
                     code,
                     trail.elapsed(),
                 );
-                if streaming {
-                    // A watch or exec may run for hours: be on record from its start.
-                    self.audit
-                        .record_detached(trail.event(Stage::ResponseStarted, code, None))
-                        .await;
-                }
+                // A watch or exec may run for hours: be on record from its start.
+                let started = streaming
+                    .then(|| {
+                        self.audit
+                            .queue(trail.event(Stage::ResponseStarted, code, None))
+                    })
+                    .flatten();
                 let audit = self.audit.clone();
                 let metrics = self.metrics.clone();
                 // The response's end counts what was masked and gives the caller's
@@ -285,7 +286,13 @@ impl Proxy {
                     metrics.masked(masked);
                     drop(place);
                 });
-                rsp.map(|body| audit::on_complete(body, audit, trail, code, on_end))
+                let rsp = rsp.map(|body| audit::on_complete(body, audit, trail, code, on_end));
+                // Answered once the start is queued. A client gone meanwhile drops the
+                // response, whose end is then recorded too.
+                if let Some(started) = started {
+                    let _ = started.await;
+                }
+                rsp
             }
             Err(error) => {
                 let status = error.status();

@@ -238,6 +238,75 @@ async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
     server.abort();
 }
 
+/// A watch whose start waits for room in a full queue, and whose client goes away
+/// meanwhile, is on record to its end: the start is queued all the same, and the end
+/// is not lost with the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_client_leaves_while_its_start_waits_is_recorded_to_its_end() {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "audit:\n  queue: 1\n  overflow: block\n  otlp: {{endpoint: \"http://{addr}\", batch: 1, timeout: 1s}}\n"
+        ))
+        .start()
+        .await;
+    let url = format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url());
+    // One event is held by the exporter, one fits the queue: the next start waits.
+    let client = env.client(false);
+    for _ in 0..2 {
+        assert_eq!(client.get(&url, &[]).await.status, 200);
+    }
+    // Over HTTP/2, where a client that gives up resets its stream at once.
+    let watch = "/api/v1/namespaces/default/configmaps?watch=true";
+    let waiting = {
+        let (client, url) = (env.client(true), format!("{}{watch}", env.proxy_url()));
+        tokio::spawn(async move {
+            let req = http::Request::get(url)
+                .body(chaperone::body::empty())
+                .unwrap();
+            client.open(req).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "the watch started unrecorded");
+    waiting.abort();
+    let (_collector, server) = serve(std::net::TcpListener::bind(addr).unwrap());
+    let audit = env.dir.path().join("sandbox/audit.jsonl");
+    let stages = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let events: Vec<serde_json::Value> = support::json_lines(&audit);
+            let stages: Vec<serde_json::Value> = events
+                .into_iter()
+                .filter(|e| e["requestURI"] == watch)
+                .collect();
+            if stages.iter().any(|e| e["stage"] == "ResponseComplete") {
+                return stages;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the watch's end is on record");
+    assert!(
+        stages.iter().any(|e| e["stage"] == "ResponseStarted"),
+        "{stages:?}"
+    );
+    let end = stages
+        .iter()
+        .find(|e| e["stage"] == "ResponseComplete")
+        .unwrap();
+    assert!(
+        end["annotations"]["chaperone.dev/error"]
+            .as_str()
+            .is_some_and(|e| e.contains("client closed the connection")),
+        "{end}"
+    );
+    env.stop().await;
+    server.abort();
+}
+
 /// The audit IDs of `n` GETs of `path` through the proxy.
 async fn audit_ids(env: &support::Env, path: &str, n: usize) -> Vec<String> {
     let client = env.client(false);

@@ -1,12 +1,14 @@
 //! Records a request's event when its response body ends.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
+use tokio::task::JoinHandle;
 
 use super::event::{annotation, Stage};
 use super::{Recorder, Trail};
@@ -39,8 +41,9 @@ struct Completion {
     /// The event being queued as the body ends, and what to return once it is: the
     /// last frame waits for the queue, so with `overflow: block` a full queue holds the
     /// response back (its last data frame included, since with a Content-Length the
-    /// client needs no end-of-stream) instead of growing without bound.
-    recording: Option<(Mutex<Recording>, After)>,
+    /// client needs no end-of-stream) instead of growing without bound. Dropped, the
+    /// wait goes on without it.
+    recording: Option<(JoinHandle<()>, After)>,
 }
 
 /// What a body yields once its event is queued.
@@ -50,24 +53,16 @@ enum After {
     Frame(Frame<Bytes>),
 }
 
-type Recording = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
 impl Completion {
     /// Queues the event of the ended body; when a queue is full (and `overflow:
-    /// block`), returns the future that waits for room.
-    fn record(&mut self, error: Option<String>) -> Option<Recording> {
+    /// block`), returns the wait for room.
+    fn record(&mut self, error: Option<String>) -> Option<JoinHandle<()>> {
         let (recorder, mut trail, code, on_end) = self.pending.take()?;
         if let Some(e) = error {
             trail.note(annotation::ERROR, e);
         }
         on_end(trail.masked_counter().load(Ordering::Relaxed));
-        let event = trail.into_event(Stage::ResponseComplete, code, None);
-        let rest = recorder.try_record(event)?;
-        recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
-        Some(Box::pin(async move {
-            recorder.record_rest(rest).await;
-            recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
-        }))
+        recorder.queue(trail.into_event(Stage::ResponseComplete, code, None))
     }
 }
 
@@ -81,8 +76,7 @@ impl http_body::Body for Completion {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             if let Some((recording, _)) = &mut self.recording {
-                let fut = recording.get_mut().unwrap_or_else(|e| e.into_inner());
-                if fut.as_mut().poll(cx).is_pending() {
+                if Pin::new(recording).poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 return Poll::Ready(match self.recording.take().map(|(_, after)| after) {
@@ -93,16 +87,16 @@ impl http_body::Body for Completion {
             }
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(None) => match self.record(None) {
-                    Some(fut) => self.recording = Some((Mutex::new(fut), After::End)),
+                    Some(waiting) => self.recording = Some((waiting, After::End)),
                     None => return Poll::Ready(None),
                 },
                 Poll::Ready(Some(Err(e))) => match self.record(Some(e.to_string())) {
-                    Some(fut) => self.recording = Some((Mutex::new(fut), After::Error(e))),
+                    Some(waiting) => self.recording = Some((waiting, After::Error(e))),
                     None => return Poll::Ready(Some(Err(e))),
                 },
                 Poll::Ready(Some(Ok(frame))) if self.inner.is_end_stream() => {
                     match self.record(None) {
-                        Some(fut) => self.recording = Some((Mutex::new(fut), After::Frame(frame))),
+                        Some(waiting) => self.recording = Some((waiting, After::Frame(frame))),
                         None => return Poll::Ready(Some(Ok(frame))),
                     }
                 }
@@ -122,22 +116,12 @@ impl http_body::Body for Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        // The client is gone: nothing can wait any more, so the event is queued from a
-        // task of its own.
-        let fut = match self.recording.take() {
-            Some((recording, _)) => Some(recording.into_inner().unwrap_or_else(|e| e.into_inner())),
-            None if self.pending.is_some() => {
-                let why = (!self.inner.is_end_stream()).then(|| {
-                    "the client closed the connection before the response ended".to_owned()
-                });
-                self.record(why)
-            }
-            None => None,
-        };
-        if let Some(fut) = fut {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(fut);
-            }
+        // The client is gone before the body ended: the event is queued all the same
+        // (a wait for room already begun goes on without this body).
+        if self.pending.is_some() {
+            let why = (!self.inner.is_end_stream())
+                .then(|| "the client closed the connection before the response ended".to_owned());
+            drop(self.record(why));
         }
     }
 }
@@ -191,15 +175,6 @@ impl Drop for Unanswered<'_> {
             .trail
             .event(Stage::ResponseComplete, CLIENT_CLOSED, Some(&status));
         // Nothing can wait here: what a full queue leaves is queued from a task.
-        if let Some(rest) = self.recorder.try_record(event) {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let recorder = self.recorder.clone();
-                recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
-                runtime.spawn(async move {
-                    recorder.record_rest(rest).await;
-                    recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-        }
+        drop(self.recorder.queue(event));
     }
 }

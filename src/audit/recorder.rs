@@ -258,18 +258,30 @@ impl Recorder {
     }
 
     /// As [`Recorder::record`], for an event that must be queued even if the caller
-    /// stops waiting (its client gone, its future dropped): the wait for room, when the
-    /// queue is full and `overflow: block`, is a task of its own, which the caller awaits.
+    /// stops waiting (its client gone, its future dropped): see [`Recorder::queue`].
     pub async fn record_detached(self: &Arc<Self>, event: Event) {
-        if let Some(rest) = self.try_record(event) {
-            let recorder = self.clone();
-            recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
-            let waiting = tokio::spawn(async move {
-                recorder.record_rest(rest).await;
-                recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
-            });
+        if let Some(waiting) = self.queue(event) {
             let _ = waiting.await;
         }
+    }
+
+    /// Queues one event for every sink without the caller waiting in place: what a
+    /// full queue (with `overflow: block`) leaves waits for room in a task of its own,
+    /// returned to be awaited. The event is queued whether or not anyone awaits it.
+    /// `None` when nothing is left to wait for.
+    pub fn queue(self: &Arc<Self>, event: Event) -> Option<tokio::task::JoinHandle<()>> {
+        let rest = self.try_record(event)?;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to wait in (the process is ending): the event is lost.
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let recorder = self.clone();
+        recorder.counters.queuing.fetch_add(1, Ordering::Relaxed);
+        Some(runtime.spawn(async move {
+            recorder.record_rest(rest).await;
+            recorder.counters.queuing.fetch_sub(1, Ordering::Relaxed);
+        }))
     }
 
     /// Queues one event for every sink, waiting for room or dropping it as configured.
