@@ -316,10 +316,16 @@ impl Proxy {
                         trail.note(annotation::REASON, status.message.clone());
                     }
                     _ => {
-                        trail.note(
-                            annotation::DECISION,
-                            if status.code >= 500 { "error" } else { "deny" },
-                        );
+                        // A caller past its bounds is throttled, not denied by policy:
+                        // alerts on denials are not set off by a busy agent.
+                        let decision = match &error {
+                            Error::TooManyRequests { .. } | Error::TooManyStreams { .. } => {
+                                "throttled"
+                            }
+                            _ if status.code >= 500 => "error",
+                            _ => "deny",
+                        };
+                        trail.note(annotation::DECISION, decision);
                         trail.note(annotation::REASON, status.message.clone());
                     }
                 }

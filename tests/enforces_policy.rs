@@ -811,11 +811,14 @@ async fn a_caller_cannot_have_more_than_its_bound_of_requests_in_flight() {
     drop(second_tx);
     assert_eq!(second.await.unwrap().status, 201);
     // The refusal is counted with its code, and nothing is left in flight.
+    // A caller past its bound is throttled, not denied by policy.
     let metrics = metrics_showing(admin, "chaperone_requests_in_flight 0").await;
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("chaperone_requests_total{") && l.contains("code=\"429\"")),
+            .any(|l| l.starts_with("chaperone_requests_total{")
+                && l.contains("code=\"429\"")
+                && l.contains("decision=\"throttled\"")),
         "{metrics}"
     );
     env.stop().await;

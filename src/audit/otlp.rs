@@ -460,7 +460,10 @@ fn stage_spans(e: &Event) -> impl Iterator<Item = Span> + '_ {
 
 fn log_record(e: &Event) -> LogRecord {
     let note = |k: &str| e.annotations.get(k).map(|v| &**v).unwrap_or("");
-    let refused = matches!(note(annotation::DECISION), "deny" | "approve" | "error");
+    let refused = matches!(
+        note(annotation::DECISION),
+        "deny" | "approve" | "error" | "throttled"
+    );
     let body = serde_json::to_string(e).unwrap_or_default();
     let time = unix_nanos(&e.stage_timestamp);
     LogRecord {

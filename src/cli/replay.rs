@@ -48,6 +48,8 @@ pub enum Decision {
     Deny,
     Approve,
     Error,
+    /// Refused with 429: past `maxRequestsPerCaller` or `maxStreamsPerCaller`.
+    Throttled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +81,7 @@ impl Filter {
                 Decision::Deny => "deny",
                 Decision::Approve => "approve",
                 Decision::Error => "error",
+                Decision::Throttled => "throttled",
             }),
         })
     }
