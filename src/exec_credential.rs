@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use http::HeaderValue;
@@ -70,6 +70,9 @@ pub enum Error {
     Failed { command: String, status: String },
     #[error("the credential plugin {command} printed no usable ExecCredential: {message}")]
     Output { command: String, message: String },
+    /// The run that requests waiting together waited for failed: each gets its error.
+    #[error(transparent)]
+    Shared(std::sync::Arc<Error>),
 }
 
 struct Cached {
@@ -77,25 +80,35 @@ struct Cached {
     expires: Option<SystemTime>,
 }
 
+#[derive(Default)]
+struct State {
+    token: Option<Cached>,
+    /// When the last run ended in failure, and how.
+    failed: Option<(Instant, std::sync::Arc<Error>)>,
+}
+
 /// A plugin and the token it last printed.
 pub struct Plugin {
     config: ExecConfig,
-    cached: tokio::sync::Mutex<Option<Cached>>,
+    state: tokio::sync::Mutex<State>,
 }
 
 impl Plugin {
     pub fn new(config: ExecConfig) -> Plugin {
         Plugin {
             config,
-            cached: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::new(State::default()),
         }
     }
 
     /// The `Authorization` value: the cached token while it is fresh, else a new one.
-    /// Concurrent callers wait for one run rather than each running the plugin.
+    /// Concurrent callers wait for one run rather than each running the plugin; if it
+    /// fails, those that waited for it get its error instead of each running the plugin
+    /// in turn (each run may take `RUN_TIMEOUT`). A request after that runs it again.
     pub async fn header(&self) -> Result<HeaderValue, Error> {
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref() {
+        let asked = Instant::now();
+        let mut state = self.state.lock().await;
+        if let Some(c) = state.token.as_ref() {
             let fresh = c
                 .expires
                 .is_none_or(|at| at > SystemTime::now() + EXPIRY_MARGIN);
@@ -103,15 +116,31 @@ impl Plugin {
                 return Ok(c.header.clone());
             }
         }
-        let fetched = self.run().await?;
-        let header = fetched.header.clone();
-        *cached = Some(fetched);
-        Ok(header)
+        if let Some((at, error)) = &state.failed {
+            if *at >= asked {
+                return Err(Error::Shared(error.clone()));
+            }
+        }
+        match self.run().await {
+            Ok(fetched) => {
+                let header = fetched.header.clone();
+                *state = State {
+                    token: Some(fetched),
+                    failed: None,
+                };
+                Ok(header)
+            }
+            Err(error) => {
+                let error = std::sync::Arc::new(error);
+                state.failed = Some((Instant::now(), error.clone()));
+                Err(Error::Shared(error))
+            }
+        }
     }
 
     /// Drops the token (the API server refused it): the next request runs the plugin.
     pub async fn forget(&self) {
-        *self.cached.lock().await = None;
+        self.state.lock().await.token = None;
     }
 
     fn name(&self) -> String {
@@ -222,5 +251,43 @@ mod tests {
             // Nothing quoted from the output could carry a token.
             assert!(!err.contains("\"a\""), "{err}");
         }
+    }
+
+    /// Requests that wait together for a run that fails share its failure: the plugin
+    /// runs once for them, not once each in turn; the next request runs it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_share_a_failed_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let script = dir.path().join("plugin");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho run >> '{}'\nsleep 0.3\necho 'expired' >&2\nexit 1\n",
+                runs.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plugin = Plugin::new(ExecConfig {
+            command: script,
+            args: vec![],
+            env: vec![],
+            api_version: "client.authentication.k8s.io/v1".into(),
+            provide_cluster_info: false,
+            install_hint: None,
+            server: "https://127.0.0.1:1".into(),
+            ca_pem: None,
+        });
+        let count = || std::fs::read_to_string(&runs).unwrap().lines().count();
+        let answers = futures_util::future::join_all((0..4).map(|_| plugin.header())).await;
+        for answer in &answers {
+            let error = answer.as_ref().unwrap_err().to_string();
+            assert!(error.contains("failed (exit status: 1)"), "{error}");
+        }
+        assert_eq!(count(), 1, "the plugin ran once for the four waiting");
+        assert!(plugin.header().await.is_err());
+        assert_eq!(count(), 2, "a later request runs it again");
     }
 }
