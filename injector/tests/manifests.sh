@@ -3,8 +3,9 @@
 # against the Kubernetes OpenAPI schemas (strict: unknown fields are errors), then checks
 # a sample AccessRequest against the CRD's own schema.
 #
-# Needs kubectl (for its built-in kustomize) and kubernetes-validate from PyPI:
-#   python3 -m venv .ci/cache/kv && .ci/cache/kv/bin/pip install 'kubernetes-validate==1.37.0'
+# Needs kubectl (for its built-in kustomize), and kubernetes-validate and cel-python
+# from PyPI:
+#   python3 -m venv .ci/cache/kv && .ci/cache/kv/bin/pip install 'kubernetes-validate==1.37.0' 'cel-python==0.5.0'
 #   KUBERNETES_VALIDATE_VENV=.ci/cache/kv injector/tests/manifests.sh
 # Environment: CHAPERONE_KUBECTL (default: kubectl on PATH), KUBERNETES_VALIDATE_VENV
 # (default: kubernetes-validate and python3 on PATH), K8S_VERSION (default 1.33.0).
@@ -60,5 +61,67 @@ try:
 except jsonschema.ValidationError:
     pass
 print("AccessRequest sample valid; a bad phase is rejected")
+PY
+echo "--- AccessRequest review rules (the ValidatingAdmissionPolicy's CEL) on their cases"
+"$python" - "$out/base.yaml" injector/tests/fixtures/accessrequest-reviews.yaml <<'PY'
+import sys, yaml, celpy
+vap = next(d for d in yaml.safe_load_all(open(sys.argv[1]))
+           if d and d["kind"] == "ValidatingAdmissionPolicy"
+           and d["metadata"]["name"] == "chaperone-accessrequest-reviews")
+assert any(d and d["kind"] == "ValidatingAdmissionPolicyBinding"
+           and d["spec"]["policyName"] == vap["metadata"]["name"]
+           and d["spec"]["validationActions"] == ["Deny"]
+           for d in yaml.safe_load_all(open(sys.argv[1]))), "the policy is not bound to deny"
+env = celpy.Environment()
+def program(expr):
+    return env.program(env.compile(expr))
+variables = [(v["name"], program(v["expression"])) for v in vap["spec"]["variables"]]
+validations = [(program(v["expression"]), v["message"]) for v in vap["spec"]["validations"]]
+
+def refusals(case, base):
+    def obj(status):
+        o = {"metadata": {"name": "r", "namespace": "team-a"},
+             "spec": {**base, **case.get("spec", {})}}
+        if status is not None:
+            o["status"] = status
+        return o
+    user = {"username": case["user"]}
+    if case.get("groups"):
+        user["groups"] = case["groups"]
+    activation = {"object": obj(case["after"]), "oldObject": obj(case["before"]),
+                  "request": {"userInfo": user, "operation": "UPDATE"}}
+    context = {k: celpy.json_to_cel(v) for k, v in activation.items()}
+    # Each variable sees those before it, as CEL values (not converted again).
+    values = celpy.celtypes.MapType({})
+    for name, prog in variables:
+        try:
+            values[celpy.celtypes.StringType(name)] = prog.evaluate({**context, "variables": values})
+        except celpy.CELEvalError as e:
+            return [f"variables.{name}: {e}"]
+    out = []
+    for prog, message in validations:
+        try:
+            ok = prog.evaluate({**context, "variables": values})
+        except celpy.CELEvalError as e:
+            ok = e
+        # Anything but true refuses: false, or an error (failurePolicy: Fail).
+        if not (isinstance(ok, celpy.celtypes.BoolType) and bool(ok)):
+            out.append(message if isinstance(ok, celpy.celtypes.BoolType) else f"{message} (error: {ok})")
+    return out
+
+fixture = yaml.safe_load(open(sys.argv[2]))
+failed = 0
+for case in fixture["cases"]:
+    got = refusals(case, fixture["spec"])
+    want = case.get("refused")
+    if want is None and got:
+        failed += 1
+        print(f"FAIL {case['name']}: refused: {got}")
+    elif want is not None and not any(want in m for m in got):
+        failed += 1
+        print(f"FAIL {case['name']}: wanted a refusal with {want!r}, got {got or 'allowed'}")
+if failed:
+    sys.exit(f"{failed} of {len(fixture['cases'])} review cases failed")
+print(f"{len(fixture['cases'])} review cases: the allowed ones pass, the others are refused as expected")
 PY
 echo "--- manifests ok"
