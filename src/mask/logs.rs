@@ -8,7 +8,10 @@
 //!
 //! A PEM private key spans lines: from a line where a `BEGIN .. PRIVATE KEY` starts without
 //! its `END`, whole lines are masked until the line with the `END` marker (at most
-//! [`PEM_MAX_LINES`] lines, so that a stray header cannot hide the rest of a log).
+//! [`PEM_MAX_LINES`] lines, so that a stray header cannot hide the rest of a log). A log
+//! read may also start inside such a block, its header left out (`tailLines`, `sinceTime`,
+//! a log file the kubelet rotated mid-key): the lines of base64 it starts with, and the
+//! `END` marker after them, are masked whole too.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -40,6 +43,10 @@ pub(crate) struct LineStream {
     pos: usize,
     /// Lines still to mask whole inside an open PEM block.
     pem_lines: u32,
+    /// No line but base64 has been read yet: the read may have started inside a PEM
+    /// block, whose header it then left out.
+    leading: bool,
+    leading_counted: bool,
     ranges: Vec<Range<usize>>,
 }
 
@@ -50,6 +57,8 @@ impl LineStream {
             buf: Vec::new(),
             pos: 0,
             pem_lines: 0,
+            leading: true,
+            leading_counted: false,
             ranges: Vec::new(),
         }
     }
@@ -63,6 +72,29 @@ impl LineStream {
         self.ranges.clear();
         let mut masked = 0;
         let mut from = 0;
+        if self.leading {
+            let end = self
+                .rules
+                .pem_end
+                .find(text)
+                .filter(|_| self.leading_counted);
+            if let Some(m) = end {
+                // The end of a block whose start was not read, after its lines.
+                self.leading = false;
+                self.ranges.push(0..m.end());
+                from = m.end();
+            } else if is_pem_body(after_timestamp(text)) {
+                // The block counts once, on its first line.
+                if !self.leading_counted {
+                    self.leading_counted = true;
+                    masked += 1;
+                }
+                self.ranges.push(0..text.len());
+                from = text.len();
+            } else {
+                self.leading = false;
+            }
+        }
         if self.pem_lines > 0 {
             match self.rules.pem_end.find(text) {
                 Some(m) => {
@@ -103,6 +135,33 @@ impl LineStream {
         out.extend_from_slice(&line[last..]);
         masked
     }
+}
+
+/// A line's text after the RFC 3339 timestamp `timestamps=true` puts before it.
+fn after_timestamp(text: &[u8]) -> &[u8] {
+    let Some(space) = text.iter().take(40).position(|&b| b == b' ') else {
+        return text;
+    };
+    let stamp = &text[..space];
+    let looks_like_one = stamp.first().is_some_and(u8::is_ascii_digit)
+        && stamp.contains(&b'T')
+        && stamp
+            .iter()
+            .all(|&b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'.' | b'T' | b'Z' | b'+'));
+    match looks_like_one {
+        true => &text[space + 1..],
+        false => text,
+    }
+}
+
+/// A line of a PEM block's body: base64 only, at most the 76 characters a line may
+/// have, and long enough not to be a word (the shortest last line of a key is rarely
+/// under 16).
+fn is_pem_body(text: &[u8]) -> bool {
+    (16..=76).contains(&text.len())
+        && text
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
 /// Sorts and merges overlapping ranges in place; returns how many remain (at the front).

@@ -62,6 +62,30 @@ async fn pem_block_spanning_lines() {
     assert_eq!(out, format!("{{\"msg\":\"{m}\"}}\n"));
 }
 
+/// A read that starts inside a key (`tailLines`, `sinceTime`, a rotated log file) has
+/// no header: the base64 lines it starts with, and the `END` after them, are masked.
+#[tokio::test]
+async fn pem_block_whose_start_was_not_read() {
+    let m = MARKER;
+    let body = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw";
+    let input =
+        format!("{body}\nabc/def+ghi=jkl0mno==\n-----END RSA PRIVATE KEY-----\nafter {body}\n");
+    let (out, n) = mask_log(&defaults(), &input).await;
+    assert_eq!(out, format!("{m}\n{m}\n{m}\nafter {body}\n"));
+    assert_eq!(n, 1);
+    // With `timestamps=true` each line starts with its time; base64 later in the log is
+    // not a key, and words are not base64 lines.
+    let input = format!(
+        "2024-01-01T00:00:00.123456789Z {body}\n2024-01-01T00:00:00.2Z -----END PRIVATE KEY-----\n{body}\n"
+    );
+    let (out, n) = mask_log(&defaults(), &input).await;
+    assert_eq!(out, format!("{m}\n{m}\n{body}\n"));
+    assert_eq!(n, 1);
+    for plain in ["starting\n", "Initialised the cache: 12 entries\n"] {
+        assert_eq!(mask_log(&defaults(), plain).await, (plain.to_owned(), 0));
+    }
+}
+
 #[tokio::test]
 async fn user_patterns_for_matching_pods_only() {
     let m = Masker::compile(&[
