@@ -140,6 +140,19 @@ async fn served_refused_and_failed_requests_are_each_recorded() {
         ("pods", "default", "nginx")
     );
 
+    // A failure the API server answered is on record with its reason and message, as
+    // the API server records its own: not the code alone.
+    let missing = recorded.iter().find(|e| e.audit_id == ids[2]).unwrap();
+    let status = missing.response_status.as_ref().unwrap();
+    assert_eq!(
+        (
+            status.status.as_str(),
+            status.reason.as_str(),
+            status.message.as_str()
+        ),
+        ("Failure", "NotFound", "pods \"missing\" not found")
+    );
+
     // The API server was told the same audit ID for the requests it saw.
     let seen = env.started.sandbox.last_request_headers().unwrap();
     let upstream_id = seen.get("audit-id").expect("Audit-ID forwarded upstream");

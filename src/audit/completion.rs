@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use super::event::{annotation, Stage};
+use super::event::{annotation, ResponseStatus, Stage};
 use super::{Recorder, Trail};
 use crate::body::{Body, BoxError};
 
@@ -32,8 +32,16 @@ pub fn on_complete(
         inner: body,
         pending: Some((recorder, trail, code, on_end)),
         recording: None,
+        // A failure's body is the API server's `Status`: its reason and message go on
+        // record (as the API server records its own), not the code alone.
+        failure: (code >= 400).then(Vec::new),
     })
 }
+
+/// The most of a failure's body read for its `Status`; a longer one is no `Status`.
+const MAX_STATUS_BODY: usize = 16 << 10;
+/// The most of a `Status` message kept on record.
+const MAX_STATUS_MESSAGE: usize = 1024;
 
 struct Completion {
     inner: Body,
@@ -44,6 +52,8 @@ struct Completion {
     /// client needs no end-of-stream) instead of growing without bound. Dropped, the
     /// wait goes on without it.
     recording: Option<(JoinHandle<()>, After)>,
+    /// A failure's body so far (up to `MAX_STATUS_BODY`), to read its `Status` from.
+    failure: Option<Vec<u8>>,
 }
 
 /// What a body yields once its event is queued.
@@ -62,8 +72,62 @@ impl Completion {
             trail.note(annotation::ERROR, e);
         }
         on_end(trail.masked_counter().load(Ordering::Relaxed));
-        recorder.queue(trail.into_event(Stage::ResponseComplete, code, None))
+        let mut event = trail.into_event(Stage::ResponseComplete, code, None);
+        if let Some(status) = self.failure.take().and_then(|b| status_of(&b, code)) {
+            event.response_status = Some(status);
+        }
+        recorder.queue(event)
     }
+
+    /// Keeps what a failure's body holds so far, while it may still be a `Status`.
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        if let (Some(kept), Some(data)) = (&mut self.failure, frame.data_ref()) {
+            if kept.len() + data.len() > MAX_STATUS_BODY {
+                self.failure = None;
+            } else {
+                kept.extend_from_slice(data);
+            }
+        }
+    }
+}
+
+/// The `responseStatus` of a failure whose body is a JSON `Status` with this code.
+fn status_of(body: &[u8], code: u16) -> Option<ResponseStatus> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        kind: String,
+        #[serde(default)]
+        status: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        reason: String,
+    }
+    let s: Status = serde_json::from_slice(body).ok()?;
+    if s.kind != "Status" {
+        return None;
+    }
+    // An admission webhook's message may quote what it refused: what the detectors
+    // find in it is masked, as in every record.
+    let mut message = match crate::mask::mask_text(s.message.as_bytes()) {
+        Some(masked) => String::from_utf8_lossy(&masked).into_owned(),
+        None => s.message,
+    };
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut cut = MAX_STATUS_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    Some(ResponseStatus {
+        status: s.status,
+        message,
+        reason: s.reason,
+        code,
+        ..ResponseStatus::default()
+    })
 }
 
 impl http_body::Body for Completion {
@@ -94,6 +158,16 @@ impl http_body::Body for Completion {
                     Some(waiting) => self.recording = Some((waiting, After::Error(e))),
                     None => return Poll::Ready(Some(Err(e))),
                 },
+                Poll::Ready(Some(Ok(frame))) if self.failure.is_some() => {
+                    self.keep(&frame);
+                    if !self.inner.is_end_stream() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    match self.record(None) {
+                        Some(waiting) => self.recording = Some((waiting, After::Frame(frame))),
+                        None => return Poll::Ready(Some(Ok(frame))),
+                    }
+                }
                 Poll::Ready(Some(Ok(frame))) if self.inner.is_end_stream() => {
                     match self.record(None) {
                         Some(waiting) => self.recording = Some((waiting, After::Frame(frame))),
@@ -176,5 +250,37 @@ impl Drop for Unanswered<'_> {
             .event(Stage::ResponseComplete, CLIENT_CLOSED, Some(&status));
         // Nothing can wait here: what a full queue leaves is queued from a task.
         drop(self.recorder.queue(event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_recorded_with_its_status() {
+        let body = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods \"x\" already exists","reason":"AlreadyExists","details":{"name":"x","kind":"pods"},"code":409}"#;
+        let s = status_of(body, 409).unwrap();
+        assert_eq!(
+            (
+                s.status.as_str(),
+                s.reason.as_str(),
+                s.message.as_str(),
+                s.code
+            ),
+            ("Failure", "AlreadyExists", "pods \"x\" already exists", 409)
+        );
+        // A long message is cut (on a character boundary); anything else is no Status.
+        let long = format!(r#"{{"kind":"Status","message":"{}"}}"#, "é".repeat(1000));
+        let s = status_of(long.as_bytes(), 422).unwrap();
+        assert!(s.message.len() <= MAX_STATUS_MESSAGE + 3 && s.message.ends_with("..."));
+        // A credential a webhook quotes is masked.
+        let quoted = br#"{"kind":"Status","message":"denied: env AWS_KEY=AKIAIOSFODNN7EXAMPLE is not allowed"}"#;
+        let s = status_of(quoted, 403).unwrap();
+        assert!(!s.message.contains("AKIAIOSFODNN7EXAMPLE"), "{}", s.message);
+        assert!(s.message.contains(crate::mask::MARKER), "{}", s.message);
+        for other in [&br#"{"kind":"Pod"}"#[..], b"<html>502</html>", b""] {
+            assert_eq!(status_of(other, 502), None);
+        }
     }
 }

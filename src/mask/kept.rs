@@ -66,27 +66,7 @@ impl Masker {
     /// they find nothing. A PEM block that starts and does not end is masked to the end.
     /// Without the detectors (see `builtin_scanner`) all of a non-empty `text` is masked.
     pub fn mask_text(&self, text: &[u8]) -> Option<Vec<u8>> {
-        let Some(scanner) = super::builtin_scanner() else {
-            return (!text.is_empty()).then(|| MARKER.as_bytes().to_vec());
-        };
-        if !scanner.is_match(text) {
-            return None;
-        }
-        let mut ranges = Vec::new();
-        if scanner.find(text, &mut ranges) {
-            let from = ranges.iter().map(|r| r.start).min().unwrap_or(0);
-            ranges.push(from..text.len());
-        }
-        let n = super::logs::merge(&mut ranges);
-        let mut out = Vec::with_capacity(text.len());
-        let mut last = 0;
-        for r in &ranges[..n] {
-            out.extend_from_slice(&text[last..r.start]);
-            out.extend_from_slice(MARKER.as_bytes());
-            last = r.end;
-        }
-        out.extend_from_slice(&text[last..]);
-        Some(out)
+        mask_text(text)
     }
 
     /// An exec's command as records and reviewers are shown it: each argument masked by
@@ -330,6 +310,31 @@ fn mask_leaves(value: &mut Value) -> u64 {
             1
         }
     }
+}
+
+/// As [`Masker::mask_text`]: the built-in detectors are every policy's.
+pub fn mask_text(text: &[u8]) -> Option<Vec<u8>> {
+    let Some(scanner) = super::builtin_scanner() else {
+        return (!text.is_empty()).then(|| MARKER.as_bytes().to_vec());
+    };
+    if !scanner.is_match(text) {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    if scanner.find(text, &mut ranges) {
+        let from = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        ranges.push(from..text.len());
+    }
+    let n = super::logs::merge(&mut ranges);
+    let mut out = Vec::with_capacity(text.len());
+    let mut last = 0;
+    for r in &ranges[..n] {
+        out.extend_from_slice(&text[last..r.start]);
+        out.extend_from_slice(MARKER.as_bytes());
+        last = r.end;
+    }
+    out.extend_from_slice(&text[last..]);
+    Some(out)
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ use crate::body::Body;
 use crate::status::Status;
 
 pub use detect::DETECTORS;
-pub use kept::credentials;
+pub use kept::{credentials, mask_text};
 pub use logs::MAX_LINE;
 pub use stream::MAX_UNIT;
 
