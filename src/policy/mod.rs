@@ -140,6 +140,8 @@ impl OwnObject {
 /// pod (or a Deployment's) with the service account's real token, or behind a policy of
 /// its own.
 pub const INJECTION_KEYS: [&str; 2] = ["chaperone.dev/inject", "chaperone.dev/policy"];
+/// [`INJECTION_KEYS`] as the last token of a JSON patch's path (RFC 6901: `/` is `~1`).
+const INJECTION_KEYS_IN_PATHS: [&str; 2] = ["chaperone.dev~1inject", "chaperone.dev~1policy"];
 
 /// Whether `info` writes a pod or an object that templates pods: its body is read for
 /// [`INJECTION_KEYS`] and `hostNetwork` ([`injection_key_in`]), and an update or patch
@@ -187,7 +189,9 @@ pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
         Value::Array(items) => items.iter().find_map(injection_key_in),
         Value::String(s) => INJECTION_KEYS
             .into_iter()
-            .find(|key| s.ends_with(&key.replace('/', "~1")))
+            .zip(INJECTION_KEYS_IN_PATHS)
+            .find(|(_, in_path)| s.ends_with(in_path))
+            .map(|(key, _)| key)
             .or_else(|| s.ends_with("/hostNetwork").then_some(HOST_NETWORK)),
         _ => None,
     }

@@ -605,6 +605,11 @@ fn the_injection_keys_are_found_however_they_are_sent() {
     for v in found {
         assert!(injection_key_in(&v).is_some(), "{v}");
     }
+    let policy_in_a_path = json!([{"op": "add", "path": "/spec/template/metadata/annotations/chaperone.dev~1policy", "value": "x"}]);
+    assert_eq!(
+        injection_key_in(&policy_in_a_path),
+        Some("chaperone.dev/policy")
+    );
     let clean = [
         json!({"metadata": {"labels": {"app": "web", "chaperone.dev/injected-version": "1"}}}),
         json!({"spec": {"containers": [{"env": [{"name": "NOTE", "value": "chaperone.dev/inject docs"}]}]}}),
