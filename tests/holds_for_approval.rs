@@ -242,6 +242,19 @@ async fn a_denied_request_gets_the_reviewers_reason() {
         listed.contains(&name) && listed.contains("Pending"),
         "{listed}"
     );
+    // The reviewer reads what an approval would grant before deciding: the binding's
+    // role and subject, in the body as the API server would get it.
+    let shown =
+        String::from_utf8_lossy(&kubectl_plugin(&env, &["requests", &name]).stdout).into_owned();
+    for part in [
+        "create rolebindings.rbac.authorization.k8s.io in default",
+        "roleRef:",
+        "name: admin",
+        "name: agent",
+        &format!("chaperone deny {name} -n default"),
+    ] {
+        assert!(shown.contains(part), "{part:?} not in:\n{shown}");
+    }
     let denied = kubectl_plugin(
         &env,
         &["deny", &name, "--reason", "no admin bindings for agents"],

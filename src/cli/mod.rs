@@ -8,6 +8,7 @@ pub mod proxy;
 pub mod replay;
 pub mod review;
 pub mod sandbox;
+mod terminal;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use serde_json::Value;
 
+use super::terminal::for_terminal;
 use crate::audit::event::{annotation, Event, Stage};
 
 #[derive(Debug, clap::Args)]
@@ -309,26 +310,6 @@ fn header() -> String {
     )
 }
 
-/// Text for a terminal: what a recorded name, path or body could hold that a terminal
-/// would act on (escape sequences, line breaks, C1 controls) or that would reorder what
-/// is shown (bidirectional overrides) is written as `\u{..}` instead. Callers choose
-/// much of what is recorded; a replay must not let them redraw the operator's screen.
-fn for_terminal(s: &str) -> std::borrow::Cow<'_, str> {
-    let unsafe_char =
-        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !s.chars().any(unsafe_char) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    std::borrow::Cow::Owned(
-        s.chars()
-            .map(|c| match unsafe_char(c) {
-                true => c.escape_unicode().to_string(),
-                false => c.to_string(),
-            })
-            .collect(),
-    )
-}
-
 fn row(e: &Event) -> String {
     let note = |k: &str| e.annotations.get(k).map(|v| &**v).unwrap_or("");
     // `2026-11-25T13:40:00.123456Z` -> `2026-11-25 13:40:00.123`
@@ -401,17 +382,6 @@ fn row(e: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn what_is_shown_cannot_drive_the_terminal() {
-        assert_eq!(for_terminal("pods nginx"), "pods nginx");
-        let shown = for_terminal("/x/\u{1b}[2J\u{7}a\nb\u{9b}c\u{202e}d");
-        assert!(
-            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
-            "{shown}"
-        );
-        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
-    }
 
     #[test]
     fn since_accepts_ages_and_times() {

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use super::terminal::{for_terminal, lines_for_terminal};
 use crate::config::{self, KubeconfigSource};
 use crate::upstream::Upstream;
 
@@ -49,8 +50,11 @@ pub struct DecideArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
+    /// One request to show in full: what it asks, its query, command and body (as the
+    /// reviewer approves it, secrets masked), its rule and the approvals so far.
+    pub name: Option<String>,
     /// Every namespace.
-    #[arg(long, short = 'A')]
+    #[arg(long, short = 'A', conflicts_with = "name")]
     pub all_namespaces: bool,
     #[command(flatten)]
     pub access: Access,
@@ -227,24 +231,25 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
         );
     }
     let request = &object["spec"]["request"];
-    if !decided {
-        println!(
+    let said = if !decided {
+        format!(
             "accessrequest/{name}: approval {} of {needed} recorded for {reviewer}; it waits for another reviewer",
             approvals.len()
-        );
-        return Ok(());
-    }
-    println!(
-        "accessrequest/{name} {} by {reviewer}: {requester} may {} {}{}",
-        if approve { "approved" } else { "denied" },
-        request["verb"].as_str().unwrap_or_default(),
-        request["resource"].as_str().unwrap_or_default(),
-        if approve {
-            format!(" for {:?}", args.grant)
-        } else {
-            String::new()
-        },
-    );
+        )
+    } else {
+        format!(
+            "accessrequest/{name} {} by {reviewer}: {requester} may {} {}{}",
+            if approve { "approved" } else { "denied" },
+            request["verb"].as_str().unwrap_or_default(),
+            request["resource"].as_str().unwrap_or_default(),
+            if approve {
+                format!(" for {:?}", args.grant)
+            } else {
+                String::new()
+            },
+        )
+    };
+    println!("{}", for_terminal(&said));
     Ok(())
 }
 
@@ -260,10 +265,15 @@ fn status_patch(object: &Value, status: Value) -> Value {
     patch
 }
 
-/// Lists AccessRequests: name, phase, requester, what, rule.
+/// Lists AccessRequests (name, phase, requester, what, rule), or shows one in full.
 pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let api = client(&args.access)?;
     let ns = &args.access.namespace;
+    if let Some(name) = &args.name {
+        let object = get(&api, ns, name).await?;
+        print!("{}", show(&object));
+        return Ok(());
+    }
     let path = if args.all_namespaces {
         "/apis/chaperone.dev/v1alpha1/accessrequests".to_owned()
     } else {
@@ -302,22 +312,191 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
             .pointer("/status/phase")
             .and_then(Value::as_str)
             .unwrap_or("Pending");
+        // The request's names are the agent's choice: shown so that they cannot drive
+        // the reviewer's terminal.
         println!(
             "{:<16} {:<44} {:<9} {:<44} {:<32} {}",
-            s("/metadata/namespace"),
-            s("/metadata/name"),
-            phase,
-            s("/spec/requester/user"),
-            what,
-            s("/spec/rule")
+            for_terminal(&s("/metadata/namespace")),
+            for_terminal(&s("/metadata/name")),
+            for_terminal(phase),
+            for_terminal(&s("/spec/requester/user")),
+            for_terminal(&what),
+            for_terminal(&s("/spec/rule"))
         );
     }
     Ok(())
 }
 
+/// One AccessRequest as a reviewer reads it before deciding: who asks, what exactly
+/// (path, query, command, body as the API server would get it, secrets masked), under
+/// which rule, what is decided so far, and the commands to decide. What the agent
+/// chose is made safe for the terminal.
+fn show(object: &Value) -> String {
+    let s = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let list = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let (ns, name) = (s("/metadata/namespace"), s("/metadata/name"));
+    let phase = match s("/status/phase") {
+        "" => "Pending",
+        p => p,
+    };
+    let mut rows: Vec<(&str, String)> = Vec::new();
+    let requester = match s("/spec/requester/pod") {
+        "" => s("/spec/requester/user").to_owned(),
+        pod => format!("{} (pod {pod})", s("/spec/requester/user")),
+    };
+    rows.push(("requester", requester));
+    rows.push(("groups", list("/spec/requester/groups").join(", ")));
+    let resource = match (s("/spec/request/apiGroup"), s("/spec/request/subresource")) {
+        ("", "") => s("/spec/request/resource").to_owned(),
+        ("", sub) => format!("{}/{sub}", s("/spec/request/resource")),
+        (group, "") => format!("{}.{group}", s("/spec/request/resource")),
+        (group, sub) => format!("{}.{group}/{sub}", s("/spec/request/resource")),
+    };
+    let target = match (s("/spec/request/name"), s("/spec/request/namespace")) {
+        ("", "") => String::new(),
+        (n, "") => format!(" {n}"),
+        ("", namespace) => format!(" in {namespace}"),
+        (n, namespace) => format!(" {n} in {namespace}"),
+    };
+    rows.push((
+        "asks to",
+        format!("{} {resource}{target}", s("/spec/request/verb")),
+    ));
+    rows.push(("path", s("/spec/request/path").to_owned()));
+    rows.push(("query", s("/spec/request/query").to_owned()));
+    if let Some(command) = object.pointer("/spec/request/command") {
+        rows.push(("command", command.to_string()));
+    }
+    let mut rule = s("/spec/rule").to_owned();
+    if !s("/spec/reason").is_empty() {
+        rule.push_str(&format!(": {}", s("/spec/reason")));
+    }
+    let needed = object
+        .pointer("/spec/approvers")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    rows.push(("rule", rule));
+    rows.push((
+        "needs",
+        match list("/spec/breakGlassGroups") {
+            g if g.is_empty() => format!("{needed} approval(s)"),
+            g => format!("{needed} approval(s); break-glass for {}", g.join(", ")),
+        },
+    ));
+    rows.push(("expires", s("/spec/expiresAt").to_owned()));
+    let approvals: Vec<String> = object
+        .pointer("/status/approvals")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let text = |k: &str| a[k].as_str().unwrap_or_default();
+            match text("reason") {
+                "" => format!("{} at {}", text("user"), text("at")),
+                why => format!("{} at {}: {why}", text("user"), text("at")),
+            }
+        })
+        .collect();
+    rows.push(("approvals", approvals.join("; ")));
+    if phase != "Pending" {
+        let mut decided = format!(
+            "{phase} by {} at {}",
+            s("/status/decidedBy"),
+            s("/status/decidedAt")
+        );
+        if !s("/status/reason").is_empty() {
+            decided.push_str(&format!(": {}", s("/status/reason")));
+        }
+        if !s("/status/grantUntil").is_empty() {
+            decided.push_str(&format!("; granted until {}", s("/status/grantUntil")));
+        }
+        rows.push(("decided", decided));
+    }
+    let mut out = format!(
+        "accessrequest/{} in {}: {}\n",
+        for_terminal(name),
+        for_terminal(ns),
+        phase
+    );
+    for (label, value) in rows.iter().filter(|(_, v)| !v.is_empty()) {
+        out.push_str(&format!("  {label:<10} {}\n", for_terminal(value)));
+    }
+    if let Some(body) = object.pointer("/spec/request/body") {
+        let kind = match s("/spec/request/contentType") {
+            "" => String::new(),
+            t => format!(" ({})", for_terminal(t)),
+        };
+        out.push_str(&format!(
+            "  body{kind}, as the API server would get it, secrets masked:\n"
+        ));
+        let yaml = serde_yaml::to_string(body).unwrap_or_else(|_| body.to_string());
+        for line in lines_for_terminal(yaml.trim_end()).lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    if phase == "Pending" {
+        let (name, ns) = (for_terminal(name), for_terminal(ns));
+        out.push_str(&format!(
+            "decide with:\n  chaperone approve {name} -n {ns} --reason \"...\"\n  chaperone deny {name} -n {ns} --reason \"...\"\n"
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a reviewer is shown of one request: all that an approval grants, and
+    /// nothing the agent chose can drive the terminal.
+    #[test]
+    fn a_request_is_shown_in_full_and_safely() {
+        let object = json!({
+            "metadata": {"name": "create-rolebindings-1a2b", "namespace": "team-a"},
+            "spec": {
+                "requester": {"user": "system:serviceaccount:team-a:agent", "groups": ["g1", "g2"], "pod": "team-a/mcp-0"},
+                "request": {
+                    "verb": "create", "apiGroup": "rbac.authorization.k8s.io", "resource": "rolebindings",
+                    "namespace": "team-a", "path": "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings",
+                    "query": "fieldManager=kubectl-create&x=\u{202e}", "contentType": "application/json",
+                    "body": {"kind": "RoleBinding", "metadata": {"name": "agent-admin\u{1b}[2J"},
+                             "roleRef": {"kind": "ClusterRole", "name": "admin"}},
+                },
+                "rule": "approve-rbac", "reason": "RBAC changes need a human",
+                "expiresAt": "2025-06-01T12:10:00Z", "approvers": 2, "breakGlassGroups": ["oncall"],
+            },
+            "status": {"approvals": [{"user": "alice", "at": "2025-06-01T12:03:12Z", "reason": "ok"}]},
+        });
+        let shown = show(&object);
+        for part in [
+            "accessrequest/create-rolebindings-1a2b in team-a: Pending",
+            "system:serviceaccount:team-a:agent (pod team-a/mcp-0)",
+            "create rolebindings.rbac.authorization.k8s.io in team-a",
+            "fieldManager=kubectl-create",
+            "approve-rbac: RBAC changes need a human",
+            "2 approval(s); break-glass for oncall",
+            "alice at 2025-06-01T12:03:12Z: ok",
+            "body (application/json)",
+            "    roleRef:",
+            "      name: admin",
+            "chaperone approve create-rolebindings-1a2b -n team-a",
+        ] {
+            assert!(shown.contains(part), "{part:?} not in:\n{shown}");
+        }
+        assert!(!shown.contains(['\u{1b}', '\u{202e}']), "{shown}");
+        assert!(shown.contains("x=\\u{202e}"), "{shown}");
+    }
 
     /// A decision goes with the `resourceVersion` it was made on: two reviewers deciding
     /// at once cannot overwrite each other.
