@@ -63,7 +63,7 @@ pub enum Command {
     Approve(review::DecideArgs),
     /// Deny a request held for approval, with a reason the requester sees.
     Deny(review::DecideArgs),
-    /// List the requests held for approval.
+    /// List the requests held for approval, or show one in full.
     Requests(review::ListArgs),
 }
 
