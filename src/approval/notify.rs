@@ -192,10 +192,10 @@ fn slack_text(n: &Value) -> String {
     };
     let mut text = format!(
         ":lock: *{}* wants to *{}* {} (rule `{}`).",
-        s("/requester/user"),
-        s("/request/verb"),
-        target,
-        s("/rule"),
+        slack_escape(s("/requester/user")),
+        slack_escape(s("/request/verb")),
+        slack_escape(&target),
+        slack_escape(s("/rule")),
     );
     // What it sends, as the AccessRequest holds it (secrets masked), cut short for a
     // chat line: the whole of it is in the AccessRequest.
@@ -208,7 +208,7 @@ fn slack_text(n: &Value) -> String {
             shown.truncate(end);
             shown.push_str(" …");
         }
-        format!("\n```{}```", shown.replace("```", "'''"))
+        format!("\n```{}```", slack_escape(&shown.replace("```", "'''")))
     };
     if let Some(query) = n.pointer("/request/query").and_then(Value::as_str) {
         text.push_str(&cut(format!("?{query}")));
@@ -222,6 +222,20 @@ fn slack_text(n: &Value) -> String {
         s("/deny")
     ));
     text
+}
+
+/// Text as Slack shows it literally: `&`, `<` and `>` are its markup (`<!channel>`
+/// notifies everyone, `<https://…|Approve>` is a link), and what the agent sends must
+/// not become either.
+fn slack_escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['&', '<', '>']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;"),
+    )
 }
 
 /// How much of a held request's body a chat notification shows.
@@ -295,6 +309,25 @@ mod tests {
         assert!(!slack_text(&bare).contains("```"));
     }
 
+    /// What the agent chose cannot become Slack markup: no channel-wide mention, no
+    /// link dressed as an approval.
+    #[test]
+    fn a_chat_line_keeps_the_agents_text_literal() {
+        let notice = json!({
+            "requester": {"user": "agent"},
+            "request": {"verb": "get", "resource": "configmaps", "namespace": "a",
+                        "name": "x<!channel>", "query": "q=<https://evil.example|Approve>"},
+            "rule": "r", "approve": "ok", "deny": "no",
+        });
+        let text = slack_text(&notice);
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(text.contains("x&lt;!channel&gt;"), "{text}");
+        assert!(
+            text.contains("q=&lt;https://evil.example|Approve&gt;"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_chat_line_names_the_subresource_and_shows_the_query() {
         let notice = json!({
@@ -307,7 +340,7 @@ mod tests {
         assert_eq!(
             slack_text(&notice),
             ":lock: *agent* wants to *create* pods/exec web in a (rule `r`).\n\
-             ```?command=sh&container=app&stdin=true&stdout=true```\n\
+             ```?command=sh&amp;container=app&amp;stdin=true&amp;stdout=true```\n\
              Approve: `ok`\nDeny: `no`"
         );
     }
