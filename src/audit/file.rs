@@ -89,7 +89,19 @@ impl Recording {
         if self.regular && self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
         }
-        self.file.write_all(line)?;
+        if let Err(error) = self.file.write_all(line) {
+            // A line longer than the write buffer goes to the file directly, and a disk
+            // may take part of it before refusing the rest (full, or past a size
+            // limit): that part is cut off, or the line tried again would join it into
+            // one that no reader can parse. (With buffered lines still unwritten, the
+            // refusal came before this line reached the file.)
+            if self.regular && self.file.buffer().is_empty() {
+                if let Err(cut) = self.file.get_ref().set_len(self.size) {
+                    tracing::warn!(%cut, "could not cut a partly written audit line off the recording");
+                }
+            }
+            return Err(error);
+        }
         self.size += line.len() as u64;
         self.dirty = true;
         Ok(())
@@ -254,6 +266,56 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str::<Event>(l).unwrap().audit_id)
             .collect()
+    }
+
+    /// A line past the write buffer that the disk refuses part-way is written whole
+    /// when tried again: the part written first is cut off, not joined to it.
+    #[test]
+    fn a_line_refused_part_way_is_written_whole_when_tried_again() {
+        const CHILD: &str = "CHAPERONE_TEST_PART_WRITTEN_LINE";
+        const NAME: &str =
+            "audit::file::tests::a_line_refused_part_way_is_written_whole_when_tried_again";
+        if std::env::var_os(CHILD).is_none() {
+            // In a child process, whose file-size limit can be lowered: it ignores
+            // SIGXFSZ (the shell's trap lasts across exec), so a write past the limit
+            // takes what fits and then fails with EFBIG, as a full disk does.
+            let out = std::process::Command::new("sh")
+                .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads", "1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && said.contains("1 passed"), "{said}");
+            return;
+        }
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut rec = Recording::open(&path, 1 << 30, 1, Fsync::Never).unwrap();
+        let first = b"{\"n\":1}\n";
+        rec.write_line(first).unwrap();
+        rec.flush_for_sync().unwrap();
+        let big = format!("{{\"n\":\"{}\"}}\n", "x".repeat(200 << 10));
+        let limit = getrlimit(Resource::Fsize);
+        let lowered = Rlimit {
+            current: Some(100 << 10),
+            maximum: limit.maximum,
+        };
+        setrlimit(Resource::Fsize, lowered).unwrap();
+        let refused = rec.write_line(big.as_bytes());
+        setrlimit(Resource::Fsize, limit).unwrap();
+        assert!(refused.is_err(), "the write past the limit was refused");
+        rec.write_line(big.as_bytes()).unwrap();
+        rec.flush_for_sync().unwrap();
+        let text = std::fs::read(&path).unwrap();
+        assert!(
+            text == [&first[..], big.as_bytes()].concat(),
+            "{} bytes: not the two lines",
+            text.len()
+        );
     }
 
     #[test]
