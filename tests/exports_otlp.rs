@@ -396,3 +396,41 @@ async fn an_event_the_collector_refuses_is_counted_and_the_rest_go_on() {
     env.stop().await;
     server.abort();
 }
+
+/// A batch whose log records the collector refuses after taking its spans is halved to
+/// find the event refused; the halves carry their log records alone, so no span reaches
+/// the collector twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_collector_once_when_log_records_are_refused() {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let env = sandbox()
+        .with_proxy_config(&format!(
+            "audit:\n  otlp: {{endpoint: \"http://{addr}\", batch: 8, timeout: 1s}}\n"
+        ))
+        .start()
+        .await;
+    // The collector is down: the events wait, to go in one batch.
+    let mut ids = audit_ids(&env, "/api/v1/namespaces/default/configmaps", 3).await;
+    let refused = audit_ids(&env, "/api/v1/namespaces/default/configmaps?x=refuse-me", 1).await;
+    ids.extend(audit_ids(&env, "/api/v1/namespaces/default/configmaps", 3).await);
+    let (collector, server) = serve(std::net::TcpListener::bind(addr).unwrap());
+    *collector.refuse.lock().unwrap() = Some("refuse-me".into());
+    wait_for("every event but the refused one", || {
+        all_exported(&collector, &ids)
+    })
+    .await;
+    let spans = collector.spans.lock().unwrap().clone();
+    let mut per_request = std::collections::BTreeMap::new();
+    for span in &spans {
+        if let Some(id) = attrs(&span.attributes).get("chaperone.audit_id") {
+            *per_request.entry(id.clone()).or_insert(0) += 1;
+        }
+    }
+    for id in ids.iter().chain(&refused) {
+        assert_eq!(per_request.get(id), Some(&1), "{id}: {per_request:?}");
+    }
+    env.stop().await;
+    server.abort();
+}

@@ -79,8 +79,14 @@ pub struct Exported {
 }
 
 enum Sent {
-    Taken { rejected: u64 },
-    Refused(tonic::Status),
+    Taken {
+        rejected: u64,
+    },
+    /// Refused as such; `spans_taken` when only the log records were.
+    Refused {
+        status: tonic::Status,
+        spans_taken: bool,
+    },
     GaveUp,
 }
 
@@ -153,30 +159,37 @@ impl Exporter {
         give_up: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Exported {
         let mut out = Exported::default();
-        let mut parts = vec![events];
-        while let Some(part) = parts.pop() {
+        // Each part with whether its spans are taken already (the log records were
+        // refused after them): its halves then send their log records only, so that no
+        // span reaches the collector twice.
+        let mut parts = vec![(events, false)];
+        while let Some((part, spans_taken)) = parts.pop() {
             let (traces, logs) = self.requests(part);
             let size = traces.encoded_len().max(logs.encoded_len());
-            let halve = |parts: &mut Vec<_>| {
+            let halve = |parts: &mut Vec<_>, spans_taken: bool| {
                 let (first, rest) = part.split_at(part.len() / 2);
-                parts.push(rest);
-                parts.push(first);
+                parts.push((rest, spans_taken));
+                parts.push((first, spans_taken));
             };
             if size > MAX_EXPORT_BYTES && part.len() > 1 {
-                halve(&mut parts);
+                halve(&mut parts, spans_taken);
                 continue;
             }
+            let traces = (!spans_taken).then_some(traces);
             match self.send(traces, logs, give_up).await {
                 Sent::Taken { rejected } => {
                     out.taken += part.len() as u64;
                     out.rejected += rejected;
                 }
-                Sent::Refused(status) if part.len() > 1 => {
+                Sent::Refused {
+                    status,
+                    spans_taken,
+                } if part.len() > 1 => {
                     tracing::debug!(code = ?status.code(), events = part.len(),
                         "the collector refused a batch; halving it");
-                    halve(&mut parts);
+                    halve(&mut parts, spans_taken);
                 }
-                Sent::Refused(status) => {
+                Sent::Refused { status, .. } => {
                     tracing::error!(endpoint = %self.endpoint, audit_id = %part[0].audit_id,
                         code = ?status.code(), message = status.message(),
                         "the collector refused an audit event; it is dropped (the local \
@@ -185,7 +198,7 @@ impl Exporter {
                 }
                 Sent::GaveUp => {
                     out.refused += part.len() as u64;
-                    out.refused += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+                    out.refused += parts.iter().map(|(p, _)| p.len() as u64).sum::<u64>();
                     out.stopped = true;
                     return out;
                 }
@@ -194,19 +207,20 @@ impl Exporter {
         out
     }
 
-    /// One export of spans and log records, retried with backoff while the collector
-    /// cannot be reached or is not ready; the spans are not sent again once taken.
+    /// One export of spans (none when taken already) and log records, retried with
+    /// backoff while the collector cannot be reached or is not ready; the spans are not
+    /// sent again once taken.
     async fn send(
         &mut self,
-        traces: ExportTraceServiceRequest,
+        traces: Option<ExportTraceServiceRequest>,
         logs: ExportLogsServiceRequest,
         give_up: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Sent {
         let mut backoff = BACKOFF_START;
-        let mut rejected = None;
+        let mut rejected = traces.is_none().then_some(0);
         loop {
             let result = async {
-                if rejected.is_none() {
+                if let (None, Some(traces)) = (rejected, &traces) {
                     let taken = self.traces.export(traces.clone()).await?.into_inner();
                     rejected = Some(
                         taken
@@ -233,7 +247,12 @@ impl Exporter {
                         rejected: logs_rejected,
                     };
                 }
-                Err(status) if refuses_the_data(&status) => return Sent::Refused(status),
+                Err(status) if refuses_the_data(&status) => {
+                    return Sent::Refused {
+                        status,
+                        spans_taken: rejected.is_some(),
+                    }
+                }
                 Err(status) => {
                     tracing::warn!(endpoint = %self.endpoint, code = ?status.code(), message = status.message(),
                         retry_in = ?backoff, "OTLP export failed; retrying");
