@@ -265,6 +265,17 @@ async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
         .await
         .starts_with("no - rule \"hands-off-kube-system\""));
     assert_eq!(can_i(&["get", "namespace/default"]).await, "yes");
+    // A review names no command: an exec is allowed when some command is (`echo` and
+    // `cat` here; the exec itself is decided on its command).
+    assert_eq!(
+        can_i(&["create", "pods", "--subresource=exec"]).await,
+        "yes"
+    );
+    assert!(
+        can_i(&["create", "pods", "--subresource=exec", "-n", "kube-system"])
+            .await
+            .starts_with("no - rule \"hands-off-kube-system\"")
+    );
     // The proxy's credential could; the caller cannot.
     assert_eq!(
         String::from_utf8_lossy(

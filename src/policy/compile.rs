@@ -104,17 +104,44 @@ pub(crate) struct Rule {
 
 impl Rule {
     /// Everything but subject, API group and resource, which the index has matched.
-    pub fn matches_rest(&self, verb_bit: u32, info: &RequestInfo, query: Option<&str>) -> bool {
+    pub fn matches_rest(&self, verb_bit: u32, info: &RequestInfo, commands: Commands<'_>) -> bool {
         self.verbs.0 & verb_bit != 0
             && (self.names.is_empty() || self.names.iter().any(|n| **n == *info.name))
             && self.namespaces.matches(&info.namespace)
-            && (self.commands.is_empty()
-                || self
-                    .commands
-                    .iter()
-                    .any(|argv| super::matching::argv_matches(argv, query)))
+            && (self.commands.is_empty() || self.matches_commands(commands))
             && (self.urls.is_empty() || self.urls.iter().any(|u| url_matches(u, &info.path)))
     }
+}
+
+impl Rule {
+    fn matches_commands(&self, commands: Commands<'_>) -> bool {
+        match commands {
+            Commands::Sent(query) => self
+                .commands
+                .iter()
+                .any(|argv| super::matching::argv_matches(argv, query)),
+            // Whether some command would be allowed: an allow rule's commands are some;
+            // a deny or approve rule counts only where it takes every command (`**`).
+            Commands::Any => {
+                self.action == Action::Allow
+                    || self
+                        .commands
+                        .iter()
+                        .any(|argv| argv.first() == Some(&Arg::Rest))
+            }
+        }
+    }
+}
+
+/// What an exec request's command is matched against.
+#[derive(Debug, Clone, Copy)]
+pub enum Commands<'a> {
+    /// The request's query, whose `command=` parameters are its command.
+    Sent(Option<&'a str>),
+    /// Whichever command: a question about the attributes alone (`kubectl auth can-i
+    /// create pods/exec` names no command) is answered for some command, if any is
+    /// allowed.
+    Any,
 }
 
 /// A map with a fast, non-keyed hash. Its keys come from the policy, not from callers, so a

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::compile::{Policy, RuleMeta};
+use super::compile::{Commands, Policy, RuleMeta};
 use super::matching::VerbSet;
 use super::model::Approval;
 use super::{Action, Mode};
@@ -332,6 +332,16 @@ pub fn authorize(
     info: &RequestInfo,
     query: Option<&str>,
 ) -> Decision {
+    decide(policy, who, info, Commands::Sent(query))
+}
+
+/// As [`authorize`], with an exec request's command given as [`Commands`].
+pub fn decide(
+    policy: &Policy,
+    who: &Subject,
+    info: &RequestInfo,
+    commands: Commands<'_>,
+) -> Decision {
     let target = Target::new(info);
     let decided = |reported, applied| Decision {
         reported,
@@ -358,7 +368,7 @@ pub fn authorize(
         let better = best.is_none_or(|(action, best_id)| {
             rule.action > action || (rule.action == action && id < best_id)
         });
-        if better && rule.matches_rest(verb_bit, info, query) {
+        if better && rule.matches_rest(verb_bit, info, commands) {
             *best = Some((rule.action, id));
         }
     });

@@ -27,10 +27,10 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use cases::{Case, Outcome};
-pub use compile::{Policy, RuleMeta};
+pub use compile::{Commands, Policy, RuleMeta};
 pub use eval::{
-    authorize, Decision, AUDIT_MODE, BUILTIN_RULES, CHAPERONE_RESOURCES, DEFAULT_DENY, DISCOVERY,
-    IMPERSONATE, NO_POLICY, OWN_POLICY, STAY_INJECTED,
+    authorize, decide, Decision, AUDIT_MODE, BUILTIN_RULES, CHAPERONE_RESOURCES, DEFAULT_DENY,
+    DISCOVERY, IMPERSONATE, NO_POLICY, OWN_POLICY, STAY_INJECTED,
 };
 pub use lint::Warning;
 pub use matching::command_args;
@@ -293,6 +293,16 @@ impl Policies {
         info: &crate::request_info::RequestInfo,
         query: Option<&str>,
     ) -> Decision {
+        self.decide(who, info, Commands::Sent(query))
+    }
+
+    /// As [`Policies::authorize`], with an exec request's command given as [`Commands`].
+    pub fn decide(
+        &self,
+        who: &crate::identity::Subject,
+        info: &crate::request_info::RequestInfo,
+        commands: Commands<'_>,
+    ) -> Decision {
         if let Some(own) = self.own.iter().find(|own| own.is_changed_by(info)) {
             return Decision::own_object(info, own.what);
         }
@@ -300,7 +310,7 @@ impl Policies {
             return Decision::stay_injected(info);
         }
         match &self.source {
-            Source::Watched(w) => w.authorize(who, info, query),
+            Source::Watched(w) => w.decide(who, info, commands),
             Source::Unconfigured => {
                 Decision::no_policy(info, Some("the proxy config has no `policy.file`".into()))
             }

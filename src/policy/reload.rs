@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
-use super::{authorize, load, Decision, Policy};
+use super::{decide, load, Commands, Decision, Policy};
 use crate::identity::Subject;
 use crate::request_info::RequestInfo;
 
@@ -119,10 +119,15 @@ impl Watched {
             .clone()
     }
 
-    /// [`authorize`] with the policy in force, or a denial saying there is none.
+    /// [`super::authorize`] with the policy in force, or a denial saying there is none.
     pub fn authorize(&self, who: &Subject, info: &RequestInfo, query: Option<&str>) -> Decision {
+        self.decide(who, info, Commands::Sent(query))
+    }
+
+    /// As [`Watched::authorize`], with an exec request's command given as [`Commands`].
+    pub fn decide(&self, who: &Subject, info: &RequestInfo, commands: Commands<'_>) -> Decision {
         match self.current() {
-            Some(policy) => authorize(&policy, who, info, query),
+            Some(policy) => decide(&policy, who, info, commands),
             None => Decision::no_policy(info, lock(&self.shared.last_error).clone()),
         }
     }

@@ -301,6 +301,52 @@ fn builtins() {
     );
 }
 
+/// A question about the attributes alone (`kubectl auth can-i create pods/exec`) is
+/// answered for some command: an allow rule's commands are some; a deny rule counts
+/// only where it takes every command.
+#[test]
+fn a_question_without_a_command_is_answered_for_some_command() {
+    let p = policy(
+        r#"
+  rules:
+  - name: diagnostics
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [pods/exec]
+    verbs: [create]
+    commands: [[ps, "**"]]
+    action: allow
+  - name: no-shells
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [pods/exec]
+    verbs: [create]
+    commands: [[sh, "**"]]
+    action: deny
+  - name: nothing-in-prod
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [pods/exec]
+    verbs: [create]
+    namespaces: [prod]
+    commands: [["**"]]
+    action: deny
+"#,
+    );
+    let u = who("u", &[]);
+    let asked = |ns: &str, commands| {
+        super::eval::decide(&p, &u, &res("create", "", "pods/exec", ns, "web"), commands).applied()
+    };
+    assert_eq!(asked("dev", Commands::Any), Action::Allow);
+    assert_eq!(asked("prod", Commands::Any), Action::Deny);
+    // A request names its command, and is decided on it.
+    assert_eq!(
+        asked("dev", Commands::Sent(Some("command=sh"))),
+        Action::Deny
+    );
+    assert_eq!(asked("dev", Commands::Sent(None)), Action::Deny);
+}
+
 #[test]
 fn exec_commands() {
     let p = policy(
