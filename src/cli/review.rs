@@ -101,22 +101,32 @@ fn message(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
-/// The reviewer's user name and groups, as the API server sees them.
-async fn whoami(api: &Upstream) -> (String, Vec<String>) {
+/// The reviewer's user name and groups, as the API server sees them. Without them the
+/// checks below (a requester never approves its own request, break-glass membership)
+/// could not be made: an error, not a guess.
+async fn whoami(api: &Upstream) -> anyhow::Result<(String, Vec<String>)> {
     let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
-    let asked = api
+    let (code, body) = api
         .call(
             Method::POST,
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
             Some(("application/json", review.to_string().into_bytes())),
         )
-        .await;
-    let info = asked
+        .await
+        .context("asking the API server who you are (a SelfSubjectReview)")?;
+    if !code.is_success() {
+        bail!(
+            "asking the API server who you are (a SelfSubjectReview): {code}: {}",
+            message(&body)
+        );
+    }
+    let info = serde_json::from_slice::<Value>(&body)
         .ok()
-        .and_then(|(_, body)| serde_json::from_slice::<Value>(&body).ok())
         .and_then(|v| v.pointer("/status/userInfo").cloned())
         .unwrap_or_default();
-    let user = info["username"].as_str().unwrap_or("unknown").to_owned();
+    let Some(user) = info["username"].as_str().filter(|u| !u.is_empty()) else {
+        bail!("the API server's SelfSubjectReview names no user");
+    };
     let groups = info["groups"]
         .as_array()
         .map(|g| {
@@ -126,7 +136,7 @@ async fn whoami(api: &Upstream) -> (String, Vec<String>) {
                 .collect()
         })
         .unwrap_or_default();
-    (user, groups)
+    Ok((user.to_owned(), groups))
 }
 
 /// Approves (`approve == true`) or denies an AccessRequest.
@@ -144,7 +154,7 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
     if phase != "Pending" {
         bail!("AccessRequest {ns}/{name} is already {phase}");
     }
-    let (reviewer, groups) = whoami(&api).await;
+    let (reviewer, groups) = whoami(&api).await?;
     let requester = object
         .pointer("/spec/requester/user")
         .and_then(Value::as_str)
