@@ -30,11 +30,11 @@ pub fn on_complete(
 ) -> Body {
     Body::new(Completion {
         inner: body,
-        pending: Some((recorder, trail, code, on_end)),
         recording: None,
         // A failure's body is the API server's `Status`: its reason and message go on
         // record (as the API server records its own), not the code alone.
-        failure: (code >= 400).then(Vec::new),
+        failure: (code >= 400 && trail.answered_by_the_api_server()).then(Vec::new),
+        pending: Some((recorder, trail, code, on_end)),
     })
 }
 
@@ -121,10 +121,16 @@ fn status_of(body: &[u8], code: u16) -> Option<ResponseStatus> {
         message.truncate(cut);
         message.push_str("...");
     }
+    // `status` and `reason` are words (`Failure`, `NotFound`): anything else is no
+    // Status's, and is not kept.
+    let word = |w: String| match w.len() <= 64 && w.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        true => w,
+        false => String::new(),
+    };
     Some(ResponseStatus {
-        status: s.status,
+        status: word(s.status),
         message,
-        reason: s.reason,
+        reason: word(s.reason),
         code,
         ..ResponseStatus::default()
     })
@@ -257,6 +263,32 @@ impl Drop for Unanswered<'_> {
 mod tests {
     use super::*;
 
+    /// Through a `proxy` subresource a pod, node or service answers, not the API
+    /// server: its body is not read for a `Status`.
+    #[test]
+    fn only_the_api_servers_failures_are_read() {
+        let answered_by = |path: &str| {
+            let uri: http::Uri = path.parse().unwrap();
+            let mut t = Trail::start(
+                &http::Method::GET,
+                &uri,
+                &http::HeaderMap::new(),
+                "127.0.0.1:5555".parse().unwrap(),
+            );
+            let info = crate::request_info::resolve(&http::Method::GET, &uri).unwrap();
+            t.info(&Arc::new(info));
+            t.answered_by_the_api_server()
+        };
+        assert!(answered_by("/api/v1/namespaces/default/pods/web"));
+        assert!(answered_by("/healthz"));
+        assert!(!answered_by(
+            "/api/v1/namespaces/default/services/web/proxy/login"
+        ));
+        assert!(!answered_by(
+            "/api/v1/namespaces/default/pods/web:8080/proxy/"
+        ));
+    }
+
     #[test]
     fn a_failure_is_recorded_with_its_status() {
         let body = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods \"x\" already exists","reason":"AlreadyExists","details":{"name":"x","kind":"pods"},"code":409}"#;
@@ -279,6 +311,10 @@ mod tests {
         let s = status_of(quoted, 403).unwrap();
         assert!(!s.message.contains("AKIAIOSFODNN7EXAMPLE"), "{}", s.message);
         assert!(s.message.contains(crate::mask::MARKER), "{}", s.message);
+        // Its status and reason are words, or nothing.
+        let odd = br#"{"kind":"Status","status":"Failure","reason":"token abc.def"}"#;
+        let s = status_of(odd, 401).unwrap();
+        assert_eq!((s.status.as_str(), s.reason.as_str()), ("Failure", ""));
         for other in [&br#"{"kind":"Pod"}"#[..], b"<html>502</html>", b""] {
             assert_eq!(status_of(other, 502), None);
         }

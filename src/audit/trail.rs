@@ -282,6 +282,14 @@ impl Trail {
         }
     }
 
+    /// Whether a failure's body is the API server's own `Status`: not through a
+    /// `proxy` subresource, where a node, pod or service answers.
+    pub fn answered_by_the_api_server(&self) -> bool {
+        self.info
+            .as_deref()
+            .is_none_or(|i| !(i.is_resource_request && i.subresource == "proxy"))
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
