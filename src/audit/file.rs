@@ -89,14 +89,23 @@ impl Recording {
         if self.regular && self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
         }
+        // A line at least as long as the write buffer goes to the file directly, and a
+        // disk may take part of it before refusing the rest (full, or past a size
+        // limit): that part is cut off again, or the line tried again would join it into
+        // one no reader can parse. Where the file ended is read first (it may have been
+        // cut short from outside, as logrotate's copytruncate does).
+        let direct = self.regular && line.len() >= self.file.capacity();
+        let start = match direct {
+            true => {
+                self.file.flush()?;
+                Some(self.file.get_ref().metadata()?.len())
+            }
+            false => None,
+        };
         if let Err(error) = self.file.write_all(line) {
-            // A line longer than the write buffer goes to the file directly, and a disk
-            // may take part of it before refusing the rest (full, or past a size
-            // limit): that part is cut off, or the line tried again would join it into
-            // one that no reader can parse. (With buffered lines still unwritten, the
-            // refusal came before this line reached the file.)
-            if self.regular && self.file.buffer().is_empty() {
-                if let Err(cut) = self.file.get_ref().set_len(self.size) {
+            let file = self.file.get_ref();
+            if let Some(start) = start.filter(|&at| file.metadata().is_ok_and(|m| m.len() > at)) {
+                if let Err(cut) = file.set_len(start) {
                     tracing::warn!(%cut, "could not cut a partly written audit line off the recording");
                 }
             }
