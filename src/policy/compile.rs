@@ -121,13 +121,14 @@ impl Rule {
                 .iter()
                 .any(|argv| super::matching::argv_matches(argv, query)),
             // Whether some command would be allowed: an allow rule's commands are some;
-            // a deny or approve rule counts only where it takes every command (`**`).
+            // a deny or approve rule counts only where it takes every command (`[**]`,
+            // or `[*, **]`: a command has a program).
             Commands::Any => {
                 self.action == Action::Allow
                     || self
                         .commands
                         .iter()
-                        .any(|argv| argv.first() == Some(&Arg::Rest))
+                        .any(|argv| matches!(&argv[..], [Arg::Rest] | [Arg::Any, Arg::Rest]))
             }
         }
     }

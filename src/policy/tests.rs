@@ -331,6 +331,14 @@ fn a_question_without_a_command_is_answered_for_some_command() {
     namespaces: [prod]
     commands: [["**"]]
     action: deny
+  - name: nothing-in-staging
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [pods/exec]
+    verbs: [create]
+    namespaces: [staging]
+    commands: [["*", "**"]]
+    action: deny
 "#,
     );
     let u = who("u", &[]);
@@ -339,6 +347,7 @@ fn a_question_without_a_command_is_answered_for_some_command() {
     };
     assert_eq!(asked("dev", Commands::Any), Action::Allow);
     assert_eq!(asked("prod", Commands::Any), Action::Deny);
+    assert_eq!(asked("staging", Commands::Any), Action::Deny);
     // A request names its command, and is decided on it.
     assert_eq!(
         asked("dev", Commands::Sent(Some("command=sh"))),
