@@ -83,7 +83,7 @@ impl LineStream {
                 self.leading = false;
                 self.ranges.push(0..m.end());
                 from = m.end();
-            } else if is_pem_body(after_timestamp(text)) {
+            } else if is_pem_body(after_timestamp(text), self.leading_counted) {
                 // The block counts once, on its first line.
                 if !self.leading_counted {
                     self.leading_counted = true;
@@ -154,11 +154,13 @@ fn after_timestamp(text: &[u8]) -> &[u8] {
     }
 }
 
-/// A line of a PEM block's body: base64 only, at most the 76 characters a line may
-/// have, and long enough not to be a word (the shortest last line of a key is rarely
-/// under 16).
-fn is_pem_body(text: &[u8]) -> bool {
-    (16..=76).contains(&text.len())
+/// A line of a PEM block's body: base64 only (trailing blanks aside), at most the 76
+/// characters a line may have. The first must be long enough not to be a word (16); the
+/// ones after it may be a block's short last line.
+fn is_pem_body(text: &[u8], after_one: bool) -> bool {
+    let text = text.trim_ascii_end();
+    let shortest = if after_one { 4 } else { 16 };
+    (shortest..=76).contains(&text.len())
         && text
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))

@@ -68,10 +68,11 @@ async fn pem_block_spanning_lines() {
 async fn pem_block_whose_start_was_not_read() {
     let m = MARKER;
     let body = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw";
-    let input =
-        format!("{body}\nabc/def+ghi=jkl0mno==\n-----END RSA PRIVATE KEY-----\nafter {body}\n");
+    let input = format!(
+        "{body}\nabc/def+ghi=jkl0mno==  \nZg==\n-----END RSA PRIVATE KEY-----\nafter {body}\n"
+    );
     let (out, n) = mask_log(&defaults(), &input).await;
-    assert_eq!(out, format!("{m}\n{m}\n{m}\nafter {body}\n"));
+    assert_eq!(out, format!("{m}\n{m}\n{m}\n{m}\nafter {body}\n"));
     assert_eq!(n, 1);
     // With `timestamps=true` each line starts with its time; base64 later in the log is
     // not a key, and words are not base64 lines.
