@@ -216,10 +216,12 @@ fn slack_text(n: &Value) -> String {
     if let Some(body) = n.pointer("/request/body") {
         text.push_str(&cut(body.to_string()));
     }
+    // The commands may quote a reason: kept inside their code spans, and literal.
+    let command = |p: &str| slack_escape(&s(p).replace('`', "'")).into_owned();
     text.push_str(&format!(
         "\nApprove: `{}`\nDeny: `{}`",
-        s("/approve"),
-        s("/deny")
+        command("/approve"),
+        command("/deny")
     ));
     text
 }
@@ -317,10 +319,11 @@ mod tests {
             "requester": {"user": "agent"},
             "request": {"verb": "get", "resource": "configmaps", "namespace": "a",
                         "name": "x<!channel>", "query": "q=<https://evil.example|Approve>"},
-            "rule": "r", "approve": "ok", "deny": "no",
+            "rule": "r", "approve": "chaperone approve x --reason \"<!here> `now`\"", "deny": "no",
         });
         let text = slack_text(&notice);
         assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(text.contains("--reason \"&lt;!here&gt; 'now'\"`"), "{text}");
         assert!(text.contains("x&lt;!channel&gt;"), "{text}");
         assert!(
             text.contains("q=&lt;https://evil.example|Approve&gt;"),

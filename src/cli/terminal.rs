@@ -30,8 +30,19 @@ pub fn lines_for_terminal(s: &str) -> String {
         .join("\n")
 }
 
+/// Controls, and the invisible characters that reorder, join or break what is shown:
+/// bidirectional marks and overrides, zero-width characters, line and paragraph
+/// separators.
 fn unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
 }
 
 #[cfg(test)]
@@ -47,6 +58,10 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+        for hidden in ['\u{200f}', '\u{2028}', '\u{200b}', '\u{feff}', '\u{2066}'] {
+            let shown = for_terminal(&format!("a{hidden}b")).into_owned();
+            assert!(!shown.contains(hidden), "{shown}");
+        }
         let body = lines_for_terminal("kind: Pod\nname: \u{1b}]0;x\u{7}\n");
         assert_eq!(body, "kind: Pod\nname: \\u{1b}]0;x\\u{7}\n");
     }
