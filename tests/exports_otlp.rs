@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::span;
-use support::otlp::{attrs, hex, serve, wait_for};
+use support::otlp::{attrs, hex, serve, serve_refusing, wait_for};
 use support::sandbox;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -415,8 +415,10 @@ async fn spans_reach_the_collector_once_when_log_records_are_refused() {
     let mut ids = audit_ids(&env, "/api/v1/namespaces/default/configmaps", 3).await;
     let refused = audit_ids(&env, "/api/v1/namespaces/default/configmaps?x=refuse-me", 1).await;
     ids.extend(audit_ids(&env, "/api/v1/namespaces/default/configmaps", 3).await);
-    let (collector, server) = serve(std::net::TcpListener::bind(addr).unwrap());
-    *collector.refuse.lock().unwrap() = Some("refuse-me".into());
+    let (collector, server) = serve_refusing(
+        std::net::TcpListener::bind(addr).unwrap(),
+        Some("refuse-me"),
+    );
     wait_for("every event but the refused one", || {
         all_exported(&collector, &ids)
     })

@@ -98,7 +98,17 @@ pub fn hex(b: &[u8]) -> String {
 
 /// Serves the collector on `listener` until the returned handle is aborted.
 pub fn serve(listener: std::net::TcpListener) -> (Collector, tokio::task::JoinHandle<()>) {
+    serve_refusing(listener, None)
+}
+
+/// As [`serve`], refusing from its first export the log records holding `refuse` (see
+/// [`Collector::refuse`]).
+pub fn serve_refusing(
+    listener: std::net::TcpListener,
+    refuse: Option<&str>,
+) -> (Collector, tokio::task::JoinHandle<()>) {
     let collector = Collector::default();
+    *collector.refuse.lock().unwrap() = refuse.map(str::to_owned);
     listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
