@@ -131,9 +131,7 @@ async fn spans_and_log_records_continue_the_callers_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_outage_loses_nothing_within_the_bound() {
     // A port with nothing behind it yet.
-    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    let addr = collector_address();
     let env = sandbox()
         .with_proxy_config(&format!(
             "audit:\n  otlp: {{endpoint: \"http://{addr}\", batch: 2, timeout: 1s}}\n"
@@ -171,9 +169,7 @@ async fn a_collector_outage_loses_nothing_within_the_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_bound_drop_counts_what_it_discards() {
-    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    let addr = collector_address();
     let env = sandbox()
         .with_proxy_config(&format!(
             "audit:\n  queue: 1\n  overflow: drop\n  otlp: {{endpoint: \"http://{addr}\", batch: 1, timeout: 1s}}\nupstream:\n  shutdownGrace: 1s\n"
@@ -201,11 +197,18 @@ async fn past_the_bound_drop_counts_what_it_discards() {
     env.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
+/// An address nothing listens on yet: the collector starts there later.
+fn collector_address() -> std::net::SocketAddr {
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    reserved.local_addr().unwrap()
+}
+
+/// A proxy exporting to a collector that is down, with `overflow: block` and a queue of
+/// one, full: one event is held by the exporter, one fills the queue, and the next
+/// request's event waits for room. Returns it, the collector's address and the URL of
+/// the ConfigMaps listed.
+async fn with_a_full_queue() -> (support::Env, std::net::SocketAddr, String) {
+    let addr = collector_address();
     let env = sandbox()
         .with_proxy_config(&format!(
             "audit:\n  queue: 1\n  overflow: block\n  otlp: {{endpoint: \"http://{addr}\", batch: 1, timeout: 1s}}\n"
@@ -213,12 +216,17 @@ async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
         .start()
         .await;
     let url = format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url());
-    // One event is held by the exporter, one fits the queue; the third request waits.
     let client = env.client(false);
     for _ in 0..2 {
         assert_eq!(client.get(&url, &[]).await.status, 200);
     }
-    let client = Arc::new(client);
+    (env, addr, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
+    let (env, addr, url) = with_a_full_queue().await;
+    let client = Arc::new(env.client(false));
     let third = {
         let (client, url) = (client.clone(), url.clone());
         tokio::spawn(async move { client.get(&url, &[]).await.status })
@@ -243,21 +251,7 @@ async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
 /// is not lost with the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_whose_client_leaves_while_its_start_waits_is_recorded_to_its_end() {
-    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = reserved.local_addr().unwrap();
-    drop(reserved);
-    let env = sandbox()
-        .with_proxy_config(&format!(
-            "audit:\n  queue: 1\n  overflow: block\n  otlp: {{endpoint: \"http://{addr}\", batch: 1, timeout: 1s}}\n"
-        ))
-        .start()
-        .await;
-    let url = format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url());
-    // One event is held by the exporter, one fits the queue: the next start waits.
-    let client = env.client(false);
-    for _ in 0..2 {
-        assert_eq!(client.get(&url, &[]).await.status, 200);
-    }
+    let (env, addr, _) = with_a_full_queue().await;
     // Over HTTP/2, where a client that gives up resets its stream at once.
     let watch = "/api/v1/namespaces/default/configmaps?watch=true";
     let waiting = {
@@ -331,9 +325,7 @@ fn all_exported(collector: &support::otlp::Collector, ids: &[String]) -> bool {
 /// the collector refuses for ever, holding back every event after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_sent_in_calls_a_collector_takes() {
-    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    let addr = collector_address();
     let env = sandbox()
         .with_proxy_config(&format!(
             "audit:\n  otlp: {{endpoint: \"http://{addr}\", batch: 512, timeout: 1s}}\n"
@@ -402,9 +394,7 @@ async fn an_event_the_collector_refuses_is_counted_and_the_rest_go_on() {
 /// the collector twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_the_collector_once_when_log_records_are_refused() {
-    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = reserved.local_addr().unwrap();
-    drop(reserved);
+    let addr = collector_address();
     let env = sandbox()
         .with_proxy_config(&format!(
             "audit:\n  otlp: {{endpoint: \"http://{addr}\", batch: 8, timeout: 1s}}\n"
