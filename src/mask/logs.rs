@@ -155,15 +155,25 @@ fn after_timestamp(text: &[u8]) -> &[u8] {
 }
 
 /// A line of a PEM block's body: base64 only (trailing blanks aside), at most the 76
-/// characters a line may have. The first must be long enough not to be a word (16); the
-/// ones after it may be a block's short last line.
+/// characters a line may have. The first must look like encoded data, not like a word, a
+/// hex digest or a banner of `=`: at least 16 characters, with capitals, small letters
+/// and a digit, `+` or `/` (a key's 64-character lines have all three but for about one
+/// in a million). The ones after it may be a block's short last line.
 fn is_pem_body(text: &[u8], after_one: bool) -> bool {
     let text = text.trim_ascii_end();
-    let shortest = if after_one { 4 } else { 16 };
-    (shortest..=76).contains(&text.len())
+    let base64 = text
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    if after_one {
+        return base64 && (4..=76).contains(&text.len());
+    }
+    base64
+        && (16..=76).contains(&text.len())
+        && text.iter().any(u8::is_ascii_uppercase)
+        && text.iter().any(u8::is_ascii_lowercase)
         && text
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+            .any(|&b| b.is_ascii_digit() || matches!(b, b'+' | b'/'))
 }
 
 /// Sorts and merges overlapping ranges in place; returns how many remain (at the front).

@@ -82,7 +82,13 @@ async fn pem_block_whose_start_was_not_read() {
     let (out, n) = mask_log(&defaults(), &input).await;
     assert_eq!(out, format!("{m}\n{m}\n{body}\n"));
     assert_eq!(n, 1);
-    for plain in ["starting\n", "Initialised the cache: 12 entries\n"] {
+    for plain in [
+        "starting\n",
+        "Initialised the cache: 12 entries\n",
+        "================================\nbanner\n",
+        "ApplicationStartedSuccessfully\n",
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n",
+    ] {
         assert_eq!(mask_log(&defaults(), plain).await, (plain.to_owned(), 0));
     }
 }
