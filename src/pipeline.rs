@@ -288,9 +288,14 @@ impl Proxy {
                 });
                 let rsp = rsp.map(|body| audit::on_complete(body, audit, trail, code, on_end));
                 // Answered once the start is queued. A client gone meanwhile drops the
-                // response, whose end is then recorded too.
+                // response, whose end is then recorded too. Until then chaperone, not
+                // the caller, holds the answer back: its data waiting unread is no
+                // reason to reset its stream upstream.
                 if let Some(started) = started {
+                    let withheld = rsp.extensions().get::<upstream::Withheld>().cloned();
+                    withheld.iter().for_each(|w| w.set(true));
                     let _ = started.await;
+                    withheld.iter().for_each(|w| w.set(false));
                 }
                 rsp
             }

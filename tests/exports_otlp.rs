@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt as _;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::span;
 use support::otlp::{attrs, hex, serve, serve_refusing, wait_for};
@@ -206,12 +207,12 @@ fn collector_address() -> std::net::SocketAddr {
 /// A proxy exporting to a collector that is down, with `overflow: block` and a queue of
 /// one, full: one event is held by the exporter, one fills the queue, and the next
 /// request's event waits for room. Returns it, the collector's address and the URL of
-/// the ConfigMaps listed.
-async fn with_a_full_queue() -> (support::Env, std::net::SocketAddr, String) {
+/// the ConfigMaps listed. `extra` is more of the proxy's config.
+async fn with_a_full_queue(extra: &str) -> (support::Env, std::net::SocketAddr, String) {
     let addr = collector_address();
     let env = sandbox()
         .with_proxy_config(&format!(
-            "audit:\n  queue: 1\n  overflow: block\n  otlp: {{endpoint: \"http://{addr}\", batch: 1, timeout: 1s}}\n"
+            "audit:\n  queue: 1\n  overflow: block\n  otlp: {{endpoint: \"http://{addr}\", batch: 1, timeout: 1s}}\n{extra}"
         ))
         .start()
         .await;
@@ -225,7 +226,7 @@ async fn with_a_full_queue() -> (support::Env, std::net::SocketAddr, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
-    let (env, addr, url) = with_a_full_queue().await;
+    let (env, addr, url) = with_a_full_queue("").await;
     let client = Arc::new(env.client(false));
     let third = {
         let (client, url) = (client.clone(), url.clone());
@@ -251,7 +252,7 @@ async fn past_the_bound_block_holds_requests_until_the_collector_is_back() {
 /// is not lost with the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_whose_client_leaves_while_its_start_waits_is_recorded_to_its_end() {
-    let (env, addr, _) = with_a_full_queue().await;
+    let (env, addr, _) = with_a_full_queue("").await;
     // Over HTTP/2, where a client that gives up resets its stream at once.
     let watch = "/api/v1/namespaces/default/configmaps?watch=true";
     let waiting = {
@@ -297,6 +298,49 @@ async fn a_watch_whose_client_leaves_while_its_start_waits_is_recorded_to_its_en
             .is_some_and(|e| e.contains("client closed the connection")),
         "{end}"
     );
+    env.stop().await;
+    server.abort();
+}
+
+/// A watch held back until its start is on record is not its caller's to read yet: its
+/// data waiting meanwhile, past `upstream.unreadTimeout`, does not get its stream reset,
+/// and the caller gets its events once the collector is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_held_for_its_record_is_not_reset_as_unread() {
+    let (env, addr, _) = with_a_full_queue("upstream:\n  unreadTimeout: 1s\n").await;
+    let url = format!(
+        "{}/api/v1/namespaces/default/configmaps?watch=true",
+        env.proxy_url()
+    );
+    let watch = {
+        let client = env.client(true);
+        tokio::spawn(async move {
+            let req = http::Request::get(url)
+                .body(chaperone::body::empty())
+                .unwrap();
+            client.open(req).await
+        })
+    };
+    // Held past the unread timeout (and its watch's ticks), then the collector is back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!watch.is_finished(), "the watch started unrecorded");
+    let (_collector, server) = serve(std::net::TcpListener::bind(addr).unwrap());
+    let rsp = tokio::time::timeout(Duration::from_secs(30), watch)
+        .await
+        .expect("the watch is answered once its start is on record")
+        .unwrap();
+    assert_eq!(rsp.status().as_u16(), 200);
+    let mut body = rsp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("an event")
+        .expect("the stream goes on")
+        .expect("not reset")
+        .into_data()
+        .unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains("\"ADDED\""), "{first}");
+    drop(body);
     env.stop().await;
     server.abort();
 }

@@ -313,12 +313,26 @@ async fn receive(
     slot: Slot,
     readers: &Arc<Readers>,
 ) -> Result<Response<Body>, BoxError> {
-    let answer = answer.await?;
+    let mut answer = answer.await?;
     let length = answer
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    Ok(answer.map(|recv| ResponseBody::new(recv, length, slot, readers).boxed()))
+    let withheld = Withheld::default();
+    answer.extensions_mut().insert(withheld.clone());
+    Ok(answer.map(|recv| ResponseBody::new(recv, length, slot, readers, withheld).boxed()))
+}
+
+/// On an answer from the shared connection: set while chaperone itself holds the answer
+/// back from its caller (until the request's start is on record), when nobody can be
+/// reading it and its data waiting is not the caller's doing.
+#[derive(Debug, Clone, Default)]
+pub struct Withheld(Arc<AtomicBool>);
+
+impl Withheld {
+    pub fn set(&self, withheld: bool) {
+        self.0.store(withheld, Ordering::Relaxed);
+    }
 }
 
 /// Streams a request body onto its HTTP/2 stream, within the flow-control window the
@@ -391,7 +405,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Readers(Mutex<slab::Slab<Arc<Reading>>>);
 
 /// One answer's stream, shared by its body and the connection's watch.
-struct Reading(Mutex<ReadState>);
+struct Reading {
+    state: Mutex<ReadState>,
+    withheld: Withheld,
+}
 
 struct ReadState {
     /// Taken by the watch when the caller stopped reading: dropped, the stream is reset
@@ -408,12 +425,12 @@ struct ReadState {
 impl Reading {
     /// The stream, taken if its data has waited `unread` for a caller who took none.
     fn take_if_unread(&self, now: Instant, unread: Duration) -> Option<h2::RecvStream> {
-        let mut state = lock(&self.0);
+        let mut state = lock(&self.state);
         let waiting = match &mut state.recv {
             Some(recv) => recv.flow_control().used_capacity(),
             None => return None,
         };
-        if waiting == 0 || state.taken != state.seen {
+        if waiting == 0 || state.taken != state.seen || self.withheld.0.load(Ordering::Relaxed) {
             state.seen = state.taken;
             state.waiting_since = None;
             return None;
@@ -474,14 +491,18 @@ impl ResponseBody {
         length: Option<u64>,
         slot: Slot,
         readers: &Arc<Readers>,
+        withheld: Withheld,
     ) -> ResponseBody {
         let ended = recv.is_end_stream();
-        let reading = Arc::new(Reading(Mutex::new(ReadState {
-            recv: Some(recv),
-            taken: 0,
-            seen: 0,
-            waiting_since: None,
-        })));
+        let reading = Arc::new(Reading {
+            state: Mutex::new(ReadState {
+                recv: Some(recv),
+                taken: 0,
+                seen: 0,
+                waiting_since: None,
+            }),
+            withheld,
+        });
         let watched = (!ended).then(|| (readers.clone(), lock(&readers.0).insert(reading.clone())));
         ResponseBody {
             reading,
@@ -510,7 +531,7 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut state = lock(&this.reading.0);
+        let mut state = lock(&this.reading.state);
         let state = &mut *state;
         let Some(recv) = &mut state.recv else {
             return Poll::Ready(Some(Err(BoxError::from(
@@ -545,7 +566,7 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        lock(&self.reading.0)
+        lock(&self.reading.state)
             .recv
             .as_ref()
             .is_some_and(h2::RecvStream::is_end_stream)
