@@ -678,6 +678,10 @@ impl Proxy {
         if info.subresource == "proxy" {
             req.extensions_mut().insert(upstream::ProxiedTo);
         }
+        // A stream's answer waits for its start to be on record (see `handle`).
+        if streaming && !upgrade {
+            req.extensions_mut().insert(upstream::Withheld::default());
+        }
         if trail.level() >= Level::Request && !upgrade {
             let body = std::mem::replace(req.body_mut(), crate::body::empty());
             let of = audit::capture::Of::Request {

@@ -207,10 +207,11 @@ impl H2Channel {
         Ok(Some(new))
     }
 
-    pub(super) async fn send(&self, req: Request<Body>) -> Sent {
+    pub(super) async fn send(&self, mut req: Request<Body>) -> Sent {
         if self.http1_only.load(Ordering::Relaxed) {
             return Sent::Http1Only(req);
         }
+        let withheld = req.extensions_mut().remove::<Withheld>();
         let mut retried = false;
         loop {
             let current = match self.live() {
@@ -232,7 +233,7 @@ impl H2Channel {
             match current.sender.ready().await {
                 Ok(sender) => {
                     return Sent::Answered(match open(sender, req) {
-                        Ok(answer) => receive(answer, slot, &current.readers).await,
+                        Ok(answer) => receive(answer, slot, &current.readers, withheld).await,
                         Err(e) => Err(e),
                     })
                 }
@@ -312,20 +313,22 @@ async fn receive(
     answer: h2::client::ResponseFuture,
     slot: Slot,
     readers: &Arc<Readers>,
+    withheld: Option<Withheld>,
 ) -> Result<Response<Body>, BoxError> {
     let mut answer = answer.await?;
     let length = answer
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let withheld = Withheld::default();
-    answer.extensions_mut().insert(withheld.clone());
+    if let Some(withheld) = &withheld {
+        answer.extensions_mut().insert(withheld.clone());
+    }
     Ok(answer.map(|recv| ResponseBody::new(recv, length, slot, readers, withheld).boxed()))
 }
 
-/// On an answer from the shared connection: set while chaperone itself holds the answer
-/// back from its caller (until the request's start is on record), when nobody can be
-/// reading it and its data waiting is not the caller's doing.
+/// Set on a request whose answer chaperone may hold back from its caller (a stream's,
+/// until its start is on record), and then on the answer: while it is set, nobody can
+/// be reading the answer, and its data waiting is not the caller's doing.
 #[derive(Debug, Clone, Default)]
 pub struct Withheld(Arc<AtomicBool>);
 
@@ -407,7 +410,7 @@ struct Readers(Mutex<slab::Slab<Arc<Reading>>>);
 /// One answer's stream, shared by its body and the connection's watch.
 struct Reading {
     state: Mutex<ReadState>,
-    withheld: Withheld,
+    withheld: Option<Withheld>,
 }
 
 struct ReadState {
@@ -430,7 +433,11 @@ impl Reading {
             Some(recv) => recv.flow_control().used_capacity(),
             None => return None,
         };
-        if waiting == 0 || state.taken != state.seen || self.withheld.0.load(Ordering::Relaxed) {
+        let withheld = self
+            .withheld
+            .as_ref()
+            .is_some_and(|w| w.0.load(Ordering::Relaxed));
+        if waiting == 0 || state.taken != state.seen || withheld {
             state.seen = state.taken;
             state.waiting_since = None;
             return None;
@@ -491,7 +498,7 @@ impl ResponseBody {
         length: Option<u64>,
         slot: Slot,
         readers: &Arc<Readers>,
-        withheld: Withheld,
+        withheld: Option<Withheld>,
     ) -> ResponseBody {
         let ended = recv.is_end_stream();
         let reading = Arc::new(Reading {
@@ -675,6 +682,7 @@ mod tests {
             answer,
             Slot::take(&Arc::new(AtomicUsize::new(0))),
             &Arc::default(),
+            None,
         )
         .await
         .expect("an answer");
@@ -708,6 +716,7 @@ mod tests {
                 answer,
                 Slot::take(&Arc::new(AtomicUsize::new(0))),
                 &Arc::default(),
+                None,
             ),
         )
         .await
