@@ -144,6 +144,9 @@ pub(crate) fn serve(
     Ok(resp)
 }
 
+/// How long the sandbox's commands take to start before they print.
+const PROCESS_START: Duration = Duration::from_millis(100);
+
 fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel);
@@ -187,6 +190,12 @@ where
 {
     let (mut tx, mut rx) = ws.split();
     let (output, code) = run(&command, stdin);
+    // A process takes a moment to start and print; output sent the instant the upgrade
+    // completes can reach kubectl 1.32's WebSocket executor before it has set up its
+    // stdout stream, which then drops it ("Unknown stream id 1, discarding message";
+    // kubernetes/kubernetes#131189, fixed in client-go by #131203): the exec exits 0
+    // with no output. The sandbox waits as a real command would.
+    tokio::time::sleep(PROCESS_START).await;
     if let Some(out) = output {
         if tx.send(frame(STDOUT, out.as_bytes())).await.is_err() {
             return;
