@@ -26,5 +26,6 @@ pub mod sandbox;
 pub mod self_review;
 pub mod server;
 pub mod status;
+pub mod text;
 pub mod tls;
 pub mod upstream;

@@ -201,11 +201,7 @@ fn slack_text(n: &Value) -> String {
     // chat line: the whole of it is in the AccessRequest.
     let cut = |mut shown: String| {
         if shown.len() > BODY_SHOWN {
-            let mut end = BODY_SHOWN;
-            while !shown.is_char_boundary(end) {
-                end -= 1;
-            }
-            shown.truncate(end);
+            shown.truncate(crate::text::floor_char_boundary(&shown, BODY_SHOWN));
             shown.push_str(" …");
         }
         format!("\n```{}```", slack_escape(&shown.replace("```", "'''")))

@@ -114,11 +114,10 @@ fn status_of(body: &[u8], code: u16) -> Option<ResponseStatus> {
         None => s.message,
     };
     if message.len() > MAX_STATUS_MESSAGE {
-        let mut cut = MAX_STATUS_MESSAGE;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
+        message.truncate(crate::text::floor_char_boundary(
+            &message,
+            MAX_STATUS_MESSAGE,
+        ));
         message.push_str("...");
     }
     // `status` and `reason` are words (`Failure`, `NotFound`): anything else is no

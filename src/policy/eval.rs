@@ -465,10 +465,7 @@ impl Target {
         ];
         let mut at = 0;
         for (i, part) in parts.into_iter().enumerate() {
-            let mut n = part.len().min(TARGET_CAPACITY - at);
-            while !part.is_char_boundary(n) {
-                n -= 1;
-            }
+            let n = crate::text::floor_char_boundary(part, TARGET_CAPACITY - at);
             t.buf[at..at + n].copy_from_slice(&part.as_bytes()[..n]);
             at += n;
             // TARGET_CAPACITY < 256.
