@@ -26,6 +26,7 @@ pub mod sandbox;
 pub mod self_review;
 pub mod server;
 pub mod status;
+pub mod sync;
 pub mod text;
 pub mod tls;
 pub mod upstream;

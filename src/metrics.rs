@@ -2,6 +2,7 @@
 //! exposition format. Hand-written: a handful of metric families do not justify a
 //! metrics framework on the request path.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +76,7 @@ impl Series {
 impl Family {
     /// Counts `n` for `labels`; `fold[i]`: label `i` is folded past the bound.
     fn add(&self, labels: &[&str], fold: &[bool], n: u64) {
-        let mut series = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut series = self.0.locked();
         let series = &mut *series;
         series.key(labels);
         let mut folded = [OTHER; 8];
@@ -113,7 +114,7 @@ impl Family {
 
     fn render(&self, out: &mut String, name: &str, help: &str, label_names: &[&str]) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        let series = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let series = self.0.locked();
         let mut rows: Vec<_> = series.counts.iter().collect();
         rows.sort_unstable();
         for (labels, v) in rows {

@@ -3,6 +3,7 @@
 //! port-forward sessions) and the other requests in flight. A place is taken for each
 //! and given back when it is dropped, however the request ends.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ const KEEP: usize = 64;
 
 impl PerCaller {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<AtomicUsize>>> {
-        self.by_caller.lock().unwrap_or_else(|e| e.into_inner())
+        self.by_caller.locked()
     }
 
     /// A place for one more of `user`'s, or `None` when `user` holds `max` already.

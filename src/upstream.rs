@@ -1,6 +1,7 @@
 //! Forwards an authorised request to the real API server with the proxy's own
 //! credential, streaming bodies both ways and tunnelling connection upgrades.
 
+use crate::sync::Locked;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -435,7 +436,7 @@ impl Upstream {
     /// Why the API server could not be reached, while that is still the case (for
     /// `/readyz`).
     pub fn unreachable(&self) -> Option<String> {
-        let last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        let last = self.last_failure.locked();
         last.as_ref().map(|(at, why)| {
             let ago = at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
             format!("{why} ({ago}s ago)")
@@ -443,12 +444,11 @@ impl Upstream {
     }
 
     fn note_failure(&self, error: &Error) {
-        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((std::time::SystemTime::now(), error.to_string()));
+        *self.last_failure.locked() = Some((std::time::SystemTime::now(), error.to_string()));
     }
 
     fn note_success(&self) {
-        let mut last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last_failure.locked();
         if last.is_some() {
             *last = None;
         }

@@ -18,6 +18,7 @@ pub mod body;
 pub mod notify;
 mod watch;
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -186,7 +187,7 @@ impl Place {
         key: &str,
         until: Instant,
     ) -> Result<Place, usize> {
-        let mut map = held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = held.locked();
         let now = Instant::now();
         let count = match map.get_mut(user) {
             Some(keys) => {
@@ -224,7 +225,7 @@ impl Place {
     /// The request was decided: its AccessRequest no longer waits for reviewers, so
     /// the place goes once nobody waits on it, whenever its hold would have ended.
     fn decided(&self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.locked();
         if let Some(entry) = held.get_mut(&self.user).and_then(|k| k.get_mut(&self.key)) {
             entry.until = Instant::now();
         }
@@ -233,7 +234,7 @@ impl Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.locked();
         if let Some(keys) = held.get_mut(&self.user) {
             if let Some(entry) = keys.get_mut(&self.key) {
                 entry.waiting -= 1;
@@ -612,17 +613,14 @@ impl Approvals {
 
     /// The AccessRequest whose grant covers `key`, while it lasts.
     fn granted(&self, key: &str) -> Option<String> {
-        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut grants = self.grants.locked();
         let now = Instant::now();
         grants.retain(|_, (until, _)| *until > now);
         grants.get(key).map(|(_, name)| name.clone())
     }
 
     fn grant(&self, key: String, until: Instant, name: String) {
-        self.grants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (until, name));
+        self.grants.locked().insert(key, (until, name));
     }
 
     async fn remove(&self, path: &str) -> Result<(), Error> {

@@ -7,6 +7,7 @@
 //! unreachable, the CRD missing, RBAC refusing), [`Watch::health`] says why, and the
 //! caller falls back to reading the object directly or fails closed.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -76,7 +77,7 @@ impl Watch {
             ));
             while let Some(event) = events.next().await {
                 {
-                    let mut seen = state.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut seen = state.locked();
                     match event {
                         Ok(watcher::Event::Init) => seen.relisting = Some(HashMap::new()),
                         Ok(watcher::Event::InitApply(object)) => {
@@ -144,6 +145,6 @@ impl Watch {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+        self.seen.locked()
     }
 }

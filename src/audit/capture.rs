@@ -4,6 +4,7 @@
 //! a Secret created or patched is recorded with its values masked. Neither copy keeps
 //! a token handed on (`TokenRequest`, `TokenReview`: `mask::credentials`).
 
+use crate::sync::Locked;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -74,7 +75,7 @@ impl Capture {
                 "not recorded: a proxied service's body, which chaperone does not mask".into(),
             );
         }
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self.seen.locked();
         if seen.total == 0 {
             return Recorded::Omitted("empty".into());
         }
@@ -141,7 +142,7 @@ impl http_body::Body for Tee {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = self.seen.locked();
                 seen.total += data.len();
                 let room = MAX_RECORDED_BODY.saturating_sub(seen.kept.len());
                 let take = room.min(data.len());

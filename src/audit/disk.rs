@@ -6,6 +6,7 @@
 //! in flight would wait with it. Here the writer task keeps queueing while the disk
 //! catches up, and the next batch is only the larger for it.
 
+use crate::sync::Locked;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -110,7 +111,7 @@ impl DiskThread {
                             theirs.write(&mut disk, &lines);
                             // A large captured body does not keep its buffer for good.
                             if lines.lines.capacity() <= LINES_KEPT {
-                                *theirs.spare.lock().unwrap_or_else(|e| e.into_inner()) = lines;
+                                *theirs.spare.locked() = lines;
                             }
                             theirs.in_flight.store(false, Ordering::Release);
                             theirs.written.notify_waiters();
@@ -148,8 +149,7 @@ impl DiskThread {
             }
             written.await;
         }
-        let mut lines =
-            std::mem::take(&mut *self.shared.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut lines = std::mem::take(&mut *self.shared.spare.locked());
         lines.clear();
         lines
     }
@@ -187,13 +187,7 @@ impl Shared {
         loop {
             match disk.write_from(lines, &mut next) {
                 Ok(()) => {
-                    if self
-                        .failing
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take()
-                        .is_some()
-                    {
+                    if self.failing.locked().take().is_some() {
                         tracing::info!("the audit recording is written again");
                     }
                     self.count(lines.len() as u64, Ok(()));
@@ -209,8 +203,7 @@ impl Shared {
                     self.counters.failed_writes.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(%error, retry_in = ?backoff,
                         "failed to write audit events; retrying (requests wait while the audit queue is full and overflow is block)");
-                    *self.failing.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(error.to_string());
+                    *self.failing.locked() = Some(error.to_string());
                     // In slices: shutdown gives the batch up without waiting out a
                     // long backoff.
                     let until = std::time::Instant::now() + backoff;

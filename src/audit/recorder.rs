@@ -9,6 +9,7 @@
 //! its slow path.) The writer hands what has gathered to the thread that owns the file
 //! (`audit::disk`) in one batch.
 
+use crate::sync::Locked;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -146,7 +147,7 @@ impl Local {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        self.pending.locked()
     }
 
     fn try_push(&self, event: &Event, counters: &Counters) -> Push {
@@ -351,8 +352,7 @@ impl Recorder {
 
     /// Why the audit recording cannot be written now, if it cannot (for `/readyz`).
     pub fn not_ready(&self) -> Option<String> {
-        let failing = self.counters.write_failing.lock();
-        let failing = failing.unwrap_or_else(|e| e.into_inner());
+        let failing = self.counters.write_failing.locked();
         failing.as_ref().map(|why| {
             format!("the audit recording cannot be written ({why}); its events wait, and past the queue's bound the overflow setting applies")
         })
@@ -379,7 +379,7 @@ impl Recorder {
         // refuses is given up, counted as failed.
         self.counters.giving_up.store(true, Ordering::Release);
         self.stop.send_replace(true);
-        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
+        let writers = std::mem::take(&mut *self.writers.locked());
         for mut w in writers {
             if tokio::time::timeout(Duration::from_secs(1), &mut w)
                 .await

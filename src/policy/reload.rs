@@ -6,9 +6,10 @@
 //! [`Watched::last_error`] while the last good policy stays in force. With no policy at all
 //! (no file at start, or a bad one), every request is denied with a Status that says so.
 
+use crate::sync::{Locked, ReadWrite};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use super::{decide, load, Commands, Decision, Policy};
@@ -112,11 +113,7 @@ impl Watched {
 
     /// The policy in force, if any.
     pub fn current(&self) -> Option<Arc<Policy>> {
-        self.shared
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.shared.current.reading().clone()
     }
 
     /// [`super::authorize`] with the policy in force, or a denial saying there is none.
@@ -128,13 +125,17 @@ impl Watched {
     pub fn decide(&self, who: &Subject, info: &RequestInfo, commands: Commands<'_>) -> Decision {
         match self.current() {
             Some(policy) => decide(&policy, who, info, commands),
-            None => Decision::no_policy(info, lock(&self.shared.last_error).clone()),
+            None => Decision::no_policy(info, self.shared.last_error.locked().clone()),
         }
     }
 
     /// Why the file last failed to load, while that is still the case (for `/readyz`).
     pub fn last_error(&self) -> Option<String> {
-        lock(&self.shared.last_error).as_deref().map(str::to_owned)
+        self.shared
+            .last_error
+            .locked()
+            .as_deref()
+            .map(str::to_owned)
     }
 
     /// How many times loading the file failed.
@@ -152,17 +153,13 @@ impl Watched {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Shared {
     fn check(&self) -> bool {
         let path = self.path.display();
         let stamp = match Stamp::of(&self.path) {
             Ok(stamp) => stamp,
             Err(e) => {
-                let mut seen = lock(&self.seen);
+                let mut seen = self.seen.locked();
                 if *seen != Seen::Missing {
                     *seen = Seen::Missing;
                     let keeping = self.keeping();
@@ -171,7 +168,7 @@ impl Shared {
                 return false;
             }
         };
-        if *lock(&self.seen) == Seen::File(stamp.clone()) {
+        if *self.seen.locked() == Seen::File(stamp.clone()) {
             return false;
         }
         let loaded = load(&self.path);
@@ -179,16 +176,15 @@ impl Shared {
         if Stamp::of(&self.path).ok().as_ref() != Some(&stamp) {
             return false;
         }
-        *lock(&self.seen) = Seen::File(stamp);
+        *self.seen.locked() = Seen::File(stamp);
         match loaded {
             Ok((policy, warnings)) => {
                 for w in &warnings {
                     tracing::warn!(warning = %w, "policy lint");
                 }
                 tracing::info!(path = %path, policy = policy.name(), "policy loaded");
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Arc::new(policy));
-                *lock(&self.last_error) = None;
+                *self.current.writing() = Some(Arc::new(policy));
+                *self.last_error.locked() = None;
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -201,7 +197,7 @@ impl Shared {
     }
 
     fn keeping(&self) -> String {
-        match &*self.current.read().unwrap_or_else(PoisonError::into_inner) {
+        match &*self.current.reading() {
             Some(p) => format!(" (keeping policy {:?} loaded before)", p.name()),
             None => String::new(),
         }
@@ -210,6 +206,6 @@ impl Shared {
     fn fail(&self, message: String) {
         tracing::error!(error = %message, "policy not loaded");
         self.failures.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_error) = Some(message.into());
+        *self.last_error.locked() = Some(message.into());
     }
 }

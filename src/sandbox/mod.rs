@@ -35,6 +35,7 @@ mod table;
 mod util;
 mod watch;
 
+use crate::sync::Locked;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
@@ -360,39 +361,23 @@ impl Sandbox {
             .get(http::header::AUTHORIZATION)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         {
-            let mut seen = self
-                .inner
-                .seen_authorizations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut seen = self.inner.seen_authorizations.locked();
             if seen.len() >= MAX_SEEN {
                 seen.remove(0);
             }
             seen.push(auth);
         }
-        *self
-            .inner
-            .last_headers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(headers.clone());
+        *self.inner.last_headers.locked() = Some(headers.clone());
     }
 
     /// Every Authorization header value the sandbox has seen, in order (None when absent) — tests assert the caller's token never arrives.
     pub fn seen_authorizations(&self) -> Vec<Option<String>> {
-        self.inner
-            .seen_authorizations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.seen_authorizations.locked().clone()
     }
 
     /// Request headers of the last request (tests check what a proxy forwarded: Accept, Accept-Encoding, Impersonate-*).
     pub fn last_request_headers(&self) -> Option<http::HeaderMap> {
-        self.inner
-            .last_headers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.last_headers.locked().clone()
     }
 }
 

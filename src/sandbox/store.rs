@@ -6,6 +6,7 @@
 //! resourceVersion order, and a watch subscribes under the same lock it lists with, so
 //! no event can fall between the initial state and the stream.
 
+use crate::sync::Locked;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -140,7 +141,7 @@ impl Store {
     /// The state, even if a panicking thread poisoned the lock: every mutation below is
     /// completed before anything that could panic, so the data stays consistent.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     pub fn defs(&self) -> Vec<ResourceDef> {

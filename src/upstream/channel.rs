@@ -15,6 +15,7 @@
 //! answer whose data has waited unread for `unread` has its stream reset (as nginx's
 //! `send_timeout` closes a client that reads nothing), giving its window back.
 
+use crate::sync::Locked;
 use std::future::{poll_fn, Future as _};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -143,7 +144,7 @@ impl H2Channel {
     }
 
     fn live(&self) -> Option<Current> {
-        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = self.sender.locked();
         sender.clone()
     }
 
@@ -153,15 +154,14 @@ impl H2Channel {
         if let Some(live) = self.live().filter(Current::has_room) {
             return Ok(Some(live));
         }
-        if let Some((at, why)) = &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some((at, why)) = &*self.failed.locked() {
             if *at >= asked {
                 return Err(why.clone().into());
             }
         }
         let dialled = self.dial_h2().await;
         if let Err(error) = &dialled {
-            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((Instant::now(), error.to_string()));
+            *self.failed.locked() = Some((Instant::now(), error.to_string()));
         }
         dialled
     }
@@ -196,7 +196,7 @@ impl H2Channel {
         );
         // A connection it replaces because it was full carries on with the streams it
         // has, and closes after the last.
-        let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.sender.locked();
         let new = Current {
             number: current.as_ref().map_or(0, |c| c.number + 1),
             sender,
@@ -251,7 +251,7 @@ impl H2Channel {
 
     /// Drops connection `number` as the shared one, unless another has replaced it.
     fn forget(&self, number: u64) {
-        let mut current = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.sender.locked();
         if current.as_ref().is_some_and(|c| c.number == number) {
             *current = None;
         }
@@ -399,10 +399,6 @@ async fn pipe(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Result<(),
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The answers being read from one connection, each shared with its body.
 #[derive(Default)]
 struct Readers(Mutex<slab::Slab<Arc<Reading>>>);
@@ -428,7 +424,7 @@ struct ReadState {
 impl Reading {
     /// The stream, taken if its data has waited `unread` for a caller who took none.
     fn take_if_unread(&self, now: Instant, unread: Duration) -> Option<h2::RecvStream> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.locked();
         let waiting = match &mut state.recv {
             Some(recv) => recv.flow_control().used_capacity(),
             None => return None,
@@ -458,7 +454,9 @@ impl Readers {
         loop {
             tokio::time::sleep(every).await;
             let now = Instant::now();
-            let unread_streams: Vec<h2::RecvStream> = lock(&self.0)
+            let unread_streams: Vec<h2::RecvStream> = self
+                .0
+                .locked()
                 .iter()
                 .filter_map(|(_, reading)| reading.take_if_unread(now, unread))
                 .collect();
@@ -510,7 +508,8 @@ impl ResponseBody {
             }),
             withheld,
         });
-        let watched = (!ended).then(|| (readers.clone(), lock(&readers.0).insert(reading.clone())));
+        let watched =
+            (!ended).then(|| (readers.clone(), readers.0.locked().insert(reading.clone())));
         ResponseBody {
             reading,
             watched,
@@ -524,7 +523,7 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some((readers, key)) = self.watched.take() {
-            lock(&readers.0).try_remove(key);
+            readers.0.locked().try_remove(key);
         }
     }
 }
@@ -538,7 +537,7 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut state = lock(&this.reading.state);
+        let mut state = this.reading.state.locked();
         let state = &mut *state;
         let Some(recv) = &mut state.recv else {
             return Poll::Ready(Some(Err(BoxError::from(
@@ -573,7 +572,9 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        lock(&self.reading.state)
+        self.reading
+            .state
+            .locked()
             .recv
             .as_ref()
             .is_some_and(h2::RecvStream::is_end_stream)
