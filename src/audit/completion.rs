@@ -63,6 +63,16 @@ enum After {
     Frame(Frame<Bytes>),
 }
 
+impl After {
+    fn item(self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match self {
+            After::End => None,
+            After::Error(e) => Some(Err(e)),
+            After::Frame(f) => Some(Ok(f)),
+        }
+    }
+}
+
 impl Completion {
     /// Queues the event of the ended body; when a queue is full (and `overflow:
     /// block`), returns the wait for room.
@@ -148,38 +158,25 @@ impl http_body::Body for Completion {
                 if Pin::new(recording).poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                return Poll::Ready(match self.recording.take().map(|(_, after)| after) {
-                    Some(After::Frame(f)) => Some(Ok(f)),
-                    Some(After::Error(e)) => Some(Err(e)),
-                    Some(After::End) | None => None,
-                });
+                return Poll::Ready(self.recording.take().and_then(|(_, after)| after.item()));
             }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Ready(None) => match self.record(None) {
-                    Some(waiting) => self.recording = Some((waiting, After::End)),
-                    None => return Poll::Ready(None),
-                },
-                Poll::Ready(Some(Err(e))) => match self.record(Some(e.to_string())) {
-                    Some(waiting) => self.recording = Some((waiting, After::Error(e))),
-                    None => return Poll::Ready(Some(Err(e))),
-                },
-                Poll::Ready(Some(Ok(frame))) if self.failure.is_some() => {
+            // The body's end (its last frame, an error, or none) is held back until its
+            // event is queued.
+            let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+            let (error, after) = match polled {
+                None => (None, After::End),
+                Some(Err(e)) => (Some(e.to_string()), After::Error(e)),
+                Some(Ok(frame)) => {
                     self.keep(&frame);
                     if !self.inner.is_end_stream() {
                         return Poll::Ready(Some(Ok(frame)));
                     }
-                    match self.record(None) {
-                        Some(waiting) => self.recording = Some((waiting, After::Frame(frame))),
-                        None => return Poll::Ready(Some(Ok(frame))),
-                    }
+                    (None, After::Frame(frame))
                 }
-                Poll::Ready(Some(Ok(frame))) if self.inner.is_end_stream() => {
-                    match self.record(None) {
-                        Some(waiting) => self.recording = Some((waiting, After::Frame(frame))),
-                        None => return Poll::Ready(Some(Ok(frame))),
-                    }
-                }
-                other => return other,
+            };
+            match self.record(error) {
+                Some(waiting) => self.recording = Some((waiting, after)),
+                None => return Poll::Ready(after.item()),
             }
         }
     }
