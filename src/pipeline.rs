@@ -662,6 +662,7 @@ impl Proxy {
                 Some(upstream::Upgrade {
                     downstream: hyper::upgrade::on(&mut req),
                     hold: Some(place),
+                    connection: conn.slot,
                 }),
                 None,
             ),

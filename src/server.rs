@@ -32,11 +32,21 @@ pub enum Error {
 }
 
 /// What is known of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// The client presented a TLS client certificate (never trusted; see `tls`).
     pub client_cert: bool,
+    /// The connection's place among the listener's `max_connections`.
+    pub slot: Slot,
+}
+
+/// A connection's place among the listener's `max_connections`, given back when the
+/// connection and every session upgraded from it have ended: an exec or port-forward
+/// tunnel keeps the connection's socket, so it keeps its place too.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What serves each request: the proxy pipeline, the sandbox, or the admin endpoints.
@@ -141,14 +151,14 @@ pub async fn serve(
                 let handler = handler.clone();
                 let service = move |conn: Conn| {
                     service_fn(move |req| {
-                        let answer = handler(req, conn);
+                        let answer = handler(req, conn.clone());
                         async move { Ok::<_, std::convert::Infallible>(answer.await) }
                     })
                 };
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
+                let slot = Slot { _permit: Arc::new(slot) };
                 tokio::spawn(async move {
-                    let _slot = slot;
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     // A client that opens a connection and never finishes its headers
                     // must not hold it forever: hyper bounds an HTTP/1.1 request's
@@ -176,7 +186,7 @@ pub async fn serve(
                                 }
                             };
                             let client_cert = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                            let service = service(Conn { peer, client_cert });
+                            let service = service(Conn { peer, client_cert, slot });
                             let stream = FirstBytes::new(stream, header_timeout);
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(conn.into_owned()).await
@@ -185,7 +195,7 @@ pub async fn serve(
                             // The admin port: HTTP/1.1 only (probes and scrapes use it),
                             // so every idle connection is bounded by the header timeout;
                             // an HTTP/2 one without streams would be held for good.
-                            let service = service(Conn { peer, client_cert: false });
+                            let service = service(Conn { peer, client_cert: false, slot });
                             let stream = FirstBytes::new(stream, header_timeout);
                             let builder = builder.http1_only();
                             let conn = builder.serve_connection(TokioIo::new(stream), service);

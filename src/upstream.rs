@@ -538,12 +538,17 @@ impl Upstream {
         }
         self.note_success();
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(Upgrade { downstream, hold })) = (switching, downstream_upgrade) {
+        if let (true, Some(upgrade)) = (switching, downstream_upgrade) {
             let upstream = hyper::upgrade::on(&mut rsp);
+            let Upgrade {
+                downstream,
+                hold,
+                connection,
+            } = upgrade;
             tokio::spawn(
                 async move {
                     tunnel(downstream, upstream).await;
-                    drop(hold);
+                    drop((hold, connection));
                 }
                 .instrument(tracing::info_span!("tunnel")),
             );
@@ -672,6 +677,9 @@ pub struct Upgrade {
     pub downstream: OnUpgrade,
     /// Held for as long as the tunnel lasts: the caller's place among its streams.
     pub hold: Option<crate::places::Place>,
+    /// Held for as long as the tunnel lasts: the connection's place among the
+    /// listener's, since the tunnel keeps its socket.
+    pub connection: crate::server::Slot,
 }
 
 /// A pooled client's answer, with the body every stage carries.

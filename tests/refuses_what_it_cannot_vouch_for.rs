@@ -472,3 +472,93 @@ async fn connections_past_the_bound_are_closed_at_once() {
     proxy.stop().await;
     env.stop().await;
 }
+
+/// An exec session keeps its connection's place among `maxConnections` for as long as
+/// it runs: upgraded, the connection still holds its socket, so a caller cannot open
+/// sessions past the bound by upgrading each connection it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_session_keeps_its_connections_place() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let env = sandbox().start().await;
+    env.let_anyone_in_through_a_jwks_file();
+    let ca = String::from_utf8(env.ca_pem()).unwrap();
+    let token = &env.started.upstream_token;
+    let mut config = support::proxy_config(env.dir.path(), &env.sandbox_url(), &ca, token, "");
+    config.max_connections = 1;
+    let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
+    support::wait_ready(proxy.admin.unwrap()).await;
+    let addr = proxy.addrs[0];
+
+    let url = format!(
+        "wss://{addr}/api/v1/namespaces/default/pods/nginx/exec?command=cat&stdin=true&stdout=true"
+    );
+    let mut req = url.into_client_request().unwrap();
+    let headers = req.headers_mut();
+    headers.insert(
+        "sec-websocket-protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let bearer = format!("Bearer {}", env.started.caller_token);
+    headers.insert("authorization", bearer.parse().unwrap());
+    let tls = chaperone::tls::client_config(&env.ca_pem(), "test CA", None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("the exec session is upgraded");
+    // The session runs: what goes to stdin comes back on stdout.
+    ws.send(Message::Binary(b"\0hello".to_vec())).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(d) = m {
+                if d.first() == Some(&1) {
+                    return d;
+                }
+            }
+        }
+        panic!("the session ended before its echo");
+    })
+    .await
+    .expect("stdin echoed");
+    assert_eq!(echoed, b"\x01hello");
+
+    // The session holds the one place: another connection is closed as it is accepted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("a connection past the bound is closed at once while a session holds the place");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // The session ended, its place is taken again.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_millis(300), probe.read(&mut buf)).await;
+        if read.is_err() {
+            break; // held open: the place is free again
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session's place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reply = env
+        .client(false)
+        .get(&format!("https://{addr}{PODS}"), &[])
+        .await;
+    assert_eq!(reply.json()["kind"], "PodList", "{:?}", reply.body);
+    proxy.stop().await;
+    env.stop().await;
+}

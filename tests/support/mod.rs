@@ -203,16 +203,7 @@ impl EnvBuilder {
             .and_then(|p| p.admin)
             .filter(|_| wait_ready)
         {
-            // Ready means the issuer's keys are fetched: tests then see only their own
-            // requests reach the sandbox.
-            let ready = async {
-                while http_get(admin, "/readyz").await.0 != 200 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            tokio::time::timeout(CLIENT_TIMEOUT, ready)
-                .await
-                .expect("the proxy becomes ready");
+            self::wait_ready(admin).await;
         }
         Env { started, dir }
     }
@@ -493,6 +484,19 @@ impl TestClient {
             .expect("response within the client timeout")
             .expect("response")
     }
+}
+
+/// Waits for a proxy's admin port to say it is ready: the issuer's keys are fetched,
+/// so tests then see only their own requests reach the sandbox.
+pub async fn wait_ready(admin: std::net::SocketAddr) {
+    let ready = async {
+        while http_get(admin, "/readyz").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(CLIENT_TIMEOUT, ready)
+        .await
+        .expect("the proxy becomes ready");
 }
 
 /// A plain-HTTP GET (the admin port): status code and body.
