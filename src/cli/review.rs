@@ -139,6 +139,21 @@ async fn whoami(api: &Upstream) -> anyhow::Result<(String, Vec<String>)> {
     Ok((user.to_owned(), groups))
 }
 
+/// Whether two user names may be one person signed in two ways: the same name once each
+/// drops what a username prefix puts before it (`oidc:alice` at the API server, `alice`
+/// or `https://idp.example#alice` through chaperone, when the two are not given the same
+/// `usernamePrefix`). Names the cluster gives (`system:…`) are never aliases.
+fn one_person(a: &str, b: &str) -> bool {
+    fn bare(name: &str) -> Option<&str> {
+        if name.starts_with("system:") {
+            return None;
+        }
+        let name = name.rsplit('#').next().unwrap_or(name);
+        Some(name.rsplit(':').next().unwrap_or(name)).filter(|n| !n.is_empty())
+    }
+    matches!((bare(a), bare(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// Approves (`approve == true`) or denies an AccessRequest.
 pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
     let (ns, name) = (&args.access.namespace, &args.name);
@@ -184,6 +199,13 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
         }
     } else if reviewer == requester {
         bail!("{reviewer} requested {name}: a requester can never approve its own request (see --break-glass)");
+    } else if approve && one_person(&reviewer, requester) {
+        bail!(
+            "{reviewer} may be the requester of {name}, {requester}, under another sign-in's \
+             prefix: a requester can never approve its own request (see --break-glass). If \
+             these are two people, another reviewer must approve; give chaperone's issuer the \
+             API server's usernameClaim and usernamePrefix so one person has one name"
+        );
     }
     let now = time::OffsetDateTime::now_utc();
     let at = crate::audit::event::timestamp(now);
@@ -467,6 +489,35 @@ fn show(object: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reviewer named by the API server with another prefix than chaperone gave the
+    /// requester is taken for the requester; different people, and the cluster's own
+    /// names, are not.
+    #[test]
+    fn a_requester_under_another_prefix_is_found_out() {
+        let same = [
+            ("oidc:alice", "alice"),
+            ("oidc:alice", "https://idp.example#alice"),
+            ("alice@example.com", "oidc:alice@example.com"),
+            ("https://a.example#bob", "https://b.example#bob"),
+        ];
+        for (a, b) in same {
+            assert!(one_person(a, b), "{a} / {b}");
+            assert!(one_person(b, a), "{b} / {a}");
+        }
+        let different = [
+            ("oidc:alice", "bob"),
+            ("oidc:alice", "oidc:alicia"),
+            ("alice", "alice2"),
+            ("system:serviceaccount:team-a:alice", "alice"),
+            ("system:admin", "oidc:admin"),
+            ("oidc:", "ldap:"),
+        ];
+        for (a, b) in different {
+            assert!(!one_person(a, b), "{a} / {b}");
+            assert!(!one_person(b, a), "{b} / {a}");
+        }
+    }
 
     /// What a reviewer is shown of one request: all that an approval grants, and
     /// nothing the agent chose can drive the terminal.
