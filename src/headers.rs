@@ -221,6 +221,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Removes the headers the caller's `Connection` names, but `Upgrade` (RFC 9110 §7.6.1:
+/// they concern this hop only, and a proxy does not forward them). The pipeline does it
+/// before any stage reads a header, so that what chaperone inspects is what the API
+/// server gets: with `Connection: content-type`, a body would otherwise be screened as
+/// the type it claims and decoded upstream, with no type, as JSON.
+pub fn drop_connection_named(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| n != header::UPGRADE && n != header::CONNECTION)
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
 /// The hop-by-hop headers removed whatever `Connection` says (besides `Connection` and
 /// `Upgrade` themselves).
 const ALWAYS_HOP_BY_HOP: [&str; 5] = [
@@ -437,6 +459,33 @@ fn strip_websocket_bearer(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The headers a caller's `Connection` names are gone before anything reads them;
+    /// `Upgrade`, which an upgrade needs, and `Connection` itself stay for later.
+    #[test]
+    fn headers_named_by_connection_are_dropped_first() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Content-Type"),
+        );
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" upgrade ,x-other"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.kubernetes.protobuf"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        drop_connection_named(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "connection", "upgrade"]);
+    }
 
     #[test]
     fn front_proxy_identity_headers_never_go_upstream() {

@@ -208,7 +208,9 @@ impl Proxy {
 
     /// Serves one request; errors become Kubernetes `Status` responses here and only
     /// here, and every request, served or refused, is recorded.
-    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        // Before any stage reads a header: what chaperone inspects is what it forwards.
+        headers::drop_connection_named(req.headers_mut());
         let mut trail = Trail::start(req.method(), req.uri(), req.headers(), conn.peer);
         // The response's `audit-id` header, made now: the trail moves into the body.
         let audit_id = http::HeaderValue::from_str(&trail.audit_id).ok();
@@ -752,10 +754,19 @@ impl Proxy {
         // Protobuf (kubectl's typed clients send it): its strings are searched in its
         // bytes, and what chaperone can decode (pods, Deployments: labels, annotations,
         // hostNetwork) is read; other fields and kinds are skipped.
+        // A body that is not protobuf at all is refused: the API server would not decode
+        // it either, and chaperone has not read it.
         if injection && headers::media_type(headers).contains("protobuf") {
+            let object = match crate::protobuf::decode(bytes) {
+                Ok(object) => object,
+                Err(why) => {
+                    return Some(Err(approval::Error::Unreviewable(format!(
+                        "its protobuf body could not be read ({why})"
+                    ))))
+                }
+            };
             let found = policy::injection_key_in_bytes(bytes).is_some()
-                || crate::protobuf::decode(bytes)
-                    .is_ok_and(|object| policy::injection_key_in(&object).is_some());
+                || policy::injection_key_in(&object).is_some();
             return found.then(|| Ok(policy::Decision::stay_injected(info)));
         }
         let object = match approval::body::parse(bytes, headers) {

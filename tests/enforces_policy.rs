@@ -950,6 +950,34 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
         let reply = post_pod(pod.to_owned()).await;
         assert_eq!(reply.status, 403, "{pod}: {:?}", reply.body);
     }
+    // The body is screened as the API server will read it. A caller that names
+    // `Content-Type` in `Connection` (a header for this hop only, which a proxy drops)
+    // has the body screened as JSON, as the API server decodes a body with no type;
+    // and a body typed protobuf that is not one is refused, not waved through.
+    let host = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"host-2"},"spec":{"hostNetwork":true,"containers":[{"name":"c","image":"busybox"}]}}"#;
+    for (connection, said) in [
+        ("keep-alive, Content-Type", "hostNetwork"),
+        ("close", "its protobuf body could not be read"),
+    ] {
+        let req = http::Request::post(format!(
+            "{}/api/v1/namespaces/default/pods",
+            env.proxy_url()
+        ))
+        .header("content-type", "application/vnd.kubernetes.protobuf")
+        .header("connection", connection)
+        .body(chaperone::body::full(host))
+        .unwrap();
+        let reply = env.client(false).send(req).await;
+        let message = reply.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            reply.status.is_client_error() && message.contains(said),
+            "Connection: {connection}: {} {message}",
+            reply.status,
+        );
+    }
     // A namespace is not changed through chaperone (leaving its label out of an update
     // would turn injection off), nor a workload an administrator took out of it.
     let out = env
@@ -989,7 +1017,7 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
     );
     let reply = post_pod(big).await;
     assert_eq!(reply.status, 413, "{:?}", reply.json()["message"]);
-    for name in ["escape", "mine", "escaped", "host"] {
+    for name in ["escape", "mine", "escaped", "host", "host-2"] {
         assert!(!env
             .kubectl_direct(&["get", "pod", name])
             .await
