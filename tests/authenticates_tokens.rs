@@ -697,3 +697,61 @@ fn an_authenticator_can_be_shared_across_tasks() {
         sendable(async move { auth.authenticate(&headers, false).await });
     };
 }
+
+/// The cluster's JWKS, served at once the first time and slowly with a new key after.
+struct RotatingSlowly {
+    fetches: std::sync::atomic::AtomicUsize,
+    before: bytes::Bytes,
+    after: bytes::Bytes,
+}
+
+impl chaperone::identity::ClusterJwks for RotatingSlowly {
+    fn fetch(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            if self.fetches.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Ok(self.before.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(self.after.clone())
+        })
+    }
+}
+
+/// A caller that hangs up while its unknown key id has the keys fetched does not cancel
+/// the fetch: a token signed with the key the issuer has just published is accepted,
+/// not refused until the next scheduled refresh (minutes away).
+#[tokio::test]
+async fn a_caller_hanging_up_does_not_cancel_the_key_fetch_it_caused() {
+    let idp = TestIssuer::start().await;
+    let before = idp.jwks();
+    idp.add_key(KeyType::EcP256, "ec-2");
+    let jwks = Arc::new(RotatingSlowly {
+        fetches: Default::default(),
+        before,
+        after: idp.jwks(),
+    });
+    let yaml = format!("- issuer: {CLUSTER_ISSUER}\n  audiences: [chaperone]\n  cluster: true\n");
+    let auth = Authenticator::new(&identity(&yaml), Some(jwks.clone())).expect("authenticator");
+    ready(&auth).await;
+    let claims = oidc::service_account_claims(CLUSTER_ISSUER, AUDIENCE, "agents", "mcp");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("made-up".to_owned());
+    let bogus = idp.mint_with_header(&header, RSA_KID, &claims);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        auth.authenticate(&bearer(&bogus), false),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the fetch should still be running");
+    // The fetch goes on without its caller; then the new key verifies.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2);
+    let token = idp.mint(Algorithm::ES256, "ec-2", &claims);
+    authenticate(&auth, &token)
+        .await
+        .expect("a token signed with the new key");
+}

@@ -193,7 +193,7 @@ pub(crate) struct IssuerKeys {
     ready: watch::Sender<bool>,
     /// Held while fetching, so concurrent unknown-kid refreshes share one fetch. Holds
     /// the time of the last fetch caused by an unknown key id.
-    on_demand: Mutex<Option<Instant>>,
+    on_demand: Arc<Mutex<Option<Instant>>>,
     refresh_interval: Duration,
     min_refresh_interval: Duration,
     cache: Arc<TokenCache>,
@@ -216,7 +216,7 @@ impl IssuerKeys {
             source,
             keys: RwLock::new(None),
             ready: watch::channel(false).0,
-            on_demand: Mutex::new(None),
+            on_demand: Arc::new(Mutex::new(None)),
             refresh_interval,
             min_refresh_interval,
             cache,
@@ -242,8 +242,11 @@ impl IssuerKeys {
     /// A fresh set after an unknown key id, or the current one when a fetch is not
     /// allowed yet. `seen` is the set the caller already looked in: if another request
     /// refreshed meanwhile, its result is used instead of fetching again.
-    pub async fn refresh_on_demand(&self, seen: Option<&Arc<KeySet>>) -> Option<Arc<KeySet>> {
-        let mut last = self.on_demand.lock().await;
+    pub async fn refresh_on_demand(
+        self: &Arc<Self>,
+        seen: Option<&Arc<KeySet>>,
+    ) -> Option<Arc<KeySet>> {
+        let mut last = Arc::clone(&self.on_demand).lock_owned().await;
         let current = self.current();
         let changed = match (&current, seen) {
             (Some(now), Some(seen)) => !Arc::ptr_eq(now, seen),
@@ -256,9 +259,17 @@ impl IssuerKeys {
             return current;
         }
         *last = Some(Instant::now());
-        if let Err(e) = self.fetch_and_store().await {
-            tracing::warn!(issuer = %self.issuer, error = %e, "refreshing keys for an unknown key id failed; keeping the last good keys");
-        }
+        // The fetch runs in a task of its own, which holds the lock: a caller that hangs
+        // up cannot cancel it (and leave the keys unfetched until `min_refresh_interval`
+        // has passed), and requests waiting for the lock get its result.
+        let this = Arc::clone(self);
+        let fetch = tokio::spawn(async move {
+            let _last = last;
+            if let Err(e) = this.fetch_and_store().await {
+                tracing::warn!(issuer = %this.issuer, error = %e, "refreshing keys for an unknown key id failed; keeping the last good keys");
+            }
+        });
+        let _ = fetch.await;
         self.current()
     }
 

@@ -60,7 +60,7 @@ impl Policy {
 /// the algorithm the token was verified with.
 pub(crate) async fn signature(
     policy: &Policy,
-    keys: &IssuerKeys,
+    keys: &Arc<IssuerKeys>,
     token: &Parsed<'_>,
     checks: &AtomicU64,
 ) -> Result<Algorithm, Error> {
@@ -246,7 +246,7 @@ fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, Er
 }
 
 /// Header values are attacker-chosen: bound what goes into messages and logs.
-fn shorten(s: &str) -> String {
+pub(super) fn shorten(s: &str) -> String {
     const MAX: usize = 64;
     match s.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}…", &s[..i]),
