@@ -32,14 +32,22 @@ impl ClaimPath {
         ClaimPath { name: name.into() }
     }
 
+    /// Whether this path reads the top-level claim `claim` (`email` or `/email`).
+    pub fn is_top_level(&self, claim: &str) -> bool {
+        self.name == claim || self.name.strip_prefix('/') == Some(claim)
+    }
+
     /// The claim's value. A name that exists as a top-level claim wins over a nested
     /// reading; otherwise the dotted path is walked, at each level preferring the
     /// longest key that exists (so `kubernetes.io.namespace` finds `kubernetes.io`).
     pub fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
         if let Some(pointer) = self.name.strip_prefix('/') {
-            let mut value = claims.get(pointer.split('/').next()?)?;
-            for segment in pointer.split('/').skip(1) {
-                let segment = segment.replace("~1", "/").replace("~0", "~");
+            // RFC 6901: every segment unescaped, the first (a top-level claim) too.
+            let mut segments = pointer
+                .split('/')
+                .map(|s| s.replace("~1", "/").replace("~0", "~"));
+            let mut value = claims.get(&segments.next()?)?;
+            for segment in segments {
                 value = value.as_object()?.get(&segment)?;
             }
             return Some(value);
@@ -101,7 +109,7 @@ impl Mapping {
         let username_prefix = match issuer.username_prefix.as_deref() {
             Some(NO_PREFIX) => String::new(),
             Some(p) => p.to_owned(),
-            None if username == "email" => String::new(),
+            None if ClaimPath::new(username).is_top_level("email") => String::new(),
             None => format!("{}#", issuer.issuer),
         };
         let groups_prefix = match issuer.groups_prefix.as_deref() {
@@ -135,7 +143,7 @@ impl Mapping {
 impl Oidc {
     fn subject(&self, claims: &Map<String, Value>, issuer: &str) -> Result<Subject, Error> {
         let name = required_string(claims, &self.username)?;
-        if self.username.name == "email" {
+        if self.username.is_top_level("email") {
             // As the API server: an email the IdP says is unverified names nobody.
             if let Some(verified) = claims.get("email_verified") {
                 if verified != &Value::Bool(true) {
@@ -365,6 +373,40 @@ mod tests {
         assert_eq!(get("kubernetes.io.namespace"), Some(json!("ns")));
         assert_eq!(get("kubernetes.io.a.b.c"), Some(json!(1)));
         assert_eq!(get("realm_access.missing"), None);
+        // A JSON pointer's first segment is unescaped like the others.
+        assert_eq!(get("/https:~1~1example.com~1groups"), Some(json!(["b"])));
+        assert_eq!(get("/kubernetes.io/a.b/c"), Some(json!(1)));
+    }
+
+    /// An email the IdP says is unverified names nobody, and an email needs no issuer
+    /// prefix, however the claim is written (`email` or `/email`).
+    #[test]
+    fn an_unverified_email_names_nobody_however_the_claim_is_written() {
+        for claim in ["email", "/email"] {
+            let issuer: config::Issuer = serde_yaml::from_str(&format!(
+                "issuer: https://i\naudiences: [a]\ndiscovery: true\nusernameClaim: {claim}\n"
+            ))
+            .unwrap();
+            let mapping = Mapping::from_config(&issuer);
+            let err = mapping
+                .subject(
+                    &claims(json!({"sub": "1", "email": "victim@corp", "email_verified": false})),
+                    "https://i",
+                )
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "token claim email_verified must be true when email is the username",
+                "{claim}"
+            );
+            let who = mapping
+                .subject(
+                    &claims(json!({"sub": "1", "email": "me@corp", "email_verified": true})),
+                    "https://i",
+                )
+                .unwrap();
+            assert_eq!(who.user, "me@corp", "{claim}");
+        }
     }
 
     #[test]
