@@ -83,15 +83,15 @@ pub struct Rule {
     pub api_groups: Vec<ApiGroup>,
     #[serde(default)]
     pub resources: Vec<ResourcePattern>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "given_names")]
     pub resource_names: Vec<ResourceName>,
     #[serde(default, rename = "nonResourceURLs")]
     pub non_resource_urls: Vec<UrlPattern>,
     pub verbs: Vec<Verb>,
     /// `None` (omitted) matches any namespace; `Some(vec![])` is refused in `compile`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "given_namespaces")]
     pub namespaces: Option<Vec<NamespacePattern>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "given_commands")]
     pub commands: Option<Vec<CommandPattern>>,
     pub action: Action,
     #[serde(default)]
@@ -101,6 +101,39 @@ pub struct Rule {
     /// The audit level of requests this rule decides; default: `spec.auditLevel`.
     #[serde(default)]
     pub audit_level: Option<crate::audit::event::Level>,
+}
+
+/// A field whose omission means "any", given no value (`namespaces:` left blank, `~`,
+/// `null`): refused, where serde would read it as omitted. A template that rendered
+/// nothing there must not silently widen the rule to every namespace, command or name.
+fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    field: &str,
+    any: &str,
+) -> Result<Option<T>, D::Error> {
+    match Option::<T>::deserialize(d)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(format!(
+            "{field} has no value: omit it to match {any}, or list what it matches"
+        ))),
+    }
+}
+
+fn given_namespaces<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<NamespacePattern>>, D::Error> {
+    given(d, "namespaces", "any namespace")
+}
+
+fn given_commands<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<CommandPattern>>, D::Error> {
+    given(d, "commands", "any command")
+}
+
+/// An empty `resourceNames` means any name, as in RBAC.
+fn given_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ResourceName>, D::Error> {
+    given(d, "resourceNames", "any name").map(Option::unwrap_or_default)
 }
 
 impl Rule {

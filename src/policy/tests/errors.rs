@@ -66,6 +66,13 @@ fn errors_name_file_line_column_and_field() {
         (format!("{HEADER}{}", rule(&format!("{PODS}\ncommands: [[ps]]"))), "t.yaml:13:5: spec.rules[0].commands: only applies to resources [\"pods/exec\"]"),
         (format!("{HEADER}{}", rule("apiGroups: [\"\"]\nresources: [pods/attach]\ncommands: [[ps]]")), "pods/attach joins the running process"),
         (format!("{HEADER}{}", rule(&format!("{PODS}\nnamespaces: []"))), "spec.rules[0].namespaces: is empty: omit it"),
+        // A field whose omission means "any", given no value, is not read as omitted.
+        (format!("{HEADER}{}", rule(&format!("{PODS}\nnamespaces:"))), "t.yaml:7:5: spec.rules[0]: namespaces has no value: omit it to match any namespace, or list what it matches"),
+        (format!("{HEADER}{}", rule(&format!("{PODS}\nnamespaces: ~"))), "spec.rules[0]: namespaces has no value"),
+        (format!("{HEADER}{}", rule(&format!("{PODS}\nnamespaces: null"))), "spec.rules[0]: namespaces has no value"),
+        (format!("{HEADER}{}", rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [create]\ncommands:")), "spec.rules[0]: commands has no value: omit it to match any command"),
+        (format!("{HEADER}{}", rule(&format!("{PODS}\nresourceNames:"))), "spec.rules[0]: resourceNames has no value: omit it to match any name"),
+        (format!("{HEADER}{}", rule(&format!("{PODS}\nresourceNames: ~"))), "spec.rules[0]: resourceNames has no value: omit it to match any name"),
         (format!("{HEADER}{}", rule(&format!("{PODS}\napproval: {{}}"))), "spec.rules[0].approval: is only meaningful with `action: approve`"),
         // masking
         (format!("{HEADER}  masking:\n  - resources: [secrets]\n    detectors: [jwt, tls-key]\n"), "t.yaml:8:22: spec.masking[0].detectors[1]: unknown variant `tls-key`"),
@@ -112,6 +119,8 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule(PODS), vec![]),
         (rule("apiGroups: [chaperone.dev]\nresources: [accessrequests]"), vec![("r", "never-matches", "builtin:chaperone-resources")]),
         (rule(&format!("{PODS}\nverbs: [impersonate]")), vec![("r", "never-matches", "builtin:impersonate")]),
+        (rule("apiGroups: [rbac.authorization.k8s.io]\nresources: [clusterroles]\nverbs: [bind, escalate]\nresourceNames: [cluster-admin]\naction: deny"), vec![("r", "never-matches", "its verbs never match: the API server checks them against chaperone's own credential")]),
+        (rule("apiGroups: [certificates.k8s.io]\nresources: [signers]\nverbs: [get, approve]"), vec![("r", "never-matches", "verbs approve never match")]),
         (rule("nonResourceURLs: [/healthz]\nverbs: [list]"), vec![("r", "never-matches", "HTTP-method verbs")]),
         (rule("apiGroups: [\"\"]\nresources: [nodes]\nnamespaces: [default]"), vec![("r", "never-matches", "cluster-scoped")]),
         (rule("apiGroups: [\"\"]\nresources: [nodes]\nnamespaces: [default, <cluster>]"), vec![]),
