@@ -106,6 +106,20 @@ pub(crate) fn lint(policy: &Policy) -> Vec<Warning> {
                 ),
             );
         }
+        let unasked: Vec<&str> = NEVER_ASKED
+            .iter()
+            .filter(|&&v| !rule.verbs.is_all() && rule.verbs.contains(v))
+            .map(|v| v.as_str())
+            .collect();
+        if !unasked.is_empty() && never_matches(rule).is_none() {
+            warn(
+                "never-matches",
+                format!(
+                    "verbs {} never match: {NEVER_ASKED_WHY}",
+                    unasked.join(", ")
+                ),
+            );
+        }
         for why in broad(rule) {
             warn("broad-grant", why);
         }
@@ -135,11 +149,28 @@ pub(crate) fn lint(policy: &Policy) -> Vec<Warning> {
     out
 }
 
+/// Verbs the API server checks against chaperone's own credential while serving another
+/// request (RBAC's escalation checks on a Role or RoleBinding write, a CSR's approval or
+/// signing, a PodSecurityPolicy's use): no request through chaperone has them.
+const NEVER_ASKED: [Verb; 5] = [
+    Verb::Bind,
+    Verb::Escalate,
+    Verb::Approve,
+    Verb::Sign,
+    Verb::Use,
+];
+
+const NEVER_ASKED_WHY: &str = "the API server checks them against chaperone's own credential while serving another request; no request through chaperone has them (binding a role is `create rolebindings`)";
+
 fn never_matches(rule: &Rule) -> Option<String> {
     let src = &rule.source;
     let verbs = rule.verbs;
     if verbs == VerbSet::of(&[Verb::Impersonate]) {
         return Some("`impersonate` is always denied (builtin:impersonate)".into());
+    }
+    let unasked = VerbSet(VerbSet::of(&NEVER_ASKED).0 | VerbSet::of(&[Verb::Impersonate]).0);
+    if !verbs.is_all() && unasked.covers(verbs) {
+        return Some(format!("its verbs never match: {NEVER_ASKED_WHY}"));
     }
     if !src.non_resource_urls.is_empty() {
         if verbs.0 & VerbSet::of(&HTTP_VERBS).0 == 0 {
