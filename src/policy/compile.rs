@@ -106,7 +106,9 @@ impl Rule {
     /// Everything but subject, API group and resource, which the index has matched.
     pub fn matches_rest(&self, verb_bit: u32, info: &RequestInfo, commands: Commands<'_>) -> bool {
         self.verbs.0 & verb_bit != 0
-            && (self.names.is_empty() || self.names.iter().any(|n| **n == *info.name))
+            && (self.names.is_empty()
+                || self.names.iter().any(|n| **n == *info.name)
+                || self.covers_the_collection(info))
             && self.namespaces.matches(&info.namespace)
             && (self.commands.is_empty() || self.matches_commands(commands))
             && (self.urls.is_empty() || self.urls.iter().any(|u| url_matches(u, &info.path)))
@@ -114,6 +116,15 @@ impl Rule {
 }
 
 impl Rule {
+    /// A deny or approve naming objects also takes a request for their whole collection
+    /// (a `list`, `watch` or `deletecollection` not narrowed to one name), which reads
+    /// or deletes them with the rest. An allow naming objects does not, as in RBAC.
+    fn covers_the_collection(&self, info: &RequestInfo) -> bool {
+        self.action != Action::Allow
+            && info.name.is_empty()
+            && matches!(info.verb.as_str(), "list" | "watch" | "deletecollection")
+    }
+
     fn matches_commands(&self, commands: Commands<'_>) -> bool {
         match commands {
             Commands::Sent(query) => self

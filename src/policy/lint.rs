@@ -123,6 +123,19 @@ pub(crate) fn lint(policy: &Policy) -> Vec<Warning> {
         for why in broad(rule) {
             warn("broad-grant", why);
         }
+        if rule.meta.action != Action::Allow
+            && !rule.names.is_empty()
+            && rule.verbs.contains(Verb::Get)
+            && !(rule.verbs.contains(Verb::List) && rule.verbs.contains(Verb::Watch))
+        {
+            warn(
+                "weak-deny",
+                format!(
+                    "it names objects for `get` only: a `list` or `watch` of their collection returns them too; add list and watch to its verbs (a {} naming objects takes their whole collection)",
+                    rule.meta.action
+                ),
+            );
+        }
         if rule.meta.action == Action::Deny && !rule.commands.is_empty() {
             warn(
                 "weak-deny",

@@ -107,6 +107,19 @@ const PRECEDENCE: &str = r#"
     verbs: [get, update]
     namespaces: [default, <cluster>]
     action: allow
+  - name: dev-reads-services
+    subjects: {groups: [dev]}
+    apiGroups: [""]
+    resources: [services]
+    verbs: [get, list, watch, deletecollection]
+    action: allow
+  - name: not-the-api-service
+    subjects: {groups: [dev]}
+    apiGroups: [""]
+    resources: [services]
+    resourceNames: [api]
+    verbs: [get, list, watch, deletecollection]
+    action: deny
 "#;
 
 #[test]
@@ -142,6 +155,15 @@ fn the_most_restrictive_rule_wins() {
         (&bob, res("list", "", "configmaps", "default", ""), Action::Deny, DEFAULT_DENY),
         (&sa, res("update", "", "configmaps", "default", "app-config"), Action::Allow, "bob-reads-config"),
         (&mallory, res("get", "", "configmaps", "default", "app-config"), Action::Deny, DEFAULT_DENY),
+        // a deny naming an object takes the collection that holds it, unless the request
+        // is narrowed to another name (a list's `fieldSelector=metadata.name=`)
+        (&dev, res("get", "", "services", "x", "web"), Action::Allow, "dev-reads-services"),
+        (&dev, res("get", "", "services", "x", "api"), Action::Deny, "not-the-api-service"),
+        (&dev, res("list", "", "services", "x", ""), Action::Deny, "not-the-api-service"),
+        (&dev, res("watch", "", "services", "", ""), Action::Deny, "not-the-api-service"),
+        (&dev, res("deletecollection", "", "services", "x", ""), Action::Deny, "not-the-api-service"),
+        (&dev, res("list", "", "services", "x", "web"), Action::Allow, "dev-reads-services"),
+        (&dev, res("watch", "", "services", "x", "api"), Action::Deny, "not-the-api-service"),
     ];
     for (who, info, action, rule) in cases {
         assert_eq!(

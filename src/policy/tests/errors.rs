@@ -119,6 +119,8 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule(PODS), vec![]),
         (rule("apiGroups: [chaperone.dev]\nresources: [accessrequests]"), vec![("r", "never-matches", "builtin:chaperone-resources")]),
         (rule(&format!("{PODS}\nverbs: [impersonate]")), vec![("r", "never-matches", "builtin:impersonate")]),
+        (rule(&format!("{PODS}\nverbs: [get]\nresourceNames: [a]\naction: deny")), vec![("r", "weak-deny", "a `list` or `watch` of their collection returns them too")]),
+        (rule(&format!("{PODS}\nverbs: [get, list, watch]\nresourceNames: [a]\naction: deny")), vec![]),
         (rule("apiGroups: [rbac.authorization.k8s.io]\nresources: [clusterroles]\nverbs: [bind, escalate]\nresourceNames: [cluster-admin]\naction: deny"), vec![("r", "never-matches", "its verbs never match: the API server checks them against chaperone's own credential")]),
         (rule("apiGroups: [certificates.k8s.io]\nresources: [signers]\nverbs: [get, approve]"), vec![("r", "never-matches", "verbs approve never match")]),
         (rule("nonResourceURLs: [/healthz]\nverbs: [list]"), vec![("r", "never-matches", "HTTP-method verbs")]),
