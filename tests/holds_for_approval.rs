@@ -189,6 +189,19 @@ async fn an_approved_request_goes_through_and_its_grant_covers_a_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_covers_retries_until_it_ends_then_the_request_is_held_again() {
+    grant_covers_retries_for_3s("3s").await;
+}
+
+/// A reviewer may shorten a grant, not stretch it: approved `--for 1h`, the rule's 3 s
+/// grant still ends it, and the same approval does not grant again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewers_longer_grant_ends_with_the_rules() {
+    grant_covers_retries_for_3s("1h").await;
+}
+
+/// A rule with a 3 s grant, approved `--for` `reviewer_grant`: the retries within 3 s are
+/// forwarded, the one after is held again.
+async fn grant_covers_retries_for_3s(reviewer_grant: &str) {
     let env = sandbox()
         .policy(&policy_with("1s", "3s"))
         .with_proxy_config("approval: {poll: 1h}\n")
@@ -200,7 +213,7 @@ async fn a_grant_covers_retries_until_it_ends_then_the_request_is_held_again() {
         "{create:?}"
     );
     let name = held_request(&env).await;
-    let approved = reviewer(&env, &["approve", &name, "--for", "3s"]);
+    let approved = reviewer(&env, &["approve", &name, "--for", reviewer_grant]);
     assert!(
         approved.status.success(),
         "{}",

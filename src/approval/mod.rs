@@ -268,6 +268,10 @@ pub struct Approvals {
     waiting: std::sync::atomic::AtomicU64,
     /// Request key -> end of its grant and the AccessRequest that granted it.
     grants: Mutex<HashMap<String, (Instant, String)>>,
+    /// AccessRequest uid -> the end of the grant first taken from its approval. An
+    /// approval grants once: read again after that grant, it is over (asked again), not
+    /// granted anew from the time it is read.
+    granted_from: Mutex<HashMap<String, Instant>>,
     /// What each caller has held right now, and the most different requests it may.
     held: HeldByCaller,
     max_held: usize,
@@ -291,6 +295,7 @@ impl Approvals {
             watch: tokio::sync::OnceCell::new(),
             waiting: std::sync::atomic::AtomicU64::new(0),
             grants: Mutex::new(HashMap::new()),
+            granted_from: Mutex::new(HashMap::new()),
             held: Arc::default(),
             max_held,
             readings: std::sync::atomic::AtomicU64::new(0),
@@ -428,7 +433,7 @@ impl Approvals {
                     let status = &object["status"];
                     match status["phase"].as_str().unwrap_or("Pending") {
                         "Approved" => {
-                            let until = grant_end(status, held.grant);
+                            let until = self.grant_of(&object, held.grant);
                             if until > Instant::now() {
                                 held.place.decided();
                                 return Ok(self.approved(&held, &object, until));
@@ -623,6 +628,26 @@ impl Approvals {
         self.grants.locked().insert(key, (until, name));
     }
 
+    /// The end of the grant an approved AccessRequest gives: [`grant_end`] the first
+    /// time this proxy reads it approved, the same end every time after (so neither a
+    /// `grantUntil` past the rule's grant nor a missing `decidedAt` lets the approval
+    /// grant again and again). A proxy that restarts forgets it: the rule's grant then
+    /// bounds one more grant.
+    fn grant_of(&self, object: &Value, grant: Duration) -> Instant {
+        let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
+        let mut ends = self.granted_from.locked();
+        let now = Instant::now();
+        if ends.len() >= MAX_REMEMBERED_GRANTS {
+            ends.retain(|_, until| *until > now);
+        }
+        if uid.is_empty() || ends.len() >= MAX_REMEMBERED_GRANTS {
+            return grant_end(&object["status"], grant);
+        }
+        *ends
+            .entry(uid.to_owned())
+            .or_insert_with(|| grant_end(&object["status"], grant))
+    }
+
     async fn remove(&self, path: &str) -> Result<(), Error> {
         self.upstream.call(Method::DELETE, path, None).await?;
         Ok(())
@@ -644,6 +669,10 @@ impl Drop for Waiting<'_> {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// The most approved AccessRequests whose grant end is remembered, past which ended
+/// grants are forgotten first.
+const MAX_REMEMBERED_GRANTS: usize = 10_000;
 
 /// When an approval's grant ends: `status.grantUntil`, else `grant` after the decision,
 /// and never later than `grant` from now. The rule's `grant` is the longest a grant
