@@ -374,13 +374,15 @@ pub fn impersonate(
 /// WebSocket or SPDY).
 /// The `Content-Type`'s media type, lowercased, without parameters (`""` when absent).
 pub fn media_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
+    // Read from the bytes, as the API server cuts the header at `;`: a parameter with a
+    // byte past ASCII must not make the type read as none (a patch's type is part of
+    // what a reviewer approves).
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return String::new();
+    };
+    let bytes = value.as_bytes();
+    let end = bytes.iter().position(|&b| b == b';').unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
         .trim()
         .to_ascii_lowercase()
 }
@@ -459,6 +461,30 @@ fn strip_websocket_bearer(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A content type is read up to its `;` whatever bytes its parameters hold.
+    #[test]
+    fn a_media_type_is_read_whatever_its_parameters_hold() {
+        let mut h = HeaderMap::new();
+        assert_eq!(media_type(&h), "");
+        for (value, want) in [
+            (
+                &b"Application/Strategic-Merge-Patch+JSON; x=\"\xe9\""[..],
+                "application/strategic-merge-patch+json",
+            ),
+            (b"application/json", "application/json"),
+            (
+                b" application/apply-patch+yaml ;charset=utf-8",
+                "application/apply-patch+yaml",
+            ),
+        ] {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+            assert_eq!(media_type(&h), want);
+        }
+    }
 
     /// The headers a caller's `Connection` names are gone before anything reads them;
     /// `Upgrade`, which an upgrade needs, and `Connection` itself stay for later.
