@@ -374,10 +374,14 @@ pub fn decide(
     });
     let verdict = |(action, id): (Action, u32)| {
         let meta = &policy.rules[id as usize].meta;
+        let meta = match action {
+            Action::Approve => strictest_approval(policy, who, info, commands, verb_bit, meta),
+            _ => meta.clone(),
+        };
         Verdict {
             action,
             mode: meta.mode,
-            source: Source::Rule(meta.clone()),
+            source: Source::Rule(meta),
         }
     };
     let enforced = enforced.map(verdict).or_else(|| {
@@ -397,6 +401,57 @@ pub fn decide(
         ),
     };
     decided(reported, applied)
+}
+
+/// The approval settings of an `approve` decision when several `approve` rules of its
+/// mode match: each setting from the strictest of them (the most approvers, the
+/// shortest hold and grant, only the skip and break-glass groups every one of them
+/// names), so that which rule comes first in the file changes nothing. The decision
+/// still names the first; one matching rule costs nothing more.
+fn strictest_approval(
+    policy: &Policy,
+    who: &Subject,
+    info: &RequestInfo,
+    commands: Commands<'_>,
+    verb_bit: u32,
+    first: &Arc<RuleMeta>,
+) -> Arc<RuleMeta> {
+    let mut others: Vec<u32> = Vec::new();
+    policy.index.visit(who, info, |id| {
+        let rule = &policy.rules[id as usize];
+        if rule.action == Action::Approve
+            && rule.mode == first.mode
+            && !Arc::ptr_eq(&rule.meta, first)
+            && !others.contains(&id)
+            && rule.matches_rest(verb_bit, info, commands)
+        {
+            others.push(id);
+        }
+    });
+    if others.is_empty() {
+        return first.clone();
+    }
+    let mut approval = first.approval.clone().unwrap_or_default();
+    for id in others {
+        let other = policy.rules[id as usize]
+            .meta
+            .approval
+            .clone()
+            .unwrap_or_default();
+        approval.approvers = approval.approvers.max(other.approvers);
+        approval.hold.0 = approval.hold.0.min(other.hold.0);
+        approval.grant.0 = approval.grant.0.min(other.grant.0);
+        approval
+            .skip_groups
+            .retain(|g| other.skip_groups.contains(g));
+        approval
+            .break_glass_groups
+            .retain(|g| other.break_glass_groups.contains(g));
+    }
+    Arc::new(RuleMeta {
+        approval: Some(approval),
+        ..(**first).clone()
+    })
 }
 
 /// The denials no rule can lift.

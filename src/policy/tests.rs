@@ -746,3 +746,44 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         assert!(!opts_out(&v), "{v}");
     }
 }
+
+/// Several `approve` rules matching one request: each approval setting is the strictest
+/// of theirs, whichever comes first in the file.
+#[test]
+fn overlapping_approve_rules_give_their_strictest_settings_in_any_order() {
+    let quick = r#"
+  - name: quick-for-devs
+    subjects: {groups: [dev]}
+    apiGroups: ["*"]
+    resources: ["*"]
+    verbs: [delete]
+    action: approve
+    approval: {hold: 5m, grant: 1h, approvers: 1, skipGroups: [dev], breakGlassGroups: [sre, dev]}
+"#;
+    let careful = r#"
+  - name: two-for-prod
+    subjects: {users: ["*"]}
+    apiGroups: ["*"]
+    resources: ["*"]
+    verbs: [delete]
+    namespaces: [prod]
+    action: approve
+    approval: {hold: 2m, grant: 10m, approvers: 2, breakGlassGroups: [sre]}
+"#;
+    let dev = who("alice", &["dev"]);
+    for rules in [[quick, careful], [careful, quick]] {
+        let p = policy(&format!("  rules:{}{}", rules[0], rules[1]));
+        let d = authorize(&p, &dev, &res("delete", "", "pods", "prod", "web"), None);
+        let a = d.approval().expect("an approve decision");
+        assert_eq!(a.approvers.get(), 2, "{}", d.rule());
+        assert_eq!(a.hold.0, std::time::Duration::from_secs(120));
+        assert_eq!(a.grant.0, std::time::Duration::from_secs(600));
+        assert!(!a.skips(&dev), "{}", d.rule());
+        let glass: Vec<&str> = a.break_glass_groups.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(glass, ["sre"]);
+        // Where only one matches, its settings stand.
+        let d = authorize(&p, &dev, &res("delete", "", "pods", "dev", "web"), None);
+        let a = d.approval().expect("an approve decision");
+        assert_eq!((a.approvers.get(), a.skips(&dev)), (1, true));
+    }
+}
