@@ -1099,6 +1099,53 @@ async fn an_access_request_holding_another_request_decides_nothing_for_this_one(
     env.stop().await;
 }
 
+/// An AccessRequest under a request's name and with its key, but showing something else
+/// (made by another party that may create AccessRequests: a harmless-looking request,
+/// one approver), decides nothing for it: chaperone puts the request as it is in its
+/// place, and the reviewer's approval of what the other one showed lets nothing through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_request_showing_another_request_under_its_key_is_replaced() {
+    let env = start("1s").await;
+    let out = env.kubectl(&CREATE).await;
+    assert!(!out.status.success());
+    let name = held_request(&env).await;
+    let mut object = access_request(&env, &name).await;
+    let shown = object["spec"]["request"].clone();
+    ok(&env
+        .kubectl_direct(&["delete", "accessrequest", &name])
+        .await);
+    object["spec"]["request"]["name"] = serde_json::json!("harmless");
+    object["spec"]["request"]["body"] = serde_json::json!({"kind": "ConfigMap"});
+    object["metadata"] = serde_json::json!({"name": name, "namespace": "default"});
+    object.as_object_mut().unwrap().remove("status");
+    ok(&support::run_with_stdin(
+        env.kubectl_cmd(&env.started.kubeconfig, &["create", "-f", "-"]),
+        &object.to_string(),
+    )
+    .await);
+    let approved = reviewer(&env, &["approve", &name]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    // Held again, under the same name, now showing the request as it is.
+    let out = env.kubectl(&CREATE).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && stderr.contains("approval pending"),
+        "{stderr}"
+    );
+    let replaced = access_request(&env, &name).await;
+    assert_eq!(replaced["spec"]["request"], shown);
+    assert_ne!(replaced["status"]["phase"], "Approved");
+    let found = env
+        .kubectl_direct(&["get", "rolebinding", "agent-admin"])
+        .await;
+    assert!(!found.status.success(), "the binding was created");
+    env.stop().await;
+}
+
 /// A client that goes away before it is answered (here, while its request is held) is
 /// still on record: the request was recorded as held, and then as unanswered, for the
 /// API server may have acted on it.

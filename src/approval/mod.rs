@@ -403,6 +403,9 @@ impl Approvals {
         match self.read(&held.name).await? {
             None => self.create(&held).await?,
             Some(object) if key_of(&object) != held.key => return Err(self.name_taken(&held)),
+            Some(object) if !describes(&object, &held.object) => {
+                self.replace(&held, &object).await?;
+            }
             Some(_) => {}
         }
         Ok(Hold::Held(held))
@@ -428,6 +431,10 @@ impl Approvals {
                 // Another request's object under this name: its decision is not ours.
                 Some(object) if key_of(&object) != held.key => {
                     return Err(self.name_taken(&held));
+                }
+                Some(object) if !describes(&object, &held.object) => {
+                    removed = Some(object["metadata"]["uid"].clone());
+                    self.replace(&held, &object).await?;
                 }
                 Some(object) => {
                     let status = &object["status"];
@@ -648,6 +655,18 @@ impl Approvals {
             .or_insert_with(|| grant_end(&object["status"], grant))
     }
 
+    /// Replaces an AccessRequest under this request's name that shows another request
+    /// ([`describes`]) with this one's: whatever was decided on it was decided on
+    /// what it showed.
+    async fn replace(&self, held: &Held, found: &Value) -> Result<(), Error> {
+        tracing::warn!(access_request = %held.name, namespace = %self.namespace,
+            requester = %found["spec"]["requester"]["user"].as_str().unwrap_or_default(),
+            "an AccessRequest under this request's name shows another request (made by someone else, or under an older policy): replaced");
+        let path = format!("{}/{}", collection(&self.namespace), held.name);
+        self.remove(&path).await?;
+        self.create(held).await
+    }
+
     async fn remove(&self, path: &str) -> Result<(), Error> {
         self.upstream.call(Method::DELETE, path, None).await?;
         Ok(())
@@ -740,6 +759,14 @@ fn request_key(
         text.push(':');
         text.push_str(part);
     };
+    // The caller as its AccessRequest shows it: its groups (impersonated upstream with
+    // `identity: impersonate`) and its pod, so that another pod of the same service
+    // account is not covered by an approval that showed this one.
+    push(&who.groups.len().to_string());
+    for group in &who.groups {
+        push(group);
+    }
+    push(requester_pod(who));
     for part in [
         who.user.as_str(),
         approved_verb(info),
@@ -846,6 +873,39 @@ fn key_of(object: &Value) -> &str {
     object["spec"]["key"].as_str().unwrap_or_default()
 }
 
+/// The pod a caller's token is bound to, if it is.
+fn requester_pod(who: &Subject) -> &str {
+    who.extra
+        .get(crate::identity::EXTRA_POD_NAME)
+        .and_then(|p| p.first())
+        .map_or("", String::as_str)
+}
+
+/// Whether an AccessRequest shows the request chaperone would hold: a reviewer approves
+/// what it shows, so one under this request's name that shows anything else (made by
+/// someone else who may create AccessRequests, or under an older policy) is not this
+/// request's, whatever its status says.
+fn describes(object: &Value, held: &Value) -> bool {
+    let (found, ours) = (&object["spec"], &held["spec"]);
+    // An exec, attach or port-forward is one request whether a websocket GET or an SPDY
+    // POST opens it ([`approved_verb`]): the verb shown is the first one's.
+    let connection = matches!(
+        ours["request"]["subresource"].as_str(),
+        Some("exec" | "attach" | "portforward")
+    );
+    let request = |spec: &Value| {
+        let mut request = spec["request"].clone();
+        if let (true, Some(fields)) = (connection, request.as_object_mut()) {
+            fields.remove("verb");
+        }
+        request
+    };
+    request(found) == request(ours)
+        && ["key", "requester", "rule", "approvers", "breakGlassGroups"]
+            .iter()
+            .all(|field| found[field] == ours[field])
+}
+
 /// What an AccessRequest shows of the request beyond its attributes, masked as the
 /// record keeps it.
 struct Shown<'a> {
@@ -866,12 +926,7 @@ fn access_request(
     hold: Duration,
 ) -> Value {
     let expires = time::OffsetDateTime::from(SystemTime::now() + hold);
-    let pod = who
-        .extra
-        .get(crate::identity::EXTRA_POD_NAME)
-        .and_then(|p| p.first())
-        .cloned()
-        .unwrap_or_default();
+    let pod = requester_pod(who);
     let mut object = json!({
         "apiVersion": "chaperone.dev/v1alpha1",
         "kind": "AccessRequest",
@@ -1160,6 +1215,32 @@ mod tests {
         // Without grantUntil: the rule's grant from the decision, capped the same way.
         assert!(left(json!({"decidedAt": at(year)})) <= minute);
         assert_eq!(left(json!({"decidedAt": at(-year)})), Duration::ZERO);
+    }
+
+    /// The same request from another pod of the same service account, or with other
+    /// groups, is another request: its AccessRequest shows another requester.
+    #[test]
+    fn the_requesters_pod_and_groups_are_part_of_the_request() {
+        let info = crate::request_info::resolve(
+            &"DELETE".parse().unwrap(),
+            &"/api/v1/namespaces/default/pods/web".parse().unwrap(),
+        )
+        .unwrap();
+        let caller = |pod: &str, groups: &[&str]| Subject {
+            user: "system:serviceaccount:default:agent".into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            extra: [(
+                crate::identity::EXTRA_POD_NAME.to_owned(),
+                vec![pod.to_owned()],
+            )]
+            .into(),
+            ..Subject::default()
+        };
+        let key = |who: &Subject| request_key(who, &info, &[], None, None, false).unwrap();
+        let a = key(&caller("agent-0", &["g"]));
+        assert_eq!(a, key(&caller("agent-0", &["g"])));
+        assert_ne!(a, key(&caller("agent-1", &["g"])));
+        assert_ne!(a, key(&caller("agent-0", &["g", "h"])));
     }
 
     /// What an exec, a port-forward, a proxied request or a change sends in its query is
