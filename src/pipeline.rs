@@ -471,7 +471,12 @@ impl Proxy {
         if decision.applied() != policy::Action::Deny {
             let own = self.policy.may_create_own(&info);
             let injection = policy::shapes_injection(&info);
-            if own.is_some() || injection {
+            // A JSON patch can copy a field to another place in the object: of one whose
+            // fields are masked in answers, it is read for what it copies.
+            let json_patch = info.verb == "patch"
+                && headers::media_type(req.headers()) == "application/json-patch+json"
+                && masker.masks_a_field_of(&mask::Target::of(&info));
+            if own.is_some() || injection || json_patch {
                 let what = match own {
                     Some(own) => format!("{} created in namespace {}", own.kind(), own.namespace),
                     None => format!("{} of {}", info.verb, info.resource),
@@ -504,6 +509,13 @@ impl Proxy {
                 drop(reading);
                 if let Some(refusal) = self.screen_sent(&info, &headers, &bytes, injection) {
                     decision = refusal.map_err(unread)?;
+                }
+                if json_patch && decision.applied() != policy::Action::Deny {
+                    let ops = crate::json_once::parse(&bytes, true)
+                        .map_err(|e| unread(approval::Error::Unreviewable(e.to_string())))?;
+                    if let Some(why) = masker.patch_reveals(&mask::Target::of(&info), &ops) {
+                        decision = policy::Decision::reveals_masked(&info, why);
+                    }
                 }
                 created = Some(bytes);
             }

@@ -279,3 +279,66 @@ async fn a_policy_masks_configmap_keys_and_env_values() {
     assert!(accept.contains("as=Table"), "{accept}");
     env.stop().await;
 }
+
+/// A JSON patch cannot move a Secret's value to where nothing masks it, nor test a guess
+/// at one: copying `data.password` into an annotation, or testing it, is refused before
+/// it reaches the API server; a JSON patch that does neither goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_patch_cannot_copy_a_secret_value_out_of_masking() {
+    let env = sandbox()
+        .policy(support::ALLOW_ALL)
+        .with_proxy()
+        .start()
+        .await;
+    let url = format!(
+        "{}/api/v1/namespaces/default/secrets/db-credentials",
+        env.proxy_url()
+    );
+    let patch = |ops: &str| {
+        http::Request::patch(&url)
+            .header("content-type", "application/json-patch+json")
+            .body(chaperone::body::full(ops.to_owned()))
+            .unwrap()
+    };
+    for ops in [
+        r#"[{"op":"add","path":"/metadata/annotations","value":{}},{"op":"copy","from":"/data/password","path":"/metadata/annotations/x"}]"#,
+        r#"[{"op":"move","from":"/data","path":"/metadata/labels"}]"#,
+        r#"[{"op":"copy","from":"/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration","path":"/type"}]"#,
+        r#"[{"op":"test","path":"/data/password","value":"czNjcjN0LXBhc3N3MHJk"}]"#,
+        r#"[{"op":"copy","from":"","path":"/metadata/annotations/all"}]"#,
+    ] {
+        let reply = env.client(false).send(patch(ops)).await;
+        let message = reply.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(reply.status, 403, "{ops}: {message}");
+        assert!(
+            message.contains(
+                "a JSON patch cannot copy, move or test a field whose value chaperone masks"
+            ),
+            "{ops}: {message}"
+        );
+        assert_no_secrets(ops, &String::from_utf8_lossy(&reply.body));
+    }
+    let direct = ok(&env
+        .kubectl_direct(&["get", "secret", "db-credentials", "-o", "json"])
+        .await);
+    let secret: serde_json::Value = serde_json::from_str(&direct).unwrap();
+    assert!(secret["metadata"]["annotations"]["x"].is_null(), "{direct}");
+    assert!(secret["data"]["password"].is_string(), "{direct}");
+    // A JSON patch that copies nothing masked goes through, its answer masked.
+    let reply = env
+        .client(false)
+        .send(patch(
+            r#"[{"op":"add","path":"/metadata/labels","value":{"team":"a"}},{"op":"copy","from":"/metadata/labels/team","path":"/metadata/labels/owner"}]"#,
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.json()["metadata"]["labels"]["owner"], "a");
+    assert_no_secrets(
+        "a harmless JSON patch",
+        &String::from_utf8_lossy(&reply.body),
+    );
+    env.stop().await;
+}

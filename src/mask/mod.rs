@@ -375,6 +375,60 @@ impl Masker {
             .any(|r| r.has_fields() && r.names_resource(target.resource))
     }
 
+    /// Whether some field of `target`'s objects is masked in answers, by the built-in
+    /// Secret rule or the policy's ([`Masker::patch_reveals`] reads a JSON patch of them).
+    pub fn masks_a_field_of(&self, target: &Target<'_>) -> bool {
+        self.inner
+            .all()
+            .any(|r| r.has_fields() && r.names_resource(target.resource))
+    }
+
+    /// Why a JSON patch (RFC 6902) of `target` would show a value this masker masks in
+    /// answers, if it would: a `copy` or `move` whose `from` holds or lies inside a masked
+    /// field puts the value where nothing masks it (in the answer and every read after),
+    /// and a `test` of one says whether a guess at it is right. `ops` is the patch as
+    /// parsed; one that is not an array of operations is the API server's to refuse.
+    pub fn patch_reveals(&self, target: &Target<'_>, ops: &serde_json::Value) -> Option<String> {
+        let (ns, name) = (target.namespace.as_bytes(), target.name.as_bytes());
+        let rules: Vec<&Compiled> = self
+            .inner
+            .all()
+            .filter(|r| r.has_fields() && r.applies(&[target.resource], ns, name))
+            .collect();
+        if rules.is_empty() {
+            return None;
+        }
+        for op in ops.as_array()? {
+            let field = match op["op"].as_str() {
+                Some("copy" | "move") => "from",
+                Some("test") => "path",
+                _ => continue,
+            };
+            let Some(pointer) = op[field].as_str() else {
+                continue;
+            };
+            let tokens: Vec<String> = match pointer {
+                "" => Vec::new(),
+                p => p
+                    .strip_prefix('/')
+                    .unwrap_or(p)
+                    .split('/')
+                    .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                    .collect(),
+            };
+            if rules
+                .iter()
+                .any(|r| r.fields.iter().any(|path| path.overlaps(&tokens)))
+            {
+                return Some(format!(
+                    "its {:?} operation's {field} {pointer:?} holds a masked field",
+                    op["op"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+        None
+    }
+
     /// Whether a (non-log) response to `target` may hold something to mask.
     fn needs_json(&self, target: &Target<'_>) -> bool {
         let g = target.api_group;

@@ -309,6 +309,19 @@ impl Compiled {
 }
 
 impl Path {
+    /// Whether the object at the JSON pointer `tokens` (RFC 6901, unescaped) holds or
+    /// lies inside a field this path masks: the two agree on every segment they share.
+    /// Narrowing regexes are not applied: when in doubt, it overlaps.
+    pub(crate) fn overlaps(&self, tokens: &[String]) -> bool {
+        self.segs.iter().zip(tokens).all(|(seg, token)| match seg {
+            Seg::Key(key) => key.as_slice() == token.as_bytes(),
+            Seg::AnyKey | Seg::AnyIndex => true,
+            // Go reads an index with `strconv.Atoi` (`01`, `+1`): a token that is not a
+            // plain number is taken as this index too.
+            Seg::Index(index) => token.parse::<usize>().map_or(true, |n| n == *index),
+        })
+    }
+
     fn new(segs: Vec<Seg>, repl: Repl) -> Path {
         Path {
             last_any_key: segs.iter().rposition(|s| *s == Seg::AnyKey),

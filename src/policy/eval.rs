@@ -33,8 +33,11 @@ pub const OWN_POLICY: &str = "builtin:own-policy";
 /// A write of a pod, a pod template or a namespace that sets the keys taking pods out
 /// of chaperone or choosing their policy, never allowed through chaperone.
 pub const STAY_INJECTED: &str = "builtin:stay-injected";
+/// A JSON patch that copies, moves or tests a field chaperone masks in answers: the value
+/// would be shown where nothing masks it, or a guess at it confirmed.
+pub const MASKED_FIELDS: &str = "builtin:masked-fields";
 /// Every built-in rule name, which a test case's `rule:` may name.
-pub const BUILTIN_RULES: [&str; 8] = [
+pub const BUILTIN_RULES: [&str; 9] = [
     DEFAULT_DENY,
     DISCOVERY,
     CHAPERONE_RESOURCES,
@@ -43,6 +46,7 @@ pub const BUILTIN_RULES: [&str; 8] = [
     AUDIT_MODE,
     OWN_POLICY,
     STAY_INJECTED,
+    MASKED_FIELDS,
 ];
 
 /// Who decided.
@@ -226,6 +230,18 @@ impl Decision {
         }
     }
 
+    /// A JSON patch that would show a masked field's value ([`MASKED_FIELDS`]): denied
+    /// whatever the policy says; `why` names the operation.
+    pub fn reveals_masked(info: &RequestInfo, why: String) -> Decision {
+        Decision {
+            reported: Verdict::builtin(Action::Deny, Mode::Enforce, MASKED_FIELDS),
+            applied: None,
+            policy: None,
+            target: Target::new(info),
+            note: Some(why.into()),
+        }
+    }
+
     pub fn no_policy(info: &RequestInfo, why: Option<Arc<str>>) -> Decision {
         Decision {
             reported: Verdict::builtin(Action::Deny, Mode::Enforce, NO_POLICY),
@@ -300,6 +316,14 @@ impl fmt::Display for Reason<'_> {
                      chaperone.dev/policy or hostNetwork, nor can one an administrator took out \
                      of chaperone be changed, nor a namespace: each would run pods outside \
                      chaperone or under a policy of the caller's choosing ({t})"
+                )
+            }
+            Source::Builtin(MASKED_FIELDS) => {
+                write!(
+                    f,
+                    "through chaperone, a JSON patch cannot copy, move or test a field whose \
+                     value chaperone masks: it would be shown where nothing masks it, or a \
+                     guess at it confirmed ({t})"
                 )
             }
             Source::Builtin(IMPERSONATE) => {
