@@ -327,12 +327,16 @@ impl Masker {
             .collect();
         let essence = params[0];
         let json = essence == "application/json" || essence.ends_with("+json");
-        if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
-            let enc = String::from_utf8_lossy(enc.as_bytes())
-                .trim()
-                .to_ascii_lowercase();
-            if !enc.is_empty() && enc != "identity" {
-                return Plan::Refuse(Error::Encoding { encoding: enc });
+        // Every header line and every coding listed in one: any but `identity` is
+        // refused, as the client would decode what was not masked.
+        for line in headers.get_all(header::CONTENT_ENCODING) {
+            let codings = String::from_utf8_lossy(line.as_bytes()).to_ascii_lowercase();
+            for coding in codings.split(',').map(str::trim) {
+                if !coding.is_empty() && coding != "identity" {
+                    return Plan::Refuse(Error::Encoding {
+                        encoding: coding.to_owned(),
+                    });
+                }
             }
         }
         if logs && (essence.starts_with("text/") || media.is_none()) {

@@ -264,6 +264,30 @@ fn plans() {
         m.plan(&log, &gz),
         Plan::Refuse(Error::Encoding { .. })
     ));
+    // A coding in a second header line, or second in a list, is as good as the first.
+    let mut later = headers("text/plain");
+    later.append(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    later.append(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    let mut listed = headers("text/plain");
+    listed.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static("identity, gzip"),
+    );
+    for encoded in [later, listed] {
+        assert!(
+            matches!(m.plan(&log, &encoded), Plan::Refuse(Error::Encoding { .. })),
+            "{encoded:?}"
+        );
+    }
+    let mut identity = headers("text/plain");
+    identity.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static("Identity"),
+    );
+    assert_eq!(is(log, &identity), "lines");
     let watch = m.plan(
         &target("secrets"),
         &headers("application/json;stream=watch"),
