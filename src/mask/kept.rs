@@ -87,6 +87,8 @@ impl Masker {
                 && arg.starts_with(b"-p")
             {
                 Some([&b"-p"[..], MARKER.as_bytes()].concat())
+            } else if let Some(flag) = attached_credential(program, arg) {
+                Some([flag, MARKER.as_bytes()].concat())
             } else {
                 self.mask_text(arg)
             };
@@ -224,8 +226,35 @@ fn program_name(arg: &[u8]) -> &[u8] {
     arg.rsplit(|&b| b == b'/').next().unwrap_or(arg)
 }
 
-/// Programs whose short flag takes a password as the next argument.
-const PASSWORD_FLAGS: [(&[u8], &[u8]); 2] = [(b"redis-cli", b"-a"), (b"sshpass", b"-p")];
+/// Programs whose flag takes a password as the next argument: curl's `user:password`,
+/// openssl's `pass:password` (its `env:` and `file:` forms are masked too).
+const PASSWORD_FLAGS: [(&[u8], &[u8]); 10] = [
+    (b"redis-cli", b"-a"),
+    (b"sshpass", b"-p"),
+    (b"curl", b"-u"),
+    (b"curl", b"--user"),
+    (b"curl", b"-U"),
+    (b"curl", b"--proxy-user"),
+    (b"openssl", b"-passin"),
+    (b"openssl", b"-passout"),
+    (b"openssl", b"-pass"),
+    (b"openssl", b"-kpass"),
+];
+
+/// Flags that take a credential in the same argument (`curl -uadmin:pw`,
+/// `--user=admin:pw`): the flag, when `arg` is one with something after it.
+fn attached_credential<'a>(program: Option<&[u8]>, arg: &'a [u8]) -> Option<&'a [u8]> {
+    const ATTACHED: [(&[u8], &[u8]); 4] = [
+        (b"curl", b"--user="),
+        (b"curl", b"--proxy-user="),
+        (b"curl", b"-u"),
+        (b"curl", b"-U"),
+    ];
+    ATTACHED
+        .iter()
+        .find(|(p, flag)| program == Some(*p) && arg.len() > flag.len() && arg.starts_with(flag))
+        .map(|(_, flag)| &arg[..flag.len()])
+}
 
 /// Whether the argument after `flag` is a credential: long flags that take one given
 /// apart, and a few programs' short ones ([`PASSWORD_FLAGS`]).
@@ -520,7 +549,7 @@ mod tests {
                 .collect()
         };
         let m = MARKER;
-        let cases: [(&[&str], &[&str]); 10] = [
+        let cases: [(&[&str], &[&str]); 15] = [
             // A MySQL client's password joined to its flag; `-P` is the port.
             (
                 &[
@@ -564,6 +593,25 @@ mod tests {
             ),
             // `-a` is redis-cli's password only; `--password=` is the detectors'.
             (&["ls", "-a", "/etc"], &["ls", "-a", "/etc"]),
+            // curl's `user:password`, apart or attached; openssl's `pass:` argument.
+            (
+                &["curl", "-u", "admin:hunter2", "https://x"],
+                &["curl", "-u", m, "https://x"],
+            ),
+            (
+                &["/usr/bin/curl", "--user=admin:hunter2", "https://x"],
+                &["/usr/bin/curl", &format!("--user={m}"), "https://x"],
+            ),
+            (
+                &["curl", "-uadmin:hunter2", "https://x"],
+                &["curl", &format!("-u{m}"), "https://x"],
+            ),
+            (
+                &["openssl", "rsa", "-in", "k.pem", "-passin", "pass:S3cret"],
+                &["openssl", "rsa", "-in", "k.pem", "-passin", m],
+            ),
+            // Other programs' `-u` is theirs.
+            (&["sort", "-u", "f"], &["sort", "-u", "f"]),
         ];
         for (args, want) in cases {
             assert_eq!(shown(args), want.to_vec(), "{args:?}");
