@@ -267,7 +267,12 @@ fn matches(r: &Rule, q: &Request) -> bool {
             || *x == combined
             || (!info.subresource.is_empty() && *x == format!("*/{}", info.subresource))
     });
-    let name = r.names.is_empty() || r.names.contains(&info.name.as_str());
+    // A deny or approve naming objects takes their whole collection too (a list, watch
+    // or deletecollection not narrowed to a name).
+    let collection = r.action != Action::Allow
+        && info.name.is_empty()
+        && ["list", "watch", "deletecollection"].contains(&info.verb.as_str());
+    let name = r.names.is_empty() || r.names.contains(&info.name.as_str()) || collection;
     let ns = &info.namespace;
     let namespace = r.namespaces.as_ref().is_none_or(|list| {
         list.iter().any(|p| match *p {

@@ -102,6 +102,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Where the injector's own service-account token is mounted in its pod.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     Ok(match path {
         Some(p) => Config::load(p)?,
@@ -110,7 +113,11 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Arc::new(load(args.config.as_deref())?);
+    let mut config = load(args.config.as_deref())?;
+    // The API server's audiences, from the injector's own token: a pod projecting a
+    // token for one of them is refused.
+    config.learn_api_audiences(Path::new(SERVICE_ACCOUNT_TOKEN));
+    let config = Arc::new(config);
     let client = kube::Client::try_default()
         .await
         .context("failed to configure the Kubernetes client")?;

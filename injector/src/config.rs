@@ -69,6 +69,11 @@ pub struct Config {
     pub native_sidecar: bool,
     pub token_expiration_seconds: i64,
     pub audience: String,
+    /// Audiences the API server accepts service-account tokens for, besides the usual
+    /// `https://kubernetes.default.svc[.<clusterDomain>]` and whatever the injector's own
+    /// token is for (read at start): a pod projecting a token for one of these around
+    /// the proxy is refused ([`Config::is_api_audience`]).
+    pub api_audiences: Vec<String>,
     /// The proxy container's resources, as in a pod spec.
     pub resources: Resources,
     pub cluster_domain: String,
@@ -163,6 +168,7 @@ impl Default for Config {
             native_sidecar: true,
             token_expiration_seconds: DEFAULT_TOKEN_EXPIRATION_SECONDS,
             audience: DEFAULT_AUDIENCE.into(),
+            api_audiences: Vec::new(),
             resources: Resources::default(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
             unprivileged_port_sysctl: true,
@@ -207,6 +213,57 @@ impl Default for Resources {
 }
 
 impl Config {
+    /// Whether a token projected for `audience` (none: the API server's own) is one the
+    /// API server accepts.
+    pub fn is_api_audience(&self, audience: Option<&str>) -> bool {
+        let Some(audience) = audience.map(str::trim).filter(|a| !a.is_empty()) else {
+            return true;
+        };
+        let usual = [
+            "https://kubernetes.default.svc".to_owned(),
+            format!("https://kubernetes.default.svc.{}", self.cluster_domain),
+            "kubernetes.default.svc".to_owned(),
+        ];
+        usual
+            .iter()
+            .chain(&self.api_audiences)
+            .any(|a| a == audience)
+    }
+
+    /// Adds the audiences and issuer of the injector's own service-account token (the
+    /// API server's, in a cluster) to [`Config::api_audiences`]; nothing without one.
+    pub fn learn_api_audiences(&mut self, token_file: &Path) {
+        let Ok(token) = std::fs::read_to_string(token_file) else {
+            return;
+        };
+        use base64::Engine as _;
+        let claims = token
+            .trim()
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .unwrap_or_default();
+        let aud = match &claims["aud"] {
+            serde_json::Value::String(a) => vec![a.clone()],
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let iss = claims["iss"].as_str().map(str::to_owned);
+        for a in aud.into_iter().chain(iss) {
+            if !self.api_audiences.contains(&a) {
+                self.api_audiences.push(a);
+            }
+        }
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
@@ -299,6 +356,37 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The API server's audiences: the usual ones, the config's, and those and the
+    /// issuer of the injector's own token; no audience is the API server's too.
+    #[test]
+    fn api_audiences_are_learned_from_the_injectors_own_token() {
+        use base64::Engine as _;
+        let mut config = Config::default();
+        assert!(config.is_api_audience(None));
+        assert!(config.is_api_audience(Some(" ")));
+        assert!(config.is_api_audience(Some("https://kubernetes.default.svc.cluster.local")));
+        assert!(!config.is_api_audience(Some("https://oidc.example.com/id/1")));
+        let claims = serde_json::json!({
+            "aud": ["https://oidc.example.com/id/1", "api"],
+            "iss": "https://issuer.example.com",
+        });
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln\n")).unwrap();
+        config.learn_api_audiences(&file);
+        for a in [
+            "https://oidc.example.com/id/1",
+            "api",
+            "https://issuer.example.com",
+        ] {
+            assert!(config.is_api_audience(Some(a)), "{a}");
+        }
+        assert!(!config.is_api_audience(Some("sts.amazonaws.com")));
+        config.learn_api_audiences(&dir.path().join("absent"));
+        assert_eq!(config.api_audiences.len(), 3);
+    }
 
     #[test]
     fn empty_file_is_every_default() {

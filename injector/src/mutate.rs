@@ -59,6 +59,12 @@ pub enum Error {
     ProxyChanged { where_: String },
     #[error("ephemeral container {container:?} targets the proxy container: it would see the proxy's process and files")]
     EphemeralTarget { container: String },
+    #[error("volume {volume:?} projects a service-account token for the API server (no audience, or one the API server accepts): an app container could call the API server with it, around the proxy; a pod in a chaperone namespace gets such a token only from the ServiceAccount admission plugin, which the injector swaps")]
+    OwnToken { volume: String },
+    #[error("{what}: it could read the node's files, which hold every pod's tokens, the proxy's included; chaperone does not inject such a pod")]
+    HostAccess { what: String },
+    #[error("the pod carries the proxy and its volumes, but volume {volume:?} is not as this injector makes it: it would run the proxy with another configuration, policy or credential")]
+    ProxyVolumeChanged { volume: String },
     #[error("failed to serialize a patch value: {0}")]
     Serialize(#[from] serde_json::Error),
 }
@@ -71,7 +77,10 @@ impl Error {
             | Error::VolumeConflict { .. }
             | Error::ReservedName { .. }
             | Error::ProxyVolume { .. }
-            | Error::SharedProcesses { .. } => (400, "BadRequest"),
+            | Error::SharedProcesses { .. }
+            | Error::OwnToken { .. }
+            | Error::HostAccess { .. }
+            | Error::ProxyVolumeChanged { .. } => (400, "BadRequest"),
             Error::ProxyChanged { .. } | Error::EphemeralTarget { .. } => (403, "Forbidden"),
             Error::Serialize(_) => (500, "InternalError"),
         };
@@ -114,6 +123,15 @@ pub fn mutate(pod: &Pod, namespace: &str, config: &Config) -> Result<Patch> {
     };
     let proxy = sidecar::container(config, &proxy_token_volume, &policy);
     let injected = screen(spec, &proxy)?;
+    // The proxy's and the apps' volumes, as this injector makes them: checked when the
+    // pod has them already (a reinvocation, or a copy of the proxy someone else wrote).
+    let mut volumes = Vec::new();
+    match sa_volume {
+        Some(_) => volumes.push(sidecar::api_access_volume(config)),
+        None => volumes.push(sidecar::upstream_token_volume()),
+    }
+    volumes.extend(sidecar::proxy_volumes(config, &policy));
+    screen_volumes(spec, sa_volume, injected, &volumes, config)?;
 
     // 1. Edits inside existing containers: loopback API address, and the token volume
     //    swapped for the chaperone one at the same path.
@@ -139,12 +157,6 @@ pub fn mutate(pod: &Pod, namespace: &str, config: &Config) -> Result<Patch> {
         Some(_) => STATUS_INJECTED.to_string(),
         None => format!("skipped-sa: {}", why_no_service_account(spec)),
     };
-    let mut volumes = Vec::new();
-    match sa_volume {
-        Some(_) => volumes.push(sidecar::api_access_volume(config)),
-        None => volumes.push(sidecar::upstream_token_volume()),
-    }
-    volumes.extend(sidecar::proxy_volumes(config, &policy));
     for v in &volumes {
         if find_volume(spec, &v.name).is_some() {
             return Err(Error::VolumeConflict {
@@ -200,6 +212,88 @@ fn screen(spec: &PodSpec, proxy: &Container) -> Result<bool> {
         refuse_mounts(&c.name, &c.volume_mounts, |v| PROXY_ONLY.contains(&v))?;
     }
     Ok(injected)
+}
+
+/// Refuses a pod whose volumes would give an app a credential around the proxy: a
+/// service-account token for the API server projected by the pod itself (only the
+/// ServiceAccount plugin's, which the injector swaps, and the injector's own are
+/// allowed; one for another audience is the pod's), or a `hostPath` or
+/// privileged container (the node's files hold every pod's tokens). A pod that has the
+/// proxy already must have its volumes exactly as this injector makes them (`ours`):
+/// otherwise a copy of the proxy's container, which is public, would run it with a
+/// configuration, policy or token of the pod author's choosing.
+fn screen_volumes(
+    spec: &PodSpec,
+    sa_volume: Option<&Volume>,
+    injected: bool,
+    ours: &[Volume],
+    config: &Config,
+) -> Result<()> {
+    for v in spec.volumes.iter().flatten() {
+        if v.host_path.is_some() {
+            return Err(Error::HostAccess {
+                what: format!("volume {:?} is a hostPath", v.name),
+            });
+        }
+        // A token for another audience (a cloud's workload identity, Vault) is the
+        // pod's to have: the API server does not take it.
+        let projects_token = v
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .filter_map(|s| s.service_account_token.as_ref())
+            .any(|t| config.is_api_audience(t.audience.as_deref()));
+        let theirs = sa_volume.is_some_and(|sa| std::ptr::eq(sa, v));
+        let injectors = ours.iter().any(|o| o.name == v.name);
+        if projects_token && !theirs && !injectors {
+            return Err(Error::OwnToken {
+                volume: v.name.clone(),
+            });
+        }
+    }
+    for (list, i, c) in containers(spec) {
+        let privileged = c.security_context.as_ref().and_then(|s| s.privileged);
+        if privileged == Some(true) {
+            return Err(Error::HostAccess {
+                what: format!("container {list}[{i}] ({:?}) is privileged", c.name),
+            });
+        }
+    }
+    if injected {
+        for want in ours {
+            let found = find_volume(spec, &want.name);
+            if !found.is_some_and(|found| same_volume(found, want)) {
+                return Err(Error::ProxyVolumeChanged {
+                    volume: want.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two volumes are the same but for what the API server fills in on its own
+/// (file modes, `optional: false`).
+fn same_volume(a: &Volume, b: &Volume) -> bool {
+    fn normal(v: &Volume) -> Value {
+        fn strip(v: &mut Value) {
+            match v {
+                Value::Object(map) => {
+                    map.retain(|k, v| {
+                        !(matches!(k.as_str(), "defaultMode" | "mode")
+                            || (k == "optional" && *v == Value::Bool(false)))
+                    });
+                    map.values_mut().for_each(strip);
+                }
+                Value::Array(items) => items.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        let mut v = serde_json::to_value(v).unwrap_or(Value::Null);
+        strip(&mut v);
+        v
+    }
+    normal(a) == normal(b)
 }
 
 /// Every init and app container of `spec`, with where it stands (`initContainers`, 0).

@@ -324,6 +324,89 @@ fn pods_that_could_reach_the_proxys_credential_are_refused() {
     assert!(err.to_string().contains("initContainers[0]"), "{err}");
 }
 
+/// A pod cannot bring a credential of its own around the proxy: a service-account token
+/// it projects for the API server (no audience, or the API server's), the node's files
+/// (a hostPath, a privileged container), or the proxy's container copied with volumes of
+/// its choosing (another policy or configuration). A token for another audience, as a
+/// cloud's workload identity projects it, is the pod's.
+#[test]
+fn pods_that_bring_a_credential_around_the_proxy_are_refused() {
+    let mut config = Config::default();
+    config.api_audiences = vec!["https://oidc.example.com/cluster".into()];
+    let base = fixture("kubernetes-mcp-server");
+    let refused = |json: &Value, words: &str| {
+        let err = mutate(&pod(json), "mcp", &config).unwrap_err();
+        assert!(err.to_string().contains(words), "{words}: {err}");
+        assert_eq!(err.status().code, 400);
+    };
+    let with_token = |audience: Option<&str>| {
+        let mut json = base.clone();
+        let mut token = json!({"path": "token", "expirationSeconds": 3600});
+        if let Some(a) = audience {
+            token["audience"] = json!(a);
+        }
+        json["spec"]["volumes"].as_array_mut().unwrap().push(
+            json!({"name": "tok", "projected": {"sources": [{"serviceAccountToken": token}]}}),
+        );
+        json["spec"]["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "tok", "mountPath": "/tok"}));
+        json
+    };
+    for audience in [
+        None,
+        Some(""),
+        Some("https://kubernetes.default.svc.cluster.local"),
+        Some("https://oidc.example.com/cluster"),
+    ] {
+        refused(
+            &with_token(audience),
+            "volume \"tok\" projects a service-account token for the API server",
+        );
+    }
+    inject(&with_token(Some("sts.amazonaws.com")), &config);
+
+    let mut host = base.clone();
+    host["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "kubelet", "hostPath": {"path": "/var/lib/kubelet"}}));
+    refused(&host, "volume \"kubelet\" is a hostPath");
+    let mut privileged = base.clone();
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    refused(&privileged, "is privileged");
+
+    // The proxy's container copied, as it is public, with a policy volume of the pod
+    // author's: not taken for an injection.
+    let injected = inject(&base, &config);
+    mutate(&pod(&injected), "mcp", &config).expect("a real injection passes again");
+    for (volume, edit) in [
+        (
+            "chaperone-policy",
+            json!({"configMap": {"name": "evil", "optional": true}}),
+        ),
+        ("chaperone-config", json!({"configMap": {"name": "evil"}})),
+        (
+            "chaperone-api-access",
+            json!({"projected": {"sources": [{"serviceAccountToken": {"path": "token", "audience": "chaperone"}}]}}),
+        ),
+    ] {
+        let mut copied = injected.clone();
+        for v in copied["spec"]["volumes"].as_array_mut().unwrap() {
+            if v["name"] == volume {
+                let mut changed = edit.clone();
+                changed["name"] = json!(volume);
+                *v = changed;
+            }
+        }
+        refused(
+            &copied,
+            &format!("volume \"{volume}\" is not as this injector makes it"),
+        );
+    }
+}
+
 /// Updates of an injected pod may not hand the proxy's place or credential to something
 /// else: another image for the proxy, or an ephemeral container that mounts the proxy's
 /// volumes (the real token among them) or targets its process.
