@@ -187,7 +187,12 @@ impl Plugin {
             Ok(Ok(output)) => output,
         };
         if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
+            // A plugin's error output may hold what it was handling (a token in a debug
+            // trace, a presigned URL): what the detectors find is masked.
+            let stderr = match crate::mask::mask_text(&output.stderr) {
+                Some(masked) => String::from_utf8_lossy(&masked).into_owned(),
+                None => String::from_utf8_lossy(&output.stderr).into_owned(),
+            };
             let quoted: String = stderr.trim().chars().take(STDERR_QUOTE).collect();
             let status = output.status.to_string();
             tracing::warn!(%command, %status, stderr = %quoted, "the credential plugin failed");

@@ -50,7 +50,7 @@ use crate::upstream::{self, Upstream};
 pub enum Error {
     #[error(transparent)]
     Resolve(#[from] request_info::Error),
-    #[error("chaperone does not forward {0} requests")]
+    #[error("chaperone does not forward {} requests", method_shown(.0))]
     Method(Method),
     #[error(transparent)]
     Identity(#[from] identity::Error),
@@ -370,6 +370,11 @@ impl Proxy {
         // Each stage has a debug-level span (`--log chaperone=debug`): at the default
         // level they would cost a formatted span per stage per request. The stages'
         // timings are in the audit event's OTLP child spans either way.
+        // A made-up method may be as long as a request head: refused before it becomes
+        // the verb of anything recorded.
+        if req.method().as_str().len() > LONGEST_METHOD {
+            return Err(Error::Method(req.method().clone()));
+        }
         let resolved = tracing::debug_span!("resolve")
             .in_scope(|| request_info::resolve(req.method(), req.uri()));
         let info = match resolved {
@@ -878,6 +883,22 @@ fn is_follow(info: &request_info::RequestInfo, uri: &http::Uri) -> bool {
 
 /// The methods the Kubernetes API uses. Anything else (CONNECT, TRACE, ...) has no
 /// Kubernetes meaning and is refused rather than guessed at.
+/// The longest method resolved (the longest any Kubernetes client sends is 7 bytes).
+const LONGEST_METHOD: usize = 32;
+
+/// A method as a refusal quotes it: cut at [`LONGEST_METHOD`] bytes.
+fn method_shown(method: &Method) -> std::borrow::Cow<'_, str> {
+    let m = method.as_str();
+    match m.len() > LONGEST_METHOD {
+        true => format!(
+            "{}...",
+            &m[..crate::text::floor_char_boundary(m, LONGEST_METHOD)]
+        )
+        .into(),
+        false => m.into(),
+    }
+}
+
 fn is_forwarded_method(method: &Method) -> bool {
     matches!(
         *method,

@@ -153,6 +153,23 @@ async fn served_refused_and_failed_requests_are_each_recorded() {
         ("Failure", "NotFound", "pods \"missing\" not found")
     );
 
+    // A made-up method as long as a request head is refused, and recorded and answered
+    // cut short: a backlog of such events would otherwise hold megabytes each.
+    let long = http::Method::from_bytes("M".repeat(20_000).as_bytes()).unwrap();
+    let req = http::Request::builder()
+        .method(long)
+        .uri(format!("{base}/version"))
+        .body(chaperone::body::empty())
+        .unwrap();
+    let reply = client.send(req).await;
+    assert_eq!(reply.status.as_u16(), 405);
+    assert!(reply.body.len() < 2_000, "{} bytes", reply.body.len());
+    let id = reply.headers["audit-id"].to_str().unwrap().to_owned();
+    let recorded = events(&env, cases.len() + 1).await;
+    let event = recorded.iter().find(|e| e.audit_id == id).unwrap();
+    let line = serde_json::to_string(event).unwrap();
+    assert!(line.len() < 4_000, "{} bytes: {}", line.len(), &line[..200]);
+
     // The API server was told the same audit ID for the requests it saw.
     let seen = env.started.sandbox.last_request_headers().unwrap();
     let upstream_id = seen.get("audit-id").expect("Audit-ID forwarded upstream");

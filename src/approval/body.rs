@@ -178,11 +178,19 @@ pub(crate) fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<Value, Error> {
 /// quoted or not (JSON, which kubectl sends, is read as JSON above).
 fn read_alike_in_yaml_1_1(v: &serde_yaml::Value) -> Result<(), String> {
     use serde_yaml::Value as Y;
+    // A word read as a boolean is quoted; a string read as a number is not (it may be a
+    // key, a PIN: the message goes on record and into logs), only its length.
     let check = |s: &str| match yaml_1_1_reading(s) {
-        Some(what) => Err(format!(
-            "its YAML holds {s:?}, which the API server's YAML decoder (YAML 1.1) reads as \
-             {what} where it is unquoted; send the body as JSON"
-        )),
+        Some(what) => {
+            let shown = match what {
+                "a boolean" => format!("{s:?}"),
+                _ => format!("a string of {} characters", s.chars().count()),
+            };
+            Err(format!(
+                "its YAML holds {shown}, which the API server's YAML decoder (YAML 1.1) \
+                 reads as {what} where it is unquoted; send the body as JSON"
+            ))
+        }
         None => Ok(()),
     };
     match v {
@@ -630,6 +638,14 @@ mod tests {
             let text = e.to_string();
             assert!(
                 text.contains(&format!("reads as {what} where it is unquoted")),
+                "{text}"
+            );
+            // A string read as a number may be a key or a PIN: the message, which goes
+            // on record, does not quote it.
+            let bare = value.trim_matches('"');
+            assert_eq!(
+                text.contains(&format!("\"{bare}\"")),
+                what == "a boolean",
                 "{text}"
             );
             assert_eq!(e.status().code, 415);
