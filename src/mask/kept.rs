@@ -91,6 +91,14 @@ impl Masker {
                 Some([flag, MARKER.as_bytes()].concat())
             } else {
                 self.mask_text(arg)
+                    .map(|masked| match arg.iter().position(|&b| b == b'=') {
+                        // `--flag=value` with a secret after the `=`: all of the value, past
+                        // what the pattern took (`--password=p@ss,w0rd`).
+                        Some(eq) if arg.starts_with(b"-") && masked.starts_with(&arg[..=eq]) => {
+                            [&arg[..=eq], MARKER.as_bytes()].concat()
+                        }
+                        _ => masked,
+                    })
             };
             out.push(masked);
             previous = arg;
@@ -192,10 +200,12 @@ impl Masker {
             pair.extend_from_slice(value);
         }
         let masked = self.mask_text(&pair)?;
-        // `key=` as read, unchanged: only the value was masked.
+        // `key=` as read, unchanged: the key says what its value is, so all of the value
+        // is masked, not only what a detector's pattern took (a passphrase with spaces,
+        // a `;` in a token).
         let kept = value.is_some().then(|| &pair[..=key.len()]);
         Some(match kept.and_then(|kept| masked.strip_prefix(kept)) {
-            Some(rest) => Masked::Value(rest.to_vec()),
+            Some(_) => Masked::Value(MARKER.as_bytes().to_vec()),
             None => Masked::Pair(masked),
         })
     }
@@ -618,6 +628,8 @@ mod tests {
         }
         let joined = shown(&["mysql", "--password=S3cret"]);
         assert!(!joined[1].contains("S3cret"), "{joined:?}");
+        let joined = shown(&["app", "--password=p@ss,w0rd"]);
+        assert_eq!(joined[1], "--password=chaperone:masked");
         // In a query: the command's values masked together, the rest as sent.
         let masked = masker
             .mask_query("command=mysql&command=-uroot&command=-pS3cret&stdin=true&command=app")
@@ -648,10 +660,16 @@ mod tests {
             ("api-key=0a1b2c3d".into(), format!("api-key={m}")),
             // Read as the API server reads it.
             ("pass%77ord=hunter2".into(), format!("pass%77ord={m}")),
+            // All of a value its key names a secret, past what the pattern takes.
             (
                 "x=1&client_secret=a+b".into(),
-                format!("x=1&client_secret={m}%20b"),
+                format!("x=1&client_secret={m}"),
             ),
+            (
+                "password=correct+horse+battery+staple&watch=1".into(),
+                format!("password={m}&watch=1"),
+            ),
+            ("token=abc;def".into(), format!("token={m}")),
         ];
         for (query, want) in cases {
             assert_eq!(
