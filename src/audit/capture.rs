@@ -89,6 +89,7 @@ impl Capture {
         let parsed = match &self.of {
             Of::Response { info } => serde_json::from_slice(&seen.kept).ok().map(|mut v| {
                 crate::mask::credentials(&Target::of(info), &mut v);
+                mask_status_messages(&mut v);
                 v
             }),
             Of::Request { masker, info } => masker
@@ -107,6 +108,36 @@ impl Capture {
                     &self.content_type
                 }
             )),
+        }
+    }
+}
+
+/// The detectors applied to a `Status`'s messages, as to the `responseStatus` beside it:
+/// an admission webhook's refusal may quote what it refused, and the masker passes a
+/// `Status` through as it is.
+fn mask_status_messages(v: &mut serde_json::Value) {
+    if v["kind"] != "Status" {
+        return;
+    }
+    let mask = |m: &mut serde_json::Value| {
+        if let Some(masked) = m
+            .as_str()
+            .and_then(|s| crate::mask::mask_text(s.as_bytes()))
+        {
+            *m = String::from_utf8_lossy(&masked).into_owned().into();
+        }
+    };
+    if let Some(m) = v.get_mut("message") {
+        mask(m);
+    }
+    if let Some(causes) = v
+        .pointer_mut("/details/causes")
+        .and_then(|c| c.as_array_mut())
+    {
+        for cause in causes {
+            if let Some(m) = cause.get_mut("message") {
+                mask(m);
+            }
         }
     }
 }
@@ -173,6 +204,25 @@ mod tests {
                 crate::request_info::resolve(&http::Method::POST, &path.parse().unwrap()).unwrap(),
             ),
         }
+    }
+
+    /// A failure's `Status` kept at `RequestResponse` has the detectors applied to its
+    /// messages, as its `responseStatus` does.
+    #[tokio::test]
+    async fn a_status_kept_for_the_record_is_masked_like_its_response_status() {
+        let status = br#"{"kind":"Status","status":"Failure","message":"denied: env AWS_KEY=AKIAIOSFODNN7EXAMPLE","details":{"causes":[{"message":"key AKIAIOSFODNN7EXAMPLE is not allowed"}]},"code":403}"#;
+        let (body, capture) = tee(
+            crate::body::full(&status[..]),
+            "application/json",
+            response(),
+        );
+        body.collect().await.unwrap();
+        let Recorded::Object(v) = capture.recorded() else {
+            panic!("a Status is recorded");
+        };
+        let text = v.to_string();
+        assert!(!text.contains("AKIAIOSFODNN7EXAMPLE"), "{text}");
+        assert!(text.contains("denied: env AWS_KEY="), "{text}");
     }
 
     #[tokio::test]
