@@ -124,4 +124,58 @@ if failed:
     sys.exit(f"{failed} of {len(fixture['cases'])} review cases failed")
 print(f"{len(fixture['cases'])} review cases: the allowed ones pass, the others are refused as expected")
 PY
+echo "--- the injector's writes (its ValidatingAdmissionPolicy's CEL) on cases"
+"$python" - "$out/base.yaml" <<'PY'
+import sys, yaml, celpy
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+vap = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"
+           and d["metadata"]["name"] == "chaperone-injector-writes")
+assert any(d["kind"] == "ValidatingAdmissionPolicyBinding"
+           and d["spec"]["policyName"] == vap["metadata"]["name"]
+           and d["spec"]["validationActions"] == ["Deny"] for d in docs), "not bound to deny"
+injector = next(d for d in docs if d["kind"] == "ServiceAccount"
+                and d["metadata"]["name"] == "chaperone-injector")
+injector = f"system:serviceaccount:{injector['metadata']['namespace']}:chaperone-injector"
+env = celpy.Environment()
+program = lambda e: env.program(env.compile(e))
+matches = [program(c["expression"]) for c in vap["spec"]["matchConditions"]]
+validations = [(program(v["expression"]), v["message"]) for v in vap["spec"]["validations"]]
+def refusals(user, secret):
+    ctx = {k: celpy.json_to_cel(v) for k, v in
+           {"object": secret, "request": {"userInfo": {"username": user}}}.items()}
+    if not all(bool(m.evaluate(ctx)) for m in matches):
+        return []
+    out = []
+    for prog, message in validations:
+        try:
+            ok = prog.evaluate(ctx)
+        except celpy.CELEvalError as e:
+            ok = e
+        if not (isinstance(ok, celpy.celtypes.BoolType) and bool(ok)):
+            out.append(message)
+    return out
+tls = {"metadata": {"name": "chaperone-proxy-tls"}, "type": "kubernetes.io/tls"}
+token = {"metadata": {"name": "chaperone-proxy-tls",
+                      "annotations": {"kubernetes.io/service-account.name": "admin"}},
+         "type": "kubernetes.io/service-account-token"}
+cases = [
+    ("the injector writes a certificate", injector, tls, None),
+    ("the injector writes a service-account token", injector, token, "only kubernetes.io/tls"),
+    ("the injector writes an Opaque Secret", injector, {"metadata": {"name": "x"}, "type": "Opaque"}, "only kubernetes.io/tls"),
+    ("the injector writes a Secret with no type", injector, {"metadata": {"name": "x"}}, "only kubernetes.io/tls"),
+    ("the injector names a service account on a certificate", injector,
+     dict(tls, metadata={"name": "x", "annotations": {"kubernetes.io/service-account.name": "admin"}}),
+     "never writes a Secret that names a service account"),
+    ("anyone else's Secret is not this policy's", "alice", token, None),
+]
+failed = 0
+for name, user, secret, want in cases:
+    got = refusals(user, secret)
+    if (want is None and got) or (want is not None and not any(want in m for m in got)):
+        failed += 1
+        print(f"FAIL {name}: wanted {want or 'allowed'}, got {got or 'allowed'}")
+if failed:
+    sys.exit(f"{failed} of {len(cases)} injector-writes cases failed")
+print(f"{len(cases)} injector-writes cases: as expected")
+PY
 echo "--- manifests ok"
