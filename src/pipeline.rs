@@ -269,7 +269,7 @@ impl Proxy {
                 self.metrics.request(
                     trail.decision(),
                     trail.verb(),
-                    &trail.resource(),
+                    &trail.metrics_resource(),
                     code,
                     trail.elapsed(),
                 );
@@ -339,7 +339,7 @@ impl Proxy {
                 self.metrics.request(
                     trail.decision(),
                     trail.verb(),
-                    &trail.resource(),
+                    &trail.metrics_resource(),
                     status.code,
                     trail.elapsed(),
                 );

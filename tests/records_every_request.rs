@@ -175,6 +175,17 @@ async fn served_refused_and_failed_requests_are_each_recorded() {
     let upstream_id = seen.get("audit-id").expect("Audit-ID forwarded upstream");
     assert_eq!(upstream_id.to_str().unwrap(), ids[2]);
 
+    // A caller who did not authenticate is counted without the resource it named: made
+    // up ones would fill the metrics' bound before the first real denial.
+    let anonymous = env
+        .anonymous_client(false)
+        .get(
+            &format!("{base}/api/v1/namespaces/default/made-up-things"),
+            &[],
+        )
+        .await;
+    assert_eq!(anonymous.status.as_u16(), 401);
+
     // The admin port counts the same requests.
     let admin = env.started.proxy.as_ref().unwrap().admin.unwrap();
     let (code, metrics) = support::http_get(admin, "/metrics").await;
@@ -184,6 +195,7 @@ async fn served_refused_and_failed_requests_are_each_recorded() {
         "chaperone_requests_total{decision=\"allow\",verb=\"get\",resource=\"pods\",code=\"404\"} 1",
         "chaperone_requests_total{decision=\"deny\",verb=\"list\",resource=\"pods\",code=\"403\"} 1",
         "chaperone_requests_total{decision=\"deny\",verb=\"list\",resource=\"pods\",code=\"406\"} 1",
+        "chaperone_requests_total{decision=\"deny\",verb=\"list\",resource=\"unauthenticated\",code=\"401\"} 1",
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing {line} in\n{metrics}");
     }

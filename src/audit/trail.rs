@@ -274,6 +274,16 @@ impl Trail {
     }
 
     /// The resource (with its subresource), or `""` for non-resource requests.
+    /// The resource a metric counts the request under: [`Trail::resource`] for a caller
+    /// who authenticated, `unauthenticated` for anyone else, who could otherwise fill the
+    /// metrics' bound of label sets with made-up resources before the first real denial.
+    pub fn metrics_resource(&self) -> Cow<'_, str> {
+        match self.who {
+            Some(_) => self.resource(),
+            None => Cow::Borrowed("unauthenticated"),
+        }
+    }
+
     pub fn resource(&self) -> Cow<'_, str> {
         match self.info.as_deref().filter(|i| i.is_resource_request) {
             Some(i) if i.subresource.is_empty() => Cow::Borrowed(&i.resource),
