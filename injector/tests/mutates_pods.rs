@@ -331,8 +331,10 @@ fn pods_that_could_reach_the_proxys_credential_are_refused() {
 /// cloud's workload identity projects it, is the pod's.
 #[test]
 fn pods_that_bring_a_credential_around_the_proxy_are_refused() {
-    let mut config = Config::default();
-    config.api_audiences = vec!["https://oidc.example.com/cluster".into()];
+    let config = Config {
+        api_audiences: vec!["https://oidc.example.com/cluster".into()],
+        ..Config::default()
+    };
     let base = fixture("kubernetes-mcp-server");
     let refused = |json: &Value, words: &str| {
         let err = mutate(&pod(json), "mcp", &config).unwrap_err();
