@@ -199,15 +199,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for name in named {
+    for name in named_by_connection(headers, |n| !(keep_upgrade && n == header::UPGRADE)) {
         headers.remove(name);
     }
     for name in ALWAYS_HOP_BY_HOP {
@@ -230,17 +222,21 @@ pub fn drop_connection_named(headers: &mut HeaderMap) {
     if !headers.contains_key(header::CONNECTION) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    for name in named_by_connection(headers, |n| n != header::UPGRADE && n != header::CONNECTION) {
+        headers.remove(name);
+    }
+}
+
+/// The headers `Connection` names (each of its lines, comma-separated) that `keep` keeps.
+fn named_by_connection(headers: &HeaderMap, keep: impl Fn(&HeaderName) -> bool) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| n != header::UPGRADE && n != header::CONNECTION)
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
+        .filter(|n| keep(n))
+        .collect()
 }
 
 /// The hop-by-hop headers removed whatever `Connection` says (besides `Connection` and

@@ -302,12 +302,7 @@ async fn websocket_exec(
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("sec-websocket-protocol", protocols.parse().unwrap());
-    let tls = chaperone::tls::client_config(&env.ca_pem(), "test CA", None).unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let stream = env.tls_to(addr).await;
     let (mut ws, rsp) = match tokio_tungstenite::client_async(req, stream).await {
         Ok(pair) => pair,
         Err(Error::Http(rsp)) => return Err(rsp.status().as_u16()),

@@ -1057,6 +1057,27 @@ async fn a_body_naming_a_key_twice_is_refused_not_held() {
     assert_eq!(refused[0]["responseStatus"]["code"], 415);
 }
 
+/// Puts in place of AccessRequest `name` one whose spec `edit` changed (as whoever else
+/// may create AccessRequests could), and has a reviewer approve it.
+async fn replace_and_approve(env: &Env, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut object = access_request(env, name).await;
+    ok(&env.kubectl_direct(&["delete", "accessrequest", name]).await);
+    edit(&mut object["spec"]);
+    object["metadata"] = serde_json::json!({"name": name, "namespace": "default"});
+    object.as_object_mut().unwrap().remove("status");
+    ok(&support::run_with_stdin(
+        env.kubectl_cmd(&env.started.kubeconfig, &["create", "-f", "-"]),
+        &object.to_string(),
+    )
+    .await);
+    let approved = reviewer(env, &["approve", name]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+}
+
 /// A decision is taken for the request it was asked about only. An AccessRequest under a
 /// request's name that holds another request's key (two requests whose keys share the
 /// digits in the name) does not decide this one, even approved: it is refused, 409.
@@ -1066,26 +1087,13 @@ async fn an_access_request_holding_another_request_decides_nothing_for_this_one(
     let out = env.kubectl(&CREATE).await;
     assert!(!out.status.success());
     let name = held_request(&env).await;
-    let mut object = access_request(&env, &name).await;
+    let object = access_request(&env, &name).await;
     assert_eq!(object["spec"]["key"].as_str().unwrap().len(), 64);
     assert!(name.ends_with(&object["spec"]["key"].as_str().unwrap()[..16]));
-    ok(&env
-        .kubectl_direct(&["delete", "accessrequest", &name])
-        .await);
-    object["spec"]["key"] = serde_json::json!("0".repeat(64));
-    object["metadata"] = serde_json::json!({"name": name, "namespace": "default"});
-    object.as_object_mut().unwrap().remove("status");
-    ok(&support::run_with_stdin(
-        env.kubectl_cmd(&env.started.kubeconfig, &["create", "-f", "-"]),
-        &object.to_string(),
-    )
-    .await);
-    let approved = reviewer(&env, &["approve", &name]);
-    assert!(
-        approved.status.success(),
-        "{}",
-        String::from_utf8_lossy(&approved.stderr)
-    );
+    replace_and_approve(&env, &name, |spec| {
+        spec["key"] = serde_json::json!("0".repeat(64));
+    })
+    .await;
     let out = env.kubectl(&CREATE).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -1109,26 +1117,12 @@ async fn an_access_request_showing_another_request_under_its_key_is_replaced() {
     let out = env.kubectl(&CREATE).await;
     assert!(!out.status.success());
     let name = held_request(&env).await;
-    let mut object = access_request(&env, &name).await;
-    let shown = object["spec"]["request"].clone();
-    ok(&env
-        .kubectl_direct(&["delete", "accessrequest", &name])
-        .await);
-    object["spec"]["request"]["name"] = serde_json::json!("harmless");
-    object["spec"]["request"]["body"] = serde_json::json!({"kind": "ConfigMap"});
-    object["metadata"] = serde_json::json!({"name": name, "namespace": "default"});
-    object.as_object_mut().unwrap().remove("status");
-    ok(&support::run_with_stdin(
-        env.kubectl_cmd(&env.started.kubeconfig, &["create", "-f", "-"]),
-        &object.to_string(),
-    )
-    .await);
-    let approved = reviewer(&env, &["approve", &name]);
-    assert!(
-        approved.status.success(),
-        "{}",
-        String::from_utf8_lossy(&approved.stderr)
-    );
+    let shown = access_request(&env, &name).await["spec"]["request"].clone();
+    replace_and_approve(&env, &name, |spec| {
+        spec["request"]["name"] = serde_json::json!("harmless");
+        spec["request"]["body"] = serde_json::json!({"kind": "ConfigMap"});
+    })
+    .await;
     // Held again, under the same name, now showing the request as it is.
     let out = env.kubectl(&CREATE).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

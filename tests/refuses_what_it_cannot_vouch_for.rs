@@ -503,12 +503,7 @@ async fn an_exec_session_keeps_its_connections_place() {
     );
     let bearer = format!("Bearer {}", env.started.caller_token);
     headers.insert("authorization", bearer.parse().unwrap());
-    let tls = chaperone::tls::client_config(&env.ca_pem(), "test CA", None).unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let stream = env.tls_to(addr).await;
     let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
         .await
         .expect("the exec session is upgraded");

@@ -230,6 +230,21 @@ impl Env {
         std::fs::read(&self.started.ca_file).expect("read CA")
     }
 
+    /// A TLS connection to `addr` (the proxy, or one a test started) trusting the
+    /// test CA, as `localhost`.
+    pub async fn tls_to(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tls =
+            chaperone::tls::client_config(&self.ca_pem(), "test CA", None).expect("client TLS");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+            .connect("localhost".try_into().expect("name"), tcp)
+            .await
+            .expect("TLS handshake")
+    }
+
     /// `python tests/clients/<script> HOST PORT TOKEN_FILE CA_FILE`: a Python client
     /// configured as in a pod (in-cluster loader), aimed at the proxy with the caller's
     /// token.
