@@ -49,6 +49,20 @@ Deployment: 1 metadata ObjectMeta, 2 spec DeploymentSpec
 DeploymentSpec: 1 replicas i, 2 selector LabelSelector, 3 template PodTemplateSpec, 4 strategy DeploymentStrategy, 5 minReadySeconds i, 6 revisionHistoryLimit i, 7 paused bool, 9 progressDeadlineSeconds i
 DeploymentStrategy: 1 type s, 2 rollingUpdate RollingUpdateDeployment
 RollingUpdateDeployment: 1 maxUnavailable IntOrString, 2 maxSurge IntOrString
+StatefulSet: 1 metadata ObjectMeta, 2 spec StatefulSetSpec
+StatefulSetSpec: 1 replicas i, 2 selector LabelSelector, 3 template PodTemplateSpec, 5 serviceName s
+ReplicaSet: 1 metadata ObjectMeta, 2 spec ReplicaSetSpec
+ReplicaSetSpec: 1 replicas i, 2 selector LabelSelector, 3 template PodTemplateSpec, 4 minReadySeconds i
+DaemonSet: 1 metadata ObjectMeta, 2 spec DaemonSetSpec
+DaemonSetSpec: 1 selector LabelSelector, 2 template PodTemplateSpec
+Job: 1 metadata ObjectMeta, 2 spec JobSpec
+JobSpec: 1 parallelism i, 2 completions i, 3 activeDeadlineSeconds i, 4 selector LabelSelector, 5 manualSelector bool, 6 template PodTemplateSpec, 7 backoffLimit i, 8 ttlSecondsAfterFinished i
+CronJob: 1 metadata ObjectMeta, 2 spec CronJobSpec
+CronJobSpec: 1 schedule s, 3 concurrencyPolicy s, 4 suspend bool, 5 jobTemplate JobTemplateSpec, 8 timeZone s
+JobTemplateSpec: 1 metadata ObjectMeta, 2 spec JobSpec
+ReplicationController: 1 metadata ObjectMeta, 2 spec ReplicationControllerSpec
+ReplicationControllerSpec: 1 replicas i, 2 selector map<s>, 3 template PodTemplateSpec, 4 minReadySeconds i
+PodTemplate: 1 metadata ObjectMeta, 2 template PodTemplateSpec
 Role: 1 metadata ObjectMeta, 2 rules []PolicyRule
 ClusterRole: 1 metadata ObjectMeta, 2 rules []PolicyRule
 PolicyRule: 1 verbs []s, 2 apiGroups []s, 3 resources []s, 4 resourceNames []s, 5 nonResourceURLs []s
@@ -66,7 +80,7 @@ SelfSubjectReview: 1 metadata ObjectMeta
 ";
 
 /// Kinds a request body may carry (the top-level messages above).
-const TOP_LEVEL: [&str; 14] = [
+const TOP_LEVEL: [&str; 21] = [
     "ConfigMap",
     "Secret",
     "Namespace",
@@ -74,6 +88,13 @@ const TOP_LEVEL: [&str; 14] = [
     "Pod",
     "Service",
     "Deployment",
+    "StatefulSet",
+    "ReplicaSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+    "PodTemplate",
     "Role",
     "ClusterRole",
     "RoleBinding",
@@ -420,6 +441,70 @@ mod tests {
 
     fn map_entry(n: u32, k: &str, v: &[u8]) -> Vec<u8> {
         field(n, &[field(1, k.as_bytes()), field(2, v)].concat())
+    }
+
+    /// The workload kinds whose pod templates chaperone screens decode as the API server
+    /// reads them (`kubectl create job|cronjob` send protobuf): a template's labels and
+    /// `hostNetwork` are where the screen looks for them.
+    #[test]
+    fn workloads_decode_down_to_their_pod_template() {
+        let pod_spec = [
+            field(2, &[field(1, b"c"), field(2, b"busybox")].concat()),
+            vec![(11 << 3) as u8, 1], // hostNetwork: true
+        ]
+        .concat();
+        let labels = map_entry(11, "chaperone.dev/inject", b"false");
+        let template = [field(1, &labels), field(2, &pod_spec)].concat();
+        let job_spec = field(6, &template);
+        let cases: [(&str, &str, Vec<u8>, &str); 7] = [
+            ("batch/v1", "Job", field(2, &job_spec), "/spec/template"),
+            (
+                "batch/v1",
+                "CronJob",
+                field(2, &field(5, &field(2, &job_spec))),
+                "/spec/jobTemplate/spec/template",
+            ),
+            (
+                "apps/v1",
+                "StatefulSet",
+                field(2, &field(3, &template)),
+                "/spec/template",
+            ),
+            (
+                "apps/v1",
+                "ReplicaSet",
+                field(2, &field(3, &template)),
+                "/spec/template",
+            ),
+            (
+                "apps/v1",
+                "DaemonSet",
+                field(2, &field(2, &template)),
+                "/spec/template",
+            ),
+            (
+                "v1",
+                "ReplicationController",
+                field(2, &field(3, &template)),
+                "/spec/template",
+            ),
+            ("v1", "PodTemplate", field(2, &template), "/template"),
+        ];
+        for (api_version, kind, object, at) in cases {
+            let type_meta = [field(1, api_version.as_bytes()), field(2, kind.as_bytes())].concat();
+            let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &object)].concat();
+            let v = decode(&body).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let t = v.pointer(at).unwrap_or_else(|| panic!("{kind}: {v}"));
+            assert_eq!(
+                t["metadata"]["labels"]["chaperone.dev/inject"], "false",
+                "{kind}: {v}"
+            );
+            assert_eq!(t["spec"]["hostNetwork"], true, "{kind}: {v}");
+            assert_eq!(
+                t["spec"]["containers"][0]["image"], "busybox",
+                "{kind}: {v}"
+            );
+        }
     }
 
     #[test]
