@@ -411,18 +411,19 @@ impl Masker {
             let Some(pointer) = op[field].as_str() else {
                 continue;
             };
-            let tokens: Vec<String> = match pointer {
-                "" => Vec::new(),
-                p => p
-                    .strip_prefix('/')
-                    .unwrap_or(p)
-                    .split('/')
-                    .map(|t| t.replace("~1", "/").replace("~0", "~"))
-                    .collect(),
-            };
+            // Read as the API server's JSON patch library reads it: split at `/`, the
+            // first piece dropped whatever it holds (`x/data/password` is
+            // `/data/password` to it). An empty pointer is the whole object.
+            let read: Vec<String> = pointer
+                .split('/')
+                .skip(1)
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            // A copy or move from one masked field into another is refused too (a
+            // Secret's key renamed): where the value lands is not checked.
             if rules
                 .iter()
-                .any(|r| r.fields.iter().any(|path| path.overlaps(&tokens)))
+                .any(|r| r.fields.iter().any(|path| path.overlaps(&read)))
             {
                 return Some(format!(
                     "its {:?} operation's {field} {pointer:?} holds a masked field",
