@@ -82,6 +82,12 @@ pub enum Error {
          this one is refused rather than decided by it"
     )]
     NameTaken { name: String, namespace: String },
+    #[error(
+        "AccessRequest {namespace}/{name} shows this request otherwise than this proxy would \
+         (written by a proxy under another policy, or by someone else) again after it was \
+         replaced, so this one is refused rather than decided by it"
+    )]
+    ShownOtherwise { name: String, namespace: String },
     #[error("approvals are unavailable, so the request is refused: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -93,7 +99,7 @@ impl Error {
         match self {
             Error::Denied { .. } | Error::Pending { .. } => Status::forbidden(self.to_string()),
             Error::TooManyHeld { .. } => Status::too_many_requests(self.to_string()),
-            Error::NameTaken { .. } => {
+            Error::NameTaken { .. } | Error::ShownOtherwise { .. } => {
                 Status::failure(StatusCode::CONFLICT, "Conflict", self.to_string())
             }
             Error::BodyTooLarge { .. } => Status::failure(
@@ -420,6 +426,10 @@ impl Approvals {
         let path = format!("{}/{name}", collection(&self.namespace));
         // The object this waiter removed, until the watch sees it gone.
         let mut removed: Option<Value> = None;
+        // Whether this waiter has replaced an AccessRequest showing another request:
+        // once only, so that two waiters that disagree on what to show (a policy
+        // reloaded meanwhile) do not take turns replacing each other's.
+        let mut replaced = false;
         loop {
             let current = self
                 .read(&name)
@@ -433,6 +443,12 @@ impl Approvals {
                     return Err(self.name_taken(&held));
                 }
                 Some(object) if !describes(&object, &held.object) => {
+                    if std::mem::replace(&mut replaced, true) {
+                        return Err(Error::ShownOtherwise {
+                            name: held.name.clone(),
+                            namespace: self.namespace.clone(),
+                        });
+                    }
                     removed = Some(object["metadata"]["uid"].clone());
                     self.replace(&held, &object).await?;
                 }
@@ -900,10 +916,25 @@ fn describes(object: &Value, held: &Value) -> bool {
         }
         request
     };
-    request(found) == request(ours)
+    same(&request(found), &request(ours))
         && ["key", "requester", "rule", "approvers", "breakGlassGroups"]
             .iter()
-            .all(|field| found[field] == ours[field])
+            .all(|field| same(&found[field], &ours[field]))
+}
+
+/// JSON equality as the API server keeps a body it does not know the type of: a number
+/// it rewrites (`1.0` stored as `1`, `1e3` as `1000`) is the same number.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
 }
 
 /// What an AccessRequest shows of the request beyond its attributes, masked as the
@@ -1215,6 +1246,32 @@ mod tests {
         // Without grantUntil: the rule's grant from the decision, capped the same way.
         assert!(left(json!({"decidedAt": at(year)})) <= minute);
         assert_eq!(left(json!({"decidedAt": at(-year)})), Duration::ZERO);
+    }
+
+    /// An AccessRequest read back describes the request it was made for, though the API
+    /// server rewrote the numbers of its body (`1.0` kept as `1`); one showing another
+    /// body, approvers or requester does not.
+    #[test]
+    fn an_access_request_read_back_describes_its_request() {
+        let ours = json!({"spec": {
+            "key": "k", "rule": "r", "approvers": 2, "breakGlassGroups": [],
+            "requester": {"user": "u", "groups": ["g"], "pod": "p"},
+            "request": {"verb": "create", "subresource": "", "body": {"spec": {"weight": 1.0, "n": [1e3]}}},
+        }});
+        let mut stored = ours.clone();
+        stored["spec"]["request"]["body"] = json!({"spec": {"weight": 1, "n": [1000]}});
+        stored["spec"]["expiresAt"] = json!("2030-01-01T00:00:00Z");
+        assert!(describes(&stored, &ours));
+        for (at, other) in [
+            ("/spec/request/body/spec/weight", json!(2)),
+            ("/spec/approvers", json!(1)),
+            ("/spec/requester/pod", json!("q")),
+            ("/spec/request/verb", json!("get")),
+        ] {
+            let mut forged = stored.clone();
+            *forged.pointer_mut(at).unwrap() = other;
+            assert!(!describes(&forged, &ours), "{at}");
+        }
     }
 
     /// The same request from another pod of the same service account, or with other
