@@ -595,8 +595,10 @@ fn check_rule(fault: &Fault<'_>, i: usize, rule: &model::Rule) -> Result<(), Err
             &format!("{:?} is an HTTP method, a verb for nonResourceURLs only (resource rules use create, update, ...)", v.as_str()),
         );
     }
+    // A deny or approve naming objects takes a deletecollection of their collection
+    // (`Rule::covers_the_collection`); an allow's names never match one.
     let nameless = |v: &Verb| match v {
-        Verb::DeleteCollection => true,
+        Verb::DeleteCollection => rule.action == Action::Allow,
         Verb::Create => !rule.creates_may_name(),
         _ => false,
     };

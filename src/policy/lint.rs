@@ -143,9 +143,13 @@ pub(crate) fn lint(policy: &Policy) -> Vec<Warning> {
             );
         }
         // A create on a subresource names its object; of an object, it does not.
-        let nameless: &[Verb] = match rule.source.creates_may_name() {
-            true => &[Verb::DeleteCollection],
-            false => &[Verb::Create, Verb::DeleteCollection],
+        // A deny or approve naming objects takes a deletecollection of their collection.
+        let allow = rule.meta.action == Action::Allow;
+        let nameless: &[Verb] = match (rule.source.creates_may_name(), allow) {
+            (true, true) => &[Verb::DeleteCollection],
+            (true, false) => &[],
+            (false, true) => &[Verb::Create, Verb::DeleteCollection],
+            (false, false) => &[Verb::Create],
         };
         if !rule.names.is_empty() && !rule.verbs.is_all() {
             for &verb in nameless.iter().filter(|&&v| rule.verbs.contains(v)) {

@@ -129,7 +129,9 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule(&format!("{PODS}\nverbs: [get, create]\nresourceNames: [a]")), vec![("r", "never-matches", "create requests carry no object name")]),
         // A create on a subresource names its object (`kubectl create token builder`).
         (rule("apiGroups: [\"\"]\nresources: [serviceaccounts/token]\nverbs: [get, create]\nresourceNames: [builder]"), vec![]),
-        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: deny"), vec![("r", "never-matches", "deletecollection requests carry no object name")]),
+        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: allow"), vec![("r", "broad-grant", "allows pods/exec without `commands`"), ("r", "never-matches", "deletecollection requests carry no object name")]),
+        // A deny naming objects takes a deletecollection of their collection.
+        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: deny"), vec![]),
         (rule(&format!("{PODS}\nmode: audit")), vec![("r", "no-effect", "audit-mode allow")]),
         // shadowed
         (format!("{}{deny_secrets}", rule("apiGroups: [\"\"]\nresources: [secrets]\nverbs: [get]\nnamespaces: [team-a]")), vec![("r", "shadowed", "deny rule \"no-secrets\" (line 14)")]),
