@@ -881,8 +881,6 @@ fn is_follow(info: &request_info::RequestInfo, uri: &http::Uri) -> bool {
             .is_some_and(|q| request_info::go_bool_param(q, "follow"))
 }
 
-/// The methods the Kubernetes API uses. Anything else (CONNECT, TRACE, ...) has no
-/// Kubernetes meaning and is refused rather than guessed at.
 /// The longest method resolved (the longest any Kubernetes client sends is 7 bytes).
 const LONGEST_METHOD: usize = 32;
 
@@ -899,6 +897,8 @@ fn method_shown(method: &Method) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The methods the Kubernetes API uses. Anything else (CONNECT, TRACE, ...) has no
+/// Kubernetes meaning and is refused rather than guessed at.
 fn is_forwarded_method(method: &Method) -> bool {
     matches!(
         *method,

@@ -273,7 +273,6 @@ impl Trail {
         self.info.as_ref().map_or(&self.verb, |i| &i.verb)
     }
 
-    /// The resource (with its subresource), or `""` for non-resource requests.
     /// The resource a metric counts the request under: [`Trail::resource`] for a caller
     /// who authenticated, `unauthenticated` for anyone else, who could otherwise fill the
     /// metrics' bound of label sets with made-up resources before the first real denial.
@@ -284,6 +283,7 @@ impl Trail {
         }
     }
 
+    /// The resource (with its subresource), or `""` for non-resource requests.
     pub fn resource(&self) -> Cow<'_, str> {
         match self.info.as_deref().filter(|i| i.is_resource_request) {
             Some(i) if i.subresource.is_empty() => Cow::Borrowed(&i.resource),
