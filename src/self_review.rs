@@ -186,12 +186,12 @@ fn access(
     // A member of the rule's `skipGroups` goes through without review.
     let skips =
         decision.applied() == Action::Approve && decision.approval().is_some_and(|a| a.skips(who));
-    let (allowed, denied) = match decision.applied() {
+    let (mut allowed, denied) = match decision.applied() {
         Action::Allow => (true, false),
         Action::Approve => (skips, false),
         Action::Deny => (false, true),
     };
-    let reason = match skips {
+    let mut reason = match skips {
         true => format!(
             "rule {:?} holds this request for approval, but not for {}: a member of its skipGroups",
             decision.rule(),
@@ -199,6 +199,22 @@ fn access(
         ),
         false => reason(&decision),
     };
+    // A question about `*` is about all of it: a yes would say more than enforcement
+    // does where a rule denies or holds part of it.
+    let mut partly = false;
+    if allowed {
+        if let Some(rule) = policies.restricting_part(who, &asked) {
+            (allowed, partly) = (false, true);
+            let does = match rule.action {
+                Action::Approve => "holds for approval",
+                _ => "denies",
+            };
+            reason = format!(
+                "rule {:?} {does} part of what `*` asks about, so not all of it is allowed",
+                rule.name
+            );
+        }
+    }
     let summary = format!(
         "can-i {} {}: {}",
         asked.verb,
@@ -207,6 +223,8 @@ fn access(
             "yes"
         } else if denied {
             "no"
+        } else if partly {
+            "not all of it"
         } else {
             "after approval"
         }

@@ -232,6 +232,36 @@ async fn audit_mode_records_what_it_would_deny_and_lets_it_through() {
     );
 }
 
+/// `kubectl auth can-i '*' '*'` asks about all of it: allowed everything but Secrets, the
+/// caller is told no, naming the rule, where RBAC's reading of `*` alone would say yes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn can_i_everything_is_no_when_a_rule_denies_part_of_it() {
+    let policy = format!(
+        "{}  - name: no-secrets\n    subjects: {{serviceAccounts: [default/mcp-server]}}\n    apiGroups: [\"\"]\n    resources: [secrets]\n    verbs: [\"*\"]\n    action: deny\n",
+        support::ALLOW_ALL
+    );
+    let env = sandbox().policy(&policy).with_proxy().start().await;
+    let can_i = |args: &'static [&'static str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let cmd = env.kubectl_cmd(env.proxy_kubeconfig(), &all);
+        async move {
+            let out = support::run(cmd).await;
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    };
+    assert_eq!(
+        can_i(&["*", "*"]).await,
+        "no - rule \"no-secrets\" denies part of what `*` asks about, so not all of it is allowed"
+    );
+    assert!(can_i(&["get", "secrets"])
+        .await
+        .starts_with("no - rule \"no-secrets\""));
+    assert_eq!(can_i(&["*", "pods"]).await, "yes");
+    assert_eq!(can_i(&["get", "*"]).await.split(" - ").next(), Some("no"));
+    env.stop().await;
+}
+
 /// `kubectl auth can-i` and `whoami` are about the caller: chaperone answers them from
 /// its policy and the caller's identity. Forwarded, the API server would answer for the
 /// proxy's own credential (the sandbox's admin, who may do anything).

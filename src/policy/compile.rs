@@ -116,6 +116,26 @@ impl Rule {
 }
 
 impl Rule {
+    /// Whether this resource rule takes some request of those a review asking with a
+    /// wildcard (`*` for the verb, group or resource) covers. Its names and commands are
+    /// not looked at: a rule naming some objects takes part of "all of them".
+    pub fn takes_part_of(&self, asked: &RequestInfo) -> bool {
+        let src = &self.source;
+        let verb = asked.verb == "*" || self.verbs.0 & VerbSet::request_bit(&asked.verb) != 0;
+        let group = asked.api_group == "*"
+            || src
+                .api_groups
+                .iter()
+                .any(|g| g.0 == "*" || g.0 == asked.api_group);
+        let resource = asked.resource == "*"
+            || src.resources.iter().any(|r| match r.0.split_once('/') {
+                None => r.0 == "*" || (r.0 == asked.resource && asked.subresource.is_empty()),
+                Some(("*", sub)) => sub == asked.subresource,
+                Some((res, sub)) => res == asked.resource && sub == asked.subresource,
+            });
+        verb && group && resource && self.namespaces.matches(&asked.namespace)
+    }
+
     /// A deny or approve naming objects also takes a request for their whole collection
     /// (a `list`, `watch` or `deletecollection` not narrowed to one name), which reads
     /// or deletes them with the rest. An allow naming objects does not, as in RBAC.
@@ -256,6 +276,30 @@ pub(crate) struct ResourceIndex {
 }
 
 impl Index {
+    /// Calls `f` with the id of every resource rule for `who`, whatever its API group and
+    /// resource. An id may come more than once.
+    pub fn visit_resource_rules(&self, who: &Subject, mut f: impl FnMut(u32)) {
+        fn bucket(b: &Bucket, f: &mut dyn FnMut(u32)) {
+            for gi in b.api_groups.values().chain([&b.any_api_group]) {
+                gi.any.iter().for_each(|&id| f(id));
+                gi.any_with_sub.values().flatten().for_each(|&id| f(id));
+                for ri in gi.resources.values() {
+                    ri.whole.iter().for_each(|&id| f(id));
+                    ri.subs.values().flatten().for_each(|&id| f(id));
+                }
+            }
+        }
+        if let Some(b) = self.users.get(who.user.as_str()) {
+            bucket(b, &mut f);
+        }
+        for group in &who.groups {
+            if let Some(b) = self.groups.get(group.as_str()) {
+                bucket(b, &mut f);
+            }
+        }
+        bucket(&self.anyone, &mut f);
+    }
+
     /// Calls `f` with the id of every rule for `who` whose API group and resource (or, for a
     /// non-resource request, whose kind) fit `info`. An id may come more than once.
     pub fn visit(&self, who: &Subject, info: &RequestInfo, mut f: impl FnMut(u32)) {

@@ -427,6 +427,37 @@ pub fn decide(
     decided(reported, applied)
 }
 
+/// For a review that asks with a wildcard (`*` for the verb, the API group or the
+/// resource), the strictest enforced deny, else approve, rule of the caller's that takes
+/// part of what the question covers, the first in the file among equals. RBAC answers
+/// such a question yes for a rule granting `*`, and with no denials that yes means "all
+/// of it"; here a deny of part of it makes the answer no.
+pub fn restricting_part(
+    policy: &Policy,
+    who: &Subject,
+    asked: &RequestInfo,
+) -> Option<Arc<RuleMeta>> {
+    let wild = asked.verb == "*" || asked.api_group == "*" || asked.resource == "*";
+    if !asked.is_resource_request || !wild {
+        return None;
+    }
+    let mut best: Option<(Action, u32)> = None;
+    policy.index.visit_resource_rules(who, |id| {
+        let rule = &policy.rules[id as usize];
+        let better = best.is_none_or(|(action, best_id)| {
+            rule.action > action || (rule.action == action && id < best_id)
+        });
+        if rule.action != Action::Allow
+            && rule.mode == Mode::Enforce
+            && better
+            && rule.takes_part_of(asked)
+        {
+            best = Some((rule.action, id));
+        }
+    });
+    best.map(|(_, id)| policy.rules[id as usize].meta.clone())
+}
+
 /// The approval settings of an `approve` decision when several `approve` rules of its
 /// mode match: each setting from the strictest of them (the most approvers, the
 /// shortest hold and grant, only the skip and break-glass groups every one of them

@@ -317,6 +317,21 @@ impl Policies {
         }
     }
 
+    /// For a review asking with a wildcard, the rule that denies or holds part of what it
+    /// covers ([`eval::restricting_part`]).
+    pub fn restricting_part(
+        &self,
+        who: &crate::identity::Subject,
+        asked: &crate::request_info::RequestInfo,
+    ) -> Option<std::sync::Arc<RuleMeta>> {
+        match &self.source {
+            Source::Watched(w) => w
+                .current()
+                .and_then(|p| eval::restricting_part(&p, who, asked)),
+            Source::Unconfigured => None,
+        }
+    }
+
     /// Why the proxy cannot serve as configured (for `/readyz`): no policy in force.
     pub fn not_ready(&self) -> Option<String> {
         match &self.source {

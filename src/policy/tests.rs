@@ -787,3 +787,72 @@ fn overlapping_approve_rules_give_their_strictest_settings_in_any_order() {
         assert_eq!((a.approvers.get(), a.skips(&dev)), (1, true));
     }
 }
+
+/// A review asking about `*` is about all of it: a deny or approve taking part of it is
+/// found, whatever it names; one that takes none of it, an allow, or an audit-mode rule,
+/// is not; a question without a wildcard is enforcement's to answer.
+#[test]
+fn a_wildcard_question_finds_the_rule_that_restricts_part_of_it() {
+    let p = policy(
+        r#"
+  rules:
+  - name: everything
+    subjects: {users: ["*"]}
+    apiGroups: ["*"]
+    resources: ["*"]
+    verbs: ["*"]
+    action: allow
+  - name: trial
+    subjects: {users: ["*"]}
+    apiGroups: [apps]
+    resources: [deployments]
+    verbs: [delete]
+    mode: audit
+    action: deny
+  - name: hold-scale
+    subjects: {users: ["*"]}
+    apiGroups: [apps]
+    resources: ["*/scale"]
+    verbs: [update]
+    action: approve
+  - name: not-db-root
+    subjects: {users: ["*"]}
+    apiGroups: [""]
+    resources: [secrets]
+    resourceNames: [db-root]
+    verbs: [get, list, watch]
+    namespaces: [prod]
+    action: deny
+"#,
+    );
+    let alice = who("alice", &[]);
+    let asked = |verb: &str, group: &str, resource: &str, ns: &str| {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        RequestInfo::from_attributes(crate::request_info::Attributes {
+            verb,
+            group,
+            version: "",
+            namespace: ns,
+            resource,
+            subresource,
+            name: "",
+        })
+    };
+    let restricting = |info: &RequestInfo| {
+        super::eval::restricting_part(&p, &alice, info).map(|m| m.name.clone())
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(RequestInfo, Option<&str>)> = vec![
+        (asked("*", "*", "*", "prod"), Some("not-db-root")),
+        (asked("get", "", "*", "prod"), Some("not-db-root")),
+        (asked("*", "*", "*", "dev"), Some("hold-scale")),
+        (asked("update", "apps", "*", "dev"), Some("hold-scale")),
+        (asked("*", "apps", "deployments", "dev"), None),
+        (asked("get", "*", "pods", "prod"), None),
+        // No wildcard: enforcement's answer stands.
+        (asked("get", "", "secrets", "prod"), None),
+    ];
+    for (info, want) in cases {
+        assert_eq!(restricting(&info).as_deref(), want, "{info:?}");
+    }
+}
