@@ -50,7 +50,7 @@ use crate::upstream::{self, Upstream};
 pub enum Error {
     #[error(transparent)]
     Resolve(#[from] request_info::Error),
-    #[error("chaperone does not forward {} requests", method_shown(.0))]
+    #[error("chaperone does not forward {} requests", audit::method_name(.0))]
     Method(Method),
     #[error(transparent)]
     Identity(#[from] identity::Error),
@@ -372,7 +372,7 @@ impl Proxy {
         // timings are in the audit event's OTLP child spans either way.
         // A made-up method may be as long as a request head: refused before it becomes
         // the verb of anything recorded.
-        if req.method().as_str().len() > LONGEST_METHOD {
+        if req.method().as_str().len() > audit::MAX_METHOD {
             return Err(Error::Method(req.method().clone()));
         }
         let resolved = tracing::debug_span!("resolve")
@@ -879,22 +879,6 @@ fn is_follow(info: &request_info::RequestInfo, uri: &http::Uri) -> bool {
         && uri
             .query()
             .is_some_and(|q| request_info::go_bool_param(q, "follow"))
-}
-
-/// The longest method resolved (the longest any Kubernetes client sends is 7 bytes).
-const LONGEST_METHOD: usize = 32;
-
-/// A method as a refusal quotes it: cut at [`LONGEST_METHOD`] bytes.
-fn method_shown(method: &Method) -> std::borrow::Cow<'_, str> {
-    let m = method.as_str();
-    match m.len() > LONGEST_METHOD {
-        true => format!(
-            "{}...",
-            &m[..crate::text::floor_char_boundary(m, LONGEST_METHOD)]
-        )
-        .into(),
-        false => m.into(),
-    }
 }
 
 /// The methods the Kubernetes API uses. Anything else (CONNECT, TRACE, ...) has no

@@ -25,7 +25,7 @@ mod trail;
 pub use completion::{on_complete, OnEnd, Unanswered, CLIENT_CLOSED};
 pub use file::Fsync;
 pub use recorder::{Counters, Error, Overflow, Recorder, Settings};
-pub use trail::Trail;
+pub use trail::{method_name, Trail, MAX_METHOD};
 
 #[cfg(test)]
 mod tests {

@@ -410,8 +410,9 @@ const STANDARD_METHODS: [(http::Method, &str, &str); 9] = [
     (http::Method::TRACE, "TRACE", "trace"),
 ];
 
-/// The method's name, without an allocation for the standard ones.
-fn method_name(method: &http::Method) -> Cow<'static, str> {
+/// The method's name, without an allocation for the standard ones, cut at
+/// [`MAX_METHOD`] bytes.
+pub fn method_name(method: &http::Method) -> Cow<'static, str> {
     match STANDARD_METHODS.iter().find(|(m, _, _)| m == method) {
         Some((_, name, _)) => Cow::Borrowed(name),
         None => Cow::Owned(cut(method.as_str(), MAX_METHOD)),
@@ -428,7 +429,7 @@ fn lowercase_method(method: &http::Method) -> Cow<'static, str> {
 
 /// The longest method kept as it was sent: HTTP/1.1 allows a made-up one of any length
 /// (up to the whole request head), and an event waits in memory until it is written.
-const MAX_METHOD: usize = 32;
+pub const MAX_METHOD: usize = 32;
 /// The longest `requestURI` kept: a URI may be 64 KiB, and a backlog of events (a
 /// collector down) is kept in memory.
 const MAX_REQUEST_URI: usize = 16 * 1024;
