@@ -82,11 +82,6 @@ impl Masker {
             let arg = arg.as_ref();
             let masked = if !arg.is_empty() && takes_credential(program, previous) {
                 Some(MARKER.as_bytes().to_vec())
-            } else if program.is_some_and(|p| MYSQL_CLIENTS.contains(&p))
-                && arg.len() > 2
-                && arg.starts_with(b"-p")
-            {
-                Some([&b"-p"[..], MARKER.as_bytes()].concat())
             } else if let Some(flag) = attached_credential(program, arg) {
                 Some([flag, MARKER.as_bytes()].concat())
             } else {
@@ -251,8 +246,8 @@ const PASSWORD_FLAGS: [(&[u8], &[u8]); 10] = [
     (b"openssl", b"-kpass"),
 ];
 
-/// Flags that take a credential in the same argument (`curl -uadmin:pw`,
-/// `--user=admin:pw`): the flag, when `arg` is one with something after it.
+/// Flags that take a credential in the same argument (`mysql -pS3cret`, `curl
+/// -uadmin:pw`, `--user=admin:pw`): the flag, when `arg` is one with something after it.
 fn attached_credential<'a>(program: Option<&[u8]>, arg: &'a [u8]) -> Option<&'a [u8]> {
     const ATTACHED: [(&[u8], &[u8]); 4] = [
         (b"curl", b"--user="),
@@ -260,10 +255,17 @@ fn attached_credential<'a>(program: Option<&[u8]>, arg: &'a [u8]) -> Option<&'a 
         (b"curl", b"-u"),
         (b"curl", b"-U"),
     ];
-    ATTACHED
+    let program = program?;
+    let mysql = MYSQL_CLIENTS.contains(&program).then_some(&b"-p"[..]);
+    let curl = ATTACHED
         .iter()
-        .find(|(p, flag)| program == Some(*p) && arg.len() > flag.len() && arg.starts_with(flag))
-        .map(|(_, flag)| &arg[..flag.len()])
+        .filter(|(p, _)| *p == program)
+        .map(|(_, flag)| *flag);
+    mysql
+        .into_iter()
+        .chain(curl)
+        .find(|flag| arg.len() > flag.len() && arg.starts_with(flag))
+        .map(|flag| &arg[..flag.len()])
 }
 
 /// Whether the argument after `flag` is a credential: long flags that take one given
