@@ -232,6 +232,14 @@ async fn audit_mode_records_what_it_would_deny_and_lets_it_through() {
     );
 }
 
+/// `kubectl auth can-i ARGS` through the proxy, as the caller: what it prints.
+async fn can_i(env: &support::Env, args: &[&str]) -> String {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    let out = support::run(env.kubectl_cmd(env.proxy_kubeconfig(), &all)).await;
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// `kubectl auth can-i '*' '*'` asks about all of it: allowed everything but Secrets, the
 /// caller is told no, naming the rule, where RBAC's reading of `*` alone would say yes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,15 +249,7 @@ async fn can_i_everything_is_no_when_a_rule_denies_part_of_it() {
         support::ALLOW_ALL
     );
     let env = sandbox().policy(&policy).with_proxy().start().await;
-    let can_i = |args: &'static [&'static str]| {
-        let mut all = vec!["auth", "can-i"];
-        all.extend_from_slice(args);
-        let cmd = env.kubectl_cmd(env.proxy_kubeconfig(), &all);
-        async move {
-            let out = support::run(cmd).await;
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
-        }
-    };
+    let can_i = |args: &'static [&'static str]| can_i(&env, args);
     assert_eq!(
         can_i(&["*", "*"]).await,
         "no - rule \"no-secrets\" denies part of what `*` asks about, so not all of it is allowed"
@@ -268,15 +268,7 @@ async fn can_i_everything_is_no_when_a_rule_denies_part_of_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn can_i_and_whoami_answer_for_the_caller_from_the_policy() {
     let env = sandbox().policy(SANDBOX_POLICY).with_proxy().start().await;
-    let can_i = |args: &'static [&'static str]| {
-        let mut all = vec!["auth", "can-i"];
-        all.extend_from_slice(args);
-        let cmd = env.kubectl_cmd(env.proxy_kubeconfig(), &all);
-        async move {
-            let out = support::run(cmd).await;
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
-        }
-    };
+    let can_i = |args: &'static [&'static str]| can_i(&env, args);
     assert_eq!(can_i(&["list", "pods"]).await, "yes");
     assert_eq!(
         can_i(&["delete", "pods"]).await,
