@@ -60,6 +60,23 @@ pub struct ServeArgs {
     /// and rotating the webhook certificate and patching `caBundle` itself.
     #[arg(long)]
     pub cert_dir: Option<PathBuf>,
+    /// Connections open at once; one past them is closed as it is accepted.
+    #[arg(long, default_value_t = server::MAX_CONNECTIONS,
+          value_parser = at_least_one)]
+    pub max_connections: usize,
+    /// Reviews read and answered at once (each up to 3 MiB); one past them waits up to
+    /// 30 s for a turn, then is answered 503, and the API server refuses its pod.
+    #[arg(long, default_value_t = server::MAX_REVIEWS,
+          value_parser = at_least_one)]
+    pub max_reviews: usize,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,7 +185,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         tls,
         config.clone(),
-        server::REQUEST_TIMEOUT,
+        server::Limits {
+            max_connections: args.max_connections,
+            max_reviews: args.max_reviews,
+            ..server::Limits::default()
+        },
         shutdown(),
     ));
 

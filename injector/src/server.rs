@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
@@ -32,21 +33,61 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for open requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default bound on connections open at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Default bound on reviews read and answered at once.
+pub const MAX_REVIEWS: usize = 16;
+/// Streams one HTTP/2 connection may have open at once.
+const MAX_STREAMS: u32 = 32;
+/// What one HTTP/2 connection may have sent and not yet been read, over all its
+/// streams: with `MAX_CONNECTIONS`, a bound on what peers can make the webhook hold
+/// beside the reviews being read.
+const CONNECTION_WINDOW: u32 = 512 << 10;
+
+/// The webhook's bounds. The webhook listens on the pod network, and with
+/// `failurePolicy: Fail` every pod in a labelled namespace waits on it: no client may
+/// hold it for good or make it buffer without end. Past a bound it refuses, which the
+/// API server turns into a refused pod, never an uninjected one.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bound on a connection's first bytes, each HTTP/1.1 request head and a review's
+    /// body, and on the wait for a turn among `max_reviews`.
+    pub request_timeout: Duration,
+    /// Connections open at once; one past them is closed as it is accepted.
+    pub max_connections: usize,
+    /// Reviews read and answered at once. Each may hold up to `webhook::MAX_BODY`
+    /// (3 MiB): the default 16 hold at most 48 MiB.
+    pub max_reviews: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: REQUEST_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_reviews: MAX_REVIEWS,
+        }
+    }
+}
 
 type Body = Full<Bytes>;
 
 /// Serves `listener` until `shutdown` completes, then waits for open connections. A
 /// connection that sends no request head, or a request whose body does not arrive,
-/// within `request_timeout` is closed.
+/// within `limits.request_timeout` is closed; see [`Limits`] for the rest.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     config: Arc<Config>,
-    request_timeout: Duration,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let request_timeout = limits.request_timeout;
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let reviews = Arc::new(Semaphore::new(limits.max_reviews));
+    let mut said_full = false;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -56,7 +97,9 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30));
+        .keep_alive_interval(Duration::from_secs(30))
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -72,11 +115,22 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            if !std::mem::replace(&mut said_full, true) {
+                tracing::warn!(%peer, max_connections = limits.max_connections,
+                    "connection refused: the webhook has its most connections open");
+            }
+            drop(tcp);
+            continue;
+        };
+        said_full = false;
         let acceptor = acceptor.clone();
         let config = config.clone();
+        let reviews = reviews.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(error)) => {
@@ -90,9 +144,10 @@ pub async fn serve(
             };
             let service = hyper::service::service_fn(move |req| {
                 let config = config.clone();
+                let reviews = reviews.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        route(req, &config, peer, request_timeout).await,
+                        route(req, &config, peer, &reviews, request_timeout).await,
                     )
                 }
             });
@@ -115,13 +170,29 @@ async fn route(
     req: Request<Incoming>,
     config: &Config,
     peer: SocketAddr,
+    reviews: &Semaphore,
     body_timeout: Duration,
 ) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz" | "/readyz") => text(StatusCode::OK, "ok\n"),
-        (&Method::POST, "/mutate") => mutate(req, config, peer, body_timeout).await,
+        (&Method::POST, "/mutate") => {
+            // A turn among the reviews in flight before the body is read, so that no
+            // number of requests makes the webhook hold more than `max_reviews` bodies.
+            match turn(reviews, body_timeout).await {
+                Ok(_turn) => mutate(req, config, peer, body_timeout).await,
+                Err(e) => error(&e, peer),
+            }
+        }
         (_, "/mutate") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// A turn among the reviews in flight, waiting up to `wait` for one to end.
+async fn turn(reviews: &Semaphore, wait: Duration) -> Result<SemaphorePermit<'_>, webhook::Error> {
+    match tokio::time::timeout(wait, reviews.acquire()).await {
+        Ok(Ok(turn)) => Ok(turn),
+        _ => Err(webhook::Error::Busy(wait)),
     }
 }
 
@@ -165,4 +236,23 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_review_that_gets_no_turn_in_time_is_answered_503_saying_why() {
+        let reviews = Semaphore::new(1);
+        let held = turn(&reviews, Duration::from_millis(10)).await.unwrap();
+        let e = turn(&reviews, Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            e.to_string(),
+            "the webhook has its most reviews in flight and none ended within 50ms"
+        );
+        drop(held);
+        assert!(turn(&reviews, Duration::from_millis(10)).await.is_ok());
+    }
 }

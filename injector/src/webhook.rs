@@ -27,6 +27,8 @@ pub enum Error {
     Body(String),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    #[error("the webhook has its most reviews in flight and none ended within {0:?}")]
+    Busy(std::time::Duration),
     #[error("invalid AdmissionReview: {0}")]
     Parse(#[source] serde_json::Error),
     #[error(
@@ -44,6 +46,7 @@ impl Error {
         match self {
             Error::TooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout(_) => http::StatusCode::REQUEST_TIMEOUT,
+            Error::Busy(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Error::Body(_) | Error::Parse(_) | Error::Version { .. } | Error::NoRequest => {
                 http::StatusCode::BAD_REQUEST
             }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chaperone_injector::config::Config;
-use chaperone_injector::server::REQUEST_TIMEOUT;
+use chaperone_injector::server::Limits;
 use chaperone_injector::{mutate, pki, server, tls};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
@@ -26,11 +26,11 @@ struct Webhook {
 /// The server on 127.0.0.1 with a leaf for the Service name, signed by a fresh CA the
 /// client trusts (as the API server trusts `caBundle`).
 async fn webhook() -> Webhook {
-    webhook_bounded(REQUEST_TIMEOUT).await
+    webhook_bounded(Limits::default()).await
 }
 
-/// The same with its own bound on request heads and bodies.
-async fn webhook_bounded(request_timeout: Duration) -> Webhook {
+/// The same with bounds of its own.
+async fn webhook_bounded(limits: Limits) -> Webhook {
     let now = time::OffsetDateTime::now_utc();
     let ca = pki::Authority::generate("chaperone-webhook-ca", 10, now).unwrap();
     let names = ["chaperone-injector.chaperone-system.svc".to_string()];
@@ -56,7 +56,7 @@ async fn webhook_bounded(request_timeout: Duration) -> Webhook {
         listener,
         server_tls,
         Arc::new(Config::default()),
-        request_timeout,
+        limits,
         async move {
             let _ = stopped.await;
         },
@@ -99,14 +99,20 @@ impl Webhook {
         (code, body)
     }
 
-    /// A TLS connection that sends `start` and then waits for the server to answer or
-    /// close: what it answered (empty if closed), and after how long.
-    async fn stall(&self, start: &[u8]) -> (String, Duration) {
+    /// A TLS connection that has sent `start` and waits.
+    async fn open(&self, start: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         let name = ServerName::try_from("chaperone-injector.chaperone-system.svc").unwrap();
         let mut tls = self.client.connect(name, tcp).await.expect("TLS handshake");
         tls.write_all(start).await.unwrap();
         tls.flush().await.unwrap();
+        tls
+    }
+
+    /// A TLS connection that sends `start` and then waits for the server to answer or
+    /// close: what it answered (empty if closed), and after how long.
+    async fn stall(&self, start: &[u8]) -> (String, Duration) {
+        let mut tls = self.open(start).await;
         let began = std::time::Instant::now();
         let mut out = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
@@ -323,7 +329,11 @@ async fn an_update_that_swaps_the_proxys_image_is_refused() {
 
 #[tokio::test]
 async fn a_client_that_sends_no_request_or_no_body_in_time_is_dropped() {
-    let hook = webhook_bounded(Duration::from_millis(500)).await;
+    let hook = webhook_bounded(Limits {
+        request_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    })
+    .await;
     let head = "POST /mutate HTTP/1.1\r\nHost: chaperone-injector.chaperone-system.svc\r\n";
     // Nothing, fewer bytes than tell the protocol, a head never finished: closed unanswered.
     for start in ["", "POST /mu", head] {
@@ -344,5 +354,64 @@ async fn a_client_that_sends_no_request_or_no_body_in_time_is_dropped() {
     // A client that sends its request is answered.
     let (code, _) = hook.call("GET", "/healthz", &[]).await;
     assert_eq!(code, 200);
+    hook.stop().await;
+}
+
+#[tokio::test]
+async fn connections_and_reviews_past_their_bounds_wait_or_are_refused() {
+    let hook = webhook_bounded(Limits {
+        request_timeout: Duration::from_secs(5),
+        max_connections: 3,
+        max_reviews: 1,
+    })
+    .await;
+    let review = review("u-9", fixture("kubernetes-mcp-server")).to_string();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: chaperone-injector.chaperone-system.svc\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        review.len()
+    );
+    // A review whose body is slow to come holds the one turn; a second review, whole,
+    // waits for it, and is answered once the first has been.
+    let (first, rest) = review.split_at(10);
+    let mut holder = hook.open(format!("{head}{first}").as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut waiter = hook.open(format!("{head}{review}").as_bytes()).await;
+    let mut answer = [0u8; 12];
+    let early = tokio::time::timeout(Duration::from_millis(500), waiter.read_exact(&mut answer));
+    assert!(
+        early.await.is_err(),
+        "a second review was read while the first held the turn"
+    );
+    holder.write_all(rest.as_bytes()).await.unwrap();
+    for mut conn in [holder, waiter] {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut out));
+        assert!(
+            read.await.is_ok(),
+            "a review was not answered once the turn was free"
+        );
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+
+    // Three idle connections take every place: a fourth is closed unanswered, before
+    // its handshake ends, and it takes no place.
+    let idle = [
+        hook.open(b"").await,
+        hook.open(b"").await,
+        hook.open(b"").await,
+    ];
+    let tcp = TcpStream::connect(hook.addr).await.unwrap();
+    let name = ServerName::try_from("chaperone-injector.chaperone-system.svc").unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(2), hook.client.connect(name, tcp))
+        .await
+        .expect("the connection past the bound is closed at once");
+    assert!(refused.is_err(), "a connection past the bound was served");
+    // Once one of them ends, its place is free again and a review is answered.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, body) = hook.call("POST", "/mutate", review.as_bytes()).await;
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     hook.stop().await;
 }
