@@ -53,8 +53,10 @@
 //! * When a List too large to hold is streamed, its envelope fields before `items` are
 //!   masked before the fields after it are read: if its `kind` is not among them, every
 //!   policy rule applies to that envelope part (the built-in Secret rule goes by the
-//!   requested resource: a List's own fields are list metadata). Field paths that go *through* a top-level `items` or
-//!   `rows` array do not reach the streamed elements (they are read as List items).
+//!   requested resource: a List's own fields are list metadata). Only the answers to
+//!   `list`, `watch` and `deletecollection` are streamed so; the answer to a request for
+//!   one object is read whole, so the field paths of a custom object with its own
+//!   top-level `items` or `rows` reach into them.
 //! * Keys are never masked, only string values; Table `cells` are masked only by
 //!   detectors and patterns (a printer column of a custom resource can show any field).
 //! * The caller must drop `Content-Length` of a rewritten response ([`Plan::fix_headers`])
@@ -173,6 +175,10 @@ pub struct Target<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub is_watch: bool,
+    /// The answer is one object, never a List: `get`, `create`, `update`, `patch`,
+    /// `delete`. It is then read whole (up to [`MAX_UNIT`]), never streamed as an
+    /// envelope, so a custom object's own top-level `items` is masked by its field paths.
+    pub one_object: bool,
     pub api_group: &'a str,
 }
 
@@ -185,6 +191,10 @@ impl<'a> Target<'a> {
             namespace: &info.namespace,
             name: &info.name,
             is_watch: info.verb == "watch",
+            one_object: matches!(
+                info.verb.as_str(),
+                "get" | "create" | "update" | "patch" | "delete"
+            ),
             api_group: &info.api_group,
         }
     }
@@ -209,6 +219,7 @@ pub struct JsonPlan {
     inner: Arc<Inner>,
     ctx: Context,
     watch: bool,
+    one_object: bool,
 }
 
 /// A [`Plan::MaskLines`].
@@ -360,6 +371,7 @@ impl Masker {
                     name: target.name.to_string(),
                 },
                 watch: target.is_watch || params.contains(&"stream=watch"),
+                one_object: target.one_object,
             });
         }
         Plan::Refuse(Error::Uninspectable {
@@ -473,9 +485,12 @@ impl Masker {
 pub fn apply(body: Body, plan: Plan, count: Arc<AtomicU64>) -> Body {
     match plan {
         Plan::PassThrough => body,
-        Plan::MaskJson(p) => {
-            Masked::new(body, JsonStream::new(p.inner, p.ctx, p.watch), count).boxed()
-        }
+        Plan::MaskJson(p) => Masked::new(
+            body,
+            JsonStream::new(p.inner, p.ctx, p.watch, !p.one_object),
+            count,
+        )
+        .boxed(),
         Plan::MaskLines(p) => Masked::new(body, LineStream::new(p.rules), count).boxed(),
         Plan::Refuse(e) => {
             let err: crate::body::BoxError = Box::new(e);

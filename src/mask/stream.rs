@@ -3,7 +3,7 @@
 //! [`JsonStream`] cuts the response into *units* without parsing them: a light state
 //! machine tracks only strings (skipped with `memchr`) and bracket depth. A top-level value is
 //! buffered whole (a single object, a watch event), unless it turns out to be an *envelope*:
-//! an object whose member `items` or `rows` is an array. Then the bytes before that array
+//! an object whose member `items` or `rows` is an array, in a body that may be a List. Then the bytes before that array
 //! (`{"apiVersion":"v1","kind":"SecretList","metadata":{..},"items":[`) are masked (as the
 //! object `prefix]}`) and sent, each array element is a unit of its own, and the rest of the
 //! envelope (`],"kind":..}`) is held until the object closes and checked as part of
@@ -91,6 +91,8 @@ pub(crate) struct JsonStream {
     inner: Arc<Inner>,
     ctx: Context,
     watch: bool,
+    /// Whether a top-level object may be an envelope (the body may be a List).
+    envelopes: bool,
     units: Units,
     /// Bytes received and not yet sent or dropped; `buf[start..]` is pending.
     buf: Vec<u8>,
@@ -106,11 +108,14 @@ pub(crate) struct JsonStream {
 }
 
 impl JsonStream {
-    pub(crate) fn new(inner: Arc<Inner>, ctx: Context, watch: bool) -> JsonStream {
+    /// `envelopes`: whether the body may be a List to stream item by item; when not, a
+    /// top-level object is read whole.
+    pub(crate) fn new(inner: Arc<Inner>, ctx: Context, watch: bool, envelopes: bool) -> JsonStream {
         JsonStream {
             inner,
             ctx,
             watch,
+            envelopes,
             units: Units::default(),
             buf: Vec::new(),
             start: 0,
@@ -200,7 +205,8 @@ impl JsonStream {
                         continue;
                     }
                     self.state = match b {
-                        b'{' => State::Root(Bound::default(), Keys::default()),
+                        b'{' if self.envelopes => State::Root(Bound::default(), Keys::default()),
+                        b'{' => State::Value(Bound::default(), false),
                         b'[' | b'"' => State::Value(Bound::default(), false),
                         _ => State::Scalar(false),
                     };

@@ -146,7 +146,7 @@ fn watch_events_leave_as_soon_as_complete() {
         namespace: String::new(),
         name: String::new(),
     };
-    let mut s = JsonStream::new(m.inner.clone(), ctx, true);
+    let mut s = JsonStream::new(m.inner.clone(), ctx, true, true);
     let input = watch_stream();
     let first_end = input.iter().position(|&b| b == b'\n').unwrap();
     let mut out = BytesMut::new();
@@ -407,6 +407,43 @@ async fn envelope_prefix_and_suffix_are_masked_too() {
     assert_eq!(v["items"][0]["data"]["b"], B64);
     assert_eq!(v["stringData"]["c"], MARKER);
     assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn a_custom_objects_own_items_are_masked_by_path_however_it_arrives() {
+    // A custom object whose spec keeps an `items` array at its top level. The answer to
+    // a request for one object is read whole, so the rule's path through `items` reaches
+    // the value whether the body comes in one piece or in many (`run` checks both).
+    let m = Masker::compile(&[Rule {
+        resources: vec!["vaults".into()],
+        fields: vec!["items[*].password".into()],
+        ..Rule::default()
+    }])
+    .unwrap();
+    let input = br#"{"apiVersion":"example.com/v1","kind":"Vault","metadata":{"name":"v","namespace":"default"},"items":[{"user":"root","password":"hunter2"}]}"#;
+    let t = Target {
+        api_group: "example.com",
+        one_object: true,
+        ..target("vaults")
+    };
+    let (out, n) = run(&m, &t, JSON, input).await.unwrap();
+    let v = value(&out);
+    assert_eq!(v["items"][0]["password"], MARKER);
+    assert_eq!(v["items"][0]["user"], "root");
+    assert_eq!(n, 1);
+    // A List of them is still streamed item by item, and each item's own `items` is
+    // masked by the same path.
+    let list = format!(
+        r#"{{"apiVersion":"example.com/v1","kind":"VaultList","metadata":{{}},"items":[{}]}}"#,
+        std::str::from_utf8(input).unwrap()
+    );
+    let t = Target {
+        api_group: "example.com",
+        ..target("vaults")
+    };
+    let (out, n) = run(&m, &t, JSON, list.as_bytes()).await.unwrap();
+    assert_eq!(value(&out)["items"][0]["items"][0]["password"], MARKER);
+    assert_eq!(n, 1);
 }
 
 #[tokio::test]
