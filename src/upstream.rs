@@ -65,6 +65,11 @@ pub enum Error {
     },
     #[error("the proxy's token file {0} is empty")]
     EmptyToken(PathBuf),
+    #[error(
+        "the upstream kubeconfig user's token cannot be sent in a header (it holds a line \
+         break or another control character); kubectl would refuse it too"
+    )]
+    BadToken,
     #[error("the API server at {server} is unreachable: {}", chain(source.as_ref()))]
     Unreachable {
         server: String,
@@ -363,7 +368,10 @@ impl Upstream {
         let prefix = uri.path().trim_end_matches('/').to_owned();
         let (identity, bearer) = match credential {
             Credential::None => (None, Bearer::None),
-            Credential::Token(t) => (None, bearer(&t).map_or(Bearer::None, Bearer::Static)),
+            // An empty token is none, as client-go reads it; one that cannot be a header
+            // is an error, never a request sent without credential.
+            Credential::Token(t) if t.is_empty() => (None, Bearer::None),
+            Credential::Token(t) => (None, Bearer::Static(bearer(&t).ok_or(Error::BadToken)?)),
             Credential::TokenFile(p) => (None, Bearer::File(TokenFile::new(p)?)),
             Credential::Exec(e) => (None, Bearer::Exec(crate::exec_credential::Plugin::new(e))),
             Credential::ClientCert { cert_pem, key_pem } => (
@@ -861,6 +869,37 @@ mod tests {
             .forward(get(), "/api/v1/namespaces/proxy/configmaps/proxy", None)
             .await;
         assert!(matches!(named, Err(Error::CredentialRefused { .. })));
+    }
+
+    /// A kubeconfig token that cannot be a header (`token: |` in YAML ends in a line
+    /// break) is refused at start, where it had been dropped and requests sent without
+    /// any credential; an empty one is no credential, as client-go reads it.
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_refused_not_dropped() {
+        let ca = crate::pki::Authority::generate("test CA", 1).unwrap();
+        let timeout = Duration::from_secs(5);
+        let timeouts = Timeouts {
+            connect: timeout,
+            response: timeout,
+            ping_interval: timeout,
+            ping_timeout: timeout,
+            unread: timeout,
+        };
+        let new = |token: &str| {
+            Upstream::new(
+                "https://127.0.0.1:6443",
+                ca.cert_pem.as_bytes(),
+                "test CA",
+                None,
+                Credential::Token(token.into()),
+                timeouts,
+            )
+        };
+        let refused = new("abc\n").expect_err("a token with a line break is refused");
+        assert!(matches!(refused, Error::BadToken), "{refused}");
+        assert!(!refused.to_string().contains("abc"), "{refused}");
+        assert!(new("").is_ok());
+        assert!(new("abc").is_ok());
     }
 
     /// A failure to connect says why, not only "client error (Connect)".

@@ -54,6 +54,10 @@ pub struct Args {
     pub approval_namespace: String,
 }
 
+/// The kubernetes-mcp-server release the printed MCP client config runs: the one the
+/// tests drive through the proxy (`.ci/test`).
+const MCP_SERVER_VERSION: &str = "0.0.67";
+
 /// The issuer name in the tokens `chaperone local` issues.
 fn issuer_name(context: &str) -> String {
     format!("https://chaperone.local/{context}")
@@ -83,6 +87,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// Resolves the context, writes the run's CA, certificate, token issuer keys, proxy
 /// config and MCP kubeconfig into the directory, and starts the proxy.
 pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Started> {
+    // The admin port answers without a token (`/readyz` says why the proxy is not
+    // ready, `/metrics` what it decided): on a laptop, for this machine only.
+    if !args.admin.ip().is_loopback() {
+        anyhow::bail!(
+            "--admin {} is not a loopback address; the admin port answers without a \
+             token, so it listens on 127.0.0.1 or ::1 only",
+            args.admin
+        );
+    }
     let kubeconfig_path = match &args.kubeconfig {
         Some(p) => p.clone(),
         None => kubeconfig::default_path(env)
@@ -109,8 +122,7 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
                 .join(sanitize(&context))
         }
     };
-    create_private_dir(&dir)?;
-    let dir = absolute(&dir)?;
+    let dir = create_private_dir(&dir)?;
     // Before anything is written: a second run would replace the first's CA and token
     // keys under it, and the first's MCP server would be refused from then on.
     let lock = lock_dir(&dir)?;
@@ -216,9 +228,11 @@ fn proxy_config(
 fn instructions(args: &Args, started: &Started) -> String {
     let kc = started.mcp_kubeconfig.display();
     // Written out by hand to keep the order people expect ("command" before "args").
+    // A pinned version: the MCP server runs as the user, who can read their own
+    // kubeconfig; what `npx -y` fetches and runs unasked must not change under them.
     let mcp = format!(
         "{{\n  \"mcpServers\": {{\n    \"kubernetes\": {{\n      \"command\": \"npx\",\n      \
-         \"args\": [\"-y\", \"kubernetes-mcp-server@latest\", \"--kubeconfig\", {}]\n    }}\n  }}\n}}",
+         \"args\": [\"-y\", \"kubernetes-mcp-server@{MCP_SERVER_VERSION}\", \"--kubeconfig\", {}]\n    }}\n  }}\n}}",
         json!(kc.to_string())
     );
     let mut out = format!(
@@ -321,26 +335,45 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))
 }
 
-/// The directory holds a private key and a token: readable by the user only. It must be
-/// the user's own and not a symbolic link: another user who placed a link there (in a
-/// shared `/tmp`, say) could later point it at a directory of their own, whose JWKS the
-/// proxy would then trust.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+/// The directory holds a private key and a token, and the JWKS the proxy trusts (read
+/// again by path while it runs): readable by the user only, and out of every other
+/// user's reach. Returns its canonical path, which the config names, so that no link
+/// along the way can later be pointed elsewhere.
+///
+/// * It must be the user's own, not a symbolic link, and if it was there already, not
+///   writable by others (who could have left links or files of their own in it).
+/// * Each directory above it must be the user's or root's, and writable by no one else
+///   unless sticky (as `/tmp`): whoever may rename an entry on the way could swap the
+///   directory for one of their own, whose JWKS the proxy would then trust.
+fn create_private_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("failed to create {}", dir.display()))?;
-    let meta = std::fs::symlink_metadata(dir)
-        .with_context(|| format!("failed to read {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let existed = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
+    };
+    if existed.is_none() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    let meta = match existed {
+        Some(meta) => meta,
+        None => std::fs::symlink_metadata(dir)
+            .with_context(|| format!("failed to read {}", dir.display()))?,
+    };
     if meta.file_type().is_symlink() {
         anyhow::bail!(
             "{} is a symbolic link; give --dir a directory of your own",
             dir.display()
         );
     }
-    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
     if meta.uid() != me {
         anyhow::bail!(
             "{} belongs to user {}, not to you ({me}); give --dir a directory of your own",
@@ -348,8 +381,42 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
             meta.uid()
         );
     }
+    if meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "{} is writable by others (mode {:o}), who may have left files or links in it; \
+             remove it, or give --dir a new directory",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("failed to restrict {}", dir.display()))
+        .with_context(|| format!("failed to restrict {}", dir.display()))?;
+    let canonical = std::fs::canonicalize(dir)
+        .with_context(|| format!("failed to resolve {}", dir.display()))?;
+    for above in canonical.ancestors().skip(1) {
+        let meta = std::fs::metadata(above)
+            .with_context(|| format!("failed to read {}", above.display()))?;
+        if meta.uid() != me && meta.uid() != 0 {
+            anyhow::bail!(
+                "{} is above {} and belongs to user {}, who could swap it; give --dir \
+                 a directory whose parents are yours or root's",
+                above.display(),
+                canonical.display(),
+                meta.uid()
+            );
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !sticky {
+            anyhow::bail!(
+                "{} is above {} and writable by others (mode {:o}), who could swap it; \
+                 give --dir a directory whose parents only you can change",
+                above.display(),
+                canonical.display(),
+                meta.mode() & 0o7777
+            );
+        }
+    }
+    Ok(canonical)
 }
 
 #[cfg(test)]
@@ -374,6 +441,35 @@ mod tests {
         assert!(segments.iter().all(|s| !s.contains(['/', '\\', ':', ' '])));
     }
 
+    #[tokio::test]
+    async fn the_admin_port_is_refused_off_loopback() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cli = Cli::parse_from([
+            "local",
+            "--policy",
+            "policy.yaml",
+            "--admin",
+            "0.0.0.0:9901",
+            "--dir",
+            dir.path().join("d").to_str().unwrap(),
+        ]);
+        let Err(err) = start(&cli.args, &|_| None).await else {
+            panic!("started with the admin port on every address");
+        };
+        assert!(
+            err.to_string()
+                .starts_with("--admin 0.0.0.0:9901 is not a loopback address"),
+            "{err}"
+        );
+        assert!(!dir.path().join("d").exists(), "files were written first");
+    }
+
     #[test]
     fn a_directory_is_one_runs_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
@@ -392,12 +488,42 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("ctx");
-        create_private_dir(&dir).unwrap();
+        let made = create_private_dir(&dir).unwrap();
+        assert_eq!(made, std::fs::canonicalize(&dir).unwrap());
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+        // Again: the same directory, still private.
+        assert_eq!(create_private_dir(&dir).unwrap(), made);
         let link = base.path().join("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
         let err = create_private_dir(&link).unwrap_err();
         assert!(err.to_string().contains("is a symbolic link"), "{err}");
+
+        // A directory others could write to may hold what they left: refused, not
+        // narrowed.
+        let loose = base.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = create_private_dir(&loose).unwrap_err();
+        assert!(
+            err.to_string().contains("is writable by others (mode 777)"),
+            "{err}"
+        );
+
+        // Under a parent others may write to and that is not sticky, whoever can write
+        // there could rename the directory and put their own in its place.
+        let shared = base.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = create_private_dir(&shared.join("ctx"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is above") && err.contains("writable by others"),
+            "{err}"
+        );
+        // Sticky (as /tmp), they cannot: allowed.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        create_private_dir(&shared.join("ctx2")).unwrap();
     }
 }
