@@ -50,6 +50,12 @@ pub struct Admin {
     pub requests: Option<Arc<crate::places::PerCaller>>,
 }
 
+/// What a peer off this host reads in place of `/readyz`'s reasons and warnings.
+const REASONS_HIDDEN: &str =
+    "the reasons are in the proxy's log, and on /readyz from the pod itself (kubectl port-forward)\n";
+const WARNINGS_HIDDEN: &str =
+    "with warnings: in the proxy's log, and on /readyz from the pod itself (kubectl port-forward)\n";
+
 impl Admin {
     /// Why the proxy is not ready, if it is not.
     fn not_ready(&self) -> Vec<String> {
@@ -91,7 +97,11 @@ impl Admin {
     }
 
     /// Answers one admin request.
-    pub fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
+    /// Answers `req`. `/readyz` says why only to a peer on this host (`detail`), as
+    /// through `kubectl port-forward`: the admin port listens on the pod's address,
+    /// and the reasons may quote the policy, its path and the issuers. Every other peer
+    /// (the kubelet, anyone in the cluster) gets the status code and a pointer to them.
+    pub fn respond<B>(&self, req: &Request<B>, detail: bool) -> Response<Body> {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         let (code, text, kind) = match req.uri().path() {
             "/healthz" | "/livez" if get => (
@@ -103,10 +113,19 @@ impl Admin {
                 [] => {
                     let mut text = "ok\n".to_owned();
                     for note in self.notes.iter().filter_map(|n| n()) {
+                        if !detail {
+                            text.push_str(WARNINGS_HIDDEN);
+                            break;
+                        }
                         text.push_str(&format!("warning: {note}\n"));
                     }
                     (StatusCode::OK, text, "text/plain; charset=utf-8")
                 }
+                _ if !detail => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready; {}", REASONS_HIDDEN),
+                    "text/plain; charset=utf-8",
+                ),
                 reasons => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {}\n", reasons.join("; ")),
@@ -151,26 +170,48 @@ mod tests {
                 .unwrap()
                 .to_bytes()
         };
-        assert_eq!(admin.respond(&get("/healthz")).status(), 200);
-        let not_yet = admin.respond(&get("/readyz"));
+        assert_eq!(admin.respond(&get("/healthz"), true).status(), 200);
+        let not_yet = admin.respond(&get("/readyz"), true);
         assert_eq!(not_yet.status(), 503);
         assert!(String::from_utf8_lossy(&body(not_yet)).contains("listeners are not serving"));
 
         admin.ready.set();
-        assert_eq!(admin.respond(&get("/readyz")).status(), 200);
+        assert_eq!(admin.respond(&get("/readyz"), true).status(), 200);
+        admin.notes.push(Arc::new(|| {
+            Some("policy reload failed: resource name \"db/root\" contains '/'".to_owned())
+        }));
+        let warned = body(admin.respond(&get("/readyz"), true));
+        assert!(String::from_utf8_lossy(&warned).contains("warning: policy reload failed"));
+        let remote = admin.respond(&get("/readyz"), false);
+        assert_eq!(remote.status(), 200);
+        let text = String::from_utf8_lossy(&body(remote)).into_owned();
+        assert!(
+            text.starts_with("ok\nwith warnings: in the proxy's log"),
+            "{text}"
+        );
+        assert!(!text.contains("db/root"), "{text}");
         admin.checks.push(Arc::new(|| {
             Some("no keys yet for issuer https://idp".to_owned())
         }));
-        let keys = admin.respond(&get("/readyz"));
+        let keys = admin.respond(&get("/readyz"), true);
         assert_eq!(keys.status(), 503);
         assert!(String::from_utf8_lossy(&body(keys)).contains("no keys yet"));
+        // Off this host: the status, and where the reasons are.
+        let remote = admin.respond(&get("/readyz"), false);
+        assert_eq!(remote.status(), 503);
+        let text = String::from_utf8_lossy(&body(remote)).into_owned();
+        assert!(!text.contains("no keys yet"), "{text}");
+        assert!(
+            text.starts_with("not ready; the reasons are in the proxy's log"),
+            "{text}"
+        );
 
-        let metrics = admin.respond(&get("/metrics"));
+        let metrics = admin.respond(&get("/metrics"), true);
         assert_eq!(metrics.status(), 200);
         assert!(String::from_utf8_lossy(&body(metrics))
             .contains("# TYPE chaperone_requests_total counter"));
-        assert_eq!(admin.respond(&get("/nope")).status(), 404);
+        assert_eq!(admin.respond(&get("/nope"), true).status(), 404);
         let post = Request::post("/metrics").body(()).unwrap();
-        assert_eq!(admin.respond(&post).status(), 405);
+        assert_eq!(admin.respond(&post, true).status(), 405);
     }
 }

@@ -113,8 +113,8 @@ pub struct Config {
     /// out and retries.
     #[serde(default = "default_max_requests_per_caller")]
     pub max_requests_per_caller: usize,
-    /// How many connections the API listeners keep open at once; one past them is
-    /// closed as it is accepted.
+    /// How many connections the API listeners keep open at once, all of them together;
+    /// one past them is closed as it is accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
 }

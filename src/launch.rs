@@ -220,15 +220,19 @@ pub async fn proxy(
         requests: Some(requests),
     };
     let admin = Arc::new(admin);
-    let admin_handler = move |req: http::Request<_>, _| std::future::ready(admin.respond(&req));
+    let admin_handler = move |req: http::Request<_>, conn: server::Conn| {
+        std::future::ready(admin.respond(&req, conn.peer.ip().to_canonical().is_loopback()))
+    };
     let admin_listener = server::bind(&[config.admin.listen]).await?;
+    let admin_connections =
+        server::Connections::new(ADMIN_MAX_CONNECTIONS).per_peer(ADMIN_MAX_PER_PEER);
     for listener in admin_listener {
         running.admin = listener.local_addr().ok();
         running.tasks.spawn(server::serve(
             listener,
             None,
             config.header_timeout.min(ADMIN_HEADER_TIMEOUT),
-            ADMIN_MAX_CONNECTIONS,
+            admin_connections.clone(),
             admin_handler.clone(),
             running.shutdown.clone(),
             Duration::from_secs(1),
@@ -240,11 +244,13 @@ pub async fn proxy(
     Ok(running)
 }
 
-/// The admin port's bound on open connections, and how long one may take to send its
-/// request: probes and scrapes need a few connections and a few milliseconds. It listens
-/// on the pod's IP, where anyone in the cluster may connect: with a short timeout, a
-/// peer must open a connection every few milliseconds to keep the kubelet's probes out.
+/// The admin port's bounds on open connections, in all and from one address, and how
+/// long one may take to send its request: probes and scrapes need a few connections
+/// and a few milliseconds. It listens on the pod's IP, where anyone in the cluster may
+/// connect, and serves one request per connection: to keep the kubelet's probes out, a
+/// peer would need connections from more than a hundred addresses at once.
 const ADMIN_MAX_CONNECTIONS: usize = 1024;
+const ADMIN_MAX_PER_PEER: usize = 8;
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Raises the soft limit on open files to the hard one, as Go programs (the API server,
@@ -396,6 +402,8 @@ async fn start(
     handler: impl Handler,
     grace: Duration,
 ) -> Result<Running, Error> {
+    // One bound across the listeners: `maxConnections` is what they hold together.
+    let connections = server::Connections::new(max_connections);
     let listeners = server::bind(addrs).await?;
     let shutdown = Shutdown::default();
     let mut tasks = JoinSet::new();
@@ -408,7 +416,7 @@ async fn start(
             listener,
             tls.clone(),
             header_timeout,
-            max_connections,
+            connections.clone(),
             handler.clone(),
             shutdown.clone(),
             grace,

@@ -3,8 +3,9 @@
 
 mod first_bytes;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +16,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
+use crate::sync::Locked as _;
 use first_bytes::FirstBytes;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,16 +39,100 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The client presented a TLS client certificate (never trusted; see `tls`).
     pub client_cert: bool,
-    /// The connection's place among the listener's `max_connections`.
+    /// The connection's place among the listener's [`Connections`].
     pub slot: Slot,
 }
 
-/// A connection's place among the listener's `max_connections`, given back when the
+/// A connection's place among its listeners' [`Connections`], given back when the
 /// connection and every session upgraded from it have ended: an exec or port-forward
 /// tunnel keeps the connection's socket, so it keeps its place too.
 #[derive(Debug, Clone)]
 pub struct Slot {
-    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    _place: Arc<Place>,
+}
+
+#[derive(Debug)]
+struct Place {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The peer's count among `per_peer`, taken back on drop.
+    peer: Option<(IpAddr, Arc<PerPeer>)>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some((ip, counts)) = &self.peer {
+            let mut open = counts.open.locked();
+            if let Some(n) = open.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PerPeer {
+    max: usize,
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// The bound on connections open at once, shared by every listener given a clone: one
+/// past it is closed as it is accepted, so that no number of idle connections can take
+/// the file descriptors every other connection, the upstream's and the audit file's
+/// need. Optionally also a bound per peer address, for a listener anyone on the
+/// network may reach (the admin port), so that one peer cannot take every place.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    slots: Arc<Semaphore>,
+    max: usize,
+    per_peer: Option<Arc<PerPeer>>,
+}
+
+impl Connections {
+    pub fn new(max: usize) -> Connections {
+        Connections {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            per_peer: None,
+        }
+    }
+
+    /// At most `max` of them open from one address at once.
+    pub fn per_peer(mut self, max: usize) -> Connections {
+        self.per_peer = Some(Arc::new(PerPeer {
+            max,
+            open: std::sync::Mutex::new(HashMap::new()),
+        }));
+        self
+    }
+
+    /// A place for a connection from `peer`, or why there is none.
+    fn take(&self, peer: IpAddr) -> Result<Slot, &'static str> {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            return Err("the listeners have their most connections open");
+        };
+        let peer = match &self.per_peer {
+            None => None,
+            Some(counts) => {
+                let ip = peer.to_canonical();
+                let mut open = counts.open.locked();
+                let n = open.entry(ip).or_insert(0);
+                if *n >= counts.max {
+                    return Err("the peer has its most connections open");
+                }
+                *n += 1;
+                Some((ip, counts.clone()))
+            }
+        };
+        Ok(Slot {
+            _place: Arc::new(Place {
+                _permit: permit,
+                peer,
+            }),
+        })
+    }
 }
 
 /// What serves each request: the proxy pipeline, the sandbox, or the admin endpoints.
@@ -108,15 +194,13 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
 /// Serves one listener until shutdown, then waits up to `grace` for open connections
 /// (watches, exec sessions) before dropping them. `tls: None` serves plain HTTP (the
 /// admin port only). A connection that sends nothing, or no complete HTTP/1.1 request
-/// head, within `header_timeout` is closed. At most `max_connections` are open at once:
-/// one past them is closed as it is accepted, so that no number of idle connections
-/// can take the file descriptors every other connection, the upstream's and the audit
-/// file's need.
+/// head, within `header_timeout` is closed. `connections` bounds how many are open
+/// at once. The admin port (`tls: None`) serves one request per connection.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<(TlsAcceptor, Duration)>,
     header_timeout: Duration,
-    max_connections: usize,
+    connections: Connections,
     handler: impl Handler,
     shutdown: Shutdown,
     grace: Duration,
@@ -124,7 +208,6 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     let mut stop = shutdown.subscribe();
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut said_full = false;
     loop {
         tokio::select! {
@@ -138,13 +221,16 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    if !std::mem::replace(&mut said_full, true) {
-                        tracing::warn!(?local, max_connections, %peer,
-                            "connection refused: the listener has its most connections open");
+                let slot = match connections.take(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        if !std::mem::replace(&mut said_full, true) {
+                            tracing::warn!(?local, max_connections = connections.max, %peer,
+                                "connection refused: {why}");
+                        }
+                        drop(stream);
+                        continue;
                     }
-                    drop(stream);
-                    continue;
                 };
                 said_full = false;
                 let _ = stream.set_nodelay(true);
@@ -157,7 +243,6 @@ pub async fn serve(
                 };
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
-                let slot = Slot { _permit: Arc::new(slot) };
                 tokio::spawn(async move {
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     // A client that opens a connection and never finishes its headers
@@ -194,9 +279,12 @@ pub async fn serve(
                         None => {
                             // The admin port: HTTP/1.1 only (probes and scrapes use it),
                             // so every idle connection is bounded by the header timeout;
-                            // an HTTP/2 one without streams would be held for good.
+                            // an HTTP/2 one without streams would be held for good. One
+                            // request per connection: kept alive, a connection that sends
+                            // a probe every few seconds would hold its place for good.
                             let service = service(Conn { peer, client_cert: false, slot });
                             let stream = FirstBytes::new(stream, header_timeout);
+                            builder.http1().keep_alive(false);
                             let builder = builder.http1_only();
                             let conn = builder.serve_connection(TokioIo::new(stream), service);
                             watcher.watch(conn.into_owned()).await

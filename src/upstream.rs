@@ -452,7 +452,12 @@ impl Upstream {
     }
 
     fn note_failure(&self, error: &Error) {
-        *self.last_failure.locked() = Some((std::time::SystemTime::now(), error.to_string()));
+        let mut last = self.last_failure.locked();
+        // Once per spell, in the log too: `/readyz` shows it only to this host's peers.
+        if last.is_none() {
+            tracing::warn!(%error, "the API server cannot be used");
+        }
+        *last = Some((std::time::SystemTime::now(), error.to_string()));
     }
 
     fn note_success(&self) {

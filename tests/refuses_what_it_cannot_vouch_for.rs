@@ -431,19 +431,24 @@ async fn connections_past_the_bound_are_closed_at_once() {
     let ca = String::from_utf8(env.ca_pem()).unwrap();
     let mut config = support::proxy_config(env.dir.path(), &env.sandbox_url(), &ca, "t", "");
     config.max_connections = 4;
+    // Two listeners share the bound: it is what they hold together.
+    config.listen = vec![
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    ];
     let proxy = chaperone::launch::proxy(&config, &|_| None).await.unwrap();
     let mut held = Vec::new();
-    for _ in 0..4 {
+    for i in 0..4 {
         held.push(
-            tokio::net::TcpStream::connect(proxy.addrs[0])
+            tokio::net::TcpStream::connect(proxy.addrs[i % 2])
                 .await
                 .unwrap(),
         );
     }
     // Accepted in order: give the listener a moment to take the four.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..6 {
-        let mut extra = tokio::net::TcpStream::connect(proxy.addrs[0])
+    for i in 0..6 {
+        let mut extra = tokio::net::TcpStream::connect(proxy.addrs[i % 2])
             .await
             .unwrap();
         let mut buf = [0u8; 16];
@@ -470,6 +475,42 @@ async fn connections_past_the_bound_are_closed_at_once() {
     let reply = env.client(false).get(&url, &[]).await;
     assert!(reply.json()["kind"].is_string(), "{:?}", reply.body);
     proxy.stop().await;
+    env.stop().await;
+}
+
+/// The admin port listens on the pod's address, where anyone in the cluster may
+/// connect: it serves one request per connection, and holds at most eight connections
+/// from one address, so one peer cannot keep the kubelet's probes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_bounds_each_peer_and_serves_one_request_per_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = sandbox().with_proxy().start().await;
+    let admin = env.started.proxy.as_ref().and_then(|p| p.admin).unwrap();
+    // A kept-alive request is answered, and the connection closed after it.
+    let mut conn = tokio::net::TcpStream::connect(admin).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut raw)).await;
+    assert!(read.is_ok(), "the admin port kept the connection open");
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    // Eight idle connections from 127.0.0.1 are held; a ninth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("a ninth connection from one address is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Places given back are taken again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(support::http_get(admin, "/healthz").await.0, 200);
     env.stop().await;
 }
 
