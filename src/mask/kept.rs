@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use bytes::BytesMut;
 use serde_json::Value;
 
+use super::rules::Compiled;
 use super::unit::{Context, Part, Units};
 use super::{Error, Masker, Target, MARKER};
 
@@ -39,15 +40,14 @@ impl Masker {
 
     fn mask_sent_json(&self, target: &Target<'_>, json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
         if json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            let covered = self.inner.all().any(|r| {
-                r.applies(
-                    &[target.resource],
-                    target.namespace.as_bytes(),
-                    target.name.as_bytes(),
-                )
-            });
-            if covered {
-                return json_patch(json);
+            let (ns, name) = (target.namespace.as_bytes(), target.name.as_bytes());
+            let rules: Vec<&Compiled> = self
+                .inner
+                .all()
+                .filter(|r| r.applies(&[target.resource], ns, name))
+                .collect();
+            if !rules.is_empty() {
+                return json_patch(&rules, json);
             }
         }
         let ctx = Context {
@@ -318,8 +318,13 @@ pub fn credentials(target: &Target<'_>, value: &mut Value) -> u64 {
     }
 }
 
-/// Every operation's `value` masked, leaf by leaf.
-fn json_patch(json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
+/// A JSON patch's operations' values masked as the `rules` (those that apply to the
+/// patched object) mask the object: what lands in or over a masked field, by the
+/// operation's path read as the API server's patch library reads it (split at `/`, the
+/// first piece dropped whatever it holds), and any string a rule's detectors or
+/// patterns find something in. The rest is kept, so that a reviewer sees what the patch
+/// does: the image it sets, the command, the replicas.
+fn json_patch(rules: &[&Compiled], json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
     let mut ops: Value = serde_json::from_slice(json).map_err(|_| Error::InvalidJson {
         offset: 0,
         reason: "not a valid JSON patch",
@@ -327,9 +332,23 @@ fn json_patch(json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
     let mut n = 0;
     if let Value::Array(ops) = &mut ops {
         for op in ops {
-            if let Some(v) = op.get_mut("value") {
-                n += mask_leaves(v);
+            let tokens: Vec<String> = op
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .split('/')
+                .skip(1)
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            let Some(value) = op.get_mut("value") else {
+                continue;
+            };
+            for rule in rules {
+                for path in &rule.fields {
+                    n += path.mask_patch_value(&tokens, value);
+                }
             }
+            n += scan_leaves(rules, value);
         }
     }
     let out = serde_json::to_vec(&ops).map_err(|_| Error::InvalidJson {
@@ -339,17 +358,23 @@ fn json_patch(json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
     Ok((out, n))
 }
 
-/// Every string and number in `value` becomes the marker, its keys kept; returns how
-/// many.
-fn mask_leaves(value: &mut Value) -> u64 {
+/// Every string in `value` a scanner of `rules` finds something in becomes the marker.
+fn scan_leaves(rules: &[&Compiled], value: &mut Value) -> u64 {
     match value {
-        Value::Object(map) => map.values_mut().map(mask_leaves).sum(),
-        Value::Array(items) => items.iter_mut().map(mask_leaves).sum(),
-        Value::Null | Value::Bool(_) => 0,
-        _ => {
-            *value = Value::String(MARKER.to_owned());
-            1
+        Value::Object(map) => map.values_mut().map(|v| scan_leaves(rules, v)).sum(),
+        Value::Array(items) => items.iter_mut().map(|v| scan_leaves(rules, v)).sum(),
+        Value::String(s) if s != MARKER => {
+            // A scanner that did not compile finds everything: masked, not passed.
+            let hit = rules
+                .iter()
+                .filter_map(|r| r.scanner.as_ref())
+                .any(|sc| sc.get().is_none_or(|sc| sc.is_match(s.as_bytes())));
+            if hit {
+                *s = MARKER.to_owned();
+            }
+            u64::from(hit)
         }
+        _ => 0,
     }
 }
 
@@ -479,6 +504,66 @@ mod tests {
             masked(&masker, &target("deployments", "web"), patch.clone()),
             (patch, 0)
         );
+    }
+
+    /// A JSON patch of an object a rule covers keeps what the patch does in view (the
+    /// image, the command, the replicas) and masks what lands in or over a masked field,
+    /// by the operation's path, and what the rule's detectors find.
+    #[test]
+    fn a_json_patch_is_masked_where_it_touches_a_masked_field_only() {
+        let masker = Masker::compile(&[Rule {
+            resources: vec!["deployments".into()],
+            fields: vec!["spec.template.spec.containers[*].env[*].value".into()],
+            detectors: vec!["jwt".into()],
+            ..Rule::default()
+        }])
+        .unwrap();
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        let (kept, n) = masked(
+            &masker,
+            &target("deployments", "web"),
+            json!([
+                {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "evil:latest"},
+                {"op": "replace", "path": "/spec/replicas", "value": 30},
+                // Inside a masked field, and over one.
+                {"op": "replace", "path": "/spec/template/spec/containers/0/env/1/value", "value": "hunter2"},
+                {"op": "add", "path": "/spec/template/spec/containers/-", "value":
+                    {"name": "side", "image": "tool:1", "command": ["sh", "-c", "run"],
+                     "env": [{"name": "DB", "value": "s3cret"}]}},
+                // The whole object: every masked field in it.
+                {"op": "replace", "path": "", "value": {"spec": {"template": {"spec": {
+                    "containers": [{"image": "x:1", "env": [{"name": "K", "value": "v"}]}]}}}}},
+                // Somewhere no field path reaches, a detector's finding.
+                {"op": "add", "path": "/metadata/annotations/token", "value": jwt},
+                // A pointer's first piece is dropped whatever it holds.
+                {"op": "replace", "path": "x/spec/template/spec/containers/0/env/0/value", "value": "pw"}
+            ]),
+        );
+        let v = |i: usize| kept[i]["value"].clone();
+        assert_eq!(v(0), "evil:latest");
+        assert_eq!(v(1), 30);
+        assert_eq!(v(2), MARKER);
+        assert_eq!(v(3)["image"], "tool:1");
+        assert_eq!(v(3)["command"], json!(["sh", "-c", "run"]));
+        assert_eq!(v(3)["env"][0], json!({"name": "DB", "value": MARKER}));
+        let whole = &v(4)["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(whole["image"], "x:1");
+        assert_eq!(whole["env"][0], json!({"name": "K", "value": MARKER}));
+        assert_eq!(v(5), MARKER);
+        assert_eq!(v(6), MARKER);
+        assert_eq!(n, 5);
+        // A Secret's: every value that lands in `data` or `stringData`, or over them.
+        let (kept, _) = masked(
+            &Masker::builtin(),
+            &target("secrets", "db"),
+            json!([
+                {"op": "add", "path": "", "value": {"kind": "Secret", "data": {"k": "czNj"}, "type": "Opaque"}},
+                {"op": "replace", "path": "/type", "value": "Opaque"}
+            ]),
+        );
+        assert_eq!(kept[0]["value"]["data"]["k"], MARKER);
+        assert_eq!(kept[0]["value"]["type"], "Opaque");
+        assert_eq!(kept[1]["value"], "Opaque");
     }
 
     #[test]

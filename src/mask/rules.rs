@@ -322,12 +322,65 @@ impl Path {
         })
     }
 
+    /// Masks, in the `value` a JSON patch operation puts at the pointer `tokens`, what
+    /// this path masks in the object: all of it when it lies inside a masked field, the
+    /// fields the rest of the path reaches when it holds them, nothing when the two part.
+    /// Every string and number reached is masked; narrowing regexes are not applied
+    /// (when in doubt, masked). Returns how many values were masked.
+    pub(crate) fn mask_patch_value(&self, tokens: &[String], value: &mut serde_json::Value) -> u64 {
+        if !self.overlaps(tokens) {
+            return 0;
+        }
+        match self.segs.get(tokens.len()..) {
+            Some(rest) => mask_reached(rest, value),
+            None => mask_leaves(value),
+        }
+    }
+
     fn new(segs: Vec<Seg>, repl: Repl) -> Path {
         Path {
             last_any_key: segs.iter().rposition(|s| *s == Seg::AnyKey),
             last_any_index: segs.iter().rposition(|s| *s == Seg::AnyIndex),
             segs,
             repl,
+        }
+    }
+}
+
+/// What `segs` reaches in `value`, masked leaf by leaf.
+fn mask_reached(segs: &[Seg], value: &mut serde_json::Value) -> u64 {
+    use serde_json::Value;
+    let Some((seg, rest)) = segs.split_first() else {
+        return mask_leaves(value);
+    };
+    match (seg, value) {
+        (Seg::Key(key), Value::Object(map)) => std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| map.get_mut(k))
+            .map_or(0, |v| mask_reached(rest, v)),
+        (Seg::AnyKey, Value::Object(map)) => map.values_mut().map(|v| mask_reached(rest, v)).sum(),
+        (Seg::Index(i), Value::Array(items)) => {
+            items.get_mut(*i).map_or(0, |v| mask_reached(rest, v))
+        }
+        (Seg::AnyIndex, Value::Array(items)) => {
+            items.iter_mut().map(|v| mask_reached(rest, v)).sum()
+        }
+        _ => 0,
+    }
+}
+
+/// Every string and number in `value` becomes the marker, its keys kept; returns how
+/// many.
+pub(crate) fn mask_leaves(value: &mut serde_json::Value) -> u64 {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => map.values_mut().map(mask_leaves).sum(),
+        Value::Array(items) => items.iter_mut().map(mask_leaves).sum(),
+        Value::Null | Value::Bool(_) => 0,
+        Value::String(s) if s == super::MARKER => 0,
+        _ => {
+            *value = Value::String(super::MARKER.to_owned());
+            1
         }
     }
 }
