@@ -27,10 +27,9 @@ pub enum Error {
     Repeated { key: String, at: String },
 }
 
-/// Parses `bytes` as one JSON value, refusing any object that names a key twice.
-/// `with_position` says where, for text a user wrote; text this process wrote (YAML
-/// converted to JSON) passes `false`.
-pub fn parse(bytes: &[u8], with_position: bool) -> Result<Value, Error> {
+/// Parses `bytes` as one JSON value, refusing any object that names a key twice (and
+/// saying where).
+pub fn parse(bytes: &[u8]) -> Result<Value, Error> {
     let repeated = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = KeysOnce(&repeated)
@@ -40,10 +39,7 @@ pub fn parse(bytes: &[u8], with_position: bool) -> Result<Value, Error> {
         (Ok(v), _) => Ok(v),
         (Err(e), Some(key)) => Err(Error::Repeated {
             key,
-            at: match with_position {
-                true => format!(" (line {}, column {})", e.line(), e.column()),
-                false => String::new(),
-            },
+            at: format!(" (line {}, column {})", e.line(), e.column()),
         }),
         (Err(e), None) => Err(Error::Syntax(e)),
     }
@@ -125,7 +121,7 @@ mod tests {
             " 7 ",
         ] {
             let want: Value = serde_json::from_str(text).unwrap();
-            assert_eq!(parse(text.as_bytes(), true).unwrap(), want, "{text}");
+            assert_eq!(parse(text.as_bytes()).unwrap(), want, "{text}");
         }
     }
 
@@ -141,25 +137,18 @@ mod tests {
                 "column 34",
             ),
         ] {
-            let e = parse(text.as_bytes(), true).unwrap_err();
+            let e = parse(text.as_bytes()).unwrap_err();
             let Error::Repeated { key: k, .. } = &e else {
                 panic!("{e}")
             };
             assert_eq!(k, key);
             let shown = e.to_string();
             assert!(shown.contains(at), "{shown}");
-            assert!(
-                !parse(text.as_bytes(), false)
-                    .unwrap_err()
-                    .to_string()
-                    .contains("line"),
-                "{text}"
-            );
         }
         // Keys differ by case: two keys (the API server's decoder is case-sensitive).
-        assert!(parse(br#"{"spec":1,"Spec":2}"#, true).is_ok());
+        assert!(parse(br#"{"spec":1,"Spec":2}"#).is_ok());
         // The same key in different objects is fine.
-        assert!(parse(br#"{"a":{"k":1},"b":{"k":1}}"#, true).is_ok());
+        assert!(parse(br#"{"a":{"k":1},"b":{"k":1}}"#).is_ok());
     }
 
     /// Any JSON value (objects with distinct keys), written as serde_json writes it.
@@ -222,7 +211,7 @@ mod tests {
         fn any_json_reads_as_serde_json_reads_it(v in value()) {
             let text = serde_json::to_vec(&v).unwrap();
             let want: Value = serde_json::from_slice(&text).unwrap();
-            prop_assert_eq!(parse(&text, true).unwrap(), want);
+            prop_assert_eq!(parse(&text).unwrap(), want);
         }
 
         #[test]
@@ -233,7 +222,7 @@ mod tests {
             // Past zero (wrapped) once an entry was repeated; else fewer entries than
             // counted (a string holding `":`), or none.
             let repeated = which > entries;
-            match parse(text.as_bytes(), true) {
+            match parse(text.as_bytes()) {
                 Ok(read) => prop_assert!(
                     !repeated && read == serde_json::from_str::<Value>(&text).unwrap(),
                     "{text} read as {read}"
@@ -247,7 +236,7 @@ mod tests {
     fn text_that_is_not_json_is_a_syntax_error() {
         for text in ["{not json", "{\"a\":1} trailing", "", "\"\\ud800\""] {
             assert!(
-                matches!(parse(text.as_bytes(), true), Err(Error::Syntax(_))),
+                matches!(parse(text.as_bytes()), Err(Error::Syntax(_))),
                 "{text}"
             );
         }

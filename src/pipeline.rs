@@ -516,7 +516,7 @@ impl Proxy {
                     decision = refusal.map_err(unread)?;
                 }
                 if json_patch && decision.applied() != policy::Action::Deny {
-                    let ops = crate::json_once::parse(&bytes, true)
+                    let ops = crate::json_once::parse(&bytes)
                         .map_err(|e| unread(approval::Error::Unreviewable(e.to_string())))?;
                     if let Some(why) = masker.patch_reveals(&mask::Target::of(&info), &ops) {
                         decision = policy::Decision::reveals_masked(&info, why);

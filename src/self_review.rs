@@ -136,7 +136,7 @@ where
         // Read as the API server reads it: a key named twice is refused, not answered
         // for one of its values.
         "" | "application/json" => {
-            crate::json_once::parse(&text, true).map_err(|e| Error::Invalid(e.to_string()))?
+            crate::json_once::parse(&text).map_err(|e| Error::Invalid(e.to_string()))?
         }
         // kubectl's typed clients send these as protobuf.
         "application/vnd.kubernetes.protobuf" => {

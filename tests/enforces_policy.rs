@@ -1000,6 +1000,30 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
             reply.status,
         );
     }
+    // YAML that is not JSON is refused: the API server's decoder reads a merge key
+    // after the key it overrides, and `!!binary` keys, otherwise than any other reader.
+    for pod in [
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: merged}\nspec:\n  hostNetwork: false\n  <<: {hostNetwork: true}\n  containers: [{name: c, image: busybox}]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: tagged\n  labels:\n    ? !!binary Y2hhcGVyb25lLmRldi9pbmplY3Q=\n    : \"false\"\nspec: {containers: [{name: c, image: busybox}]}\n",
+    ] {
+        let req = http::Request::post(format!(
+            "{}/api/v1/namespaces/default/pods",
+            env.proxy_url()
+        ))
+        .header("content-type", "application/yaml")
+        .body(chaperone::body::full(pod))
+        .unwrap();
+        let reply = env.client(false).send(req).await;
+        let message = reply.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            reply.status == 400 && message.contains("its body is YAML that is not JSON"),
+            "{pod}: {} {message}",
+            reply.status,
+        );
+    }
     // A namespace is not changed through chaperone (leaving its label out of an update
     // would turn injection off), nor a workload an administrator took out of it.
     let out = env
