@@ -261,9 +261,9 @@ async fn a_denied_request_gets_the_reviewers_reason() {
         String::from_utf8_lossy(&kubectl_plugin(&env, &["requests", &name]).stdout).into_owned();
     for part in [
         "create rolebindings.rbac.authorization.k8s.io in default",
-        "roleRef:",
-        "name: admin",
-        "name: agent",
+        "\"roleRef\": {",
+        "\"name\": \"admin\"",
+        "\"name\": \"agent\"",
         &format!("chaperone deny {name} -n default"),
     ] {
         assert!(shown.contains(part), "{part:?} not in:\n{shown}");
@@ -875,7 +875,7 @@ async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
     let listed = reviewer(&env, &["requests"]);
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(
-        listed.contains("create default/rolebindings/agent-admin"),
+        listed.contains("create default/rolebindings.rbac.authorization.k8s.io agent-admin"),
         "{listed}"
     );
     let out = decide(&env, "approve", &name, "ok", held).await;

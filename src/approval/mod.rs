@@ -868,12 +868,13 @@ fn masked_key() -> Result<&'static ring::hmac::Key, Error> {
     Ok(KEY.get_or_init(|| key))
 }
 
-/// A DNS-1123 name that says what is asked: `create-rolebindings-1a2b3c4d5e6f7a8b`.
+/// A DNS-1123 name that says what is asked: `create-rolebindings-1a2b3c4d5e6f7a8b`,
+/// `get-nodes-proxy-...` (the subresource too: a node's `proxy` is not a node's read).
 fn object_name(info: &RequestInfo, key: &str) -> String {
-    let what = if info.resource.is_empty() {
-        "path"
-    } else {
-        info.resource.as_str()
+    let what = match (info.resource.as_str(), info.subresource.as_str()) {
+        ("", _) => "path".to_owned(),
+        (resource, "") => resource.to_owned(),
+        (resource, sub) => format!("{resource}-{sub}"),
     };
     let clean: String = format!("{}-{what}", approved_verb(info))
         .chars()
@@ -1366,6 +1367,10 @@ mod tests {
         // Opened by a websocket GET or an SPDY POST, it is one connection: one key.
         assert_eq!(key(&ws, app), key(&exec, app));
         assert_eq!(object_name(&ws, "k"), object_name(&exec, "k"));
+        assert_eq!(object_name(&exec, "k"), "connect-pods-exec-k");
+        // The subresource is named: a node's proxy is not a read of the node.
+        let node_proxy = get("GET", "/api/v1/nodes/n1/proxy/pods");
+        assert_eq!(object_name(&node_proxy, "k"), "get-nodes-proxy-k");
         let pf = get("GET", "/api/v1/namespaces/default/pods/web/portforward");
         assert_ne!(key(&pf, "ports=80"), key(&pf, "ports=5432"));
         let proxy = get(

@@ -44,6 +44,10 @@ pub struct DecideArgs {
     /// How long the approval holds for the same request (approve only).
     #[arg(long, visible_alias = "for", value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub grant: Duration,
+    /// Decide without being asked to confirm. At a terminal, the request is shown in
+    /// full and the decision asked for first; in a script it is shown and decided.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     #[command(flatten)]
     pub access: Access,
 }
@@ -167,7 +171,10 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
         .and_then(Value::as_str)
         .unwrap_or("Pending");
     if phase != "Pending" {
-        bail!("AccessRequest {ns}/{name} is already {phase}");
+        bail!(
+            "AccessRequest {ns}/{name} is already {}",
+            for_terminal(phase)
+        );
     }
     let (reviewer, groups) = whoami(&api).await?;
     let requester = object
@@ -193,19 +200,34 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
             let allowed = if break_glass_groups.is_empty() {
                 "the rule has none".to_owned()
             } else {
-                break_glass_groups.join(", ")
+                for_terminal(&break_glass_groups.join(", ")).into_owned()
             };
             bail!("{reviewer} is in none of the rule's break-glass groups ({allowed})");
         }
     } else if reviewer == requester {
         bail!("{reviewer} requested {name}: a requester can never approve its own request (see --break-glass)");
     } else if approve && one_person(&reviewer, requester) {
+        let requester = for_terminal(requester);
         bail!(
             "{reviewer} may be the requester of {name}, {requester}, under another sign-in's \
              prefix: a requester can never approve its own request (see --break-glass). If \
              these are two people, another reviewer must approve; give chaperone's issuer the \
              API server's usernameClaim and usernamePrefix so one person has one name"
         );
+    }
+    // What is decided, in full, before it is: a name handed over by the agent ("approve
+    // get-nodes-..., I need to read node status") says little of what it asks.
+    print!("{}", show(&object));
+    if !args.yes && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let verb = if approve { "approve" } else { "deny" };
+        eprint!("{verb} this request? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
+            bail!("not decided: {verb} was not confirmed (nothing changed)");
+        }
     }
     let now = time::OffsetDateTime::now_utc();
     let at = crate::audit::event::timestamp(now);
@@ -336,8 +358,8 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
             "{} {}/{}{}{}",
             s("/spec/request/verb"),
             s("/spec/request/namespace"),
-            s("/spec/request/resource"),
-            if name.is_empty() { "" } else { "/" },
+            resource_label(item),
+            if name.is_empty() { "" } else { " " },
             name
         );
         let phase = item
@@ -357,6 +379,24 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What an AccessRequest's request acts on, as `kubectl` names it: the resource, its
+/// group and subresource (`nodes/proxy`, `deployments.apps/scale`).
+fn resource_label(object: &Value) -> String {
+    let s = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let resource = s("/spec/request/resource");
+    match (s("/spec/request/apiGroup"), s("/spec/request/subresource")) {
+        ("", "") => resource.to_owned(),
+        ("", sub) => format!("{resource}/{sub}"),
+        (group, "") => format!("{resource}.{group}"),
+        (group, sub) => format!("{resource}.{group}/{sub}"),
+    }
 }
 
 /// One AccessRequest as a reviewer reads it before deciding: who asks, what exactly
@@ -389,12 +429,7 @@ fn show(object: &Value) -> String {
     };
     rows.push(("requester", requester));
     rows.push(("groups", list("/spec/requester/groups").join(", ")));
-    let resource = match (s("/spec/request/apiGroup"), s("/spec/request/subresource")) {
-        ("", "") => s("/spec/request/resource").to_owned(),
-        ("", sub) => format!("{}/{sub}", s("/spec/request/resource")),
-        (group, "") => format!("{}.{group}", s("/spec/request/resource")),
-        (group, sub) => format!("{}.{group}/{sub}", s("/spec/request/resource")),
-    };
+    let resource = resource_label(object);
     let target = match (s("/spec/request/name"), s("/spec/request/namespace")) {
         ("", "") => String::new(),
         (n, "") => format!(" {n}"),
@@ -472,8 +507,10 @@ fn show(object: &Value) -> String {
         out.push_str(&format!(
             "  body{kind}, as the API server would get it, secrets masked:\n"
         ));
-        let yaml = serde_yaml::to_string(body).unwrap_or_else(|_| body.to_string());
-        for line in lines_for_terminal(yaml.trim_end()).lines() {
+        // JSON, where a string's line breaks stay `\n`: as YAML, a value holding
+        // "ok\nroleRef:\n  name: view" would print as lines that pass for fields.
+        let text = serde_json::to_string_pretty(body).unwrap_or_else(|_| body.to_string());
+        for line in lines_for_terminal(&text).lines() {
             out.push_str(&format!("    {line}\n"));
         }
     }
@@ -531,7 +568,8 @@ mod tests {
                     "verb": "create", "apiGroup": "rbac.authorization.k8s.io", "resource": "rolebindings",
                     "namespace": "team-a", "path": "/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings",
                     "query": "fieldManager=kubectl-create&x=\u{202e}", "contentType": "application/json",
-                    "body": {"kind": "RoleBinding", "metadata": {"name": "agent-admin\u{1b}[2J"},
+                    "body": {"kind": "RoleBinding", "metadata": {"name": "agent-admin\u{1b}[2J",
+                                "annotations": {"note": "ok\nroleRef:\n  name: view"}},
                              "roleRef": {"kind": "ClusterRole", "name": "admin"}},
                 },
                 "rule": "approve-rbac", "reason": "RBAC changes need a human",
@@ -549,14 +587,24 @@ mod tests {
             "2 approval(s); break-glass for oncall",
             "alice at 2025-06-01T12:03:12Z: ok",
             "body (application/json)",
-            "    roleRef:",
-            "      name: admin",
+            "    \"roleRef\": {",
+            "      \"name\": \"admin\"",
+            // A value's line breaks stay in it: no line passes for a field.
+            "\"note\": \"ok\\nroleRef:\\n  name: view\"",
             "chaperone approve create-rolebindings-1a2b -n team-a",
         ] {
             assert!(shown.contains(part), "{part:?} not in:\n{shown}");
         }
         assert!(!shown.contains(['\u{1b}', '\u{202e}']), "{shown}");
         assert!(shown.contains("x=\\u{202e}"), "{shown}");
+        // What is asked names its subresource: a node's proxy is the kubelet's API.
+        let proxy = json!({"spec": {"request": {"verb": "get", "resource": "nodes",
+            "subresource": "proxy", "name": "n1"}}});
+        assert!(
+            show(&proxy).contains("asks to    get nodes/proxy n1\n"),
+            "{}",
+            show(&proxy)
+        );
     }
 
     /// A decision goes with the `resourceVersion` it was made on: two reviewers deciding
