@@ -478,7 +478,7 @@ async fn reviewers_are_notified_by_webhook_with_the_command_to_approve() {
         .unwrap()
         .to_owned();
     assert!(
-        text.contains("wants to *create* rolebindings in default") && text.contains(&name),
+        text.contains("wants to *create* `rolebindings in default`") && text.contains(&name),
         "{text}"
     );
     assert!(

@@ -190,19 +190,29 @@ fn slack_text(n: &Value) -> String {
         (ns, "") => format!("{resource} in {ns}"),
         (ns, name) => format!("{resource} {name} in {ns}"),
     };
+    // The names are the agent's: in a code span, literal in Slack, Mattermost and Teams
+    // alike (`@channel`, `[Approve](https://…)` and `*` are markup outside one).
+    let code = |t: &str| slack_escape(&t.replace('`', "'")).into_owned();
     let mut text = format!(
-        ":lock: *{}* wants to *{}* {} (rule `{}`).",
+        ":lock: *{}* wants to *{}* `{}` (rule `{}`).",
         slack_escape(s("/requester/user")),
         slack_escape(s("/request/verb")),
-        slack_escape(&target),
-        slack_escape(s("/rule")),
+        code(&target),
+        code(s("/rule")),
     );
+    // A proxied request or a bare path goes where its path says: shown whole.
+    let proxied = s("/request/subresource") == "proxy" || s("/request/resource").is_empty();
+    if proxied && !s("/request/path").is_empty() {
+        text.push_str(&format!("\nPath: `{}`", code(s("/request/path"))));
+    }
     // What it sends, as the AccessRequest holds it (secrets masked), cut short for a
     // chat line: the whole of it is in the AccessRequest.
-    let cut = |mut shown: String| {
+    let mut cut_short = false;
+    let mut cut = |mut shown: String| {
         if shown.len() > BODY_SHOWN {
             shown.truncate(crate::text::floor_char_boundary(&shown, BODY_SHOWN));
             shown.push_str(" …");
+            cut_short = true;
         }
         format!("\n```{}```", slack_escape(&shown.replace("```", "'''")))
     };
@@ -212,13 +222,19 @@ fn slack_text(n: &Value) -> String {
     if let Some(body) = n.pointer("/request/body") {
         text.push_str(&cut(body.to_string()));
     }
-    // The commands may quote a reason: kept inside their code spans, and literal.
-    let command = |p: &str| slack_escape(&s(p).replace('`', "'")).into_owned();
-    text.push_str(&format!(
-        "\nApprove: `{}`\nDeny: `{}`",
-        command("/approve"),
-        command("/deny")
-    ));
+    // The commands may quote a reason: kept inside their code spans, and literal. A
+    // request not shown whole here gets no command to approve it from here: what was
+    // cut may be what matters (a key sorted after a long annotation, a command's tail).
+    if cut_short {
+        text.push_str(&format!(
+            "\nCut short here: read it whole before deciding: `kubectl chaperone requests {} -n {}`",
+            code(s("/accessRequest/name")),
+            code(s("/accessRequest/namespace")),
+        ));
+    } else {
+        text.push_str(&format!("\nApprove: `{}`", code(s("/approve"))));
+    }
+    text.push_str(&format!("\nDeny: `{}`", code(s("/deny"))));
     text
 }
 
@@ -290,13 +306,25 @@ mod tests {
             "requester": {"user": "agent"},
             "request": {"verb": "create", "resource": "configmaps", "namespace": "a",
                         "body": {"metadata": {"name": "c"}, "data": {"a": "```", "k": long}}},
+            "accessRequest": {"namespace": "a", "name": "c-1"},
             "rule": "r", "approve": "ok", "deny": "no",
         });
         let text = slack_text(&notice);
         assert!(
-            text.starts_with(":lock: *agent* wants to *create* configmaps in a (rule `r`).\n```{")
+            text.starts_with(
+                ":lock: *agent* wants to *create* `configmaps in a` (rule `r`).\n```{"
+            ),
+            "{text}"
         );
-        assert!(text.contains(" …```\nApprove: `ok`\nDeny: `no`"), "{text}");
+        // Cut short: no command to approve it from the chat line.
+        assert!(
+            text.contains(
+                " …```\nCut short here: read it whole before deciding: \
+                 `kubectl chaperone requests c-1 -n a`\nDeny: `no`"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("Approve:"), "{text}");
         // Cut on a character boundary, within the bound, and no fence broken early.
         let shown = text.split("```").nth(1).unwrap();
         assert!(shown.len() <= BODY_SHOWN + " …".len(), "{}", shown.len());
@@ -338,9 +366,32 @@ mod tests {
         });
         assert_eq!(
             slack_text(&notice),
-            ":lock: *agent* wants to *create* pods/exec web in a (rule `r`).\n\
+            ":lock: *agent* wants to *create* `pods/exec web in a` (rule `r`).\n\
              ```?command=sh&amp;container=app&amp;stdin=true&amp;stdout=true```\n\
              Approve: `ok`\nDeny: `no`"
         );
+    }
+
+    /// Markdown of the chat tools the Slack format reaches (Mattermost, Teams) stays
+    /// literal in a name the agent chose, and a proxied request shows its path.
+    #[test]
+    fn a_chat_line_keeps_names_in_code_and_shows_a_proxys_path() {
+        let notice = json!({
+            "requester": {"user": "agent"},
+            "request": {"verb": "get", "resource": "services", "subresource": "proxy",
+                        "namespace": "a", "name": "@channel [Approve](https:evil.example) `x`",
+                        "path": "/api/v1/namespaces/a/services/web/proxy/admin/reset"},
+            "rule": "r", "approve": "ok", "deny": "no",
+        });
+        let text = slack_text(&notice);
+        assert!(
+            text.starts_with(
+                ":lock: *agent* wants to *get* \
+                 `services/proxy @channel [Approve](https:evil.example) 'x' in a` (rule `r`).\n\
+                 Path: `/api/v1/namespaces/a/services/web/proxy/admin/reset`\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("Approve: `ok`\nDeny: `no`"), "{text}");
     }
 }
