@@ -61,7 +61,7 @@ pub struct Exporter {
     endpoint: String,
 }
 
-const SCOPE: &str = "chaperone";
+pub(crate) const SCOPE: &str = "chaperone";
 /// The largest export call sent: a collector takes 4 MiB per gRPC message by default.
 pub const MAX_EXPORT_BYTES: usize = 3 * 1024 * 1024;
 

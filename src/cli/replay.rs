@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::terminal::for_terminal;
 use crate::audit::event::{annotation, Event, Stage};
+use crate::audit::otlp::SCOPE;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -282,6 +283,9 @@ fn parse_line(line: &str) -> anyhow::Result<Vec<Event>> {
         .into_iter()
         .flatten()
         .flat_map(|r| r["scopeLogs"].as_array().into_iter().flatten())
+        // chaperone's own records: a Collector's file may hold other programs' logs,
+        // whose bodies could be made to look like events.
+        .filter(|s| s.pointer("/scope/name").and_then(Value::as_str) == Some(SCOPE))
         .flat_map(|s| s["logRecords"].as_array().into_iter().flatten());
     for record in records {
         let Some(body) = record.pointer("/body/stringValue").and_then(Value::as_str) else {
@@ -382,6 +386,29 @@ fn row(e: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Of an OTLP export, only chaperone's records are read: another program's log
+    /// record whose body looks like an event is not taken for one.
+    #[test]
+    fn only_chaperones_otlp_records_are_events() {
+        let event = |id: &str| {
+            serde_json::json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1",
+                "level": "Metadata", "auditID": id, "stage": "ResponseComplete",
+                "requestURI": "/api/v1/pods", "verb": "list", "user": {"username": "u"},
+                "requestReceivedTimestamp": "2026-11-25T13:40:05.000000Z",
+                "stageTimestamp": "2026-11-25T13:40:05.000000Z"})
+            .to_string()
+        };
+        let scope = |name: &str, id: &str| {
+            serde_json::json!({"scope": {"name": name},
+                "logRecords": [{"body": {"stringValue": event(id)}}]})
+        };
+        let line = serde_json::json!({"resourceLogs": [{"scopeLogs": [
+            scope("chaperone", "real"), scope("mcp-server", "forged")]}]});
+        let events = parse_line(&line.to_string()).unwrap();
+        let ids: Vec<&str> = events.iter().map(|e| e.audit_id.as_str()).collect();
+        assert_eq!(ids, ["real"]);
+    }
 
     #[test]
     fn since_accepts_ages_and_times() {
