@@ -317,6 +317,9 @@ impl Proxy {
                             approval::Error::TooManyHeld { .. } => "refused: too many held",
                             approval::Error::BodyTooLarge { .. }
                             | approval::Error::Unreviewable(_) => "refused: body not reviewable",
+                            approval::Error::Hidden { .. } => {
+                                "refused: a secret in its command, query or path"
+                            }
                             _ => "unavailable",
                         };
                         trail.note(annotation::APPROVAL, outcome);

@@ -99,7 +99,7 @@ impl Connections {
         }
     }
 
-    /// At most `max` of them open from one address at once.
+    /// At most `max` of them open from one address at once, loopback addresses aside.
     pub fn per_peer(mut self, max: usize) -> Connections {
         self.per_peer = Some(Arc::new(PerPeer {
             max,
@@ -115,6 +115,9 @@ impl Connections {
         };
         let peer = match &self.per_peer {
             None => None,
+            // This host's peers are the pod's own containers, or a service mesh's proxy
+            // standing in for every client: not one peer to bound.
+            Some(_) if peer.to_canonical().is_loopback() => None,
             Some(counts) => {
                 let ip = peer.to_canonical();
                 let mut open = counts.open.locked();
@@ -319,5 +322,54 @@ pub async fn signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bound per peer holds each remote address to its share and gives places back
+    /// as connections end; loopback peers are not bounded one by one, the bound on all
+    /// connections still holds them.
+    #[test]
+    fn each_remote_peer_is_held_to_its_share() {
+        let connections = Connections::new(12).per_peer(3);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        let from_a: Vec<Slot> = (0..3).map(|_| connections.take(a).unwrap()).collect();
+        assert_eq!(
+            connections.take(a).unwrap_err(),
+            "the peer has its most connections open"
+        );
+        // The same address written as IPv4-mapped IPv6 is the same peer.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert!(connections.take(mapped).is_err());
+        let from_b: Vec<Slot> = (0..3).map(|_| connections.take(b).unwrap()).collect();
+        // A slot cloned (an upgraded session's) is still one place.
+        let again = from_a[0].clone();
+        drop(from_a);
+        let mut from_a: Vec<Slot> = (0..2).map(|_| connections.take(a).unwrap()).collect();
+        assert!(
+            connections.take(a).is_err(),
+            "a clone still holds its place"
+        );
+        drop(again);
+        from_a.push(connections.take(a).unwrap());
+        // Loopback: past the share, up to the bound on all.
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let local: Vec<Slot> = (0..6).map(|_| connections.take(lo).unwrap()).collect();
+        assert_eq!(
+            connections.take(lo).unwrap_err(),
+            "the listeners have their most connections open"
+        );
+        drop((from_a, from_b, local));
+        assert!(connections
+            .per_peer
+            .as_ref()
+            .unwrap()
+            .open
+            .locked()
+            .is_empty());
     }
 }

@@ -769,6 +769,18 @@ mod tests {
         addr
     }
 
+    /// Every timeout 5 s: ample for a loopback server.
+    fn five_seconds() -> Timeouts {
+        let timeout = Duration::from_secs(5);
+        Timeouts {
+            connect: timeout,
+            response: timeout,
+            ping_interval: timeout,
+            ping_timeout: timeout,
+            unread: timeout,
+        }
+    }
+
     /// An API server behind a path (`https://rancher.example.com/k8s/clusters/c-1`) gets
     /// every request under it, as from client-go; a server URL with a query is refused.
     #[tokio::test]
@@ -776,14 +788,7 @@ mod tests {
         let ca = crate::pki::Authority::generate("test CA", 1).unwrap();
         let issued = ca.issue_server(&["127.0.0.1"], 1).unwrap();
         let addr = echo_paths(&issued).await;
-        let timeout = Duration::from_secs(5);
-        let timeouts = Timeouts {
-            connect: timeout,
-            response: timeout,
-            ping_interval: timeout,
-            ping_timeout: timeout,
-            unread: timeout,
-        };
+        let timeouts = five_seconds();
         for (server, want) in [
             (format!("https://{addr}"), "/api/v1/pods?limit=1"),
             (format!("https://{addr}/"), "/api/v1/pods?limit=1"),
@@ -832,20 +837,13 @@ mod tests {
         let ca = crate::pki::Authority::generate("test CA", 1).unwrap();
         let issued = ca.issue_server(&["127.0.0.1"], 1).unwrap();
         let addr = answering(&issued, StatusCode::UNAUTHORIZED).await;
-        let timeout = Duration::from_secs(5);
         let upstream = Upstream::new(
             &format!("https://{addr}"),
             ca.cert_pem.as_bytes(),
             "test CA",
             None,
             Credential::Token("expired".into()),
-            Timeouts {
-                connect: timeout,
-                response: timeout,
-                ping_interval: timeout,
-                ping_timeout: timeout,
-                unread: timeout,
-            },
+            five_seconds(),
         )
         .unwrap();
         let get = || Request::get("/").body(crate::body::empty()).unwrap();
@@ -882,14 +880,7 @@ mod tests {
     #[test]
     fn a_token_that_cannot_be_a_header_is_refused_not_dropped() {
         let ca = crate::pki::Authority::generate("test CA", 1).unwrap();
-        let timeout = Duration::from_secs(5);
-        let timeouts = Timeouts {
-            connect: timeout,
-            response: timeout,
-            ping_interval: timeout,
-            ping_timeout: timeout,
-            unread: timeout,
-        };
+        let timeouts = five_seconds();
         let new = |token: &str| {
             Upstream::new(
                 "https://127.0.0.1:6443",

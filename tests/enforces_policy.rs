@@ -976,28 +976,35 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
     // `Content-Type` in `Connection` (a header for this hop only, which a proxy drops)
     // has the body screened as JSON, as the API server decodes a body with no type;
     // and a body typed protobuf that is not one is refused, not waved through.
+    let typed_post = |content_type: &'static str, connection: &'static str, body: &'static str| {
+        let req = http::Request::post(format!(
+            "{}/api/v1/namespaces/default/pods",
+            env.proxy_url()
+        ))
+        .header("content-type", content_type)
+        .header("connection", connection)
+        .body(chaperone::body::full(body))
+        .unwrap();
+        let client = env.client(false);
+        async move {
+            let reply = client.send(req).await;
+            let message = reply.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (reply.status, message)
+        }
+    };
     let host = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"host-2"},"spec":{"hostNetwork":true,"containers":[{"name":"c","image":"busybox"}]}}"#;
     for (connection, said) in [
         ("keep-alive, Content-Type", "hostNetwork"),
         ("close", "its protobuf body could not be read"),
     ] {
-        let req = http::Request::post(format!(
-            "{}/api/v1/namespaces/default/pods",
-            env.proxy_url()
-        ))
-        .header("content-type", "application/vnd.kubernetes.protobuf")
-        .header("connection", connection)
-        .body(chaperone::body::full(host))
-        .unwrap();
-        let reply = env.client(false).send(req).await;
-        let message = reply.json()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let protobuf = "application/vnd.kubernetes.protobuf";
+        let (status, message) = typed_post(protobuf, connection, host).await;
         assert!(
-            reply.status.is_client_error() && message.contains(said),
-            "Connection: {connection}: {} {message}",
-            reply.status,
+            status.is_client_error() && message.contains(said),
+            "Connection: {connection}: {status} {message}"
         );
     }
     // YAML that is not JSON is refused: the API server's decoder reads a merge key
@@ -1006,22 +1013,10 @@ async fn a_pod_written_through_chaperone_stays_in_chaperone() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: merged}\nspec:\n  hostNetwork: false\n  <<: {hostNetwork: true}\n  containers: [{name: c, image: busybox}]\n",
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: tagged\n  labels:\n    ? !!binary Y2hhcGVyb25lLmRldi9pbmplY3Q=\n    : \"false\"\nspec: {containers: [{name: c, image: busybox}]}\n",
     ] {
-        let req = http::Request::post(format!(
-            "{}/api/v1/namespaces/default/pods",
-            env.proxy_url()
-        ))
-        .header("content-type", "application/yaml")
-        .body(chaperone::body::full(pod))
-        .unwrap();
-        let reply = env.client(false).send(req).await;
-        let message = reply.json()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (status, message) = typed_post("application/yaml", "keep-alive", pod).await;
         assert!(
-            reply.status == 400 && message.contains("its body is YAML that is not JSON"),
-            "{pod}: {} {message}",
-            reply.status,
+            status == 400 && message.contains("its body is YAML that is not JSON"),
+            "{pod}: {status} {message}"
         );
     }
     // A namespace is not changed through chaperone (leaving its label out of an update

@@ -479,10 +479,10 @@ async fn connections_past_the_bound_are_closed_at_once() {
 }
 
 /// The admin port listens on the pod's address, where anyone in the cluster may
-/// connect: it serves one request per connection, and holds at most eight connections
-/// from one address, so one peer cannot keep the kubelet's probes out.
+/// connect: it serves one request per connection, so that a connection cannot hold its
+/// place by sending a probe every few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_port_bounds_each_peer_and_serves_one_request_per_connection() {
+async fn the_admin_port_serves_one_request_per_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = sandbox().with_proxy().start().await;
     let admin = env.started.proxy.as_ref().and_then(|p| p.admin).unwrap();
@@ -495,22 +495,16 @@ async fn the_admin_port_bounds_each_peer_and_serves_one_request_per_connection()
     let read = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut raw)).await;
     assert!(read.is_ok(), "the admin port kept the connection open");
     assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
-    // Eight idle connections from 127.0.0.1 are held; a ninth is closed at once.
+    // Loopback peers (the pod's own containers, a mesh's proxy) are not bounded one by
+    // one: a ninth connection from 127.0.0.1 is served. (The bound per address is
+    // `server::tests`': these tests listen on loopback only.)
     let mut held = Vec::new();
     for _ in 0..8 {
         held.push(tokio::net::TcpStream::connect(admin).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
-        .await
-        .expect("a ninth connection from one address is closed at once");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    // Places given back are taken again.
-    drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(support::http_get(admin, "/healthz").await.0, 200);
+    drop(held);
     env.stop().await;
 }
 

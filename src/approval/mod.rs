@@ -753,9 +753,9 @@ fn approved_verb(info: &RequestInfo) -> &str {
 }
 
 /// Identifies "the same request from the same caller".
-/// `masked`: what the AccessRequest shows of the request is masked (a body's values, a
-/// command's secrets, a query's or a proxied path's), so the key in its name must not
-/// let anyone test guesses at them.
+/// `masked`: what the AccessRequest shows of the request's body is masked (a Secret's
+/// values), so the key in its name must not let anyone test guesses at them. (A
+/// command, query or path that would be masked is refused, never held.)
 fn request_key(
     who: &Subject,
     info: &RequestInfo,

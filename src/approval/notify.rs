@@ -225,7 +225,9 @@ fn slack_text(n: &Value) -> String {
     // The commands may quote a reason: kept inside their code spans, and literal. A
     // request not shown whole here gets no command to approve it from here: what was
     // cut may be what matters (a key sorted after a long annotation, a command's tail).
-    if cut_short {
+    // A break-glass notice says who approved it and why on that line: always shown.
+    let break_glass = s("/kind") == "AccessRequestBreakGlass";
+    if cut_short && !break_glass {
         text.push_str(&format!(
             "\nCut short here: read it whole before deciding: `kubectl chaperone requests {} -n {}`",
             code(s("/accessRequest/name")),
@@ -325,6 +327,15 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Approve:"), "{text}");
+        // A break-glass notice keeps its line, cut or not: it says who approved and why.
+        let mut glass = notice.clone();
+        glass["kind"] = json!("AccessRequestBreakGlass");
+        glass["approve"] = json!("(approved by break-glass: outage)");
+        let text = slack_text(&glass);
+        assert!(
+            text.contains("\nApprove: `(approved by break-glass: outage)`\nDeny: `no`"),
+            "{text}"
+        );
         // Cut on a character boundary, within the bound, and no fence broken early.
         let shown = text.split("```").nth(1).unwrap();
         assert!(shown.len() <= BODY_SHOWN + " …".len(), "{}", shown.len());

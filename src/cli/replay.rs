@@ -283,8 +283,9 @@ fn parse_line(line: &str) -> anyhow::Result<Vec<Event>> {
         .into_iter()
         .flatten()
         .flat_map(|r| r["scopeLogs"].as_array().into_iter().flatten())
-        // chaperone's own records: a Collector's file may hold other programs' logs,
-        // whose bodies could be made to look like events.
+        // chaperone's own records: a Collector's file may hold other programs' logs.
+        // Not a boundary: a program may name its scope `chaperone` too; keep the trail's
+        // pipeline to the proxies' own exports.
         .filter(|s| s.pointer("/scope/name").and_then(Value::as_str) == Some(SCOPE))
         .flat_map(|s| s["logRecords"].as_array().into_iter().flatten());
     for record in records {

@@ -295,7 +295,7 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
             "accessrequest/{name} {} by {reviewer}: {requester} may {} {}{}",
             if approve { "approved" } else { "denied" },
             request["verb"].as_str().unwrap_or_default(),
-            request["resource"].as_str().unwrap_or_default(),
+            resource_label(&object),
             if approve {
                 format!(" for {:?}", args.grant)
             } else {

@@ -5,8 +5,9 @@
 //! A body sent *to* the API server (an object created or replaced, a patch) is masked as
 //! a response holding it would be (the built-in Secret rule and the policy's rules,
 //! matched by its `kind` and by the requested resource). A JSON patch (an array of
-//! operations) has paths that are not the object's: when any rule covers the request's
-//! resource, namespace and name, every operation's `value` is masked, its keys kept.
+//! operations) is masked by the rules that cover the request's resource, namespace and
+//! name: an operation's `value` where it lands in or over a masked field (by the
+//! operation's path), and any string in it the rules' detectors find something in.
 //!
 //! Either way, credentials that must reach their recipient but never a record are
 //! masked in the copy ([`credentials`]): the token a `TokenRequest` answers with
