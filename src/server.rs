@@ -1,11 +1,11 @@
 //! Accepts connections on the API listeners (TLS, HTTP/1.1 and HTTP/2) and the admin
 //! listener (plain HTTP), serves them, and shuts down gracefully.
 
+mod connections;
 mod first_bytes;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +16,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
-use crate::sync::Locked as _;
+pub use connections::{Connections, Slot};
 use first_bytes::FirstBytes;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,101 +41,6 @@ pub struct Conn {
     pub client_cert: bool,
     /// The connection's place among the listener's [`Connections`].
     pub slot: Slot,
-}
-
-/// A connection's place among its listeners' [`Connections`], given back when the
-/// connection and every session upgraded from it have ended: an exec or port-forward
-/// tunnel keeps the connection's socket, so it keeps its place too.
-#[derive(Debug, Clone)]
-pub struct Slot {
-    _place: Arc<Place>,
-}
-
-#[derive(Debug)]
-struct Place {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    /// The peer's count among `per_peer`, taken back on drop.
-    peer: Option<(IpAddr, Arc<PerPeer>)>,
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let Some((ip, counts)) = &self.peer {
-            let mut open = counts.open.locked();
-            if let Some(n) = open.get_mut(ip) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(ip);
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct PerPeer {
-    max: usize,
-    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// The bound on connections open at once, shared by every listener given a clone: one
-/// past it is closed as it is accepted, so that no number of idle connections can take
-/// the file descriptors every other connection, the upstream's and the audit file's
-/// need. Optionally also a bound per peer address, for a listener anyone on the
-/// network may reach (the admin port), so that one peer cannot take every place.
-#[derive(Debug, Clone)]
-pub struct Connections {
-    slots: Arc<Semaphore>,
-    max: usize,
-    per_peer: Option<Arc<PerPeer>>,
-}
-
-impl Connections {
-    pub fn new(max: usize) -> Connections {
-        Connections {
-            slots: Arc::new(Semaphore::new(max)),
-            max,
-            per_peer: None,
-        }
-    }
-
-    /// At most `max` of them open from one address at once, loopback addresses aside.
-    pub fn per_peer(mut self, max: usize) -> Connections {
-        self.per_peer = Some(Arc::new(PerPeer {
-            max,
-            open: std::sync::Mutex::new(HashMap::new()),
-        }));
-        self
-    }
-
-    /// A place for a connection from `peer`, or why there is none.
-    fn take(&self, peer: IpAddr) -> Result<Slot, &'static str> {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            return Err("the listeners have their most connections open");
-        };
-        let peer = match &self.per_peer {
-            None => None,
-            // This host's peers are the pod's own containers, or a service mesh's proxy
-            // standing in for every client: not one peer to bound.
-            Some(_) if peer.to_canonical().is_loopback() => None,
-            Some(counts) => {
-                let ip = peer.to_canonical();
-                let mut open = counts.open.locked();
-                let n = open.entry(ip).or_insert(0);
-                if *n >= counts.max {
-                    return Err("the peer has its most connections open");
-                }
-                *n += 1;
-                Some((ip, counts.clone()))
-            }
-        };
-        Ok(Slot {
-            _place: Arc::new(Place {
-                _permit: permit,
-                peer,
-            }),
-        })
-    }
 }
 
 /// What serves each request: the proxy pipeline, the sandbox, or the admin endpoints.
@@ -228,7 +133,7 @@ pub async fn serve(
                     Ok(slot) => slot,
                     Err(why) => {
                         if !std::mem::replace(&mut said_full, true) {
-                            tracing::warn!(?local, max_connections = connections.max, %peer,
+                            tracing::warn!(?local, max_connections = connections.max(), %peer,
                                 "connection refused: {why}");
                         }
                         drop(stream);
@@ -322,54 +227,5 @@ pub async fn signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A bound per peer holds each remote address to its share and gives places back
-    /// as connections end; loopback peers are not bounded one by one, the bound on all
-    /// connections still holds them.
-    #[test]
-    fn each_remote_peer_is_held_to_its_share() {
-        let connections = Connections::new(12).per_peer(3);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
-        let from_a: Vec<Slot> = (0..3).map(|_| connections.take(a).unwrap()).collect();
-        assert_eq!(
-            connections.take(a).unwrap_err(),
-            "the peer has its most connections open"
-        );
-        // The same address written as IPv4-mapped IPv6 is the same peer.
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert!(connections.take(mapped).is_err());
-        let from_b: Vec<Slot> = (0..3).map(|_| connections.take(b).unwrap()).collect();
-        // A slot cloned (an upgraded session's) is still one place.
-        let again = from_a[0].clone();
-        drop(from_a);
-        let mut from_a: Vec<Slot> = (0..2).map(|_| connections.take(a).unwrap()).collect();
-        assert!(
-            connections.take(a).is_err(),
-            "a clone still holds its place"
-        );
-        drop(again);
-        from_a.push(connections.take(a).unwrap());
-        // Loopback: past the share, up to the bound on all.
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let local: Vec<Slot> = (0..6).map(|_| connections.take(lo).unwrap()).collect();
-        assert_eq!(
-            connections.take(lo).unwrap_err(),
-            "the listeners have their most connections open"
-        );
-        drop((from_a, from_b, local));
-        assert!(connections
-            .per_peer
-            .as_ref()
-            .unwrap()
-            .open
-            .locked()
-            .is_empty());
     }
 }

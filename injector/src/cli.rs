@@ -64,6 +64,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = server::MAX_CONNECTIONS,
           value_parser = at_least_one)]
     pub max_connections: usize,
+    /// Connections open at once from one remote address (loopback aside).
+    #[arg(long, default_value_t = server::MAX_CONNECTIONS_PER_PEER, value_parser = at_least_one)]
+    pub max_connections_per_peer: usize,
     /// Reviews read and answered at once (each up to 3 MiB); one past them waits up to
     /// 30 s for a turn, then is answered 503, and the API server refuses its pod.
     #[arg(long, default_value_t = server::MAX_REVIEWS,
@@ -187,6 +190,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.clone(),
         server::Limits {
             max_connections: args.max_connections,
+            max_connections_per_peer: args.max_connections_per_peer,
             max_reviews: args.max_reviews,
             ..server::Limits::default()
         },

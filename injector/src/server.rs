@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_rustls::TlsAcceptor;
@@ -26,6 +25,11 @@ use crate::webhook;
 mod first_bytes;
 use first_bytes::FirstBytes;
 
+// The proxy's bound on connections, in all and per peer address: the same file.
+#[path = "../../src/server/connections.rs"]
+mod connections;
+use connections::Connections;
+
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on a connection's first bytes, each HTTP/1.1 request head and a review's body:
@@ -35,6 +39,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default bound on connections open at once.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Default bound on connections open at once from one address (loopback aside). The
+/// API server needs a few: one HTTP/2 connection, another each time one carries
+/// `MAX_STREAMS` reviews at once.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
 /// Default bound on reviews read and answered at once.
 pub const MAX_REVIEWS: usize = 16;
 /// Streams one HTTP/2 connection may have open at once.
@@ -55,6 +63,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Connections open at once; one past them is closed as it is accepted.
     pub max_connections: usize,
+    /// Connections open at once from one remote address: one peer cannot take every
+    /// place.
+    pub max_connections_per_peer: usize,
     /// Reviews read and answered at once. Each may hold up to `webhook::MAX_BODY`
     /// (3 MiB): the default 16 hold at most 48 MiB.
     pub max_reviews: usize,
@@ -65,6 +76,7 @@ impl Default for Limits {
         Limits {
             request_timeout: REQUEST_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
+            max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
             max_reviews: MAX_REVIEWS,
         }
     }
@@ -74,7 +86,9 @@ type Body = Full<Bytes>;
 
 /// Serves `listener` until `shutdown` completes, then waits for open connections. A
 /// connection that sends no request head, or a request whose body does not arrive,
-/// within `limits.request_timeout` is closed; see [`Limits`] for the rest.
+/// within `limits.request_timeout` is closed, and so is one with no request open for
+/// that long (HTTP/2 answers pings without a request: it would be held for good); see
+/// [`Limits`] for the rest.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -84,9 +98,10 @@ pub async fn serve(
 ) {
     let request_timeout = limits.request_timeout;
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let connections =
+        Connections::new(limits.max_connections).per_peer(limits.max_connections_per_peer);
     let reviews = Arc::new(Semaphore::new(limits.max_reviews));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut said_full = false;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -115,20 +130,24 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            if !std::mem::replace(&mut said_full, true) {
-                tracing::warn!(%peer, max_connections = limits.max_connections,
-                    "connection refused: the webhook has its most connections open");
+        let slot = match connections.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                if !std::mem::replace(&mut said_full, true) {
+                    tracing::warn!(%peer, max_connections = connections.max(),
+                        max_connections_per_peer = limits.max_connections_per_peer,
+                        "connection refused: {why}");
+                }
+                drop(tcp);
+                continue;
             }
-            drop(tcp);
-            continue;
         };
         said_full = false;
         let acceptor = acceptor.clone();
         let config = config.clone();
         let reviews = reviews.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -142,27 +161,107 @@ pub async fn serve(
                     return;
                 }
             };
+            let activity = Arc::new(Activity::new());
+            let seen = activity.clone();
             let service = hyper::service::service_fn(move |req| {
                 let config = config.clone();
                 let reviews = reviews.clone();
+                let busy = seen.begin();
                 async move {
-                    Ok::<_, std::convert::Infallible>(
-                        route(req, &config, peer, &reviews, request_timeout).await,
-                    )
+                    let answer = route(req, &config, peer, &reviews, request_timeout).await;
+                    drop(busy);
+                    Ok::<_, std::convert::Infallible>(answer)
                 }
             });
             let stream = FirstBytes::new(stream, request_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            tokio::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(error) = ended {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    // Shutting down, or idle: GOAWAY, and the requests open finish.
+                    _ = async { let _ = stopped.wait_for(|s| *s).await; }, if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    () = activity.idle_for(request_timeout), if !closing => {
+                        tracing::debug!(%peer, "closing a connection with no request open");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    // HTTP/2's goodbye waits for the peer to answer a ping, which a
+                    // peer holding the connection on purpose never does.
+                    () = tokio::time::sleep(request_timeout), if closing => {
+                        tracing::debug!(%peer, "dropping a connection that did not close");
+                        break;
+                    }
+                }
             }
         });
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    let _ = stop.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.all_closed())
         .await
         .is_err()
     {
         tracing::warn!("closing connections still open after {SHUTDOWN_GRACE:?}");
+    }
+}
+
+/// A connection's requests: how many are open, and since when none has been.
+struct Activity {
+    open: std::sync::Mutex<(usize, tokio::time::Instant)>,
+}
+
+/// One request open on a connection, until dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            open: std::sync::Mutex::new((0, tokio::time::Instant::now())),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (usize, tokio::time::Instant)> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.state().0 += 1;
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has been open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let (open, since) = *self.state();
+            if open == 0 && since.elapsed() >= idle {
+                return;
+            }
+            let wake = if open == 0 {
+                since + idle
+            } else {
+                tokio::time::Instant::now() + idle
+            };
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.0 -= 1;
+        state.1 = tokio::time::Instant::now();
     }
 }
 

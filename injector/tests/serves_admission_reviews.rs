@@ -351,6 +351,14 @@ async fn a_client_that_sends_no_request_or_no_body_in_time_is_dropped() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 500ms"), "{answer}");
     assert!(took >= Duration::from_millis(400), "{took:?}");
+    // An HTTP/2 connection that opens no stream answers pings for good: it is told to
+    // go away (GOAWAY, then closed) once it has had no request open for the bound.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let (_, took) = hook.stall(preface).await;
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "an idle HTTP/2 connection closed after {took:?}"
+    );
     // A client that sends its request is answered.
     let (code, _) = hook.call("GET", "/healthz", &[]).await;
     assert_eq!(code, 200);
@@ -363,6 +371,7 @@ async fn connections_and_reviews_past_their_bounds_wait_or_are_refused() {
         request_timeout: Duration::from_secs(5),
         max_connections: 3,
         max_reviews: 1,
+        ..Limits::default()
     })
     .await;
     let review = review("u-9", fixture("kubernetes-mcp-server")).to_string();
