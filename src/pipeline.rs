@@ -401,10 +401,11 @@ impl Proxy {
         // put there), and a proxied request's path past `proxy/`, are free text: what the
         // detectors find there is masked in the record (the request goes as sent).
         //
-        // The masking rules in force when the request came: the same ones mask its
-        // record, decide what it may ask for, how its copy is kept and how its answer is
-        // masked.
-        let masker = self.policy.masker();
+        // The policy in force when the request came, kept for all of it: the same rules
+        // mask its record, decide what it may ask for, how its copy is kept and how its
+        // answer is masked, though the file be reloaded meanwhile.
+        let in_force = self.policy.in_force();
+        let masker = in_force.masker();
         let proxied = info.subresource == "proxy";
         if proxied || req.uri().query().is_some() {
             if proxied {
@@ -469,7 +470,7 @@ impl Proxy {
 
         let since = Instant::now();
         let mut decision = tracing::debug_span!("authorize")
-            .in_scope(|| self.policy.authorize(&who, &info, req.uri().query()));
+            .in_scope(|| in_force.authorize(&who, &info, req.uri().query()));
         // Some writes are decided by their body too: the creation anew of an object the
         // proxy runs with (its policy's ConfigMap, ...: a create names its object in the
         // body), and a pod, pod template or namespace setting the keys that would take
@@ -601,15 +602,15 @@ impl Proxy {
                             drop(reading);
                             reviewed_body = Some(Box::new(body));
                         }
-                        self.hold_for_approval(
-                            &who,
-                            &info,
-                            req.uri().query(),
-                            reviewed_body.as_deref(),
-                            &decision,
-                            trail,
-                        )
-                        .await
+                        let asked = approval::Asked {
+                            who: &who,
+                            info: &info,
+                            query: req.uri().query(),
+                            body: reviewed_body.as_deref(),
+                            decision: &decision,
+                            masker: &masker,
+                        };
+                        self.hold_for_approval(asked, trail).await
                     }
                     .instrument(tracing::debug_span!("approve")),
                 )
@@ -834,18 +835,10 @@ impl Proxy {
     /// reviewer decides or the hold ends.
     async fn hold_for_approval(
         &self,
-        who: &identity::Subject,
-        info: &request_info::RequestInfo,
-        query: Option<&str>,
-        body: Option<&approval::body::Reviewed>,
-        decision: &policy::Decision,
+        asked: approval::Asked<'_>,
         trail: &mut Trail,
     ) -> Result<approval::Outcome, approval::Error> {
-        match self
-            .approvals
-            .request(who, info, query, body, decision, &self.policy.masker())
-            .await?
-        {
+        match self.approvals.request(asked).await? {
             approval::Hold::Ready(outcome) => Ok(outcome),
             approval::Hold::Held(held) => {
                 trail.note(annotation::APPROVAL, "held");

@@ -105,8 +105,13 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
-        if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+    // Every line: a second `Content-Encoding` names a coding too.
+    for enc in headers.get_all(header::CONTENT_ENCODING) {
+        if !enc
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"identity")
+        {
             return Err(Error::Unreviewable(format!(
                 "its body is sent with Content-Encoding {:?}; send it uncompressed",
                 String::from_utf8_lossy(enc.as_bytes())
@@ -340,6 +345,22 @@ mod tests {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         let e = read(
             Full::new(Bytes::from_static(b"x")),
+            &h,
+            &info("configmaps"),
+            &Masker::builtin(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("Content-Encoding \"gzip\""), "{e}");
+        // A coding in a second line, after `identity`, counts as much.
+        let mut h = headers("application/json");
+        h.append(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        h.append(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let e = read(
+            Full::new(Bytes::from_static(b"{}")),
             &h,
             &info("configmaps"),
             &Masker::builtin(),

@@ -128,6 +128,17 @@ impl Error {
     }
 }
 
+/// A request asked to be approved: who asks, what, with which body as read, under
+/// which decision, and the masking rules it came under.
+pub struct Asked<'a> {
+    pub who: &'a Subject,
+    pub info: &'a RequestInfo,
+    pub query: Option<&'a str>,
+    pub body: Option<&'a body::Reviewed>,
+    pub decision: &'a Decision,
+    pub masker: &'a crate::mask::Masker,
+}
+
 /// How a held request came to go through; recorded in its audit event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -347,15 +358,15 @@ impl Approvals {
     /// Answers at once when the caller skips review or holds a grant; otherwise makes
     /// sure an AccessRequest for the request exists (notifying reviewers when it is
     /// new) and returns it to wait for.
-    pub async fn request(
-        &self,
-        who: &Subject,
-        info: &RequestInfo,
-        query: Option<&str>,
-        body: Option<&body::Reviewed>,
-        decision: &Decision,
-        masker: &crate::mask::Masker,
-    ) -> Result<Hold, Error> {
+    pub async fn request(&self, asked: Asked<'_>) -> Result<Hold, Error> {
+        let Asked {
+            who,
+            info,
+            query,
+            body,
+            decision,
+            masker,
+        } = asked;
         let settings = decision.approval().cloned().unwrap_or_default();
         if settings.skips(who) {
             return Ok(Hold::Ready(Outcome::Skipped));

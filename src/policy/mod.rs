@@ -286,6 +286,17 @@ impl Policies {
             .find(|own| own.may_be_created_by(info) && own.is_named_by(object))
     }
 
+    /// The policy in force now, to decide and mask one request with.
+    pub fn in_force(&self) -> InForce<'_> {
+        InForce {
+            policies: self,
+            policy: match &self.source {
+                Source::Watched(w) => w.current(),
+                Source::Unconfigured => None,
+            },
+        }
+    }
+
     /// Decides one request with the policy in force.
     pub fn authorize(
         &self,
@@ -293,7 +304,7 @@ impl Policies {
         info: &crate::request_info::RequestInfo,
         query: Option<&str>,
     ) -> Decision {
-        self.decide(who, info, Commands::Sent(query))
+        self.in_force().authorize(who, info, query)
     }
 
     /// As [`Policies::authorize`], with an exec request's command given as [`Commands`].
@@ -303,18 +314,7 @@ impl Policies {
         info: &crate::request_info::RequestInfo,
         commands: Commands<'_>,
     ) -> Decision {
-        if let Some(own) = self.own.iter().find(|own| own.is_changed_by(info)) {
-            return Decision::own_object(info, own.what);
-        }
-        if changes_namespace(info) {
-            return Decision::stay_injected(info);
-        }
-        match &self.source {
-            Source::Watched(w) => w.decide(who, info, commands),
-            Source::Unconfigured => {
-                Decision::no_policy(info, Some("the proxy config has no `policy.file`".into()))
-            }
-        }
+        self.in_force().decide(who, info, commands)
     }
 
     /// For a review asking with a wildcard, the rule that denies or holds part of what it
@@ -358,13 +358,7 @@ impl Policies {
 
     /// The masking rules in force: the policy's, or the built-in ones alone.
     pub fn masker(&self) -> crate::mask::Masker {
-        match &self.source {
-            Source::Watched(w) => match w.current() {
-                Some(p) => p.masker().clone(),
-                None => crate::mask::Masker::builtin(),
-            },
-            Source::Unconfigured => crate::mask::Masker::builtin(),
-        }
+        self.in_force().masker()
     }
 
     /// (policies put in force, failed loads), for metrics.
@@ -372,6 +366,56 @@ impl Policies {
         match &self.source {
             Source::Watched(w) => (w.reloads(), w.failures()),
             Source::Unconfigured => (0, 0),
+        }
+    }
+}
+
+/// The policy in force when a request came, kept for the whole request: the rules that
+/// decide it are the ones that mask its record, its kept copies and its answer, though
+/// the file be reloaded while its token is verified.
+pub struct InForce<'a> {
+    policies: &'a Policies,
+    policy: Option<std::sync::Arc<Policy>>,
+}
+
+impl InForce<'_> {
+    /// The masking rules: the policy's, or the built-in ones alone.
+    pub fn masker(&self) -> crate::mask::Masker {
+        match &self.policy {
+            Some(p) => p.masker().clone(),
+            None => crate::mask::Masker::builtin(),
+        }
+    }
+
+    /// Decides one request.
+    pub fn authorize(
+        &self,
+        who: &crate::identity::Subject,
+        info: &crate::request_info::RequestInfo,
+        query: Option<&str>,
+    ) -> Decision {
+        self.decide(who, info, Commands::Sent(query))
+    }
+
+    /// As [`InForce::authorize`], with an exec request's command given as [`Commands`].
+    pub fn decide(
+        &self,
+        who: &crate::identity::Subject,
+        info: &crate::request_info::RequestInfo,
+        commands: Commands<'_>,
+    ) -> Decision {
+        if let Some(own) = self.policies.own.iter().find(|own| own.is_changed_by(info)) {
+            return Decision::own_object(info, own.what);
+        }
+        if changes_namespace(info) {
+            return Decision::stay_injected(info);
+        }
+        match (&self.policies.source, &self.policy) {
+            (Source::Watched(_), Some(policy)) => decide(policy, who, info, commands),
+            (Source::Watched(w), None) => Decision::no_policy(info, w.last_error().map(Into::into)),
+            (Source::Unconfigured, _) => {
+                Decision::no_policy(info, Some("the proxy config has no `policy.file`".into()))
+            }
         }
     }
 }

@@ -144,3 +144,40 @@ async fn the_poller_stops_with_the_last_clone() {
     let stopped = tokio::time::timeout(PATIENCE, task).await;
     assert!(stopped.is_ok(), "the poller outlived its Watched");
 }
+
+/// A request is decided and masked by the policy in force when it came, though a
+/// reload puts another in force before it is decided: the rules that let it through
+/// are the ones that mask its answer.
+#[tokio::test]
+async fn a_request_keeps_the_policy_it_came_under() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.yaml");
+    write(&path, &text("first", "pods"));
+    let watched = Watched::open(&path);
+    let policies = Policies::watched(watched.clone());
+    let came = policies.in_force();
+    // The next version allows configmaps and masks their `data.password`.
+    let second = format!(
+        "{}  masking:\n  - resources: [configmaps]\n    fields: [data.password]\n",
+        text("second", "configmaps")
+    );
+    write(&path, &second);
+    eventually("the new policy is in force", || {
+        watched.check();
+        name(&watched).as_deref() == Some("second")
+    })
+    .await;
+    let get_cm = res("get", "", "configmaps", "a", "db");
+    let target = crate::mask::Target::of(&get_cm);
+    // Under the policy it came with: not allowed, and nothing of configmaps masked.
+    let d = came.authorize(&who("u", &[]), &get_cm, None);
+    assert_eq!(d.action(), Action::Deny);
+    assert!(!came.masker().masks_fields_of(&target));
+    // A request that comes now gets both of the new one.
+    let now = policies.in_force();
+    assert_eq!(
+        now.authorize(&who("u", &[]), &get_cm, None).action(),
+        Action::Allow
+    );
+    assert!(now.masker().masks_fields_of(&target));
+}
