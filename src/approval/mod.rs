@@ -373,7 +373,9 @@ impl Approvals {
         }
         let commands = commands(query);
         let query = approved_query(info, query);
-        if let Some(part) = hidden_part(masker, &commands, query, info) {
+        let part = hidden_part(masker, &commands, query, info)
+            .or_else(|| body.is_some_and(|b| b.detected > 0).then_some("body"));
+        if let Some(part) = part {
             return Err(Error::Hidden { part });
         }
         let masked = body.is_some_and(|b| b.masked > 0);

@@ -26,20 +26,46 @@ use super::rules::Compiled;
 use super::unit::{Context, Part, Units};
 use super::{Error, Masker, Target, MARKER};
 
+/// A body sent, masked for keeping ([`Masker::mask_sent_counted`]).
+#[derive(Debug)]
+pub struct Sent {
+    pub value: Value,
+    /// Values masked.
+    pub masked: u64,
+    /// Of those, the ones a detector or pattern found.
+    pub detected: u64,
+}
+
 impl Masker {
     /// `json` masked for keeping, and the number of values masked. Invalid JSON is an
     /// error: nothing of a body that cannot be inspected is to be kept.
     pub fn mask_sent(&self, target: &Target<'_>, json: &[u8]) -> Result<(Value, u64), Error> {
-        let (masked, n) = self.mask_sent_json(target, json)?;
+        let sent = self.mask_sent_counted(target, json)?;
+        Ok((sent.value, sent.masked))
+    }
+
+    /// As [`Masker::mask_sent`], also saying how many of the values masked a detector
+    /// or pattern found, rather than a field a rule names: a reviewer cannot tell such a
+    /// value from a payload.
+    pub fn mask_sent_counted(&self, target: &Target<'_>, json: &[u8]) -> Result<Sent, Error> {
+        let (masked, n, detected) = self.mask_sent_json(target, json)?;
         let mut value: Value = serde_json::from_slice(&masked).map_err(|_| Error::InvalidJson {
             offset: 0,
             reason: "not valid JSON",
         })?;
         let more = credentials(target, &mut value);
-        Ok((value, n + more))
+        Ok(Sent {
+            value,
+            masked: n + more,
+            detected,
+        })
     }
 
-    fn mask_sent_json(&self, target: &Target<'_>, json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
+    fn mask_sent_json(
+        &self,
+        target: &Target<'_>,
+        json: &[u8],
+    ) -> Result<(Vec<u8>, u64, u64), Error> {
         if json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             let (ns, name) = (target.namespace.as_bytes(), target.name.as_bytes());
             let rules: Vec<&Compiled> = self
@@ -57,8 +83,9 @@ impl Masker {
             name: target.name.to_owned(),
         };
         let mut out = BytesMut::with_capacity(json.len());
-        let n = Units::default().mask(&self.inner, &ctx, json, Part::Whole, &mut out)?;
-        Ok((out.to_vec(), n))
+        let mut units = Units::default();
+        let n = units.mask(&self.inner, &ctx, json, Part::Whole, &mut out)?;
+        Ok((out.to_vec(), n, units.detected()))
     }
 }
 
@@ -325,12 +352,12 @@ pub fn credentials(target: &Target<'_>, value: &mut Value) -> u64 {
 /// first piece dropped whatever it holds), and any string a rule's detectors or
 /// patterns find something in. The rest is kept, so that a reviewer sees what the patch
 /// does: the image it sets, the command, the replicas.
-fn json_patch(rules: &[&Compiled], json: &[u8]) -> Result<(Vec<u8>, u64), Error> {
+fn json_patch(rules: &[&Compiled], json: &[u8]) -> Result<(Vec<u8>, u64, u64), Error> {
     let mut ops: Value = serde_json::from_slice(json).map_err(|_| Error::InvalidJson {
         offset: 0,
         reason: "not a valid JSON patch",
     })?;
-    let mut n = 0;
+    let (mut n, mut detected) = (0, 0);
     if let Value::Array(ops) = &mut ops {
         for op in ops {
             let tokens: Vec<String> = op
@@ -349,14 +376,16 @@ fn json_patch(rules: &[&Compiled], json: &[u8]) -> Result<(Vec<u8>, u64), Error>
                     n += path.mask_patch_value(&tokens, value);
                 }
             }
-            n += scan_leaves(rules, value);
+            let found = scan_leaves(rules, value);
+            n += found;
+            detected += found;
         }
     }
     let out = serde_json::to_vec(&ops).map_err(|_| Error::InvalidJson {
         offset: 0,
         reason: "not a valid JSON patch",
     })?;
-    Ok((out, n))
+    Ok((out, n, detected))
 }
 
 /// Every string in `value` a scanner of `rules` finds something in becomes the marker.

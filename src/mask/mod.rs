@@ -84,7 +84,7 @@ use crate::body::Body;
 use crate::status::Status;
 
 pub use detect::DETECTORS;
-pub use kept::{credentials, mask_text};
+pub use kept::{credentials, mask_text, Sent};
 pub use logs::MAX_LINE;
 pub use stream::MAX_UNIT;
 

@@ -33,6 +33,9 @@ const MAX_SEGMENTS: usize = 64;
 /// What a masked string value becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Repl {
+    /// `"chaperone:masked"`, for what a detector or pattern found (weakest: a field a
+    /// rule names keeps its own replacement).
+    Detected,
     /// `"chaperone:masked"`.
     Marker,
     /// `base64("chaperone:masked")`: a Secret's `data` values, which typed clients decode.

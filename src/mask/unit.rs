@@ -34,6 +34,9 @@ pub(crate) struct Units {
     scratch: Vec<u8>,
     /// The last `kind` seen and the resource guessed from it.
     kind: (Vec<u8>, String),
+    /// Of the values the last unit had masked, those a detector or pattern found (not
+    /// a field a rule names).
+    detected: u64,
 }
 
 /// Which part of a unit is written out.
@@ -67,6 +70,11 @@ impl Units {
     ) -> Result<u64, Error> {
         scan::tokenize(unit, &mut self.tape, &mut self.stack)?;
         Ok(self.rewrite(inner, ctx, unit, part, out))
+    }
+
+    /// Of the values the last unit had masked, those a detector or pattern found.
+    pub(crate) fn detected(&self) -> u64 {
+        self.detected
     }
 
     /// Masks the value at the start of `src` if it is complete there, valid and at most
@@ -110,6 +118,7 @@ impl Units {
         }
         self.edits
             .retain(|&(t, _)| self.tape[t as usize].start as usize >= emit_from);
+        self.detected = 0;
         if self.edits.is_empty() {
             out.extend_from_slice(&unit[emit_from..]);
             return 0;
@@ -119,12 +128,13 @@ impl Units {
         self.edits
             .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         self.edits.dedup_by_key(|e| e.0);
+        self.detected = self.edits.iter().filter(|e| e.1 == Repl::Detected).count() as u64;
         let mut last = emit_from;
         for &(t, repl) in &self.edits {
             let t = &self.tape[t as usize];
             out.extend_from_slice(&unit[last..t.start as usize]);
             out.extend_from_slice(match repl {
-                Repl::Marker => MARKER_JSON,
+                Repl::Detected | Repl::Marker => MARKER_JSON,
                 Repl::Base64 => BASE64_JSON,
             });
             last = t.end as usize;
@@ -277,7 +287,7 @@ fn scan_strings(
                 .filter_map(|r| r.scanner.as_ref())
                 .any(|s| s.get().is_none_or(|s| s.is_match(value)));
             if hit {
-                edits.push((i as u32, Repl::Marker));
+                edits.push((i as u32, Repl::Detected));
             }
         }
         i += 1;
