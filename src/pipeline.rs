@@ -451,7 +451,7 @@ impl Proxy {
                 &kind,
                 req.into_body(),
                 &who,
-                &self.policy,
+                &in_force,
                 &self.self_reviews,
             ))
             .await?;

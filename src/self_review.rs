@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::body::Body;
 use crate::identity::Subject;
 use crate::places::PerCaller;
-use crate::policy::{Action, Commands, Decision, Policies};
+use crate::policy::{Action, Commands, Decision, InForce};
 use crate::request_info::{Attributes, RequestInfo};
 use crate::status::Status;
 
@@ -115,7 +115,7 @@ pub async fn answer<B>(
     content_type: &str,
     body: B,
     who: &Subject,
-    policies: &Policies,
+    policy: &InForce<'_>,
     reading: &Arc<PerCaller>,
 ) -> Result<Answer, Error>
 where
@@ -146,7 +146,7 @@ where
     };
     let api_version = format!("{}/{}", info.api_group, info.api_version);
     let (object, summary) = match review {
-        Review::Access => access(&sent, &api_version, who, policies)?,
+        Review::Access => access(&sent, &api_version, who, policy)?,
         Review::Rules => rules(&sent, &api_version),
         Review::Subject => subject(&api_version, who),
     };
@@ -177,12 +177,12 @@ fn access(
     sent: &Value,
     api_version: &str,
     who: &Subject,
-    policies: &Policies,
+    policy: &InForce<'_>,
 ) -> Result<(Value, String), Error> {
     let spec = &sent["spec"];
     let asked = asked(spec)?;
     // A review names no command: an exec is allowed if some command is.
-    let decision = policies.decide(who, &asked, Commands::Any);
+    let decision = policy.decide(who, &asked, Commands::Any);
     // A member of the rule's `skipGroups` goes through without review.
     let skips =
         decision.applied() == Action::Approve && decision.approval().is_some_and(|a| a.skips(who));
@@ -203,7 +203,7 @@ fn access(
     // does where a rule denies or holds part of it.
     let mut partly = false;
     if allowed {
-        if let Some(rule) = policies.restricting_part(who, &asked) {
+        if let Some(rule) = policy.restricting_part(who, &asked) {
             (allowed, partly) = (false, true);
             let does = match rule.action {
                 Action::Approve => "holds for approval",

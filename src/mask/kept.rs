@@ -48,15 +48,23 @@ impl Masker {
     /// or pattern found, rather than a field a rule names: a reviewer cannot tell such a
     /// value from a payload.
     pub fn mask_sent_counted(&self, target: &Target<'_>, json: &[u8]) -> Result<Sent, Error> {
-        let (masked, n, detected) = self.mask_sent_json(target, json)?;
-        let mut value: Value = serde_json::from_slice(&masked).map_err(|_| Error::InvalidJson {
+        let invalid = |_| Error::InvalidJson {
             offset: 0,
             reason: "not valid JSON",
-        })?;
-        let more = credentials(target, &mut value);
+        };
+        // The credentials handed on first: fields of their own, masked before the
+        // rules' detectors could take them for a finding.
+        let mut sent: Value = serde_json::from_slice(json).map_err(invalid)?;
+        let handed = credentials(target, &mut sent);
+        let json = match handed {
+            0 => Cow::Borrowed(json),
+            _ => Cow::Owned(serde_json::to_vec(&sent).map_err(invalid)?),
+        };
+        let (masked, n, detected) = self.mask_sent_json(target, &json)?;
+        let value: Value = serde_json::from_slice(&masked).map_err(invalid)?;
         Ok(Sent {
             value,
-            masked: n + more,
+            masked: n + handed,
             detected,
         })
     }
@@ -627,6 +635,22 @@ mod tests {
         );
         let mut other = json!({"kind": "ConfigMap", "status": {"token": "not a credential here"}});
         assert_eq!(credentials(&target("configmaps", "c"), &mut other), 0);
+        // Under a rule whose detectors would find the token, it is still a field of its
+        // own, masked as one: not a detector's finding, which would keep a TokenReview
+        // from being held for review.
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        let masker = Masker::compile(&[Rule {
+            resources: vec!["*".into()],
+            detectors: vec!["jwt".into()],
+            ..Rule::default()
+        }])
+        .unwrap();
+        let review = json!({"kind": "TokenReview", "spec": {"token": jwt}});
+        let sent = masker
+            .mask_sent_counted(&target("tokenreviews", ""), review.to_string().as_bytes())
+            .unwrap();
+        assert_eq!(sent.value["spec"]["token"], MARKER);
+        assert_eq!((sent.masked, sent.detected), (1, 0));
     }
 
     #[test]

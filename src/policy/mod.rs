@@ -324,12 +324,7 @@ impl Policies {
         who: &crate::identity::Subject,
         asked: &crate::request_info::RequestInfo,
     ) -> Option<std::sync::Arc<RuleMeta>> {
-        match &self.source {
-            Source::Watched(w) => w
-                .current()
-                .and_then(|p| eval::restricting_part(&p, who, asked)),
-            Source::Unconfigured => None,
-        }
+        self.in_force().restricting_part(who, asked)
     }
 
     /// Why the proxy cannot serve as configured (for `/readyz`): no policy in force.
@@ -385,6 +380,18 @@ impl InForce<'_> {
             Some(p) => p.masker().clone(),
             None => crate::mask::Masker::builtin(),
         }
+    }
+
+    /// For a review asking with a wildcard, the rule that denies or holds part of what
+    /// it covers ([`eval::restricting_part`]).
+    pub fn restricting_part(
+        &self,
+        who: &crate::identity::Subject,
+        asked: &crate::request_info::RequestInfo,
+    ) -> Option<std::sync::Arc<RuleMeta>> {
+        self.policy
+            .as_ref()
+            .and_then(|p| eval::restricting_part(p, who, asked))
     }
 
     /// Decides one request.
