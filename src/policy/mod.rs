@@ -297,7 +297,8 @@ impl Policies {
         }
     }
 
-    /// Decides one request with the policy in force.
+    /// Decides one request with the policy in force now ([`Policies::in_force`] keeps
+    /// one for all of a request).
     pub fn authorize(
         &self,
         who: &crate::identity::Subject,
@@ -305,26 +306,6 @@ impl Policies {
         query: Option<&str>,
     ) -> Decision {
         self.in_force().authorize(who, info, query)
-    }
-
-    /// As [`Policies::authorize`], with an exec request's command given as [`Commands`].
-    pub fn decide(
-        &self,
-        who: &crate::identity::Subject,
-        info: &crate::request_info::RequestInfo,
-        commands: Commands<'_>,
-    ) -> Decision {
-        self.in_force().decide(who, info, commands)
-    }
-
-    /// For a review asking with a wildcard, the rule that denies or holds part of what it
-    /// covers ([`eval::restricting_part`]).
-    pub fn restricting_part(
-        &self,
-        who: &crate::identity::Subject,
-        asked: &crate::request_info::RequestInfo,
-    ) -> Option<std::sync::Arc<RuleMeta>> {
-        self.in_force().restricting_part(who, asked)
     }
 
     /// Why the proxy cannot serve as configured (for `/readyz`): no policy in force.
