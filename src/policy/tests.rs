@@ -856,3 +856,41 @@ fn a_wildcard_question_finds_the_rule_that_restricts_part_of_it() {
         assert_eq!(restricting(&info).as_deref(), want, "{info:?}");
     }
 }
+
+/// The shipped `idp-groups.yaml`: an SRE lead skips review of an ordinary change, but not
+/// of one that grants more than it changes (a binding, a token), where a second approve
+/// rule without skipGroups matches too.
+#[test]
+fn idp_groups_lets_sre_leads_skip_review_except_for_what_grants_more() {
+    let text = include_str!("../../policies/idp-groups.yaml");
+    let (policy, _) = parse(text, "policies/idp-groups.yaml").unwrap();
+    let lead = who("lee@example.com", &["oidc:sre", "oidc:sre-leads"]);
+    let skipped = |info: &RequestInfo| {
+        let d = super::decide(&policy, &lead, info, Commands::Sent(None));
+        assert_eq!(d.action(), Action::Approve, "{info:?}");
+        d.approval().is_some_and(|a| a.skips(&lead))
+    };
+    assert!(skipped(&res(
+        "patch",
+        "apps",
+        "deployments",
+        "prod-shop",
+        "web"
+    )));
+    let binding = res(
+        "create",
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "",
+        "",
+    );
+    assert!(!skipped(&binding));
+    let token = res(
+        "create",
+        "",
+        "serviceaccounts/token",
+        "prod-shop",
+        "deployer",
+    );
+    assert!(!skipped(&token));
+}
