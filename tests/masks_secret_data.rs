@@ -203,6 +203,8 @@ spec:
   - resources: [pods]
     fields: [\"spec.containers[*].env[*].value\"]
     nameRegex: \"(?i)pass|token|secret|key\"
+  - resources: [services]
+    fields: [\"spec.clusterIP\"]
 ";
 
 const CONFIGURED: &str = "apiVersion: v1
@@ -254,8 +256,10 @@ async fn a_policy_masks_configmap_keys_and_env_values() {
         "{pod}"
     );
     // A Table's cells are printer columns the masker cannot read by path, so where a
-    // rule masks fields the caller is answered with objects (kubectl prints them itself);
-    // elsewhere Tables are served as before.
+    // rule masks a field a column may show (a Service's cluster IP) the caller is
+    // answered with objects (kubectl prints them itself). The API server's own columns
+    // never show a ConfigMap's values or an env value: those Tables are served as
+    // before, and kubernetes-mcp-server, which prints pods from a Table, keeps working.
     let accepted = |env: &support::Env| {
         env.started
             .sandbox
@@ -267,16 +271,18 @@ async fn a_policy_masks_configmap_keys_and_env_values() {
             .unwrap()
             .to_owned()
     };
-    let listed = ok(&env.kubectl(&["get", "configmaps"]).await);
-    assert!(listed.contains("settings"), "{listed}");
+    ok(&env.kubectl(&["get", "services"]).await);
     let accept = accepted(&env);
     assert!(
         !accept.to_ascii_lowercase().contains("as=table"),
         "{accept}"
     );
-    ok(&env.kubectl(&["get", "services"]).await);
-    let accept = accepted(&env);
-    assert!(accept.contains("as=Table"), "{accept}");
+    for kept in ["configmaps", "pods"] {
+        let listed = ok(&env.kubectl(&["get", kept]).await);
+        assert!(listed.contains("settings") || listed.contains("envy"), "{listed}");
+        let accept = accepted(&env);
+        assert!(accept.contains("as=Table"), "{kept}: {accept}");
+    }
     env.stop().await;
 }
 

@@ -383,12 +383,19 @@ impl Masker {
     /// the printer columns, each a field of the object the masker never sees there by
     /// its path (a custom resource's `additionalPrinterColumns` can print
     /// `.spec.password`); only the row's `object` is masked by path. So for such a
-    /// resource the caller is answered with objects instead (kubectl prints them itself).
+    /// resource the caller is answered with objects instead (kubectl prints them itself;
+    /// an MCP server that asked for a Table may print nothing).
+    ///
+    /// A built-in resource's columns are the API server's own, and none of them prints
+    /// an env value, a command's arguments, a ConfigMap's or Secret's values, or an
+    /// annotation ([`rules::Path::never_printed`]): a rule masking only such fields
+    /// leaves its Tables as they are.
     pub fn masks_fields_of(&self, target: &Target<'_>) -> bool {
-        self.inner
-            .rules
-            .iter()
-            .any(|r| r.has_fields() && r.names_resource(target.resource))
+        let builtin = builtin_group(target.api_group);
+        self.inner.rules.iter().any(|r| {
+            r.names_resource(target.resource)
+                && r.fields.iter().any(|p| !(builtin && p.never_printed()))
+        })
     }
 
     /// Whether some field of `target`'s objects is masked in answers, by the built-in
@@ -448,9 +455,7 @@ impl Masker {
 
     /// Whether a (non-log) response to `target` may hold something to mask.
     fn needs_json(&self, target: &Target<'_>) -> bool {
-        let g = target.api_group;
-        let builtin = g.is_empty() || !g.contains('.') || g.ends_with(".k8s.io");
-        !builtin
+        !builtin_group(target.api_group)
             || target.resource == "secrets"
             || self
                 .inner
@@ -498,4 +503,10 @@ pub fn apply(body: Body, plan: Plan, count: Arc<AtomicU64>) -> Body {
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
         }
     }
+}
+
+/// Whether `group` is one of Kubernetes' own: the core group, a group without a dot
+/// (`apps`, `batch`), or one under `.k8s.io`.
+fn builtin_group(group: &str) -> bool {
+    group.is_empty() || !group.contains('.') || group.ends_with(".k8s.io")
 }

@@ -325,6 +325,26 @@ impl Path {
         })
     }
 
+    /// Whether the API server's own printer columns never show a field this path reaches:
+    /// it goes through an env list, a command's arguments, a ConfigMap's or Secret's
+    /// values or the annotations, which no built-in Table prints (a count of `data` at
+    /// most).
+    pub(crate) fn never_printed(&self) -> bool {
+        const UNPRINTED: [&[u8]; 8] = [
+            b"env",
+            b"envFrom",
+            b"command",
+            b"args",
+            b"data",
+            b"stringData",
+            b"binaryData",
+            b"annotations",
+        ];
+        self.segs
+            .iter()
+            .any(|s| matches!(s, Seg::Key(k) if UNPRINTED.contains(&k.as_slice())))
+    }
+
     /// Masks, in the `value` a JSON patch operation puts at the pointer `tokens`, what
     /// this path masks in the object: all of it when it lies inside a masked field, the
     /// fields the rest of the path reaches when it holds them, nothing when the two part.

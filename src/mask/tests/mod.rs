@@ -367,3 +367,33 @@ fn a_rule_naming_every_builtin_detector_shares_the_scanner_of_logs() {
         shared
     ));
 }
+
+/// A built-in resource's Table prints the API server's own columns, none of which shows
+/// an env value, arguments, data values or annotations: a rule masking only those keeps
+/// its Tables (kubernetes-mcp-server prints pods from one). A rule masking a field a
+/// column may show, or any field of a custom resource (whose printer columns may print
+/// anything), has objects answered instead.
+#[test]
+fn tables_are_kept_unless_a_column_could_show_a_masked_field() {
+    let rule = |resources: &[&str], field: &str| Rule {
+        resources: resources.iter().map(|r| (*r).to_owned()).collect(),
+        fields: vec![field.to_owned()],
+        ..Rule::default()
+    };
+    let env = Masker::compile(&[rule(
+        &["pods", "widgets"],
+        "spec.containers[*].env[*].value",
+    )])
+    .unwrap();
+    let pods = target("pods");
+    let widgets = Target {
+        api_group: "example.com",
+        ..target("widgets")
+    };
+    assert!(!env.masks_fields_of(&pods));
+    assert!(env.masks_fields_of(&widgets));
+    let ip = Masker::compile(&[rule(&["pods"], "status.podIP")]).unwrap();
+    assert!(ip.masks_fields_of(&pods));
+    let config = Masker::compile(&[rule(&["configmaps"], "data.*")]).unwrap();
+    assert!(!config.masks_fields_of(&target("configmaps")));
+}

@@ -172,12 +172,12 @@ async fn a_request_keeps_the_policy_it_came_under() {
     // Under the policy it came with: not allowed, and nothing of configmaps masked.
     let d = came.authorize(&who("u", &[]), &get_cm, None);
     assert_eq!(d.action(), Action::Deny);
-    assert!(!came.masker().masks_fields_of(&target));
+    assert!(!came.masker().masks_a_field_of(&target));
     // A request that comes now gets both of the new one.
     let now = policies.in_force();
     assert_eq!(
         now.authorize(&who("u", &[]), &get_cm, None).action(),
         Action::Allow
     );
-    assert!(now.masker().masks_fields_of(&target));
+    assert!(now.masker().masks_a_field_of(&target));
 }
