@@ -279,7 +279,10 @@ async fn a_policy_masks_configmap_keys_and_env_values() {
     );
     for kept in ["configmaps", "pods"] {
         let listed = ok(&env.kubectl(&["get", kept]).await);
-        assert!(listed.contains("settings") || listed.contains("envy"), "{listed}");
+        assert!(
+            listed.contains("settings") || listed.contains("envy"),
+            "{listed}"
+        );
         let accept = accepted(&env);
         assert!(accept.contains("as=Table"), "{kept}: {accept}");
     }
