@@ -297,17 +297,6 @@ impl Policies {
         }
     }
 
-    /// Decides one request with the policy in force now ([`Policies::in_force`] keeps
-    /// one for all of a request).
-    pub fn authorize(
-        &self,
-        who: &crate::identity::Subject,
-        info: &crate::request_info::RequestInfo,
-        query: Option<&str>,
-    ) -> Decision {
-        self.in_force().authorize(who, info, query)
-    }
-
     /// Why the proxy cannot serve as configured (for `/readyz`): no policy in force.
     pub fn not_ready(&self) -> Option<String> {
         match &self.source {

@@ -611,7 +611,7 @@ fn the_own_configmap_is_told_apart() {
     // Each refusal names the object it protects.
     let policies = Policies::unconfigured().protecting(vec![own.clone(), tls]);
     let u = who("u", &[]);
-    let refused = policies.authorize(
+    let refused = policies.in_force().authorize(
         &u,
         &res("delete", "", "secrets", "agents", "chaperone-proxy-tls"),
         None,
@@ -624,7 +624,7 @@ fn the_own_configmap_is_told_apart() {
         "{}",
         refused.to_text()
     );
-    let refused = policies.authorize(
+    let refused = policies.in_force().authorize(
         &u,
         &res("delete", "", "configmaps", "agents", "agent-policy"),
         None,
@@ -720,7 +720,7 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         assert_eq!(changes_namespace(&info), changes, "{info:?}");
     }
     let p = Policies::unconfigured();
-    let refused = p.authorize(
+    let refused = p.in_force().authorize(
         &who("u", &[]),
         &res("patch", "", "namespaces", "", "team-a"),
         None,
