@@ -888,6 +888,87 @@ async fn open_when_free(
     panic!("no place was given back within 10 s");
 }
 
+/// A custom resource may template pods anywhere in it, for an operator to create: one
+/// written through chaperone is read as a workload is, at any depth, and one an
+/// administrator took out of chaperone is not changed through it.
+#[tokio::test]
+async fn a_custom_resource_templating_a_pod_stays_in_chaperone() {
+    let env = sandbox().with_proxy().start().await;
+    let crd = r#"{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "rollouts.example.com"}, "spec": {"group": "example.com", "scope": "Namespaced",
+        "names": {"plural": "rollouts", "kind": "Rollout"}, "versions": [{"name": "v1", "served": true, "storage": true}]}}"#;
+    ok(&env.kubectl_direct_stdin(&["create", "-f", "-"], crd).await);
+    let rollout = |name: &str, template: &str| {
+        format!(
+            r#"{{"apiVersion": "example.com/v1", "kind": "Rollout", "metadata": {{"name": "{name}"}},
+            "spec": {{"replicas": 1, "workload": {{"podTemplate": {template}}}}}}}"#
+        )
+    };
+    let plain = r#"{"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}"#;
+    let opted_out = r#"{"metadata": {"labels": {"chaperone.dev/inject": "false"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}"#;
+    let on_the_node =
+        r#"{"spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "nginx"}]}}"#;
+    let refused = |out: &std::process::Output, what: &str| {
+        let said = stderr(out);
+        assert!(
+            !out.status.success()
+                && said.contains("custom resources (which may template pods) cannot set"),
+            "{what}: {said}"
+        );
+    };
+    for (name, template) in [("escape", opted_out), ("host", on_the_node)] {
+        let out = env
+            .kubectl_stdin(&["create", "-f", "-"], &rollout(name, template))
+            .await;
+        refused(&out, name);
+    }
+    ok(&env
+        .kubectl_stdin(&["create", "-f", "-"], &rollout("site", plain))
+        .await);
+    let out = env
+        .kubectl(&[
+            "patch",
+            "rollouts.example.com",
+            "site",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"workload":{"podTemplate":{"metadata":{"annotations":{"chaperone.dev/policy":"mine"}}}}}}"#,
+        ])
+        .await;
+    refused(&out, "a template's annotation by merge patch");
+    ok(&env
+        .kubectl(&["label", "rollouts.example.com", "site", "tier=front"])
+        .await);
+    // An administrator's opted-out one: the agent cannot change what it runs.
+    ok(&env
+        .kubectl_direct_stdin(&["create", "-f", "-"], &rollout("admins", opted_out))
+        .await);
+    let out = env
+        .kubectl(&[
+            "patch",
+            "rollouts.example.com",
+            "admins",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"workload":{"podTemplate":{"spec":{"containers":[{"name":"c","image":"attacker/tool"}]}}}}}"#,
+        ])
+        .await;
+    refused(&out, "an opted-out rollout's image");
+    for name in ["escape", "host"] {
+        assert!(!env
+            .kubectl_direct(&["get", "rollouts.example.com", name])
+            .await
+            .status
+            .success());
+    }
+    let live = env
+        .kubectl_direct(&["get", "rollouts.example.com", "admins", "-o", "json"])
+        .await;
+    ok(&live);
+    assert!(!String::from_utf8_lossy(&live.stdout).contains("attacker/tool"));
+    env.stop().await;
+}
+
 /// A pod, a pod template or a namespace written through chaperone cannot set the keys
 /// that take pods out of chaperone (`chaperone.dev/inject: "false"`) or choose their
 /// policy (`chaperone.dev/policy`), however the write is sent; other writes of them go

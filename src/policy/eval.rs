@@ -312,7 +312,8 @@ impl fmt::Display for Reason<'_> {
             Source::Builtin(STAY_INJECTED) => {
                 write!(
                     f,
-                    "through chaperone, pods and pod templates cannot set chaperone.dev/inject, \
+                    "through chaperone, pods, pod templates and custom resources (which may \
+                     template pods) cannot set chaperone.dev/inject, \
                      chaperone.dev/policy or hostNetwork, nor can one an administrator took out \
                      of chaperone be changed, nor a namespace: each would run pods outside \
                      chaperone or under a policy of the caller's choosing ({t})"

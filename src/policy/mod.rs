@@ -145,12 +145,15 @@ const INJECTION_KEYS_IN_PATHS: [&str; 2] = ["chaperone.dev~1inject", "chaperone.
 
 /// Whether `info` writes a pod or an object that templates pods: its body is read for
 /// [`INJECTION_KEYS`] and `hostNetwork` ([`injection_key_in`]), and an update or patch
-/// is checked against the live object ([`opts_out`]).
+/// is checked against the live object ([`opts_out`]). A custom resource (or an aggregated
+/// API's object) may template pods anywhere in it (an operator's `Rollout`, a
+/// `VirtualMachine`, a pipeline's task run): any object of a group that is not one of
+/// Kubernetes' own is read the same way.
 pub fn shapes_injection(info: &crate::request_info::RequestInfo) -> bool {
     info.is_resource_request
         && info.subresource.is_empty()
         && matches!(info.verb.as_str(), "create" | "update" | "patch")
-        && matches!(
+        && (matches!(
             (info.api_group.as_str(), info.resource.as_str()),
             (
                 "",
@@ -159,7 +162,39 @@ pub fn shapes_injection(info: &crate::request_info::RequestInfo) -> bool {
                 "apps",
                 "deployments" | "replicasets" | "statefulsets" | "daemonsets"
             ) | ("batch", "jobs" | "cronjobs")
-        )
+        ) || !kubernetes_own_group(&info.api_group))
+}
+
+/// Kubernetes' own API groups but the core one: none of their kinds but the workloads
+/// [`shapes_injection`] names templates pods. A custom resource's group always has a
+/// dot, and is never one of these unless an administrator defined one under a
+/// `.k8s.io` name.
+const KUBERNETES_OWN_GROUPS: [&str; 21] = [
+    "apps",
+    "batch",
+    "autoscaling",
+    "policy",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+    "apiregistration.k8s.io",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "certificates.k8s.io",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+    "events.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "internal.apiserver.k8s.io",
+    "networking.k8s.io",
+    "node.k8s.io",
+    "rbac.authorization.k8s.io",
+    "resource.k8s.io",
+    "scheduling.k8s.io",
+    "storage.k8s.io",
+];
+
+fn kubernetes_own_group(group: &str) -> bool {
+    group.is_empty() || KUBERNETES_OWN_GROUPS.contains(&group)
 }
 
 /// Whether `info` changes a namespace: its `chaperone.dev/inject` label is what turns
@@ -215,30 +250,27 @@ pub fn injection_key_in_bytes(bytes: &[u8]) -> Option<&'static str> {
 }
 
 /// Whether a live pod or workload is out of chaperone by an administrator's choice
-/// (`chaperone.dev/inject: "false"` on it or its pod template) or runs on the node's
+/// (`chaperone.dev/inject: "false"` on it or a pod template in it) or runs on the node's
 /// network: changed through chaperone, it would run the caller's code with the service
-/// account's real token.
+/// account's real token. Templates are looked for at any depth, as a custom resource
+/// may keep one anywhere (a workload's `spec.template`, a CronJob's
+/// `spec.jobTemplate.spec.template`, an operator's `spec.workload.podTemplate`).
 pub fn opts_out(live: &serde_json::Value) -> bool {
-    let templates = [
-        "",
-        "/spec/template",
-        "/spec/jobTemplate/spec/template",
-        "/template",
-    ];
-    templates.iter().any(|at| {
-        let Some(obj) = (if at.is_empty() {
-            Some(live)
-        } else {
-            live.pointer(at)
-        }) else {
-            return false;
-        };
-        let opted = ["labels", "annotations"].iter().any(|m| {
-            obj.pointer(&format!("/metadata/{m}/chaperone.dev~1inject"))
-                .is_some_and(|v| v == "false")
-        });
-        opted || obj.pointer("/spec/hostNetwork") == Some(&serde_json::Value::Bool(true))
-    })
+    use serde_json::Value;
+    match live {
+        Value::Object(map) => {
+            let opted = map.get("metadata").is_some_and(|meta| {
+                ["labels", "annotations"].iter().any(|m| {
+                    meta.get(m)
+                        .and_then(|keys| keys.get("chaperone.dev/inject"))
+                        .is_some_and(|v| v == "false")
+                })
+            });
+            opted || map.get(HOST_NETWORK) == Some(&Value::Bool(true)) || map.values().any(opts_out)
+        }
+        Value::Array(items) => items.iter().any(opts_out),
+        _ => false,
+    }
 }
 
 /// The API server's `SimpleNameGenerator`: a `generateName` is cut to 58 bytes and

@@ -663,7 +663,17 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         (res("create", "", "pods/eviction", "ns", "p"), false),
         (res("patch", "apps", "deployments/scale", "ns", "d"), false),
         (res("create", "", "configmaps", "ns", ""), false),
-        (res("create", "example.com", "pods", "ns", ""), false),
+        // A custom resource (or an aggregated API's object) may template pods anywhere;
+        // Kubernetes' own groups but the workloads' do not.
+        (res("create", "example.com", "pods", "ns", ""), true),
+        (res("patch", "argoproj.io", "rollouts", "ns", "r"), true),
+        (res("update", "kubevirt.io", "virtualmachines", "ns", "vm"), true),
+        (res("create", "extensions", "deployments", "ns", ""), true),
+        (res("update", "example.com", "widgets/status", "ns", "w"), false),
+        (res("delete", "example.com", "widgets", "ns", "w"), false),
+        (res("create", "rbac.authorization.k8s.io", "roles", "ns", ""), false),
+        (res("patch", "networking.k8s.io", "ingresses", "ns", "i"), false),
+        (res("create", "autoscaling", "horizontalpodautoscalers", "ns", ""), false),
     ];
     for (info, reads) in cases {
         assert_eq!(shapes_injection(&info), reads, "{info:?}");
@@ -734,6 +744,10 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         json!({"spec": {"hostNetwork": true}}),
         json!({"spec": {"template": {"spec": {"hostNetwork": true}}}}),
         json!({"template": {"metadata": {"labels": {"chaperone.dev/inject": "false"}}}}),
+        // A custom resource's templates, wherever it keeps them.
+        json!({"spec": {"workload": {"podTemplate": {"metadata": {"labels": {"chaperone.dev/inject": "false"}}}}}}),
+        json!({"spec": {"replicaSpecs": [{"template": {"metadata": {"annotations": {"chaperone.dev/inject": "false"}}}}]}}),
+        json!({"spec": {"template": {"spec": {"template": {"spec": {"hostNetwork": true}}}}}}),
     ];
     for v in out {
         assert!(opts_out(&v), "{v}");
@@ -742,6 +756,9 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         json!({"metadata": {"labels": {"chaperone.dev/inject": "true"}}}),
         json!({"spec": {"template": {"metadata": {"annotations": {"chaperone.dev/policy": "readonly"}}}}}),
         json!({"spec": {"hostNetwork": false}}),
+        json!({"spec": {"notes": "chaperone.dev/inject: \"false\", hostNetwork: true"}}),
+        json!({"spec": {"labels": {"chaperone.dev/inject": "false"}}}),
+        json!({"metadata": {"managedFields": [{"fieldsV1": {"f:spec": {"f:hostNetwork": {}}}}]}}),
     ] {
         assert!(!opts_out(&v), "{v}");
     }

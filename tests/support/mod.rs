@@ -287,6 +287,11 @@ impl Env {
         run(self.kubectl_cmd(&self.started.kubeconfig, args)).await
     }
 
+    /// Runs kubectl straight at the sandbox, feeding `input` on stdin.
+    pub async fn kubectl_direct_stdin(&self, args: &[&str], input: &str) -> Output {
+        run_with_stdin(self.kubectl_cmd(&self.started.kubeconfig, args), input).await
+    }
+
     /// A kubectl command with a clean environment: only PATH, a private HOME and the
     /// given kubeconfig.
     pub fn kubectl_cmd(&self, kubeconfig: &Path, args: &[&str]) -> tokio::process::Command {
