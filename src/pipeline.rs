@@ -605,6 +605,7 @@ impl Proxy {
                         let asked = approval::Asked {
                             who: &who,
                             info: &info,
+                            headers: req.headers(),
                             query: req.uri().query(),
                             body: reviewed_body.as_deref(),
                             decision: &decision,

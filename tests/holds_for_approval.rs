@@ -1020,6 +1020,76 @@ async fn a_held_exec_shows_its_command_whole_or_is_refused() {
     env.stop().await;
 }
 
+/// A port-forward held for approval is shown with its ports, so one that names them
+/// inside its tunnel (kubectl's: SPDY, or SPDY within a WebSocket) is refused rather
+/// than held for a reviewer who would approve every port of the pod; a plain WebSocket
+/// port-forward naming its ports in the query is held, showing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_forward_is_held_only_with_its_ports_in_sight() {
+    let policy = SANDBOX_POLICY.replacen(
+        "  - name: no-pod-deletes\n",
+        "  - name: port-forward-needs-approval\n    subjects:\n      serviceAccounts: [default/mcp-server]\n    apiGroups: [\"\"]\n    resources: [pods/portforward]\n    verbs: [get, create]\n    namespaces: [default]\n    action: approve\n\n  - name: no-pod-deletes\n",
+        1,
+    );
+    let env = sandbox()
+        .policy(&policy)
+        .with_proxy_config("approval: {poll: 1h}\n")
+        .start()
+        .await;
+    // kubectl tries SPDY within a WebSocket, then SPDY: both refused, nothing held.
+    let out = env
+        .kubectl(&["port-forward", "pod/nginx", "0:80", "--address=127.0.0.1"])
+        .await;
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("names its ports inside its tunnel"), "{said}");
+    assert!(listed_requests(&env).is_empty(), "nothing held");
+    // A query naming ports does not make an SPDY upgrade's ports seen.
+    let forward = |method: &str, upgrade: &str, protocol: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!(
+                "{}/api/v1/namespaces/default/pods/nginx/portforward?ports=8080",
+                env.proxy_url()
+            ))
+            .header("connection", "Upgrade")
+            .header("upgrade", upgrade)
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-protocol", protocol)
+            .body(chaperone::body::empty())
+            .unwrap()
+    };
+    let reply = env
+        .client(false)
+        .send(forward("POST", "SPDY/3.1", "portforward.k8s.io"))
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    assert!(listed_requests(&env).is_empty(), "nothing held");
+    // A plain WebSocket port-forward: held, its ports shown; denied here.
+    let (client, req) = (
+        env.client(false),
+        forward("GET", "websocket", "v4.channel.k8s.io"),
+    );
+    let held = tokio::spawn(async move { client.send(req).await });
+    let name = held_request(&env).await;
+    let object = access_request(&env, &name).await;
+    assert_eq!(object["spec"]["request"]["query"], "ports=8080", "{object}");
+    let decided = reviewer(&env, &["deny", &name, "--reason", "not that port", "--yes"]);
+    assert!(decided.status.success(), "{decided:?}");
+    let reply = tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .expect("the held request ends once decided")
+        .unwrap();
+    assert_eq!(reply.status, 403);
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("not that port"),
+        "{:?}",
+        reply.body
+    );
+    env.stop().await;
+}
+
 /// A body in which a key comes twice is read by the API server with both values merged,
 /// so no reviewer could be shown what it applies: the request is refused before it is
 /// held (nothing to approve, nothing created), and it is on record as refused.

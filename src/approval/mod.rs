@@ -85,6 +85,15 @@ pub enum Error {
     )]
     Hidden { part: &'static str },
     #[error(
+        "a port-forward held for approval is shown to its reviewers with its ports, and this \
+         one names its ports inside its tunnel (SPDY, or SPDY within a WebSocket, as kubectl \
+         sends it), where chaperone does not look: a reviewer would approve every port of \
+         the pod, so the request is refused. Use a client that names the ports in the query \
+         of a plain WebSocket port-forward (the Python client does), or have the policy \
+         allow this port-forward (a rule may name the pod)"
+    )]
+    PortsUnseen,
+    #[error(
         "AccessRequest {namespace}/{name} holds another request (its spec.key differs), so \
          this one is refused rather than decided by it"
     )]
@@ -104,9 +113,10 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> Status {
         match self {
-            Error::Denied { .. } | Error::Pending { .. } | Error::Hidden { .. } => {
-                Status::forbidden(self.to_string())
-            }
+            Error::Denied { .. }
+            | Error::Pending { .. }
+            | Error::Hidden { .. }
+            | Error::PortsUnseen => Status::forbidden(self.to_string()),
             Error::TooManyHeld { .. } => Status::too_many_requests(self.to_string()),
             Error::NameTaken { .. } | Error::ShownOtherwise { .. } => {
                 Status::failure(StatusCode::CONFLICT, "Conflict", self.to_string())
@@ -133,6 +143,8 @@ impl Error {
 pub struct Asked<'a> {
     pub who: &'a Subject,
     pub info: &'a RequestInfo,
+    /// The request's headers: how an upgrade is tunnelled.
+    pub headers: &'a http::HeaderMap,
     pub query: Option<&'a str>,
     pub body: Option<&'a body::Reviewed>,
     pub decision: &'a Decision,
@@ -362,6 +374,7 @@ impl Approvals {
         let Asked {
             who,
             info,
+            headers,
             query,
             body,
             decision,
@@ -370,6 +383,9 @@ impl Approvals {
         let settings = decision.approval().cloned().unwrap_or_default();
         if settings.skips(who) {
             return Ok(Hold::Ready(Outcome::Skipped));
+        }
+        if info.subresource == "portforward" && !ports_in_sight(headers, query) {
+            return Err(Error::PortsUnseen);
         }
         let commands = commands(query);
         let query = approved_query(info, query);
@@ -870,6 +886,35 @@ fn hidden_part(
     }
 }
 
+/// Whether a port-forward names its ports where a reviewer sees them: in the query of a
+/// plain WebSocket port-forward, the only ports the kubelet then forwards. Over SPDY the
+/// client names each port inside the tunnel (its streams' `port` headers), and so it
+/// does over SPDY tunnelled in a WebSocket (an `SPDY/3.1+portforward.k8s.io`
+/// subprotocol, kubectl's since 1.30), whatever the query says.
+fn ports_in_sight(headers: &http::HeaderMap, query: Option<&str>) -> bool {
+    let websocket = headers
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && headers.contains_key(http::header::UPGRADE);
+    let tunnelled = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .to_ascii_lowercase()
+                .windows(4)
+                .any(|w| w == b"spdy")
+        });
+    let ports = query.unwrap_or_default().split('&').any(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = key.replace('+', " ");
+        percent_encoding::percent_decode_str(&key).decode_utf8_lossy() == "ports"
+            && !value.is_empty()
+    });
+    websocket && !tunnelled && ports
+}
+
 /// This process's key for requests shown masked, made once.
 fn masked_key() -> Result<&'static ring::hmac::Key, Error> {
     static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
@@ -1271,6 +1316,48 @@ mod tests {
             None
         );
         assert_eq!(hidden("/api/v1/namespaces/d/pods/web"), None);
+    }
+
+    /// A port-forward is held only where its ports are in sight: a plain WebSocket
+    /// upgrade naming them in its query. SPDY, or SPDY tunnelled in a WebSocket (as
+    /// kubectl sends it), names them inside the tunnel, whatever its query says.
+    #[test]
+    fn a_port_forward_is_held_only_with_its_ports_in_sight() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            map
+        };
+        let websocket = [("upgrade", "websocket"), ("connection", "Upgrade")];
+        let plain = [(
+            "sec-websocket-protocol",
+            "v4.channel.k8s.io, portforward.k8s.io",
+        )];
+        let tunnelled = [("sec-websocket-protocol", "SPDY/3.1+portforward.k8s.io")];
+        let both = |a: &[(&'static str, &'static str)], b: &[(&'static str, &'static str)]| {
+            headers(&[a, b].concat())
+        };
+        #[rustfmt::skip]
+        let cases: [(http::HeaderMap, Option<&str>, bool); 10] = [
+            (both(&websocket, &plain), Some("ports=8080"), true),
+            (both(&websocket, &plain), Some("ports=8080&ports=9090"), true),
+            (both(&websocket, &plain), Some("p%6Frts=8080"), true),
+            (headers(&websocket), Some("ports=8080"), true),
+            (both(&websocket, &plain), None, false),
+            (both(&websocket, &plain), Some("ports="), false),
+            (both(&websocket, &plain), Some("port=8080"), false),
+            (both(&websocket, &tunnelled), Some("ports=8080"), false),
+            (both(&websocket, &[("sec-websocket-protocol", "v4.channel.k8s.io"), ("sec-websocket-protocol", "spdy/3.1+portforward.k8s.io")]), Some("ports=8080"), false),
+            (headers(&[("upgrade", "SPDY/3.1"), ("connection", "Upgrade")]), Some("ports=8080"), false),
+        ];
+        for (map, query, seen) in cases {
+            assert_eq!(ports_in_sight(&map, query), seen, "{map:?} {query:?}");
+        }
     }
 
     /// A grant lasts as long as the reviewer said, and never longer than the rule's
