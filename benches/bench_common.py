@@ -122,11 +122,29 @@ def remove_or_keep(tmp, keep):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    """A port that was free on 127.0.0.1 a moment ago (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that was free on 127.0.0.1 a moment ago (the caller binds it soon after),
+    and never one this process gave out before: a port closed at once may be the next
+    one the kernel picks, and two servers started side by side would then share it."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+
+
+def log_tail(path, lines=20):
+    """The last `lines` of a log file, for an error saying why a process ended."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as e:
+        return f"(no log: {e})"
 
 
 def b64url(data):

@@ -301,10 +301,14 @@ def start_chaperone(procs, tmp, name, binary, pki, kubeconfig, policy, extra=Non
     bc.write_proxy_config(config, listen=port, admin=admin, cert=crt, key=key, jwks=pki.jwks,
                           policy=policy, kubeconfig=kubeconfig, audit={"file": audit},
                           extra=extra)
-    logf = open(os.path.join(d, "proxy.log"), "w")
+    log = os.path.join(d, "proxy.log")
+    logf = open(log, "w")
     proc = procs.start([binary, "proxy", "--config", config], stdout=logf, stderr=logf)
     logf.close()
-    bc.wait_http(f"http://127.0.0.1:{admin}/readyz", proc=proc)
+    try:
+        bc.wait_http(f"http://127.0.0.1:{admin}/readyz", proc=proc)
+    except RuntimeError as e:
+        raise RuntimeError(f"{name}: {e}; its log ends:\n{bc.log_tail(log)}") from None
     return {"proc": proc, "port": port, "admin": admin, "dir": d, "audit": audit}
 
 
