@@ -320,6 +320,9 @@ impl Proxy {
                             approval::Error::Hidden { .. } => {
                                 "refused: a secret in its command, query or path"
                             }
+                            approval::Error::PortsUnseen => {
+                                "refused: a port-forward's ports out of sight"
+                            }
                             _ => "unavailable",
                         };
                         trail.note(annotation::APPROVAL, outcome);
@@ -788,14 +791,14 @@ impl Proxy {
                 }
             };
             let found = policy::injection_key_in_bytes(bytes).is_some()
-                || policy::injection_key_in(&object).is_some();
+                || policy::injection_key_sent(info, &object).is_some();
             return found.then(|| Ok(policy::Decision::stay_injected(info)));
         }
         let object = match approval::body::parse(bytes, headers) {
             Ok(object) => object,
             Err(e) => return Some(Err(e)),
         };
-        if injection && policy::injection_key_in(&object).is_some() {
+        if injection && policy::injection_key_sent(info, &object).is_some() {
             return Some(Ok(policy::Decision::stay_injected(info)));
         }
         self.policy
@@ -819,14 +822,27 @@ impl Proxy {
         }
         let body = crate::body::read_limited(rsp.into_body(), MAX_CREATED).await;
         let live = match (code.is_success(), body) {
-            (true, Ok(bytes)) => serde_json::from_slice::<serde_json::Value>(&bytes).ok(),
-            _ => None,
+            (true, Ok(bytes)) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|e| format!("its answer is not JSON: {e}")),
+            (true, Err(crate::body::ReadError::TooLarge)) => Err(format!(
+                "its answer is larger than {} MiB",
+                MAX_CREATED >> 20
+            )),
+            (true, Err(crate::body::ReadError::Failed(e))) => {
+                Err(format!("its answer broke off: {e}"))
+            }
+            (false, _) => Err(format!(
+                "the proxy's credential got {code} (it needs `get` on what it may change)"
+            )),
         };
         match live {
-            Some(live) => Ok(policy::opts_out(&live)),
-            None => Err(Error::Unread {
+            Ok(live) => Ok(policy::opts_out(&live, policy::custom_group(info))),
+            Err(why) => Err(Error::Unread {
                 what: format!("{} of {}", info.verb, info.resource),
-                why: format!("the object it changes could not be read first ({code})"),
+                why: format!(
+                    "the object it changes could not be read first, to see whether an \
+                     administrator took it out of chaperone: {why}"
+                ),
             }),
         }
     }

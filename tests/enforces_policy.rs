@@ -916,6 +916,13 @@ async fn a_custom_resource_templating_a_pod_stays_in_chaperone() {
             "{what}: {said}"
         );
     };
+    // Text an operator renders into pods (Helm values) is read too.
+    let helm = r#"{"apiVersion": "example.com/v1", "kind": "Rollout", "metadata": {"name": "helm"},
+        "spec": {"values": "controller:\n  hostNetwork: true\n"}}"#;
+    refused(
+        &env.kubectl_stdin(&["create", "-f", "-"], helm).await,
+        "Helm values",
+    );
     for (name, template) in [("escape", opted_out), ("host", on_the_node)] {
         let out = env
             .kubectl_stdin(&["create", "-f", "-"], &rollout(name, template))
@@ -954,7 +961,24 @@ async fn a_custom_resource_templating_a_pod_stays_in_chaperone() {
         ])
         .await;
     refused(&out, "an opted-out rollout's image");
-    for name in ["escape", "host"] {
+    // Opted out under labels an operator names otherwise (`spec.podMetadata`).
+    let pod_metadata = r#"{"apiVersion": "example.com/v1", "kind": "Rollout", "metadata": {"name": "monitor"},
+        "spec": {"podMetadata": {"labels": {"chaperone.dev/inject": "false"}}, "image": "prom"}}"#;
+    ok(&env
+        .kubectl_direct_stdin(&["create", "-f", "-"], pod_metadata)
+        .await);
+    let out = env
+        .kubectl(&[
+            "patch",
+            "rollouts.example.com",
+            "monitor",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"image":"attacker/tool"}}"#,
+        ])
+        .await;
+    refused(&out, "an opted-out rollout under podMetadata");
+    for name in ["escape", "host", "helm"] {
         assert!(!env
             .kubectl_direct(&["get", "rollouts.example.com", name])
             .await

@@ -56,6 +56,24 @@ const RBAC_RESOURCES: [&str; 4] = [
     "clusterroles",
     "clusterrolebindings",
 ];
+/// Kinds whose writes chaperone does not read and which shape what the injector sees
+/// (or whether it is called at all): granted, they let a caller run pods outside it.
+/// Of namespaces, only a create (an update or patch is always refused).
+const INJECTION_SHAPERS: [(&str, &str); 6] = [
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+    ),
+    ("admissionregistration.k8s.io", "mutatingadmissionpolicies"),
+    (
+        "admissionregistration.k8s.io",
+        "mutatingadmissionpolicybindings",
+    ),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("apps", "controllerrevisions"),
+    ("", "namespaces"),
+];
+
 const WRITE_VERBS: [Verb; 7] = [
     Verb::Create,
     Verb::Update,
@@ -319,6 +337,22 @@ fn broad(rule: &Rule) -> Vec<String> {
         out.push(
             "grants writes to RBAC resources, with which a caller can grant itself more".into(),
         );
+    }
+    let creates = rule.verbs.0 & VerbSet::of(&[Verb::Create]).0 != 0;
+    let outside = INJECTION_SHAPERS
+        .iter()
+        .filter(|(g, r)| group(g) && resource(r))
+        .filter(|(_, r)| if *r == "namespaces" { creates } else { writes })
+        .map(|(_, r)| *r)
+        .collect::<Vec<_>>();
+    if !outside.is_empty() {
+        out.push(format!(
+            "grants writes to {}, which can run pods outside chaperone unread (a mutating \
+             webhook or admission policy, or a CRD's schema default, can set \
+             chaperone.dev/inject on pods; a StatefulSet makes pods from its revisions; a \
+             new namespace is not labelled for injection)",
+            outside.join(", ")
+        ));
     }
     let exec = rule.verbs.0 & VerbSet::of(&[Verb::Get, Verb::Create]).0 != 0;
     if exec && group("") && resource("pods/exec") && rule.commands.is_empty() {

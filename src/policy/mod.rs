@@ -162,7 +162,7 @@ pub fn shapes_injection(info: &crate::request_info::RequestInfo) -> bool {
                 "apps",
                 "deployments" | "replicasets" | "statefulsets" | "daemonsets"
             ) | ("batch", "jobs" | "cronjobs")
-        ) || !kubernetes_own_group(&info.api_group))
+        ) || custom_group(info))
 }
 
 /// Kubernetes' own API groups but the core one: none of their kinds but the workloads
@@ -210,7 +210,8 @@ pub fn changes_namespace(info: &crate::request_info::RequestInfo) -> bool {
 /// The injection key a sent object or patch sets: as a key anywhere in it (labels and
 /// annotations, a template's too, a merge patch's `null`), or as the last step of a
 /// JSON patch's `path` (`/metadata/labels/chaperone.dev~1inject`). `hostNetwork`, which
-/// the injector leaves uninjected, counts as one.
+/// the injector leaves uninjected, counts as one (but for `false`, or a merge patch's
+/// `null` removing it).
 pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
     use serde_json::Value;
     match v {
@@ -218,7 +219,10 @@ pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
             INJECTION_KEYS
                 .into_iter()
                 .find(|key| k == key)
-                .or_else(|| (k == HOST_NETWORK && v != &Value::Bool(false)).then_some(HOST_NETWORK))
+                .or_else(|| {
+                    (k == HOST_NETWORK && !matches!(v, Value::Bool(false) | Value::Null))
+                        .then_some(HOST_NETWORK)
+                })
                 .or_else(|| injection_key_in(v))
         }),
         Value::Array(items) => items.iter().find_map(injection_key_in),
@@ -230,6 +234,71 @@ pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
             .or_else(|| s.ends_with("/hostNetwork").then_some(HOST_NETWORK)),
         _ => None,
     }
+}
+
+/// The injection key a write of `info` sends in `object`: [`injection_key_in`], and for
+/// a custom resource also in any string ([`injection_key_in_text`]), where an operator
+/// may read pod settings from text it renders (Helm values, a patch written as YAML).
+pub fn injection_key_sent(
+    info: &crate::request_info::RequestInfo,
+    object: &serde_json::Value,
+) -> Option<&'static str> {
+    injection_key_in(object).or_else(|| {
+        custom_group(info)
+            .then(|| strings_in(object).find_map(injection_key_in_text))
+            .flatten()
+    })
+}
+
+/// Every string value in `v`, depth first.
+fn strings_in(v: &serde_json::Value) -> Box<dyn Iterator<Item = &str> + '_> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Box::new(std::iter::once(s.as_str())),
+        Value::Array(items) => Box::new(items.iter().flat_map(strings_in)),
+        Value::Object(map) => Box::new(map.values().flat_map(strings_in)),
+        _ => Box::new(std::iter::empty()),
+    }
+}
+
+/// The injection key text names: an injection key (also as a JSON pointer step,
+/// `chaperone.dev~1inject`), or `hostNetwork` set (`hostNetwork: true`,
+/// `hostNetwork=...`) to anything but a YAML false (`false`, `no`, `off`). A word
+/// `hostNetwork` that is not set (`enables hostNetwork`) is not.
+pub fn injection_key_in_text(text: &str) -> Option<&'static str> {
+    INJECTION_KEYS
+        .into_iter()
+        .find(|key| names_key(text, key))
+        .or_else(|| sets_host_network(text).then_some(HOST_NETWORK))
+}
+
+/// Whether `text` names `key`, plainly (but the injector's own
+/// `chaperone.dev/injected-version`) or as a JSON pointer step.
+fn names_key(text: &str, key: &str) -> bool {
+    let plainly = text
+        .match_indices(key)
+        .any(|(at, _)| !text[at + key.len()..].starts_with("ed-version"));
+    plainly || text.contains(&key.replace('/', "~1"))
+}
+
+/// Whether `text` sets `hostNetwork` to anything but a YAML false.
+fn sets_host_network(text: &str) -> bool {
+    let quotes = |c: char| c == '"' || c == '\'' || c.is_whitespace();
+    text.match_indices(HOST_NETWORK).any(|(at, _)| {
+        let rest = text[at + HOST_NETWORK.len()..].trim_start_matches(quotes);
+        let Some(value) = rest.strip_prefix([':', '=']) else {
+            return false;
+        };
+        let word: String = value
+            .trim_start_matches(quotes)
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        !matches!(
+            word.to_ascii_lowercase().as_str(),
+            "false" | "no" | "off" | "n"
+        )
+    })
 }
 
 /// A pod on the node's network is left uninjected by the injector (the node's loopback
@@ -252,25 +321,30 @@ pub fn injection_key_in_bytes(bytes: &[u8]) -> Option<&'static str> {
 /// Whether a live pod or workload is out of chaperone by an administrator's choice
 /// (`chaperone.dev/inject: "false"` on it or a pod template in it) or runs on the node's
 /// network: changed through chaperone, it would run the caller's code with the service
-/// account's real token. Templates are looked for at any depth, as a custom resource
-/// may keep one anywhere (a workload's `spec.template`, a CronJob's
-/// `spec.jobTemplate.spec.template`, an operator's `spec.workload.podTemplate`).
-pub fn opts_out(live: &serde_json::Value) -> bool {
+/// account's real token. Looked for at any depth and in any map, as a custom resource
+/// may keep a template anywhere and its labels under any name (`spec.podMetadata`,
+/// `spec.inheritedMetadata`); in a custom resource (`custom`), also in any string that
+/// names the key or sets `hostNetwork` ([`injection_key_in_text`]), as Helm values do.
+pub fn opts_out(live: &serde_json::Value, custom: bool) -> bool {
     use serde_json::Value;
     match live {
         Value::Object(map) => {
-            let opted = map.get("metadata").is_some_and(|meta| {
-                ["labels", "annotations"].iter().any(|m| {
-                    meta.get(m)
-                        .and_then(|keys| keys.get("chaperone.dev/inject"))
-                        .is_some_and(|v| v == "false")
-                })
-            });
-            opted || map.get(HOST_NETWORK) == Some(&Value::Bool(true)) || map.values().any(opts_out)
+            map.get(INJECTION_KEYS[0]).is_some_and(|v| v == "false")
+                || map.get(HOST_NETWORK) == Some(&Value::Bool(true))
+                || map.values().any(|v| opts_out(v, custom))
         }
-        Value::Array(items) => items.iter().any(opts_out),
+        Value::Array(items) => items.iter().any(|v| opts_out(v, custom)),
+        Value::String(text) => {
+            custom && (names_key(text, INJECTION_KEYS[0]) || sets_host_network(text))
+        }
         _ => false,
     }
+}
+
+/// Whether `info` is about a custom resource (or an aggregated API's object): any group
+/// but Kubernetes' own.
+pub fn custom_group(info: &crate::request_info::RequestInfo) -> bool {
+    !kubernetes_own_group(&info.api_group)
 }
 
 /// The API server's `SimpleNameGenerator`: a `generateName` is cut to 58 bytes and

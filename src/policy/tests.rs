@@ -748,20 +748,75 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         json!({"spec": {"workload": {"podTemplate": {"metadata": {"labels": {"chaperone.dev/inject": "false"}}}}}}),
         json!({"spec": {"replicaSpecs": [{"template": {"metadata": {"annotations": {"chaperone.dev/inject": "false"}}}}]}}),
         json!({"spec": {"template": {"spec": {"template": {"spec": {"hostNetwork": true}}}}}}),
+        // Labels and annotations under any name (Prometheus' `podMetadata`, CloudNativePG's
+        // `inheritedMetadata`, Spark's `driver.annotations`).
+        json!({"spec": {"podMetadata": {"annotations": {"chaperone.dev/inject": "false"}}}}),
+        json!({"spec": {"driver": {"labels": {"chaperone.dev/inject": "false"}}}}),
     ];
     for v in out {
-        assert!(opts_out(&v), "{v}");
+        assert!(opts_out(&v, false) && opts_out(&v, true), "{v}");
     }
-    for v in [
+    let clean = [
         json!({"metadata": {"labels": {"chaperone.dev/inject": "true"}}}),
         json!({"spec": {"template": {"metadata": {"annotations": {"chaperone.dev/policy": "readonly"}}}}}),
         json!({"spec": {"hostNetwork": false}}),
-        json!({"spec": {"notes": "chaperone.dev/inject: \"false\", hostNetwork: true"}}),
-        json!({"spec": {"labels": {"chaperone.dev/inject": "false"}}}),
         json!({"metadata": {"managedFields": [{"fieldsV1": {"f:spec": {"f:hostNetwork": {}}}}]}}),
-    ] {
-        assert!(!opts_out(&v), "{v}");
+        json!({"spec": {"values": "replicas: 2\npodAnnotations: {chaperone.dev/policy: readonly}\n"}}),
+        json!({"spec": {"description": "runs without hostNetwork", "values": "hostNetwork: false"}}),
+    ];
+    for v in clean {
+        assert!(!opts_out(&v, false) && !opts_out(&v, true), "{v}");
     }
+    // In a custom resource, text an operator renders (Helm values) counts; in a
+    // Kubernetes object, text is only text (an env value, a last-applied annotation).
+    for v in [
+        json!({"spec": {"source": {"helm": {"values": "podLabels:\n  chaperone.dev/inject: \"false\"\n"}}}}),
+        json!({"spec": {"values": "controller:\n  hostNetwork: true\n"}}),
+        json!({"spec": {"set": ["hostNetwork=true"]}}),
+    ] {
+        assert!(opts_out(&v, true) && !opts_out(&v, false), "{v}");
+    }
+}
+
+/// What text names an injection key, as an operator might render it into pods: a key
+/// named plainly or as a JSON pointer step, `hostNetwork` set to anything but false; and
+/// only a custom resource's strings are read so.
+#[test]
+fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
+    use serde_json::json;
+    #[rustfmt::skip]
+    let cases = [
+        ("podAnnotations:\n  chaperone.dev/inject: \"false\"", Some("chaperone.dev/inject")),
+        ("- op: add\n  path: /metadata/annotations/chaperone.dev~1policy", Some("chaperone.dev/policy")),
+        ("hostNetwork: true", Some("hostNetwork")),
+        ("hostNetwork:yes", Some("hostNetwork")),
+        ("--set controller.hostNetwork=true", Some("hostNetwork")),
+        ("\"hostNetwork\": \"{{ .Values.net }}\"", Some("hostNetwork")),
+        ("hostNetwork: false", None),
+        ("hostNetwork: 'off'", None),
+        ("the hostNetwork setting", None),
+        ("hostNetworkMode: bridge", None),
+        ("chaperone.dev/injected-version: 0.1.0", None),
+        ("plain text", None),
+    ];
+    for (text, found) in cases {
+        assert_eq!(injection_key_in_text(text), found, "{text}");
+    }
+    let values = json!({"spec": {"source": {"helm": {"values": "hostNetwork: true"}}}});
+    let custom = res("create", "argoproj.io", "applications", "ns", "");
+    let configmap = res("create", "", "configmaps", "ns", "");
+    assert_eq!(injection_key_sent(&custom, &values), Some("hostNetwork"));
+    assert_eq!(injection_key_sent(&configmap, &values), None);
+    let env = json!({"spec": {"containers": [{"env": [{"name": "NOTE", "value": "hostNetwork: true"}]}]}});
+    assert_eq!(
+        injection_key_sent(&res("create", "", "pods", "ns", ""), &env),
+        None
+    );
+    // A merge patch removing `hostNetwork` leaves the pod on its own network.
+    assert_eq!(
+        injection_key_in(&json!({"spec": {"hostNetwork": null}})),
+        None
+    );
 }
 
 /// Several `approve` rules matching one request: each approval setting is the strictest

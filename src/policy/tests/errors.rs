@@ -129,7 +129,7 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule(&format!("{PODS}\nverbs: [get, create]\nresourceNames: [a]")), vec![("r", "never-matches", "create requests carry no object name")]),
         // A create on a subresource names its object (`kubectl create token builder`).
         (rule("apiGroups: [\"\"]\nresources: [serviceaccounts/token]\nverbs: [get, create]\nresourceNames: [builder]"), vec![]),
-        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: allow"), vec![("r", "broad-grant", "allows pods/exec without `commands`"), ("r", "never-matches", "deletecollection requests carry no object name")]),
+        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: allow"), vec![("r", "broad-grant", "grants writes to namespaces"), ("r", "broad-grant", "allows pods/exec without `commands`"), ("r", "never-matches", "deletecollection requests carry no object name")]),
         // A deny naming objects takes a deletecollection of their collection.
         (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: deny"), vec![]),
         (rule(&format!("{PODS}\nmode: audit")), vec![("r", "no-effect", "audit-mode allow")]),
@@ -149,6 +149,10 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule("apiGroups: [rbac.authorization.k8s.io]\nresources: [rolebindings]\nverbs: [create]"), vec![("r", "broad-grant", "writes to RBAC resources")]),
         (rule("apiGroups: [rbac.authorization.k8s.io]\nresources: [rolebindings]\nverbs: [get, list]"), vec![]),
         (rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [create]"), vec![("r", "broad-grant", "pods/exec without `commands`")]),
+        (rule("apiGroups: [admissionregistration.k8s.io]\nresources: [mutatingwebhookconfigurations]\nverbs: [delete]"), vec![("r", "broad-grant", "grants writes to mutatingwebhookconfigurations, which can run pods outside chaperone")]),
+        (rule("apiGroups: [\"*\"]\nresources: [customresourcedefinitions, controllerrevisions]\nverbs: [patch]"), vec![("r", "broad-grant", "grants writes to customresourcedefinitions, controllerrevisions")]),
+        (rule("apiGroups: [\"\"]\nresources: [namespaces]\nverbs: [create]"), vec![("r", "broad-grant", "grants writes to namespaces")]),
+        (rule("apiGroups: [\"\"]\nresources: [namespaces]\nverbs: [get, delete]"), vec![]),
         (rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [create]\ncommands: [[ps]]"), vec![]),
         (rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [create]\ncommands: [[sh, \"**\"]]\naction: deny"), vec![("r", "weak-deny", "easy to evade")]),
     ];
