@@ -890,13 +890,15 @@ fn hidden_part(
 /// plain WebSocket port-forward, the only ports the kubelet then forwards. Over SPDY the
 /// client names each port inside the tunnel (its streams' `port` headers), and so it
 /// does over SPDY tunnelled in a WebSocket (an `SPDY/3.1+portforward.k8s.io`
-/// subprotocol, kubectl's since 1.30), whatever the query says.
+/// subprotocol, kubectl's since 1.30), whatever the query says. The ports must be
+/// spelled plainly, as [`forwarded_ports`] reads them: a key that only decodes to
+/// `ports` (`p%6Frts`), or a value that is not port numbers, is not in sight.
 fn ports_in_sight(headers: &http::HeaderMap, query: Option<&str>) -> bool {
-    let websocket = headers
-        .get_all(http::header::UPGRADE)
-        .iter()
-        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && headers.contains_key(http::header::UPGRADE);
+    let websocket = headers.contains_key(http::header::UPGRADE)
+        && headers
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .all(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let tunnelled = headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -906,13 +908,46 @@ fn ports_in_sight(headers: &http::HeaderMap, query: Option<&str>) -> bool {
                 .windows(4)
                 .any(|w| w == b"spdy")
         });
-    let ports = query.unwrap_or_default().split('&').any(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = key.replace('+', " ");
-        percent_encoding::percent_decode_str(&key).decode_utf8_lossy() == "ports"
-            && !value.is_empty()
-    });
-    websocket && !tunnelled && ports
+    let pairs = query_pairs(query.unwrap_or_default());
+    let plain = pairs
+        .iter()
+        .filter(|(key, _, raw_key)| key == "ports" || *raw_key == "ports")
+        .all(|(key, value, raw_key)| {
+            key == *raw_key
+                && !value.is_empty()
+                && value.split(',').all(|port| {
+                    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
+                })
+        });
+    websocket && !tunnelled && plain && !forwarded_ports(query).is_empty()
+}
+
+/// The ports a plain WebSocket port-forward's query names (`ports=8080&ports=9090`, or
+/// `ports=8080,9090`), decoded as the API server reads them: for reviewers.
+pub fn forwarded_ports(query: Option<&str>) -> Vec<String> {
+    query_pairs(query.unwrap_or_default())
+        .into_iter()
+        .filter(|(key, _, _)| key == "ports")
+        .flat_map(|(_, value, _)| value.split(',').map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
+/// A query's pairs as Go's `url.ParseQuery` reads them: key and value decoded (`+` is a
+/// space), and the key as written.
+fn query_pairs(query: &str) -> Vec<(String, String, &str)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key), decode(value), key)
+        })
+        .collect()
 }
 
 /// This process's key for requests shown masked, made once.
@@ -1343,14 +1378,17 @@ mod tests {
             headers(&[a, b].concat())
         };
         #[rustfmt::skip]
-        let cases: [(http::HeaderMap, Option<&str>, bool); 10] = [
+        let cases: [(http::HeaderMap, Option<&str>, bool); 13] = [
             (both(&websocket, &plain), Some("ports=8080"), true),
             (both(&websocket, &plain), Some("ports=8080&ports=9090"), true),
-            (both(&websocket, &plain), Some("p%6Frts=8080"), true),
+            (both(&websocket, &plain), Some("ports=8080%2C9090"), true),
             (headers(&websocket), Some("ports=8080"), true),
             (both(&websocket, &plain), None, false),
             (both(&websocket, &plain), Some("ports="), false),
             (both(&websocket, &plain), Some("port=8080"), false),
+            (both(&websocket, &plain), Some("ports=8080&p%6Frts=22"), false),
+            (both(&websocket, &plain), Some("ports=8080&ports=22%3B"), false),
+            (both(&websocket, &plain), Some("ports=8080,"), false),
             (both(&websocket, &tunnelled), Some("ports=8080"), false),
             (both(&websocket, &[("sec-websocket-protocol", "v4.channel.k8s.io"), ("sec-websocket-protocol", "spdy/3.1+portforward.k8s.io")]), Some("ports=8080"), false),
             (headers(&[("upgrade", "SPDY/3.1"), ("connection", "Upgrade")]), Some("ports=8080"), false),
@@ -1358,6 +1396,10 @@ mod tests {
         for (map, query, seen) in cases {
             assert_eq!(ports_in_sight(&map, query), seen, "{map:?} {query:?}");
         }
+        assert_eq!(
+            forwarded_ports(Some("ports=8080%2C9090&ports=22&x=1")),
+            ["8080", "9090", "22"]
+        );
     }
 
     /// A grant lasts as long as the reviewer said, and never longer than the rule's

@@ -442,6 +442,10 @@ fn show(object: &Value) -> String {
     ));
     rows.push(("path", s("/spec/request/path").to_owned()));
     rows.push(("query", s("/spec/request/query").to_owned()));
+    if s("/spec/request/subresource") == "portforward" {
+        let query = Some(s("/spec/request/query")).filter(|q| !q.is_empty());
+        rows.push(("ports", crate::approval::forwarded_ports(query).join(", ")));
+    }
     if let Some(command) = object.pointer("/spec/request/command") {
         rows.push(("command", command.to_string()));
     }
@@ -604,6 +608,14 @@ mod tests {
             show(&proxy).contains("asks to    get nodes/proxy n1\n"),
             "{}",
             show(&proxy)
+        );
+        // A port-forward's ports, decoded as the API server reads them.
+        let forward = json!({"spec": {"request": {"verb": "get", "resource": "pods",
+            "subresource": "portforward", "name": "web", "query": "ports=8080%2C22"}}});
+        assert!(
+            show(&forward).contains("ports      8080, 22\n"),
+            "{}",
+            show(&forward)
         );
     }
 
