@@ -78,7 +78,16 @@ pub enum Error {
 struct Cached {
     header: HeaderValue,
     expires: Option<SystemTime>,
+    /// When the plugin printed it.
+    fetched: Instant,
 }
+
+/// The youngest token a 401 makes the proxy drop: a 401 to a request a caller chose may
+/// come from elsewhere than the API server's authentication (an admission webhook's
+/// refusal, an aggregated API), and must not run the plugin, which holds every request
+/// waiting for a token, on each such request. A token the plugin printed this recently
+/// it would print again.
+const FORGET_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct State {
@@ -139,8 +148,16 @@ impl Plugin {
     }
 
     /// Drops the token (the API server refused it): the next request runs the plugin.
+    /// Not one printed within [`FORGET_AFTER`].
     pub async fn forget(&self) {
-        self.state.lock().await.token = None;
+        let mut state = self.state.lock().await;
+        if state
+            .token
+            .as_ref()
+            .is_some_and(|c| c.fetched.elapsed() >= FORGET_AFTER)
+        {
+            state.token = None;
+        }
     }
 
     fn name(&self) -> String {
@@ -229,12 +246,46 @@ fn parse(stdout: &[u8]) -> Result<Cached, String> {
                 .map_err(|e| format!("status.expirationTimestamp {t:?}: {e}"))?,
         ),
     };
-    Ok(Cached { header, expires })
+    Ok(Cached {
+        header,
+        expires,
+        fetched: Instant::now(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 401 drops the plugin's token only once it is some seconds old: a 401 a caller
+    /// can cause otherwise (an admission webhook's) must not run the plugin each time.
+    #[tokio::test]
+    async fn a_401_drops_only_a_token_printed_a_while_ago() {
+        let plugin = Plugin::new(ExecConfig {
+            command: "true".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            api_version: "client.authentication.k8s.io/v1".into(),
+            provide_cluster_info: false,
+            install_hint: None,
+            server: "https://127.0.0.1:6443".into(),
+            ca_pem: None,
+        });
+        for (age, dropped) in [(Duration::ZERO, false), (FORGET_AFTER, true)] {
+            let fetched = Instant::now().checked_sub(age).unwrap();
+            plugin.state.lock().await.token = Some(Cached {
+                header: HeaderValue::from_static("Bearer t"),
+                expires: None,
+                fetched,
+            });
+            plugin.forget().await;
+            assert_eq!(
+                plugin.state.lock().await.token.is_none(),
+                dropped,
+                "{age:?}"
+            );
+        }
+    }
 
     #[test]
     fn reads_tokens_and_refuses_what_it_cannot_use() {

@@ -213,6 +213,57 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Removes what in an answer could send the caller's client, with its credential, to
+/// another host, or have it keep or offer credentials: a `Location` that is not a path
+/// on this host (client-go follows redirects and adds its bearer token on every hop, so
+/// a service proxied to that answers `302 Location: https://elsewhere/` would be sent
+/// the caller's token), and `Set-Cookie`, `WWW-Authenticate`, `Proxy-Authenticate`. A
+/// service or pod proxied to chooses its answer's headers; the API server's own answers
+/// carry none of these.
+pub fn strip_redirects_and_challenges(headers: &mut HeaderMap) {
+    let listed = |name: &HeaderName| {
+        name == header::LOCATION
+            || name == header::SET_COOKIE
+            || name == header::WWW_AUTHENTICATE
+            || name == header::PROXY_AUTHENTICATE
+    };
+    if !headers.keys().any(listed) {
+        return;
+    }
+    if headers
+        .get_all(header::LOCATION)
+        .iter()
+        .any(|v| !on_this_host(v.as_bytes()))
+    {
+        headers.remove(header::LOCATION);
+    }
+    for name in [
+        header::SET_COOKIE,
+        header::WWW_AUTHENTICATE,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Whether a `Location` is a reference within the host it came from: a path
+/// (`/login`), or a relative reference without a scheme (`next?page=2`); not a
+/// network-path reference (`//elsewhere`, and `/\elsewhere`, which browsers and some
+/// clients read so) nor an absolute URL.
+fn on_this_host(location: &[u8]) -> bool {
+    if location.starts_with(b"//") || location.starts_with(b"/\\") || location.starts_with(b"\\") {
+        return false;
+    }
+    if location.starts_with(b"/") {
+        return true;
+    }
+    let head = location
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .map_or(location, |end| &location[..end]);
+    !head.contains(&b':') && !location.is_empty()
+}
+
 /// Removes the headers the caller's `Connection` names, but `Upgrade` (RFC 9110 §7.6.1:
 /// they concern this hop only, and a proxy does not forward them). The pipeline does it
 /// before any stage reads a header, so that what chaperone inspects is what the API
@@ -457,6 +508,33 @@ fn strip_websocket_bearer(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A redirect is passed on only within the host it came from; cookies and
+    /// challenges never.
+    #[test]
+    fn an_answer_cannot_send_the_client_elsewhere() {
+        for (location, kept) in [
+            ("/api/v1/namespaces/d/services/web/proxy/login", true),
+            ("next?page=2", true),
+            ("../up", true),
+            ("https://elsewhere.example/steal", false),
+            ("HTTP://elsewhere.example", false),
+            ("//elsewhere.example/x", false),
+            ("/\\elsewhere.example/x", false),
+            ("\\\\elsewhere.example", false),
+            ("javascript:alert(1)", false),
+            ("", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::LOCATION, HeaderValue::from_str(location).unwrap());
+            h.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            strip_redirects_and_challenges(&mut h);
+            assert_eq!(h.contains_key(header::LOCATION), kept, "{location:?}");
+            assert_eq!(h.len(), 1 + usize::from(kept), "{h:?}");
+        }
+    }
 
     /// A content type is read up to its `;` whatever bytes its parameters hold.
     #[test]

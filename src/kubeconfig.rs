@@ -364,7 +364,9 @@ pub fn resolve(path: &Path, context: Option<&str>) -> Result<Resolved, Error> {
                 "client-certificate-data",
             )?;
             let key = data_or_file(&u.client_key_data, &u.client_key, "client-key-data")?;
-            match (cert, key, &u.token, &u.token_file) {
+            // An empty `token` is none, as client-go reads it: `tokenFile` then counts.
+            let token = u.token.as_ref().filter(|t| !t.is_empty());
+            match (cert, key, token, &u.token_file) {
                 (Some(cert_pem), Some(key_pem), _, _) => {
                     Credential::ClientCert { cert_pem, key_pem }
                 }
@@ -481,6 +483,11 @@ mod tests {
             ("    token: abc\n", Ok("Token")),
             (
                 "    tokenFile: /var/run/token\n",
+                Ok("TokenFile(/var/run/token)"),
+            ),
+            // An empty token is none: the file is read, as client-go reads it.
+            (
+                "    token: \"\"\n    tokenFile: /var/run/token\n",
                 Ok("TokenFile(/var/run/token)"),
             ),
             ("    {}\n", Ok("None")),

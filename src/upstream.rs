@@ -141,7 +141,7 @@ enum Bearer {
     /// Re-read when the file changes: the kubelet rotates projected tokens in place.
     File(TokenFile),
     /// Printed by a kubeconfig exec plugin, renewed before it expires.
-    Exec(crate::exec_credential::Plugin),
+    Exec(Box<crate::exec_credential::Plugin>),
 }
 
 struct TokenFile {
@@ -373,7 +373,10 @@ impl Upstream {
             Credential::Token(t) if t.is_empty() => (None, Bearer::None),
             Credential::Token(t) => (None, Bearer::Static(bearer(&t).ok_or(Error::BadToken)?)),
             Credential::TokenFile(p) => (None, Bearer::File(TokenFile::new(p)?)),
-            Credential::Exec(e) => (None, Bearer::Exec(crate::exec_credential::Plugin::new(e))),
+            Credential::Exec(e) => (
+                None,
+                Bearer::Exec(Box::new(crate::exec_credential::Plugin::new(e))),
+            ),
             Credential::ClientCert { cert_pem, key_pem } => (
                 Some(tls::ClientIdentity {
                     certs: tls::certs_from_pem(&cert_pem, "client-certificate")?,
@@ -536,7 +539,9 @@ impl Upstream {
         // The caller's token never goes upstream: a 401 is about the proxy's own
         // credential, and the caller must not be told its own was refused. A service or
         // node proxied to may answer 401 itself: that one goes back as it is (and does
-        // not cost the plugin's token: a caller cannot make the plugin run again).
+        // not cost the plugin's token). Another 401 a caller can cause (an admission
+        // webhook's, an aggregated API's) drops the plugin's token at most every few
+        // seconds (`exec_credential::FORGET_AFTER`).
         if rsp.status() == StatusCode::UNAUTHORIZED && !proxied_to {
             // The plugin's token was refused (revoked, or expired early): the next
             // request gets a new one.
@@ -567,6 +572,7 @@ impl Upstream {
             );
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switching);
+        headers::strip_redirects_and_challenges(rsp.headers_mut());
         Ok(rsp)
     }
 }
@@ -754,6 +760,14 @@ mod tests {
                             let mut rsp =
                                 Response::new(crate::body::full(seen.unwrap_or_default()));
                             *rsp.status_mut() = code;
+                            // What a service proxied to may answer with.
+                            for (name, value) in [
+                                ("location", "https://elsewhere.example/steal"),
+                                ("www-authenticate", "Basic realm=\"x\""),
+                                ("set-cookie", "session=1"),
+                            ] {
+                                rsp.headers_mut().insert(name, value.parse().unwrap());
+                            }
                             Ok::<_, std::convert::Infallible>(rsp)
                         }
                     });
@@ -867,6 +881,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(proxied.status(), StatusCode::UNAUTHORIZED);
+        // Without what could send the caller's client, and its token, elsewhere.
+        for name in ["location", "www-authenticate", "set-cookie"] {
+            assert!(!proxied.headers().contains_key(name), "{name}");
+        }
         // A namespace or an object named `proxy` is no service proxied to.
         let named = upstream
             .forward(get(), "/api/v1/namespaces/proxy/configmaps/proxy", None)
