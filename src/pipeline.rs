@@ -782,6 +782,15 @@ impl Proxy {
         // A body that is not protobuf at all is refused: the API server would not decode
         // it either, and chaperone has not read it.
         if injection && headers::media_type(headers).contains("protobuf") {
+            // Decoded by the kind its envelope names, with Kubernetes' own field
+            // numbers: another API's kind of the same name would be misread.
+            if policy::custom_group(info) {
+                return Some(Err(approval::Error::Unreviewable(format!(
+                    "its body is protobuf, which chaperone reads for Kubernetes' own kinds \
+                     only, not for {}: send it as JSON",
+                    info.api_group
+                ))));
+            }
             let object = match crate::protobuf::decode(bytes) {
                 Ok(object) => object,
                 Err(why) => {

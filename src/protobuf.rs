@@ -346,10 +346,11 @@ fn message(msg: &str, buf: &[u8], depth: usize, strict: bool) -> Result<Value, S
                 match ekey >> 3 {
                     1 => k = String::from_utf8_lossy(entry.bytes()?).into_owned(),
                     2 => v = value(inner, ekey & 7, &mut entry, depth, strict)?,
+                    // The API server's decoder reads a field number as 32 bits
+                    // (2^32 + 1 is its key) and skips the rest: no encoder writes
+                    // another field in an entry, and one here may be read as a key.
                     n => {
-                        if !entry.skip_is_zero(ekey & 7)? && strict {
-                            return Err(format!("a {name} entry sets a field (number {n})"));
-                        }
+                        return Err(format!("a {name} entry has a field numbered {n}"));
                     }
                 }
             }
@@ -507,6 +508,40 @@ mod tests {
         }
     }
 
+    /// The API server reads a field number as 32 bits: in a label's entry, field
+    /// 2^32 + 1 is its key. An entry with any field but its key and value is refused,
+    /// however it is read, and the key's bytes are found whatever follows them.
+    #[test]
+    fn a_map_entry_with_another_field_is_refused() {
+        // Field 2^32 + 1, length-delimited: `(2^32 + 1) << 3 | 2` as a varint.
+        let key_as_read = [0x8a, 0x80, 0x80, 0x80, 0x80, 0x01];
+        let entry = [
+            &key_as_read[..],
+            &[20],
+            b"chaperone.dev/inject",
+            // `ed-version`, as bytes of other fields: not the injector's own key.
+            b"ed-version",
+            &field(2, b"false"),
+        ]
+        .concat();
+        let meta = field(11, &entry);
+        let type_meta = [field(1, b"v1"), field(2, b"Pod")].concat();
+        let body = [
+            b"k8s\0".to_vec(),
+            field(1, &type_meta),
+            field(2, &field(1, &meta)),
+        ]
+        .concat();
+        for decoded in [decode(&body), decode_strict(&body)] {
+            let err = decoded.expect_err("an entry field numbered 2^32 + 1");
+            assert!(err.contains("labels entry has a field numbered"), "{err}");
+        }
+        assert_eq!(
+            crate::policy::injection_key_in_bytes(&body),
+            Some("chaperone.dev/inject")
+        );
+    }
+
     #[test]
     fn decodes_a_configmap_like_kubectl_create() {
         // ObjectMeta{name: "made", generateName: "", creationTimestamp: {}} as gogo writes it.
@@ -561,7 +596,8 @@ mod tests {
         assert!(e.contains("Container sets a field (number 15)"), "{e}");
         // The sandbox's lenient decoding skips it.
         assert!(decode(&envelope(&hidden)).is_ok());
-        // A map entry with an extra set field is refused too.
+        // A map entry with another field is refused, leniently too (see
+        // `a_map_entry_with_another_field_is_refused`).
         let odd_entry = field(
             2,
             &[field(1, b"k"), field(2, b"v"), field(3, b"x")].concat(),
@@ -569,10 +605,11 @@ mod tests {
         let cm = [field(1, &meta), odd_entry].concat();
         let cm_type = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
         let body = [b"k8s\0".to_vec(), field(1, &cm_type), field(2, &cm)].concat();
-        assert!(decode_strict(&body)
-            .unwrap_err()
-            .contains("data entry sets a field"));
-        assert_eq!(decode(&body).unwrap()["data"]["k"], "v");
+        for decoded in [decode_strict(&body), decode(&body)] {
+            assert!(decoded
+                .unwrap_err()
+                .contains("data entry has a field numbered 3"));
+        }
     }
 
     /// The API server's decoder merges a message that comes twice and lets a later

@@ -916,6 +916,23 @@ async fn a_custom_resource_templating_a_pod_stays_in_chaperone() {
             "{what}: {said}"
         );
     };
+    // A protobuf body is read for Kubernetes' own kinds only: another API's kind of the
+    // same name would be misread.
+    let req = http::Request::post(format!(
+        "{}/apis/example.com/v1/namespaces/default/rollouts",
+        env.proxy_url()
+    ))
+    .header("content-type", "application/vnd.kubernetes.protobuf")
+    .body(chaperone::body::full(&b"k8s\0\x0a\x00"[..]))
+    .unwrap();
+    let reply = env.client(false).send(req).await;
+    assert!(
+        reply.status == 400
+            && String::from_utf8_lossy(&reply.body).contains("Kubernetes' own kinds only"),
+        "{} {:?}",
+        reply.status,
+        reply.body
+    );
     // Text an operator renders into pods (Helm values) is read too.
     let helm = r#"{"apiVersion": "example.com/v1", "kind": "Rollout", "metadata": {"name": "helm"},
         "spec": {"values": "controller:\n  hostNetwork: true\n"}}"#;

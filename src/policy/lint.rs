@@ -31,8 +31,10 @@ impl fmt::Display for Warning {
 
 /// Well-known cluster-scoped resources: a rule confined to namespaces never matches them.
 /// (`namespaces` is not here: a request for namespace `x` carries namespace `x`.)
-const CLUSTER_SCOPED: [&str; 16] = [
+const CLUSTER_SCOPED: [&str; 18] = [
     "nodes",
+    "mutatingadmissionpolicies",
+    "mutatingadmissionpolicybindings",
     "persistentvolumes",
     "clusterroles",
     "clusterrolebindings",
@@ -59,7 +61,9 @@ const RBAC_RESOURCES: [&str; 4] = [
 /// Kinds whose writes chaperone does not read and which shape what the injector sees
 /// (or whether it is called at all): granted, they let a caller run pods outside it.
 /// Of namespaces, only a create (an update or patch is always refused).
-const INJECTION_SHAPERS: [(&str, &str); 6] = [
+const INJECTION_SHAPERS: [(&str, &str); 7] = [
+    // Which server serves `apps`: the templates its controllers make pods from.
+    ("apiregistration.k8s.io", "apiservices"),
     (
         "admissionregistration.k8s.io",
         "mutatingwebhookconfigurations",
@@ -339,9 +343,14 @@ fn broad(rule: &Rule) -> Vec<String> {
         );
     }
     let creates = rule.verbs.0 & VerbSet::of(&[Verb::Create]).0 != 0;
+    // A rule confined to namespaces matches no cluster-scoped request, nor a namespace's
+    // create (which names none).
+    let ns = &rule.namespaces;
+    let reaches =
+        |r: &str| ns.any || ns.cluster || !(CLUSTER_SCOPED.contains(&r) || r == "namespaces");
     let outside = INJECTION_SHAPERS
         .iter()
-        .filter(|(g, r)| group(g) && resource(r))
+        .filter(|(g, r)| group(g) && resource(r) && reaches(r))
         .filter(|(_, r)| if *r == "namespaces" { creates } else { writes })
         .map(|(_, r)| *r)
         .collect::<Vec<_>>();
@@ -349,8 +358,9 @@ fn broad(rule: &Rule) -> Vec<String> {
         out.push(format!(
             "grants writes to {}, which can run pods outside chaperone unread (a mutating \
              webhook or admission policy, or a CRD's schema default, can set \
-             chaperone.dev/inject on pods; a StatefulSet makes pods from its revisions; a \
-             new namespace is not labelled for injection)",
+             chaperone.dev/inject on pods; an APIService chooses who serves workloads; a \
+             StatefulSet makes pods from its revisions; a new namespace is not labelled \
+             for injection)",
             outside.join(", ")
         ));
     }

@@ -210,9 +210,15 @@ pub fn changes_namespace(info: &crate::request_info::RequestInfo) -> bool {
 /// The injection key a sent object or patch sets: as a key anywhere in it (labels and
 /// annotations, a template's too, a merge patch's `null`), or as the last step of a
 /// JSON patch's `path` (`/metadata/labels/chaperone.dev~1inject`). `hostNetwork`, which
-/// the injector leaves uninjected, counts as one (but for `false`, or a merge patch's
-/// `null` removing it).
+/// the injector leaves uninjected, counts as one (but for `false`, or in a Kubernetes
+/// object a merge patch's `null` removing it).
 pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
+    key_in(v, false)
+}
+
+/// [`injection_key_in`]; `custom`: in a custom resource, where a `hostNetwork: null`
+/// may remove an administrator's `false` from values a chart then defaults.
+fn key_in(v: &serde_json::Value, custom: bool) -> Option<&'static str> {
     use serde_json::Value;
     match v {
         Value::Object(map) => map.iter().find_map(|(k, v)| {
@@ -220,12 +226,12 @@ pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
                 .into_iter()
                 .find(|key| k == key)
                 .or_else(|| {
-                    (k == HOST_NETWORK && !matches!(v, Value::Bool(false) | Value::Null))
-                        .then_some(HOST_NETWORK)
+                    let off = v == &Value::Bool(false) || (!custom && v.is_null());
+                    (k == HOST_NETWORK && !off).then_some(HOST_NETWORK)
                 })
-                .or_else(|| injection_key_in(v))
+                .or_else(|| key_in(v, custom))
         }),
-        Value::Array(items) => items.iter().find_map(injection_key_in),
+        Value::Array(items) => items.iter().find_map(|v| key_in(v, custom)),
         Value::String(s) => INJECTION_KEYS
             .into_iter()
             .zip(INJECTION_KEYS_IN_PATHS)
@@ -237,39 +243,85 @@ pub fn injection_key_in(v: &serde_json::Value) -> Option<&'static str> {
 }
 
 /// The injection key a write of `info` sends in `object`: [`injection_key_in`], and for
-/// a custom resource also in any string ([`injection_key_in_text`]), where an operator
-/// may read pod settings from text it renders (Helm values, a patch written as YAML).
+/// a custom resource also what its text sets ([`text_sets`]), which an operator may
+/// render into pods (Helm values, a patch written as YAML, `--set` parameters).
 pub fn injection_key_sent(
     info: &crate::request_info::RequestInfo,
     object: &serde_json::Value,
 ) -> Option<&'static str> {
-    injection_key_in(object).or_else(|| {
-        custom_group(info)
-            .then(|| strings_in(object).find_map(injection_key_in_text))
-            .flatten()
-    })
+    let custom = custom_group(info);
+    key_in(object, custom).or_else(|| custom.then(|| text_sets(object)).flatten())
 }
 
-/// Every string value in `v`, depth first.
-fn strings_in(v: &serde_json::Value) -> Box<dyn Iterator<Item = &str> + '_> {
+/// What the text of a custom resource sets: in any string ([`injection_key_in_text`]),
+/// or as a `name` and a `value` (Argo CD's Helm parameters) naming an injection key or
+/// giving `hostNetwork` anything but false.
+fn text_sets(v: &serde_json::Value) -> Option<&'static str> {
     use serde_json::Value;
     match v {
-        Value::String(s) => Box::new(std::iter::once(s.as_str())),
-        Value::Array(items) => Box::new(items.iter().flat_map(strings_in)),
-        Value::Object(map) => Box::new(map.values().flat_map(strings_in)),
-        _ => Box::new(std::iter::empty()),
+        Value::String(s) => injection_key_in_text(s),
+        Value::Array(items) => items.iter().find_map(text_sets),
+        Value::Object(map) => named_setting(map).or_else(|| map.values().find_map(text_sets)),
+        _ => None,
     }
+}
+
+/// A setting written as `{name, value}`: the name an injection key, or `hostNetwork`
+/// (`controller.hostNetwork`) with a value that is not false (or none).
+fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
+    use serde_json::Value;
+    let name = unescaped(map.get("name")?.as_str()?);
+    if let Some(key) = INJECTION_KEYS.into_iter().find(|key| names_key(&name, key)) {
+        return Some(key);
+    }
+    let host_network = name == HOST_NETWORK || name.ends_with(".hostNetwork");
+    let off = match map.get("value") {
+        Some(Value::Bool(false)) => true,
+        Some(Value::String(value)) => false_word(value.trim()),
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        _ => false,
+    };
+    (host_network && !off).then_some(HOST_NETWORK)
 }
 
 /// The injection key text names: an injection key (also as a JSON pointer step,
 /// `chaperone.dev~1inject`), or `hostNetwork` set (`hostNetwork: true`,
-/// `hostNetwork=...`) to anything but a YAML false (`false`, `no`, `off`). A word
-/// `hostNetwork` that is not set (`enables hostNetwork`) is not.
+/// `hostNetwork=...`) to anything but a plain YAML false (`false`, `no`, `off`: a quoted
+/// `"false"` is a string, true in a chart's `if`). A word `hostNetwork` that is not set
+/// (`enables hostNetwork`, `hostNetwork == false`) is not. Escapes are read first
+/// ([`unescaped`]).
 pub fn injection_key_in_text(text: &str) -> Option<&'static str> {
+    let text = unescaped(text);
     INJECTION_KEYS
         .into_iter()
-        .find(|key| names_key(text, key))
-        .or_else(|| sets_host_network(text).then_some(HOST_NETWORK))
+        .find(|key| names_key(&text, key))
+        .or_else(|| sets_host_network(&text).then_some(HOST_NETWORK))
+}
+
+/// `text` as an operator's parser may read it: `\uXXXX` decoded, and every other
+/// backslash dropped (`chaperone\.dev/inject` as Helm's `--set` escapes a dot,
+/// `chaperone.dev\/inject` in JSON).
+fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('\\') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        let code = rest
+            .strip_prefix('u')
+            .and_then(|r| r.get(..4))
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .and_then(char::from_u32);
+        if let Some(c) = code {
+            out.push(c);
+            rest = &rest[5..];
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Whether `text` names `key`, plainly (but the injector's own
@@ -281,7 +333,7 @@ fn names_key(text: &str, key: &str) -> bool {
     plainly || text.contains(&key.replace('/', "~1"))
 }
 
-/// Whether `text` sets `hostNetwork` to anything but a YAML false.
+/// Whether `text` sets `hostNetwork` to anything but a plain YAML false.
 fn sets_host_network(text: &str) -> bool {
     let quotes = |c: char| c == '"' || c == '\'' || c.is_whitespace();
     text.match_indices(HOST_NETWORK).any(|(at, _)| {
@@ -289,16 +341,31 @@ fn sets_host_network(text: &str) -> bool {
         let Some(value) = rest.strip_prefix([':', '=']) else {
             return false;
         };
-        let word: String = value
-            .trim_start_matches(quotes)
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
-        !matches!(
-            word.to_ascii_lowercase().as_str(),
-            "false" | "no" | "off" | "n"
-        )
+        // `hostNetwork == false`, `hostNetwork := ...`: a comparison, not a setting.
+        if value.starts_with(['=', ':']) {
+            return false;
+        }
+        let value = value.trim_start();
+        match value.chars().next() {
+            // A quoted value is a string: only the empty one is false.
+            Some(q @ ('"' | '\'')) => !value[1..].starts_with(q),
+            _ => {
+                let word: String = value
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                !false_word(&word)
+            }
+        }
     })
+}
+
+/// A plain YAML (1.1, as Helm reads values) false, or zero.
+fn false_word(word: &str) -> bool {
+    matches!(
+        word,
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" | "0"
+    )
 }
 
 /// A pod on the node's network is left uninjected by the injector (the node's loopback
@@ -307,14 +374,19 @@ const HOST_NETWORK: &str = "hostNetwork";
 
 /// The injection key in a protobuf body, whose strings are its bytes as they are: any
 /// occurrence of one (whatever varints are written before it) but the injector's own
-/// `chaperone.dev/injected-version`. For the kinds chaperone does not decode.
+/// `chaperone.dev/injected-version`, written whole as one string (its length, 30, just
+/// before it: bytes `ed-version` that only follow the key, in another field, do not
+/// make it that). For the kinds chaperone does not decode.
 pub fn injection_key_in_bytes(bytes: &[u8]) -> Option<&'static str> {
+    const INJECTED_VERSION: &[u8] = b"chaperone.dev/injected-version";
     INJECTION_KEYS.into_iter().find(|key| {
         let key = key.as_bytes();
-        bytes
-            .windows(key.len())
-            .enumerate()
-            .any(|(at, w)| w == key && !bytes[at + key.len()..].starts_with(b"ed-version"))
+        bytes.windows(key.len()).enumerate().any(|(at, w)| {
+            let injected_version = at > 0
+                && usize::from(bytes[at - 1]) == INJECTED_VERSION.len()
+                && bytes[at..].starts_with(INJECTED_VERSION);
+            w == key && !injected_version
+        })
     })
 }
 
@@ -323,19 +395,29 @@ pub fn injection_key_in_bytes(bytes: &[u8]) -> Option<&'static str> {
 /// network: changed through chaperone, it would run the caller's code with the service
 /// account's real token. Looked for at any depth and in any map, as a custom resource
 /// may keep a template anywhere and its labels under any name (`spec.podMetadata`,
-/// `spec.inheritedMetadata`); in a custom resource (`custom`), also in any string that
-/// names the key or sets `hostNetwork` ([`injection_key_in_text`]), as Helm values do.
+/// `spec.inheritedMetadata`). In a custom resource (`custom`), also in what its text
+/// sets ([`text_sets`]: naming the key at all, or setting `hostNetwork`), and a
+/// `hostNetwork` or key of any value but false, as a chart may read `"true"` or `yes`.
 pub fn opts_out(live: &serde_json::Value, custom: bool) -> bool {
     use serde_json::Value;
     match live {
         Value::Object(map) => {
-            map.get(INJECTION_KEYS[0]).is_some_and(|v| v == "false")
-                || map.get(HOST_NETWORK) == Some(&Value::Bool(true))
+            let opted = map
+                .get(INJECTION_KEYS[0])
+                .is_some_and(|v| v == "false" || (custom && v == &Value::Bool(false)));
+            let host = map.get(HOST_NETWORK).is_some_and(|v| {
+                v == &Value::Bool(true)
+                    || (custom && !matches!(v, Value::Bool(false) | Value::Null))
+            });
+            opted
+                || host
+                || (custom && named_setting(map).is_some_and(|key| key != INJECTION_KEYS[1]))
                 || map.values().any(|v| opts_out(v, custom))
         }
         Value::Array(items) => items.iter().any(|v| opts_out(v, custom)),
         Value::String(text) => {
-            custom && (names_key(text, INJECTION_KEYS[0]) || sets_host_network(text))
+            let text = unescaped(text);
+            custom && (names_key(&text, INJECTION_KEYS[0]) || sets_host_network(&text))
         }
         _ => false,
     }

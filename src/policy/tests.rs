@@ -773,6 +773,9 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         json!({"spec": {"source": {"helm": {"values": "podLabels:\n  chaperone.dev/inject: \"false\"\n"}}}}),
         json!({"spec": {"values": "controller:\n  hostNetwork: true\n"}}),
         json!({"spec": {"set": ["hostNetwork=true"]}}),
+        json!({"spec": {"values": {"hostNetwork": "yes"}}}),
+        json!({"spec": {"values": {"podLabels": {"chaperone.dev/inject": false}}}}),
+        json!({"spec": {"parameters": [{"name": "hostNetwork", "value": "true"}]}}),
     ] {
         assert!(opts_out(&v, true) && !opts_out(&v, false), "{v}");
     }
@@ -793,7 +796,18 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("--set controller.hostNetwork=true", Some("hostNetwork")),
         ("\"hostNetwork\": \"{{ .Values.net }}\"", Some("hostNetwork")),
         ("hostNetwork: false", None),
-        ("hostNetwork: 'off'", None),
+        ("hostNetwork: off", None),
+        ("hostNetwork: \"\"", None),
+        // A quoted false is a string, true in a chart's `if`.
+        ("hostNetwork: 'off'", Some("hostNetwork")),
+        ("hostNetwork: \"false\"", Some("hostNetwork")),
+        ("hostNetwork: ~", Some("hostNetwork")),
+        // Escapes are read as a parser reads them.
+        ("podLabels.chaperone\\.dev/inject=false", Some("chaperone.dev/inject")),
+        ("{\"chaperone.dev\\/policy\": \"x\"}", Some("chaperone.dev/policy")),
+        ("{\"host\\u004eetwork\": true}", Some("hostNetwork")),
+        ("hostNetwork == false", None),
+        ("{{ if eq .Values.hostNetwork \"x\" }}", None),
         ("the hostNetwork setting", None),
         ("hostNetworkMode: bridge", None),
         ("chaperone.dev/injected-version: 0.1.0", None),
@@ -812,11 +826,27 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         injection_key_sent(&res("create", "", "pods", "ns", ""), &env),
         None
     );
-    // A merge patch removing `hostNetwork` leaves the pod on its own network.
-    assert_eq!(
-        injection_key_in(&json!({"spec": {"hostNetwork": null}})),
-        None
-    );
+    // A merge patch removing `hostNetwork` leaves a pod on its own network; in a custom
+    // resource's values it may bring back a chart's default.
+    let removed = json!({"spec": {"hostNetwork": null}});
+    assert_eq!(injection_key_in(&removed), None);
+    assert_eq!(injection_key_sent(&custom, &removed), Some("hostNetwork"));
+    // A setting written as a name and a value (Argo CD's Helm parameters).
+    for (parameter, found) in [
+        (
+            json!({"name": "controller.hostNetwork", "value": "true"}),
+            Some("hostNetwork"),
+        ),
+        (json!({"name": "hostNetwork", "value": "false"}), None),
+        (
+            json!({"name": "podLabels.chaperone\\.dev/inject", "value": "false"}),
+            Some("chaperone.dev/inject"),
+        ),
+        (json!({"name": "replicas", "value": "hostNetwork"}), None),
+    ] {
+        let app = json!({"spec": {"source": {"helm": {"parameters": [parameter]}}}});
+        assert_eq!(injection_key_sent(&custom, &app), found, "{app}");
+    }
 }
 
 /// Several `approve` rules matching one request: each approval setting is the strictest

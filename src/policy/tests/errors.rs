@@ -153,6 +153,8 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule("apiGroups: [\"*\"]\nresources: [customresourcedefinitions, controllerrevisions]\nverbs: [patch]"), vec![("r", "broad-grant", "grants writes to customresourcedefinitions, controllerrevisions")]),
         (rule("apiGroups: [\"\"]\nresources: [namespaces]\nverbs: [create]"), vec![("r", "broad-grant", "grants writes to namespaces")]),
         (rule("apiGroups: [\"\"]\nresources: [namespaces]\nverbs: [get, delete]"), vec![]),
+        (rule("apiGroups: [\"*\"]\nresources: [\"*\"]\nverbs: [patch]\nnamespaces: [team-a]\naction: allow"), vec![("r", "broad-grant", "writes to RBAC resources"), ("r", "broad-grant", "grants writes to controllerrevisions, which")]),
+        (rule("apiGroups: [apiregistration.k8s.io]\nresources: [apiservices]\nverbs: [update]"), vec![("r", "broad-grant", "grants writes to apiservices")]),
         (rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [create]\ncommands: [[ps]]"), vec![]),
         (rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [create]\ncommands: [[sh, \"**\"]]\naction: deny"), vec![("r", "weak-deny", "easy to evade")]),
     ];
