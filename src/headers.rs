@@ -251,7 +251,9 @@ pub fn strip_redirects_and_challenges(headers: &mut HeaderMap) {
 /// network-path reference (`//elsewhere`, and `/\elsewhere`, which browsers and some
 /// clients read so) nor an absolute URL.
 fn on_this_host(location: &[u8]) -> bool {
-    if location.starts_with(b"//") || location.starts_with(b"/\\") || location.starts_with(b"\\") {
+    // A tab, line break or space, which URL parsers other than Go's drop (`/\t/evil` is
+    // `//evil` to them), or a backslash, which some read as `/`: none in a path.
+    if location.starts_with(b"//") || location.iter().any(|&b| b <= b' ' || b == b'\\') {
         return false;
     }
     if location.starts_with(b"/") {
@@ -523,6 +525,9 @@ mod tests {
             ("/\\elsewhere.example/x", false),
             ("\\\\elsewhere.example", false),
             ("javascript:alert(1)", false),
+            ("/\t/elsewhere.example", false),
+            ("/a\\b", false),
+            ("/a b", false),
             ("", false),
         ] {
             let mut h = HeaderMap::new();

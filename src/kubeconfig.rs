@@ -366,7 +366,8 @@ pub fn resolve(path: &Path, context: Option<&str>) -> Result<Resolved, Error> {
             let key = data_or_file(&u.client_key_data, &u.client_key, "client-key-data")?;
             // An empty `token` is none, as client-go reads it: `tokenFile` then counts.
             let token = u.token.as_ref().filter(|t| !t.is_empty());
-            match (cert, key, token, &u.token_file) {
+            let token_file = u.token_file.as_ref().filter(|f| !f.as_os_str().is_empty());
+            match (cert, key, token, token_file) {
                 (Some(cert_pem), Some(key_pem), _, _) => {
                     Credential::ClientCert { cert_pem, key_pem }
                 }
@@ -485,6 +486,7 @@ mod tests {
                 "    tokenFile: /var/run/token\n",
                 Ok("TokenFile(/var/run/token)"),
             ),
+            ("    token: \"\"\n    tokenFile: \"\"\n", Ok("None")),
             // An empty token is none: the file is read, as client-go reads it.
             (
                 "    token: \"\"\n    tokenFile: /var/run/token\n",
