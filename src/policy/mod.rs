@@ -267,7 +267,9 @@ fn text_sets(v: &serde_json::Value) -> Option<&'static str> {
 }
 
 /// A setting written as `{name, value}`: the name an injection key, or `hostNetwork`
-/// (`controller.hostNetwork`) with a value that is not false (or none).
+/// (`controller.hostNetwork`) with a value Helm's `--set` (which Argo CD passes such
+/// parameters to) does not read as false: only `false` (any case) or `0`, and not
+/// with `forceString`, which makes any value a string, true in a chart's `if`.
 fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
     use serde_json::Value;
     let name = unescaped(map.get("name")?.as_str()?);
@@ -275,27 +277,28 @@ fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'s
         return Some(key);
     }
     let host_network = name == HOST_NETWORK || name.ends_with(".hostNetwork");
-    let off = match map.get("value") {
-        Some(Value::Bool(false)) => true,
-        Some(Value::String(value)) => false_word(value.trim()),
-        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
-        _ => false,
-    };
+    let forced = map.get("forceString") == Some(&Value::Bool(true));
+    let off = !forced
+        && match map.get("value") {
+            Some(Value::Bool(false)) => true,
+            Some(Value::String(value)) => value.eq_ignore_ascii_case("false") || value == "0",
+            Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+            _ => false,
+        };
     (host_network && !off).then_some(HOST_NETWORK)
 }
 
 /// The injection key text names: an injection key (also as a JSON pointer step,
-/// `chaperone.dev~1inject`), or `hostNetwork` set (`hostNetwork: true`,
-/// `hostNetwork=...`) to anything but a plain YAML false (`false`, `no`, `off`: a quoted
-/// `"false"` is a string, true in a chart's `if`). A word `hostNetwork` that is not set
-/// (`enables hostNetwork`, `hostNetwork == false`) is not. Escapes are read first
-/// ([`unescaped`]).
+/// `chaperone.dev~1inject`), or `hostNetwork` set ([`sets_host_network`]). Read as
+/// written and with its escapes decoded ([`unescaped`]): either reading counts.
 pub fn injection_key_in_text(text: &str) -> Option<&'static str> {
-    let text = unescaped(text);
+    let decoded = unescaped(text);
     INJECTION_KEYS
         .into_iter()
-        .find(|key| names_key(&text, key))
-        .or_else(|| sets_host_network(&text).then_some(HOST_NETWORK))
+        .find(|key| names_key(&decoded, key))
+        .or_else(|| {
+            (sets_host_network(text) || sets_host_network(&decoded)).then_some(HOST_NETWORK)
+        })
 }
 
 /// `text` as an operator's parser may read it: `\uXXXX` decoded, and every other
@@ -330,42 +333,45 @@ fn names_key(text: &str, key: &str) -> bool {
     let plainly = text
         .match_indices(key)
         .any(|(at, _)| !text[at + key.len()..].starts_with("ed-version"));
-    plainly || text.contains(&key.replace('/', "~1"))
+    plainly
+        || INJECTION_KEYS
+            .into_iter()
+            .zip(INJECTION_KEYS_IN_PATHS)
+            .any(|(k, in_path)| k == key && text.contains(in_path))
 }
 
-/// Whether `text` sets `hostNetwork` to anything but a plain YAML false.
+/// Whether `text` sets `hostNetwork`: as a key (`hostNetwork: true`,
+/// `hostNetwork=...`) to anything but a plain false, or as the end of a path
+/// (`path: /spec/hostNetwork` in a patch written as text, `spec.hostNetwork` as a
+/// field path), whatever it is given there. A plain false is `false` (YAML's three
+/// spellings) or `0`, the whole value up to the line's end or a `#`, `,`, `}` or `]`:
+/// `no` and `off`, false to YAML, are strings to Helm's `--set`; a quoted value is a
+/// string, true in a chart's `if` unless empty. A word `hostNetwork` that is neither
+/// (`enables hostNetwork`, `hostNetwork == false`) is not.
 fn sets_host_network(text: &str) -> bool {
     let quotes = |c: char| c == '"' || c == '\'' || c.is_whitespace();
     text.match_indices(HOST_NETWORK).any(|(at, _)| {
-        let rest = text[at + HOST_NETWORK.len()..].trim_start_matches(quotes);
-        let Some(value) = rest.strip_prefix([':', '=']) else {
-            return false;
+        let after = &text[at + HOST_NETWORK.len()..];
+        let Some(value) = after.trim_start_matches(quotes).strip_prefix([':', '=']) else {
+            let path = text[..at].ends_with(['/', '.']);
+            let word_ends = !after.starts_with(|c: char| c.is_ascii_alphanumeric());
+            return path && word_ends;
         };
         // `hostNetwork == false`, `hostNetwork := ...`: a comparison, not a setting.
         if value.starts_with(['=', ':']) {
             return false;
         }
-        let value = value.trim_start();
+        let value = value.trim_start_matches([' ', '\t']);
         match value.chars().next() {
-            // A quoted value is a string: only the empty one is false.
             Some(q @ ('"' | '\'')) => !value[1..].starts_with(q),
             _ => {
-                let word: String = value
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric())
-                    .collect();
-                !false_word(&word)
+                let end = value
+                    .find(['\n', '\r', '#', ',', '}', ']'])
+                    .unwrap_or(value.len());
+                !matches!(value[..end].trim(), "false" | "False" | "FALSE" | "0")
             }
         }
     })
-}
-
-/// A plain YAML (1.1, as Helm reads values) false, or zero.
-fn false_word(word: &str) -> bool {
-    matches!(
-        word,
-        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" | "0"
-    )
 }
 
 /// A pod on the node's network is left uninjected by the injector (the node's loopback
@@ -415,9 +421,11 @@ pub fn opts_out(live: &serde_json::Value, custom: bool) -> bool {
                 || map.values().any(|v| opts_out(v, custom))
         }
         Value::Array(items) => items.iter().any(|v| opts_out(v, custom)),
-        Value::String(text) => {
-            let text = unescaped(text);
-            custom && (names_key(&text, INJECTION_KEYS[0]) || sets_host_network(&text))
+        Value::String(text) if custom => {
+            let decoded = unescaped(text);
+            names_key(&decoded, INJECTION_KEYS[0])
+                || sets_host_network(text)
+                || sets_host_network(&decoded)
         }
         _ => false,
     }

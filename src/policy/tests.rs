@@ -796,8 +796,19 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("--set controller.hostNetwork=true", Some("hostNetwork")),
         ("\"hostNetwork\": \"{{ .Values.net }}\"", Some("hostNetwork")),
         ("hostNetwork: false", None),
-        ("hostNetwork: off", None),
+        ("hostNetwork: False # not on the node", None),
+        ("{hostNetwork: 0, replicas: 2}", None),
         ("hostNetwork: \"\"", None),
+        // `no` and `off` are strings to Helm's `--set`; a value is read whole.
+        ("hostNetwork: off", Some("hostNetwork")),
+        ("hostNetwork=no", Some("hostNetwork")),
+        ("hostNetwork: false!", Some("hostNetwork")),
+        ("hostNetwork: o\\ff", Some("hostNetwork")),
+        ("hostNetwork: \\\"\\\"", Some("hostNetwork")),
+        // As a path's end, in a patch written as text or a field path.
+        ("- op: add\n  path: /spec/template/spec/hostNetwork\n  value: true", Some("hostNetwork")),
+        ("toFieldPath: spec.hostNetwork", Some("hostNetwork")),
+        ("/spec/hostNetworkPolicy", None),
         // A quoted false is a string, true in a chart's `if`.
         ("hostNetwork: 'off'", Some("hostNetwork")),
         ("hostNetwork: \"false\"", Some("hostNetwork")),
@@ -807,7 +818,8 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("{\"chaperone.dev\\/policy\": \"x\"}", Some("chaperone.dev/policy")),
         ("{\"host\\u004eetwork\": true}", Some("hostNetwork")),
         ("hostNetwork == false", None),
-        ("{{ if eq .Values.hostNetwork \"x\" }}", None),
+        // A template reading it likely renders it: refused, whatever it is given.
+        ("{{ if .Values.hostNetwork }}", Some("hostNetwork")),
         ("the hostNetwork setting", None),
         ("hostNetworkMode: bridge", None),
         ("chaperone.dev/injected-version: 0.1.0", None),
@@ -838,6 +850,14 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
             Some("hostNetwork"),
         ),
         (json!({"name": "hostNetwork", "value": "false"}), None),
+        (
+            json!({"name": "hostNetwork", "value": "off"}),
+            Some("hostNetwork"),
+        ),
+        (
+            json!({"name": "hostNetwork", "value": "false", "forceString": true}),
+            Some("hostNetwork"),
+        ),
         (
             json!({"name": "podLabels.chaperone\\.dev/inject", "value": "false"}),
             Some("chaperone.dev/inject"),
