@@ -621,3 +621,65 @@ proptest! {
         }
     }
 }
+
+/// Pieces of text an agent might put in a custom resource's strings to confuse the
+/// reading of what they set: escapes cut short, quotes, blanks, multi-byte characters.
+fn tricky_text() -> impl Strategy<Value = String> {
+    let pieces = select(vec![
+        "hostNetwork",
+        "chaperone.dev/inject",
+        "chaperone.dev~1policy",
+        "\\",
+        "\\u",
+        "\\x4",
+        "\\U0000",
+        "004e",
+        "+4e",
+        "'",
+        "\"",
+        "''",
+        ":",
+        "=",
+        "==",
+        " ",
+        "\t",
+        "\n",
+        "\r",
+        "#",
+        ",",
+        "}",
+        "{",
+        "[",
+        "]",
+        "/",
+        ".",
+        "false",
+        "0",
+        "true",
+        "ed-version",
+        "é",
+        "\u{a0}",
+        "\u{1F600}",
+    ]);
+    proptest::collection::vec(pieces, 0..24).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Reading a custom resource's text never panics, whatever it holds, and whatever
+    /// says `chaperone.dev/inject` or `hostNetwork: true` plainly is found.
+    #[test]
+    fn reading_text_never_panics(text in tricky_text()) {
+        let found = policy::injection_key_in_text(&text);
+        let live = serde_json::json!({"spec": {"values": text.clone(), "parameters": [{"name": text.clone(), "value": text.clone()}]}});
+        let _ = policy::opts_out(&live, true);
+        if text.contains("chaperone.dev/inject") && !text.contains("chaperone.dev/injected-version") {
+            prop_assert!(found.is_some(), "{text:?}");
+        }
+        let set = |t: &str| t.contains("hostNetwork: true") || t.contains("hostNetwork=true");
+        if set(&text) {
+            prop_assert!(found.is_some(), "{text:?}");
+        }
+    }
+}

@@ -272,11 +272,23 @@ fn text_sets(v: &serde_json::Value) -> Option<&'static str> {
 /// with `forceString`, which makes any value a string, true in a chart's `if`.
 fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
     use serde_json::Value;
-    let name = unescaped(map.get("name")?.as_str()?);
-    if let Some(key) = INJECTION_KEYS.into_iter().find(|key| names_key(&name, key)) {
+    let raw = map.get("name")?.as_str()?;
+    let name = unescaped(raw);
+    if let Some(key) = INJECTION_KEYS
+        .into_iter()
+        .find(|key| names_key(raw, key) || names_key(&name, key))
+    {
         return Some(key);
     }
+    if !name.contains(HOST_NETWORK) {
+        return None;
+    }
+    // Argo CD writes `--set name=value` as is: a name `x=1,hostNetwork` or
+    // `hostNetwork[0]` sets it otherwise than its value says.
     let host_network = name == HOST_NETWORK || name.ends_with(".hostNetwork");
+    if !host_network {
+        return Some(HOST_NETWORK);
+    }
     let forced = map.get("forceString") == Some(&Value::Bool(true));
     let off = !forced
         && match map.get("value") {
@@ -285,7 +297,7 @@ fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'s
             Some(Value::Number(n)) => n.as_f64() == Some(0.0),
             _ => false,
         };
-    (host_network && !off).then_some(HOST_NETWORK)
+    (!off).then_some(HOST_NETWORK)
 }
 
 /// The injection key text names: an injection key (also as a JSON pointer step,
@@ -295,15 +307,16 @@ pub fn injection_key_in_text(text: &str) -> Option<&'static str> {
     let decoded = unescaped(text);
     INJECTION_KEYS
         .into_iter()
-        .find(|key| names_key(&decoded, key))
+        .find(|key| names_key(text, key) || names_key(&decoded, key))
         .or_else(|| {
             (sets_host_network(text) || sets_host_network(&decoded)).then_some(HOST_NETWORK)
         })
 }
 
-/// `text` as an operator's parser may read it: `\uXXXX` decoded, and every other
+/// `text` as an operator's parser may read it: YAML's and JSON's escapes decoded
+/// (`\xXX`, `\uXXXX`, `\UXXXXXXXX`, an escaped line break dropped), and every other
 /// backslash dropped (`chaperone\.dev/inject` as Helm's `--set` escapes a dot,
-/// `chaperone.dev\/inject` in JSON).
+/// `chaperone.dev\/inject` in JSON). Read for names only, never for values.
 fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains('\\') {
         return std::borrow::Cow::Borrowed(text);
@@ -313,14 +326,24 @@ fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
     while let Some(at) = rest.find('\\') {
         out.push_str(&rest[..at]);
         rest = &rest[at + 1..];
+        let digits = match rest.as_bytes().first() {
+            Some(b'x') => 2,
+            Some(b'u') => 4,
+            Some(b'U') => 8,
+            Some(b'\n') => {
+                rest = rest[1..].trim_start_matches([' ', '\t']);
+                continue;
+            }
+            _ => continue,
+        };
         let code = rest
-            .strip_prefix('u')
-            .and_then(|r| r.get(..4))
+            .get(1..=digits)
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
             .and_then(|hex| u32::from_str_radix(hex, 16).ok())
             .and_then(char::from_u32);
         if let Some(c) = code {
             out.push(c);
-            rest = &rest[5..];
+            rest = &rest[1 + digits..];
         }
     }
     out.push_str(rest);
@@ -340,38 +363,101 @@ fn names_key(text: &str, key: &str) -> bool {
             .any(|(k, in_path)| k == key && text.contains(in_path))
 }
 
-/// Whether `text` sets `hostNetwork`: as a key (`hostNetwork: true`,
-/// `hostNetwork=...`) to anything but a plain false, or as the end of a path
-/// (`path: /spec/hostNetwork` in a patch written as text, `spec.hostNetwork` as a
-/// field path), whatever it is given there. A plain false is `false` (YAML's three
-/// spellings) or `0`, the whole value up to the line's end or a `#`, `,`, `}` or `]`:
-/// `no` and `off`, false to YAML, are strings to Helm's `--set`; a quoted value is a
-/// string, true in a chart's `if` unless empty. A word `hostNetwork` that is neither
-/// (`enables hostNetwork`, `hostNetwork == false`) is not.
+/// Whether `text` sets `hostNetwork`, as a YAML key (`hostNetwork: true`), a Helm
+/// `--set` (`hostNetwork=true`), or named where a value goes (a path's end,
+/// `/spec/hostNetwork` in a patch written as text or `spec.hostNetwork` as a field path,
+/// `[hostNetwork]`, `"hostNetwork"` not followed by `:`), to anything but a plain false
+/// ([`yaml_false`], [`set_false`]). Fails toward "set": what is not plainly false is
+/// true to a chart's `{{ if .Values.hostNetwork }}` as often as not. A word
+/// `hostNetwork` inside other text (`enables hostNetwork`) is not.
 fn sets_host_network(text: &str) -> bool {
-    let quotes = |c: char| c == '"' || c == '\'' || c.is_whitespace();
     text.match_indices(HOST_NETWORK).any(|(at, _)| {
-        let after = &text[at + HOST_NETWORK.len()..];
-        let Some(value) = after.trim_start_matches(quotes).strip_prefix([':', '=']) else {
-            let path = text[..at].ends_with(['/', '.']);
-            let word_ends = !after.starts_with(|c: char| c.is_ascii_alphanumeric());
-            return path && word_ends;
-        };
-        // `hostNetwork == false`, `hostNetwork := ...`: a comparison, not a setting.
-        if value.starts_with(['=', ':']) {
+        let (before, after) = (&text[..at], &text[at + HOST_NETWORK.len()..]);
+        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
             return false;
         }
-        let value = value.trim_start_matches([' ', '\t']);
-        match value.chars().next() {
-            Some(q @ ('"' | '\'')) => !value[1..].starts_with(q),
-            _ => {
-                let end = value
-                    .find(['\n', '\r', '#', ',', '}', ']'])
-                    .unwrap_or(value.len());
-                !matches!(value[..end].trim(), "false" | "False" | "FALSE" | "0")
-            }
+        // A key as JSON writes it (`"hostNetwork": false`), or just after a `{` or `,`,
+        // is in a flow mapping, where `,` and `}` end a value.
+        let quoted = before.ends_with(['"', '\'']) && after.starts_with(['"', '\'']);
+        let flow = quoted
+            || before
+                .trim_end_matches([' ', '\t', '\n', '\r'])
+                .ends_with(['{', ',']);
+        let rest = if quoted { &after[1..] } else { after };
+        let rest = rest.trim_start_matches([' ', '\t']);
+        if let Some(value) = rest.strip_prefix(':') {
+            !yaml_false(value, indent_of_line(text, at), flow)
+        } else if let Some(value) = rest.strip_prefix('=') {
+            !set_false(value)
+        } else {
+            // Named, not given a value here: in a path, a template, an index
+            // (`hostNetwork[0]=false` makes it a list, true).
+            quoted || before.ends_with(['/', '.', '[']) || rest.starts_with('[')
         }
     })
+}
+
+/// Whether a YAML value (what follows `key:`) is plainly false: `false`, `False`,
+/// `FALSE`, `0` or an empty quoted string, then only blanks (spaces, tabs) before the
+/// line's end or a ` #` comment, or in a flow mapping (`flow`) a `,` `}` `]`; and no
+/// line after it indented deeper than the key's (a plain value goes on there:
+/// `false\n  x` is the string `false x`). `no` and `off`, false to YAML 1.1, are
+/// strings to Helm's `--set`, and so not plainly false here.
+fn yaml_false(value: &str, key_indent: usize, flow: bool) -> bool {
+    let value = value.trim_start_matches([' ', '\t']);
+    let (line, next) = match value.find(['\n', '\r']) {
+        Some(end) => (&value[..end], Some(&value[end..])),
+        None => (value, None),
+    };
+    // After the word: nothing but blanks (the value may go on, on the next lines), or
+    // a comment or a flow mapping's `,` `}` `]`, which end it.
+    let after_word = |rest: &str| {
+        let blank = rest.trim_start_matches([' ', '\t']);
+        if blank.is_empty() {
+            Some(true)
+        } else if (blank.len() < rest.len() && blank.starts_with('#'))
+            || (flow && blank.starts_with([',', '}', ']']))
+        {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    let open = ["false", "False", "FALSE", "0", "''", "\"\""]
+        .into_iter()
+        .find_map(|word| {
+            line.strip_prefix(word)
+                .filter(|rest| !rest.starts_with(['\'', '"']))
+                .and_then(after_word)
+        });
+    let continued = || {
+        next.is_some_and(|next| {
+            next.lines()
+                .find(|l| !l.trim_matches([' ', '\t', '\r']).is_empty())
+                .is_some_and(|l| l.len() - l.trim_start_matches([' ', '\t']).len() > key_indent)
+        })
+    };
+    match open {
+        Some(true) => !continued(),
+        Some(false) => true,
+        None => false,
+    }
+}
+
+/// Whether a Helm `--set` value (what follows `key=`) is plainly false: exactly `false`
+/// (any case) or `0`, then a `,` (the next setting), a line's end or the text's end.
+/// `--set` neither trims nor quotes: `false ` and `""` are strings.
+fn set_false(value: &str) -> bool {
+    let end = value.find([',', '\n', '\r']).unwrap_or(value.len());
+    let word = &value[..end];
+    word.eq_ignore_ascii_case("false") || word == "0"
+}
+
+/// How far the line holding byte `at` is indented (spaces and tabs).
+fn indent_of_line(text: &str, at: usize) -> usize {
+    let start = text[..at].rfind('\n').map_or(0, |n| n + 1);
+    let line = &text[start..];
+    line.len() - line.trim_start_matches([' ', '\t']).len()
 }
 
 /// A pod on the node's network is left uninjected by the injector (the node's loopback
@@ -423,7 +509,8 @@ pub fn opts_out(live: &serde_json::Value, custom: bool) -> bool {
         Value::Array(items) => items.iter().any(|v| opts_out(v, custom)),
         Value::String(text) if custom => {
             let decoded = unescaped(text);
-            names_key(&decoded, INJECTION_KEYS[0])
+            names_key(text, INJECTION_KEYS[0])
+                || names_key(&decoded, INJECTION_KEYS[0])
                 || sets_host_network(text)
                 || sets_host_network(&decoded)
         }

@@ -807,6 +807,27 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("hostNetwork: \\\"\\\"", Some("hostNetwork")),
         // As a path's end, in a patch written as text or a field path.
         ("- op: add\n  path: /spec/template/spec/hostNetwork\n  value: true", Some("hostNetwork")),
+        // Read as YAML and `--set` read a value: only a plain false is false.
+        ("controller:\n  hostNetwork: false\n  replicas: 2\n", None),
+        ("{\n  \"hostNetwork\": false,\n  \"replicas\": 2\n}", None),
+        ("hostNetwork: false#x", Some("hostNetwork")),
+        ("hostNetwork: false,x", Some("hostNetwork")),
+        ("hostNetwork: false}", Some("hostNetwork")),
+        ("hostNetwork: false\n  true", Some("hostNetwork")),
+        ("hostNetwork: false\u{a0}", Some("hostNetwork")),
+        ("hostNetwork: ''''", Some("hostNetwork")),
+        ("hostNetwork:\n  false", Some("hostNetwork")),
+        ("hostNetwork=false,replicas=2", None),
+        ("hostNetwork=FALSE", None),
+        ("hostNetwork=\"\"", Some("hostNetwork")),
+        ("hostNetwork= false", Some("hostNetwork")),
+        ("hostNetwork=false ", Some("hostNetwork")),
+        ("hostNetwork==true", Some("hostNetwork")),
+        ("hostNetwork[0]=false", Some("hostNetwork")),
+        ("{{ index .Values \"hostNetwork\" }}", Some("hostNetwork")),
+        ("\"host\\x4eetwork\": true", Some("hostNetwork")),
+        ("\"chaperone.dev/\\x69nject\": \"false\"", Some("chaperone.dev/inject")),
+        ("\"chaperone.dev/\\U00000069nject\": \"false\"", Some("chaperone.dev/inject")),
         ("toFieldPath: spec.hostNetwork", Some("hostNetwork")),
         ("/spec/hostNetworkPolicy", None),
         // A quoted false is a string, true in a chart's `if`.
@@ -817,7 +838,8 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("podLabels.chaperone\\.dev/inject=false", Some("chaperone.dev/inject")),
         ("{\"chaperone.dev\\/policy\": \"x\"}", Some("chaperone.dev/policy")),
         ("{\"host\\u004eetwork\": true}", Some("hostNetwork")),
-        ("hostNetwork == false", None),
+        // `hostNetwork==true` is `--set`'s string "=true": a comparison reads the same.
+        ("hostNetwork == false", Some("hostNetwork")),
         // A template reading it likely renders it: refused, whatever it is given.
         ("{{ if .Values.hostNetwork }}", Some("hostNetwork")),
         ("the hostNetwork setting", None),
@@ -856,6 +878,14 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ),
         (
             json!({"name": "hostNetwork", "value": "false", "forceString": true}),
+            Some("hostNetwork"),
+        ),
+        (
+            json!({"name": "x=1,hostNetwork", "value": "true"}),
+            Some("hostNetwork"),
+        ),
+        (
+            json!({"name": "hostNetwork[0]", "value": "false"}),
             Some("hostNetwork"),
         ),
         (
