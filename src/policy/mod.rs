@@ -261,7 +261,15 @@ fn text_sets(v: &serde_json::Value) -> Option<&'static str> {
     match v {
         Value::String(s) => injection_key_in_text(s),
         Value::Array(items) => items.iter().find_map(text_sets),
-        Value::Object(map) => named_setting(map).or_else(|| map.values().find_map(text_sets)),
+        Value::Object(map) => match named_setting(map) {
+            // Its name read as a setting's, not as text.
+            Some(found) => found.or_else(|| {
+                map.iter()
+                    .filter(|(k, _)| *k != "name")
+                    .find_map(|(_, v)| text_sets(v))
+            }),
+            None => map.values().find_map(text_sets),
+        },
         _ => None,
     }
 }
@@ -269,8 +277,10 @@ fn text_sets(v: &serde_json::Value) -> Option<&'static str> {
 /// A setting written as `{name, value}`: the name an injection key, or `hostNetwork`
 /// (`controller.hostNetwork`) with a value Helm's `--set` (which Argo CD passes such
 /// parameters to) does not read as false: only `false` (any case) or `0`, and not
-/// with `forceString`, which makes any value a string, true in a chart's `if`.
-fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
+/// with `forceString`, which makes any value a string, true in a chart's `if`. `None`
+/// where the name names none of them; `Some(None)` where it names `hostNetwork` and
+/// gives it false.
+fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<Option<&'static str>> {
     use serde_json::Value;
     let raw = map.get("name")?.as_str()?;
     let name = unescaped(raw);
@@ -278,16 +288,16 @@ fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'s
         .into_iter()
         .find(|key| names_key(raw, key) || names_key(&name, key))
     {
-        return Some(key);
+        return Some(Some(key));
     }
-    if !name.contains(HOST_NETWORK) {
+    if !names_key(raw, HOST_NETWORK) && !names_key(&name, HOST_NETWORK) {
         return None;
     }
     // Argo CD writes `--set name=value` as is: a name `x=1,hostNetwork` or
     // `hostNetwork[0]` sets it otherwise than its value says.
     let host_network = name == HOST_NETWORK || name.ends_with(".hostNetwork");
     if !host_network {
-        return Some(HOST_NETWORK);
+        return Some(Some(HOST_NETWORK));
     }
     let forced = map.get("forceString") == Some(&Value::Bool(true));
     let off = !forced
@@ -297,20 +307,109 @@ fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'s
             Some(Value::Number(n)) => n.as_f64() == Some(0.0),
             _ => false,
         };
-    (!off).then_some(HOST_NETWORK)
+    Some((!off).then_some(HOST_NETWORK))
 }
 
-/// The injection key text names: an injection key (also as a JSON pointer step,
-/// `chaperone.dev~1inject`), or `hostNetwork` set ([`sets_host_network`]). Read as
-/// written and with its escapes decoded ([`unescaped`]): either reading counts.
+/// The injection key text names, read as written, with its escapes decoded, and as a
+/// YAML (or JSON) document where it is one ([`TextRead`]): an injection key in any
+/// reading (also as a JSON pointer step), or `hostNetwork` anywhere but as a YAML key
+/// given `false` ([`TextRead::sets_host_network`]).
 pub fn injection_key_in_text(text: &str) -> Option<&'static str> {
-    let decoded = unescaped(text);
+    let read = TextRead::of(text);
     INJECTION_KEYS
         .into_iter()
-        .find(|key| names_key(text, key) || names_key(&decoded, key))
-        .or_else(|| {
-            (sets_host_network(text) || sets_host_network(&decoded)).then_some(HOST_NETWORK)
-        })
+        .find(|key| read.names(key))
+        .or_else(|| read.sets_host_network().then_some(HOST_NETWORK))
+}
+
+/// A custom resource's string as an operator may read it: as written, with its escapes
+/// decoded ([`unescaped`]), and parsed as a YAML document where it is one (YAML's own
+/// escapes, line continuations, aliases, explicit keys and merges then read as the API
+/// server's YAML library reads them: both are ports of libyaml). A `!!binary` tag,
+/// whose bytes go-yaml decodes into a key, counts as naming everything.
+struct TextRead<'a> {
+    raw: &'a str,
+    decoded: std::borrow::Cow<'a, str>,
+    doc: Option<serde_yaml::Value>,
+    binary: bool,
+}
+
+impl<'a> TextRead<'a> {
+    fn of(raw: &'a str) -> Self {
+        // A string without any of these reads as itself.
+        let structured = raw.contains([
+            ':', '\\', '?', '*', '&', '!', '"', '\'', '{', '[', '\n', '\r',
+        ]);
+        TextRead {
+            raw,
+            decoded: unescaped(raw),
+            doc: structured
+                .then(|| serde_yaml::from_str::<serde_yaml::Value>(raw).ok())
+                .flatten(),
+            binary: raw.contains("!binary") || raw.contains("2002:binary"),
+        }
+    }
+
+    /// Whether any reading names `key` (`hostNetwork` as a whole word).
+    fn names(&self, key: &str) -> bool {
+        self.binary
+            || names_key(self.raw, key)
+            || names_key(&self.decoded, key)
+            || self
+                .doc
+                .as_ref()
+                .is_some_and(|doc| yaml_strings(doc).any(|s| names_key(s, key)))
+    }
+
+    /// Whether the text sets `hostNetwork`: it names it in any reading, and is not a
+    /// YAML document in which every mention is a key `hostNetwork` given `false` (or an
+    /// empty string), the only values a chart's `{{ if .Values.hostNetwork }}` reads as
+    /// false that every reader types alike. `no`, `off`, `0`, a `--set` line
+    /// (`hostNetwork=false`), a path to it or a mention in prose: set.
+    fn sets_host_network(&self) -> bool {
+        self.names(HOST_NETWORK)
+            && !self
+                .doc
+                .as_ref()
+                .is_some_and(|doc| !self.binary && only_false_host_network(doc))
+    }
+}
+
+/// Every string in a YAML document, keys and tags too.
+fn yaml_strings(v: &serde_yaml::Value) -> Box<dyn Iterator<Item = &str> + '_> {
+    use serde_yaml::Value;
+    match v {
+        Value::String(s) => Box::new(std::iter::once(s.as_str())),
+        Value::Sequence(items) => Box::new(items.iter().flat_map(yaml_strings)),
+        Value::Mapping(map) => Box::new(
+            map.iter()
+                .flat_map(|(k, v)| yaml_strings(k).chain(yaml_strings(v))),
+        ),
+        Value::Tagged(tagged) => yaml_strings(&tagged.value),
+        _ => Box::new(std::iter::empty()),
+    }
+}
+
+/// Whether every mention of `hostNetwork` in a YAML document is a mapping key
+/// `hostNetwork` given `false` or `""`.
+fn only_false_host_network(v: &serde_yaml::Value) -> bool {
+    use serde_yaml::Value;
+    match v {
+        Value::Mapping(map) => map.iter().all(|(k, v)| {
+            if k.as_str() == Some(HOST_NETWORK) {
+                matches!(v, Value::Bool(false)) || v.as_str() == Some("")
+            } else {
+                only_false_host_network(k) && only_false_host_network(v)
+            }
+        }),
+        Value::Sequence(items) => items.iter().all(only_false_host_network),
+        Value::String(s) => !names_key(s, HOST_NETWORK),
+        Value::Tagged(tagged) => {
+            !names_key(&tagged.tag.to_string(), HOST_NETWORK)
+                && only_false_host_network(&tagged.value)
+        }
+        _ => true,
+    }
 }
 
 /// `text` as an operator's parser may read it: YAML's and JSON's escapes decoded
@@ -330,8 +429,11 @@ fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
             Some(b'x') => 2,
             Some(b'u') => 4,
             Some(b'U') => 8,
-            Some(b'\n') => {
-                rest = rest[1..].trim_start_matches([' ', '\t']);
+            Some(b'\n' | b'\r') => {
+                rest = rest[1..]
+                    .strip_prefix('\n')
+                    .unwrap_or(&rest[1..])
+                    .trim_start_matches([' ', '\t']);
                 continue;
             }
             _ => continue,
@@ -351,113 +453,22 @@ fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Whether `text` names `key`, plainly (but the injector's own
-/// `chaperone.dev/injected-version`) or as a JSON pointer step.
+/// `chaperone.dev/injected-version`; `hostNetwork` as a whole word) or as a JSON pointer
+/// step.
 fn names_key(text: &str, key: &str) -> bool {
-    let plainly = text
-        .match_indices(key)
-        .any(|(at, _)| !text[at + key.len()..].starts_with("ed-version"));
+    let plainly = text.match_indices(key).any(|(at, _)| {
+        let after = &text[at + key.len()..];
+        if key == HOST_NETWORK {
+            !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        } else {
+            !after.starts_with("ed-version")
+        }
+    });
     plainly
         || INJECTION_KEYS
             .into_iter()
             .zip(INJECTION_KEYS_IN_PATHS)
             .any(|(k, in_path)| k == key && text.contains(in_path))
-}
-
-/// Whether `text` sets `hostNetwork`, as a YAML key (`hostNetwork: true`), a Helm
-/// `--set` (`hostNetwork=true`), or named where a value goes (a path's end,
-/// `/spec/hostNetwork` in a patch written as text or `spec.hostNetwork` as a field path,
-/// `[hostNetwork]`, `"hostNetwork"` not followed by `:`), to anything but a plain false
-/// ([`yaml_false`], [`set_false`]). Fails toward "set": what is not plainly false is
-/// true to a chart's `{{ if .Values.hostNetwork }}` as often as not. A word
-/// `hostNetwork` inside other text (`enables hostNetwork`) is not.
-fn sets_host_network(text: &str) -> bool {
-    text.match_indices(HOST_NETWORK).any(|(at, _)| {
-        let (before, after) = (&text[..at], &text[at + HOST_NETWORK.len()..]);
-        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-            return false;
-        }
-        // A key as JSON writes it (`"hostNetwork": false`), or just after a `{` or `,`,
-        // is in a flow mapping, where `,` and `}` end a value.
-        let quoted = before.ends_with(['"', '\'']) && after.starts_with(['"', '\'']);
-        let flow = quoted
-            || before
-                .trim_end_matches([' ', '\t', '\n', '\r'])
-                .ends_with(['{', ',']);
-        let rest = if quoted { &after[1..] } else { after };
-        let rest = rest.trim_start_matches([' ', '\t']);
-        if let Some(value) = rest.strip_prefix(':') {
-            !yaml_false(value, indent_of_line(text, at), flow)
-        } else if let Some(value) = rest.strip_prefix('=') {
-            !set_false(value)
-        } else {
-            // Named, not given a value here: in a path, a template, an index
-            // (`hostNetwork[0]=false` makes it a list, true).
-            quoted || before.ends_with(['/', '.', '[']) || rest.starts_with('[')
-        }
-    })
-}
-
-/// Whether a YAML value (what follows `key:`) is plainly false: `false`, `False`,
-/// `FALSE`, `0` or an empty quoted string, then only blanks (spaces, tabs) before the
-/// line's end or a ` #` comment, or in a flow mapping (`flow`) a `,` `}` `]`; and no
-/// line after it indented deeper than the key's (a plain value goes on there:
-/// `false\n  x` is the string `false x`). `no` and `off`, false to YAML 1.1, are
-/// strings to Helm's `--set`, and so not plainly false here.
-fn yaml_false(value: &str, key_indent: usize, flow: bool) -> bool {
-    let value = value.trim_start_matches([' ', '\t']);
-    let (line, next) = match value.find(['\n', '\r']) {
-        Some(end) => (&value[..end], Some(&value[end..])),
-        None => (value, None),
-    };
-    // After the word: nothing but blanks (the value may go on, on the next lines), or
-    // a comment or a flow mapping's `,` `}` `]`, which end it.
-    let after_word = |rest: &str| {
-        let blank = rest.trim_start_matches([' ', '\t']);
-        if blank.is_empty() {
-            Some(true)
-        } else if (blank.len() < rest.len() && blank.starts_with('#'))
-            || (flow && blank.starts_with([',', '}', ']']))
-        {
-            Some(false)
-        } else {
-            None
-        }
-    };
-    let open = ["false", "False", "FALSE", "0", "''", "\"\""]
-        .into_iter()
-        .find_map(|word| {
-            line.strip_prefix(word)
-                .filter(|rest| !rest.starts_with(['\'', '"']))
-                .and_then(after_word)
-        });
-    let continued = || {
-        next.is_some_and(|next| {
-            next.lines()
-                .find(|l| !l.trim_matches([' ', '\t', '\r']).is_empty())
-                .is_some_and(|l| l.len() - l.trim_start_matches([' ', '\t']).len() > key_indent)
-        })
-    };
-    match open {
-        Some(true) => !continued(),
-        Some(false) => true,
-        None => false,
-    }
-}
-
-/// Whether a Helm `--set` value (what follows `key=`) is plainly false: exactly `false`
-/// (any case) or `0`, then a `,` (the next setting), a line's end or the text's end.
-/// `--set` neither trims nor quotes: `false ` and `""` are strings.
-fn set_false(value: &str) -> bool {
-    let end = value.find([',', '\n', '\r']).unwrap_or(value.len());
-    let word = &value[..end];
-    word.eq_ignore_ascii_case("false") || word == "0"
-}
-
-/// How far the line holding byte `at` is indented (spaces and tabs).
-fn indent_of_line(text: &str, at: usize) -> usize {
-    let start = text[..at].rfind('\n').map_or(0, |n| n + 1);
-    let line = &text[start..];
-    line.len() - line.trim_start_matches([' ', '\t']).len()
 }
 
 /// A pod on the node's network is left uninjected by the injector (the node's loopback
@@ -501,18 +512,20 @@ pub fn opts_out(live: &serde_json::Value, custom: bool) -> bool {
                 v == &Value::Bool(true)
                     || (custom && !matches!(v, Value::Bool(false) | Value::Null))
             });
+            let named = custom.then(|| named_setting(map)).flatten();
             opted
                 || host
-                || (custom && named_setting(map).is_some_and(|key| key != INJECTION_KEYS[1]))
-                || map.values().any(|v| opts_out(v, custom))
+                || named.flatten().is_some_and(|key| key != INJECTION_KEYS[1])
+                || map
+                    .iter()
+                    // A setting's name is read as one, above, not as text.
+                    .filter(|(k, _)| named.is_none() || *k != "name")
+                    .any(|(_, v)| opts_out(v, custom))
         }
         Value::Array(items) => items.iter().any(|v| opts_out(v, custom)),
         Value::String(text) if custom => {
-            let decoded = unescaped(text);
-            names_key(text, INJECTION_KEYS[0])
-                || names_key(&decoded, INJECTION_KEYS[0])
-                || sets_host_network(text)
-                || sets_host_network(&decoded)
+            let read = TextRead::of(text);
+            read.names(INJECTION_KEYS[0]) || read.sets_host_network()
         }
         _ => false,
     }

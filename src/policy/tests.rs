@@ -762,7 +762,7 @@ fn the_injection_keys_are_found_however_they_are_sent() {
         json!({"spec": {"hostNetwork": false}}),
         json!({"metadata": {"managedFields": [{"fieldsV1": {"f:spec": {"f:hostNetwork": {}}}}]}}),
         json!({"spec": {"values": "replicas: 2\npodAnnotations: {chaperone.dev/policy: readonly}\n"}}),
-        json!({"spec": {"description": "runs without hostNetwork", "values": "hostNetwork: false"}}),
+        json!({"spec": {"description": "runs on the pod's own network", "values": "hostNetwork: false"}}),
     ];
     for v in clean {
         assert!(!opts_out(&v, false) && !opts_out(&v, true), "{v}");
@@ -791,61 +791,68 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
     let cases = [
         ("podAnnotations:\n  chaperone.dev/inject: \"false\"", Some("chaperone.dev/inject")),
         ("- op: add\n  path: /metadata/annotations/chaperone.dev~1policy", Some("chaperone.dev/policy")),
-        ("hostNetwork: true", Some("hostNetwork")),
-        ("hostNetwork:yes", Some("hostNetwork")),
-        ("--set controller.hostNetwork=true", Some("hostNetwork")),
-        ("\"hostNetwork\": \"{{ .Values.net }}\"", Some("hostNetwork")),
+        ("chaperone.dev/injected-version: 0.1.0", None),
+        ("plain text", None),
+        // Escapes, as a parser reads them; names in any reading.
+        ("podLabels.chaperone\\.dev/inject=false", Some("chaperone.dev/inject")),
+        ("{\"chaperone.dev\\/policy\": \"x\"}", Some("chaperone.dev/policy")),
+        ("\"chaperone.dev/\\x69nject\": \"false\"", Some("chaperone.dev/inject")),
+        ("\"chaperone.dev/\\U00000069nject\": \"false\"", Some("chaperone.dev/inject")),
+        ("\"chaperone.dev/in\\\r\n  ject\": \"false\"", Some("chaperone.dev/inject")),
+        ("? !!binary Y2hhcGVyb25lLmRldi9pbmplY3Q=\n: \"false\"", Some("chaperone.dev/inject")),
+        // `hostNetwork` is false only as a YAML key given false (or ""), in a document
+        // as libyaml reads it.
         ("hostNetwork: false", None),
         ("hostNetwork: False # not on the node", None),
-        ("{hostNetwork: 0, replicas: 2}", None),
+        ("controller:\n  hostNetwork: false\n  replicas: 2\n", None),
+        ("{\n  \"hostNetwork\": false,\n  \"replicas\": 2\n}", None),
+        ("- hostNetwork: false\n  replicas: 2\n", None),
+        ("hostNetwork: false\r\nreplicas: 2\r\n", None),
+        ("hostNetwork:\n  false", None),
         ("hostNetwork: \"\"", None),
-        // `no` and `off` are strings to Helm's `--set`; a value is read whole.
+        ("hostNetworkMode: bridge", None),
+        ("/spec/hostNetworkPolicy", None),
+        ("hostNetwork: true", Some("hostNetwork")),
+        ("hostNetwork:yes", Some("hostNetwork")),
+        ("\"hostNetwork\": \"{{ .Values.net }}\"", Some("hostNetwork")),
+        // `no`, `off` and `0` are false to YAML 1.1 but not to every reader.
         ("hostNetwork: off", Some("hostNetwork")),
-        ("hostNetwork=no", Some("hostNetwork")),
+        ("{hostNetwork: 0, replicas: 2}", Some("hostNetwork")),
+        ("hostNetwork: ~", Some("hostNetwork")),
+        // Strings to YAML, true in a chart's `if`.
+        ("hostNetwork: 'off'", Some("hostNetwork")),
+        ("hostNetwork: \"false\"", Some("hostNetwork")),
         ("hostNetwork: false!", Some("hostNetwork")),
         ("hostNetwork: o\\ff", Some("hostNetwork")),
         ("hostNetwork: \\\"\\\"", Some("hostNetwork")),
-        // As a path's end, in a patch written as text or a field path.
-        ("- op: add\n  path: /spec/template/spec/hostNetwork\n  value: true", Some("hostNetwork")),
-        // Read as YAML and `--set` read a value: only a plain false is false.
-        ("controller:\n  hostNetwork: false\n  replicas: 2\n", None),
-        ("{\n  \"hostNetwork\": false,\n  \"replicas\": 2\n}", None),
         ("hostNetwork: false#x", Some("hostNetwork")),
         ("hostNetwork: false,x", Some("hostNetwork")),
         ("hostNetwork: false}", Some("hostNetwork")),
+        ("\"hostNetwork\": false, x", Some("hostNetwork")),
         ("hostNetwork: false\n  true", Some("hostNetwork")),
+        ("{hostNetwork: false\nx}", Some("hostNetwork")),
+        ("hostNetwork: false\r  x", Some("hostNetwork")),
         ("hostNetwork: false\u{a0}", Some("hostNetwork")),
         ("hostNetwork: ''''", Some("hostNetwork")),
-        ("hostNetwork:\n  false", Some("hostNetwork")),
-        ("hostNetwork=false,replicas=2", None),
-        ("hostNetwork=FALSE", None),
-        ("hostNetwork=\"\"", Some("hostNetwork")),
-        ("hostNetwork= false", Some("hostNetwork")),
-        ("hostNetwork=false ", Some("hostNetwork")),
-        ("hostNetwork==true", Some("hostNetwork")),
-        ("hostNetwork[0]=false", Some("hostNetwork")),
-        ("{{ index .Values \"hostNetwork\" }}", Some("hostNetwork")),
+        // Set in other ways YAML reads: escapes, explicit keys, aliases, merges.
         ("\"host\\x4eetwork\": true", Some("hostNetwork")),
-        ("\"chaperone.dev/\\x69nject\": \"false\"", Some("chaperone.dev/inject")),
-        ("\"chaperone.dev/\\U00000069nject\": \"false\"", Some("chaperone.dev/inject")),
-        ("toFieldPath: spec.hostNetwork", Some("hostNetwork")),
-        ("/spec/hostNetworkPolicy", None),
-        // A quoted false is a string, true in a chart's `if`.
-        ("hostNetwork: 'off'", Some("hostNetwork")),
-        ("hostNetwork: \"false\"", Some("hostNetwork")),
-        ("hostNetwork: ~", Some("hostNetwork")),
-        // Escapes are read as a parser reads them.
-        ("podLabels.chaperone\\.dev/inject=false", Some("chaperone.dev/inject")),
-        ("{\"chaperone.dev\\/policy\": \"x\"}", Some("chaperone.dev/policy")),
         ("{\"host\\u004eetwork\": true}", Some("hostNetwork")),
-        // `hostNetwork==true` is `--set`'s string "=true": a comparison reads the same.
-        ("hostNetwork == false", Some("hostNetwork")),
-        // A template reading it likely renders it: refused, whatever it is given.
+        ("\"host\\\r\n  Network\": true", Some("hostNetwork")),
+        ("? hostNetwork\n: true", Some("hostNetwork")),
+        ("a: &k hostNetwork\n*k : true", Some("hostNetwork")),
+        ("<<: {hostNetwork: true}", Some("hostNetwork")),
+        ("hostNetwork: false\nhostNetwork: true", Some("hostNetwork")),
+        ("hostNetwork: false\n---\nhostNetwork: true", Some("hostNetwork")),
+        // Anything else naming it: `--set` lines, paths, templates, prose.
+        ("--set controller.hostNetwork=true", Some("hostNetwork")),
+        ("hostNetwork=false", Some("hostNetwork")),
+        ("hostNetwork[0]=false", Some("hostNetwork")),
+        ("- op: add\n  path: /spec/template/spec/hostNetwork\n  value: true", Some("hostNetwork")),
+        ("toFieldPath: spec.hostNetwork", Some("hostNetwork")),
         ("{{ if .Values.hostNetwork }}", Some("hostNetwork")),
-        ("the hostNetwork setting", None),
-        ("hostNetworkMode: bridge", None),
-        ("chaperone.dev/injected-version: 0.1.0", None),
-        ("plain text", None),
+        ("{{ index .Values \"hostNetwork\" }}", Some("hostNetwork")),
+        ("hostNetwork == false", Some("hostNetwork")),
+        ("the hostNetwork setting", Some("hostNetwork")),
     ];
     for (text, found) in cases {
         assert_eq!(injection_key_in_text(text), found, "{text}");
@@ -892,7 +899,12 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
             json!({"name": "podLabels.chaperone\\.dev/inject", "value": "false"}),
             Some("chaperone.dev/inject"),
         ),
-        (json!({"name": "replicas", "value": "hostNetwork"}), None),
+        // A value naming it is text naming it.
+        (
+            json!({"name": "replicas", "value": "hostNetwork"}),
+            Some("hostNetwork"),
+        ),
+        (json!({"name": "replicas", "value": "2"}), None),
     ] {
         let app = json!({"spec": {"source": {"helm": {"parameters": [parameter]}}}});
         assert_eq!(injection_key_sent(&custom, &app), found, "{app}");
