@@ -322,71 +322,69 @@ pub fn injection_key_in_text(text: &str) -> Option<&'static str> {
         .or_else(|| read.sets_host_network().then_some(HOST_NETWORK))
 }
 
-/// A custom resource's string as an operator may read it: as written, with its escapes
-/// decoded ([`unescaped`]), and parsed as a YAML document where it is one (YAML's own
-/// escapes, line continuations, aliases, explicit keys and merges then read as the API
-/// server's YAML library reads them: both are ports of libyaml). A `!!binary` tag,
-/// whose bytes go-yaml decodes into a key, counts as naming everything.
+/// A custom resource's string as an operator may read it: as written, and with its
+/// escapes decoded ([`unescaped`]: every escape YAML and JSON have that can make a
+/// letter, and escaped line breaks). A name no reading holds cannot come out of a YAML
+/// parser either, but through a tag that hides text: `!!binary`, whose bytes go-yaml
+/// decodes into a key, however it is spelled (a `%` escape in the tag, a `%TAG`
+/// handle), counts as naming everything.
 struct TextRead<'a> {
     raw: &'a str,
     decoded: std::borrow::Cow<'a, str>,
-    doc: Option<serde_yaml::Value>,
     binary: bool,
 }
 
+/// Whether YAML text may hold a tag that hides text: a `%TAG` directive, or a tag (`!`
+/// up to the next blank) that names `binary` or holds a `%` escape (`!!%62inary`).
+fn hides_text(raw: &str) -> bool {
+    raw.contains("%TAG")
+        || raw.match_indices('!').any(|(at, _)| {
+            let tag = raw[at..]
+                .split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | ']' | '{' | '}'))
+                .next()
+                .unwrap_or_default();
+            tag.contains("binary") || tag.contains('%')
+        })
+}
+
+/// The longest string, and the most aliases in one, parsed to see whether its mentions
+/// of `hostNetwork` all give it `false`: each alias copies what it names, so a few
+/// kilobytes of them can make gigabytes. Past either the string is taken to set it.
+const PARSED_TEXT_MAX: usize = 64 * 1024;
+const PARSED_ALIASES_MAX: usize = 32;
+
 impl<'a> TextRead<'a> {
     fn of(raw: &'a str) -> Self {
-        // A string without any of these reads as itself.
-        let structured = raw.contains([
-            ':', '\\', '?', '*', '&', '!', '"', '\'', '{', '[', '\n', '\r',
-        ]);
         TextRead {
             raw,
             decoded: unescaped(raw),
-            doc: structured
-                .then(|| serde_yaml::from_str::<serde_yaml::Value>(raw).ok())
-                .flatten(),
-            binary: raw.contains("!binary") || raw.contains("2002:binary"),
+            binary: hides_text(raw),
         }
     }
 
     /// Whether any reading names `key` (`hostNetwork` as a whole word).
     fn names(&self, key: &str) -> bool {
-        self.binary
-            || names_key(self.raw, key)
-            || names_key(&self.decoded, key)
-            || self
-                .doc
-                .as_ref()
-                .is_some_and(|doc| yaml_strings(doc).any(|s| names_key(s, key)))
+        self.binary || names_key(self.raw, key) || names_key(&self.decoded, key)
     }
 
     /// Whether the text sets `hostNetwork`: it names it in any reading, and is not a
-    /// YAML document in which every mention is a key `hostNetwork` given `false` (or an
-    /// empty string), the only values a chart's `{{ if .Values.hostNetwork }}` reads as
-    /// false that every reader types alike. `no`, `off`, `0`, a `--set` line
-    /// (`hostNetwork=false`), a path to it or a mention in prose: set.
+    /// YAML document (parsed by serde_yaml's port of libyaml, as go-yaml is one) in
+    /// which every mention is a key `hostNetwork` given `false` (or an empty string),
+    /// the only values a chart's `{{ if .Values.hostNetwork }}` reads as false that
+    /// every reader types alike. `no`, `off`, `0`, a `--set` line (`hostNetwork=false`),
+    /// a path to it or a mention in prose: set. Only such strings are parsed, and only
+    /// small ones with few aliases.
     fn sets_host_network(&self) -> bool {
-        self.names(HOST_NETWORK)
-            && !self
-                .doc
-                .as_ref()
-                .is_some_and(|doc| !self.binary && only_false_host_network(doc))
-    }
-}
-
-/// Every string in a YAML document, keys and tags too.
-fn yaml_strings(v: &serde_yaml::Value) -> Box<dyn Iterator<Item = &str> + '_> {
-    use serde_yaml::Value;
-    match v {
-        Value::String(s) => Box::new(std::iter::once(s.as_str())),
-        Value::Sequence(items) => Box::new(items.iter().flat_map(yaml_strings)),
-        Value::Mapping(map) => Box::new(
-            map.iter()
-                .flat_map(|(k, v)| yaml_strings(k).chain(yaml_strings(v))),
-        ),
-        Value::Tagged(tagged) => yaml_strings(&tagged.value),
-        _ => Box::new(std::iter::empty()),
+        if !self.names(HOST_NETWORK) {
+            return false;
+        }
+        let parsable = !self.binary
+            && self.raw.len() <= PARSED_TEXT_MAX
+            && self.raw.matches('*').count() <= PARSED_ALIASES_MAX;
+        let doc = parsable
+            .then(|| serde_yaml::from_str::<serde_yaml::Value>(self.raw).ok())
+            .flatten();
+        !doc.is_some_and(|doc| only_false_host_network(&doc))
     }
 }
 
@@ -434,6 +432,12 @@ fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
                     .strip_prefix('\n')
                     .unwrap_or(&rest[1..])
                     .trim_start_matches([' ', '\t']);
+                continue;
+            }
+            // YAML's other line breaks: NEL, LS, PS.
+            _ if rest.starts_with(['\u{85}', '\u{2028}', '\u{2029}']) => {
+                let width = rest.chars().next().map_or(0, char::len_utf8);
+                rest = rest[width..].trim_start_matches([' ', '\t']);
                 continue;
             }
             _ => continue,

@@ -853,10 +853,25 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("{{ index .Values \"hostNetwork\" }}", Some("hostNetwork")),
         ("hostNetwork == false", Some("hostNetwork")),
         ("the hostNetwork setting", Some("hostNetwork")),
+        // Tags that hide text, however spelled; escaped breaks of every kind.
+        ("? !!%62inary aG9zdE5ldHdvcms=\n: true", Some("chaperone.dev/inject")),
+        ("%TAG !e! tag:yaml.org,2002:bi\n---\n!e!nary aG9zdE5ldHdvcms=: true", Some("chaperone.dev/inject")),
+        ("x: 1\nx: 1\n\"host\\\u{2028}Network\": true", Some("hostNetwork")),
+        ("expr: rate(x{job!=\"a\"}[5m]) > 90 # percent: 90%", None),
     ];
     for (text, found) in cases {
         assert_eq!(injection_key_in_text(text), found, "{text}");
     }
+    // Aliases copy what they name: a string with many is not parsed, and is taken to
+    // set `hostNetwork` if it names it, at once (a parse would take gigabytes).
+    let items = vec!["x"; 10_000].join(",");
+    let aliases = vec!["*a"; 10_000].join(",");
+    let bomb = format!("a: &a [{items}]\nb: [{aliases}]\nhostNetwork: false\n");
+    assert_eq!(injection_key_in_text(&bomb), Some("hostNetwork"));
+    assert_eq!(
+        injection_key_in_text(&bomb.replace("hostNetwork", "replicas")),
+        None
+    );
     let values = json!({"spec": {"source": {"helm": {"values": "hostNetwork: true"}}}});
     let custom = res("create", "argoproj.io", "applications", "ns", "");
     let configmap = res("create", "", "configmaps", "ns", "");
