@@ -334,24 +334,27 @@ struct TextRead<'a> {
     binary: bool,
 }
 
-/// Whether YAML text may hold a tag that hides text: a `%TAG` directive, or a tag (`!`
-/// up to the next blank) that names `binary` or holds a `%` escape (`!!%62inary`).
+/// Whether YAML text may hold a tag that hides text: a `%TAG` directive, a verbatim tag
+/// (`!<tag:yaml.org,2002:binary>`), or a tag (a word beginning with `!`) that names
+/// `binary` or holds a `%` escape (`!!%62inary`). One pass: the words do not overlap.
 fn hides_text(raw: &str) -> bool {
     raw.contains("%TAG")
-        || raw.match_indices('!').any(|(at, _)| {
-            let tag = raw[at..]
-                .split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | ']' | '{' | '}'))
-                .next()
-                .unwrap_or_default();
-            tag.contains("binary") || tag.contains('%')
-        })
+        || raw.contains("2002:binary")
+        || raw.contains("2002:%")
+        || raw
+            .split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | ']' | '{' | '}'))
+            .filter(|word| word.starts_with('!'))
+            .any(|tag| tag.starts_with("!<") || tag.contains("binary") || tag.contains('%'))
 }
 
-/// The longest string, and the most aliases in one, parsed to see whether its mentions
-/// of `hostNetwork` all give it `false`: each alias copies what it names, so a few
-/// kilobytes of them can make gigabytes. Past either the string is taken to set it.
+/// The longest string, and the most aliases and anchors in one, parsed to see whether
+/// its mentions of `hostNetwork` all give it `false`: each alias copies what it names,
+/// and aliases of anchors that hold aliases multiply, so a few kilobytes of them can
+/// make gigabytes. With one anchor a parse makes at most 32 copies of 64 KiB. Past any
+/// bound the string is taken to set it.
 const PARSED_TEXT_MAX: usize = 64 * 1024;
 const PARSED_ALIASES_MAX: usize = 32;
+const PARSED_ANCHORS_MAX: usize = 1;
 
 impl<'a> TextRead<'a> {
     fn of(raw: &'a str) -> Self {
@@ -380,7 +383,8 @@ impl<'a> TextRead<'a> {
         }
         let parsable = !self.binary
             && self.raw.len() <= PARSED_TEXT_MAX
-            && self.raw.matches('*').count() <= PARSED_ALIASES_MAX;
+            && self.raw.matches('*').count() <= PARSED_ALIASES_MAX
+            && self.raw.matches('&').count() <= PARSED_ANCHORS_MAX;
         let doc = parsable
             .then(|| serde_yaml::from_str::<serde_yaml::Value>(self.raw).ok())
             .flatten();
@@ -411,8 +415,8 @@ fn only_false_host_network(v: &serde_yaml::Value) -> bool {
 }
 
 /// `text` as an operator's parser may read it: YAML's and JSON's escapes decoded
-/// (`\xXX`, `\uXXXX`, `\UXXXXXXXX`, an escaped line break dropped), and every other
-/// backslash dropped (`chaperone\.dev/inject` as Helm's `--set` escapes a dot,
+/// (`\\` one backslash, `\xXX`, `\uXXXX`, `\UXXXXXXXX`, an escaped line break dropped),
+/// and every other escaping backslash dropped (`chaperone\.dev/inject` as Helm's `--set` escapes a dot,
 /// `chaperone.dev\/inject` in JSON). Read for names only, never for values.
 fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains('\\') {
@@ -424,6 +428,12 @@ fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
         out.push_str(&rest[..at]);
         rest = &rest[at + 1..];
         let digits = match rest.as_bytes().first() {
+            // `\\` is one backslash, which escapes nothing after it.
+            Some(b'\\') => {
+                out.push('\\');
+                rest = &rest[1..];
+                continue;
+            }
             Some(b'x') => 2,
             Some(b'u') => 4,
             Some(b'U') => 8,

@@ -858,6 +858,8 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("%TAG !e! tag:yaml.org,2002:bi\n---\n!e!nary aG9zdE5ldHdvcms=: true", Some("chaperone.dev/inject")),
         ("x: 1\nx: 1\n\"host\\\u{2028}Network\": true", Some("hostNetwork")),
         ("expr: rate(x{job!=\"a\"}[5m]) > 90 # percent: 90%", None),
+        ("? !<tag:yaml.org,2002:binary> Y2hhcGVyb25lLmRldi9pbmplY3Q=\n: \"false\"", Some("chaperone.dev/inject")),
+        ("\"\\\\x0chaperone.dev/inj\\x65ct\": x", Some("chaperone.dev/inject")),
     ];
     for (text, found) in cases {
         assert_eq!(injection_key_in_text(text), found, "{text}");
@@ -872,6 +874,18 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         injection_key_in_text(&bomb.replace("hostNetwork", "replicas")),
         None
     );
+    // Nested: anchors of aliases multiply. More than one anchor is not parsed.
+    let mut nested = format!("a: &a [{}]\n", vec!["x"; 30_000].join(","));
+    for (level, below) in ["b", "c", "d", "e", "f", "g", "h", "i", "j", "k"]
+        .iter()
+        .zip("abcdefghij".chars())
+    {
+        nested.push_str(&format!("{level}: &{level} [*{below},*{below},*{below}]\n"));
+    }
+    nested.push_str("hostNetwork: false\n");
+    assert_eq!(injection_key_in_text(&nested), Some("hostNetwork"));
+    // Tags are found in one pass: a string of `!` is read at once.
+    assert_eq!(injection_key_in_text(&"!".repeat(200_000)), None);
     let values = json!({"spec": {"source": {"helm": {"values": "hostNetwork: true"}}}});
     let custom = res("create", "argoproj.io", "applications", "ns", "");
     let configmap = res("create", "", "configmaps", "ns", "");
