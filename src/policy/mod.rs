@@ -227,7 +227,7 @@ fn key_in(v: &serde_json::Value, custom: bool) -> Option<&'static str> {
                 .find(|key| k == key)
                 .or_else(|| {
                     let off = v == &Value::Bool(false) || (!custom && v.is_null());
-                    (k == HOST_NETWORK && !off).then_some(HOST_NETWORK)
+                    (is_host_network(k, custom) && !off).then_some(HOST_NETWORK)
                 })
                 .or_else(|| key_in(v, custom))
         }),
@@ -335,26 +335,32 @@ struct TextRead<'a> {
 }
 
 /// Whether YAML text may hold a tag that hides text: a `%TAG` directive, a verbatim tag
-/// (`!<tag:yaml.org,2002:binary>`), or a tag (a word beginning with `!`) that names
+/// (`!<tag:yaml.org,2002:binary>`), or a tag (a word from its first `!`) that names
 /// `binary` or holds a `%` escape (`!!%62inary`). One pass: the words do not overlap.
 fn hides_text(raw: &str) -> bool {
     raw.contains("%TAG")
         || raw.contains("2002:binary")
         || raw.contains("2002:%")
         || raw
-            .split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | ']' | '{' | '}'))
-            .filter(|word| word.starts_with('!'))
-            .any(|tag| tag.starts_with("!<") || tag.contains("binary") || tag.contains('%'))
+            .split(|c: char| {
+                c.is_whitespace() || matches!(c, ',' | '[' | ']' | '{' | '}' | '\u{feff}')
+            })
+            .any(|word| {
+                // A tag may follow `?` or `:` in a flow collection with no blank:
+                // from the word's first `!` on.
+                word.find('!').is_some_and(|at| {
+                    let tag = &word[at..];
+                    tag.contains("!<") || tag.contains("binary") || tag.contains('%')
+                })
+            })
 }
 
-/// The longest string, and the most aliases and anchors in one, parsed to see whether
-/// its mentions of `hostNetwork` all give it `false`: each alias copies what it names,
-/// and aliases of anchors that hold aliases multiply, so a few kilobytes of them can
-/// make gigabytes. With one anchor a parse makes at most 32 copies of 64 KiB. Past any
-/// bound the string is taken to set it.
+/// The longest string parsed to see whether its mentions of `hostNetwork` all give it
+/// `false`; one with an alias (`*`) is not parsed at all: each alias copies what it
+/// names, an alias inside its own anchor is copied again to the parser's depth limit,
+/// and aliases of anchors that hold aliases multiply, so a few kilobytes can make
+/// gigabytes. Past either bound the string is taken to set it.
 const PARSED_TEXT_MAX: usize = 64 * 1024;
-const PARSED_ALIASES_MAX: usize = 32;
-const PARSED_ANCHORS_MAX: usize = 1;
 
 impl<'a> TextRead<'a> {
     fn of(raw: &'a str) -> Self {
@@ -376,15 +382,12 @@ impl<'a> TextRead<'a> {
     /// the only values a chart's `{{ if .Values.hostNetwork }}` reads as false that
     /// every reader types alike. `no`, `off`, `0`, a `--set` line (`hostNetwork=false`),
     /// a path to it or a mention in prose: set. Only such strings are parsed, and only
-    /// small ones with few aliases.
+    /// small ones without aliases.
     fn sets_host_network(&self) -> bool {
         if !self.names(HOST_NETWORK) {
             return false;
         }
-        let parsable = !self.binary
-            && self.raw.len() <= PARSED_TEXT_MAX
-            && self.raw.matches('*').count() <= PARSED_ALIASES_MAX
-            && self.raw.matches('&').count() <= PARSED_ANCHORS_MAX;
+        let parsable = !self.binary && self.raw.len() <= PARSED_TEXT_MAX && !self.raw.contains('*');
         let doc = parsable
             .then(|| serde_yaml::from_str::<serde_yaml::Value>(self.raw).ok())
             .flatten();
@@ -470,20 +473,49 @@ fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
 /// `chaperone.dev/injected-version`; `hostNetwork` as a whole word) or as a JSON pointer
 /// step.
 fn names_key(text: &str, key: &str) -> bool {
-    let plainly = text.match_indices(key).any(|(at, _)| {
-        let after = &text[at + key.len()..];
-        if key == HOST_NETWORK {
-            !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        } else {
-            !after.starts_with("ed-version")
-        }
-    });
+    if key == HOST_NETWORK {
+        let folded = folded(text);
+        return folded.match_indices(HOST_NETWORK_FOLDED).any(|(at, _)| {
+            !folded[at + HOST_NETWORK_FOLDED.len()..]
+                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        });
+    }
+    let plainly = text
+        .match_indices(key)
+        .any(|(at, _)| !text[at + key.len()..].starts_with("ed-version"));
     plainly
         || INJECTION_KEYS
             .into_iter()
             .zip(INJECTION_KEYS_IN_PATHS)
             .any(|(k, in_path)| k == key && text.contains(in_path))
 }
+
+/// `text` as Go's `encoding/json` matches a field's name, which an operator decoding
+/// rendered text into a pod spec uses: ASCII case folded, and the two characters it
+/// folds to ASCII letters (`ſ` to `s`, the Kelvin sign to `k`).
+fn folded(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| match c {
+                '\u{17f}' => 's',
+                '\u{212a}' => 'k',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect(),
+    )
+}
+
+/// Whether a custom resource's field named `k` is `hostNetwork` to an operator that
+/// decodes it with Go's `encoding/json` (any case); in Kubernetes' own objects, which
+/// the API server decodes case-sensitively, only `hostNetwork`.
+fn is_host_network(k: &str, custom: bool) -> bool {
+    k == HOST_NETWORK || (custom && folded(k) == HOST_NETWORK_FOLDED)
+}
+
+const HOST_NETWORK_FOLDED: &str = "hostnetwork";
 
 /// A pod on the node's network is left uninjected by the injector (the node's loopback
 /// is not the pod's own).
@@ -522,9 +554,10 @@ pub fn opts_out(live: &serde_json::Value, custom: bool) -> bool {
             let opted = map
                 .get(INJECTION_KEYS[0])
                 .is_some_and(|v| v == "false" || (custom && v == &Value::Bool(false)));
-            let host = map.get(HOST_NETWORK).is_some_and(|v| {
-                v == &Value::Bool(true)
-                    || (custom && !matches!(v, Value::Bool(false) | Value::Null))
+            let host = map.iter().any(|(k, v)| {
+                is_host_network(k, custom)
+                    && (v == &Value::Bool(true)
+                        || (custom && !matches!(v, Value::Bool(false) | Value::Null)))
             });
             let named = custom.then(|| named_setting(map)).flatten();
             opted

@@ -860,6 +860,13 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("expr: rate(x{job!=\"a\"}[5m]) > 90 # percent: 90%", None),
         ("? !<tag:yaml.org,2002:binary> Y2hhcGVyb25lLmRldi9pbmplY3Q=\n: \"false\"", Some("chaperone.dev/inject")),
         ("\"\\\\x0chaperone.dev/inj\\x65ct\": x", Some("chaperone.dev/inject")),
+        ("{?!!binary Y2hhcGVyb25lLmRldi9pbmplY3Q=: x}", Some("chaperone.dev/inject")),
+        ("a: 1\n\u{feff}!!binary Y2hhcGVyb25lLmRldi9pbmplY3Q=: x", Some("chaperone.dev/inject")),
+        ("hostNetwork: false\na: &a [x, *a]", Some("hostNetwork")),
+        // Go's encoding/json matches a field's name in any case, `ſ` as `s`.
+        ("hostnetwork: true", Some("hostNetwork")),
+        ("ho\u{17f}tNetwork: true", Some("hostNetwork")),
+        ("HostNetwork: false", Some("hostNetwork")),
     ];
     for (text, found) in cases {
         assert_eq!(injection_key_in_text(text), found, "{text}");
@@ -891,6 +898,15 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
     let configmap = res("create", "", "configmaps", "ns", "");
     assert_eq!(injection_key_sent(&custom, &values), Some("hostNetwork"));
     assert_eq!(injection_key_sent(&configmap, &values), None);
+    // Structured too: a custom resource's field in any case, a pod's as written (the API
+    // server decodes Kubernetes' own objects case-sensitively).
+    let cased = json!({"spec": {"podSpec": {"HostNetwork": true}}});
+    assert_eq!(injection_key_sent(&custom, &cased), Some("hostNetwork"));
+    assert_eq!(
+        injection_key_sent(&res("create", "", "pods", "ns", ""), &cased),
+        None
+    );
+    assert!(opts_out(&cased, true) && !opts_out(&cased, false));
     let env = json!({"spec": {"containers": [{"env": [{"name": "NOTE", "value": "hostNetwork: true"}]}]}});
     assert_eq!(
         injection_key_sent(&res("create", "", "pods", "ns", ""), &env),
