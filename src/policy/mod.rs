@@ -310,10 +310,10 @@ fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<Opt
     Some((!off).then_some(HOST_NETWORK))
 }
 
-/// The injection key text names, read as written, with its escapes decoded, and as a
-/// YAML (or JSON) document where it is one ([`TextRead`]): an injection key in any
-/// reading (also as a JSON pointer step), or `hostNetwork` anywhere but as a YAML key
-/// given `false` ([`TextRead::sets_host_network`]).
+/// The injection key text names, read as written and with its escapes decoded
+/// ([`TextRead`]): an injection key in either reading (also as a JSON pointer step), or
+/// `hostNetwork` anywhere but as a YAML key given `false`
+/// ([`TextRead::sets_host_network`], which parses the text to tell).
 pub fn injection_key_in_text(text: &str) -> Option<&'static str> {
     let read = TextRead::of(text);
     INJECTION_KEYS
@@ -418,9 +418,10 @@ fn only_false_host_network(v: &serde_yaml::Value) -> bool {
 }
 
 /// `text` as an operator's parser may read it: YAML's and JSON's escapes decoded
-/// (`\\` one backslash, `\xXX`, `\uXXXX`, `\UXXXXXXXX`, an escaped line break dropped),
-/// and every other escaping backslash dropped (`chaperone\.dev/inject` as Helm's `--set` escapes a dot,
-/// `chaperone.dev\/inject` in JSON). Read for names only, never for values.
+/// (`\\` one backslash, `\xXX`, `\uXXXX`, `\UXXXXXXXX`, an escaped line break
+/// dropped), and every other escaping backslash dropped (`chaperone\.dev/inject` as
+/// Helm's `--set` escapes a dot, `chaperone.dev\/inject` in JSON). Read for names
+/// only, never for values.
 fn unescaped(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains('\\') {
         return std::borrow::Cow::Borrowed(text);
