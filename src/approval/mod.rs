@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::identity::Subject;
 use crate::policy::Decision;
-use crate::request_info::RequestInfo;
+use crate::request_info::{go_query_pairs, query_unescape, RequestInfo};
 use crate::status::Status;
 use crate::upstream::{self, Upstream};
 
@@ -908,44 +908,34 @@ fn ports_in_sight(headers: &http::HeaderMap, query: Option<&str>) -> bool {
                 .windows(4)
                 .any(|w| w == b"spdy")
         });
-    let pairs = query_pairs(query.unwrap_or_default());
-    let plain = pairs
-        .iter()
-        .filter(|(key, _, raw_key)| key == "ports" || *raw_key == "ports")
-        .all(|(key, value, raw_key)| {
-            key == *raw_key
-                && !value.is_empty()
-                && value.split(',').all(|port| {
-                    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
-                })
-        });
-    websocket && !tunnelled && plain && !forwarded_ports(query).is_empty()
+    let query = query.unwrap_or_default();
+    // Each pair the API server would read as `ports` is written `ports=` and port numbers.
+    let plain = query.split('&').all(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let names_ports = key == "ports" || query_unescape(key).as_deref() == Some(&b"ports"[..]);
+        !names_ports || (key == "ports" && query_unescape(value).is_some_and(|v| port_list(&v)))
+    });
+    websocket && !tunnelled && plain && !forwarded_ports(Some(query)).is_empty()
+}
+
+/// Port numbers, comma-separated (`8080,9090`).
+fn port_list(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value
+            .split(|&b| b == b',')
+            .all(|port| !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit))
 }
 
 /// The ports a plain WebSocket port-forward's query names (`ports=8080&ports=9090`, or
 /// `ports=8080,9090`), decoded as the API server reads them: for reviewers.
 pub fn forwarded_ports(query: Option<&str>) -> Vec<String> {
-    query_pairs(query.unwrap_or_default())
-        .into_iter()
-        .filter(|(key, _, _)| key == "ports")
-        .flat_map(|(_, value, _)| value.split(',').map(str::to_owned).collect::<Vec<_>>())
-        .collect()
-}
-
-/// A query's pairs as Go's `url.ParseQuery` reads them: key and value decoded (`+` is a
-/// space), and the key as written.
-fn query_pairs(query: &str) -> Vec<(String, String, &str)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(key), decode(value), key)
+    go_query_pairs(query.unwrap_or_default())
+        .filter(|(key, _)| &**key == b"ports")
+        .flat_map(|(_, value)| {
+            String::from_utf8_lossy(&value)
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
         })
         .collect()
 }
