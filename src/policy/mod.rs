@@ -492,28 +492,30 @@ fn names_key(text: &str, key: &str) -> bool {
 }
 
 /// `text` as Go's `encoding/json` matches a field's name, which an operator decoding
-/// rendered text into a pod spec uses: ASCII case folded, and the two characters it
-/// folds to ASCII letters (`ſ` to `s`, the Kelvin sign to `k`).
+/// rendered text into a pod spec uses ([`fold`]).
 fn folded(text: &str) -> std::borrow::Cow<'_, str> {
     if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) {
         return std::borrow::Cow::Borrowed(text);
     }
-    std::borrow::Cow::Owned(
-        text.chars()
-            .map(|c| match c {
-                '\u{17f}' => 's',
-                '\u{212a}' => 'k',
-                c => c.to_ascii_lowercase(),
-            })
-            .collect(),
-    )
+    std::borrow::Cow::Owned(text.chars().map(fold).collect())
+}
+
+/// A character as Go's `encoding/json` folds it to match a field's name: ASCII case
+/// folded, and the two characters it folds to ASCII letters (`ſ` to `s`, the Kelvin sign
+/// to `k`).
+fn fold(c: char) -> char {
+    match c {
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    }
 }
 
 /// Whether a custom resource's field named `k` is `hostNetwork` to an operator that
 /// decodes it with Go's `encoding/json` (any case); in Kubernetes' own objects, which
 /// the API server decodes case-sensitively, only `hostNetwork`.
 fn is_host_network(k: &str, custom: bool) -> bool {
-    k == HOST_NETWORK || (custom && folded(k) == HOST_NETWORK_FOLDED)
+    k == HOST_NETWORK || (custom && k.chars().map(fold).eq(HOST_NETWORK_FOLDED.chars()))
 }
 
 const HOST_NETWORK_FOLDED: &str = "hostnetwork";
