@@ -949,52 +949,48 @@ async fn a_custom_resource_templating_a_pod_stays_in_chaperone() {
     ok(&env
         .kubectl_stdin(&["create", "-f", "-"], &rollout("site", plain))
         .await);
-    let out = env
-        .kubectl(&[
-            "patch",
-            "rollouts.example.com",
-            "site",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"workload":{"podTemplate":{"metadata":{"annotations":{"chaperone.dev/policy":"mine"}}}}}}"#,
-        ])
-        .await;
-    refused(&out, "a template's annotation by merge patch");
-    ok(&env
-        .kubectl(&["label", "rollouts.example.com", "site", "tier=front"])
-        .await);
-    // An administrator's opted-out one: the agent cannot change what it runs.
+    // An administrator's opted-out ones, the second under labels an operator names
+    // otherwise (`spec.podMetadata`): the agent cannot change what they run.
     ok(&env
         .kubectl_direct_stdin(&["create", "-f", "-"], &rollout("admins", opted_out))
         .await);
-    let out = env
-        .kubectl(&[
-            "patch",
-            "rollouts.example.com",
-            "admins",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"workload":{"podTemplate":{"spec":{"containers":[{"name":"c","image":"attacker/tool"}]}}}}}"#,
-        ])
-        .await;
-    refused(&out, "an opted-out rollout's image");
-    // Opted out under labels an operator names otherwise (`spec.podMetadata`).
     let pod_metadata = r#"{"apiVersion": "example.com/v1", "kind": "Rollout", "metadata": {"name": "monitor"},
         "spec": {"podMetadata": {"labels": {"chaperone.dev/inject": "false"}}, "image": "prom"}}"#;
     ok(&env
         .kubectl_direct_stdin(&["create", "-f", "-"], pod_metadata)
         .await);
-    let out = env
-        .kubectl(&[
-            "patch",
-            "rollouts.example.com",
+    for (name, patch, what) in [
+        (
+            "site",
+            r#"{"spec":{"workload":{"podTemplate":{"metadata":{"annotations":{"chaperone.dev/policy":"mine"}}}}}}"#,
+            "a template's annotation by merge patch",
+        ),
+        (
+            "admins",
+            r#"{"spec":{"workload":{"podTemplate":{"spec":{"containers":[{"name":"c","image":"attacker/tool"}]}}}}}"#,
+            "an opted-out rollout's image",
+        ),
+        (
             "monitor",
-            "--type=merge",
-            "-p",
             r#"{"spec":{"image":"attacker/tool"}}"#,
-        ])
-        .await;
-    refused(&out, "an opted-out rollout under podMetadata");
+            "an opted-out rollout under podMetadata",
+        ),
+    ] {
+        let out = env
+            .kubectl(&[
+                "patch",
+                "rollouts.example.com",
+                name,
+                "--type=merge",
+                "-p",
+                patch,
+            ])
+            .await;
+        refused(&out, what);
+    }
+    ok(&env
+        .kubectl(&["label", "rollouts.example.com", "site", "tier=front"])
+        .await);
     for name in ["escape", "host", "helm"] {
         assert!(!env
             .kubectl_direct(&["get", "rollouts.example.com", name])

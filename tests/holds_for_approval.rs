@@ -26,11 +26,26 @@ fn policy_with_hold(hold: &str) -> String {
 /// The proxy re-reads an AccessRequest every `poll` only while its watch is broken;
 /// at one hour, a decision that arrives within a test came through the watch.
 async fn start(hold: &str) -> Env {
+    start_with(&policy_with_hold(hold)).await
+}
+
+/// As [`start`], under `policy`.
+async fn start_with(policy: &str) -> Env {
     sandbox()
-        .policy(&policy_with_hold(hold))
+        .policy(policy)
         .with_proxy_config("approval: {poll: 1h}\n")
         .start()
         .await
+}
+
+/// The sandbox's policy with `rule` (YAML, as the rules list indents it) before its
+/// `no-pod-deletes` rule.
+fn sandbox_policy_with_rule(rule: &str) -> String {
+    SANDBOX_POLICY.replacen(
+        "  - name: no-pod-deletes\n",
+        &format!("{rule}\n  - name: no-pod-deletes\n"),
+        1,
+    )
 }
 
 /// `chaperone <args>` as a reviewer, with the sandbox's own kubeconfig.
@@ -202,11 +217,7 @@ async fn a_reviewers_longer_grant_ends_with_the_rules() {
 /// A rule with a 3 s grant, approved `--for` `reviewer_grant`: the retries within 3 s are
 /// forwarded, the one after is held again.
 async fn grant_covers_retries_for_3s(reviewer_grant: &str) {
-    let env = sandbox()
-        .policy(&policy_with("1s", "3s"))
-        .with_proxy_config("approval: {poll: 1h}\n")
-        .start()
-        .await;
+    let env = start_with(&policy_with("1s", "3s")).await;
     let create = env.kubectl(&CREATE).await;
     assert!(
         String::from_utf8_lossy(&create.stderr).contains("approval pending"),
@@ -930,16 +941,10 @@ async fn the_reviewer_sees_the_body_and_the_grant_covers_that_body_only() {
 /// could as well be the payload, and a reviewer would approve what they cannot see.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_exec_shows_its_command_whole_or_is_refused() {
-    let policy = SANDBOX_POLICY.replacen(
-        "  - name: no-pod-deletes\n",
-        "  - name: echo-needs-approval-in-team-a\n    subjects:\n      serviceAccounts: [default/mcp-server]\n    apiGroups: [\"\"]\n    resources: [pods/exec]\n    verbs: [get, create]\n    namespaces: [default]\n    commands:\n    - [echo, \"**\"]\n    action: approve\n\n  - name: no-pod-deletes\n",
-        1,
-    );
-    let env = sandbox()
-        .policy(&policy)
-        .with_proxy_config("approval: {poll: 1h}\n")
-        .start()
-        .await;
+    let env = start_with(&sandbox_policy_with_rule(
+        "  - name: echo-needs-approval-in-team-a\n    subjects:\n      serviceAccounts: [default/mcp-server]\n    apiGroups: [\"\"]\n    resources: [pods/exec]\n    verbs: [get, create]\n    namespaces: [default]\n    commands:\n    - [echo, \"**\"]\n    action: approve\n",
+    ))
+    .await;
     let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
     let refused = env
         .kubectl(&["exec", "nginx", "--", "echo", "Bearer", jwt])
@@ -1026,16 +1031,10 @@ async fn a_held_exec_shows_its_command_whole_or_is_refused() {
 /// port-forward naming its ports in the query is held, showing them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_forward_is_held_only_with_its_ports_in_sight() {
-    let policy = SANDBOX_POLICY.replacen(
-        "  - name: no-pod-deletes\n",
-        "  - name: port-forward-needs-approval\n    subjects:\n      serviceAccounts: [default/mcp-server]\n    apiGroups: [\"\"]\n    resources: [pods/portforward]\n    verbs: [get, create]\n    namespaces: [default]\n    action: approve\n\n  - name: no-pod-deletes\n",
-        1,
-    );
-    let env = sandbox()
-        .policy(&policy)
-        .with_proxy_config("approval: {poll: 1h}\n")
-        .start()
-        .await;
+    let env = start_with(&sandbox_policy_with_rule(
+        "  - name: port-forward-needs-approval\n    subjects:\n      serviceAccounts: [default/mcp-server]\n    apiGroups: [\"\"]\n    resources: [pods/portforward]\n    verbs: [get, create]\n    namespaces: [default]\n    action: approve\n",
+    ))
+    .await;
     // kubectl tries SPDY within a WebSocket, then SPDY: both refused, nothing held.
     let out = env
         .kubectl(&["port-forward", "pod/nginx", "0:80", "--address=127.0.0.1"])
