@@ -15,7 +15,10 @@ only if a request failed, a check of the responses failed, or a tool is missing)
   `--runs` runs of `--duration` seconds per path, alternating the order. p50/p99/p99.9 are
   the medians over the runs; "added" is path minus direct. Targets: chaperone adds under
   100 us at p50 and under 500 us at p99. Latency and saturation also show the CPU time the
-  server answering on each path used per request.
+  server answering on each path used per request. `--relay` adds a fourth path, the floor
+  under any proxy: `tcp-relay`, nginx's `stream` module copying bytes between the caller
+  and the upstream with TLS end to end (no HTTP, no cryptography of its own), so what it
+  adds is what a process more on the path costs on this host.
 * `saturation`: `wrk` (fixed threads and connections) at full speed, runs alternating
   nginx-proxy and chaperone (nginx-proxy, chaperone, chaperone, nginx-proxy, ...), and one
   run directly; the ratio is the median of the ratios of neighbouring runs. Target:
@@ -47,7 +50,7 @@ The machine is shared (2 cores): the load driver, nginx and the proxy compete fo
 and the CPU time other processes took is printed.
 
     cargo build --release --bin chaperone
-    apt-get install -y wrk nginx-light curl
+    apt-get install -y wrk nginx-light curl     # and libnginx-mod-stream for --relay
     cargo install oha --locked                    # or: --oha /path/to/oha
     python3 benches/proxy_bench.py                # everything (about 4.5 minutes)
     python3 benches/proxy_bench.py --only latency,saturation --duration 5 --runs 1
@@ -75,6 +78,9 @@ import mask_memory  # noqa: E402  (its Secret generator)
 
 SECTIONS = ("latency", "saturation", "lists", "watches", "memory")
 PATHS = ("direct", "nginx-proxy", "chaperone")
+RELAY = "tcp-relay"  # --relay: the floor, a relay copying bytes with TLS end to end
+STREAM_MODULES = ("/usr/lib/nginx/modules/ngx_stream_module.so",
+                  "/usr/share/nginx/modules/ngx_stream_module.so")
 CONFIGMAPS_PATH = "/api/v1/configmaps"
 SECRETS_PATH = "/api/v1/secrets"
 WATCH_PATH = "/api/v1/namespaces/default/pods"
@@ -286,6 +292,32 @@ def start_nginx_proxy(procs, tmp, crt, key, ca, up_port, workers, buffer_size=No
 }}
 """
     proc = run_nginx(procs, tmp, "nginx-proxy", text, port)
+    return port, proc
+
+
+def stream_module():
+    """nginx's `stream` module, which Debian builds as a module of its own (package
+    libnginx-mod-stream); None when it is not installed."""
+    return next((m for m in STREAM_MODULES if os.path.exists(m)), None)
+
+
+def start_tcp_relay(procs, tmp, up_port, workers, module):
+    """The floor under any proxy: nginx's `stream` module copying bytes between the caller
+    and the upstream, TLS end to end (the caller's handshake is with the upstream), no
+    HTTP and no cryptography of its own. What it adds over direct is two more processes
+    woken per request and a copy each way: what every proxy on the path pays at least."""
+    port = bc.free_port()
+    text = f"load_module {module};\n" + nginx_common(tmp, RELAY) + f"""worker_processes {workers};
+stream {{
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_pass 127.0.0.1:{up_port};
+        proxy_timeout 3600s;
+        tcp_nodelay on;
+    }}
+}}
+"""
+    proc = run_nginx(procs, tmp, RELAY, text, port)
     return port, proc
 
 
@@ -529,12 +561,14 @@ class Bench:
         self.load_peak = None
         self.lists_peak = None
         self.watch_memory = None
+        self.latency_paths = PATHS + ((RELAY,) if args.relay and "latency" in args.only else ())
 
     def say(self, line=""):
         self.report.append(line)
 
     def token_for(self, path):
-        """direct and nginx-proxy take the upstream's token; chaperone the caller's JWT."""
+        """direct, nginx-proxy and the relay take the upstream's token; chaperone the
+        caller's JWT."""
         return self.caller if path == "chaperone" else self.upstream_token
 
     def cpu_of(self, path):
@@ -546,7 +580,7 @@ class Bench:
 
     def say_disturbed(self, runs):
         """The footnote for the runs marked * (other processes took too much CPU)."""
-        disturbed = [x for p in PATHS for x in runs[p] if self.disturbed(x)]
+        disturbed = [x for p in runs for x in runs[p] if self.disturbed(x)]
         if disturbed:
             taken = ", ".join(f"{x['others']:.1f}" for x in disturbed)
             self.say(f"  * other processes took more than {100 * self.args.disturbed:g}% of the CPU"
@@ -582,6 +616,9 @@ class Bench:
         self.ports["nginx-proxy"], self.server["nginx-proxy"] = start_nginx_proxy(
             self.procs, tmp, px_crt, px_key, self.ca, self.ports["direct"], args.proxy_workers,
             args.proxy_buffer_size)
+        if RELAY in self.latency_paths:
+            self.ports[RELAY], self.server[RELAY] = start_tcp_relay(
+                self.procs, tmp, self.ports["direct"], args.proxy_workers, stream_module())
         kubeconfig = os.path.join(tmp, "upstream.kubeconfig")
         bc.write_kubeconfig(kubeconfig, f"https://127.0.0.1:{self.ports['direct']}", self.ca,
                             self.upstream_token)
@@ -595,7 +632,7 @@ class Bench:
                                          kubeconfig, policy)
         self.ports["chaperone"] = self.chaperone["port"]
         self.server["chaperone"] = self.chaperone["proc"]
-        for path in PATHS:
+        for path in self.latency_paths:
             get_ok(self.ports[path], self.token_for(path), bc.POD_PATH, self.ca,
                    n=10 if path == "chaperone" else 1)
         time.sleep(args.settle)
@@ -615,14 +652,15 @@ def section_latency(b):
         b.failures.append("latency: oha not found (cargo install oha --locked, or --oha PATH)")
         b.say("  skipped: oha not found")
         return
-    runs = {p: [] for p in PATHS}
-    for p in PATHS:
+    paths = b.latency_paths
+    runs = {p: [] for p in paths}
+    for p in paths:
         bc.log(f"latency warm-up {p} (2 s)")
         w = run_oha(oha, b.ports[p], b.token_for(p), 2, args.rate, args.connections, b.ca, b.procs)
         if w["bad"]:
             b.failures.append(f"latency warm-up {p}: {w['bad']} failed requests {w['codes']} {w['errors']}")
     for r in range(args.runs):
-        for p in (PATHS if r % 2 == 0 else PATHS[::-1]):
+        for p in (paths if r % 2 == 0 else paths[::-1]):
             bc.log(f"latency run {r + 1}/{args.runs}: {p} ({args.duration} s)")
             cpu0 = b.cpu_of(p)
             res = run_oha(oha, b.ports[p], b.token_for(p), args.duration, args.rate,
@@ -632,14 +670,14 @@ def section_latency(b):
             if res["bad"]:
                 b.failures.append(f"latency {p}: {res['bad']} failed requests {res['codes']} {res['errors']}")
     med = {p: {q: bc.median([x[q] for x in runs[p]]) for q in ("p50", "p99", "p99.9", "rps")}
-           for p in PATHS}
+           for p in paths}
 
     def mark(x):
         return "*" if b.disturbed(x) else ""
 
     b.say(f"  {'path':<12} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'req/s':>7} {'CPU us/req':>10}"
           f"  runs p50/p99/p99.9 (us)")
-    for p in PATHS:
+    for p in paths:
         m = med[p]
         cpu = bc.median([x["cpu_us"] for x in runs[p]])
         per = "  ".join(f"{x['p50']:.0f}/{x['p99']:.0f}/{x['p99.9']:.0f}{mark(x)}" for x in runs[p])
@@ -654,15 +692,18 @@ def section_latency(b):
     b.say(f"  added by nginx-proxy (vs direct), us: {diff('nginx-proxy', 'direct')}")
     b.say(f"  added by chaperone   (vs direct), us: {diff('chaperone', 'direct')}")
     b.say(f"  chaperone - nginx-proxy, us:          {diff('chaperone', 'nginx-proxy')}")
+    if RELAY in paths:
+        b.say(f"  added by tcp-relay (vs direct), us:   {diff(RELAY, 'direct')}"
+              "  (the floor: bytes copied, TLS end to end)")
     a50 = med["chaperone"]["p50"] - med["direct"]["p50"]
     a99 = med["chaperone"]["p99"] - med["direct"]["p99"]
     b.say(f"  target: chaperone adds p50 < {TARGET_ADDED_P50_US} us: {a50:.0f} us"
           f" ({'met' if a50 < TARGET_ADDED_P50_US else 'NOT met'}); p99 < {TARGET_ADDED_P99_US} us:"
           f" {a99:.0f} us ({'met' if a99 < TARGET_ADDED_P99_US else 'NOT met'})")
     b.say_disturbed(runs)
-    ok = {p: sum(x["ok"] for x in runs[p]) for p in PATHS}
-    b.say("  responses 200: " + ", ".join(f"{p} {ok[p]}" for p in PATHS)
-          + "; other statuses/errors: " + ", ".join(f"{p} {sum(x['bad'] for x in runs[p])}" for p in PATHS))
+    ok = {p: sum(x["ok"] for x in runs[p]) for p in paths}
+    b.say("  responses 200: " + ", ".join(f"{p} {ok[p]}" for p in paths)
+          + "; other statuses/errors: " + ", ".join(f"{p} {sum(x['bad'] for x in runs[p])}" for p in paths))
 
 
 def section_saturation(b):
@@ -1113,6 +1154,9 @@ def main():
     parser.add_argument("--binary", default=bc.DEFAULT_BINARY,
                         help="the chaperone binary (default: target/release/chaperone)")
     add_upstream_token_length(parser)
+    parser.add_argument("--relay", action="store_true",
+                        help="latency: also measure tcp-relay, nginx's stream module copying bytes with"
+                             " TLS end to end (the floor under any proxy; needs libnginx-mod-stream)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     if args.mode == "watch-upstream":
@@ -1131,6 +1175,8 @@ def main():
                      " --list-mb 0..500, --fetches 1..50, --watches 1..10000, --watch-seconds 1..1800,"
                      " --watch-interval 0.1..60, --watch-sample 0.5..60, --settle 0..60")
     main_stack = any(s in only for s in ("latency", "saturation", "lists", "memory"))
+    if args.relay and "latency" in only and not stream_module():
+        parser.error("--relay needs nginx's stream module (apt-get install libnginx-mod-stream)")
     if main_stack and not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
         raise SystemExit("nginx not found: apt-get install -y nginx-light")
     if not shutil.which("curl"):
