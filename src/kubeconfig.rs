@@ -1,5 +1,10 @@
 //! Reads the cluster and credentials of one kubeconfig context, and writes the small
 //! kubeconfigs chaperone hands to clients.
+//!
+//! Read as client-go reads it: `$KUBECONFIG`'s files merged (the first file to name a
+//! context, cluster or user wins, and the first `current-context` set), paths relative to
+//! the file that names them, `null` where a list or string may be, and a user's static
+//! credential (token, token file, client certificate) before its exec plugin.
 
 use std::path::{Path, PathBuf};
 
@@ -25,11 +30,17 @@ pub enum Error {
     Invalid { path: PathBuf, message: String },
     #[error("failed to decode {field} in kubeconfig {path}: not valid base64")]
     Base64 { path: PathBuf, field: &'static str },
+    #[error("no kubeconfig: none of the files KUBECONFIG names ({0}) exists")]
+    NoneExists(String),
 }
 
 /// What chaperone needs of one context: where the API server is and how to prove who we are.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// The context read (the one named, else the current one).
+    pub context: String,
+    /// The context's namespace, if it sets one.
+    pub namespace: Option<String>,
     pub server: String,
     pub ca_pem: Option<Vec<u8>>,
     pub tls_server_name: Option<String>,
@@ -65,14 +76,24 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Kubeconfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub clusters: Vec<Named<Cluster>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub users: Vec<Named<User>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub contexts: Vec<Named<Context>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub current_context: String,
+}
+
+/// `null` read as the field's default: kubectl writes `args: null`, `env: null` and
+/// `users: null` for what it holds empty, and client-go reads them so.
+fn null_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -99,6 +120,9 @@ pub struct ClusterFields {
     pub tls_server_name: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_tls_verify: bool,
+    /// Read only to be refused: chaperone dials the API server itself.
+    #[serde(default, skip_serializing)]
+    pub proxy_url: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -169,7 +193,11 @@ impl std::fmt::Debug for UserFields {
 #[serde(rename_all = "camelCase")]
 pub struct ExecFields {
     pub command: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<ExecEnv>>,
@@ -186,6 +214,7 @@ pub struct ExecFields {
 #[derive(Debug, Default, Deserialize, Serialize)]
 pub struct ExecEnv {
     pub name: String,
+    #[serde(default, deserialize_with = "null_default")]
     pub value: String,
 }
 
@@ -196,26 +225,72 @@ pub struct Context {
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 pub struct ContextFields {
+    #[serde(default, deserialize_with = "null_default")]
     pub cluster: String,
     /// Empty: an anonymous client, as in client-go.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub user: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
 
-/// The default kubeconfig path: the first file of `$KUBECONFIG`, else `~/.kube/config`.
-pub fn default_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+/// Where the kubeconfig is when none is named: the files `$KUBECONFIG` lists (empty
+/// entries and repeats dropped, as client-go drops them), else `~/.kube/config`.
+pub fn default_paths(env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = Vec::new();
     if let Some(list) = env("KUBECONFIG") {
-        if let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()) {
-            return Some(first);
+        for p in std::env::split_paths(&list) {
+            if !p.as_os_str().is_empty() && !paths.contains(&p) {
+                paths.push(p);
+            }
         }
     }
-    env("HOME").map(|home| Path::new(&home).join(".kube").join("config"))
+    if paths.is_empty() {
+        if let Some(home) = env("HOME") {
+            paths.push(Path::new(&home).join(".kube").join("config"));
+        }
+    }
+    paths
 }
 
-/// Loads `path` and resolves `context` (or the current context).
+/// Loads the one kubeconfig file named (`--kubeconfig`, `kubeconfig.path`) and resolves
+/// `context` (or its current context).
 pub fn resolve(path: &Path, context: Option<&str>) -> Result<Resolved, Error> {
+    let file = load(path)?;
+    resolve_in(&[file], context)
+}
+
+/// Loads the files `$KUBECONFIG` lists, merged as kubectl merges them (a file that
+/// does not exist is skipped, as client-go skips it; one that cannot be read or parsed
+/// is an error), and resolves `context` (or the first current context set).
+pub fn resolve_merged(paths: &[PathBuf], context: Option<&str>) -> Result<Resolved, Error> {
+    let mut files = Vec::new();
+    for path in paths {
+        match load(path) {
+            Err(Error::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            loaded => files.push(loaded?),
+        }
+    }
+    if files.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(Error::NoneExists(names.join(", ")));
+    }
+    resolve_in(&files, context)
+}
+
+/// One kubeconfig file read: its path, and the directory its relative paths are from.
+struct Loaded {
+    path: PathBuf,
+    config: Kubeconfig,
+}
+
+impl Loaded {
+    fn base(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+fn load(path: &Path) -> Result<Loaded, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
@@ -224,75 +299,126 @@ pub fn resolve(path: &Path, context: Option<&str>) -> Result<Resolved, Error> {
         path: path.to_owned(),
         source,
     })?;
-    let invalid = |message: String| Error::Invalid {
+    Ok(Loaded {
         path: path.to_owned(),
+        config,
+    })
+}
+
+/// The first of `files` to name `name` in the list `pick` reads, and that file: client-go
+/// merges files so that the first to set a name keeps it.
+fn first_named<'a, T>(
+    files: &'a [Loaded],
+    name: &str,
+    pick: impl Fn(&'a Kubeconfig) -> &'a [Named<T>],
+) -> Option<(&'a T, &'a Loaded)> {
+    files.iter().find_map(|f| {
+        pick(&f.config)
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| (&n.item, f))
+    })
+}
+
+fn resolve_in(files: &[Loaded], context: Option<&str>) -> Result<Resolved, Error> {
+    // Errors name the file that holds what is wrong; a name not found, every file read.
+    let all = || {
+        std::env::join_paths(files.iter().map(|f| f.path.as_os_str()))
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| files[0].path.clone())
+    };
+    let not_found = |message: String| Error::Invalid {
+        path: all(),
         message,
     };
-    let base = path.parent().unwrap_or(Path::new("."));
-    let name = context.unwrap_or(&config.current_context);
+    let name = match context {
+        Some(c) => c,
+        None => files
+            .iter()
+            .map(|f| f.config.current_context.as_str())
+            .find(|c| !c.is_empty())
+            .unwrap_or(""),
+    };
     if name.is_empty() {
-        return Err(invalid(
+        return Err(not_found(
             "no context given and no current-context set".into(),
         ));
     }
-    let ctx = config
-        .contexts
-        .iter()
-        .find(|c| c.name == name)
-        .ok_or_else(|| invalid(format!("context {name:?} not found")))?;
-    let cluster = &config
-        .clusters
-        .iter()
-        .find(|c| c.name == ctx.item.context.cluster)
-        .ok_or_else(|| invalid(format!("cluster {:?} not found", ctx.item.context.cluster)))?
-        .item
-        .cluster;
+    let (ctx, ctx_file) = first_named(files, name, |c| &c.contexts)
+        .ok_or_else(|| not_found(format!("context {name:?} not found")))?;
+    let ctx = &ctx.context;
+    let (cluster, cluster_file) = first_named(files, &ctx.cluster, |c| &c.clusters)
+        .ok_or_else(|| not_found(format!("cluster {:?} not found", ctx.cluster)))?;
+    let cluster = &cluster.cluster;
+    let path = &cluster_file.path;
+    let invalid = |path: &Path, message: String| Error::Invalid {
+        path: path.to_owned(),
+        message,
+    };
     // As client-go: a context that names a user names one that exists (else the
     // requests would go out anonymous).
-    let user_name = &ctx.item.context.user;
-    let user = match config.users.iter().find(|u| &u.name == user_name) {
-        Some(u) => Some(&u.item.user),
-        None if user_name.is_empty() => None,
+    let user_name = &ctx.user;
+    let (user, user_file) = match first_named(files, user_name, |c| &c.users) {
+        Some((u, f)) => (Some(&u.user), f),
+        None if user_name.is_empty() => (None, ctx_file),
         None => {
-            return Err(invalid(format!(
-                "user {user_name:?} not found for context {name:?} (chaperone reads one \
-                 kubeconfig file; merge the files or name this one)"
+            return Err(not_found(format!(
+                "user {user_name:?} not found for context {name:?}"
             )))
         }
     };
+    let user_path = &user_file.path;
     if let Some(field) = user.and_then(UserFields::refused_field) {
-        return Err(invalid(match field {
-            "username" | "password" => format!(
-                "user {user_name:?} uses basic authentication ({field}), which the API server \
-                 no longer accepts; use a token, tokenFile, client certificate or exec plugin"
-            ),
-            _ => format!(
-                "user {user_name:?} sets {field}: kubectl would act as another identity with \
-                 this credential, and chaperone does not impersonate for a kubeconfig, so it \
-                 would act with the broader credential itself; use a context whose \
-                 credential is the identity's own"
-            ),
-        }));
+        return Err(invalid(
+            user_path,
+            match field {
+                "username" | "password" => format!(
+                    "user {user_name:?} uses basic authentication ({field}), which the API server \
+                     no longer accepts; use a token, tokenFile, client certificate or exec plugin"
+                ),
+                _ => format!(
+                    "user {user_name:?} sets {field}: kubectl would act as another identity with \
+                     this credential, and chaperone does not impersonate for a kubeconfig, so it \
+                     would act with the broader credential itself; use a context whose \
+                     credential is the identity's own"
+                ),
+            },
+        ));
     }
     if cluster.insecure_skip_tls_verify {
-        return Err(invalid(format!(
-            "cluster {:?} sets insecure-skip-tls-verify; chaperone always verifies the API server",
-            ctx.item.context.cluster
-        )));
+        return Err(invalid(
+            path,
+            format!(
+                "cluster {:?} sets insecure-skip-tls-verify; chaperone always verifies the API server",
+                ctx.cluster
+            ),
+        ));
     }
+    if cluster.proxy_url.is_some() {
+        return Err(invalid(
+            path,
+            format!(
+                "cluster {:?} sets proxy-url; chaperone connects to the API server directly and \
+                 through no proxy (nor HTTPS_PROXY): use a context whose server it can reach",
+                ctx.cluster
+            ),
+        ));
+    }
+    // `*-data` first, else the file, relative to the kubeconfig that names it.
     let data_or_file = |data: &Option<String>,
                         file: &Option<PathBuf>,
-                        field: &'static str|
+                        field: &'static str,
+                        from: &Loaded|
      -> Result<Option<Vec<u8>>, Error> {
         if let Some(d) = data {
             return decode_base64(d).map(Some).ok_or_else(|| Error::Base64 {
-                path: path.to_owned(),
+                path: from.path.clone(),
                 field,
             });
         }
         match file {
             Some(f) => {
-                let f = base.join(f);
+                let f = from.base().join(f);
                 std::fs::read(&f)
                     .map(Some)
                     .map_err(|source| Error::Read { path: f, source })
@@ -304,89 +430,116 @@ pub fn resolve(path: &Path, context: Option<&str>) -> Result<Resolved, Error> {
         &cluster.certificate_authority_data,
         &cluster.certificate_authority,
         "certificate-authority-data",
+        cluster_file,
     )?;
+    let server = cluster.server.trim_end_matches('/').to_owned();
     let credential = match user {
         None => Credential::None,
         Some(u) if u.auth_provider.is_some() => {
-            return Err(invalid(format!(
-                "user {:?} uses an auth-provider plugin (removed from kubectl in 1.26), which \
-                 chaperone does not run; use an exec plugin, a token, tokenFile or client certificate",
-                ctx.item.context.user
-            )))
-        }
-        Some(UserFields {
-            exec: Some(exec), ..
-        }) => {
-            if exec.interactive_mode.as_deref() == Some("Always") {
-                return Err(invalid(format!(
-                    "user {:?}'s exec plugin needs a terminal (interactiveMode: Always); \
-                     chaperone runs plugins without one",
-                    ctx.item.context.user
-                )));
-            }
-            if exec.command.is_empty() {
-                return Err(invalid(format!(
-                    "user {:?}'s exec plugin has no command",
-                    ctx.item.context.user
-                )));
-            }
-            // As client-go: a relative path with a separator is relative to the file.
-            let command = PathBuf::from(&exec.command);
-            let command = if command.is_relative() && exec.command.contains('/') {
-                base.join(command)
-            } else {
-                command
-            };
-            Credential::Exec(crate::exec_credential::ExecConfig {
-                command,
-                args: exec.args.clone(),
-                env: exec
-                    .env
-                    .iter()
-                    .flatten()
-                    .map(|e| (e.name.clone(), e.value.clone()))
-                    .collect(),
-                api_version: if exec.api_version.is_empty() {
-                    "client.authentication.k8s.io/v1".into()
-                } else {
-                    exec.api_version.clone()
-                },
-                provide_cluster_info: exec.provide_cluster_info,
-                install_hint: exec.install_hint.clone(),
-                server: cluster.server.trim_end_matches('/').to_owned(),
-                ca_pem: ca_pem.clone(),
-            })
+            return Err(invalid(
+                user_path,
+                format!(
+                    "user {user_name:?} uses an auth-provider plugin (removed from kubectl in \
+                     1.26), which chaperone does not run; use an exec plugin, a token, tokenFile \
+                     or client certificate"
+                ),
+            ))
         }
         Some(u) => {
             let cert = data_or_file(
                 &u.client_certificate_data,
                 &u.client_certificate,
                 "client-certificate-data",
+                user_file,
             )?;
-            let key = data_or_file(&u.client_key_data, &u.client_key, "client-key-data")?;
-            // An empty `token` is none, as client-go reads it: `tokenFile` then counts.
+            let key = data_or_file(
+                &u.client_key_data,
+                &u.client_key,
+                "client-key-data",
+                user_file,
+            )?;
+            // An empty `token` is none, as client-go reads it; with both set, client-go
+            // sends what the file holds (the token is only its fallback).
             let token = u.token.as_ref().filter(|t| !t.is_empty());
             let token_file = u.token_file.as_ref().filter(|f| !f.as_os_str().is_empty());
-            match (cert, key, token, token_file) {
-                (Some(cert_pem), Some(key_pem), _, _) => {
+            // client-go runs the exec plugin only for a user with no static credential.
+            match (cert, key, token_file, token, &u.exec) {
+                (Some(cert_pem), Some(key_pem), _, _, _) => {
                     Credential::ClientCert { cert_pem, key_pem }
                 }
-                (Some(_), None, _, _) | (None, Some(_), _, _) => {
+                (Some(_), None, _, _, _) | (None, Some(_), _, _, _) => {
                     return Err(invalid(
+                        user_path,
                         "a client certificate needs both certificate and key".into(),
                     ))
                 }
-                (None, None, Some(t), _) => Credential::Token(t.clone()),
-                (None, None, None, Some(f)) => Credential::TokenFile(base.join(f)),
-                (None, None, None, None) => Credential::None,
+                (None, None, Some(f), _, _) => Credential::TokenFile(user_file.base().join(f)),
+                (None, None, None, Some(t), _) => Credential::Token(t.clone()),
+                (None, None, None, None, Some(exec)) => {
+                    Credential::Exec(exec_config(exec, user_name, user_file, &server, &ca_pem)?)
+                }
+                (None, None, None, None, None) => Credential::None,
             }
         }
     };
     Ok(Resolved {
-        server: cluster.server.trim_end_matches('/').to_owned(),
+        context: name.to_owned(),
+        namespace: ctx.namespace.clone().filter(|n| !n.is_empty()),
+        server,
         ca_pem,
         tls_server_name: cluster.tls_server_name.clone(),
         credential,
+    })
+}
+
+/// A user's `exec` plugin, as client-go would run it.
+fn exec_config(
+    exec: &ExecFields,
+    user_name: &str,
+    from: &Loaded,
+    server: &str,
+    ca_pem: &Option<Vec<u8>>,
+) -> Result<crate::exec_credential::ExecConfig, Error> {
+    let invalid = |message: String| Error::Invalid {
+        path: from.path.clone(),
+        message,
+    };
+    if exec.interactive_mode.as_deref() == Some("Always") {
+        return Err(invalid(format!(
+            "user {user_name:?}'s exec plugin needs a terminal (interactiveMode: Always); \
+             chaperone runs plugins without one"
+        )));
+    }
+    if exec.command.is_empty() {
+        return Err(invalid(format!(
+            "user {user_name:?}'s exec plugin has no command"
+        )));
+    }
+    // As client-go: a relative path with a separator is relative to the file.
+    let command = PathBuf::from(&exec.command);
+    let command = if command.is_relative() && exec.command.contains('/') {
+        from.base().join(command)
+    } else {
+        command
+    };
+    Ok(crate::exec_credential::ExecConfig {
+        command,
+        args: exec.args.clone(),
+        env: exec
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        api_version: if exec.api_version.is_empty() {
+            "client.authentication.k8s.io/v1".into()
+        } else {
+            exec.api_version.clone()
+        },
+        provide_cluster_info: exec.provide_cluster_info,
+        install_hint: exec.install_hint.clone(),
+        server: server.to_owned(),
+        ca_pem: ca_pem.clone(),
     })
 }
 
@@ -492,6 +645,29 @@ mod tests {
                 "    token: \"\"\n    tokenFile: /var/run/token\n",
                 Ok("TokenFile(/var/run/token)"),
             ),
+            // With both, client-go sends what the file holds.
+            (
+                "    token: stale\n    tokenFile: /var/run/token\n",
+                Ok("TokenFile(/var/run/token)"),
+            ),
+            // client-go runs the plugin only for a user with no static credential.
+            (
+                "    token: abc\n    exec: {command: aws}\n",
+                Ok("Token"),
+            ),
+            (
+                "    client-certificate-data: Q0VSVA==\n    client-key-data: S0VZ\n    exec: {command: aws}\n",
+                Ok("ClientCert"),
+            ),
+            // What kubectl writes for an empty list or value.
+            (
+                "    exec:\n      command: gke-gcloud-auth-plugin\n      args: null\n      env: null\n",
+                Ok("Exec(gke-gcloud-auth-plugin)"),
+            ),
+            (
+                "    exec:\n      command: aws\n      env:\n      - name: AWS_PROFILE\n",
+                Ok("Exec(aws)"),
+            ),
             ("    {}\n", Ok("None")),
             (
                 "    client-certificate: client.crt\n",
@@ -573,6 +749,89 @@ mod tests {
             resolve(&path, None).unwrap().credential,
             Credential::None
         ));
+    }
+
+    #[test]
+    fn kubeconfig_files_are_merged_as_kubectl_merges_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "CA-TOP").unwrap();
+        std::fs::write(sub.join("ca.crt"), "CA-SUB").unwrap();
+        // The first file: no current context, the cluster `k` (its CA beside it), and a
+        // user `u` that the second file names again.
+        let first = dir.path().join("config");
+        std::fs::write(
+            &first,
+            "apiVersion: v1\nkind: Config\ncurrent-context: \"\"\ncontexts: null\n\
+             clusters:\n- name: k\n  cluster: {server: \"https://first:443\", certificate-authority: ca.crt}\n\
+             users:\n- name: u\n  user: {token: from-first}\n",
+        )
+        .unwrap();
+        // The second: the current context, `k` again (ignored: the first file's wins), a
+        // second cluster with its CA relative to this file's directory.
+        let second = sub.join("config");
+        std::fs::write(
+            &second,
+            "current-context: c\ncontexts:\n- name: c\n  context: {cluster: k, user: u, namespace: team-a}\n\
+             - name: d\n  context: {cluster: k2, user: u}\n\
+             clusters:\n- name: k\n  cluster: {server: \"https://second:443\"}\n\
+             - name: k2\n  cluster: {server: \"https://k2:443\", certificate-authority: ca.crt}\n\
+             users:\n- name: u\n  user: {token: from-second}\n",
+        )
+        .unwrap();
+        let missing = dir.path().join("absent");
+        let paths = [missing.clone(), first.clone(), second.clone()];
+        let r = resolve_merged(&paths, None).unwrap();
+        assert_eq!(r.context, "c");
+        assert_eq!(r.namespace.as_deref(), Some("team-a"));
+        assert_eq!(r.server, "https://first:443");
+        assert_eq!(r.ca_pem.as_deref(), Some(&b"CA-TOP"[..]));
+        assert!(matches!(r.credential, Credential::Token(ref t) if t == "from-first"));
+        let r = resolve_merged(&paths, Some("d")).unwrap();
+        assert_eq!(r.server, "https://k2:443");
+        assert_eq!(r.ca_pem.as_deref(), Some(&b"CA-SUB"[..]));
+        assert_eq!(r.namespace, None);
+        // Each file alone: the first has no context; the second its own cluster.
+        let e = resolve(&first, None).unwrap_err().to_string();
+        assert!(e.contains("no current-context set"), "{e}");
+        assert_eq!(resolve(&second, None).unwrap().server, "https://second:443");
+        // A name no file has lists every file read.
+        let e = resolve_merged(&paths, Some("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("context \"nope\" not found"), "{e}");
+        assert!(e.contains(&second.display().to_string()), "{e}");
+        // No file at all; a named file that is missing.
+        let e = resolve_merged(std::slice::from_ref(&missing), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none of the files KUBECONFIG names"), "{e}");
+        assert!(resolve(&missing, None).is_err());
+        // $KUBECONFIG: empty entries and repeats dropped; else ~/.kube/config.
+        let list = std::env::join_paths([&first, &second, &first]).unwrap();
+        let list = format!(":{}:", list.to_str().unwrap());
+        let env = |k: &str| (k == "KUBECONFIG").then(|| list.clone());
+        assert_eq!(default_paths(&env), vec![first.clone(), second.clone()]);
+        let env = |k: &str| (k == "HOME").then(|| "/home/me".to_owned());
+        assert_eq!(
+            default_paths(&env),
+            vec![PathBuf::from("/home/me/.kube/config")]
+        );
+    }
+
+    #[test]
+    fn a_proxy_url_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "current-context: c\ncontexts:\n- name: c\n  context: {cluster: k}\n\
+             clusters:\n- name: k\n  cluster: {server: \"https://k:443\", proxy-url: \"socks5://localhost:1080\"}\n",
+        )
+        .unwrap();
+        let e = resolve(&path, None).unwrap_err().to_string();
+        assert!(e.contains("sets proxy-url"), "{e}");
     }
 
     #[test]

@@ -277,20 +277,26 @@ impl Upstream {
     ) -> Result<Upstream, Error> {
         let (server, ca_pem, ca_origin, tls_server_name, credential) = match &cfg.kubeconfig {
             Some(kc) => {
-                let path = kc
-                    .path
-                    .clone()
-                    .or_else(|| kubeconfig::default_path(env))
-                    .ok_or(Error::MissingEnv("KUBECONFIG", "kubeconfig.path"))?;
-                let r = kubeconfig::resolve(&path, kc.context.as_deref())?;
+                let (r, origin) = match &kc.path {
+                    Some(path) => (
+                        kubeconfig::resolve(path, kc.context.as_deref())?,
+                        path.display().to_string(),
+                    ),
+                    None => {
+                        let paths = kubeconfig::default_paths(env);
+                        if paths.is_empty() {
+                            return Err(Error::MissingEnv("KUBECONFIG", "kubeconfig.path"));
+                        }
+                        let origin: Vec<String> =
+                            paths.iter().map(|p| p.display().to_string()).collect();
+                        (
+                            kubeconfig::resolve_merged(&paths, kc.context.as_deref())?,
+                            origin.join(", "),
+                        )
+                    }
+                };
                 let ca = r.ca_pem.ok_or(Error::NoCa)?;
-                (
-                    r.server,
-                    ca,
-                    path.display().to_string(),
-                    r.tls_server_name,
-                    r.credential,
-                )
+                (r.server, ca, origin, r.tls_server_name, r.credential)
             }
             None => {
                 let ic = cfg.in_cluster.clone().unwrap_or_default();

@@ -69,21 +69,35 @@ fn local_audit(dir: &Path) -> Vec<Value> {
 fn start_local_with(env: &Env, kubeconfig: &Path, name: &str, extra: &[&str]) -> Local {
     let policy = env.dir.path().join("desktop-policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
-    start_local_on(env, kubeconfig, name, &policy, extra)
+    start_local_on(env, Some(kubeconfig), name, &policy, extra)
 }
 
+/// `kubeconfig: None` leaves the files to `$KUBECONFIG`, which `extra_env` may set.
 fn start_local_on(
     env: &Env,
-    kubeconfig: &Path,
+    kubeconfig: Option<&Path>,
     name: &str,
     policy: &Path,
     extra: &[&str],
 ) -> Local {
+    start_local_env(env, kubeconfig, name, policy, extra, &[])
+}
+
+fn start_local_env(
+    env: &Env,
+    kubeconfig: Option<&Path>,
+    name: &str,
+    policy: &Path,
+    extra: &[&str],
+    extra_env: &[(&str, &std::ffi::OsStr)],
+) -> Local {
     let dir = env.dir.path().join(name);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chaperone"))
-        .args(["local", "--context", "sandbox", "--listen", "127.0.0.1:0"])
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chaperone"));
+    command.args(["local", "--context", "sandbox", "--listen", "127.0.0.1:0"]);
+    if let Some(kubeconfig) = kubeconfig {
+        command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    let mut child = command
         .arg("--policy")
         .arg(policy)
         .arg("--dir")
@@ -91,6 +105,7 @@ fn start_local_on(
         .args(extra)
         .env_clear()
         .env("HOME", "/nonexistent")
+        .envs(extra_env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(env.dir.path().join(format!("{name}.stderr"))).unwrap())
         .spawn()
@@ -278,7 +293,7 @@ async fn an_mcp_server_on_a_laptop_gets_its_own_kubeconfig_and_the_policy_decide
 async fn the_desktop_policy_holds_an_agents_delete_for_the_person_at_the_keyboard() {
     let env = sandbox().start().await;
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/desktop.yaml");
-    let local = start_local_on(&env, &env.started.kubeconfig, "local", &policy, &[]);
+    let local = start_local_on(&env, Some(&env.started.kubeconfig), "local", &policy, &[]);
     let kubeconfig = local.kubeconfig();
     let pods = ok(&kubectl(&kubeconfig, &["get", "pods", "-n", "default"]));
     assert!(pods.contains("nginx"), "{pods}");
@@ -345,6 +360,68 @@ async fn a_context_that_cannot_be_used_is_refused_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("prod"), "{stderr}");
     assert!(!env.dir.path().join("local/mcp.kubeconfig").exists());
+    env.stop().await;
+}
+
+/// With no `--kubeconfig`, the files `$KUBECONFIG` lists are read as kubectl reads them:
+/// merged (a missing one skipped, `null` lists as kubectl writes them), the context's
+/// namespace kept for the MCP server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_kubeconfig_lists_are_merged_as_kubectl_merges_them() {
+    let env = sandbox().start().await;
+    let dir = env.dir.path().join("kubeconfigs");
+    std::fs::create_dir_all(&dir).unwrap();
+    // First, a file with another context, current, and nothing else.
+    let other = dir.join("other");
+    std::fs::write(
+        &other,
+        "apiVersion: v1\nkind: Config\ncurrent-context: elsewhere\nclusters: null\n\
+         users: null\ncontexts:\n- name: elsewhere\n  context: {cluster: nowhere, user: nobody}\n",
+    )
+    .unwrap();
+    // Then the sandbox's context, working in kube-system.
+    let sandbox_kc = dir.join("sandbox");
+    let text = std::fs::read_to_string(&env.started.kubeconfig).unwrap();
+    assert!(text.contains("namespace: default"), "{text}");
+    std::fs::write(
+        &sandbox_kc,
+        text.replace("namespace: default", "namespace: kube-system"),
+    )
+    .unwrap();
+    let list = std::env::join_paths([dir.join("absent"), other, sandbox_kc]).unwrap();
+    let policy = env.dir.path().join("desktop-policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let local = start_local_env(
+        &env,
+        None,
+        "local-merged",
+        &policy,
+        &[],
+        &[("KUBECONFIG", list.as_os_str())],
+    );
+    let config = std::fs::read_to_string(local.dir.join("chaperone.yaml")).unwrap();
+    assert!(config.contains("KUBECONFIG's files merged"), "{config}");
+    // The MCP server lands in the context's namespace, through the merged credential.
+    let out = kubectl(&local.kubeconfig(), &["get", "pods", "-o", "name"]);
+    let pods = ok(&out);
+    assert!(pods.contains("pod/coredns-"), "{pods}");
+    drop(local);
+
+    // Without --context, the first current-context set is read: here one whose
+    // cluster no file names, and that is said before anything starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_chaperone"))
+        .args(["local", "--policy"])
+        .arg(&policy)
+        .arg("--dir")
+        .arg(env.dir.path().join("local-elsewhere"))
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .env("KUBECONFIG", &list)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster \"nowhere\" not found"), "{stderr}");
     env.stop().await;
 }
 

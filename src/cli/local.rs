@@ -96,19 +96,25 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
             args.admin
         );
     }
-    let kubeconfig_path = match &args.kubeconfig {
-        Some(p) => p.clone(),
-        None => kubeconfig::default_path(env)
-            .context("no kubeconfig: pass --kubeconfig, or set KUBECONFIG or HOME")?,
+    // The file named, else `$KUBECONFIG`'s files merged as kubectl merges them, else
+    // `~/.kube/config`; made absolute, as the proxy config written below names them.
+    let kubeconfig_paths = match &args.kubeconfig {
+        Some(p) => vec![absolute(p)?],
+        None => kubeconfig::default_paths(env)
+            .iter()
+            .map(|p| absolute(p))
+            .collect::<anyhow::Result<Vec<_>>>()?,
     };
-    let kubeconfig_path = absolute(&kubeconfig_path)?;
+    if kubeconfig_paths.is_empty() {
+        anyhow::bail!("no kubeconfig: pass --kubeconfig, or set KUBECONFIG or HOME");
+    }
     // Fails early, naming the file and context, if the context cannot be used (an
-    // unknown name, an exec plugin, no server).
-    let resolved = kubeconfig::resolve(&kubeconfig_path, args.context.as_deref())?;
-    let context = match &args.context {
-        Some(c) => c.clone(),
-        None => current_context(&kubeconfig_path)?,
+    // unknown name, a refused setting, a file missing).
+    let resolved = match &args.kubeconfig {
+        Some(_) => kubeconfig::resolve(&kubeconfig_paths[0], args.context.as_deref())?,
+        None => kubeconfig::resolve_merged(&kubeconfig_paths, args.context.as_deref())?,
     };
+    let context = resolved.context.clone();
     let policy = absolute(&args.policy)?;
     if !policy.is_file() {
         anyhow::bail!("the policy file {} does not exist", policy.display());
@@ -160,7 +166,7 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
 
     let audit_file = dir.join("audit.jsonl");
     let config_file = dir.join("chaperone.yaml");
-    let config_text = proxy_config(args, &context, &kubeconfig_path, &policy, &dir);
+    let config_text = proxy_config(args, &context, &kubeconfig_paths, &policy, &dir);
     std::fs::write(&config_file, &config_text)
         .with_context(|| format!("failed to write {}", config_file.display()))?;
     let config = Config::parse(&config_file, &config_text)?;
@@ -173,7 +179,7 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
             &format!("https://{}", proxy.addrs[0]),
             &ca.cert_pem,
             &token,
-            None,
+            resolved.namespace.as_deref(),
         ),
     )
     .with_context(|| format!("failed to write {}", dir.join("mcp.kubeconfig").display()))?;
@@ -192,7 +198,7 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
 fn proxy_config(
     args: &Args,
     context: &str,
-    kubeconfig_path: &Path,
+    kubeconfig_paths: &[PathBuf],
     policy: &Path,
     dir: &Path,
 ) -> String {
@@ -203,7 +209,7 @@ fn proxy_config(
          listen: [{listen}]\n\
          admin: {{listen: {admin}}}\n\
          tls: {{certFile: {cert}, keyFile: {key}}}\n\
-         upstream:\n  kubeconfig: {{path: {kubeconfig}, context: {context}}}\n\
+         upstream:\n  kubeconfig: {kubeconfig}\n\
          identity:\n  issuers:\n    # This run's own issuer: the token in mcp.kubeconfig.\n\
          \x20   - issuer: {issuer}\n      audiences: [chaperone]\n      jwksFile: {jwks}\n\
          \x20     usernamePrefix: \"-\"\n      groupsClaim: groups\n      groupsPrefix: \"-\"\n\
@@ -214,14 +220,35 @@ fn proxy_config(
         admin = s(&args.admin.to_string()),
         cert = q(&dir.join("tls.crt")),
         key = q(&dir.join("tls.key")),
-        kubeconfig = q(kubeconfig_path),
-        context = s(context),
+        kubeconfig = kubeconfig_source(kubeconfig_paths, context),
         issuer = s(&issuer_name(context)),
         jwks = q(&dir.join("jwks.json")),
         policy = q(policy),
         audit = q(&dir.join("audit.jsonl")),
         ns = s(&args.approval_namespace),
     )
+}
+
+/// The proxy config's `upstream.kubeconfig`: the one file read, or, for several, none
+/// named, so that the proxy reads `$KUBECONFIG` as this run did (listed in a comment).
+fn kubeconfig_source(paths: &[PathBuf], context: &str) -> String {
+    let context = json!(context);
+    match paths {
+        [one] => format!(
+            "{{path: {}, context: {context}}}",
+            json!(one.display().to_string())
+        ),
+        several => {
+            let names: Vec<String> = several
+                .iter()
+                .map(|p| json!(p.display().to_string()).to_string())
+                .collect();
+            format!(
+                "{{context: {context}}}  # KUBECONFIG's files merged: {}",
+                names.join(", ")
+            )
+        }
+    }
 }
 
 /// What to tell the user: where things are, and what to paste into an MCP client.
@@ -261,20 +288,6 @@ fn instructions(args: &Args, started: &Started) -> String {
         mcp
     ));
     out
-}
-
-/// The kubeconfig's `current-context`.
-fn current_context(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read {}", path.display()))?;
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
-    value
-        .get("current-context")
-        .and_then(serde_yaml::Value::as_str)
-        .filter(|c| !c.is_empty())
-        .map(str::to_owned)
-        .with_context(|| format!("{} has no current-context: pass --context", path.display()))
 }
 
 /// A context name as one path segment (never `.` or `..`). A name that had to change
