@@ -296,7 +296,15 @@ fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<Opt
     // Argo CD writes `--set name=value` as is: a name `x=1,hostNetwork` or
     // `hostNetwork[0]` sets it otherwise than its value says.
     let host_network = name == HOST_NETWORK || name.ends_with(".hostNetwork");
-    if !host_network {
+    // An operator decoding with Go's `encoding/json` takes `VALUE` or `forcestring` for
+    // the fields, the last one written winning: only the exact names are read here.
+    let variant = map.keys().any(|k| {
+        k != "value"
+            && k != "forceString"
+            && (k.chars().map(fold).eq("value".chars())
+                || k.chars().map(fold).eq("forcestring".chars()))
+    });
+    if !host_network || variant {
         return Some(Some(HOST_NETWORK));
     }
     let forced = map.get("forceString") == Some(&Value::Bool(true));
@@ -330,9 +338,15 @@ pub fn injection_key_in_text(text: &str) -> Option<&'static str> {
 /// handle), counts as naming everything.
 struct TextRead<'a> {
     raw: &'a str,
-    decoded: std::borrow::Cow<'a, str>,
+    /// The text decoded once, and again while decoding changes it (up to
+    /// [`DECODINGS`] times): values rendered into a quoted string at each step of a
+    /// chart (or a chart of charts) are decoded once more at each.
+    decoded: Vec<String>,
     binary: bool,
 }
+
+/// How many times a string is decoded, at most ([`TextRead`]).
+const DECODINGS: usize = 3;
 
 /// Whether YAML text may hold a tag that hides text: a `%TAG` directive, a verbatim tag
 /// (`!<tag:yaml.org,2002:binary>`), or a tag (a word from its first `!`) that names
@@ -364,16 +378,27 @@ const PARSED_TEXT_MAX: usize = 64 * 1024;
 
 impl<'a> TextRead<'a> {
     fn of(raw: &'a str) -> Self {
+        let mut decoded: Vec<String> = Vec::new();
+        let mut last = raw;
+        while decoded.len() < DECODINGS {
+            match unescaped(last) {
+                std::borrow::Cow::Owned(next) if next != last => decoded.push(next),
+                _ => break,
+            }
+            last = decoded.last().map_or(raw, String::as_str);
+        }
+        // A tag spelled with escapes (`\x21\x21binary`) is one once decoded.
+        let binary = hides_text(raw) || decoded.iter().any(|d| hides_text(d));
         TextRead {
             raw,
-            decoded: unescaped(raw),
-            binary: hides_text(raw),
+            decoded,
+            binary,
         }
     }
 
     /// Whether any reading names `key` (`hostNetwork` as a whole word).
     fn names(&self, key: &str) -> bool {
-        self.binary || names_key(self.raw, key) || names_key(&self.decoded, key)
+        self.binary || names_key(self.raw, key) || self.decoded.iter().any(|d| names_key(d, key))
     }
 
     /// Whether the text sets `hostNetwork`: it names it in any reading, and is not a
@@ -387,7 +412,10 @@ impl<'a> TextRead<'a> {
         if !self.names(HOST_NETWORK) {
             return false;
         }
-        let parsable = !self.binary && self.raw.len() <= PARSED_TEXT_MAX && !self.raw.contains('*');
+        let parsable = !self.binary
+            && self.raw.len() <= PARSED_TEXT_MAX
+            && !self.raw.contains('*')
+            && flow_depth(self.raw) <= PARSED_FLOW_DEPTH_MAX;
         let doc = parsable
             .then(|| serde_yaml::from_str::<serde_yaml::Value>(self.raw).ok())
             .flatten();
@@ -395,8 +423,30 @@ impl<'a> TextRead<'a> {
     }
 }
 
+/// The deepest flow collection (`[`, `{`) text may open, counted over every bracket
+/// (quoted or not: an overcount only refuses). libyaml's scanner slows down with the
+/// square of the depth (65,000 brackets: seconds on the runtime's thread); values
+/// written by people nest a few levels.
+const PARSED_FLOW_DEPTH_MAX: usize = 64;
+
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Whether every mention of `hostNetwork` in a YAML document is a mapping key
-/// `hostNetwork` given `false` or `""`.
+/// `hostNetwork` given `false` or `""`; a string in it is read as the text it is in
+/// ([`TextRead`]: decoded, and any hiding tag), as a chart may render it again.
 fn only_false_host_network(v: &serde_yaml::Value) -> bool {
     use serde_yaml::Value;
     match v {
@@ -408,9 +458,9 @@ fn only_false_host_network(v: &serde_yaml::Value) -> bool {
             }
         }),
         Value::Sequence(items) => items.iter().all(only_false_host_network),
-        Value::String(s) => !names_key(s, HOST_NETWORK),
+        Value::String(s) => !TextRead::of(s).names(HOST_NETWORK),
         Value::Tagged(tagged) => {
-            !names_key(&tagged.tag.to_string(), HOST_NETWORK)
+            !TextRead::of(&tagged.tag.to_string()).names(HOST_NETWORK)
                 && only_false_host_network(&tagged.value)
         }
         _ => true,

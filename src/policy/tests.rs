@@ -867,6 +867,15 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("hostnetwork: true", Some("hostNetwork")),
         ("ho\u{17f}tNetwork: true", Some("hostNetwork")),
         ("HostNetwork: false", Some("hostNetwork")),
+        // A string inside the text is read as the text is, as a chart may render it
+        // again: decoded, and for tags; decoded again where decoding changes it.
+        ("extra: '\"\\x68ostNetwork\": true'", Some("hostNetwork")),
+        ("extra: |\n  \"\\x68ostNetwork\": true\nhostNetwork: false", Some("hostNetwork")),
+        ("podLabels: \"\\x21\\x21binary Y2hhcGVyb25lLmRldi9pbmplY3Q=: \\\"false\\\"\"", Some("chaperone.dev/inject")),
+        ("\"\\\\x63haperone.dev/inject\": x", Some("chaperone.dev/inject")),
+        // Deep flow collections are not parsed (libyaml slows with the square of it).
+        ("hostNetwork: false\nx: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", Some("hostNetwork")),
+        ("hostNetwork: false\nx: [[[[]]]]", None),
     ];
     for (text, found) in cases {
         assert_eq!(injection_key_in_text(text), found, "{text}");
@@ -950,6 +959,15 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
             Some("hostNetwork"),
         ),
         (json!({"name": "replicas", "value": "2"}), None),
+        // Go's encoding/json takes the field in any case, the last one written.
+        (
+            json!({"name": "hostNetwork", "value": "false", "VALUE": "true"}),
+            Some("hostNetwork"),
+        ),
+        (
+            json!({"name": "hostNetwork", "value": "false", "forcestring": true}),
+            Some("hostNetwork"),
+        ),
     ] {
         let app = json!({"spec": {"source": {"helm": {"parameters": [parameter]}}}});
         assert_eq!(injection_key_sent(&custom, &app), found, "{app}");
