@@ -32,6 +32,14 @@ pub enum Error {
          upgrade could not be reviewed or recorded"
     )]
     UpgradeWithBody,
+    #[error(
+        "chaperone does not upgrade a connection through nodes/proxy: the kubelet's API \
+         behind it runs exec, attach and port-forward in every pod on the node, past the \
+         rules for pods/exec; exec in a pod through pods/exec"
+    )]
+    NodeProxyUpgrade,
+    #[error("an upgrade needs HTTP/1.1, and this request is {0:?}")]
+    UpgradeVersion(http::Version),
 }
 
 impl Error {
@@ -41,7 +49,10 @@ impl Error {
             Error::NotAcceptable(_) => Status::not_acceptable(self.to_string()),
             Error::BadAccept => Status::bad_request(self.to_string()),
             Error::BadImpersonation(_) => Status::unauthorized(self.to_string()),
-            Error::Upgrade(_) | Error::UpgradeWithBody => Status::bad_request(self.to_string()),
+            Error::Upgrade(_) | Error::UpgradeWithBody | Error::UpgradeVersion(_) => {
+                Status::bad_request(self.to_string())
+            }
+            Error::NodeProxyUpgrade => Status::forbidden(self.to_string()),
         }
     }
 }
@@ -65,8 +76,17 @@ pub fn check_impersonation(headers: &HeaderMap) -> Result<(), Error> {
 /// or a log stream over a websocket, in frames chaperone does not read: forwarded, they
 /// would carry Secrets past the masker and events past the record. And an upgrade that
 /// carries a body would take it past the approval's review. So any other upgrade, and
-/// any upgrade with a body, is refused.
-pub fn check_upgrade(info: &RequestInfo, has_body: bool) -> Result<(), Error> {
+/// any upgrade with a body, is refused. So is one through `nodes/proxy` (RBAC reads a
+/// websocket's GET as `get`, and the kubelet runs an exec for it in any pod on the
+/// node), and one not in HTTP/1.1, which hyper would forward without ever tunnelling.
+pub fn check_upgrade(
+    info: &RequestInfo,
+    has_body: bool,
+    version: http::Version,
+) -> Result<(), Error> {
+    if version != http::Version::HTTP_11 {
+        return Err(Error::UpgradeVersion(version));
+    }
     if !info.is_connection() {
         let what = match (info.is_resource_request, info.subresource.is_empty()) {
             (false, _) => format!("{} {}", info.verb, info.path),
@@ -74,6 +94,9 @@ pub fn check_upgrade(info: &RequestInfo, has_body: bool) -> Result<(), Error> {
             (true, false) => format!("{} {}/{}", info.verb, info.resource, info.subresource),
         };
         return Err(Error::Upgrade(what));
+    }
+    if info.api_group.is_empty() && info.resource == "nodes" && info.subresource == "proxy" {
+        return Err(Error::NodeProxyUpgrade);
     }
     if has_body {
         return Err(Error::UpgradeWithBody);
@@ -864,6 +887,108 @@ mod tests {
         assert_eq!(all("impersonate-extra-scopes"), ["read", "write"]);
         let bad = impersonate(&mut h, "line\nbreak", &[], "", &Default::default());
         assert_eq!(bad, Err(Error::BadImpersonation("line\nbreak".into())));
+    }
+
+    #[test]
+    fn only_connections_the_api_server_tunnels_are_upgraded() {
+        use http::Version;
+        let info = |method: &str, path: &str| {
+            crate::request_info::resolve(&method.parse().unwrap(), &path.parse().unwrap()).unwrap()
+        };
+        let exec = "/api/v1/namespaces/a/pods/p/exec?command=ls&stdout=1";
+        // Method, path, a body, the version, and what is said.
+        type Case = (
+            &'static str,
+            &'static str,
+            bool,
+            Version,
+            Result<(), &'static str>,
+        );
+        let cases: &[Case] = &[
+            ("GET", exec, false, Version::HTTP_11, Ok(())),
+            ("POST", exec, false, Version::HTTP_11, Ok(())),
+            (
+                "GET",
+                "/api/v1/namespaces/a/pods/p/attach",
+                false,
+                Version::HTTP_11,
+                Ok(()),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/a/pods/p/portforward?ports=80",
+                false,
+                Version::HTTP_11,
+                Ok(()),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/a/services/s:80/proxy/ws",
+                false,
+                Version::HTTP_11,
+                Ok(()),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/a/pods/p/proxy/ws",
+                false,
+                Version::HTTP_11,
+                Ok(()),
+            ),
+            // The kubelet's exec, for any pod on the node, read by RBAC as `get`.
+            (
+                "GET",
+                "/api/v1/nodes/n1/proxy/exec/kube-system/etcd-n1/etcd?command=sh",
+                false,
+                Version::HTTP_11,
+                Err("through nodes/proxy"),
+            ),
+            (
+                "GET",
+                "/api/v1/nodes/n1:10250/proxy/portForward/a/p",
+                false,
+                Version::HTTP_11,
+                Err("through nodes/proxy"),
+            ),
+            (
+                "GET",
+                "/api/v1/nodes/n1/proxy",
+                false,
+                Version::HTTP_11,
+                Err("through nodes/proxy"),
+            ),
+            // Streams chaperone must read, a body, another version.
+            (
+                "GET",
+                "/api/v1/namespaces/a/secrets?watch=1",
+                false,
+                Version::HTTP_11,
+                Err("not watch secrets"),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/a/pods/p/log",
+                false,
+                Version::HTTP_11,
+                Err("not get pods/log"),
+            ),
+            ("POST", exec, true, Version::HTTP_11, Err("carries no body")),
+            ("GET", exec, false, Version::HTTP_10, Err("needs HTTP/1.1")),
+            ("GET", exec, false, Version::HTTP_2, Err("needs HTTP/1.1")),
+        ];
+        for (method, path, body, version, want) in cases {
+            let got = check_upgrade(&info(method, path), *body, *version);
+            match (got, want) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(words)) => {
+                    assert!(e.to_string().contains(words), "{method} {path}: {e}");
+                    let code = e.status().code;
+                    let forbidden = matches!(e, Error::NodeProxyUpgrade);
+                    assert_eq!(code, if forbidden { 403 } else { 400 }, "{path}");
+                }
+                (got, _) => panic!("{method} {path} {version:?}: {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -566,7 +566,8 @@ impl Proxy {
         let inspect = headers::must_inspect(&info);
         tracing::debug_span!("screen").in_scope(|| {
             if upgrade {
-                headers::check_upgrade(&info, !http_body::Body::is_end_stream(req.body()))?;
+                let has_body = !http_body::Body::is_end_stream(req.body());
+                headers::check_upgrade(&info, has_body, req.version())?;
             }
             headers::prepare_upstream(req.headers_mut(), upgrade, inspect)?;
             if inspect && masker.masks_fields_of(&mask::Target::of(&info)) {

@@ -368,5 +368,13 @@ fn broad(rule: &Rule) -> Vec<String> {
     if exec && group("") && resource("pods/exec") && rule.commands.is_empty() {
         out.push("allows pods/exec without `commands`: any command, a shell included".into());
     }
+    if group("") && resource("nodes/proxy") && reaches("nodes") {
+        out.push(
+            "grants nodes/proxy: the kubelet's API, whose answers (the pods of a node with \
+             their env, container logs) chaperone passes unmasked; an exec through it is \
+             refused, but grant an agent none of it"
+                .into(),
+        );
+    }
     out
 }

@@ -129,7 +129,7 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule(&format!("{PODS}\nverbs: [get, create]\nresourceNames: [a]")), vec![("r", "never-matches", "create requests carry no object name")]),
         // A create on a subresource names its object (`kubectl create token builder`).
         (rule("apiGroups: [\"\"]\nresources: [serviceaccounts/token]\nverbs: [get, create]\nresourceNames: [builder]"), vec![]),
-        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: allow"), vec![("r", "broad-grant", "grants writes to namespaces"), ("r", "broad-grant", "allows pods/exec without `commands`"), ("r", "never-matches", "deletecollection requests carry no object name")]),
+        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: allow"), vec![("r", "broad-grant", "grants writes to namespaces"), ("r", "broad-grant", "allows pods/exec without `commands`"), ("r", "broad-grant", "grants nodes/proxy"), ("r", "never-matches", "deletecollection requests carry no object name")]),
         // A deny naming objects takes a deletecollection of their collection.
         (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [create, deletecollection]\nresourceNames: [a]\naction: deny"), vec![]),
         (rule(&format!("{PODS}\nmode: audit")), vec![("r", "no-effect", "audit-mode allow")]),
@@ -142,7 +142,7 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (format!("{}{}", rule(&format!("{PODS}\nnamespaces: [team-a]")), "  - name: trial\n    subjects: {users: [u]}\n    apiGroups: [\"\"]\n    resources: [pods]\n    verbs: [\"*\"]\n    action: deny\n    mode: audit\n"), vec![]),
         // broad grants
         // `get` on `*` includes pods/exec: kubectl exec over websockets is a GET.
-        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [get, list]"), vec![("r", "broad-grant", "grants reading secrets"), ("r", "broad-grant", "pods/exec without")]),
+        (rule("apiGroups: [\"\"]\nresources: [\"*\"]\nverbs: [get, list]"), vec![("r", "broad-grant", "grants reading secrets"), ("r", "broad-grant", "pods/exec without"), ("r", "broad-grant", "grants nodes/proxy")]),
         (rule("apiGroups: [\"\"]\nresources: [secrets]\nverbs: [\"*\"]"), vec![("r", "broad-grant", "grants reading secrets")]),
         (rule("apiGroups: [\"\"]\nresources: [secrets]\nverbs: [\"*\"]\naction: deny"), vec![]),
         (rule("apiGroups: [apps]\nresources: [\"*\"]\nverbs: [get, list]"), vec![]),
@@ -156,6 +156,9 @@ fn lint_warns_about_rules_that_are_probably_wrong() {
         (rule("apiGroups: [\"*\"]\nresources: [\"*\"]\nverbs: [patch]\nnamespaces: [team-a]\naction: allow"), vec![("r", "broad-grant", "writes to RBAC resources"), ("r", "broad-grant", "grants writes to controllerrevisions, which")]),
         (rule("apiGroups: [apiregistration.k8s.io]\nresources: [apiservices]\nverbs: [update]"), vec![("r", "broad-grant", "grants writes to apiservices")]),
         (rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [create]\ncommands: [[ps]]"), vec![]),
+        // The kubelet's API: every pod of a node, unmasked.
+        (rule("apiGroups: [\"\"]\nresources: [nodes/proxy]\nverbs: [get]"), vec![("r", "broad-grant", "grants nodes/proxy: the kubelet's API")]),
+        (rule("apiGroups: [\"\"]\nresources: [\"*/proxy\"]\nverbs: [get]\nnamespaces: [default]"), vec![]),
         (rule("apiGroups: [\"\"]\nresources: [pods/exec]\nverbs: [create]\ncommands: [[sh, \"**\"]]\naction: deny"), vec![("r", "weak-deny", "easy to evade")]),
     ];
     for (spec, want) in cases {
