@@ -19,6 +19,12 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// How much of the plugin's stderr the log quotes.
 const STDERR_QUOTE: usize = 400;
+/// The most the plugin may print on either stream; an ExecCredential is a few KiB.
+const OUTPUT_MAX: u64 = 1024 * 1024;
+/// After a failed run, requests get its error for this long before the plugin runs
+/// again: a plugin that opens a browser or asks an IdP on each run (`kubelogin`) is not
+/// run once per request while the user is logged out.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// One context's `user.exec`, resolved against its kubeconfig. Its arguments and
 /// environment may hold secrets (`--client-secret=…`): `Debug` shows their count only.
@@ -70,6 +76,8 @@ pub enum Error {
     Failed { command: String, status: String },
     #[error("the credential plugin {command} printed no usable ExecCredential: {message}")]
     Output { command: String, message: String },
+    #[error("the credential plugin {command} printed more than {OUTPUT_MAX} bytes")]
+    TooMuch { command: String },
     /// The run that requests waiting together waited for failed: each gets its error.
     #[error(transparent)]
     Shared(std::sync::Arc<Error>),
@@ -113,7 +121,8 @@ impl Plugin {
     /// The `Authorization` value: the cached token while it is fresh, else a new one.
     /// Concurrent callers wait for one run rather than each running the plugin; if it
     /// fails, those that waited for it get its error instead of each running the plugin
-    /// in turn (each run may take `RUN_TIMEOUT`). A request after that runs it again.
+    /// in turn (each run may take `RUN_TIMEOUT`), and so do those asking within
+    /// [`RETRY_AFTER`] of it. A request after that runs it again.
     pub async fn header(&self) -> Result<HeaderValue, Error> {
         let asked = Instant::now();
         let mut state = self.state.lock().await;
@@ -126,7 +135,7 @@ impl Plugin {
             }
         }
         if let Some((at, error)) = &state.failed {
-            if *at >= asked {
+            if *at >= asked || at.elapsed() < RETRY_AFTER {
                 return Err(Error::Shared(error.clone()));
             }
         }
@@ -186,9 +195,10 @@ impl Plugin {
             .env("KUBERNETES_EXEC_INFO", info.to_string())
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        let output = match tokio::time::timeout(RUN_TIMEOUT, cmd.output()).await {
+        let output = match tokio::time::timeout(RUN_TIMEOUT, output_capped(cmd)).await {
             Err(_) => return Err(Error::Timeout { command }),
-            Ok(Err(source)) => {
+            Ok(Err(RunError::TooMuch)) => return Err(Error::TooMuch { command }),
+            Ok(Err(RunError::Io(source))) => {
                 let hint = self
                     .config
                     .install_hint
@@ -217,6 +227,43 @@ impl Plugin {
         }
         parse(&output.stdout).map_err(|message| Error::Output { command, message })
     }
+}
+
+enum RunError {
+    Io(std::io::Error),
+    TooMuch,
+}
+
+/// Runs `cmd` to its end, reading each of its streams up to [`OUTPUT_MAX`]; past it, the
+/// plugin is stopped (`kill_on_drop`) and it is an error.
+async fn output_capped(mut cmd: tokio::process::Command) -> Result<std::process::Output, RunError> {
+    use tokio::io::AsyncReadExt as _;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(RunError::Io)?;
+    async fn capped(
+        stream: Option<impl tokio::io::AsyncRead + Unpin>,
+    ) -> Result<Vec<u8>, RunError> {
+        let mut out = Vec::new();
+        if let Some(stream) = stream {
+            stream
+                .take(OUTPUT_MAX + 1)
+                .read_to_end(&mut out)
+                .await
+                .map_err(RunError::Io)?;
+        }
+        match out.len() as u64 > OUTPUT_MAX {
+            true => Err(RunError::TooMuch),
+            false => Ok(out),
+        }
+    }
+    let (stdout, stderr) =
+        tokio::try_join!(capped(child.stdout.take()), capped(child.stderr.take()))?;
+    let status = child.wait().await.map_err(RunError::Io)?;
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// Reads the plugin's `ExecCredential`: its token and when it expires.
@@ -310,7 +357,8 @@ mod tests {
     }
 
     /// Requests that wait together for a run that fails share its failure: the plugin
-    /// runs once for them, not once each in turn; the next request runs it again.
+    /// runs once for them, not once each in turn; so do requests in the next
+    /// [`RETRY_AFTER`]; a request after that runs it again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiters_share_a_failed_run() {
         use std::os::unix::fs::PermissionsExt;
@@ -344,6 +392,44 @@ mod tests {
         }
         assert_eq!(count(), 1, "the plugin ran once for the four waiting");
         assert!(plugin.header().await.is_err());
+        assert_eq!(
+            count(),
+            1,
+            "a request just after is answered with the failure"
+        );
+        if let Some((at, _)) = plugin.state.lock().await.failed.as_mut() {
+            *at = Instant::now().checked_sub(RETRY_AFTER).unwrap();
+        }
+        assert!(plugin.header().await.is_err());
         assert_eq!(count(), 2, "a later request runs it again");
+    }
+
+    /// A plugin that prints without end is stopped at [`OUTPUT_MAX`], not read into
+    /// memory until its time is up.
+    #[tokio::test]
+    async fn a_plugin_that_prints_too_much_is_stopped() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("plugin");
+        std::fs::write(
+            &script,
+            "#!/bin/sh
+exec yes
+",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plugin = Plugin::new(ExecConfig {
+            command: script,
+            args: vec![],
+            env: vec![],
+            api_version: "client.authentication.k8s.io/v1".into(),
+            provide_cluster_info: false,
+            install_hint: None,
+            server: "https://127.0.0.1:1".into(),
+            ca_pem: None,
+        });
+        let error = plugin.header().await.unwrap_err().to_string();
+        assert!(error.contains("printed more than 1048576 bytes"), "{error}");
     }
 }

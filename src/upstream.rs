@@ -503,12 +503,14 @@ impl Upstream {
             .build()?;
         *req.version_mut() = http::Version::HTTP_11;
         let auth = match &self.bearer {
-            Bearer::None => None,
-            Bearer::Static(v) => Some(v.clone()),
-            Bearer::File(f) => Some(f.header()?),
+            Bearer::None => Ok(None),
+            Bearer::Static(v) => Ok(Some(v.clone())),
+            Bearer::File(f) => f.header().map(Some),
             // Boxed: the plugin's future is kept out of every request's future.
-            Bearer::Exec(p) => Some(Box::pin(p.header()).await?),
+            Bearer::Exec(p) => Box::pin(p.header()).await.map(Some).map_err(Error::from),
         };
+        // Without its credential the proxy cannot use the API server: `/readyz` says so.
+        let auth = auth.inspect_err(|error| self.note_failure(error))?;
         if let Some(auth) = auth {
             req.headers_mut().insert(header::AUTHORIZATION, auth);
         }

@@ -539,6 +539,19 @@ async fn a_failing_exec_plugin_is_a_503_its_error_output_logged_and_nothing_is_f
         env.started.sandbox.seen_authorizations(),
         Vec::<Option<String>>::new()
     );
+    // `/readyz` says why, for the user at this machine.
+    let admin = local
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("health"))
+        .and_then(|l| l.trim().strip_prefix("http://"))
+        .and_then(|l| l.strip_suffix("/readyz"))
+        .expect("the admin address is printed");
+    let (_, readyz) = support::http_get(admin.parse().unwrap(), "/readyz").await;
+    assert!(
+        readyz.contains("warning: upstream: the proxy has no credential for the API server"),
+        "{readyz}"
+    );
     drop(local);
     env.stop().await;
 }
