@@ -59,6 +59,8 @@ pub struct Running {
     /// The admin address, for a proxy.
     pub admin: Option<SocketAddr>,
     pub ready: Ready,
+    /// A proxy's way to the API server (`chaperone local` checks its credential).
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
     /// The proxy's audit recorder, drained on stop within the grace period.
     audit: Option<(Arc<Recorder>, Duration)>,
     shutdown: Shutdown,
@@ -239,6 +241,7 @@ pub async fn proxy(
         ));
     }
     running.audit = Some((audit, config.upstream.shutdown_grace));
+    running.upstream = Some(upstream_for_admin);
     running.ready.set();
     tracing::info!(listen = ?running.addrs, admin = ?running.admin, "chaperone proxy serving");
     Ok(running)
@@ -426,6 +429,7 @@ async fn start(
         addrs: bound,
         admin: None,
         ready: Ready::default(),
+        upstream: None,
         audit: None,
         shutdown,
         tasks,

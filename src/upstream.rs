@@ -476,6 +476,26 @@ impl Upstream {
         }
     }
 
+    /// The proxy's `Authorization` for the API server: a plugin's token is fetched (or
+    /// its cached one given). Without it the proxy cannot use the API server, and
+    /// `/readyz` says so.
+    async fn authorization(&self) -> Result<Option<HeaderValue>, Error> {
+        let auth = match &self.bearer {
+            Bearer::None => Ok(None),
+            Bearer::Static(v) => Ok(Some(v.clone())),
+            Bearer::File(f) => f.header().map(Some),
+            // Boxed: the plugin's future is kept out of every request's future.
+            Bearer::Exec(p) => Box::pin(p.header()).await.map(Some).map_err(Error::from),
+        };
+        auth.inspect_err(|error| self.note_failure(error))
+    }
+
+    /// Whether the proxy has its credential for the API server now (an exec plugin runs,
+    /// and its token is kept for the first request): `chaperone local` asks at start.
+    pub async fn check_credential(&self) -> Result<(), Error> {
+        self.authorization().await.map(|_| ())
+    }
+
     /// The API server's address, for logs and errors.
     pub fn server(&self) -> &str {
         &self.server
@@ -502,16 +522,7 @@ impl Upstream {
             .path_and_query(path_and_query.as_ref())
             .build()?;
         *req.version_mut() = http::Version::HTTP_11;
-        let auth = match &self.bearer {
-            Bearer::None => Ok(None),
-            Bearer::Static(v) => Ok(Some(v.clone())),
-            Bearer::File(f) => f.header().map(Some),
-            // Boxed: the plugin's future is kept out of every request's future.
-            Bearer::Exec(p) => Box::pin(p.header()).await.map(Some).map_err(Error::from),
-        };
-        // Without its credential the proxy cannot use the API server: `/readyz` says so.
-        let auth = auth.inspect_err(|error| self.note_failure(error))?;
-        if let Some(auth) = auth {
+        if let Some(auth) = self.authorization().await? {
             req.headers_mut().insert(header::AUTHORIZATION, auth);
         }
         let send = async {

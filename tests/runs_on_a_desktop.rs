@@ -515,6 +515,14 @@ async fn a_failing_exec_plugin_is_a_503_its_error_output_logged_and_nothing_is_f
     let env = sandbox().start().await;
     let (kubeconfig, _) = exec_kubeconfig(&env, 0, true);
     let local = start_local_with(&env, &kubeconfig, "local-exec-fail", &[]);
+    // Said at start, where the user is: the plugin ran then.
+    assert!(
+        local.stdout.contains(
+            "warning: the proxy has no credential for the API server: the credential plugin"
+        ) && local.stdout.contains("Requests get a 503 until it works"),
+        "{}",
+        local.stdout
+    );
     let out = kubectl(
         &local.kubeconfig(),
         &["get", "--raw", "/api/v1/namespaces/default/pods"],

@@ -74,6 +74,9 @@ pub struct Started {
     /// For the MCP server.
     pub mcp_kubeconfig: PathBuf,
     pub audit_file: PathBuf,
+    /// Why the proxy has no credential for the context now (an exec plugin that failed:
+    /// not logged in, a plugin that prints a client certificate), said at start.
+    pub credential_problem: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -172,6 +175,16 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
     let config = Config::parse(&config_file, &config_text)?;
 
     let proxy = launch::proxy(&config, env).await?;
+    // A plugin runs now rather than at the MCP server's first request, so that what
+    // stops it is said here; its token is kept for that request.
+    let credential_problem = match &proxy.upstream {
+        Some(upstream) => upstream
+            .check_credential()
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        None => None,
+    };
     let mcp_kubeconfig = write_private(
         &dir.join("mcp.kubeconfig"),
         &kubeconfig::render(
@@ -191,6 +204,7 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
         server: resolved.server,
         mcp_kubeconfig,
         audit_file,
+        credential_problem,
     })
 }
 
@@ -280,6 +294,11 @@ fn instructions(args: &Args, started: &Started) -> String {
     );
     if let Some(admin) = started.proxy.admin {
         out.push_str(&format!("  health                 http://{admin}/readyz\n"));
+    }
+    if let Some(problem) = &started.credential_problem {
+        out.push_str(&format!(
+            "\nwarning: {problem}\n  Requests get a 503 until it works: log in to the cluster, and they go through.\n"
+        ));
     }
     out.push_str(&format!(
         "\nAdd this to your MCP client's config (e.g. claude_desktop_config.json):\n{}\n\
