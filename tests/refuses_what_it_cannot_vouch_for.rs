@@ -421,38 +421,54 @@ async fn an_upgrade_that_carries_a_body_is_refused() {
     env.stop().await;
 }
 
-/// A websocket through `nodes/proxy` is a GET to RBAC, and the kubelet behind it runs
-/// an exec in any pod on the node: refused even where a rule allows every request, and
-/// nothing reaches the API server.
+/// Through `nodes/proxy` the kubelet runs a command in any pod on the node: with a
+/// websocket (a GET to RBAC) or a POST to its `run`. Both are refused even where a rule
+/// allows every request, and so is an upgrade to any of its paths; nothing reaches the
+/// API server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_through_nodes_proxy_is_refused() {
+async fn the_kubelets_commands_through_nodes_proxy_are_refused() {
     let env = sandbox().with_proxy().start().await;
     let client = env.client(false);
     let seen_before = env.started.sandbox.seen_authorizations().len();
-    let req = Request::get(format!(
-        "{}/api/v1/nodes/node-1/proxy/exec/kube-system/etcd-node-1/etcd?command=sh&stdin=1&stdout=1&tty=1",
+    let websocket = |path: &str| {
+        Request::get(format!("{}{path}", env.proxy_url()))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("Sec-WebSocket-Protocol", "v5.channel.k8s.io")
+            .body(body::empty())
+            .unwrap()
+    };
+    let run = Request::post(format!(
+        "{}/api/v1/nodes/node-1/proxy/run/kube-system/etcd-node-1/etcd?cmd=cat+/etc/kubernetes/pki/etcd/server.key",
         env.proxy_url()
     ))
-    .header("Connection", "Upgrade")
-    .header("Upgrade", "websocket")
-    .header("Sec-WebSocket-Version", "13")
-    .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-    .header("Sec-WebSocket-Protocol", "v5.channel.k8s.io")
     .body(body::empty())
     .unwrap();
-    let reply = client.send(req).await;
-    assert_eq!(reply.status.as_u16(), 403, "{:?}", reply.body);
-    let status = reply.json();
-    assert_eq!(status["reason"], "Forbidden");
-    let message = status["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("does not upgrade a connection through nodes/proxy"),
-        "{message}"
-    );
+    for (req, words) in [
+        (
+            websocket("/api/v1/nodes/node-1/proxy/exec/kube-system/etcd-node-1/etcd?command=sh&stdin=1&stdout=1&tty=1"),
+            "nodes/proxy does not reach the kubelet's run, exec",
+        ),
+        (run, "nodes/proxy does not reach the kubelet's run, exec"),
+        (
+            websocket("/api/v1/nodes/node-1/proxy/stats/summary"),
+            "does not upgrade a connection through nodes/proxy",
+        ),
+    ] {
+        let what = format!("{} {}", req.method(), req.uri());
+        let reply = client.send(req).await;
+        assert_eq!(reply.status.as_u16(), 403, "{what}: {:?}", reply.body);
+        let status = reply.json();
+        assert_eq!(status["reason"], "Forbidden");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{what}: {message}");
+    }
     assert_eq!(
         env.started.sandbox.seen_authorizations().len(),
         seen_before,
-        "the refused upgrade reached the API server"
+        "a refused request reached the API server"
     );
     env.stop().await;
 }

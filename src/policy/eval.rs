@@ -36,8 +36,12 @@ pub const STAY_INJECTED: &str = "builtin:stay-injected";
 /// A JSON patch that copies, moves or tests a field chaperone masks in answers: the value
 /// would be shown where nothing masks it, or a guess at it confirmed.
 pub const MASKED_FIELDS: &str = "builtin:masked-fields";
+/// A request through `nodes/proxy` to the kubelet's endpoints that run something in a
+/// container or reach into one: they act in any pod on the node, past the rules for
+/// `pods/exec`.
+pub const KUBELET_COMMANDS: &str = "builtin:kubelet-commands";
 /// Every built-in rule name, which a test case's `rule:` may name.
-pub const BUILTIN_RULES: [&str; 9] = [
+pub const BUILTIN_RULES: [&str; 10] = [
     DEFAULT_DENY,
     DISCOVERY,
     CHAPERONE_RESOURCES,
@@ -47,6 +51,7 @@ pub const BUILTIN_RULES: [&str; 9] = [
     OWN_POLICY,
     STAY_INJECTED,
     MASKED_FIELDS,
+    KUBELET_COMMANDS,
 ];
 
 /// Who decided.
@@ -330,6 +335,14 @@ impl fmt::Display for Reason<'_> {
             Source::Builtin(IMPERSONATE) => {
                 write!(f, "impersonation is never allowed through chaperone ({t})")
             }
+            Source::Builtin(KUBELET_COMMANDS) => {
+                write!(
+                    f,
+                    "through chaperone, nodes/proxy does not reach the kubelet's run, exec, \
+                     attach, portForward, cri or checkpoint endpoints: they act in any pod on \
+                     the node, past the rules for pods/exec; exec in a pod through pods/exec ({t})"
+                )
+            }
             Source::Builtin(NO_POLICY) => {
                 write!(f, "no policy is loaded, so every request is denied ({t})")
             }
@@ -515,9 +528,32 @@ fn builtin_denial(info: &RequestInfo) -> Option<&'static str> {
     if info.verb == "impersonate" {
         return Some(IMPERSONATE);
     }
+    if kubelet_command(info) {
+        return Some(KUBELET_COMMANDS);
+    }
     let group = info.api_group.as_str();
     let ours = group == "chaperone.dev" || group.ends_with(".chaperone.dev");
     (info.is_resource_request && ours).then_some(CHAPERONE_RESOURCES)
+}
+
+/// The kubelet's paths ([`KUBELET_COMMANDS`]) that run a command (`run`, `exec`), join
+/// a container's streams (`attach`, `portForward`, and `cri`, the runtime's streaming
+/// server behind them) or dump its memory (`checkpoint`). Matched in any case: only
+/// refusing more.
+const KUBELET_COMMAND_PATHS: [&str; 6] =
+    ["run", "exec", "attach", "portforward", "cri", "checkpoint"];
+
+/// Whether `info` goes through `nodes/proxy` to one of [`KUBELET_COMMAND_PATHS`].
+fn kubelet_command(info: &RequestInfo) -> bool {
+    info.is_resource_request
+        && info.api_group.is_empty()
+        && info.resource == "nodes"
+        && info.subresource == "proxy"
+        && info.parts().get(3).is_some_and(|first| {
+            KUBELET_COMMAND_PATHS
+                .iter()
+                .any(|path| first.eq_ignore_ascii_case(path))
+        })
 }
 
 /// `GET` of `/api`, `/api/<v>`, `/apis`, `/apis/<g>`, `/apis/<g>/<v>`, `/version` or

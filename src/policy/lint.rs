@@ -371,8 +371,9 @@ fn broad(rule: &Rule) -> Vec<String> {
     if group("") && resource("nodes/proxy") && reaches("nodes") {
         out.push(
             "grants nodes/proxy: the kubelet's API, whose answers (the pods of a node with \
-             their env, container logs) chaperone passes unmasked; an exec through it is \
-             refused, but grant an agent none of it"
+             their env, container logs) chaperone passes unmasked; its exec, run, attach \
+             and port-forward are refused (builtin:kubelet-commands), but grant an agent \
+             none of it"
                 .into(),
         );
     }

@@ -30,7 +30,7 @@ pub use cases::{Case, Outcome};
 pub use compile::{Commands, Policy, RuleMeta};
 pub use eval::{
     authorize, decide, Decision, AUDIT_MODE, BUILTIN_RULES, CHAPERONE_RESOURCES, DEFAULT_DENY,
-    DISCOVERY, IMPERSONATE, MASKED_FIELDS, NO_POLICY, OWN_POLICY, STAY_INJECTED,
+    DISCOVERY, IMPERSONATE, KUBELET_COMMANDS, MASKED_FIELDS, NO_POLICY, OWN_POLICY, STAY_INJECTED,
 };
 pub use lint::Warning;
 pub use matching::command_args;

@@ -289,6 +289,33 @@ fn builtins() {
             "{info:?}"
         );
     }
+    // Through nodes/proxy, the kubelet's endpoints that act in containers, whatever the
+    // method; its other endpoints are the rules' to decide.
+    #[rustfmt::skip]
+    let cases = [
+        ("POST", "/api/v1/nodes/n1/proxy/run/kube-system/etcd-n1/etcd?cmd=ls", true),
+        ("GET", "/api/v1/nodes/n1:10250/proxy/exec/a/p/c?command=sh", true),
+        ("POST", "/api/v1/nodes/n1/proxy/attach/a/p/c", true),
+        ("GET", "/api/v1/nodes/n1/proxy/portForward/a/p", true),
+        ("GET", "/api/v1/nodes/n1/proxy/PortForward/a/p", true),
+        ("POST", "/api/v1/nodes/n1/proxy/cri/exec/token", true),
+        ("POST", "/api/v1/nodes/n1/proxy/checkpoint/a/p/c", true),
+        ("GET", "/api/v1/nodes/n1/proxy/pods", false),
+        ("GET", "/api/v1/nodes/n1/proxy/containerLogs/a/p/c", false),
+        ("GET", "/api/v1/nodes/n1/proxy", false),
+        ("GET", "/api/v1/namespaces/a/pods/p/proxy/run/x", false),
+        ("GET", "/api/v1/namespaces/a/services/s/proxy/exec", false),
+    ];
+    for (method, path, refused) in cases {
+        let info =
+            crate::request_info::resolve(&method.parse().unwrap(), &path.parse().unwrap()).unwrap();
+        let want = if refused {
+            (Action::Deny, KUBELET_COMMANDS.to_owned())
+        } else {
+            (Action::Allow, "everything".to_owned())
+        };
+        assert_eq!(decide(&p, &u, &info, None), want, "{method} {path}");
+    }
 
     // Discovery without rules; not with other verbs or paths; a rule may deny it.
     let p = policy("  rules: []\n");
