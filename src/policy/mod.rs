@@ -415,7 +415,7 @@ impl<'a> TextRead<'a> {
         let parsable = !self.binary
             && self.raw.len() <= PARSED_TEXT_MAX
             && !self.raw.contains('*')
-            && flow_depth(self.raw) <= PARSED_FLOW_DEPTH_MAX;
+            && flow_openings(self.raw) <= PARSED_FLOW_OPENINGS_MAX;
         let doc = parsable
             .then(|| serde_yaml::from_str::<serde_yaml::Value>(self.raw).ok())
             .flatten();
@@ -423,25 +423,16 @@ impl<'a> TextRead<'a> {
     }
 }
 
-/// The deepest flow collection (`[`, `{`) text may open, counted over every bracket
-/// (quoted or not: an overcount only refuses). libyaml's scanner slows down with the
-/// square of the depth (65,000 brackets: seconds on the runtime's thread); values
-/// written by people nest a few levels.
-const PARSED_FLOW_DEPTH_MAX: usize = 64;
+/// The most flow collections (`[`, `{`) a parsed text may open. libyaml's scanner slows
+/// down with the square of their depth (65,000 nested: seconds on the runtime's
+/// thread), and no count of closing brackets bounds the depth (a `]` in a comment or a
+/// quoted string closes nothing), so every opening bracket counts, quoted or not: at
+/// worst a text that names `hostNetwork` is refused. Values people write open a few
+/// dozen.
+const PARSED_FLOW_OPENINGS_MAX: usize = 1024;
 
-fn flow_depth(text: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    for b in text.bytes() {
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
+fn flow_openings(text: &str) -> usize {
+    text.bytes().filter(|b| matches!(b, b'[' | b'{')).count()
 }
 
 /// Whether every mention of `hostNetwork` in a YAML document is a mapping key

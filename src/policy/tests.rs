@@ -900,8 +900,6 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
         ("extra: |\n  \"\\x68ostNetwork\": true\nhostNetwork: false", Some("hostNetwork")),
         ("podLabels: \"\\x21\\x21binary Y2hhcGVyb25lLmRldi9pbmplY3Q=: \\\"false\\\"\"", Some("chaperone.dev/inject")),
         ("\"\\\\x63haperone.dev/inject\": x", Some("chaperone.dev/inject")),
-        // Deep flow collections are not parsed (libyaml slows with the square of it).
-        ("hostNetwork: false\nx: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", Some("hostNetwork")),
         ("hostNetwork: false\nx: [[[[]]]]", None),
     ];
     for (text, found) in cases {
@@ -927,6 +925,22 @@ fn text_is_read_for_the_injection_keys_in_custom_resources_only() {
     }
     nested.push_str("hostNetwork: false\n");
     assert_eq!(injection_key_in_text(&nested), Some("hostNetwork"));
+    // Many flow collections are not parsed (libyaml slows with the square of their
+    // depth), however their brackets close: nested, or hidden behind comments.
+    let nested = format!(
+        "hostNetwork: false\nx: {}{}",
+        "[".repeat(1025),
+        "]".repeat(1025)
+    );
+    assert_eq!(injection_key_in_text(&nested), Some("hostNetwork"));
+    let commented = format!("hostNetwork: false\nx: {}", "[#]\n".repeat(1025));
+    assert_eq!(injection_key_in_text(&commented), Some("hostNetwork"));
+    let few = format!(
+        "hostNetwork: false\nx: {}{}",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    assert_eq!(injection_key_in_text(&few), None);
     // Tags are found in one pass: a string of `!` is read at once.
     assert_eq!(injection_key_in_text(&"!".repeat(200_000)), None);
     let values = json!({"spec": {"source": {"helm": {"values": "hostNetwork: true"}}}});
