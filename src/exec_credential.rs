@@ -19,8 +19,13 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// How much of the plugin's stderr the log quotes.
 const STDERR_QUOTE: usize = 400;
-/// The most the plugin may print on either stream; an ExecCredential is a few KiB.
+/// The most the plugin may print as its ExecCredential (a few KiB); past it the plugin is
+/// stopped.
 const OUTPUT_MAX: u64 = 1024 * 1024;
+/// How much of the plugin's error output is kept (for the log); the rest is read and
+/// dropped, as a plugin with its debug output turned up may print a lot there and
+/// still succeed.
+const STDERR_KEPT: u64 = 64 * 1024;
 /// After a failed run, requests get its error for this long before the plugin runs
 /// again: a plugin that opens a browser or asks an IdP on each run (`kubelogin`) is not
 /// run once per request while the user is logged out.
@@ -234,8 +239,9 @@ enum RunError {
     TooMuch,
 }
 
-/// Runs `cmd` to its end, reading each of its streams up to [`OUTPUT_MAX`]; past it, the
-/// plugin is stopped (`kill_on_drop`) and it is an error.
+/// Runs `cmd` to its end, reading its output up to [`OUTPUT_MAX`] (past it, the plugin
+/// is stopped, `kill_on_drop`, and it is an error) and keeping the first
+/// [`STDERR_KEPT`] bytes of its error output.
 async fn output_capped(mut cmd: tokio::process::Command) -> Result<std::process::Output, RunError> {
     use tokio::io::AsyncReadExt as _;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -256,8 +262,22 @@ async fn output_capped(mut cmd: tokio::process::Command) -> Result<std::process:
             false => Ok(out),
         }
     }
+    async fn kept(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> Result<Vec<u8>, RunError> {
+        let mut out = Vec::new();
+        if let Some(mut stream) = stream {
+            (&mut stream)
+                .take(STDERR_KEPT)
+                .read_to_end(&mut out)
+                .await
+                .map_err(RunError::Io)?;
+            tokio::io::copy(&mut stream, &mut tokio::io::sink())
+                .await
+                .map_err(RunError::Io)?;
+        }
+        Ok(out)
+    }
     let (stdout, stderr) =
-        tokio::try_join!(capped(child.stdout.take()), capped(child.stderr.take()))?;
+        tokio::try_join!(capped(child.stdout.take()), kept(child.stderr.take()))?;
     let status = child.wait().await.map_err(RunError::Io)?;
     Ok(std::process::Output {
         status,
@@ -405,31 +425,35 @@ mod tests {
     }
 
     /// A plugin that prints without end is stopped at [`OUTPUT_MAX`], not read into
-    /// memory until its time is up.
+    /// memory until its time is up; one that says a lot on its error output and then
+    /// prints its credential succeeds.
     #[tokio::test]
     async fn a_plugin_that_prints_too_much_is_stopped() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("plugin");
-        std::fs::write(
-            &script,
-            "#!/bin/sh
-exec yes
-",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let plugin = Plugin::new(ExecConfig {
-            command: script,
-            args: vec![],
-            env: vec![],
-            api_version: "client.authentication.k8s.io/v1".into(),
-            provide_cluster_info: false,
-            install_hint: None,
-            server: "https://127.0.0.1:1".into(),
-            ca_pem: None,
-        });
-        let error = plugin.header().await.unwrap_err().to_string();
+        let plugin = |name: &str, text: &str| {
+            let script = dir.path().join(name);
+            std::fs::write(&script, text).unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Plugin::new(ExecConfig {
+                command: script,
+                args: vec![],
+                env: vec![],
+                api_version: "client.authentication.k8s.io/v1".into(),
+                provide_cluster_info: false,
+                install_hint: None,
+                server: "https://127.0.0.1:1".into(),
+                ca_pem: None,
+            })
+        };
+        let endless = plugin("endless", "#!/bin/sh\nexec yes\n");
+        let error = endless.header().await.unwrap_err().to_string();
         assert!(error.contains("printed more than 1048576 bytes"), "{error}");
+        let noisy = plugin(
+            "noisy",
+            "#!/bin/sh\nhead -c 3000000 /dev/zero >&2\n\
+             echo '{\"kind\":\"ExecCredential\",\"status\":{\"token\":\"t\"}}'\n",
+        );
+        assert_eq!(noisy.header().await.unwrap(), "Bearer t");
     }
 }

@@ -30,7 +30,7 @@ pub enum Error {
     Invalid { path: PathBuf, message: String },
     #[error("failed to decode {field} in kubeconfig {path}: not valid base64")]
     Base64 { path: PathBuf, field: &'static str },
-    #[error("no kubeconfig: none of the files KUBECONFIG names ({0}) exists")]
+    #[error("no kubeconfig: none of {0} exists")]
     NoneExists(String),
 }
 
@@ -459,9 +459,12 @@ fn resolve_in(files: &[Loaded], context: Option<&str>) -> Result<Resolved, Error
                 user_file,
             )?;
             // An empty `token` is none, as client-go reads it; with both set, client-go
-            // sends what the file holds (the token is only its fallback).
+            // sends what the file holds, and the token while the file cannot be read:
+            // here, the file if it is there now.
             let token = u.token.as_ref().filter(|t| !t.is_empty());
             let token_file = u.token_file.as_ref().filter(|f| !f.as_os_str().is_empty());
+            let token_file =
+                token_file.filter(|f| token.is_none() || user_file.base().join(f).is_file());
             // client-go runs the exec plugin only for a user with no static credential.
             match (cert, key, token_file, token, &u.exec) {
                 (Some(cert_pem), Some(key_pem), _, _, _) => {
@@ -645,10 +648,15 @@ mod tests {
                 "    token: \"\"\n    tokenFile: /var/run/token\n",
                 Ok("TokenFile(/var/run/token)"),
             ),
-            // With both, client-go sends what the file holds.
+            // With both, client-go sends what the file holds, the token while it
+            // cannot be read.
             (
-                "    token: stale\n    tokenFile: /var/run/token\n",
-                Ok("TokenFile(/var/run/token)"),
+                "    token: stale\n    tokenFile: client.key\n",
+                Ok("TokenFile(DIR/client.key)"),
+            ),
+            (
+                "    token: stale\n    tokenFile: /nonexistent/token\n",
+                Ok("Token"),
             ),
             // client-go runs the plugin only for a user with no static credential.
             (
@@ -806,7 +814,7 @@ mod tests {
         let e = resolve_merged(std::slice::from_ref(&missing), None)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("none of the files KUBECONFIG names"), "{e}");
+        assert!(e.contains("no kubeconfig: none of"), "{e}");
         assert!(resolve(&missing, None).is_err());
         // $KUBECONFIG: empty entries and repeats dropped; else ~/.kube/config.
         let list = std::env::join_paths([&first, &second, &first]).unwrap();

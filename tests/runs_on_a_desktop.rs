@@ -481,8 +481,9 @@ fn runs(file: &Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_with_an_exec_plugin_works_and_its_token_is_renewed_before_expiry() {
     let env = sandbox().start().await;
-    // Fresh for 13 s; renewed within 10 s of expiry.
-    let (kubeconfig, runs_file) = exec_kubeconfig(&env, 13, false);
+    // Fresh for 18 s (17 and some: `date` cuts to the second); renewed within 10 s of
+    // expiry, so fresh for 7 s from the run as `chaperone local` starts.
+    let (kubeconfig, runs_file) = exec_kubeconfig(&env, 18, false);
     let local = start_local_with(&env, &kubeconfig, "local-exec", &[]);
     for _ in 0..3 {
         let pods = ok(&kubectl(
@@ -497,7 +498,7 @@ async fn a_context_with_an_exec_plugin_works_and_its_token_is_renewed_before_exp
     assert_eq!(first[0]["kind"], "ExecCredential");
     assert_eq!(first[0]["spec"]["interactive"], false);
     // ...until the token nears its expiry.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     ok(&kubectl(
         &local.kubeconfig(),
         &["get", "pods", "-n", "default"],

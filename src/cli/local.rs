@@ -216,8 +216,8 @@ fn proxy_config(
     policy: &Path,
     dir: &Path,
 ) -> String {
-    let q = |p: &Path| json!(p.display().to_string()).to_string();
-    let s = |v: &str| json!(v).to_string();
+    let q = |p: &Path| yaml_quoted(&p.display().to_string());
+    let s = |v: &str| yaml_quoted(v);
     format!(
         "# Written by `chaperone local`; rewritten at every start.\n\
          listen: [{listen}]\n\
@@ -246,16 +246,16 @@ fn proxy_config(
 /// The proxy config's `upstream.kubeconfig`: the one file read, or, for several, none
 /// named, so that the proxy reads `$KUBECONFIG` as this run did (listed in a comment).
 fn kubeconfig_source(paths: &[PathBuf], context: &str) -> String {
-    let context = json!(context);
+    let context = yaml_quoted(context);
     match paths {
         [one] => format!(
             "{{path: {}, context: {context}}}",
-            json!(one.display().to_string())
+            yaml_quoted(&one.display().to_string())
         ),
         several => {
             let names: Vec<String> = several
                 .iter()
-                .map(|p| json!(p.display().to_string()).to_string())
+                .map(|p| yaml_quoted(&p.display().to_string()))
                 .collect();
             format!(
                 "{{context: {context}}}  # KUBECONFIG's files merged: {}",
@@ -263,6 +263,25 @@ fn kubeconfig_source(paths: &[PathBuf], context: &str) -> String {
             )
         }
     }
+}
+
+/// `text` as a YAML double-quoted scalar of printable ASCII only: every other character
+/// escaped (`\u2028`, which YAML reads as a line break, among them), so that a path or a
+/// context name cannot end its line in the config written, in a value or a comment.
+fn yaml_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if u32::from(c) <= 0xffff => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push_str(&format!("\\U{:08X}", u32::from(c))),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// What to tell the user: where things are, and what to paste into an MCP client.
@@ -500,6 +519,54 @@ mod tests {
             "{err}"
         );
         assert!(!dir.path().join("d").exists(), "files were written first");
+    }
+
+    /// A path or a context name can hold any character, YAML's line breaks among them
+    /// (U+2028, U+0085): written into the proxy config, each stays one value, and adds
+    /// no setting.
+    #[test]
+    fn what_is_written_into_the_proxy_config_stays_a_value() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let cli = Cli::parse_from(["local", "--policy", "p.yaml"]);
+        let injected = "\u{2028}maxConnections: 1\u{2028}#";
+        let weird = format!("/tmp/x{injected}\n\u{85}upstream: {{}}\"\\ é 😀");
+        let context = format!("ctx{injected}");
+        for paths in [
+            vec![PathBuf::from(&weird)],
+            vec![
+                PathBuf::from("/home/me/.kube/config"),
+                PathBuf::from(&weird),
+            ],
+        ] {
+            let text = proxy_config(
+                &cli.args,
+                &context,
+                &paths,
+                Path::new(&weird),
+                Path::new("/d"),
+            );
+            assert!(text.is_ascii(), "{text}");
+            let config = Config::parse(Path::new("chaperone.yaml"), &text)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(
+                config.max_connections,
+                crate::config::DEFAULT_MAX_CONNECTIONS,
+                "{text}"
+            );
+            let source = config.upstream.kubeconfig.expect("a kubeconfig source");
+            assert_eq!(source.context.as_deref(), Some(context.as_str()));
+            let expected = (paths.len() == 1).then(|| PathBuf::from(&weird));
+            assert_eq!(source.path, expected);
+        }
+        for text in ["plain", "a\"b\\c", "\u{2028}\u{85}\n\t", "é😀"] {
+            let back: String = serde_yaml::from_str(&yaml_quoted(text)).unwrap();
+            assert_eq!(back, text);
+        }
     }
 
     #[test]
