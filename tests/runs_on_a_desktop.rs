@@ -307,6 +307,20 @@ async fn the_desktop_policy_holds_an_agents_delete_for_the_person_at_the_keyboar
     .unwrap();
     let name = approver.await.unwrap();
     assert!(ok(&delete).contains("pod \"nginx\" deleted"), "{delete:?}");
+    // The reviewer saw which run asked: its approvals cover no other run's agent.
+    let uid = env
+        .kubectl_direct(&[
+            "get",
+            "accessrequest",
+            &name,
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.requester.uid}",
+        ])
+        .await;
+    let uid = String::from_utf8_lossy(&uid.stdout);
+    assert!(uid.starts_with("chaperone-local-"), "{uid:?}");
     let gone = env
         .kubectl_direct(&["get", "pod", "nginx", "-n", "default"])
         .await;

@@ -802,13 +802,17 @@ fn request_key(
         text.push_str(part);
     };
     // The caller as its AccessRequest shows it: its groups (impersonated upstream with
-    // `identity: impersonate`) and its pod, so that another pod of the same service
-    // account is not covered by an approval that showed this one.
+    // `identity: impersonate`), its pod, so that another pod of the same service
+    // account is not covered by an approval that showed this one, and its uid and
+    // issuer, so that a caller of the same name elsewhere (another `chaperone local`
+    // run, another identity provider) is not either.
     push(&who.groups.len().to_string());
     for group in &who.groups {
         push(group);
     }
     push(requester_pod(who));
+    push(&who.uid);
+    push(&who.issuer);
     for part in [
         who.user.as_str(),
         approved_verb(info),
@@ -1057,7 +1061,7 @@ fn access_request(
         "kind": "AccessRequest",
         "metadata": {"name": name, "labels": {"chaperone.dev/rule": sanitize_label(decision.rule())}},
         "spec": {
-            "requester": {"user": who.user, "groups": who.groups, "pod": pod},
+            "requester": {"user": who.user, "groups": who.groups, "pod": pod, "uid": who.uid},
             "request": {
                 "verb": info.verb,
                 "apiGroup": info.api_group,
@@ -1464,6 +1468,14 @@ mod tests {
         assert_eq!(a, key(&caller("agent-0", &["g"])));
         assert_ne!(a, key(&caller("agent-1", &["g"])));
         assert_ne!(a, key(&caller("agent-0", &["g", "h"])));
+        // The same name from another run of `chaperone local` (its own uid), or from
+        // another issuer, is another caller.
+        let mut other = caller("agent-0", &["g"]);
+        other.uid = "chaperone-local-0123456789abcdef".into();
+        assert_ne!(a, key(&other));
+        let mut other = caller("agent-0", &["g"]);
+        other.issuer = "https://idp.example".into();
+        assert_ne!(a, key(&other));
     }
 
     /// What an exec, a port-forward, a proxied request or a change sends in its query is

@@ -155,10 +155,22 @@ pub async fn start(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
     std::fs::write(&jwks_file, issuer.jwks().to_string())
         .with_context(|| format!("failed to write {}", jwks_file.display()))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // This run's own uid: an approval given to another run's agent of the same user
+    // name (another person's laptop, the same cluster) does not cover this one's.
+    let run_uid = {
+        use ring::rand::SecureRandom as _;
+        let mut bytes = [0u8; 8];
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("chaperone-local-{hex}")
+    };
     let token = issuer
         .sign(&json!({
             "iss": issuer_name(&context),
             "sub": args.user,
+            "uid": run_uid,
             "aud": ["chaperone"],
             "groups": args.groups,
             "iat": now,
@@ -227,6 +239,7 @@ fn proxy_config(
          identity:\n  issuers:\n    # This run's own issuer: the token in mcp.kubeconfig.\n\
          \x20   - issuer: {issuer}\n      audiences: [chaperone]\n      jwksFile: {jwks}\n\
          \x20     usernamePrefix: \"-\"\n      groupsClaim: groups\n      groupsPrefix: \"-\"\n\
+         \x20     uidClaim: uid\n\
          policy: {{file: {policy}}}\n\
          audit: {{file: {audit}}}\n\
          approval: {{namespace: {ns}}}\n",

@@ -428,6 +428,7 @@ fn show(object: &Value) -> String {
         pod => format!("{} (pod {pod})", s("/spec/requester/user")),
     };
     rows.push(("requester", requester));
+    rows.push(("uid", s("/spec/requester/uid").to_owned()));
     rows.push(("groups", list("/spec/requester/groups").join(", ")));
     let resource = resource_label(object);
     let target = match (s("/spec/request/name"), s("/spec/request/namespace")) {
