@@ -323,6 +323,7 @@ impl Proxy {
                             approval::Error::PortsUnseen => {
                                 "refused: a port-forward's ports out of sight"
                             }
+                            approval::Error::Unseen(_) => "refused: a part out of sight",
                             _ => "unavailable",
                         };
                         trail.note(annotation::APPROVAL, outcome);
@@ -587,7 +588,18 @@ impl Proxy {
                 let outcome = Box::pin(
                     async {
                         // The reviewer approves what is sent: the body is read first,
-                        // shown in the AccessRequest and forwarded as it was read.
+                        // shown in the AccessRequest and forwarded as it was read. A
+                        // GET's or a HEAD's is not read, nor shown: refused (the API
+                        // server ignores it, a proxied service may not).
+                        if !has_body(req.method())
+                            && !upgrade
+                            && !http_body::Body::is_end_stream(req.body())
+                        {
+                            return Err(approval::Error::Unseen(format!(
+                                "a body with its {}",
+                                req.method()
+                            )));
+                        }
                         if has_body(req.method()) && !upgrade {
                             // The body is buffered to be read: counted among the
                             // caller's held requests while it arrives.

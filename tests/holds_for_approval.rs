@@ -1089,6 +1089,69 @@ async fn a_port_forward_is_held_only_with_its_ports_in_sight() {
     env.stop().await;
 }
 
+/// What reaches a service a request is proxied to is what its reviewer saw: a header
+/// the AccessRequest does not show (`X-HTTP-Method-Override`) or a body on a GET, which
+/// is never read, is refused rather than held; the same request without is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_carries_nothing_its_reviewer_cannot_see() {
+    let env = start_with(&sandbox_policy_with_rule(
+        "  - name: service-calls-need-approval\n    subjects:\n      serviceAccounts: [default/mcp-server]\n    apiGroups: [\"\"]\n    resources: [services/proxy]\n    verbs: [get, create]\n    namespaces: [default]\n    action: approve\n",
+    ))
+    .await;
+    let url = format!(
+        "{}/api/v1/namespaces/default/services/web:80/proxy/items/5",
+        env.proxy_url()
+    );
+    let post = |extra: Option<(&str, &str)>| {
+        let mut req = http::Request::post(&url).header("content-type", "application/json");
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
+        }
+        req.body(chaperone::body::full(&b"{\"note\":\"hello\"}"[..]))
+            .unwrap()
+    };
+    let get_with_body = http::Request::get(&url)
+        .header("content-type", "application/json")
+        .body(chaperone::body::full(
+            &b"{\"script\":\"drop everything\"}"[..],
+        ))
+        .unwrap();
+    for (req, words) in [
+        (
+            post(Some(("x-http-method-override", "DELETE"))),
+            "carries the header x-http-method-override",
+        ),
+        (get_with_body, "carries a body with its GET"),
+    ] {
+        let reply = env.client(false).send(req).await;
+        assert_eq!(reply.status, 403, "{:?}", reply.body);
+        let message = reply.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(words), "{message}");
+        assert!(listed_requests(&env).is_empty(), "nothing held");
+    }
+    // Without them: held, and shown.
+    let client = env.client(false);
+    let req = post(None);
+    let held = tokio::spawn(async move { client.send(req).await });
+    let name = held_request(&env).await;
+    let object = access_request(&env, &name).await;
+    assert_eq!(
+        object["spec"]["request"]["subresource"], "proxy",
+        "{object}"
+    );
+    let decided = reviewer(&env, &["deny", &name, "--reason", "not now", "--yes"]);
+    assert!(decided.status.success(), "{decided:?}");
+    let reply = tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .expect("the held request ends once decided")
+        .unwrap();
+    assert_eq!(reply.status, 403);
+    env.stop().await;
+}
+
 /// A body in which a key comes twice is read by the API server with both values merged,
 /// so no reviewer could be shown what it applies: the request is refused before it is
 /// held (nothing to approve, nothing created), and it is on record as refused.

@@ -94,6 +94,13 @@ pub enum Error {
     )]
     PortsUnseen,
     #[error(
+        "a request held for approval is shown to its reviewers whole, and this one carries \
+         {0}, which the AccessRequest does not show and which the service or pod it is \
+         proxied to may act on: a reviewer would approve what they cannot see, so the \
+         request is refused. Send it without, or have the policy allow this request"
+    )]
+    Unseen(String),
+    #[error(
         "AccessRequest {namespace}/{name} holds another request (its spec.key differs), so \
          this one is refused rather than decided by it"
     )]
@@ -116,7 +123,8 @@ impl Error {
             Error::Denied { .. }
             | Error::Pending { .. }
             | Error::Hidden { .. }
-            | Error::PortsUnseen => Status::forbidden(self.to_string()),
+            | Error::PortsUnseen
+            | Error::Unseen(_) => Status::forbidden(self.to_string()),
             Error::TooManyHeld { .. } => Status::too_many_requests(self.to_string()),
             Error::NameTaken { .. } | Error::ShownOtherwise { .. } => {
                 Status::failure(StatusCode::CONFLICT, "Conflict", self.to_string())
@@ -386,6 +394,9 @@ impl Approvals {
         }
         if info.subresource == "portforward" && !ports_in_sight(headers, query) {
             return Err(Error::PortsUnseen);
+        }
+        if let Some(name) = unseen_header(info, headers) {
+            return Err(Error::Unseen(format!("the header {name}")));
         }
         let commands = commands(query);
         let query = approved_query(info, query);
@@ -757,6 +768,41 @@ fn commands(query: Option<&str>) -> Vec<String> {
     crate::policy::command_args(query.unwrap_or_default())
         .map(|c| String::from_utf8_lossy(&c).into_owned())
         .collect()
+}
+
+/// The headers a request proxied to a service, pod or node may carry and still be held:
+/// what the AccessRequest shows (the body's media type), what says nothing a backend
+/// acts on, and what a WebSocket upgrade needs. Any other (an `X-HTTP-Method-Override:
+/// DELETE`, an application's own) would reach the backend unseen by the reviewer.
+/// (Credentials, hop-by-hop and forwarding headers are gone by now.)
+const SHOWN_OR_INERT: [&str; 15] = [
+    "accept",
+    "accept-language",
+    "content-type",
+    "content-length",
+    "user-agent",
+    "kubectl-command",
+    "kubectl-session",
+    "audit-id",
+    "traceparent",
+    "tracestate",
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+];
+
+/// A header of a request proxied to a service, pod or node that is not among
+/// [`SHOWN_OR_INERT`].
+fn unseen_header<'h>(info: &RequestInfo, headers: &'h http::HeaderMap) -> Option<&'h str> {
+    if info.subresource != "proxy" {
+        return None;
+    }
+    headers
+        .keys()
+        .map(http::HeaderName::as_str)
+        .find(|name| !SHOWN_OR_INERT.contains(name))
 }
 
 /// The part of a request's query that is part of what a reviewer approves, and so of
@@ -1394,6 +1440,49 @@ mod tests {
             forwarded_ports(Some("ports=8080%2C9090&ports=22&x=1")),
             ["8080", "9090", "22"]
         );
+    }
+
+    /// A request proxied to a service, pod or node is held only with headers the
+    /// reviewer sees or that say nothing to a backend.
+    #[test]
+    fn a_proxied_request_is_held_only_with_headers_in_sight() {
+        let info = |path: &str| {
+            crate::request_info::resolve(&"POST".parse().unwrap(), &path.parse().unwrap()).unwrap()
+        };
+        let service = info("/api/v1/namespaces/a/services/app:80/proxy/items/5");
+        let pod = info("/api/v1/namespaces/a/pods/p/proxy/admin");
+        let configmaps = info("/api/v1/namespaces/a/configmaps");
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            map
+        };
+        let plain = headers(&[
+            ("accept", "application/json"),
+            ("content-type", "application/json"),
+            ("user-agent", "kubectl/v1.31"),
+            ("kubectl-command", "kubectl create"),
+        ]);
+        assert_eq!(unseen_header(&service, &plain), None);
+        let overridden = headers(&[
+            ("content-type", "application/json"),
+            ("x-http-method-override", "DELETE"),
+        ]);
+        assert_eq!(
+            unseen_header(&service, &overridden),
+            Some("x-http-method-override")
+        );
+        assert_eq!(
+            unseen_header(&pod, &headers(&[("x-api-key", "k")])),
+            Some("x-api-key")
+        );
+        // Kubernetes' own resources: the API server reads no such header.
+        assert_eq!(unseen_header(&configmaps, &overridden), None);
     }
 
     /// A grant lasts as long as the reviewer said, and never longer than the rule's
