@@ -58,7 +58,30 @@ pub(crate) struct Path {
     /// `name_regex` narrows.
     pub last_any_key: Option<usize>,
     pub last_any_index: Option<usize>,
+    /// Keys the last `*` passes over, left as they are (a Secret's annotations that say
+    /// nothing of its values).
+    pub keep: &'static [&'static str],
 }
+
+/// A Secret's annotations that name what it belongs to and hold none of its values:
+/// left readable. Every other annotation of a Secret is masked: tools copy a Secret's
+/// `data` into their own (kapp's `kapp.k14s.io/original`, as kubectl's last-applied
+/// annotation does), and `kubectl ... --record` its command line into
+/// `kubernetes.io/change-cause`.
+const SECRET_ANNOTATIONS_KEPT: [&str; 12] = [
+    "kubernetes.io/service-account.name",
+    "kubernetes.io/service-account.uid",
+    "meta.helm.sh/release-name",
+    "meta.helm.sh/release-namespace",
+    "cert-manager.io/certificate-name",
+    "cert-manager.io/issuer-name",
+    "cert-manager.io/issuer-kind",
+    "cert-manager.io/issuer-group",
+    "cert-manager.io/common-name",
+    "cert-manager.io/alt-names",
+    "cert-manager.io/ip-sans",
+    "cert-manager.io/uri-sans",
+];
 
 /// One rule, ready to match.
 #[derive(Debug)]
@@ -112,7 +135,8 @@ impl RuleScanner {
 impl Compiled {
     /// The built-in rule for Secrets: `data` values become base64 of the marker (still valid
     /// base64, so typed clients decode the object), `stringData` values and the
-    /// last-applied annotation become the marker.
+    /// annotations (the last-applied one, and all but [`SECRET_ANNOTATIONS_KEPT`]) become
+    /// the marker.
     pub(crate) fn secrets() -> Compiled {
         let path = |segs: Vec<Seg>, repl| Path::new(segs, repl);
         Compiled {
@@ -126,6 +150,17 @@ impl Compiled {
                     Repl::Marker,
                 ),
                 last_applied(),
+                Path {
+                    keep: &SECRET_ANNOTATIONS_KEPT,
+                    ..path(
+                        vec![
+                            Seg::Key(b"metadata".to_vec()),
+                            Seg::Key(b"annotations".to_vec()),
+                            Seg::AnyKey,
+                        ],
+                        Repl::Marker,
+                    )
+                },
             ],
             key_regex: None,
             name_regex: None,
@@ -273,9 +308,17 @@ impl Compiled {
                     .key_regex
                     .as_ref()
                     .filter(|_| path.last_any_key == Some(i));
+                let keep = if path.last_any_key == Some(i) {
+                    path.keep
+                } else {
+                    &[]
+                };
                 for (k, v) in scan::members(tape, at) {
-                    if let Some(re) = narrow {
-                        if !re.is_match(scan::content(src, &tape[k], &mut scratch)) {
+                    if narrow.is_some() || !keep.is_empty() {
+                        let key = scan::content(src, &tape[k], &mut scratch);
+                        if narrow.is_some_and(|re| !re.is_match(key))
+                            || keep.iter().any(|kept| kept.as_bytes() == key)
+                        {
                             continue;
                         }
                     }
@@ -366,6 +409,7 @@ impl Path {
             last_any_index: segs.iter().rposition(|s| *s == Seg::AnyIndex),
             segs,
             repl,
+            keep: &[],
         }
     }
 }

@@ -17,7 +17,7 @@ fn check_masked_secret(v: &Value) {
         ann["kubectl.kubernetes.io/last-applied-configuration"],
         MARKER
     );
-    assert_eq!(ann["owner"], "team-a");
+    assert_eq!(ann["meta.helm.sh/release-name"], "team-a");
     assert_eq!(v["type"], "Opaque");
 }
 
@@ -30,6 +30,36 @@ async fn secret_get() {
     check_masked_secret(&value(&out));
     assert_eq!(n, 3);
     assert!(!String::from_utf8_lossy(&out).contains("aHVudGVyMg"));
+}
+
+/// Tools copy a Secret's values into annotations of their own (kapp's original,
+/// kubectl's `--record` command line): every annotation but those naming what the
+/// Secret belongs to is masked.
+#[tokio::test]
+async fn a_secrets_annotations_are_masked_but_for_what_it_belongs_to() {
+    let mut s = secret("s1");
+    s["metadata"]["annotations"] = json!({
+        "kapp.k14s.io/original": "{\"data\":{\"password\":\"aHVudGVyMg==\"}}",
+        "kubernetes.io/change-cause": "kubectl patch secret s1 -p {\"stringData\":{\"password\":\"hunter2\"}} --record=true",
+        "kubernetes.io/service-account.name": "builder",
+        "cert-manager.io/common-name": "web.example.com",
+    });
+    let input = serde_json::to_vec(&s).unwrap();
+    let (out, n) = run(&defaults(), &target("secrets"), JSON, &input)
+        .await
+        .unwrap();
+    let v = value(&out);
+    let ann = &v["metadata"]["annotations"];
+    assert_eq!(ann["kapp.k14s.io/original"], MARKER);
+    assert_eq!(ann["kubernetes.io/change-cause"], MARKER);
+    assert_eq!(ann["kubernetes.io/service-account.name"], "builder");
+    assert_eq!(ann["cert-manager.io/common-name"], "web.example.com");
+    assert_eq!(n, 4);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        !text.contains("aHVudGVyMg") && !text.contains("hunter2"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -182,7 +212,7 @@ async fn table_of_secrets_with_objects() {
             ann["kubectl.kubernetes.io/last-applied-configuration"],
             MARKER
         );
-        assert_eq!(ann["owner"], "team-a");
+        assert_eq!(ann["meta.helm.sh/release-name"], "team-a");
         if obj["kind"] == "Secret" {
             check_masked_secret(obj);
         }

@@ -119,7 +119,7 @@ pub(super) fn secret(name: &str) -> Value {
             "annotations": {
                 "kubectl.kubernetes.io/last-applied-configuration":
                     "{\"apiVersion\":\"v1\",\"data\":{\"password\":\"aHVudGVyMg==\"}}",
-                "owner": "team-a"
+                "meta.helm.sh/release-name": "team-a"
             }
         },
         "data": {"password": "aHVudGVyMg==", "user": "YWRtaW4="},
