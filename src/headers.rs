@@ -957,6 +957,21 @@ mod tests {
                 Version::HTTP_11,
                 Err("through nodes/proxy"),
             ),
+            // Another group's subresources of those names: API answers to read.
+            (
+                "GET",
+                "/apis/cluster.karmada.io/v1alpha1/clusters/m1/proxy/api/v1/secrets?watch=1",
+                false,
+                Version::HTTP_11,
+                Err("not get clusters/proxy"),
+            ),
+            (
+                "GET",
+                "/apis/example.com/v1/namespaces/a/widgets/w/exec",
+                false,
+                Version::HTTP_11,
+                Err("not get widgets/exec"),
+            ),
             // Streams chaperone must read, a body, another version.
             (
                 "GET",

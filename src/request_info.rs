@@ -170,13 +170,21 @@ impl RequestInfo {
     }
 
     /// Whether the request opens a connection the API server may upgrade and then
-    /// carries both ways: an exec, attach or port-forward, or a proxied request.
+    /// carries both ways: a pod's exec, attach or port-forward, or a request proxied to
+    /// a pod, a service or a node. Kubernetes' own, in the core group: another group's
+    /// subresource of such a name (an aggregated API's `clusters/proxy`, reaching
+    /// another cluster) answers what chaperone must read as any API's answer.
     pub fn is_connection(&self) -> bool {
         self.is_resource_request
-            && matches!(
-                self.subresource.as_str(),
-                "exec" | "attach" | "portforward" | "proxy"
-            )
+            && self.api_group.is_empty()
+            && match self.resource.as_str() {
+                "pods" => matches!(
+                    self.subresource.as_str(),
+                    "exec" | "attach" | "portforward" | "proxy"
+                ),
+                "services" | "nodes" => self.subresource == "proxy",
+                _ => false,
+            }
     }
 
     /// Go's `Parts`: the path's segments from the resource on

@@ -198,6 +198,15 @@ impl<'a> Target<'a> {
             api_group: &info.api_group,
         }
     }
+
+    /// Whether the body is not an API object ([`OPAQUE_SUBRESOURCES`]), as only the
+    /// core group's pods, services and nodes answer: another group's `proxy` (an
+    /// aggregated API reaching another cluster) answers objects, masked as any.
+    fn opaque(&self) -> bool {
+        self.api_group.is_empty()
+            && OPAQUE_SUBRESOURCES.contains(&self.subresource)
+            && matches!(self.resource, "pods" | "services" | "nodes")
+    }
 }
 
 /// What to do with one response body.
@@ -285,7 +294,9 @@ impl Inner {
     }
 }
 
-/// Subresources whose bodies are not API objects.
+/// Subresources whose bodies are not API objects: a pod's streams, and what a pod, a
+/// service or a node answers through the API server's proxy. In the core group only
+/// ([`Target::opaque`]).
 const OPAQUE_SUBRESOURCES: [&str; 4] = ["exec", "attach", "portforward", "proxy"];
 
 impl Masker {
@@ -320,7 +331,7 @@ impl Masker {
 
     /// Decides what to do with one response (see the module docs for the rules).
     pub fn plan(&self, target: &Target<'_>, headers: &HeaderMap) -> Plan {
-        if target.resource.is_empty() || OPAQUE_SUBRESOURCES.contains(&target.subresource) {
+        if target.resource.is_empty() || target.opaque() {
             return Plan::PassThrough;
         }
         let logs = target.resource == "pods" && target.subresource == "log";

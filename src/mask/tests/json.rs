@@ -62,6 +62,21 @@ async fn a_secrets_annotations_are_masked_but_for_what_it_belongs_to() {
     );
 }
 
+/// A Secret answered through another group's `proxy` subresource (Karmada's
+/// `clusters/proxy`, reaching a member cluster) is masked as the Secret it is.
+#[tokio::test]
+async fn a_secret_through_an_aggregated_proxy_is_masked() {
+    let input = serde_json::to_vec(&secret("s1")).unwrap();
+    let t = Target {
+        api_group: "cluster.karmada.io",
+        subresource: "proxy",
+        ..target("clusters")
+    };
+    let (out, _) = run(&defaults(), &t, JSON, &input).await.unwrap();
+    check_masked_secret(&value(&out));
+    assert!(!String::from_utf8_lossy(&out).contains("aHVudGVyMg"));
+}
+
 #[tokio::test]
 async fn secret_with_sorted_keys_and_string_data() {
     // serde_json's map (the sandbox) writes keys sorted: `data` before `kind`.

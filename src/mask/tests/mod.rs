@@ -241,6 +241,26 @@ fn plans() {
         ..target("pods")
     };
     assert_eq!(is(exec, &HeaderMap::new()), "pass");
+    let service_proxy = Target {
+        subresource: "proxy",
+        ..target("services")
+    };
+    assert_eq!(is(service_proxy, &json), "pass");
+    // Another group's `proxy` (an aggregated API reaching another cluster) answers API
+    // objects: read, and masked as any.
+    let cluster_proxy = Target {
+        api_group: "cluster.karmada.io",
+        subresource: "proxy",
+        ..target("clusters")
+    };
+    assert_eq!(is(cluster_proxy, &json), "json");
+    assert_eq!(
+        is(
+            cluster_proxy,
+            &headers("application/vnd.kubernetes.protobuf")
+        ),
+        "refuse"
+    );
     for ct in [
         "application/vnd.kubernetes.protobuf",
         "application/cbor",
