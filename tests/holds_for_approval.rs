@@ -251,6 +251,41 @@ async fn grant_covers_retries_for_3s(reviewer_grant: &str) {
     env.stop().await;
 }
 
+/// A reviewer takes a grant back by deleting its AccessRequest: the same request is
+/// held again at once, not forwarded for the rest of the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_approved_request_takes_its_grant_back() {
+    let env = start_with(&policy_with("1s", "1h")).await;
+    let create = env.kubectl(&CREATE).await;
+    assert!(
+        String::from_utf8_lossy(&create.stderr).contains("approval pending"),
+        "{create:?}"
+    );
+    let name = held_request(&env).await;
+    let approved = reviewer(&env, &["approve", &name, "--yes"]);
+    assert!(approved.status.success(), "{approved:?}");
+    let created = ok(&env.kubectl(&CREATE).await);
+    assert!(created.contains("agent-admin created"), "{created}");
+    let deleted = env
+        .kubectl_direct(&["delete", "accessrequest", &name, "-n", "default"])
+        .await;
+    assert!(deleted.status.success(), "{deleted:?}");
+    // The watch sees the delete; then the request is held, not granted (a forwarded one
+    // would hear from the API server that the binding exists).
+    let mut said = String::new();
+    for _ in 0..50 {
+        let again = env.kubectl(&CREATE).await;
+        said = String::from_utf8_lossy(&again.stderr).into_owned();
+        if said.contains("approval pending") {
+            break;
+        }
+        assert!(said.contains("already exists"), "{said}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(said.contains("approval pending"), "{said}");
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_request_gets_the_reviewers_reason() {
     let env = start("30s").await;

@@ -676,12 +676,24 @@ impl Approvals {
         self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The AccessRequest whose grant covers `key`, while it lasts.
+    /// The AccessRequest whose grant covers `key`, while it lasts, and while it is there
+    /// approved: a reviewer takes a grant back by deleting its AccessRequest (as the
+    /// watch, in sync, sees it; with the watch broken, the grant stands until it ends).
     fn granted(&self, key: &str) -> Option<String> {
         let mut grants = self.grants.locked();
         let now = Instant::now();
         grants.retain(|_, (until, _)| *until > now);
-        grants.get(key).map(|(_, name)| name.clone())
+        let name = grants.get(key).map(|(_, name)| name.clone())?;
+        if let Some(watch) = self.watch.get().filter(|w| w.health().is_ok()) {
+            let approved = watch
+                .get(&name)
+                .is_some_and(|o| o["status"]["phase"] == "Approved");
+            if !approved {
+                grants.remove(key);
+                return None;
+            }
+        }
+        Some(name)
     }
 
     fn grant(&self, key: String, until: Instant, name: String) {
