@@ -286,6 +286,38 @@ async fn deleting_an_approved_request_takes_its_grant_back() {
     env.stop().await;
 }
 
+/// An AccessRequest's phase written Approved without the approvals its spec asks for
+/// (where the admission policy that stops such a write is missing) is not taken: the
+/// request stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_without_its_approvals_is_not_taken() {
+    let env = start_with(&policy_with("1s", "1h")).await;
+    let create = env.kubectl(&CREATE).await;
+    assert!(
+        String::from_utf8_lossy(&create.stderr).contains("approval pending"),
+        "{create:?}"
+    );
+    let name = held_request(&env).await;
+    let patched = env
+        .kubectl_direct(&[
+            "patch",
+            "accessrequest",
+            &name,
+            "-n",
+            "default",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Approved","decidedBy":"mallory"}}"#,
+        ])
+        .await;
+    assert!(patched.status.success(), "{patched:?}");
+    let again = env.kubectl(&CREATE).await;
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("approval pending"), "{again:?}");
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_request_gets_the_reviewers_reason() {
     let env = start("30s").await;

@@ -467,6 +467,7 @@ impl Approvals {
         // once only, so that two waiters that disagree on what to show (a policy
         // reloaded meanwhile) do not take turns replacing each other's.
         let mut replaced = false;
+        let mut said_unfounded = false;
         loop {
             let current = self
                 .read(&name)
@@ -492,6 +493,12 @@ impl Approvals {
                 Some(object) => {
                     let status = &object["status"];
                     match status["phase"].as_str().unwrap_or("Pending") {
+                        // The admission policy makes this so; without it (before
+                        // Kubernetes 1.30, or deleted), one reviewer could write another's
+                        // phase. Waited on as if pending.
+                        "Approved" if !approval_stands(&object) => {
+                            warn_unfounded(&name, &self.namespace, &mut said_unfounded)
+                        }
                         "Approved" => {
                             let until = self.grant_of(&object, held.grant);
                             if until > Instant::now() {
@@ -1040,6 +1047,51 @@ fn object_name(info: &RequestInfo, key: &str) -> String {
 /// under its name is refused (`Error::NameTaken`).
 const NAME_DIGITS: usize = 16;
 
+/// Says, once per held request, that its AccessRequest says Approved unfounded.
+fn warn_unfounded(name: &str, namespace: &str, said: &mut bool) {
+    if !std::mem::replace(said, true) {
+        tracing::warn!(access_request = %name, %namespace,
+            "an AccessRequest says Approved without the approvals its spec needs (distinct \
+             reviewers, none the requester, or a break-glass group); is the \
+             chaperone-accessrequest-reviews admission policy installed? Waiting as if pending");
+    }
+}
+
+/// Whether an AccessRequest that says Approved holds the approvals its spec asks for:
+/// `spec.approvers` distinct reviewers, none of them the requester; or, marked
+/// break-glass, a rule that has break-glass groups and a reviewer named. (That the
+/// reviewer is in one of the groups only the admission policy can tell, from who
+/// writes.) The admission policy `chaperone-accessrequest-reviews` enforces all of it
+/// on every write; this holds where it is missing.
+fn approval_stands(object: &Value) -> bool {
+    let (spec, status) = (&object["spec"], &object["status"]);
+    let requester = spec["requester"]["user"].as_str().unwrap_or_default();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(str::to_owned))
+            .collect()
+    };
+    if status["breakGlass"].as_bool() == Some(true) {
+        return !strings(&spec["breakGlassGroups"]).is_empty()
+            && status["decidedBy"]
+                .as_str()
+                .is_some_and(|by| !by.is_empty());
+    }
+    let mut reviewers: Vec<&str> = status["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["user"].as_str())
+        .filter(|u| !u.is_empty() && *u != requester)
+        .collect();
+    reviewers.sort_unstable();
+    reviewers.dedup();
+    let needed = spec["approvers"].as_u64().unwrap_or(1).max(1);
+    reviewers.len() as u64 >= needed
+}
+
 /// The whole key an AccessRequest was created for (`spec.key`).
 fn key_of(object: &Value) -> &str {
     object["spec"]["key"].as_str().unwrap_or_default()
@@ -1452,6 +1504,39 @@ mod tests {
             forwarded_ports(Some("ports=8080%2C9090&ports=22&x=1")),
             ["8080", "9090", "22"]
         );
+    }
+
+    /// An AccessRequest that says Approved is taken at its word only with the approvals
+    /// its spec asks for, whoever wrote its phase.
+    #[test]
+    fn an_approval_stands_only_with_the_approvals_it_needs() {
+        let object = |approvers: u64, glass: &[&str], status: Value| {
+            json!({
+                "spec": {"requester": {"user": "agent", "groups": ["dev"]},
+                         "approvers": approvers, "breakGlassGroups": glass},
+                "status": status,
+            })
+        };
+        let approved = |users: &[&str]| {
+            let approvals: Vec<Value> = users.iter().map(|u| json!({"user": u})).collect();
+            json!({"phase": "Approved", "decidedBy": users.last().copied().unwrap_or(""), "approvals": approvals})
+        };
+        #[rustfmt::skip]
+        let cases = [
+            (object(1, &[], approved(&["alice"])), true),
+            (object(2, &[], approved(&["alice", "bob"])), true),
+            (object(2, &[], approved(&["alice"])), false),
+            (object(2, &[], approved(&["alice", "alice"])), false),
+            (object(1, &[], approved(&["agent"])), false),
+            (object(2, &[], approved(&["alice", "agent"])), false),
+            (object(1, &[], json!({"phase": "Approved", "decidedBy": "alice"})), false),
+            (object(2, &["oncall"], json!({"phase": "Approved", "decidedBy": "carol", "breakGlass": true})), true),
+            (object(2, &[], json!({"phase": "Approved", "decidedBy": "carol", "breakGlass": true})), false),
+            (object(2, &["oncall"], json!({"phase": "Approved", "breakGlass": true})), false),
+        ];
+        for (object, stands) in cases {
+            assert_eq!(approval_stands(&object), stands, "{object}");
+        }
     }
 
     /// A request proxied to a service, pod or node is held only with headers the
