@@ -567,6 +567,22 @@ pub(crate) fn go_query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>
         })
 }
 
+/// `query` as the API server reads it, written out for people: each pair Go's
+/// `url.ParseQuery` keeps, its escapes decoded (`command=%72%6d;x&stdin=1` reads
+/// `stdin=1`). For showing only, never for forwarding.
+pub(crate) fn query_as_read(query: &str) -> String {
+    let pairs: Vec<String> = go_query_pairs(query)
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                String::from_utf8_lossy(&k),
+                String::from_utf8_lossy(&v)
+            )
+        })
+        .collect();
+    pairs.join("&")
+}
+
 /// A boolean query parameter as the API server's conversions read it
 /// (`runtime.Convert_Slice_string_To_bool`): the first value given, true unless it is `0`
 /// or `false` in any case (`?follow` alone is true); false when the parameter is absent.

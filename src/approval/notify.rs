@@ -218,6 +218,11 @@ fn slack_text(n: &Value) -> String {
     };
     if let Some(query) = n.pointer("/request/query").and_then(Value::as_str) {
         text.push_str(&cut(format!("?{query}")));
+        // As the API server reads it, where that differs (`command=%72%6d` is `rm`).
+        let read = crate::request_info::query_as_read(query);
+        if read != query {
+            text.push_str(&format!("\nReads as:{}", cut(format!("?{read}"))));
+        }
     }
     if let Some(body) = n.pointer("/request/body") {
         text.push_str(&cut(body.to_string()));
@@ -380,6 +385,14 @@ mod tests {
             ":lock: *agent* wants to *create* `pods/exec web in a` (rule `r`).\n\
              ```?command=sh&amp;container=app&amp;stdin=true&amp;stdout=true```\n\
              Approve: `ok`\nDeny: `no`"
+        );
+        // Escaped, it is also shown as the API server reads it.
+        let mut escaped = notice.clone();
+        escaped["request"]["query"] = json!("command=%72%6d&command=-rf;x");
+        let text = slack_text(&escaped);
+        assert!(
+            text.contains("```?command=%72%6d&amp;command=-rf;x```\nReads as:\n```?command=rm```"),
+            "{text}"
         );
     }
 

@@ -442,7 +442,25 @@ fn show(object: &Value) -> String {
         format!("{} {resource}{target}", s("/spec/request/verb")),
     ));
     rows.push(("path", s("/spec/request/path").to_owned()));
-    rows.push(("query", s("/spec/request/query").to_owned()));
+    let query = s("/spec/request/query");
+    rows.push(("query", query.to_owned()));
+    // As the API server reads it (escapes decoded, pairs holding `;` dropped), where
+    // that differs from what was sent: `command=%72%6d` reads `command=rm`.
+    let read = crate::request_info::query_as_read(query);
+    if read != query {
+        rows.push(("reads as", read));
+    }
+    let subresource = s("/spec/request/subresource");
+    if matches!(subresource, "exec" | "attach")
+        && crate::request_info::go_bool_param(query, "stdin")
+    {
+        rows.push((
+            "stdin",
+            "open: what is typed into the session is not shown here, and a grant covers \
+             new sessions until it ends"
+                .to_owned(),
+        ));
+    }
     if s("/spec/request/subresource") == "portforward" {
         let query = Some(s("/spec/request/query")).filter(|q| !q.is_empty());
         rows.push(("ports", crate::approval::forwarded_ports(query).join(", ")));
@@ -602,6 +620,21 @@ mod tests {
         }
         assert!(!shown.contains(['\u{1b}', '\u{202e}']), "{shown}");
         assert!(shown.contains("x=\\u{202e}"), "{shown}");
+        // A query is also shown as the API server reads it, where that differs; an exec
+        // with its stdin open says that what is typed is not shown.
+        let exec = json!({"spec": {"request": {"verb": "create", "resource": "pods",
+            "subresource": "exec", "name": "web", "query": "command=%72%6d&command=-rf&stdin=true;x"}}});
+        let shown = show(&exec);
+        assert!(
+            shown.contains("reads as   command=rm&command=-rf\n"),
+            "{shown}"
+        );
+        assert!(!shown.contains("stdin      open"), "{shown}");
+        let exec = json!({"spec": {"request": {"verb": "create", "resource": "pods",
+            "subresource": "exec", "name": "web", "query": "command=psql&stdin=1"}}});
+        let shown = show(&exec);
+        assert!(shown.contains("stdin      open: what is typed"), "{shown}");
+        assert!(!shown.contains("reads as"), "{shown}");
         // What is asked names its subresource: a node's proxy is the kubelet's API.
         let proxy = json!({"spec": {"request": {"verb": "get", "resource": "nodes",
             "subresource": "proxy", "name": "n1"}}});
