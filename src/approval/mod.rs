@@ -506,7 +506,7 @@ impl Approvals {
                                 return Ok(self.approved(&held, &object, until));
                             }
                             // An old grant has run out: ask again.
-                            self.remove(&path).await?;
+                            self.remove(&path, &object).await?;
                             removed = Some(object["metadata"]["uid"].clone());
                             self.create(&held).await?;
                         }
@@ -526,7 +526,7 @@ impl Approvals {
                             });
                         }
                         "Expired" => {
-                            self.remove(&path).await?;
+                            self.remove(&path, &object).await?;
                             removed = Some(object["metadata"]["uid"].clone());
                             self.create(&held).await?;
                         }
@@ -735,12 +735,22 @@ impl Approvals {
             requester = %found["spec"]["requester"]["user"].as_str().unwrap_or_default(),
             "an AccessRequest under this request's name shows another request (made by someone else, or under an older policy): replaced");
         let path = format!("{}/{}", collection(&self.namespace), held.name);
-        self.remove(&path).await?;
+        self.remove(&path, found).await?;
         self.create(held).await
     }
 
-    async fn remove(&self, path: &str) -> Result<(), Error> {
-        self.upstream.call(Method::DELETE, path, None).await?;
+    /// Deletes the AccessRequest at `path` if it is still `seen` (its uid): another
+    /// waiter for the same request may have replaced it already, with an object a
+    /// reviewer may be deciding (then the API server answers 409, and this one reads
+    /// that object next).
+    async fn remove(&self, path: &str, seen: &Value) -> Result<(), Error> {
+        let options = json!({
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "preconditions": {"uid": seen["metadata"]["uid"]},
+        });
+        let body = ("application/json", options.to_string().into_bytes());
+        self.upstream.call(Method::DELETE, path, Some(body)).await?;
         Ok(())
     }
 }
