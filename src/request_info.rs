@@ -570,17 +570,53 @@ pub(crate) fn go_query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>
 /// `query` as the API server reads it, written out for people: each pair Go's
 /// `url.ParseQuery` keeps, its escapes decoded (`command=%72%6d;x&stdin=1` reads
 /// `stdin=1`). For showing only, never for forwarding.
+///
+/// Only what reads as itself is decoded: a character that could pass for a boundary
+/// (`&`, `=`, `;`, `+`, `%`, `#`, a space), a control or invisible one (a line break,
+/// a bidi override, a zero-width space) and bytes that are not UTF-8 stay `%`-escaped,
+/// so `command=ls%26container%3Dsidecar` reads `command=ls%26container%3Dsidecar`, one
+/// argument.
 pub(crate) fn query_as_read(query: &str) -> String {
-    let pairs: Vec<String> = go_query_pairs(query)
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                String::from_utf8_lossy(&k),
-                String::from_utf8_lossy(&v)
-            )
-        })
-        .collect();
-    pairs.join("&")
+    fn shown(bytes: &[u8], out: &mut String) {
+        use std::fmt::Write as _;
+        for chunk in bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                let plain = if c.is_ascii() {
+                    c.is_ascii_graphic() && !"&=;+%#".contains(c)
+                } else {
+                    !c.is_control() && !c.is_whitespace() && !invisible(c)
+                };
+                if plain {
+                    out.push(c);
+                } else {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "%{b:02X}");
+                    }
+                }
+            }
+            for b in chunk.invalid() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    let mut out = String::with_capacity(query.len());
+    for (i, (key, value)) in go_query_pairs(query).enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        shown(&key, &mut out);
+        out.push('=');
+        shown(&value, &mut out);
+    }
+    out
+}
+
+/// Characters that show nothing or reorder what follows (Unicode's format characters
+/// that matter in text shown to people): zero-width ones, bidi marks, embeddings,
+/// overrides and isolates, the byte-order mark, the Arabic letter mark.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}' | '\u{00AD}')
 }
 
 /// A boolean query parameter as the API server's conversions read it

@@ -315,6 +315,20 @@ async fn an_approval_without_its_approvals_is_not_taken() {
     let again = env.kubectl(&CREATE).await;
     let said = String::from_utf8_lossy(&again.stderr);
     assert!(said.contains("approval pending"), "{again:?}");
+    // Asked again: a fresh AccessRequest under the name, for reviewers to decide.
+    let phase = env
+        .kubectl_direct(&[
+            "get",
+            "accessrequest",
+            &name,
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+        .await;
+    assert!(phase.status.success(), "{phase:?}");
+    assert_ne!(String::from_utf8_lossy(&phase.stdout), "Approved");
     env.stop().await;
 }
 

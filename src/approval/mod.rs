@@ -313,7 +313,9 @@ pub struct Approvals {
     /// Requests waiting for a decision right now (a metric).
     waiting: std::sync::atomic::AtomicU64,
     /// Request key -> end of its grant and the AccessRequest that granted it.
-    grants: Mutex<HashMap<String, (Instant, String)>>,
+    /// Each grant by request key: until when, and the AccessRequest (name, uid) it is
+    /// the approval of.
+    grants: Mutex<HashMap<String, (Instant, String, String)>>,
     /// AccessRequest uid -> the end of the grant first taken from its approval. An
     /// approval grants once: read again after that grant, it is over (asked again), not
     /// granted anew from the time it is read.
@@ -495,10 +497,16 @@ impl Approvals {
                     match status["phase"].as_str().unwrap_or("Pending") {
                         // The admission policy makes this so; without it (before
                         // Kubernetes 1.30, or deleted), one reviewer could write another's
-                        // phase. Waited on as if pending.
-                        "Approved" if !approval_stands(&object) => {
-                            warn_unfounded(&name, &self.namespace, &mut said_unfounded)
+                        // phase. Asked again once (a fresh AccessRequest, pending, for
+                        // reviewers to decide), then waited on as if pending.
+                        "Approved" if !approval_stands(&object) && !said_unfounded => {
+                            said_unfounded = true;
+                            warn_unfounded(&name, &self.namespace);
+                            self.remove(&path, &object).await?;
+                            removed = Some(object["metadata"]["uid"].clone());
+                            self.create(&held).await?;
                         }
+                        "Approved" if !approval_stands(&object) => {}
                         "Approved" => {
                             let until = self.grant_of(&object, held.grant);
                             if until > Instant::now() {
@@ -573,7 +581,8 @@ impl Approvals {
     fn approved(&self, held: &Held, object: &Value, until: Instant) -> Outcome {
         let status = &object["status"];
         let text = |field: &str| status[field].as_str().unwrap_or_default().to_owned();
-        self.grant(held.key.clone(), until, held.name.clone());
+        let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
+        self.grant(held.key.clone(), until, held.name.clone(), uid.to_owned());
         if status["breakGlass"].as_bool() != Some(true) {
             return Outcome::Approved {
                 name: held.name.clone(),
@@ -689,12 +698,14 @@ impl Approvals {
     fn granted(&self, key: &str) -> Option<String> {
         let mut grants = self.grants.locked();
         let now = Instant::now();
-        grants.retain(|_, (until, _)| *until > now);
-        let name = grants.get(key).map(|(_, name)| name.clone())?;
+        grants.retain(|_, (until, _, _)| *until > now);
+        let (_, name, uid) = grants.get(key)?;
+        let name = name.clone();
         if let Some(watch) = self.watch.get().filter(|w| w.health().is_ok()) {
-            let approved = watch
-                .get(&name)
-                .is_some_and(|o| o["status"]["phase"] == "Approved");
+            // The very object approved: another under the same name is another's.
+            let approved = watch.get(&name).is_some_and(|o| {
+                o["status"]["phase"] == "Approved" && o["metadata"]["uid"] == uid.as_str()
+            });
             if !approved {
                 grants.remove(key);
                 return None;
@@ -703,8 +714,8 @@ impl Approvals {
         Some(name)
     }
 
-    fn grant(&self, key: String, until: Instant, name: String) {
-        self.grants.locked().insert(key, (until, name));
+    fn grant(&self, key: String, until: Instant, name: String, uid: String) {
+        self.grants.locked().insert(key, (until, name, uid));
     }
 
     /// The end of the grant an approved AccessRequest gives: [`grant_end`] the first
@@ -804,9 +815,12 @@ fn commands(query: Option<&str>) -> Vec<String> {
 /// acts on, and what a WebSocket upgrade needs. Any other (an `X-HTTP-Method-Override:
 /// DELETE`, an application's own) would reach the backend unseen by the reviewer.
 /// (Credentials, hop-by-hop and forwarding headers are gone by now.)
-const SHOWN_OR_INERT: [&str; 15] = [
+const SHOWN_OR_INERT: [&str; 18] = [
     "accept",
     "accept-language",
+    "expect",
+    "baggage",
+    "sec-websocket-extensions",
     "content-type",
     "content-length",
     "user-agent",
@@ -842,7 +856,9 @@ fn unseen_header<'h>(info: &RequestInfo, headers: &'h http::HeaderMap) -> Option
 /// the next page of the list.
 fn approved_query<'q>(info: &RequestInfo, query: Option<&'q str>) -> Option<&'q str> {
     let read = matches!(info.verb.as_str(), "get" | "list" | "watch");
-    query.filter(|q| !q.is_empty() && (info.is_connection() || !read))
+    // Any group's `proxy`: what the backend is sent (an aggregated API's too).
+    let sent = info.is_connection() || info.subresource == "proxy";
+    query.filter(|q| !q.is_empty() && (sent || !read))
 }
 
 /// The verb a request is approved under. An exec, attach or port-forward is the same
@@ -1057,14 +1073,12 @@ fn object_name(info: &RequestInfo, key: &str) -> String {
 /// under its name is refused (`Error::NameTaken`).
 const NAME_DIGITS: usize = 16;
 
-/// Says, once per held request, that its AccessRequest says Approved unfounded.
-fn warn_unfounded(name: &str, namespace: &str, said: &mut bool) {
-    if !std::mem::replace(said, true) {
-        tracing::warn!(access_request = %name, %namespace,
-            "an AccessRequest says Approved without the approvals its spec needs (distinct \
-             reviewers, none the requester, or a break-glass group); is the \
-             chaperone-accessrequest-reviews admission policy installed? Waiting as if pending");
-    }
+/// Says that a held request's AccessRequest says Approved unfounded.
+fn warn_unfounded(name: &str, namespace: &str) {
+    tracing::warn!(access_request = %name, %namespace,
+        "an AccessRequest says Approved without the approvals its spec needs (distinct \
+         reviewers, none the requester, or a break-glass group); is the \
+         chaperone-accessrequest-reviews admission policy installed? Asked again");
 }
 
 /// Whether an AccessRequest that says Approved holds the approvals its spec asks for:
@@ -1134,8 +1148,21 @@ fn describes(object: &Value, held: &Value) -> bool {
         }
         request
     };
+    // The requester's uid is kept only where the CRD has the field (manifests before it
+    // drop it): then it is not shown, but is still in the key the name and `spec.key`
+    // hold, so such an object is this request's all the same.
+    let requester = |spec: &Value| {
+        let mut requester = spec["requester"].clone();
+        if found["requester"].get("uid").is_none() {
+            if let Some(fields) = requester.as_object_mut() {
+                fields.remove("uid");
+            }
+        }
+        requester
+    };
     same(&request(found), &request(ours))
-        && ["key", "requester", "rule", "approvers", "breakGlassGroups"]
+        && same(&requester(found), &requester(ours))
+        && ["key", "rule", "approvers", "breakGlassGroups"]
             .iter()
             .all(|field| same(&found[field], &ours[field]))
 }
@@ -1181,7 +1208,7 @@ fn access_request(
         "kind": "AccessRequest",
         "metadata": {"name": name, "labels": {"chaperone.dev/rule": sanitize_label(decision.rule())}},
         "spec": {
-            "requester": {"user": who.user, "groups": who.groups, "pod": pod, "uid": who.uid},
+            "requester": {"user": who.user, "groups": who.groups, "pod": pod},
             "request": {
                 "verb": info.verb,
                 "apiGroup": info.api_group,
@@ -1203,6 +1230,9 @@ fn access_request(
             "expiresAt": crate::audit::event::timestamp(expires),
         },
     });
+    if !who.uid.is_empty() {
+        object["spec"]["requester"]["uid"] = who.uid.as_str().into();
+    }
     if let Some(query) = shown.query {
         object["spec"]["request"]["query"] = query.into();
     }
@@ -1638,6 +1668,19 @@ mod tests {
             *forged.pointer_mut(at).unwrap() = other;
             assert!(!describes(&forged, &ours), "{at}");
         }
+        // A requester's uid: kept where the CRD has the field; dropped by an older CRD,
+        // the object is still this request's (its key holds the uid); another uid is not.
+        let mut ours = ours;
+        ours["spec"]["requester"]["uid"] = json!("chaperone-local-1");
+        let mut stored = ours.clone();
+        assert!(describes(&stored, &ours));
+        stored["spec"]["requester"]["uid"] = json!("chaperone-local-2");
+        assert!(!describes(&stored, &ours));
+        stored["spec"]["requester"]
+            .as_object_mut()
+            .unwrap()
+            .remove("uid");
+        assert!(describes(&stored, &ours));
     }
 
     /// The same request from another pod of the same service account, or with other
@@ -1718,6 +1761,12 @@ mod tests {
             "/api/v1/namespaces/default/services/web:80/proxy/admin",
         );
         assert_ne!(key(&proxy, "action=status"), key(&proxy, "action=drop"));
+        // So is another group's proxy: what it sends on is its query too.
+        let karmada = get(
+            "GET",
+            "/apis/cluster.karmada.io/v1alpha1/clusters/m1/proxy/api/v1/namespaces/a/services/app/proxy/admin",
+        );
+        assert_ne!(key(&karmada, "action=status"), key(&karmada, "action=drop"));
         let purge = get("DELETE", "/api/v1/namespaces/default/pods");
         assert_eq!(purge.verb, "deletecollection");
         assert_ne!(

@@ -67,8 +67,9 @@ pub enum Recorded {
 
 impl Capture {
     pub fn recorded(&self) -> Recorded {
-        // A proxied request's body, and its answer, are a service's own: chaperone
-        // forwards them unmasked to the caller, and knows no rule to mask a copy by.
+        // A proxied request's body, and its answer, are a service's own (or, through
+        // another group's proxy, another cluster's): chaperone knows no rule to mask a
+        // copy of a service's by, and keeps none of either.
         let (Of::Request { info, .. } | Of::Response { info }) = &self.of;
         if info.subresource == "proxy" {
             return Recorded::Omitted(

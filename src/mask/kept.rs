@@ -89,6 +89,7 @@ impl Masker {
             resource: target.resource.to_owned(),
             namespace: target.namespace.to_owned(),
             name: target.name.to_owned(),
+            unknown_kinds: target.answers_unknown_kinds(),
         };
         let mut out = BytesMut::with_capacity(json.len());
         let mut units = Units::default();

@@ -24,9 +24,11 @@
 //!
 //! # Which responses ([`Masker::plan`])
 //!
-//! * Pass through: non-resource requests (discovery, `/version`, `/openapi`), the streaming
-//!   subresources `exec`, `attach`, `portforward` and `proxy` (not API objects: the policy
-//!   must decide whether to allow them), and built-in resources (core group, groups without
+//! * Pass through: non-resource requests (discovery, `/version`, `/openapi`), a pod's
+//!   `exec`, `attach` and `portforward` and the core group's pod, service and node `proxy`
+//!   (not API objects: the policy must decide whether to allow them; another group's
+//!   `proxy` answers objects, masked with every rule where their kind is not said), and
+//!   built-in resources (core group, groups without
 //!   a dot or ending in `.k8s.io`) that are not `secrets` and that no rule names.
 //! * Masked: `secrets`, every resource a rule names (`*`: all), and custom or aggregated
 //!   resources (they may return anything, `kind: List` included). `pods/log` is masked by
@@ -197,6 +199,12 @@ impl<'a> Target<'a> {
             ),
             api_group: &info.api_group,
         }
+    }
+
+    /// Whether the request does not say what kinds its answer holds: another group's
+    /// `proxy` (an aggregated API reaching another cluster; see [`Context`]).
+    pub(crate) fn answers_unknown_kinds(&self) -> bool {
+        !self.api_group.is_empty() && self.subresource == "proxy"
     }
 
     /// Whether the body is not an API object ([`OPAQUE_SUBRESOURCES`]), as only the
@@ -380,6 +388,7 @@ impl Masker {
                     resource: target.resource.to_string(),
                     namespace: target.namespace.to_string(),
                     name: target.name.to_string(),
+                    unknown_kinds: target.answers_unknown_kinds(),
                 },
                 watch: target.is_watch || params.contains(&"stream=watch"),
                 one_object: target.one_object,

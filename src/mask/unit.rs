@@ -55,6 +55,11 @@ pub(crate) struct Context {
     pub resource: String,
     pub namespace: String,
     pub name: String,
+    /// The request does not say what its answer holds (another group's `proxy`, an
+    /// aggregated API reaching another cluster): an object whose kind does not say
+    /// either (an item of a List, a Table's `PartialObjectMetadata`) gets every rule,
+    /// the Secret one included.
+    pub unknown_kinds: bool,
 }
 
 impl Units {
@@ -205,12 +210,14 @@ impl Units {
         // by the requested resource: a Secret is never streamed as an envelope, and
         // a List's own fields hold list metadata, not Secret data.
         let any = open && self.kind.1.is_empty();
+        let unknown = ctx.unknown_kinds
+            && (self.kind.1.is_empty() || self.kind.0 == b"PartialObjectMetadata");
         let resources = [ctx.resource.as_str(), self.kind.1.as_str()];
 
         let edits = &mut self.edits;
         let mut scanners: Vec<&Compiled> = Vec::new();
         for rule in inner.all() {
-            let fallback = any && !std::ptr::eq(rule, &inner.secrets);
+            let fallback = unknown || (any && !std::ptr::eq(rule, &inner.secrets));
             if !(fallback || rule.applies(&resources, &namespace, &name)) {
                 continue;
             }

@@ -604,3 +604,29 @@ fn label_selector_grammar() {
     assert!(!label_selector_is_valid(long_value.as_bytes()));
     assert!(label_selector_is_valid(&long_value.as_bytes()[..65]));
 }
+
+/// A query shown to reviewers as the API server reads it: what reads as itself is
+/// decoded, anything that could pass for a boundary or hide stays escaped.
+#[test]
+fn a_query_is_shown_as_read_without_new_boundaries() {
+    let cases = [
+        ("command=%72%6d&command=-rf", "command=rm&command=-rf"),
+        // Go drops a pair holding `;`.
+        ("command=ls&stdin=true;x", "command=ls"),
+        // A decoded `&` or `=` would fake another parameter: kept escaped.
+        (
+            "command=ls%26container%3Dsidecar",
+            "command=ls%26container%3Dsidecar",
+        ),
+        ("command=sh+-c", "command=sh%20-c"),
+        ("command=a%0Ab", "command=a%0Ab"),
+        ("x=%E2%80%AEtxt.exe", "x=%E2%80%AEtxt.exe"),
+        ("x=%E2%80%8B", "x=%E2%80%8B"),
+        ("x=caf%C3%A9", "x=café"),
+        ("x=%FF", "x=%FF"),
+        ("c%6Fmmand=ls", "command=ls"),
+    ];
+    for (query, shown) in cases {
+        assert_eq!(query_as_read(query), shown, "{query}");
+    }
+}

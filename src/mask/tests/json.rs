@@ -75,6 +75,36 @@ async fn a_secret_through_an_aggregated_proxy_is_masked() {
     let (out, _) = run(&defaults(), &t, JSON, &input).await.unwrap();
     check_masked_secret(&value(&out));
     assert!(!String::from_utf8_lossy(&out).contains("aHVudGVyMg"));
+    // A List's items carry no kind: the request does not say what they are, so every
+    // rule applies to them; so it does to a Table's metadata-only objects.
+    let items: Vec<Value> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let mut item = secret(n);
+            item.as_object_mut().unwrap().remove("kind");
+            item.as_object_mut().unwrap().remove("apiVersion");
+            item
+        })
+        .collect();
+    let list = json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": items});
+    let input = serde_json::to_vec(&list).unwrap();
+    let (out, _) = run(&defaults(), &t, JSON, &input).await.unwrap();
+    let v = value(&out);
+    for item in v["items"].as_array().unwrap() {
+        check_masked_secret(item);
+    }
+    let table = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
+        "columnDefinitions": [], "rows": [{"cells": ["a"], "object": {
+            "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": secret("a")["metadata"].clone()}}]});
+    let input = serde_json::to_vec(&table).unwrap();
+    let (out, _) = run(&defaults(), &t, JSON, &input).await.unwrap();
+    let ann = &value(&out)["rows"][0]["object"]["metadata"]["annotations"];
+    assert_eq!(
+        ann["kubectl.kubernetes.io/last-applied-configuration"],
+        MARKER
+    );
+    assert!(!String::from_utf8_lossy(&out).contains("aHVudGVyMg"));
 }
 
 #[tokio::test]
@@ -190,6 +220,7 @@ fn watch_events_leave_as_soon_as_complete() {
         resource: "secrets".into(),
         namespace: String::new(),
         name: String::new(),
+        unknown_kinds: false,
     };
     let mut s = JsonStream::new(m.inner.clone(), ctx, true, true);
     let input = watch_stream();
