@@ -324,20 +324,34 @@ fn parse(stdout: &[u8]) -> Result<Cached, String> {
 mod tests {
     use super::*;
 
-    /// A 401 drops the plugin's token only once it is some seconds old: a 401 a caller
-    /// can cause otherwise (an admission webhook's) must not run the plugin each time.
-    #[tokio::test]
-    async fn a_401_drops_only_a_token_printed_a_while_ago() {
-        let plugin = Plugin::new(ExecConfig {
-            command: "true".into(),
+    /// A plugin running `command`.
+    fn plugin(command: PathBuf) -> Plugin {
+        Plugin::new(ExecConfig {
+            command,
             args: Vec::new(),
             env: Vec::new(),
             api_version: "client.authentication.k8s.io/v1".into(),
             provide_cluster_info: false,
             install_hint: None,
-            server: "https://127.0.0.1:6443".into(),
+            server: "https://127.0.0.1:1".into(),
             ca_pem: None,
-        });
+        })
+    }
+
+    /// A plugin running a shell script of `text`, written under `dir` as `name`.
+    fn script(dir: &std::path::Path, name: &str, text: &str) -> Plugin {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        plugin(path)
+    }
+
+    /// A 401 drops the plugin's token only once it is some seconds old: a 401 a caller
+    /// can cause otherwise (an admission webhook's) must not run the plugin each time.
+    #[tokio::test]
+    async fn a_401_drops_only_a_token_printed_a_while_ago() {
+        let plugin = plugin("true".into());
         for (age, dropped) in [(Duration::ZERO, false), (FORGET_AFTER, true)] {
             let fetched = Instant::now().checked_sub(age).unwrap();
             plugin.state.lock().await.token = Some(Cached {
@@ -381,29 +395,16 @@ mod tests {
     /// [`RETRY_AFTER`]; a request after that runs it again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiters_share_a_failed_run() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
-        let script = dir.path().join("plugin");
-        std::fs::write(
-            &script,
-            format!(
+        let plugin = script(
+            dir.path(),
+            "plugin",
+            &format!(
                 "#!/bin/sh\necho run >> '{}'\nsleep 0.3\necho 'expired' >&2\nexit 1\n",
                 runs.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let plugin = Plugin::new(ExecConfig {
-            command: script,
-            args: vec![],
-            env: vec![],
-            api_version: "client.authentication.k8s.io/v1".into(),
-            provide_cluster_info: false,
-            install_hint: None,
-            server: "https://127.0.0.1:1".into(),
-            ca_pem: None,
-        });
+        );
         let count = || std::fs::read_to_string(&runs).unwrap().lines().count();
         let answers = futures_util::future::join_all((0..4).map(|_| plugin.header())).await;
         for answer in &answers {
@@ -429,23 +430,8 @@ mod tests {
     /// prints its credential succeeds.
     #[tokio::test]
     async fn a_plugin_that_prints_too_much_is_stopped() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let plugin = |name: &str, text: &str| {
-            let script = dir.path().join(name);
-            std::fs::write(&script, text).unwrap();
-            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-            Plugin::new(ExecConfig {
-                command: script,
-                args: vec![],
-                env: vec![],
-                api_version: "client.authentication.k8s.io/v1".into(),
-                provide_cluster_info: false,
-                install_hint: None,
-                server: "https://127.0.0.1:1".into(),
-                ca_pem: None,
-            })
-        };
+        let plugin = |name: &str, text: &str| script(dir.path(), name, text);
         let endless = plugin("endless", "#!/bin/sh\nexec yes\n");
         let error = endless.header().await.unwrap_err().to_string();
         assert!(error.contains("printed more than 1048576 bytes"), "{error}");

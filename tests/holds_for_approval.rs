@@ -214,16 +214,23 @@ async fn a_reviewers_longer_grant_ends_with_the_rules() {
     grant_covers_retries_for_3s("1h").await;
 }
 
-/// A rule with a 3 s grant, approved `--for` `reviewer_grant`: the retries within 3 s are
-/// forwarded, the one after is held again.
-async fn grant_covers_retries_for_3s(reviewer_grant: &str) {
-    let env = start_with(&policy_with("1s", "3s")).await;
+/// A proxy whose rule holds a RoleBinding's create for 1 s and grants for `grant`, and
+/// the name of the AccessRequest of one such create, held and answered pending.
+async fn held_once(grant: &str) -> (Env, String) {
+    let env = start_with(&policy_with("1s", grant)).await;
     let create = env.kubectl(&CREATE).await;
     assert!(
         String::from_utf8_lossy(&create.stderr).contains("approval pending"),
         "{create:?}"
     );
     let name = held_request(&env).await;
+    (env, name)
+}
+
+/// A rule with a 3 s grant, approved `--for` `reviewer_grant`: the retries within 3 s are
+/// forwarded, the one after is held again.
+async fn grant_covers_retries_for_3s(reviewer_grant: &str) {
+    let (env, name) = held_once("3s").await;
     let approved = reviewer(&env, &["approve", &name, "--for", reviewer_grant]);
     assert!(
         approved.status.success(),
@@ -255,13 +262,7 @@ async fn grant_covers_retries_for_3s(reviewer_grant: &str) {
 /// held again at once, not forwarded for the rest of the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_approved_request_takes_its_grant_back() {
-    let env = start_with(&policy_with("1s", "1h")).await;
-    let create = env.kubectl(&CREATE).await;
-    assert!(
-        String::from_utf8_lossy(&create.stderr).contains("approval pending"),
-        "{create:?}"
-    );
-    let name = held_request(&env).await;
+    let (env, name) = held_once("1h").await;
     let approved = reviewer(&env, &["approve", &name, "--yes"]);
     assert!(approved.status.success(), "{approved:?}");
     let created = ok(&env.kubectl(&CREATE).await);
@@ -291,13 +292,7 @@ async fn deleting_an_approved_request_takes_its_grant_back() {
 /// request stays pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_without_its_approvals_is_not_taken() {
-    let env = start_with(&policy_with("1s", "1h")).await;
-    let create = env.kubectl(&CREATE).await;
-    assert!(
-        String::from_utf8_lossy(&create.stderr).contains("approval pending"),
-        "{create:?}"
-    );
-    let name = held_request(&env).await;
+    let (env, name) = held_once("1h").await;
     let patched = env
         .kubectl_direct(&[
             "patch",

@@ -1280,6 +1280,18 @@ fn api_says(body: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// A header map of `pairs`, in order (a name may come twice).
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
     #[test]
     fn what_the_api_server_says_is_cut_short() {
         let status = serde_json::json!({"kind": "Status", "message": format!("denied: {}", "x".repeat(100_000)), "code": 403});
@@ -1502,16 +1514,6 @@ mod tests {
     /// kubectl sends it), names them inside the tunnel, whatever its query says.
     #[test]
     fn a_port_forward_is_held_only_with_its_ports_in_sight() {
-        let headers = |pairs: &[(&str, &str)]| {
-            let mut map = http::HeaderMap::new();
-            for (name, value) in pairs {
-                map.append(
-                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    value.parse().unwrap(),
-                );
-            }
-            map
-        };
         let websocket = [("upgrade", "websocket"), ("connection", "Upgrade")];
         let plain = [(
             "sec-websocket-protocol",
@@ -1589,16 +1591,6 @@ mod tests {
         let service = info("/api/v1/namespaces/a/services/app:80/proxy/items/5");
         let pod = info("/api/v1/namespaces/a/pods/p/proxy/admin");
         let configmaps = info("/api/v1/namespaces/a/configmaps");
-        let headers = |pairs: &[(&str, &str)]| {
-            let mut map = http::HeaderMap::new();
-            for (name, value) in pairs {
-                map.append(
-                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    value.parse().unwrap(),
-                );
-            }
-            map
-        };
         let plain = headers(&[
             ("accept", "application/json"),
             ("content-type", "application/json"),
