@@ -95,7 +95,7 @@ pub fn check_upgrade(
         };
         return Err(Error::Upgrade(what));
     }
-    if info.api_group.is_empty() && info.resource == "nodes" && info.subresource == "proxy" {
+    if info.is_node_proxy() {
         return Err(Error::NodeProxyUpgrade);
     }
     if has_body {

@@ -176,15 +176,15 @@ impl RequestInfo {
     /// another cluster) answers what chaperone must read as any API's answer.
     pub fn is_connection(&self) -> bool {
         self.is_resource_request
+            && is_connection(&self.api_group, &self.resource, &self.subresource)
+    }
+
+    /// Whether the request goes through `nodes/proxy` to the kubelet's own API.
+    pub fn is_node_proxy(&self) -> bool {
+        self.is_resource_request
             && self.api_group.is_empty()
-            && match self.resource.as_str() {
-                "pods" => matches!(
-                    self.subresource.as_str(),
-                    "exec" | "attach" | "portforward" | "proxy"
-                ),
-                "services" | "nodes" => self.subresource == "proxy",
-                _ => false,
-            }
+            && self.resource == "nodes"
+            && self.subresource == "proxy"
     }
 
     /// Go's `Parts`: the path's segments from the resource on
@@ -196,6 +196,16 @@ impl RequestInfo {
             None => Vec::new(),
         }
     }
+}
+
+/// [`RequestInfo::is_connection`] of a resource named by its parts (a masking target's).
+pub fn is_connection(api_group: &str, resource: &str, subresource: &str) -> bool {
+    api_group.is_empty()
+        && match resource {
+            "pods" => matches!(subresource, "exec" | "attach" | "portforward" | "proxy"),
+            "services" | "nodes" => subresource == "proxy",
+            _ => false,
+        }
 }
 
 /// Why a request was refused. Path payloads are the raw path as received, except for

@@ -207,13 +207,12 @@ impl<'a> Target<'a> {
         !self.api_group.is_empty() && self.subresource == "proxy"
     }
 
-    /// Whether the body is not an API object ([`OPAQUE_SUBRESOURCES`]), as only the
-    /// core group's pods, services and nodes answer: another group's `proxy` (an
-    /// aggregated API reaching another cluster) answers objects, masked as any.
+    /// Whether the body is not an API object: a pod's streams, and what a pod, a service
+    /// or a node answers through the API server's proxy (the connections of
+    /// [`crate::request_info::is_connection`]). Another group's `proxy` (an aggregated
+    /// API reaching another cluster) answers objects, masked as any.
     fn opaque(&self) -> bool {
-        self.api_group.is_empty()
-            && OPAQUE_SUBRESOURCES.contains(&self.subresource)
-            && matches!(self.resource, "pods" | "services" | "nodes")
+        crate::request_info::is_connection(self.api_group, self.resource, self.subresource)
     }
 }
 
@@ -301,11 +300,6 @@ impl Inner {
         std::iter::once(&self.secrets).chain(&self.rules)
     }
 }
-
-/// Subresources whose bodies are not API objects: a pod's streams, and what a pod, a
-/// service or a node answers through the API server's proxy. In the core group only
-/// ([`Target::opaque`]).
-const OPAQUE_SUBRESOURCES: [&str; 4] = ["exec", "attach", "portforward", "proxy"];
 
 impl Masker {
     /// Compiles the policy's rules; an error names the rule (by index) and the field.

@@ -545,10 +545,7 @@ const KUBELET_COMMAND_PATHS: [&str; 6] =
 
 /// Whether `info` goes through `nodes/proxy` to one of [`KUBELET_COMMAND_PATHS`].
 fn kubelet_command(info: &RequestInfo) -> bool {
-    info.is_resource_request
-        && info.api_group.is_empty()
-        && info.resource == "nodes"
-        && info.subresource == "proxy"
+    info.is_node_proxy()
         && info.parts().get(3).is_some_and(|first| {
             KUBELET_COMMAND_PATHS
                 .iter()
