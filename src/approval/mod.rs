@@ -489,8 +489,7 @@ impl Approvals {
                             namespace: self.namespace.clone(),
                         });
                     }
-                    removed = Some(object["metadata"]["uid"].clone());
-                    self.replace(&held, &object).await?;
+                    removed = Some(self.replace(&held, &object).await?);
                 }
                 Some(object) => {
                     let status = &object["status"];
@@ -499,25 +498,21 @@ impl Approvals {
                         // Kubernetes 1.30, or deleted), one reviewer could write another's
                         // phase. Asked again once (a fresh AccessRequest, pending, for
                         // reviewers to decide), then waited on as if pending.
-                        "Approved" if !approval_stands(&object) && !said_unfounded => {
-                            said_unfounded = true;
-                            warn_unfounded(&name, &self.namespace);
-                            self.remove(&path, &object).await?;
-                            removed = Some(object["metadata"]["uid"].clone());
-                            self.create(&held).await?;
-                        }
-                        "Approved" if !approval_stands(&object) => {}
-                        "Approved" => {
+                        "Approved" if approval_stands(&object) => {
                             let until = self.grant_of(&object, held.grant);
                             if until > Instant::now() {
                                 held.place.decided();
                                 return Ok(self.approved(&held, &object, until));
                             }
                             // An old grant has run out: ask again.
-                            self.remove(&path, &object).await?;
-                            removed = Some(object["metadata"]["uid"].clone());
-                            self.create(&held).await?;
+                            removed = Some(self.ask_again(&path, &object, &held).await?);
                         }
+                        "Approved" if !said_unfounded => {
+                            said_unfounded = true;
+                            warn_unfounded(&name, &self.namespace);
+                            removed = Some(self.ask_again(&path, &object, &held).await?);
+                        }
+                        "Approved" => {}
                         "Denied" => {
                             held.place.decided();
                             return Err(Error::Denied {
@@ -534,9 +529,7 @@ impl Approvals {
                             });
                         }
                         "Expired" => {
-                            self.remove(&path, &object).await?;
-                            removed = Some(object["metadata"]["uid"].clone());
-                            self.create(&held).await?;
+                            removed = Some(self.ask_again(&path, &object, &held).await?);
                         }
                         _ => {}
                     }
@@ -741,13 +734,21 @@ impl Approvals {
     /// Replaces an AccessRequest under this request's name that shows another request
     /// ([`describes`]) with this one's: whatever was decided on it was decided on
     /// what it showed.
-    async fn replace(&self, held: &Held, found: &Value) -> Result<(), Error> {
+    /// Returns the replaced one's uid ([`Self::ask_again`]).
+    async fn replace(&self, held: &Held, found: &Value) -> Result<Value, Error> {
         tracing::warn!(access_request = %held.name, namespace = %self.namespace,
             requester = %found["spec"]["requester"]["user"].as_str().unwrap_or_default(),
             "an AccessRequest under this request's name shows another request (made by someone else, or under an older policy): replaced");
         let path = format!("{}/{}", collection(&self.namespace), held.name);
-        self.remove(&path, found).await?;
-        self.create(held).await
+        self.ask_again(&path, found, held).await
+    }
+
+    /// Replaces `stale`, the AccessRequest at `path`, with a fresh one for `held`;
+    /// returns the stale one's uid, which the waiter no longer reads as its own.
+    async fn ask_again(&self, path: &str, stale: &Value, held: &Held) -> Result<Value, Error> {
+        self.remove(path, stale).await?;
+        self.create(held).await?;
+        Ok(stale["metadata"]["uid"].clone())
     }
 
     /// Deletes the AccessRequest at `path` if it is still `seen` (its uid): another
@@ -1090,15 +1091,9 @@ fn warn_unfounded(name: &str, namespace: &str) {
 fn approval_stands(object: &Value) -> bool {
     let (spec, status) = (&object["spec"], &object["status"]);
     let requester = spec["requester"]["user"].as_str().unwrap_or_default();
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|g| g.as_str().map(str::to_owned))
-            .collect()
-    };
     if status["breakGlass"].as_bool() == Some(true) {
-        return !strings(&spec["breakGlassGroups"]).is_empty()
+        let groups = spec["breakGlassGroups"].as_array();
+        return groups.is_some_and(|g| g.iter().any(Value::is_string))
             && status["decidedBy"]
                 .as_str()
                 .is_some_and(|by| !by.is_empty());
