@@ -461,8 +461,8 @@ fn show(object: &Value) -> String {
                 .to_owned(),
         ));
     }
-    if s("/spec/request/subresource") == "portforward" {
-        let query = Some(s("/spec/request/query")).filter(|q| !q.is_empty());
+    if subresource == "portforward" {
+        let query = Some(query).filter(|q| !q.is_empty());
         rows.push(("ports", crate::approval::forwarded_ports(query).join(", ")));
     }
     if let Some(command) = object.pointer("/spec/request/command") {

@@ -299,10 +299,7 @@ fn named_setting(map: &serde_json::Map<String, serde_json::Value>) -> Option<Opt
     // An operator decoding with Go's `encoding/json` takes `VALUE` or `forcestring` for
     // the fields, the last one written winning: only the exact names are read here.
     let variant = map.keys().any(|k| {
-        k != "value"
-            && k != "forceString"
-            && (k.chars().map(fold).eq("value".chars())
-                || k.chars().map(fold).eq("forcestring".chars()))
+        k != "value" && k != "forceString" && (folds_to(k, "value") || folds_to(k, "forcestring"))
     });
     if !host_network || variant {
         return Some(Some(HOST_NETWORK));
@@ -556,7 +553,13 @@ fn fold(c: char) -> char {
 /// decodes it with Go's `encoding/json` (any case); in Kubernetes' own objects, which
 /// the API server decodes case-sensitively, only `hostNetwork`.
 fn is_host_network(k: &str, custom: bool) -> bool {
-    k == HOST_NETWORK || (custom && k.chars().map(fold).eq(HOST_NETWORK_FOLDED.chars()))
+    k == HOST_NETWORK || (custom && folds_to(k, HOST_NETWORK_FOLDED))
+}
+
+/// Whether Go's `encoding/json` matches the field name `k` with `folded` ([`fold`]),
+/// compared as the characters come.
+fn folds_to(k: &str, folded: &str) -> bool {
+    k.chars().map(fold).eq(folded.chars())
 }
 
 const HOST_NETWORK_FOLDED: &str = "hostnetwork";
