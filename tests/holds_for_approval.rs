@@ -311,19 +311,8 @@ async fn an_approval_without_its_approvals_is_not_taken() {
     let said = String::from_utf8_lossy(&again.stderr);
     assert!(said.contains("approval pending"), "{again:?}");
     // Asked again: a fresh AccessRequest under the name, for reviewers to decide.
-    let phase = env
-        .kubectl_direct(&[
-            "get",
-            "accessrequest",
-            &name,
-            "-n",
-            "default",
-            "-o",
-            "jsonpath={.status.phase}",
-        ])
-        .await;
-    assert!(phase.status.success(), "{phase:?}");
-    assert_ne!(String::from_utf8_lossy(&phase.stdout), "Approved");
+    let object = access_request(&env, &name).await;
+    assert_ne!(object["status"]["phase"], "Approved", "{object}");
     env.stop().await;
 }
 
@@ -930,6 +919,22 @@ async fn a_request_given_up_keeps_its_place_until_its_hold_ends() {
     env.stop().await;
 }
 
+/// Denies the AccessRequest `name` as a reviewer, with `reason`, and returns what the
+/// request `held` for it (sent by a task) was answered.
+async fn deny_held(
+    env: &Env,
+    name: &str,
+    reason: &str,
+    held: tokio::task::JoinHandle<support::Reply>,
+) -> support::Reply {
+    let decided = reviewer(env, &["deny", name, "--reason", reason, "--yes"]);
+    assert!(decided.status.success(), "{decided:?}");
+    tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .expect("the held request ends once decided")
+        .unwrap()
+}
+
 /// The AccessRequest's object, as a reviewer reads it with kubectl.
 async fn access_request(env: &Env, name: &str) -> serde_json::Value {
     let out = env
@@ -1150,12 +1155,7 @@ async fn a_port_forward_is_held_only_with_its_ports_in_sight() {
     let name = held_request(&env).await;
     let object = access_request(&env, &name).await;
     assert_eq!(object["spec"]["request"]["query"], "ports=8080", "{object}");
-    let decided = reviewer(&env, &["deny", &name, "--reason", "not that port", "--yes"]);
-    assert!(decided.status.success(), "{decided:?}");
-    let reply = tokio::time::timeout(Duration::from_secs(20), held)
-        .await
-        .expect("the held request ends once decided")
-        .unwrap();
+    let reply = deny_held(&env, &name, "not that port", held).await;
     assert_eq!(reply.status, 403);
     assert!(
         String::from_utf8_lossy(&reply.body).contains("not that port"),
@@ -1218,12 +1218,7 @@ async fn a_held_request_carries_nothing_its_reviewer_cannot_see() {
         object["spec"]["request"]["subresource"], "proxy",
         "{object}"
     );
-    let decided = reviewer(&env, &["deny", &name, "--reason", "not now", "--yes"]);
-    assert!(decided.status.success(), "{decided:?}");
-    let reply = tokio::time::timeout(Duration::from_secs(20), held)
-        .await
-        .expect("the held request ends once decided")
-        .unwrap();
+    let reply = deny_held(&env, &name, "not now", held).await;
     assert_eq!(reply.status, 403);
     env.stop().await;
 }
